@@ -1,0 +1,114 @@
+"""The `diagnostics` command: demo and dashboard.
+
+    diagnostics demo                      # train the built-in examples, then serve the dashboard
+    diagnostics dashboard [RUNS] [--port N] [--host H]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+# Streamlit (1.67) runs a `pages/` folder beside the entry file the legacy way until the
+# entry has called st.navigation once in the process, so a deep link opened first after
+# a start (/distributions) would skip the entry and its run picker. The child process
+# switches that off before serving; if the internal moves, it serves as usual.
+_STREAMLIT_BOOT = """
+import sys
+try:
+    from streamlit.runtime.pages_manager import PagesManager
+    PagesManager.uses_pages_directory = False
+except ImportError:
+    pass
+from streamlit.web.cli import main
+sys.argv[0] = "streamlit"
+sys.exit(main())
+"""
+
+
+def _app_path() -> str:
+    spec = importlib.util.find_spec("streamlit_app")  # locate without importing it
+    if spec is None or spec.origin is None:
+        sys.exit("diagnostics: cannot find streamlit_app.py — reinstall the package (pip install -e .)")
+    return spec.origin
+
+
+def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
+    """Serve the dashboard over `runs_dir` until interrupted; returns streamlit's exit code."""
+    url = f"http://{host}:{port}"
+    print(f"diagnostics: dashboard for {runs_dir} at {url}  (Ctrl-C stops it)", flush=True)
+    cmd = [
+        sys.executable, "-c", _STREAMLIT_BOOT, "run", _app_path(),
+        "--server.address", host, "--server.port", str(port), "--server.headless", "true",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+    ]
+    env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve())}
+    try:
+        return subprocess.call(cmd, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs)
+    if not runs_dir.is_dir():
+        print(f"diagnostics: runs folder {runs_dir} does not exist — record a run first "
+              "(hooks.watch(..., run_dir=...)) or pass the right folder", file=sys.stderr)
+        return 2
+    return serve(runs_dir, args.host, args.port)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs_dir)
+    # The training side lives in `hooks` (it needs torch); run it as its own process so
+    # that this package never imports it.
+    code = subprocess.call([sys.executable, "-m", "hooks.demo", "--runs-dir", str(runs_dir),
+                            "--epochs", str(args.epochs)])
+    if code != 0:
+        print("diagnostics: the demo's training failed (see above)", file=sys.stderr)
+        return code
+    if args.no_serve:
+        print(f"diagnostics: runs written to {runs_dir}; serve them with: diagnostics dashboard {runs_dir}")
+        return 0
+    return serve(runs_dir, args.host, args.port)
+
+
+def _port(value: str) -> int:
+    port = int(value)
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"port must be 1..65535, got {port}")
+    return port
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="diagnostics", description="Model diagnostics dashboard for PyTorch.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    demo = sub.add_parser("demo", help="train the built-in examples with hooks attached, then serve the dashboard")
+    demo.add_argument("--runs-dir", default="runs", help="where to write the demo runs (default: runs)")
+    demo.add_argument("--epochs", type=int, default=8, help="epochs per demo run (default: 8)")
+    demo.add_argument("--no-serve", action="store_true", help="only train; do not start the dashboard")
+    demo.add_argument("--host", default="127.0.0.1")
+    demo.add_argument("--port", type=_port, default=8501)
+    demo.set_defaults(func=_cmd_demo)
+
+    dash = sub.add_parser("dashboard", help="serve the dashboard over a runs folder")
+    dash.add_argument("runs", nargs="?", default="runs", help="folder of runs (default: runs)")
+    dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
+    dash.add_argument("--port", type=_port, default=8501, help="port (default: 8501)")
+    dash.set_defaults(func=_cmd_dashboard)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,197 @@
+"""Plotly figure builders. Each takes reader frames and returns a `go.Figure`;
+nothing here knows about Streamlit, so a test (or a notebook) can call them directly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+from plotly.subplots import make_subplots
+
+from diagnostics.histograms import common_grid
+
+_BAND_FILL = "rgba(31, 119, 180, {a})"
+_LINE = "#1f77b4"
+_LABEL_COLOR = "#7f7f7f"
+_OUTPUT_COLOR = "#d62728"
+
+
+def _empty(message: str) -> go.Figure:
+    fig = go.Figure()
+    fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
+    fig.update_xaxes(visible=False)
+    fig.update_yaxes(visible=False)
+    fig.update_layout(height=240, margin=dict(l=20, r=20, t=30, b=20))
+    return fig
+
+
+def ema(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
+    """TensorBoard-style exponential smoothing, debiased so the first points are not pulled to 0."""
+    out = np.empty(len(values))
+    acc, norm = 0.0, 0.0
+    for i, v in enumerate(np.asarray(values, dtype=float)):
+        acc = weight * acc + (1 - weight) * v
+        norm = weight * norm + (1 - weight)
+        out[i] = acc / norm
+    return out
+
+
+def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bool = False,
+                  smooth: float = 0.0) -> go.Figure:
+    """Lines of some scalars over steps (one line per name and rank), optionally smoothed."""
+    df = scalars[scalars["name"].isin(names)]
+    if df.empty:
+        return _empty(f"no {', '.join(names)} recorded")
+    fig = go.Figure()
+    for (name, rank), part in df.groupby(["name", "rank"], sort=True):
+        label = name if df["rank"].nunique() == 1 else f"{name} (rank {rank})"
+        y = part["value"].to_numpy()
+        if smooth > 0:
+            fig.add_scatter(x=part["step"], y=y, mode="lines", name=f"{label} (raw)", opacity=0.3,
+                            showlegend=False, line=dict(width=1))
+            y = ema(y, smooth)
+        fig.add_scatter(x=part["step"], y=y, mode="lines", name=label)
+    fig.update_layout(title=title, xaxis_title="step", height=320, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.25))
+    if log_y:
+        fig.update_yaxes(type="log")
+    return fig
+
+
+def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
+    """One layer over steps: min–max, 1–99%, 5–95% and 25–75% bands, median and mean
+    (TensorBoard's Distributions view)."""
+    if dist.empty:
+        return _empty("no captures for this layer")
+    d = dist.groupby("step", as_index=False).agg(
+        {"min": "min", "max": "max", "q01": "mean", "q05": "mean", "q25": "mean", "q50": "mean",
+         "q75": "mean", "q95": "mean", "q99": "mean", "mean": "mean"})
+    fig = go.Figure()
+    for lo, hi, alpha, name in (("min", "max", 0.10, "min–max"), ("q01", "q99", 0.18, "1–99%"),
+                                ("q05", "q95", 0.28, "5–95%"), ("q25", "q75", 0.45, "25–75%")):
+        fig.add_scatter(x=d["step"], y=d[lo], mode="lines", line=dict(width=0), showlegend=False,
+                        hoverinfo="skip")
+        fig.add_scatter(x=d["step"], y=d[hi], mode="lines", line=dict(width=0), fill="tonexty",
+                        fillcolor=_BAND_FILL.format(a=alpha), name=name)
+    fig.add_scatter(x=d["step"], y=d["q50"], mode="lines", line=dict(color=_LINE, width=2), name="median")
+    fig.add_scatter(x=d["step"], y=d["mean"], mode="lines", line=dict(color="#ff7f0e", width=1, dash="dot"),
+                    name="mean")
+    fig.update_layout(title=title or "distribution over steps", xaxis_title="step", yaxis_title="value",
+                      height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def histogram_heatmap_figure(dist: pd.DataFrame, title: str = "", bins: int = 64) -> go.Figure:
+    """One layer's histograms over steps on a common grid, coloured by log share of
+    values (fastai's "colorful dimension", TensorBoard's Histograms seen from above)."""
+    if dist.empty:
+        return _empty("no captures for this layer")
+    d = dist.sort_values("step")
+    d = d[d["rank"] == d["rank"].min()] if "rank" in d else d
+    edges, frac = common_grid(d, bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    with np.errstate(divide="ignore"):
+        z = np.log10(frac.T + 1e-6)
+    fig = go.Figure(go.Heatmap(
+        x=d["step"].to_numpy(), y=centres, z=z, colorscale="Viridis", zmin=-6, zmax=0,
+        colorbar=dict(title="log10 share", tickvals=[-6, -4, -2, 0], ticktext=["≤1e-6", "1e-4", "1e-2", "1"]),
+        hovertemplate="step %{x}<br>value %{y:.3g}<br>log10 share %{z:.2f}<extra></extra>",
+    ))
+    fig.update_layout(title=title or "histogram over steps", xaxis_title="step", yaxis_title="value",
+                      height=360, margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str = "") -> go.Figure:
+    """All layers side by side at one step: a box per layer (5–95% whiskers, quartile box,
+    median) above, and each layer's standard deviation on a log scale below, where
+    vanishing or exploding scale across depth shows as a slope."""
+    if dist.empty:
+        return _empty("no captures at this step")
+    d = dist.groupby("layer", as_index=False).agg(
+        {"q05": "mean", "q25": "mean", "q50": "mean", "q75": "mean", "q95": "mean", "std": "mean"})
+    order = [l for l in layer_order if l in set(d["layer"])] + sorted(set(d["layer"]) - set(layer_order))
+    d = d.set_index("layer").loc[order].reset_index()
+    fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
+    fig.add_trace(go.Box(
+        x=d["layer"], q1=d["q25"], median=d["q50"], q3=d["q75"], lowerfence=d["q05"], upperfence=d["q95"],
+        name="5/25/50/75/95%", marker_color=_LINE, showlegend=False,
+    ), row=1, col=1)
+    std = d["std"].where(d["std"] > 0)
+    fig.add_trace(go.Scatter(x=d["layer"], y=std, mode="lines+markers", name="std", line=dict(color="#ff7f0e"),
+                             showlegend=False), row=2, col=1)
+    fig.update_yaxes(title_text="value", row=1, col=1)
+    fig.update_yaxes(title_text="std (log)", type="log", row=2, col=1)
+    fig.update_xaxes(tickangle=-45, row=2, col=1)
+    fig.update_layout(title=title or "all layers at one step", height=520, margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,
+                              class_names: list[str] | None = None, title: str = "") -> go.Figure:
+    """Predicted-class shares next to label shares for one step (or summed steps)."""
+    pred = np.asarray(output_row["hist_counts"], dtype=float)
+    lab = np.asarray(label_row["hist_counts"], dtype=float)
+    n = max(len(pred), len(lab))
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=lab / max(lab.sum(), 1), name="labels", marker_color=_LABEL_COLOR)
+    fig.add_bar(x=names, y=pred / max(pred.sum(), 1), name="predictions", marker_color=_OUTPUT_COLOR)
+    fig.update_layout(barmode="group", title=title or "predicted vs label class shares", xaxis_title="class",
+                      yaxis_title="share of samples", height=360, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2), xaxis_type="category")
+    return fig
+
+
+def value_distribution_figure(output_row: pd.Series, label_row: pd.Series, title: str = "") -> go.Figure:
+    """The model's output values overlaid on the labels' (same bins, recorded together)."""
+    fig = go.Figure()
+    for row, name, color in ((label_row, "labels", _LABEL_COLOR), (output_row, "outputs", _OUTPUT_COLOR)):
+        counts = np.asarray(row["hist_counts"], dtype=float)
+        edges = np.linspace(row["hist_min"], row["hist_max"], len(counts) + 1)
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=counts / max(counts.sum(), 1), width=np.diff(edges),
+                    name=name, marker_color=color, opacity=0.55)
+    fig.update_layout(barmode="overlay", title=title or "output vs label values", xaxis_title="value",
+                      yaxis_title="share of samples", height=360, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def class_share_gap_figure(outputs: pd.DataFrame, labels: pd.DataFrame,
+                           class_names: list[str] | None = None) -> go.Figure:
+    """Over steps: predicted share minus label share per class (red: over-predicted,
+    blue: under-predicted)."""
+    if outputs.empty or labels.empty:
+        return _empty("no class histograms recorded")
+    merged = outputs[["step", "hist_counts"]].merge(labels[["step", "hist_counts"]], on="step",
+                                                    suffixes=("_out", "_lab")).sort_values("step")
+    pred = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_out"]])
+    lab = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_lab"]])
+    gap = (pred - lab).T
+    n = gap.shape[0]
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    lim = max(float(np.abs(gap).max()), 1e-3)
+    fig = go.Figure(go.Heatmap(
+        x=merged["step"], y=names, z=gap, colorscale="RdBu_r", zmin=-lim, zmax=lim,
+        colorbar=dict(title="pred − label"),
+        hovertemplate="step %{x}<br>class %{y}<br>pred − label share %{z:+.3f}<extra></extra>",
+    ))
+    fig.update_layout(title="predicted minus label share, per class over steps", xaxis_title="step",
+                      yaxis_title="class", yaxis_type="category", height=360, margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def value_bands_figure(outputs: pd.DataFrame, labels: pd.DataFrame) -> go.Figure:
+    """Over steps: 5–95% band and median of the outputs against those of the labels."""
+    if outputs.empty or labels.empty:
+        return _empty("no output values recorded")
+    fig = go.Figure()
+    for d, name, rgb in ((labels, "labels", "127,127,127"), (outputs, "outputs", "214,39,40")):
+        d = d.sort_values("step")
+        fig.add_scatter(x=d["step"], y=d["q05"], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=d["step"], y=d["q95"], mode="lines", line=dict(width=0), fill="tonexty",
+                        fillcolor=f"rgba({rgb},0.25)", name=f"{name} 5–95%")
+        fig.add_scatter(x=d["step"], y=d["q50"], mode="lines", line=dict(color=f"rgb({rgb})"), name=f"{name} median")
+    fig.update_layout(title="outputs vs labels over steps", xaxis_title="step", yaxis_title="value", height=360,
+                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig

@@ -1,0 +1,89 @@
+"""The run format, written down once: manifest keys, table schemas, file names.
+
+Writer (`diagnostics.store.RunWriter`) and reader (`diagnostics.store.Run`) both
+import from here. Bump `SCHEMA_VERSION` on any change a reader must know about.
+
+A run directory::
+
+    run.json                    manifest (rank 0), rewritten atomically
+    status/rank{R}.json         liveness of each writer: state, heartbeat, last step
+    scalars/r{R}-{A}-{B}.parquet        parts covering sequence numbers A..B of rank R
+    distributions/r{R}-{A}-{B}.parquet
+
+A part whose sequence range lies inside another part's range (same rank) has been
+compacted into it and is ignored by readers, so compaction is atomic from a reader's
+point of view: write the merged file, rename it into place, then delete the parts.
+"""
+
+from __future__ import annotations
+
+import re
+
+import pyarrow as pa
+
+SCHEMA_VERSION = 1
+MANIFEST_FILE = "run.json"
+STATUS_DIR = "status"
+TABLES = ("scalars", "distributions")
+
+# Quantile levels kept per summary; column names are q01, q05, ... q99.
+QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILE_COLUMNS = tuple(f"q{round(q * 100):02d}" for q in QUANTILES)
+HIST_BINS = 64
+
+KINDS = ("activation", "gradient", "weight", "param_grad", "update", "output", "label")
+
+SCALARS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("name", pa.string()),
+        ("value", pa.float64()),
+        ("rank", pa.int32()),
+        ("wall_time_s", pa.float64()),
+    ]
+)
+
+# One row per (step, layer, kind, rank). The histogram has `len(hist_counts)` equal
+# bins spanning [hist_min, hist_max]; for class histograms (layer "class") the bins
+# are the class indices 0..C-1, i.e. hist_min = -0.5 and hist_max = C - 0.5.
+DISTRIBUTIONS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("layer", pa.string()),
+        ("kind", pa.string()),
+        ("rank", pa.int32()),
+        ("count", pa.int64()),
+        ("mean", pa.float64()),
+        ("std", pa.float64()),
+        ("min", pa.float64()),
+        ("max", pa.float64()),
+        ("zero_frac", pa.float64()),
+        ("nan_count", pa.int64()),
+        ("inf_count", pa.int64()),
+        *[(c, pa.float64()) for c in QUANTILE_COLUMNS],
+        ("hist_min", pa.float64()),
+        ("hist_max", pa.float64()),
+        ("hist_counts", pa.list_(pa.int64())),
+    ]
+)
+
+# The numbers a summary carries, in the order the capture side hands them over: one
+# float row per summary = these fields, then the histogram counts (padded with -1).
+SUMMARY_FIELDS = (
+    "count", "mean", "std", "min", "max", "zero_frac", "nan_count", "inf_count",
+    *QUANTILE_COLUMNS, "hist_min", "hist_max",
+)
+
+SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA}
+
+# Manifest keys every run has; more (model summary, config, ...) are welcome.
+MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
+
+# A writer that has not written its heartbeat for this long is taken as dead.
+STALE_AFTER_S = 60.0
+
+PART_RE = re.compile(r"^r(?P<rank>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
+
+
+def part_name(rank: int, first: int, last: int) -> str:
+    return f"r{rank}-{first:08d}-{last:08d}.parquet"

@@ -1,0 +1,93 @@
+"""The built-in demo: a small CNN on scikit-learn's bundled digits (8×8 images, 10
+classes, no download), trained twice with `hooks.watch` attached — once on standardised
+pixels and once on raw 0..16 pixels — so the dashboard has two runs to tell apart.
+
+    python -m hooks.demo --runs-dir runs
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import hooks
+
+
+def digits_tensors(seed: int = 0, standardise: bool = True):
+    """Digits as (x_train, y_train, x_val, y_val) tensors, split 80/20 with a seeded permutation."""
+    data = load_digits()
+    x = data.images.astype(np.float32)[:, None]  # N×1×8×8, values 0..16
+    y = data.target.astype(np.int64)
+    order = np.random.default_rng(seed).permutation(len(x))
+    cut = int(0.8 * len(x))
+    tr, va = order[:cut], order[cut:]
+    if standardise:
+        mean, std = x[tr].mean(), x[tr].std()
+        x = (x - mean) / std
+    return torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[va]), torch.from_numpy(y[va])
+
+
+def small_cnn() -> nn.Module:
+    return nn.Sequential(
+        nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.2),
+        nn.Linear(64, 10),
+    )
+
+
+def train_digits(runs_dir: str | Path, name: str, epochs: int = 8, standardise: bool = True,
+                 lr: float = 0.05, every: int = 5, seed: int = 0, batch_size: int = 32) -> Path:
+    """Train the small CNN on digits with hooks attached; returns the run's path."""
+    torch.manual_seed(seed)
+    x_tr, y_tr, x_va, y_va = digits_tensors(seed, standardise)
+    model = small_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(x_tr) // batch_size + 1))
+    criterion = nn.CrossEntropyLoss()
+    gen = torch.Generator().manual_seed(seed)
+    config = {"dataset": "sklearn digits", "epochs": epochs, "lr": lr, "standardise": standardise,
+              "batch_size": batch_size, "seed": seed}
+    with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, every=every,
+                     config=config, class_names=[str(i) for i in range(10)]) as run:
+        for epoch in range(epochs):
+            model.train()
+            for idx in torch.randperm(len(x_tr), generator=gen).split(batch_size):
+                opt.zero_grad()
+                loss = criterion(model(x_tr[idx]), y_tr[idx])
+                loss.backward()
+                opt.step()
+                sched.step()
+            model.eval()
+            with torch.no_grad():
+                logits = model(x_va)
+                run.log_scalar("val/loss", nn.functional.cross_entropy(logits, y_va))
+                run.log_scalar("val/acc", (logits.argmax(1) == y_va).float().mean())
+            print(f"  {name}: epoch {epoch + 1}/{epochs}  val acc {(logits.argmax(1) == y_va).float().mean():.3f}",
+                  flush=True)
+    return run.path
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Train the built-in digits demo with hooks attached.")
+    parser.add_argument("--runs-dir", default="runs", help="folder to write the runs into (default: runs)")
+    parser.add_argument("--epochs", type=int, default=8, help="epochs per run (default: 8)")
+    args = parser.parse_args(argv)
+    if args.epochs < 1:
+        parser.error("--epochs must be at least 1")
+    for name, standardise in (("digits-cnn", True), ("digits-cnn-raw-pixels", False)):
+        print(f"training {name} ...", flush=True)
+        path = train_digits(args.runs_dir, name, epochs=args.epochs, standardise=standardise)
+        print(f"  recorded {path}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,125 @@
+"""Tensor → summary vector, computed on the tensor's own device in a few cheap passes.
+
+A summary is one float32 vector laid out as `diagnostics.schema.SUMMARY_FIELDS`
+(without `count`, which the caller knows for free) followed by the histogram.
+Count, mean, std (population, ddof=0), min, max, zero fraction and NaN/Inf counts are
+exact. Quantiles come from a fixed-stride subsample of at most `QUANTILE_SAMPLE`
+elements and the histogram from one of at most `HIST_SAMPLE` elements (never a random
+draw: the tool must not touch torch's RNG); below those sizes both are exact. For a
+tensor whose values are not ordered along memory, a stride-k subsample behaves like a
+sample of n/k values: a quantile's rank is off by about 1/sqrt(QUANTILE_SAMPLE) ≈ 0.8%.
+The histogram spans [min, max] of the whole tensor in HIST_BINS equal bins and its
+counts sum to the number of elements sampled.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from diagnostics import schema
+
+QUANTILE_SAMPLE = 16_384
+HIST_SAMPLE = 65_536
+_PIVOT_SAMPLE = 1_024
+_QUANTILES = torch.tensor(schema.QUANTILES, dtype=torch.float32)
+# Device vector = SUMMARY_FIELDS minus the leading count, then the histogram.
+VECTOR_FIELDS = schema.SUMMARY_FIELDS[1:]
+
+
+def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
+    n = flat.numel()
+    return flat if n <= limit else flat[:: -(-n // limit)]
+
+
+def _as_float(t: torch.Tensor) -> torch.Tensor:
+    x = t.detach()
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()  # half, bfloat16, integers and bools are summarised in float32
+    return x.reshape(-1)
+
+
+@torch.no_grad()
+def summarize(
+    t: torch.Tensor,
+    hist_range: tuple[torch.Tensor, torch.Tensor] | None = None,
+    bins: int = schema.HIST_BINS,
+) -> tuple[int, torch.Tensor]:
+    """Return (element count, summary vector on `t.device`).
+
+    `hist_range` fixes the histogram's span (two 0-d tensors), e.g. to overlay the
+    model's outputs on the labels with the same bins.
+    """
+    flat = _as_float(t)
+    n = flat.numel()
+    dev = flat.device
+    if n == 0:
+        vec = torch.full((len(VECTOR_FIELDS) + bins,), float("nan"), device=dev)
+        vec[VECTOR_FIELDS.index("zero_frac")] = 0.0
+        vec[VECTOR_FIELDS.index("nan_count")] = 0.0
+        vec[VECTOR_FIELDS.index("inf_count")] = 0.0
+        vec[len(VECTOR_FIELDS):] = 0.0
+        return 0, vec
+    zero_frac = 1.0 - torch.count_nonzero(flat).to(torch.float32) / n
+    total = flat.sum()
+    # One sync on CPU costs nothing; NaN/Inf counting only when the sum says so.
+    if bool(torch.isfinite(total)):
+        nan_count = inf_count = torch.zeros((), device=dev)
+        finite = flat
+    else:
+        nan_mask = torch.isnan(flat)
+        inf_mask = torch.isinf(flat)
+        nan_count = nan_mask.sum().to(torch.float32)
+        inf_count = inf_mask.sum().to(torch.float32)
+        finite = flat[~(nan_mask | inf_mask)]
+        if finite.numel() == 0:
+            vec = torch.full((len(VECTOR_FIELDS) + bins,), float("nan"), device=dev)
+            vec[VECTOR_FIELDS.index("zero_frac")] = zero_frac
+            vec[VECTOR_FIELDS.index("nan_count")] = nan_count
+            vec[VECTOR_FIELDS.index("inf_count")] = inf_count
+            vec[len(VECTOR_FIELDS):] = 0.0
+            return n, vec
+    m = finite.numel()
+    # Sums of squares in float32 lose everything when |mean| >> std: shift by a pivot.
+    pivot = _strided(finite, _PIVOT_SAMPLE).mean()
+    centred = finite - pivot
+    s1 = centred.sum()
+    s2 = torch.dot(centred, centred)
+    mean = pivot + s1 / m
+    var = torch.clamp(s2 / m - (s1 / m) ** 2, min=0.0)
+    lo, hi = torch.aminmax(finite)
+
+    qsample = _strided(finite, QUANTILE_SAMPLE).to(torch.float32)
+    quantiles = torch.quantile(qsample, _QUANTILES.to(dev))
+
+    if hist_range is None:
+        h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
+    else:
+        h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
+    # numpy's convention for an empty range: widen it to [v - 0.5, v + 0.5].
+    same = h_hi <= h_lo
+    h_lo, h_hi = torch.where(same, h_lo - 0.5, h_lo), torch.where(same, h_hi + 0.5, h_hi)
+    hist = torch.zeros(bins, device=dev)
+    if bins:
+        hsample = _strided(finite, HIST_SAMPLE).to(torch.float32)
+        inside = hsample[(hsample >= h_lo) & (hsample <= h_hi)]
+        idx = ((inside - h_lo) * (bins / (h_hi - h_lo))).floor().clamp_(0, bins - 1).long()
+        hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
+
+    head = torch.stack([
+        mean.to(torch.float32), var.sqrt().to(torch.float32), lo.to(torch.float32), hi.to(torch.float32),
+        zero_frac, nan_count.to(torch.float32), inf_count.to(torch.float32),
+    ])
+    return n, torch.cat([head, quantiles, torch.stack([h_lo, h_hi]), hist])
+
+
+@torch.no_grad()
+def class_summary(indices: torch.Tensor, num_classes: int) -> tuple[int, torch.Tensor]:
+    """Summary of class indices whose histogram has one bin per class (0..C-1)."""
+    idx = indices.detach().reshape(-1).long()
+    n, vec = summarize(idx, bins=0)
+    counts = torch.bincount(idx.clamp(0, num_classes - 1), minlength=num_classes)[:num_classes]
+    vec = vec.clone()
+    base = len(VECTOR_FIELDS)
+    vec[base - 2] = -0.5
+    vec[base - 1] = num_classes - 0.5
+    return n, torch.cat([vec, counts.to(vec.dtype)])

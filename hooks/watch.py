@@ -1,0 +1,414 @@
+"""`hooks.watch`: attach to a model, its optimizer and its loss; record a run.
+
+Hooks registered here (all handles kept in one list, removed by `close()`):
+
+- a forward hook on every leaf module: on capture steps, the output's summary
+  (`activation`) and a tensor hook on that output for its gradient (`gradient`);
+  `Tensor.register_hook` works on in-place modules where full backward hooks fail;
+- a forward hook on the loss module: the loss every step, and on capture steps the
+  model's outputs and the labels (`output`, `label`);
+- optimizer step pre/post hooks: parameter values and gradients on capture steps
+  (`weight`, `param_grad`), the learning rate of each param group, and the step count.
+
+A step is one `optimizer.step()`. Forward passes without grad (evaluation inside the
+loop) are ignored, and so are a module's second and later calls within a step (a
+module used twice, or gradient accumulation): the first call of a step is recorded.
+"""
+
+from __future__ import annotations
+
+import atexit
+import dataclasses
+import os
+import platform
+import time
+import uuid
+import weakref
+from functools import partial
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from diagnostics.store import RunWriter
+from hooks.summarize import class_summary, summarize
+
+_WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
+
+CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
+REGRESSION_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
+
+
+def _first_tensor(obj: Any) -> torch.Tensor | None:
+    """The first tensor in a module's output: tensor, tuple/list, dict or dataclass."""
+    if isinstance(obj, torch.Tensor):
+        return obj
+    if isinstance(obj, (list, tuple)):
+        items = obj
+    elif isinstance(obj, dict):
+        items = obj.values()
+    elif dataclasses.is_dataclass(obj):
+        items = (getattr(obj, f.name) for f in dataclasses.fields(obj))
+    else:
+        return None
+    for item in items:
+        found = _first_tensor(item)
+        if found is not None:
+            return found
+    return None
+
+
+def _unique_run_path(run_dir: Path, name: str | None) -> Path:
+    if name is None:
+        name = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    path = run_dir / name
+    n = 2
+    while path.exists():  # never write into (and mix with) an earlier run
+        path = run_dir / f"{name}-{n}"
+        n += 1
+    return path
+
+
+def _model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
+    modules = [
+        {
+            "name": name or type(model).__name__,
+            "type": type(m).__name__,
+            "params": sum(p.numel() for p in m.parameters(recurse=False)),
+            "leaf": not any(True for _ in m.children()),
+        }
+        for name, m in model.named_modules()
+    ]
+    params = [
+        {"name": n, "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
+        for n, p in model.named_parameters()
+    ]
+    return modules, params
+
+
+class WatchedRun:
+    """A run being recorded; see `hooks.watch`. Close it (or use `with`) to finish it."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer | None,
+        loss_fn: Callable | None,
+        run_dir: str | os.PathLike,
+        name: str | None,
+        every: int,
+        task: str | None,
+        config: dict | None,
+        flush_every_s: float,
+        class_names: list[str] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"watch: model must be a torch.nn.Module, got {type(model).__name__}")
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
+            raise ValueError(f"watch: every must be a positive int (capture every N steps), got {every!r}")
+        if task not in (None, "classification", "regression"):
+            raise ValueError(f"watch: task must be 'classification', 'regression' or None (infer), got {task!r}")
+        if model in _WATCHED:
+            raise RuntimeError("watch: this model is already watched — close the other run first (run.close())")
+        self.every = every
+        self.step = 0
+        self.task = task
+        self._model_ref = weakref.ref(model)
+        self._handles: list = []
+        self._pending: list[tuple[str, str, int, torch.Tensor]] = []
+        self._seen: set[tuple[str, str]] = set()
+        self._losses: list[tuple[int, torch.Tensor]] = []
+        self._step_losses: list[torch.Tensor] = []
+        self._closed = False
+        self._capturing = True
+        self._num_classes: int | None = None
+        self._forward_seen = False
+
+        self.path = _unique_run_path(Path(run_dir), name)
+        modules, params = _model_summary(model)
+        self._param_names = {p: n for n, p in model.named_parameters()}
+        self._writer = RunWriter(
+            self.path,
+            {
+                "name": self.path.name,
+                "model_class": type(model).__name__,
+                "task": task,
+                "modules": modules,
+                "parameters": params,
+                "num_parameters": sum(p["numel"] for p in params),
+                "watch": {"every": every, "flush_every_s": flush_every_s},
+                "config": config or {},
+                "class_names": list(class_names) if class_names else None,
+                "torch_version": torch.__version__,
+                "python_version": platform.python_version(),
+                "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+                "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
+            },
+            flush_every_s=flush_every_s,
+        )
+        _WATCHED.add(model)
+        self._register(model, optimizer, loss_fn)
+        self._atexit = partial(_close_at_exit, weakref.ref(self))
+        atexit.register(self._atexit)
+
+    # -- registration -----------------------------------------------------------------
+    def _register(self, model: nn.Module, optimizer, loss_fn) -> None:
+        # Hooks hold the run strongly (a run nobody keeps a name for still records and is
+        # closed at exit); close() removes them, which breaks the model → run → model cycle.
+        me = self
+        try:
+            for name, module in model.named_modules():
+                if not any(True for _ in module.children()):
+                    label = name or type(model).__name__
+                    self._handles.append(module.register_forward_hook(partial(_on_forward, me, label)))
+            if isinstance(loss_fn, nn.Module):
+                self._handles.append(loss_fn.register_forward_hook(partial(_on_loss, me), with_kwargs=True))
+                if self.task is None:
+                    if isinstance(loss_fn, CLASSIFICATION_LOSSES):
+                        self.task = "classification"
+                    elif isinstance(loss_fn, REGRESSION_LOSSES):
+                        self.task = "regression"
+            if optimizer is not None:
+                self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
+                self._handles.append(optimizer.register_step_post_hook(partial(_on_step_post, me)))
+            else:
+                self._handles.append(model.register_forward_pre_hook(partial(_on_model_forward, me)))
+        except BaseException:
+            self._remove_handles()
+            raise
+
+    def _remove_handles(self) -> None:
+        for h in self._handles:
+            h.remove()
+        self._handles.clear()
+
+    # -- recording ----------------------------------------------------------------------
+    def _add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
+        self._pending.append((layer, kind, count, vec))
+
+    def _first_call(self, layer: str, kind: str) -> bool:
+        key = (layer, kind)
+        if key in self._seen:
+            return False
+        self._seen.add(key)
+        return True
+
+    def _record_outputs(self, outputs: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+        outputs, labels = outputs.detach(), labels.detach()
+        task = self.task or self._infer_task(outputs, labels)
+        if self.task is None:
+            self.task = task
+            self._writer.update_manifest(task=task)
+        if task == "classification":
+            if outputs.ndim >= 2 and outputs.shape[1] > 1:
+                num_classes = outputs.shape[1]
+                pred = outputs.argmax(dim=1)
+            else:  # one logit per sample (binary)
+                num_classes = 2
+                pred = (outputs.reshape(labels.shape[0], -1)[:, 0] > 0).long()
+            if labels.is_floating_point() and labels.ndim == outputs.ndim and labels.shape == outputs.shape and num_classes > 2:
+                labels = labels.argmax(dim=1)  # soft / one-hot labels
+            if self._num_classes != num_classes:
+                self._num_classes = num_classes
+                self._writer.update_manifest(num_classes=num_classes)
+            self._add(f"{split}/class", "output", *class_summary(pred, num_classes))
+            self._add(f"{split}/class", "label", *class_summary(labels.reshape(-1).long(), num_classes))
+            self._add(f"{split}/logits", "output", *summarize(outputs))
+        else:
+            out = outputs.reshape(-1).float()
+            lab = labels.reshape(-1).float()
+            span = (torch.minimum(out.min(), lab.min()), torch.maximum(out.max(), lab.max())) if out.numel() and lab.numel() else None
+            self._add(f"{split}/value", "output", *summarize(out, hist_range=span))
+            self._add(f"{split}/value", "label", *summarize(lab, hist_range=span))
+
+    @staticmethod
+    def _infer_task(outputs: torch.Tensor, labels: torch.Tensor) -> str:
+        if not labels.is_floating_point() and outputs.is_floating_point() and outputs.ndim >= 2 and outputs.shape[1] > 1:
+            return "classification"
+        return "regression"
+
+    def _end_step(self) -> None:
+        """Hand this step's summaries to the writer and move to the next step."""
+        if self._step_losses:
+            loss = torch.stack([l.float() for l in self._step_losses]).mean()
+            self._losses.append((self.step, loss))
+            self._step_losses = []
+        if self._pending:
+            layers, kinds, counts, vecs = zip(*self._pending)
+            width = max(v.numel() for v in vecs)
+            rows = torch.stack([torch.nn.functional.pad(v, (0, width - v.numel()), value=-1.0) for v in vecs])
+            matrix = np.column_stack([np.asarray(counts, np.float64), rows.to("cpu", torch.float64).numpy()])
+            self._writer.add_summaries(self.step, layers, kinds, matrix)
+            self._pending = []
+        if self._losses and (self._capturing or len(self._losses) >= _LOSS_BATCH):
+            self._flush_losses()
+        self.step += 1
+        self._capturing = self.step % self.every == 0
+        self._seen.clear()
+
+    def _flush_losses(self) -> None:
+        steps, values = zip(*self._losses)
+        values = torch.stack(values).cpu().tolist()
+        for step, value in zip(steps, values):
+            self._writer.add_scalar(step, "loss", value)
+        self._losses = []
+
+    # -- public API ---------------------------------------------------------------------
+    def log_batch(
+        self,
+        outputs: torch.Tensor,
+        labels: torch.Tensor,
+        loss: torch.Tensor | float | None = None,
+        split: str = "train",
+    ) -> None:
+        """Record the model's outputs and labels (and the loss) when the loss is a plain function.
+
+        Example::
+
+            loss = F.cross_entropy(logits, y)
+            run.log_batch(logits, y, loss=loss)
+        """
+        if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+            raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
+        if outputs.shape[0] != labels.shape[0]:
+            raise ValueError(f"log_batch: outputs have {outputs.shape[0]} rows but labels {labels.shape[0]} — pass matching batches")
+        if loss is not None and split == "train":
+            self._step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
+        if self._capturing and self._first_call(f"{split}/outputs", "output"):
+            with torch.no_grad():
+                self._record_outputs(outputs, labels, split)
+
+    def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
+        """Record any scalar worth plotting (e.g. "val/acc") at the current step or `step`."""
+        if isinstance(value, torch.Tensor):
+            value = value.detach().item()
+        self._writer.add_scalar(self.step if step is None else int(step), str(name), float(value))
+
+    def close(self) -> None:
+        """Remove every hook, write what is buffered and mark the run finished. Safe twice."""
+        self._finish("finished")
+
+    def _finish(self, state: str) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._remove_handles()
+        atexit.unregister(self._atexit)
+        model = self._model_ref()
+        if model is not None:
+            _WATCHED.discard(model)
+        self._param_names = {}
+        if self._pending or self._step_losses:
+            self._end_step()
+        if self._losses:
+            self._flush_losses()
+        self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time())
+        self._writer.close(state)
+
+    def __enter__(self) -> "WatchedRun":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        self._finish("failed" if exc_type is not None else "finished")
+
+    def __repr__(self) -> str:
+        return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every})"
+
+
+def _close_at_exit(ref: "weakref.ref[WatchedRun]") -> None:
+    run = ref()
+    if run is not None:
+        run._finish("finished")
+
+
+# -- hook bodies ------------------------------------------------------------------------
+def _on_forward(run: WatchedRun, layer: str, module: nn.Module, args, output) -> None:
+    if not run._capturing or not torch.is_grad_enabled():
+        return
+    out = _first_tensor(output)
+    if out is None or not run._first_call(layer, "activation"):
+        return
+    run._add(layer, "activation", *summarize(out))
+    if out.requires_grad:
+        out.register_hook(partial(_on_grad, run, layer))
+
+
+def _on_grad(run: WatchedRun, layer: str, grad: torch.Tensor) -> None:
+    if run._first_call(layer, "gradient"):
+        run._add(layer, "gradient", *summarize(grad))
+
+
+def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
+    if not torch.is_grad_enabled():
+        return
+    if isinstance(output, torch.Tensor) and output.numel() == 1:
+        run._step_losses.append(output.detach())
+    outputs = args[0] if args else kwargs.get("input")
+    labels = args[1] if len(args) > 1 else kwargs.get("target")
+    if (run._capturing and isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and run._first_call("train/outputs", "output")):
+        with torch.no_grad():
+            run._record_outputs(outputs, labels, "train")
+
+
+def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
+    if not run._capturing:
+        return
+    with torch.no_grad():
+        for group in optimizer.param_groups:
+            for p in group["params"]:
+                name = run._param_names.get(p)
+                if name is None:
+                    continue
+                run._add(name, "weight", *summarize(p))
+                if p.grad is not None:
+                    run._add(name, "param_grad", *summarize(p.grad))
+
+
+def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
+    groups = optimizer.param_groups
+    lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
+    run._writer.add_scalars(run.step, {k: float(v) for k, v in lrs.items()})
+    run._end_step()
+
+
+def _on_model_forward(run: WatchedRun, module: nn.Module, args) -> None:
+    # Without an optimizer a step is one training forward of the whole model.
+    if not torch.is_grad_enabled():
+        return
+    if run._forward_seen:
+        run._end_step()
+    run._forward_seen = True
+
+
+def watch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None = None,
+    loss_fn: Callable | None = None,
+    run_dir: str | os.PathLike = "runs",
+    name: str | None = None,
+    every: int = 10,
+    task: str | None = None,
+    config: dict | None = None,
+    flush_every_s: float = 5.0,
+    class_names: list[str] | None = None,
+) -> WatchedRun:
+    """Attach diagnostics hooks to existing training; returns the run being recorded.
+
+    Captures every `every` optimizer steps (default 10; step 0 included): activations,
+    their gradients, weights and parameter gradients of every layer, the model's
+    outputs against the labels; the loss and learning rates on every step. Training
+    results are unchanged. `config` (any JSON-able dict) and `class_names` are kept in
+    the run's manifest. Data is flushed to `run_dir/name` every `flush_every_s`.
+
+    Example::
+
+        run = hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir="runs")
+        for x, y in loader:
+            opt.zero_grad(); loss = criterion(model(x), y); loss.backward(); opt.step()
+        run.close()
+    """
+    return WatchedRun(model, optimizer, loss_fn, run_dir, name, every, task, config, flush_every_s, class_names)

@@ -1,0 +1,48 @@
+"""Distributions: one layer over steps (quantile bands, histogram heatmap) and all
+layers side by side at one step."""
+
+import streamlit as st
+
+from diagnostics import figures, schema
+from pages import _shared
+
+run = _shared.current_run()
+path, version = str(run.path), run.data_version()
+st.title("Distributions")
+
+LAYER_KINDS = [k for k in schema.KINDS if k not in ("output", "label")]
+available = [k for k in _shared.kinds(path, version) if k in LAYER_KINDS]
+if not available:
+    st.info("No layer distributions recorded yet: they are captured every `every` optimizer steps, "
+            "starting at step 0.")
+    st.stop()
+
+DESCRIPTIONS = {
+    "activation": "a module's output", "gradient": "the gradient w.r.t. a module's output",
+    "weight": "a parameter's values", "param_grad": "a parameter's gradient",
+    "update": "the optimizer's change to a parameter",
+}
+left, right = st.columns([1, 3])
+kind = left.selectbox("Kind", available, format_func=lambda k: f"{k} — {DESCRIPTIONS[k]}", key="dist_kind")
+layer_names = _shared.layers(path, version, kind)
+types = {m["name"]: m["type"] for m in run.manifest.get("modules", [])}
+layer = right.selectbox("Layer", layer_names, key=f"dist_layer_{kind}",
+                        format_func=lambda n: f"{n} · {types[n]}" if n in types else n)
+
+one = _shared.distributions(path, version, kind, layers=(layer,))
+a, b = st.columns(2)
+a.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {layer}: quantiles over steps"), width="stretch")
+b.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {layer}: histogram over steps"), width="stretch")
+if len(one):
+    last = one.sort_values("step").iloc[-1]
+    st.caption(
+        f"Last capture (step {int(last['step'])}): mean {last['mean']:.4g}, std {last['std']:.4g}, "
+        f"zeros {last['zero_frac']:.1%}, NaN {int(last['nan_count'])}, Inf {int(last['inf_count'])}."
+    )
+
+st.subheader("All layers at one step")
+step_list = _shared.steps(path, version, kind)
+step = st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1 else step_list[0]
+at_step = _shared.distributions(path, version, kind, steps=(step,))
+st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}"),
+                width="stretch")

@@ -1,0 +1,44 @@
+"""Outputs vs labels: the model's output distribution against the label distribution,
+at one step and over steps — the first check after a baseline run."""
+
+import streamlit as st
+
+from diagnostics import figures
+from pages import _shared
+
+run = _shared.current_run()
+path, version = str(run.path), run.data_version()
+st.title("Outputs vs labels")
+
+outputs = _shared.distributions(path, version, "output")
+labels = _shared.distributions(path, version, "label")
+if outputs.empty or labels.empty:
+    st.info("No outputs recorded yet: pass `loss_fn=` (an nn.Module loss) to `hooks.watch`, or call "
+            "`run.log_batch(outputs, labels)` in your loop.")
+    st.stop()
+
+splits = sorted({layer.split("/")[0] for layer in labels["layer"]})
+split = st.selectbox("Split", splits, key="outputs_split") if len(splits) > 1 else splits[0]
+class_names = run.manifest.get("class_names")
+
+if f"{split}/class" in set(labels["layer"]):
+    out = outputs[outputs["layer"] == f"{split}/class"]
+    lab = labels[labels["layer"] == f"{split}/class"]
+else:
+    out = outputs[outputs["layer"] == f"{split}/value"]
+    lab = labels[labels["layer"] == f"{split}/value"]
+classification = f"{split}/class" in set(labels["layer"])
+
+step_list = sorted(set(out["step"]) & set(lab["step"]))
+step = st.select_slider("Step", step_list, value=step_list[-1], key="outputs_step") if len(step_list) > 1 else step_list[0]
+o = out[out["step"] == step].iloc[0]
+l = lab[lab["step"] == step].iloc[0]
+left, right = st.columns(2)
+if classification:
+    left.plotly_chart(figures.class_distribution_figure(o, l, class_names, f"class shares at step {step}"),
+                      width="stretch")
+    right.plotly_chart(figures.class_share_gap_figure(out, lab, class_names), width="stretch")
+else:
+    left.plotly_chart(figures.value_distribution_figure(o, l, f"values at step {step}"), width="stretch")
+    right.plotly_chart(figures.value_bands_figure(out, lab), width="stretch")
+st.caption("Each capture step shows the training batch of that step.")

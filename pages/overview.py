@@ -1,0 +1,44 @@
+"""Overview: what the run is, and its loss and learning-rate curves."""
+
+import pandas as pd
+import streamlit as st
+
+from diagnostics import figures
+from pages import _shared
+
+run = _shared.current_run()
+m = run.manifest
+status = run.status()
+version = run.data_version()
+
+st.title(f"Run {run.name}")
+cols = st.columns(5)
+cols[0].metric("State", status["state"])
+cols[1].metric("Steps", max(status["last_step"], int(m.get("steps", 0) or 0)))
+cols[2].metric("Task", m.get("task") or "—")
+cols[3].metric("Model", m.get("model_class") or "—")
+cols[4].metric("Parameters", f"{m.get('num_parameters', 0):,}")
+if status["state"] == "stopped":
+    st.warning("This run's writer stopped without closing it (the process ended or was killed): "
+               "it is shown as recorded up to its last flush.")
+
+scalars = _shared.scalars(str(run.path), version)
+if scalars.empty:
+    st.info("No scalars recorded yet (the loss is recorded once the first optimizer step ends).")
+else:
+    smooth = st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, help="Exponential moving average weight, as in TensorBoard")
+    left, right = st.columns(2)
+    left.plotly_chart(figures.scalar_figure(scalars, ["loss"], "loss", smooth=smooth), width="stretch")
+    lr_names = sorted(n for n in scalars["name"].unique() if n == "lr" or n.startswith("lr/"))
+    right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
+    others = sorted(set(scalars["name"]) - {"loss", *lr_names})
+    if others:
+        picked = st.multiselect("Other scalars", others, default=others[: min(4, len(others))])
+        if picked:
+            st.plotly_chart(figures.scalar_figure(scalars, picked, "logged scalars"), width="stretch")
+
+with st.expander("Model and configuration"):
+    modules = pd.DataFrame(m.get("modules", []))
+    if not modules.empty:
+        st.dataframe(modules, hide_index=True, width="stretch")
+    st.json({k: m.get(k) for k in ("watch", "config", "optimizer", "loss_fn", "torch_version", "python_version", "class_names")})
