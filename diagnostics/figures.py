@@ -121,10 +121,19 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     fig.add_trace(go.Scatter(x=d["layer"], y=std, mode="lines+markers", name="std", line=dict(color="#ff7f0e"),
                              showlegend=False), row=2, col=1)
     fig.update_yaxes(title_text="value", row=1, col=1)
-    fig.update_yaxes(title_text="std (log)", type="log", row=2, col=1)
+    positive = std.dropna()
+    decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
+    # whole decades when the spread allows, else 1-2-5 ticks: never a crowd of minor labels
+    fig.update_yaxes(title_text="std (log)", type="log", dtick=1 if decades >= 1 else "D2", row=2, col=1)
     fig.update_xaxes(tickangle=-45, row=2, col=1)
     fig.update_layout(title=title or "all layers at one step", height=520, margin=dict(l=40, r=20, t=50, b=40))
     return fig
+
+
+def pooled_class_counts(rows: pd.DataFrame) -> pd.Series:
+    """Class histograms of several steps summed into one (a row with `hist_counts`)."""
+    counts = np.sum([np.asarray(c, dtype=np.int64) for c in rows["hist_counts"]], axis=0)
+    return pd.Series({"hist_counts": counts, "count": int(counts.sum())})
 
 
 def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,

@@ -4,6 +4,6 @@
     run = hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir="runs")
 """
 
-from hooks.watch import WatchedRun, watch
+from hooks.watcher import WatchedRun, watch
 
 __all__ = ["watch", "WatchedRun"]

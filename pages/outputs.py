@@ -30,15 +30,23 @@ else:
 classification = f"{split}/class" in set(labels["layer"])
 
 step_list = sorted(set(out["step"]) & set(lab["step"]))
-step = st.select_slider("Step", step_list, value=step_list[-1], key="outputs_step") if len(step_list) > 1 else step_list[0]
-o = out[out["step"] == step].iloc[0]
-l = lab[lab["step"] == step].iloc[0]
+pooled = classification and st.toggle(
+    "Pool every captured step", value=False, key="outputs_pool",
+    help="One captured batch is small; pooling sums the class counts of all captures")
+if pooled:
+    o, l = figures.pooled_class_counts(out), figures.pooled_class_counts(lab)
+    title = f"class shares, {len(step_list)} captures pooled"
+else:
+    step = st.select_slider("Step", step_list, value=step_list[-1], key="outputs_step") if len(step_list) > 1 else step_list[0]
+    o = out[out["step"] == step].iloc[0]
+    l = lab[lab["step"] == step].iloc[0]
+    title = f"class shares at step {step}" if classification else f"values at step {step}"
+
 left, right = st.columns(2)
 if classification:
-    left.plotly_chart(figures.class_distribution_figure(o, l, class_names, f"class shares at step {step}"),
-                      width="stretch")
+    left.plotly_chart(figures.class_distribution_figure(o, l, class_names, title), width="stretch")
     right.plotly_chart(figures.class_share_gap_figure(out, lab, class_names), width="stretch")
 else:
-    left.plotly_chart(figures.value_distribution_figure(o, l, f"values at step {step}"), width="stretch")
+    left.plotly_chart(figures.value_distribution_figure(o, l, title), width="stretch")
     right.plotly_chart(figures.value_bands_figure(out, lab), width="stretch")
 st.caption("Each capture step shows the training batch of that step.")

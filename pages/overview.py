@@ -12,7 +12,7 @@ status = run.status()
 version = run.data_version()
 
 st.title(f"Run {run.name}")
-cols = st.columns(5)
+cols = st.columns([1, 1, 1.5, 1.5, 1])
 cols[0].metric("State", status["state"])
 cols[1].metric("Steps", max(status["last_step"], int(m.get("steps", 0) or 0)))
 cols[2].metric("Task", m.get("task") or "—")

@@ -85,7 +85,8 @@ def test_distributions_page_renders_a_chart_in_chromium(dashboard, tmp_path):
             assert page.get_by_text("Distributions", exact=True).first.is_visible()
             # the chart holds data: the heatmap and band traces drew something
             assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
-            assert page.locator('[data-testid="stPlotlyChart"] .main-svg .plot *').count() > 0
+            assert page.locator('[data-testid="stPlotlyChart"] g.trace.scatter path.js-line').count() > 0
+            assert page.locator('[data-testid="stPlotlyChart"] g.hm image').count() > 0  # heatmap drawn
             page.screenshot(path=str(shots / "distributions.png"), full_page=True)
             page.goto(f"{dashboard}/")
             _settle(page)

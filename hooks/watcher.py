@@ -1,4 +1,4 @@
-"""`hooks.watch`: attach to a model, its optimizer and its loss; record a run.
+"""`hooks.watch` (defined here): attach to a model, its optimizer and its loss; record a run.
 
 Hooks registered here (all handles kept in one list, removed by `close()`):
 

@@ -1,0 +1,28 @@
+# One command to set up and run the demo, one to set up and run the tests.
+#   make demo    # venv + install, train the digits demo, serve the dashboard on 127.0.0.1:8501
+#   make test    # venv + install (+ Chromium for the browser test), run the whole suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: setup demo test chromium
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# torch first, pinned: a range would pull a multi-GB CUDA build on CPU machines
+	$(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+chromium:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq chromium chromium-driver >/dev/null; \
+	  else echo "chromium missing: sudo apt-get install -y chromium chromium-driver (the browser test will skip)"; fi; }
+
+demo: setup
+	$(VENV)/bin/diagnostics demo
+
+test: setup chromium
+	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,0 +1,246 @@
+"""hooks.watch on plain training loops: what it records, and that it changes nothing."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import diagnostics
+import hooks
+import hooks.watcher as watch_module
+from tests.conftest import tiny_cnn, train_tiny
+
+
+def _params(model):
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_training_is_bitwise_unchanged(tmp_path, every):
+    plain, _ = train_tiny(tmp_path, watch=False, steps=10)
+    watched, _ = train_tiny(tmp_path, name=f"w{every}", every=every, steps=10)
+    a, b = _params(plain), _params(watched)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def _hook_dicts(module: nn.Module):
+    return [module._forward_hooks, module._forward_pre_hooks, module._backward_hooks,
+            module._backward_pre_hooks, module._forward_hooks_with_kwargs]
+
+
+def test_close_removes_every_hook_and_releases_the_model(tmp_path):
+    model, run = train_tiny(tmp_path, steps=4)
+    for m in model.modules():
+        assert all(len(d) == 0 for d in _hook_dicts(m)), m
+    ref = weakref.ref(model)
+    del model
+    gc.collect()
+    assert ref() is None  # `run` is still alive here and holds nothing of the model
+    run.close()  # twice is fine
+
+
+def test_hooks_are_removed_when_training_raises(tmp_path):
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    with pytest.raises(RuntimeError, match="boom"):
+        with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="x", every=1):
+            crit(model(torch.randn(4, 1, 8, 8)), torch.tensor([0, 1, 2, 0])).backward()
+            opt.step()
+            raise RuntimeError("boom")
+    for m in [*model.modules(), crit]:
+        assert all(len(d) == 0 for d in _hook_dicts(m))
+    assert len(opt._optimizer_step_pre_hooks) == 0 and len(opt._optimizer_step_post_hooks) == 0
+    assert diagnostics.open_run(tmp_path / "x").status()["state"] == "failed"
+
+
+def test_records_every_kind_for_every_layer_on_capture_steps(tmp_path):
+    model, run = train_tiny(tmp_path, steps=10, every=3)
+    r = diagnostics.open_run(run.path)
+    leaves = ["0", "1", "2", "3"]
+    params = [n for n, _ in model.named_parameters()]
+    assert r.layers("activation") == leaves
+    assert r.layers("gradient") == leaves
+    assert r.layers("weight") == params
+    assert r.layers("param_grad") == params
+    for kind in ("activation", "gradient", "weight", "param_grad", "output", "label"):
+        assert r.steps(kind) == [0, 3, 6, 9], kind
+    d = r.distributions("activation")
+    assert set(d.columns) >= {"step", "layer", "kind", "rank", "count", "mean", "std", "min", "max",
+                              "zero_frac", "nan_count", "inf_count", "q50", "hist_counts"}
+    # the ReLU's output (layer 1) on a 16×4×8×8 batch: every element counted, many zeros
+    relu = d[(d.layer == "1") & (d.step == 0)].iloc[0]
+    assert relu["count"] == 16 * 4 * 8 * 8
+    assert 0.2 < relu["zero_frac"] < 0.8 and relu["min"] == 0.0
+
+
+def test_loss_and_learning_rate_every_step_match_the_loop(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=2, gamma=0.5)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(16, 1, 8, 8), torch.randint(0, 3, (16,))
+    losses, lrs = [], []
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="l", every=4) as run:
+        for _ in range(6):
+            opt.zero_grad()
+            loss = crit(model(x), y)
+            loss.backward()
+            lrs.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+            losses.append(loss.item())
+    s = diagnostics.open_run(run.path).scalars()
+    np.testing.assert_allclose(s[s.name == "loss"].sort_values("step")["value"], losses, rtol=1e-6)
+    np.testing.assert_allclose(s[s.name == "lr"].sort_values("step")["value"], lrs)
+    assert list(s[s.name == "loss"].sort_values("step")["step"]) == list(range(6))
+
+
+def test_gradient_summary_matches_plain_torch(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 2))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.MSELoss()
+    x, y = torch.randn(32, 6), torch.randn(32, 2)
+    # reference: retain the first Linear's output gradient with plain torch, on a copy
+    ref_model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 2))
+    ref_model.load_state_dict(model.state_dict())
+    h = ref_model[0](x)
+    h.retain_grad()
+    out = ref_model[2](torch.relu(h))
+    crit(out, y).backward()
+    expected = h.grad.double().numpy()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="g", every=1) as run:
+        opt.zero_grad()
+        crit(model(x), y).backward()
+        opt.step()
+    g = diagnostics.open_run(run.path).distributions("gradient", layers=["0"]).iloc[0]
+    assert g["count"] == expected.size
+    np.testing.assert_allclose([g["mean"], g["std"], g["min"], g["max"]],
+                               [expected.mean(), expected.std(), expected.min(), expected.max()], rtol=1e-4, atol=1e-7)
+    pg = diagnostics.open_run(run.path).distributions("param_grad", layers=["0.weight"]).iloc[0]
+    np.testing.assert_allclose(pg["mean"], ref_model[0].weight.grad.double().mean().item(), rtol=1e-4, atol=1e-8)
+
+
+def test_no_tensor_work_between_captures(tmp_path, monkeypatch):
+    calls = []
+    real = watch_module.summarize
+    monkeypatch.setattr(watch_module, "summarize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="n", every=5):
+        counts = []
+        for _ in range(5):
+            before = len(calls)
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+            counts.append(len(calls) - before)
+    assert counts[0] > 0 and counts[1:] == [0, 0, 0, 0]
+
+
+def test_outputs_and_labels_are_class_histograms_of_the_batch(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(20, 1, 8, 8), torch.tensor([0] * 11 + [1] * 2 + [2] * 7)
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="o", every=1) as run:
+        opt.zero_grad()
+        logits = model(x)
+        crit(logits, y).backward()
+        opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["task"] == "classification" and r.manifest["num_classes"] == 3
+    lab = r.distributions("label", layers=["train/class"]).iloc[0]
+    out = r.distributions("output", layers=["train/class"]).iloc[0]
+    assert list(lab["hist_counts"]) == [11, 2, 7]
+    assert list(out["hist_counts"]) == np.bincount(logits.argmax(1).numpy(), minlength=3).tolist()
+    assert r.distributions("output", layers=["train/logits"]).iloc[0]["count"] == 60
+
+
+def test_no_grad_forward_inside_the_loop_is_not_training(tmp_path):
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="e", every=1) as run:
+        for _ in range(2):
+            with torch.no_grad():
+                crit(model(torch.zeros(4, 1, 8, 8)), torch.zeros(4, dtype=torch.long))
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.distributions("activation", layers=["0"])["count"].tolist() == [8 * 4 * 64, 8 * 4 * 64]
+    assert len(r.scalars(names=["loss"])) == 2
+
+
+def test_log_batch_with_a_plain_loss_function_regression(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 1))
+    opt = torch.optim.SGD(model.parameters(), lr=0.01)
+    x = torch.randn(50, 3)
+    y = 10 + x.sum(1, keepdim=True)
+    with hooks.watch(model, optimizer=opt, run_dir=tmp_path, name="r", every=1) as run:
+        opt.zero_grad()
+        pred = model(x)
+        loss = torch.nn.functional.mse_loss(pred, y)
+        run.log_batch(pred, y, loss=loss)
+        loss.backward()
+        opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["task"] == "regression"
+    out = r.distributions("output", layers=["train/value"]).iloc[0]
+    lab = r.distributions("label", layers=["train/value"]).iloc[0]
+    # outputs and labels share one span so that their histograms overlay
+    assert (out["hist_min"], out["hist_max"]) == (lab["hist_min"], lab["hist_max"])
+    assert out["hist_min"] == pytest.approx(min(pred.min().item(), y.min().item()))
+    np.testing.assert_allclose(lab["mean"], y.double().mean().item(), rtol=1e-6)
+    assert r.scalars(names=["loss"])["value"].iloc[0] == pytest.approx(loss.item())
+
+
+def test_log_scalar_and_config_in_manifest(tmp_path):
+    model = tiny_cnn()
+    with hooks.watch(model, run_dir=tmp_path, name="s", config={"lr": 0.1}, class_names=["a", "b", "c"]) as run:
+        run.log_scalar("val/acc", torch.tensor(0.75))
+        run.log_scalar("val/acc", 0.8, step=7)
+    r = diagnostics.open_run(run.path)
+    assert r.scalars(names=["val/acc"])[["step", "value"]].values.tolist() == [[0, 0.75], [7, 0.8]]
+    assert r.manifest["config"] == {"lr": 0.1} and r.manifest["class_names"] == ["a", "b", "c"]
+    assert [m["name"] for m in r.manifest["modules"]] == ["Sequential", "0", "1", "2", "3"]
+
+
+def test_an_existing_run_is_never_overwritten(tmp_path):
+    _, first = train_tiny(tmp_path, name="same", steps=2)
+    before = sorted(p.name for p in (first.path / "scalars").iterdir())
+    _, second = train_tiny(tmp_path, name="same", steps=2)
+    assert second.path.name == "same-2"
+    assert sorted(p.name for p in (first.path / "scalars").iterdir()) == before
+
+
+def test_bad_arguments_get_one_line_errors(tmp_path):
+    model = tiny_cnn()
+    with pytest.raises(ValueError, match="every must be a positive int"):
+        hooks.watch(model, run_dir=tmp_path, every=0)
+    with pytest.raises(TypeError, match="must be a torch.nn.Module"):
+        hooks.watch("model", run_dir=tmp_path)
+    with pytest.raises(ValueError, match="task must be"):
+        hooks.watch(model, run_dir=tmp_path, task="segmentation")
+    run = hooks.watch(model, run_dir=tmp_path)
+    with pytest.raises(RuntimeError, match="already watched"):
+        hooks.watch(model, run_dir=tmp_path)
+    with pytest.raises(ValueError, match="rows but labels"):
+        run.log_batch(torch.zeros(3, 2), torch.zeros(4))
+    run.close()
+    hooks.watch(model, run_dir=tmp_path).close()  # watchable again once closed

@@ -1,0 +1,87 @@
+"""Every page through Streamlit's AppTest: a recorded run, an empty folder, a broken run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from streamlit.testing.v1 import AppTest
+
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+PAGES = ["pages/overview.py", "pages/distributions.py", "pages/outputs.py"]
+
+
+def _open(monkeypatch, runs_dir, page: str, run_name: str | None = None) -> AppTest:
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=60).run()
+    if run_name is not None:
+        path = str(Path(runs_dir) / run_name)
+        at.selectbox(key="run_picker").set_value(path).run()
+    if page != "pages/overview.py":
+        at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+@pytest.mark.parametrize("run_name", ["cls", "reg"])
+@pytest.mark.parametrize("page", PAGES)
+def test_page_shows_charts_with_data_for_a_recorded_run(monkeypatch, recorded_runs, page, run_name):
+    at = _open(monkeypatch, recorded_runs, page, run_name)
+    assert not at.error, [e.value for e in at.error]
+    charts = _charts(at)
+    assert len(charts) >= 2
+    for spec in charts:  # no chart is empty: each has a trace with data
+        assert any(t.get("x") is not None or t.get("z") is not None or t.get("y") is not None
+                   for t in spec["data"]), spec["layout"].get("title")
+
+
+def test_distributions_page_switches_kind_and_layer(monkeypatch, recorded_runs):
+    at = _open(monkeypatch, recorded_runs, "pages/distributions.py", "cls")
+    at.selectbox(key="dist_kind").set_value("param_grad").run()
+    at.selectbox(key="dist_layer_param_grad").set_value("3.weight").run()
+    assert not at.exception
+    titles = [c["layout"]["title"]["text"] for c in _charts(at)]
+    assert any("param_grad of 3.weight" in t for t in titles)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_explains_an_empty_runs_folder(monkeypatch, tmp_path, page):
+    at = _open(monkeypatch, tmp_path, page)
+    assert any("No runs in" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page_explains_a_broken_run(monkeypatch, tmp_path, recorded_runs, page):
+    broken = tmp_path / "broken"
+    shutil.copytree(recorded_runs / "cls", broken)
+    (broken / "run.json").write_text("{not json")
+    at = _open(monkeypatch, tmp_path, page, "broken")
+    assert any("cannot be shown" in e.value and "run.json" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+
+
+def test_outputs_page_pools_class_counts_over_captures(monkeypatch, recorded_runs):
+    at = _open(monkeypatch, recorded_runs, "pages/outputs.py", "cls")
+    at.toggle(key="outputs_pool").set_value(True).run()
+    assert not at.exception
+    chart = _charts(at)[0]
+    assert "4 captures pooled" in chart["layout"]["title"]["text"]
+    labels = _array([t for t in chart["data"] if t.get("name") == "labels"][0]["y"])
+    # 4 captures of 16 labels each, pooled: shares over 64 labels
+    assert labels.sum() == pytest.approx(1.0) and np.allclose(labels * 64, np.round(labels * 64))
+
+
+def _array(value) -> np.ndarray:
+    """Plotly JSON holds arrays as lists or as base64 typed arrays."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
+    return np.asarray(value, dtype=float)
