@@ -204,3 +204,19 @@ def value_bands_figure(outputs: pd.DataFrame, labels: pd.DataFrame) -> go.Figure
     fig.update_layout(title="outputs vs labels over steps", xaxis_title="step", yaxis_title="value", height=360,
                       margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
     return fig
+
+
+def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
+    """Update-to-weight ratio of one parameter over steps (log scale), with the usual
+    healthy band around 1e-3 shaded."""
+    d = ratios[(ratios["layer"] == layer) & (ratios["ratio"] > 0)].sort_values("step")
+    if d.empty:
+        return _empty(f"no non-zero updates recorded for {layer}")
+    fig = go.Figure()
+    fig.add_hrect(y0=1e-4, y1=1e-2, fillcolor="rgba(44,160,44,0.12)", line_width=0,
+                  annotation_text="usual range", annotation_position="top left")
+    fig.add_scatter(x=d["step"], y=d["ratio"], mode="lines+markers", name="‖update‖ / ‖weight‖")
+    fig.update_yaxes(type="log", title_text="‖update‖ / ‖weight‖")
+    fig.update_layout(title=f"update-to-weight ratio of {layer}", xaxis_title="step", height=320,
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return fig

@@ -61,6 +61,11 @@ DISTRIBUTIONS_SCHEMA = pa.schema(
         ("nan_count", pa.int64()),
         ("inf_count", pa.int64()),
         *[(c, pa.float64()) for c in QUANTILE_COLUMNS],
+        # activations only (NaN elsewhere): share of units (channels for conv outputs,
+        # features otherwise) never positive over the captured batch, for ReLU-family
+        # layers; share of values within 1% of the bounds, for tanh/sigmoid-family layers.
+        ("dead_frac", pa.float64()),
+        ("saturated_frac", pa.float64()),
         ("hist_min", pa.float64()),
         ("hist_max", pa.float64()),
         ("hist_counts", pa.list_(pa.int64())),
@@ -71,7 +76,7 @@ DISTRIBUTIONS_SCHEMA = pa.schema(
 # float row per summary = these fields, then the histogram counts (padded with -1).
 SUMMARY_FIELDS = (
     "count", "mean", "std", "min", "max", "zero_frac", "nan_count", "inf_count",
-    *QUANTILE_COLUMNS, "hist_min", "hist_max",
+    *QUANTILE_COLUMNS, "dead_frac", "saturated_frac", "hist_min", "hist_max",
 )
 
 SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA}

@@ -31,6 +31,9 @@ from diagnostics import schema
 from diagnostics.errors import RunFormatError, RunNotFoundError
 
 _TIER_FANOUT = 16
+# A merge happens in the training process: past this many rows it would cost seconds
+# and gigabytes, while DuckDB reads a few hundred parts in a fraction of a second.
+_MAX_MERGED_ROWS = 250_000
 _ROW_GROUP_ROWS = 4096
 
 
@@ -200,10 +203,13 @@ class RunWriter:
             for part in mine:
                 width = part[2] - part[1] + 1
                 tiers[int(math.log(width, _TIER_FANOUT) + 1e-9)].append(part)
-            full = [t for t, parts in tiers.items() if len(parts) >= _TIER_FANOUT]
-            if not full:
+            groups = [sorted(parts, key=lambda p: p[1])[:_TIER_FANOUT] for _, parts in sorted(tiers.items())
+                      if len(parts) >= _TIER_FANOUT]
+            groups = [g for g in groups
+                      if sum(pq.ParquetFile(p[3]).metadata.num_rows for p in g) <= _MAX_MERGED_ROWS]
+            if not groups:
                 return
-            group = sorted(tiers[min(full)], key=lambda p: p[1])[:_TIER_FANOUT]
+            group = groups[0]
             merged = pa.concat_tables([pq.read_table(p[3]) for p in group])
             sort_keys = [("kind", "ascending"), ("layer", "ascending")] if "layer" in merged.column_names else [("name", "ascending")]
             merged = merged.sort_by(sort_keys + [("step", "ascending")])
@@ -303,24 +309,22 @@ class Run:
     def status(self) -> dict:
         """`state` (running, finished, failed, or stopped: the writer died) and last step."""
         states, last_step, heartbeat = [], -1, 0.0
+        now = time.time()
         for f in sorted((self.path / schema.STATUS_DIR).glob("rank*.json")):
             try:
                 s = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
-            states.append(s.get("state"))
+            state = s.get("state")
+            beat = float(s.get("heartbeat", 0.0))
+            if state == "running" and now - beat > schema.STALE_AFTER_S:
+                state = "stopped"  # this rank's writer died without closing
+            states.append(state)
             last_step = max(last_step, int(s.get("last_step", -1)))
-            heartbeat = max(heartbeat, float(s.get("heartbeat", 0.0)))
-        if not states:
-            state = "stopped"
-        elif "failed" in states:
-            state = "failed"
-        elif all(s == "finished" for s in states):
-            state = "finished"
-        elif time.time() - heartbeat > schema.STALE_AFTER_S:
-            state = "stopped"
-        else:
-            state = "running"
+            heartbeat = max(heartbeat, beat)
+        # one failed or dead rank decides for the run; all must finish for it to be finished
+        state = next((s for s in ("failed", "stopped", "running") if s in states),
+                     "finished" if states else "stopped")
         return {"state": state, "last_step": last_step, "ranks": len(states), "heartbeat": heartbeat}
 
     # -- queries --------------------------------------------------------------------
@@ -363,6 +367,26 @@ class Run:
             raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(schema.KINDS)}")
         where, params = _filters(kind=("kind", [kind]), layer=("layer", layers), step=("step", steps), rank=("rank", rank))
         return self._query("distributions", where, params, order="layer, step, rank")
+
+    def update_ratios(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
+        """Per parameter and capture step: norm of the optimizer's update over the norm of
+        the weight before it (`ratio`; around 1e-3 is the usual healthy range).
+
+        Norms come from the summaries: ||x|| = sqrt(count * (std² + mean²)).
+        """
+        upd = self.distributions("update", layers=layers)
+        wgt = self.distributions("weight", layers=layers)
+        cols = ["step", "layer", "rank", "update_norm", "weight_norm", "ratio"]
+        if upd.empty or wgt.empty:
+            return pd.DataFrame({c: pd.Series(dtype="str" if c == "layer" else "float64") for c in cols})
+        for d in (upd, wgt):
+            d["norm"] = np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2))
+        merged = upd[["step", "layer", "rank", "norm"]].merge(
+            wgt[["step", "layer", "rank", "norm"]], on=["step", "layer", "rank"], suffixes=("_u", "_w"))
+        merged = merged.rename(columns={"norm_u": "update_norm", "norm_w": "weight_norm"})
+        with np.errstate(divide="ignore", invalid="ignore"):
+            merged["ratio"] = merged["update_norm"] / merged["weight_norm"]
+        return merged[cols]
 
     def layers(self, kind: str = "activation") -> list[str]:
         """Layers that have summaries of `kind`, in the model's order where known."""

@@ -7,14 +7,21 @@ exact. Quantiles come from a fixed-stride subsample of at most `QUANTILE_SAMPLE`
 elements and the histogram from one of at most `HIST_SAMPLE` elements (never a random
 draw: the tool must not touch torch's RNG); below those sizes both are exact. For a
 tensor whose values are not ordered along memory, a stride-k subsample behaves like a
-sample of n/k values: a quantile's rank is off by about 1/sqrt(QUANTILE_SAMPLE) ≈ 0.8%.
+sample of that many values: a quantile's rank is off by about 1/sqrt(QUANTILE_SAMPLE) ≈ 0.8%.
 The histogram spans [min, max] of the whole tensor in HIST_BINS equal bins and its
-counts sum to the number of elements sampled.
+counts sum to the number of elements sampled. Samples are fixed index sets (see
+`_strided`), so a layer is sampled at the same positions at every step.
+
+With NaN or Inf present, mean, std, min, max, quantiles and histogram describe the
+finite values; `zero_frac` is the share of exact zeros among all elements, like `count`.
 """
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch import nn
 
 from diagnostics import schema
 
@@ -24,11 +31,34 @@ _PIVOT_SAMPLE = 1_024
 _QUANTILES = torch.tensor(schema.QUANTILES, dtype=torch.float32)
 # Device vector = SUMMARY_FIELDS minus the leading count, then the histogram.
 VECTOR_FIELDS = schema.SUMMARY_FIELDS[1:]
+_DEAD = VECTOR_FIELDS.index("dead_frac")
+_SATURATED = VECTOR_FIELDS.index("saturated_frac")
+
+
+_SAMPLE_INDEX: dict[tuple, torch.Tensor] = {}
 
 
 def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
+    """At most `limit` elements of `flat`, the same ones every time for a given size.
+
+    Element j of the sample is flat[(j * g) mod n] with g ≈ 0.618·n coprime with n, so
+    the sample visits every residue of any period that divides n: a (batch, features)
+    layout, whose period divides n, is not aliased the way a plain stride is.
+    """
     n = flat.numel()
-    return flat if n <= limit else flat[:: -(-n // limit)]
+    if n <= limit:
+        return flat
+    key = (n, limit, flat.device)
+    idx = _SAMPLE_INDEX.get(key)
+    if idx is None:
+        g = int(n * 0.6180339887498949) | 1
+        while math.gcd(g, n) != 1:
+            g += 2
+        idx = (torch.arange(limit, dtype=torch.int64) * g % n).to(flat.device)
+        if len(_SAMPLE_INDEX) > 512:
+            _SAMPLE_INDEX.clear()
+        _SAMPLE_INDEX[key] = idx
+    return flat.index_select(0, idx)
 
 
 def _as_float(t: torch.Tensor) -> torch.Tensor:
@@ -80,10 +110,14 @@ def summarize(
             return n, vec
     m = finite.numel()
     # Sums of squares in float32 lose everything when |mean| >> std: shift by a pivot.
-    pivot = _strided(finite, _PIVOT_SAMPLE).mean()
+    pivot = _strided(finite, _PIVOT_SAMPLE).double().mean().to(finite.dtype)
     centred = finite - pivot
     s1 = centred.sum()
     s2 = torch.dot(centred, centred)
+    if not bool(torch.isfinite(s1) & torch.isfinite(s2)):  # float32 overflow (|x| ≳ 1e19): redo in float64
+        centred = centred.double()
+        s1, s2 = centred.sum(), torch.dot(centred, centred)
+        pivot = pivot.double()
     mean = pivot + s1 / m
     var = torch.clamp(s2 / m - (s1 / m) ** 2, min=0.0)
     lo, hi = torch.aminmax(finite)
@@ -95,9 +129,11 @@ def summarize(
         h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
     else:
         h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
-    # numpy's convention for an empty range: widen it to [v - 0.5, v + 0.5].
+    # numpy's convention for an empty range: widen it to [v - 0.5, v + 0.5] (wider where
+    # float32 cannot tell v ± 0.5 from v, |v| ≥ 2**23).
     same = h_hi <= h_lo
-    h_lo, h_hi = torch.where(same, h_lo - 0.5, h_lo), torch.where(same, h_hi + 0.5, h_hi)
+    half = torch.clamp(h_lo.abs() * 2.0**-20, min=0.5)
+    h_lo, h_hi = torch.where(same, h_lo - half, h_lo), torch.where(same, h_hi + half, h_hi)
     hist = torch.zeros(bins, device=dev)
     if bins:
         hsample = _strided(finite, HIST_SAMPLE).to(torch.float32)
@@ -109,7 +145,40 @@ def summarize(
         mean.to(torch.float32), var.sqrt().to(torch.float32), lo.to(torch.float32), hi.to(torch.float32),
         zero_frac, nan_count.to(torch.float32), inf_count.to(torch.float32),
     ])
-    return n, torch.cat([head, quantiles, torch.stack([h_lo, h_hi]), hist])
+    not_applicable = torch.full((2,), float("nan"), device=dev)  # dead_frac, saturated_frac
+    return n, torch.cat([head, quantiles, not_applicable, torch.stack([h_lo, h_hi]), hist])
+
+
+RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
+               nn.Mish, nn.Hardswish)
+# module type → (low bound, high bound) of its output
+SATURATING = {nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 1.0), nn.Hardsigmoid: (0.0, 1.0),
+              nn.Softsign: (-1.0, 1.0)}
+
+
+@torch.no_grad()
+def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> torch.Tensor:
+    """Fill `dead_frac` or `saturated_frac` of an activation's summary vector, by module type."""
+    x = out.detach()
+    if x.numel() == 0 or not x.is_floating_point():
+        return vec
+    if isinstance(module, RELU_FAMILY):
+        # units: channels (dim 1) of N×C×… outputs, features (last dim) of N×F ones
+        unit_dim = 1 if x.ndim >= 3 else x.ndim - 1
+        active = (x > 0).movedim(unit_dim, 0).reshape(x.shape[unit_dim], -1).any(dim=1)
+        vec = vec.clone()
+        vec[_DEAD] = 1.0 - active.float().mean()
+    else:
+        bounds = next((b for t, b in SATURATING.items() if isinstance(module, t)), None)
+        if bounds is not None:
+            lo, hi = bounds
+            if isinstance(module, nn.Hardtanh):
+                lo, hi = module.min_val, module.max_val
+            margin = 0.01 * (hi - lo)
+            saturated = ((x <= lo + margin) | (x >= hi - margin)).float().mean()
+            vec = vec.clone()
+            vec[_SATURATED] = saturated
+    return vec
 
 
 @torch.no_grad()
@@ -117,7 +186,9 @@ def class_summary(indices: torch.Tensor, num_classes: int) -> tuple[int, torch.T
     """Summary of class indices whose histogram has one bin per class (0..C-1)."""
     idx = indices.detach().reshape(-1).long()
     n, vec = summarize(idx, bins=0)
-    counts = torch.bincount(idx.clamp(0, num_classes - 1), minlength=num_classes)[:num_classes]
+    # indices outside 0..C-1 (ignore_index=-100, padding) belong to no class
+    valid = idx[(idx >= 0) & (idx < num_classes)]
+    counts = torch.bincount(valid, minlength=num_classes)[:num_classes]
     vec = vec.clone()
     base = len(VECTOR_FIELDS)
     vec[base - 2] = -0.5

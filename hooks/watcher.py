@@ -21,6 +21,7 @@ import atexit
 import dataclasses
 import os
 import platform
+import subprocess
 import time
 import uuid
 import weakref
@@ -33,7 +34,7 @@ import torch
 from torch import nn
 
 from diagnostics.store import RunWriter
-from hooks.summarize import class_summary, summarize
+from hooks.summarize import class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
@@ -59,6 +60,26 @@ def _first_tensor(obj: Any) -> torch.Tensor | None:
         if found is not None:
             return found
     return None
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+def _broadcast_path(path: Path | None) -> Path:
+    box = [str(path) if path is not None else None]
+    torch.distributed.broadcast_object_list(box, src=0)
+    return Path(box[0])
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
 
 
 def _unique_run_path(run_dir: Path, name: str | None) -> Path:
@@ -104,6 +125,7 @@ class WatchedRun:
         config: dict | None,
         flush_every_s: float,
         class_names: list[str] | None = None,
+        seed: int | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: model must be a torch.nn.Module, got {type(model).__name__}")
@@ -126,8 +148,16 @@ class WatchedRun:
         self._capturing = True
         self._num_classes: int | None = None
         self._forward_seen = False
+        self._output_shapes: dict[str, list[int]] = {}
+        self._backward_norms: dict[torch.Tensor, torch.Tensor] = {}
+        self._grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
-        self.path = _unique_run_path(Path(run_dir), name)
+        rank, world_size = _distributed()
+        # rank 0 picks the (unique) run directory; every other rank writes into the same one
+        self.path = _unique_run_path(Path(run_dir), name) if rank == 0 else None
+        if world_size > 1:
+            self.path = _broadcast_path(self.path)
         modules, params = _model_summary(model)
         self._param_names = {p: n for n, p in model.named_parameters()}
         self._writer = RunWriter(
@@ -142,11 +172,16 @@ class WatchedRun:
                 "watch": {"every": every, "flush_every_s": flush_every_s},
                 "config": config or {},
                 "class_names": list(class_names) if class_names else None,
+                "seed": seed,
+                "git_commit": _git_commit(),
+                "cwd": os.getcwd(),
                 "torch_version": torch.__version__,
+                "world_size": world_size,
                 "python_version": platform.python_version(),
                 "optimizer": type(optimizer).__name__ if optimizer is not None else None,
                 "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
             },
+            rank=rank,
             flush_every_s=flush_every_s,
         )
         _WATCHED.add(model)
@@ -172,6 +207,9 @@ class WatchedRun:
                     elif isinstance(loss_fn, REGRESSION_LOSSES):
                         self.task = "regression"
             if optimizer is not None:
+                for p in model.parameters():
+                    if p.requires_grad:
+                        self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
                 self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
                 self._handles.append(optimizer.register_step_post_hook(partial(_on_step_post, me)))
             else:
@@ -243,18 +281,28 @@ class WatchedRun:
             matrix = np.column_stack([np.asarray(counts, np.float64), rows.to("cpu", torch.float64).numpy()])
             self._writer.add_summaries(self.step, layers, kinds, matrix)
             self._pending = []
-        if self._losses and (self._capturing or len(self._losses) >= _LOSS_BATCH):
+        if (self._losses or self._grad_norms) and (self._capturing or len(self._losses) >= _LOSS_BATCH
+                                                   or len(self._grad_norms) >= _LOSS_BATCH):
             self._flush_losses()
+        if self.step == 0 and self._output_shapes:
+            self._writer.update_manifest(output_shapes=self._output_shapes)
         self.step += 1
         self._capturing = self.step % self.every == 0
         self._seen.clear()
 
     def _flush_losses(self) -> None:
-        steps, values = zip(*self._losses)
-        values = torch.stack(values).cpu().tolist()
-        for step, value in zip(steps, values):
-            self._writer.add_scalar(step, "loss", value)
-        self._losses = []
+        """Losses and gradient norms cross to the CPU together, one transfer per batch of steps."""
+        if self._losses:
+            steps, values = zip(*self._losses)
+            for step, value in zip(steps, torch.stack(values).cpu().tolist()):
+                self._writer.add_scalar(step, "loss", value)
+            self._losses = []
+        if self._grad_norms:
+            steps, produced, at_step = zip(*self._grad_norms)
+            both = torch.stack([torch.stack(produced), torch.stack(at_step)]).cpu().tolist()
+            for step, norm, norm_at_step in zip(steps, *both):
+                self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": float(norm_at_step < norm * (1 - 1e-4))})
+            self._grad_norms = []
 
     # -- public API ---------------------------------------------------------------------
     def log_batch(
@@ -303,8 +351,10 @@ class WatchedRun:
         self._param_names = {}
         if self._pending or self._step_losses:
             self._end_step()
-        if self._losses:
+        if self._losses or self._grad_norms:
             self._flush_losses()
+        self._backward_norms.clear()
+        self._before_step = {}
         self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time())
         self._writer.close(state)
 
@@ -331,7 +381,10 @@ def _on_forward(run: WatchedRun, layer: str, module: nn.Module, args, output) ->
     out = _first_tensor(output)
     if out is None or not run._first_call(layer, "activation"):
         return
-    run._add(layer, "activation", *summarize(out))
+    count, vec = summarize(out)
+    run._add(layer, "activation", count, unit_activity(out, module, vec))
+    if run.step == 0:
+        run._output_shapes[layer] = list(out.shape)
     if out.requires_grad:
         out.register_hook(partial(_on_grad, run, layer))
 
@@ -354,10 +407,25 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
             run._record_outputs(outputs, labels, "train")
 
 
+def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
+    # The gradient as backward left it (before any clipping); the last call of a step wins.
+    run._backward_norms[param] = torch.linalg.vector_norm(param.grad.detach().float())
+
+
 def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
-    if not run._capturing:
-        return
     with torch.no_grad():
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        if grads:
+            # Global L2 norm at the step, and as backward produced it: a drop means the
+            # user's loop clipped the gradients.
+            at_step = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
+            produced = (torch.linalg.vector_norm(torch.stack(list(run._backward_norms.values())))
+                        if run._backward_norms else at_step)
+            run._grad_norms.append((run.step, produced, at_step))
+        run._backward_norms.clear()
+        if not run._capturing:
+            return
+        run._before_step = {}
         for group in optimizer.param_groups:
             for p in group["params"]:
                 name = run._param_names.get(p)
@@ -366,12 +434,18 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
                 run._add(name, "weight", *summarize(p))
                 if p.grad is not None:
                     run._add(name, "param_grad", *summarize(p.grad))
+                    run._before_step[name] = (p, p.detach().clone())
 
 
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
     groups = optimizer.param_groups
     lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
     run._writer.add_scalars(run.step, {k: float(v) for k, v in lrs.items()})
+    if run._before_step:
+        with torch.no_grad():
+            for name, (p, before) in run._before_step.items():
+                run._add(name, "update", *summarize(p.detach() - before))
+        run._before_step = {}
     run._end_step()
 
 
@@ -395,6 +469,7 @@ def watch(
     config: dict | None = None,
     flush_every_s: float = 5.0,
     class_names: list[str] | None = None,
+    seed: int | None = None,
 ) -> WatchedRun:
     """Attach diagnostics hooks to existing training; returns the run being recorded.
 
@@ -402,7 +477,8 @@ def watch(
     their gradients, weights and parameter gradients of every layer, the model's
     outputs against the labels; the loss and learning rates on every step. Training
     results are unchanged. `config` (any JSON-able dict) and `class_names` are kept in
-    the run's manifest. Data is flushed to `run_dir/name` every `flush_every_s`.
+    the run's manifest, with `seed` (if you pass the one you used), the git commit of
+    the working directory, the model summary and torch/python versions. Data is flushed to `run_dir/name` every `flush_every_s`.
 
     Example::
 
@@ -411,4 +487,4 @@ def watch(
             opt.zero_grad(); loss = criterion(model(x), y); loss.backward(); opt.step()
         run.close()
     """
-    return WatchedRun(model, optimizer, loss_fn, run_dir, name, every, task, config, flush_every_s, class_names)
+    return WatchedRun(model, optimizer, loss_fn, run_dir, name, every, task, config, flush_every_s, class_names, seed)

@@ -48,3 +48,8 @@ def steps(path: str, version: str, kind: str):
 @st.cache_data(show_spinner=False, max_entries=64)
 def kinds(path: str, version: str):
     return diagnostics.open_run(path).kinds()
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def update_ratios(path: str, version: str, layer: str):
+    return diagnostics.open_run(path).update_ratios(layers=(layer,))

@@ -40,6 +40,10 @@ if len(one):
         f"zeros {last['zero_frac']:.1%}, NaN {int(last['nan_count'])}, Inf {int(last['inf_count'])}."
     )
 
+if kind == "update":
+    ratios = _shared.update_ratios(path, version, layer)
+    st.plotly_chart(figures.update_ratio_figure(ratios, layer), width="stretch")
+
 st.subheader("All layers at one step")
 step_list = _shared.steps(path, version, kind)
 step = st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1 else step_list[0]

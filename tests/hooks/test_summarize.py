@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from diagnostics import schema
-from hooks.summarize import HIST_SAMPLE, QUANTILE_SAMPLE, VECTOR_FIELDS, class_summary, summarize
+from hooks.summarize import HIST_SAMPLE, QUANTILE_SAMPLE, VECTOR_FIELDS, _strided, class_summary, summarize
 
 NF = len(VECTOR_FIELDS)
 Q_COLS = list(schema.QUANTILE_COLUMNS)
@@ -50,6 +50,13 @@ def assert_moments(vec: np.ndarray, a: np.ndarray, rtol: float = 1e-5, atol: flo
     np.testing.assert_allclose(f(vec, "max"), a.max(), rtol=1e-7, atol=0)
 
 
+def sample_size(n: int, limit: int) -> int:
+    """How many elements the module's fixed subsample of an n-element tensor holds."""
+    size = _strided(torch.empty(n), limit).numel()
+    assert size == min(n, limit) or (n > limit and limit // 2 <= size <= limit)
+    return size
+
+
 def normal(n: int, seed: int = 0, loc: float = 0.0, scale: float = 1.0, dtype=np.float32) -> np.ndarray:
     return (np.random.default_rng(seed).standard_normal(n) * scale + loc).astype(dtype)
 
@@ -61,6 +68,10 @@ def test_vector_layout_is_summary_fields_without_count():
     n, vec = run(torch.randn(100, generator=torch.Generator().manual_seed(0)))
     assert n == 100
     assert vec.shape == (NF + BINS,)
+    # fields that only a module hook can fill (unit_activity) are NaN in a plain summary
+    for name in ("dead_frac", "saturated_frac"):
+        if name in VECTOR_FIELDS:
+            assert math.isnan(f(vec, name)), name
 
 
 def test_bins_argument_sets_histogram_length():
@@ -141,11 +152,8 @@ def test_large_tensor_histogram_is_subsample_over_full_range(size):
     x = normal(size, seed=size)
     a = x.astype(np.float64)
     _, vec = run(torch.from_numpy(x))
-    stride = math.ceil(size / HIST_SAMPLE)
-    sample_size = len(range(0, size, stride))
-    assert sample_size <= HIST_SAMPLE
     counts = hist(vec)
-    assert counts.sum() == sample_size
+    assert counts.sum() == sample_size(size, HIST_SAMPLE)
     assert np.all(counts >= 0)
     # spans [min, max] of the whole tensor, not of the subsample
     assert f(vec, "hist_min") == a.min() and f(vec, "hist_max") == a.max()
@@ -155,17 +163,33 @@ def test_large_tensor_histogram_is_subsample_over_full_range(size):
     assert tv < 0.02
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG/limitation hooks/summarize.py:_strided: the fixed-stride subsample aliases with "
-    "periodic memory layouts (e.g. (batch, features) activations). A (4096, 64) tensor "
-    "whose column j holds the value j gets stride 16 for quantiles and 4 for the histogram, "
-    "so only columns 0,16,32,48 (resp. every 4th) are seen: q95 = 48 instead of 60."))
-def test_quantiles_of_feature_periodic_tensor():
-    x = (torch.arange(4096 * 64) % 64).float().reshape(4096, 64)
+def _feature_periodic(batch=4096, features=64, seed=16):
+    """(batch, features) activations whose features have very different values: column j
+    is centred on j, so any subsample that skips columns is visibly biased."""
+    noise = np.random.default_rng(seed).uniform(-0.4, 0.4, size=(batch, features))
+    return torch.from_numpy((np.arange(features) + noise).astype(np.float32))
+
+
+@pytest.mark.parametrize("shape", [(4096, 64), (8192, 32), (2048, 128), (1000, 96)])
+def test_subsample_does_not_alias_with_feature_period(shape):
+    """A plain stride k over a (batch, features) layout sees only features that are
+    multiples of gcd(k, features); quantiles and histogram must still be unbiased."""
+    x = _feature_periodic(*shape)
     a = x.numpy().astype(np.float64).ravel()
     _, vec = run(x)
     below = np.array([np.mean(a < v) for v in quantiles(vec)])
-    np.testing.assert_allclose(below, Q_LEVELS, atol=0.02 + 1 / 64)  # ties: one column's mass
+    np.testing.assert_allclose(below, Q_LEVELS, atol=0.02)
+    counts = hist(vec)
+    full, _ = np.histogram(a, bins=BINS, range=(a.min(), a.max()))
+    tv = 0.5 * np.abs(counts / counts.sum() - full / full.sum()).sum()
+    assert tv < 0.02
+
+
+def test_subsample_is_the_same_at_every_call():
+    x = torch.from_numpy(normal(300_001, seed=17))
+    _, v1 = run(x)
+    _, v2 = run(x.clone())
+    np.testing.assert_array_equal(v1, v2)
 
 
 # -- NaN / Inf ------------------------------------------------------------------------
@@ -194,19 +218,11 @@ def test_nan_inf_counts_exact_and_stats_over_finite_values():
     np.testing.assert_array_equal(hist(vec), expected)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hooks/summarize.py:62 computes zero_frac as zeros / numel() over ALL elements "
-    "(NaN/Inf included), while every other statistic is over the finite values only; "
-    "with [0, 0, 1, nan, inf] it reports 0.4 instead of 2/3."))
-def test_zero_frac_over_finite_values_only():
+def test_zero_frac_is_share_of_zeros_among_all_elements():
+    """Documented: with NaN/Inf present zero_frac counts over all elements, like count."""
     x = _with_non_finite()
-    fin = x[np.isfinite(x)].astype(np.float64)
     _, vec = run(torch.from_numpy(x))
-    assert f(vec, "zero_frac") == pytest.approx(np.mean(fin == 0), abs=1e-6)
-
-
-def test_zero_frac_with_non_finite_counts_zeros_over_all_elements():
-    """What the code does today (documents the current definition next to the xfail)."""
+    assert f(vec, "zero_frac") == pytest.approx(np.mean(x == 0), abs=1e-6)
     _, vec = run(torch.tensor([0.0, 0.0, 1.0, float("nan"), float("inf")]))
     assert f(vec, "zero_frac") == pytest.approx(0.4)
 
@@ -257,17 +273,38 @@ def test_constant_tensor_widens_histogram_like_numpy(value):
     np.testing.assert_array_equal(hist(vec), expected)
 
 
-@pytest.mark.xfail(strict=True, raises=RuntimeError, reason=(
-    "BUG hooks/summarize.py:97-105: for a constant tensor with |v| >= 2**23 (float32 "
-    "spacing >= 1) v - 0.5 and v + 0.5 round back to v, so h_hi - h_lo == 0, the bin "
-    "index is 0 * inf = NaN, and torch.bincount raises 'bincount only supports 1-d "
-    "non-negative integral inputs' -- e.g. summarize(torch.full((10,), 1e7, "
-    "dtype=torch.float64)) crashes inside a training hook."))
-def test_constant_tensor_with_large_magnitude():
-    x = torch.full((10,), 1e7, dtype=torch.float64)
+@pytest.mark.parametrize("value, dtype", [
+    *[(v, d) for v in (1e7, -3e7, 2.0**24 + 2, 1e20) for d in (torch.float32, torch.float64)],
+    (-3e38, torch.float64),
+])
+def test_constant_tensor_with_large_magnitude(value, dtype):
+    """Regression: float32 cannot tell v +- 0.5 from v for |v| >= 2**23; the histogram
+    span was empty, the bin index NaN and torch.bincount raised inside a training hook."""
+    x = torch.full((10,), value, dtype=dtype)
+    v32 = float(np.float32(value))
     _, vec = run(x)
-    assert f(vec, "mean") == 1e7 and f(vec, "std") == 0.0
-    assert hist(vec).sum() == 10
+    assert f(vec, "min") == v32 and f(vec, "max") == v32 and f(vec, "std") == 0.0
+    assert f(vec, "mean") == pytest.approx(v32, rel=1e-7)
+    assert f(vec, "hist_min") < v32 < f(vec, "hist_max")
+    assert np.isfinite(f(vec, "hist_min")) and np.isfinite(f(vec, "hist_max"))
+    counts = hist(vec)
+    assert counts.sum() == 10 and np.count_nonzero(counts) == 1
+
+
+def test_large_finite_float32_values_keep_finite_mean():
+    x = normal(2000, seed=18, loc=1e37, scale=1e34)
+    a = x.astype(np.float64)
+    _, vec = run(torch.from_numpy(x))
+    assert f(vec, "nan_count") == 0 and f(vec, "inf_count") == 0
+    assert f(vec, "mean") == pytest.approx(a.mean(), rel=1e-6)
+    assert f(vec, "std") == pytest.approx(a.std(), rel=1e-3)
+
+
+def test_std_of_wide_float32_tensor_does_not_overflow():
+    x = normal(1_000_000, seed=19, scale=1e17)
+    a = x.astype(np.float64)
+    _, vec = run(torch.from_numpy(x))
+    assert f(vec, "std") == pytest.approx(a.std(), rel=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16, torch.uint8])
@@ -340,7 +377,7 @@ def test_non_contiguous_large_view_subsamples_logical_order():
     a = t.numpy().astype(np.float64).ravel()
     _, vec = run(t)
     assert_moments(vec, a)
-    assert hist(vec).sum() == len(range(0, a.size, math.ceil(a.size / HIST_SAMPLE)))
+    assert hist(vec).sum() == sample_size(a.size, HIST_SAMPLE)
     _, vec_c = run(t.contiguous())
     np.testing.assert_array_equal(vec, vec_c)
 
@@ -404,14 +441,12 @@ def test_class_summary_empty():
     assert f(vec, "hist_min") == -0.5 and f(vec, "hist_max") == 2.5
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "hooks/summarize.py:120 clamps indices into 0..C-1 before bincount, so labels outside "
-    "the classes (e.g. CrossEntropyLoss ignore_index=-100, padding) are silently counted "
-    "as class 0 (or C-1): [-100, 0, 1, 2, 5] with C=3 gives [2, 1, 2] instead of [1, 1, 1]."))
 def test_class_summary_out_of_range_indices_not_counted_as_classes():
-    idx = torch.tensor([-100, 0, 1, 2, 5])
-    _, vec = class_summary(idx, 3)
-    np.testing.assert_array_equal(hist(vec.double().numpy()), [1, 1, 1])
+    """Regression: indices were clamped into 0..C-1, so ignore_index=-100 counted as class 0."""
+    idx = torch.tensor([-100, 0, 1, 2, 5, -100, 2])
+    n, vec = class_summary(idx, 3)
+    assert n == 7
+    np.testing.assert_array_equal(hist(vec.double().numpy()), [1, 1, 2])
 
 
 # -- side effects -------------------------------------------------------------------------

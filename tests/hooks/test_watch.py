@@ -244,3 +244,43 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
         run.log_batch(torch.zeros(3, 2), torch.zeros(4))
     run.close()
     hooks.watch(model, run_dir=tmp_path).close()  # watchable again once closed
+
+
+def test_update_ratio_grad_norm_clipping_and_unit_activity(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.Sigmoid(), nn.Linear(16, 3))
+    with torch.no_grad():
+        model[0].bias[:8] = -100.0  # 8 of 32 units can never fire
+        model[2].weight.mul_(50.0)  # drives the sigmoid into its bounds
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(64, 10), torch.randint(0, 3, (64,))
+    norms, before, after = [], {}, {}
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="u", every=1) as run:
+        for i in range(4):
+            opt.zero_grad()
+            out = model(x)
+            crit(out, y).backward()
+            norms.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()])).item())
+            if i % 2:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1e-3)
+            if i == 2:
+                before = {n: p.detach().clone() for n, p in model.named_parameters()}
+            opt.step()
+            if i == 2:
+                after = {n: p.detach().clone() for n, p in model.named_parameters()}
+    r = diagnostics.open_run(run.path)
+    s = r.scalars()
+    np.testing.assert_allclose(s[s.name == "grad_norm"].sort_values("step")["value"], norms, rtol=1e-5)
+    assert s[s.name == "grad_clipped"].sort_values("step")["value"].tolist() == [0.0, 1.0, 0.0, 1.0]
+    ratios = r.update_ratios(layers=["2.weight"])
+    row = ratios[ratios.step == 2].iloc[0]
+    expected = ((after["2.weight"] - before["2.weight"]).norm() / before["2.weight"].norm()).item()
+    assert row["ratio"] == pytest.approx(expected, rel=1e-4)
+    act = r.distributions("activation")
+    relu = act[(act.layer == "1") & (act.step == 0)].iloc[0]
+    assert relu["dead_frac"] == pytest.approx(8 / 32)
+    sig = act[(act.layer == "3") & (act.step == 0)].iloc[0]
+    assert sig["saturated_frac"] > 0.5 and np.isnan(sig["dead_frac"])
+    assert np.isnan(act[act.layer == "0"]["dead_frac"]).all()
+    assert r.manifest["output_shapes"]["4"] == [64, 3]

@@ -1,0 +1,62 @@
+"""Distributed data parallel (gloo, two processes on this machine): one stream per rank."""
+
+from __future__ import annotations
+
+import socket
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+import diagnostics
+
+pytestmark = pytest.mark.slow
+
+
+def _worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
+    import hooks
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        crit = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
+        with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=run_dir, name="ddp", every=2):
+            for _ in range(4):
+                x, y = torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)
+                opt.zero_grad()
+                crit(model(x), y).backward()
+                opt.step()
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
+    r = diagnostics.open_run(tmp_path / "ddp")
+    assert r.manifest["world_size"] == 2
+    assert r.status() == {**r.status(), "state": "finished", "ranks": 2}
+    loss = r.scalars(names=["loss"])
+    assert sorted(loss["rank"].unique()) == [0, 1]
+    assert len(loss) == 8
+    # different shards: the two ranks saw different losses at the same step
+    by_rank = loss.pivot(index="step", columns="rank", values="value")
+    assert (by_rank[0] != by_rank[1]).all()
+    acts = r.distributions("activation", layers=["module.0"])
+    assert sorted(acts["rank"].unique()) == [0, 1] and sorted(acts["step"].unique()) == [0, 2]
+    only_one = r.distributions("activation", layers=["module.0"], rank=1)
+    assert set(only_one["rank"]) == {1} and len(only_one) == 2
+    # DDP averages gradients: the weights stay identical on both ranks
+    w = r.distributions("weight", layers=["module.0.weight"]).pivot(index="step", columns="rank", values="mean")
+    assert (w[0] == w[1]).all()
