@@ -85,3 +85,12 @@ def _array(value) -> np.ndarray:
     if isinstance(value, dict) and "bdata" in value:
         return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
     return np.asarray(value, dtype=float)
+
+
+def test_distributions_page_shows_update_to_weight_ratio(monkeypatch, recorded_runs):
+    at = _open(monkeypatch, recorded_runs, "pages/distributions.py", "cls")
+    at.selectbox(key="dist_kind").set_value("update").run()
+    at.selectbox(key="dist_layer_update").set_value("3.weight").run()
+    assert not at.exception
+    ratio = [c for c in _charts(at) if "update-to-weight ratio of 3.weight" in c["layout"]["title"]["text"]]
+    assert ratio and _array(ratio[0]["data"][0]["y"]).min() > 0
