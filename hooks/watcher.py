@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from diagnostics.store import RunWriter
+from hooks.schedule import AutoSchedule, EverySchedule
 from hooks.summarize import class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -120,23 +121,28 @@ class WatchedRun:
         loss_fn: Callable | None,
         run_dir: str | os.PathLike,
         name: str | None,
-        every: int,
+        every: int | str,
         task: str | None,
         config: dict | None,
         flush_every_s: float,
         class_names: list[str] | None = None,
         seed: int | None = None,
+        budget: float = 0.03,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"watch: model must be a torch.nn.Module, got {type(model).__name__}")
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1:
-            raise ValueError(f"watch: every must be a positive int (capture every N steps), got {every!r}")
+        if every != "auto" and (not isinstance(every, int) or isinstance(every, bool) or every < 1):
+            raise ValueError(f"watch: every must be a positive int (capture every N steps) or 'auto', got {every!r}")
+        if not 0 < budget < 1:
+            raise ValueError(f"watch: budget is a fraction of training time, e.g. 0.03 for 3%; got {budget!r}")
         if task not in (None, "classification", "regression"):
             raise ValueError(f"watch: task must be 'classification', 'regression' or None (infer), got {task!r}")
         if model in _WATCHED:
             raise RuntimeError("watch: this model is already watched — close the other run first (run.close())")
         self.every = every
+        self.schedule = AutoSchedule(budget) if every == "auto" else EverySchedule(every)
         self.step = 0
+        self._step_started = time.perf_counter()
         self.task = task
         self._model_ref = weakref.ref(model)
         self._handles: list = []
@@ -169,7 +175,8 @@ class WatchedRun:
                 "modules": modules,
                 "parameters": params,
                 "num_parameters": sum(p["numel"] for p in params),
-                "watch": {"every": every, "flush_every_s": flush_every_s},
+                "watch": {"every": every, "budget": budget if every == "auto" else None,
+                          "flush_every_s": flush_every_s},
                 "config": config or {},
                 "class_names": list(class_names) if class_names else None,
                 "seed": seed,
@@ -286,8 +293,11 @@ class WatchedRun:
             self._flush_losses()
         if self.step == 0 and self._output_shapes:
             self._writer.update_manifest(output_shapes=self._output_shapes)
+        now = time.perf_counter()
+        self.schedule.record(self.step, self._capturing, now - self._step_started)
+        self._step_started = now
         self.step += 1
-        self._capturing = self.step % self.every == 0
+        self._capturing = self.schedule.should_capture(self.step)
         self._seen.clear()
 
     def _flush_losses(self) -> None:
@@ -298,10 +308,10 @@ class WatchedRun:
                 self._writer.add_scalar(step, "loss", value)
             self._losses = []
         if self._grad_norms:
-            steps, produced, at_step = zip(*self._grad_norms)
-            both = torch.stack([torch.stack(produced), torch.stack(at_step)]).cpu().tolist()
-            for step, norm, norm_at_step in zip(steps, *both):
-                self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": float(norm_at_step < norm * (1 - 1e-4))})
+            steps, produced, clipped = zip(*self._grad_norms)
+            both = torch.stack([torch.stack(produced), torch.stack(clipped).float()]).cpu().tolist()
+            for step, norm, was_clipped in zip(steps, *both):
+                self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped})
             self._grad_norms = []
 
     # -- public API ---------------------------------------------------------------------
@@ -355,7 +365,8 @@ class WatchedRun:
             self._flush_losses()
         self._backward_norms.clear()
         self._before_step = {}
-        self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time())
+        self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time(),
+                                     schedule=self.schedule.describe())
         self._writer.close(state)
 
     def __enter__(self) -> "WatchedRun":
@@ -365,7 +376,7 @@ class WatchedRun:
         self._finish("failed" if exc_type is not None else "finished")
 
     def __repr__(self) -> str:
-        return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every})"
+        return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
 
 
 def _close_at_exit(ref: "weakref.ref[WatchedRun]") -> None:
@@ -414,15 +425,18 @@ def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
 
 def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
     with torch.no_grad():
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
-        if grads:
-            # Global L2 norm at the step, and as backward produced it: a drop means the
-            # user's loop clipped the gradients.
-            at_step = torch.linalg.vector_norm(torch.stack([n.float() for n in torch._foreach_norm(grads)]))
-            produced = (torch.linalg.vector_norm(torch.stack(list(run._backward_norms.values())))
-                        if run._backward_norms else at_step)
-            run._grad_norms.append((run.step, produced, at_step))
-        run._backward_norms.clear()
+        if run._backward_norms:
+            # Global L2 norm of the gradients as backward produced them. The user's loop
+            # clipped them if the largest parameter gradient shrank since (clip_grad_norm_
+            # scales all by one factor): checking one costs one norm, not a second pass.
+            params, values = list(run._backward_norms), torch.stack(list(run._backward_norms.values()))
+            produced = torch.linalg.vector_norm(values)
+            largest = int(torch.argmax(values))
+            probe, before = params[largest], values[largest]
+            now = (torch.linalg.vector_norm(probe.grad.detach().float()) if probe.grad is not None
+                   else torch.zeros((), device=before.device))
+            run._grad_norms.append((run.step, produced, now < before * (1 - 1e-4)))
+            run._backward_norms = {}
         if not run._capturing:
             return
         run._before_step = {}
@@ -464,21 +478,26 @@ def watch(
     loss_fn: Callable | None = None,
     run_dir: str | os.PathLike = "runs",
     name: str | None = None,
-    every: int = 10,
+    every: int | str = "auto",
     task: str | None = None,
     config: dict | None = None,
     flush_every_s: float = 5.0,
     class_names: list[str] | None = None,
     seed: int | None = None,
+    budget: float = 0.03,
 ) -> WatchedRun:
     """Attach diagnostics hooks to existing training; returns the run being recorded.
 
-    Captures every `every` optimizer steps (default 10; step 0 included): activations,
-    their gradients, weights and parameter gradients of every layer, the model's
-    outputs against the labels; the loss and learning rates on every step. Training
-    results are unchanged. `config` (any JSON-able dict) and `class_names` are kept in
-    the run's manifest, with `seed` (if you pass the one you used), the git commit of
-    the working directory, the model summary and torch/python versions. Data is flushed to `run_dir/name` every `flush_every_s`.
+    Captures on a schedule: `every="auto"` (default) holds the capture overhead near
+    `budget` (3%) of training time, capturing steps 0, 1, 2, 4, 8, ... and as many more
+    as the budget allows; `every=N` captures every N optimizer steps. A capture records
+    activations, their gradients, weights, parameter gradients and updates of every
+    layer, and the model's outputs against the labels; the loss, learning rates and
+    global gradient norm are recorded on every step. Training results are unchanged.
+    `config` (any JSON-able dict) and `class_names` are kept in the run's manifest, with
+    `seed` (if you pass the one you used), the git commit of the working directory, the
+    model summary and torch/python versions. Data is flushed to `run_dir/name` every
+    `flush_every_s` seconds.
 
     Example::
 
@@ -487,4 +506,4 @@ def watch(
             opt.zero_grad(); loss = criterion(model(x), y); loss.backward(); opt.step()
         run.close()
     """
-    return WatchedRun(model, optimizer, loss_fn, run_dir, name, every, task, config, flush_every_s, class_names, seed)
+    return WatchedRun(model, optimizer, loss_fn, run_dir, name, every, task, config, flush_every_s, class_names, seed, budget)

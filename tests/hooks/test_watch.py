@@ -284,3 +284,22 @@ def test_update_ratio_grad_norm_clipping_and_unit_activity(tmp_path):
     assert sig["saturated_frac"] > 0.5 and np.isnan(sig["dead_frac"])
     assert np.isnan(act[act.layer == "0"]["dead_frac"]).all()
     assert r.manifest["output_shapes"]["4"] == [64, 3]
+
+
+def test_default_schedule_is_auto_and_dense_at_the_start(tmp_path):
+    torch.manual_seed(0)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 1, 8, 8), torch.randint(0, 3, (8,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="auto") as run:
+        for _ in range(6):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["watch"]["every"] == "auto" and r.manifest["watch"]["budget"] == 0.03
+    assert {0, 1, 2, 4} <= set(r.steps("activation"))
+    assert r.manifest["schedule"]["every"] == "auto"
+    with pytest.raises(ValueError, match="budget is a fraction"):
+        hooks.watch(model, run_dir=tmp_path, budget=3)

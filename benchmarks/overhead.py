@@ -1,0 +1,693 @@
+"""Training overhead benchmark: what does `hooks.watch` cost per step, next to the alternatives?
+
+Two models, trained with plain SGD on fixed random data (seeded), on the CPU:
+
+    resnet  ResNet-18-sized CNN (BasicBlock x [2,2,2,2], 64->512 channels, BatchNorm,
+            ReLU(inplace=True)), 3x64x64 images, batch 16, 10 classes. No torchvision.
+            Each block has its own two ReLU modules (torchvision reuses one), so every leaf
+            module runs once per step and "every leaf module's output" means the same
+            thing to every mode.
+    mlp     12 Linear layers, 1024 wide (1024 -> 1024 x11 -> 10), ReLU, batch 256.
+
+Modes (one step = zero_grad, forward, CrossEntropyLoss, backward, SGD step):
+
+    none           no hooks: the baseline.
+    floor-sum      our own hooks doing one plain reduction `t.float().sum()` over the same
+                   tensors hooks.watch looks at: every leaf module's output (forward hook)
+                   and its gradient (tensor hook), every parameter and its gradient
+                   (optimizer step pre-hook), every step. The floor: any per-tensor summary
+                   has to read each tensor at least once.
+    watch-default  hooks.watch(...) without `every`: the tool's default schedule.
+    watch-every1   hooks.watch(..., every=1): captures everything on every step.
+    tensorboard    SummaryWriter.add_histogram on every parameter, every parameter gradient
+                   (optimizer step pre-hook) and every leaf module's output (forward hook),
+                   every step, into a temp dir.
+    wandb          wandb.init(project="bench", mode="offline") + wandb.watch(model,
+                   log="all", log_freq=1) (histograms of parameters and parameter gradients;
+                   wandb.watch has no activation histograms) plus wandb.log({"loss": ...})
+                   every step, which is what commits wandb.watch's histograms. WANDB_MODE
+                   offline, every wandb directory in a temp dir, error reporting off:
+                   nothing leaves the machine.
+
+Timing (one process, interleaved): `--rounds` rounds; in each round every mode gets a fresh
+copy of the same initial model and optimizer, runs `--warmup` untimed steps with its hooks
+on, then `--steps` timed steps. Mode order rotates from round to round. Per round and mode:
+ms/step = wall time of the timed steps / steps (a mean, so the rare capture steps of a
+sparse schedule count in full), and ratio = that / `none`'s ms/step in the same round.
+The table shows the median over rounds of both (and the min-max range of the ratio). Setup
+(attach: watch / wandb.init / SummaryWriter) and close (run.close / wandb finish / writer
+close) are timed separately and not in ms/step. Background threads and helper processes
+(the watch writer's I/O thread, TensorBoard's event writer, wandb-core) count to the
+extent they slow the training loop down, which on 2 cores they do.
+
+Memory (`--mem-steps` steps, one fresh subprocess per model and mode, run after the timing
+so it cannot disturb it): the subprocess builds the model, runs one plain step, reads its
+RSS, resets the kernel's peak-RSS mark (/proc/self/clear_refs <- 5), imports and attaches
+the mode, runs the steps and reads VmHWM. "peak MB added" = (VmHWM - RSS before attaching)
+of the mode minus the same for `none`: extra peak resident memory of the training process,
+importing the tool included. Helper processes (wandb-core) are not in it; their RSS at the
+end of the steps is reported separately ("helpers MB").
+
+Targets (PASS/FAIL next to the ratios):
+    watch-default <= 1.03x none
+    watch-every1  <= 1.5x none
+    watch-every1 overhead (ratio - 1) at least 3x smaller than tensorboard's
+    watch-every1 no slower than wandb
+
+Usage::
+
+    .venv/bin/python benchmarks/overhead.py                     # both models, defaults
+    .venv/bin/python benchmarks/overhead.py --models mlp --steps 20 --rounds 5
+    .venv/bin/python benchmarks/overhead.py --json benchmarks/results/overhead.json
+
+Needs `.venv/bin/pip install tensorboard wandb` for those two modes; a mode whose package
+is missing or that crashes is reported as unavailable, with the reason.
+Exit status: 0 when every target that could be evaluated passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import gc
+import io
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+_ROOT = Path(__file__).resolve().parents[1]
+if str(_ROOT) not in sys.path:
+    sys.path.insert(0, str(_ROOT))
+
+# wandb: offline, every directory it writes under one temp dir, no error reporting.
+# Set before wandb can be imported (it reads them at import and at init).
+_WANDB_TMP = tempfile.mkdtemp(prefix="bench-wandb-")
+for _k, _v in {
+    "WANDB_MODE": "offline",
+    "WANDB_DIR": _WANDB_TMP,
+    "WANDB_CACHE_DIR": os.path.join(_WANDB_TMP, "cache"),
+    "WANDB_CONFIG_DIR": os.path.join(_WANDB_TMP, "config"),
+    "WANDB_DATA_DIR": os.path.join(_WANDB_TMP, "data"),
+    "WANDB_ARTIFACT_DIR": os.path.join(_WANDB_TMP, "artifacts"),
+    "WANDB_SILENT": "true",
+    "WANDB_CONSOLE": "off",
+    "WANDB_ERROR_REPORTING": "false",
+    "WANDB_DISABLE_CODE": "true",
+    "WANDB_DISABLE_GIT": "true",
+}.items():
+    os.environ[_k] = _v
+
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+
+MODES = ["none", "floor-sum", "watch-default", "watch-every1", "tensorboard", "wandb"]
+CAPTURES = {
+    "none": "nothing",
+    "floor-sum": "1 sum per act, act grad, param, param grad; every step",
+    "watch-default": "hooks.watch, default schedule (all kinds on capture steps)",
+    "watch-every1": "act, act grad, weight, param grad, update, outputs; every step",
+    "tensorboard": "histograms of params, param grads, leaf acts; every step",
+    "wandb": "histograms of params, param grads (64 bins) + loss; every step",
+}
+MODEL_DEFAULTS = {  # timed steps per round (both at roughly the same wall time)
+    "resnet": {"steps": 30},
+    "mlp": {"steps": 20},
+}
+SEED = 0
+N_BATCHES = 4
+TARGETS = [
+    ("watch-default <= 1.03x", "ratio(watch-default) <= 1.03"),
+    ("watch-every1 <= 1.5x", "ratio(watch-every1) <= 1.5"),
+    ("watch-every1 overhead >= 3x smaller than tensorboard's", "3*(ratio(every1)-1) <= ratio(tensorboard)-1"),
+    ("watch-every1 no slower than wandb", "ratio(watch-every1) <= ratio(wandb)"),
+]
+
+
+# -- models -------------------------------------------------------------------------------
+class BasicBlock(nn.Module):
+    def __init__(self, cin: int, cout: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + identity)
+
+
+class ResNet18(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(3, 2, 1)
+        layers, cin = [], 64
+        for i, cout in enumerate((64, 128, 256, 512)):
+            stride = 1 if i == 0 else 2
+            layers.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layer1, self.layer2, self.layer3, self.layer4 = layers
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(torch.flatten(self.avgpool(x), 1))
+
+
+def make_mlp(width: int = 1024, depth: int = 12, num_classes: int = 10) -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(depth - 1):
+        layers += [nn.Linear(width, width), nn.ReLU()]
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
+def build(model_name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], dict]:
+    """The model (seeded init) and N_BATCHES fixed random batches (seeded)."""
+    torch.manual_seed(SEED)
+    g = torch.Generator().manual_seed(SEED + 1)
+    if model_name == "resnet":
+        model, shape, batch = ResNet18(10), (3, 64, 64), 16
+    elif model_name == "mlp":
+        model, shape, batch = make_mlp(), (1024,), 256
+    else:
+        raise ValueError(f"unknown model {model_name!r} (resnet, mlp)")
+    data = [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
+            for _ in range(N_BATCHES)]
+    info = {
+        "input": [batch, *shape],
+        "params": sum(p.numel() for p in model.parameters()),
+        "leaf_modules": sum(1 for m in model.modules() if not any(True for _ in m.children())),
+        "param_tensors": sum(1 for _ in model.parameters()),
+    }
+    return model, data, info
+
+
+def leaf_modules(model: nn.Module):
+    for name, m in model.named_modules():
+        if not any(True for _ in m.children()):
+            yield name or type(model).__name__, m
+
+
+# -- modes --------------------------------------------------------------------------------
+class Unavailable(Exception):
+    pass
+
+
+class Attached:
+    """A mode attached to one model: `after(loss)` runs after each step, `close()` detaches."""
+
+    def __init__(self, close=None, after=None, info=None, run=None) -> None:
+        self._close = close
+        self.after = after
+        self.info = info or {}
+        self.run = run
+
+    def close(self) -> None:
+        if self._close is not None:
+            self._close()
+
+
+def check_available(mode: str) -> str | None:
+    """None if the mode can be tried, else why not."""
+    try:
+        if mode == "tensorboard":
+            from torch.utils.tensorboard import SummaryWriter  # noqa: F401
+        elif mode == "wandb":
+            import wandb  # noqa: F401
+        elif mode.startswith("watch"):
+            import hooks  # noqa: F401
+    except Exception as e:  # ImportError, or a broken install
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def attach(mode: str, model: nn.Module, opt, crit, tmp: Path, tag: str) -> Attached:
+    if mode == "none":
+        return Attached()
+
+    if mode == "floor-sum":
+        sums: list[torch.Tensor] = []
+        handles = []
+
+        def on_grad(g):
+            sums.append(g.float().sum())
+
+        def on_forward(module, args, out):
+            if isinstance(out, torch.Tensor) and torch.is_grad_enabled():
+                sums.append(out.float().sum())
+                if out.requires_grad:
+                    out.register_hook(on_grad)
+
+        def on_step_pre(optimizer, args, kwargs):
+            with torch.no_grad():
+                for group in optimizer.param_groups:
+                    for p in group["params"]:
+                        sums.append(p.float().sum())
+                        if p.grad is not None:
+                            sums.append(p.grad.float().sum())
+
+        for _, m in leaf_modules(model):
+            handles.append(m.register_forward_hook(on_forward))
+        handles.append(opt.register_step_pre_hook(on_step_pre))
+
+        def after(loss):
+            sums.clear()
+
+        return Attached(close=lambda: [h.remove() for h in handles], after=after)
+
+    if mode in ("watch-default", "watch-every1"):
+        import hooks
+
+        kwargs = {} if mode == "watch-default" else {"every": 1}
+        run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp / "watch", name=tag, **kwargs)
+        return Attached(close=run.close, run=run, info={"every": repr(getattr(run, "every", None))})
+
+    if mode == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(tmp / "tb" / tag))
+        state = {"step": 0}
+        names = {p: n for n, p in model.named_parameters()}
+        handles = []
+
+        def make_forward(name):
+            def on_forward(module, args, out):
+                if isinstance(out, torch.Tensor) and torch.is_grad_enabled():
+                    writer.add_histogram(f"activation/{name}", out.detach(), state["step"])
+            return on_forward
+
+        def on_step_pre(optimizer, args, kwargs):
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = names.get(p, "?")
+                    writer.add_histogram(f"weight/{name}", p.detach(), state["step"])
+                    if p.grad is not None:
+                        writer.add_histogram(f"grad/{name}", p.grad.detach(), state["step"])
+
+        for name, m in leaf_modules(model):
+            handles.append(m.register_forward_hook(make_forward(name)))
+        handles.append(opt.register_step_pre_hook(on_step_pre))
+
+        def after(loss):
+            state["step"] += 1
+
+        def close():
+            for h in handles:
+                h.remove()
+            writer.close()
+
+        return Attached(close=close, after=after)
+
+    if mode == "wandb":
+        import wandb
+
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            wrun = wandb.init(project="bench", mode="offline", name=tag)
+            wrun.watch(model, log="all", log_freq=1)
+
+        def after(loss):
+            wrun.log({"loss": loss.item()})
+
+        def close():
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                wrun.unwatch(model)
+                wrun.finish()
+
+        return Attached(close=close, after=after, info={"wandb_version": wandb.__version__})
+
+    raise ValueError(f"unknown mode {mode!r}")
+
+
+def train_step(model, opt, crit, batch, att: Attached) -> None:
+    x, y = batch
+    opt.zero_grad(set_to_none=True)
+    loss = crit(model(x), y)
+    loss.backward()
+    opt.step()
+    if att.after is not None:
+        att.after(loss)
+
+
+def fresh(template: nn.Module):
+    model = copy.deepcopy(template)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    return model, opt, nn.CrossEntropyLoss()
+
+
+def captured_steps(run, first: int, last: int) -> int | None:
+    """How many of steps first..last hooks.watch captured (from the run it wrote)."""
+    try:
+        from diagnostics.store import open_run
+
+        steps = open_run(run.path).steps("weight")
+        return sum(1 for s in steps if first <= s <= last)
+    except Exception:
+        return None
+
+
+def time_mode(mode: str, template: nn.Module, data, warmup: int, steps: int, tmp: Path, tag: str) -> dict:
+    model, opt, crit = fresh(template)
+    gc.collect()
+    t0 = time.perf_counter()
+    att = attach(mode, model, opt, crit, tmp, tag)
+    setup_s = time.perf_counter() - t0
+    try:
+        for i in range(warmup):
+            train_step(model, opt, crit, data[i % len(data)], att)
+        step_times = []
+        t_start = time.perf_counter()
+        for i in range(warmup, warmup + steps):
+            t = time.perf_counter()
+            train_step(model, opt, crit, data[i % len(data)], att)
+            step_times.append(time.perf_counter() - t)
+        total = time.perf_counter() - t_start
+    finally:
+        t0 = time.perf_counter()
+        att.close()
+        close_s = time.perf_counter() - t0
+    out = {
+        "ms_per_step": 1000 * total / steps,
+        "step_ms": [round(1000 * s, 3) for s in step_times],
+        "setup_s": setup_s,
+        "close_s": close_s,
+        **att.info,
+    }
+    if att.run is not None:
+        out["captured_timed_steps"] = captured_steps(att.run, warmup, warmup + steps - 1)
+    return out
+
+
+# -- memory (one subprocess per model and mode) ----------------------------------------------
+def _status_kb(field: str) -> int:
+    m = re.search(rf"^{field}:\s+(\d+) kB", Path("/proc/self/status").read_text(), re.M)
+    return int(m.group(1)) if m else -1
+
+
+def _children_rss_kb() -> int:
+    """RSS of every descendant process (e.g. wandb-core), from /proc."""
+    me, parents, rss = os.getpid(), {}, {}
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            stat = (d / "stat").read_text()
+            parents[int(d.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+            m = re.search(r"^VmRSS:\s+(\d+) kB", (d / "status").read_text(), re.M)
+            rss[int(d.name)] = int(m.group(1)) if m else 0
+        except (OSError, ValueError, IndexError):
+            continue
+    total = 0
+    for pid in parents:
+        p, seen = parents.get(pid), 0
+        while p is not None and p != 1 and seen < 64:
+            if p == me:
+                total += rss.get(pid, 0)
+                break
+            p, seen = parents.get(p), seen + 1
+    return total
+
+
+def memory_probe(model_name: str, mode: str, steps: int) -> dict:
+    template, data, _ = build(model_name)
+    model, opt, crit = fresh(template)
+    del template
+    train_step(model, opt, crit, data[0], Attached())  # grads + optimizer state exist
+    gc.collect()
+    base = _status_kb("VmRSS")
+    Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS
+    tmp = Path(tempfile.mkdtemp(prefix="bench-mem-"))
+    try:
+        att = attach(mode, model, opt, crit, tmp, f"{model_name}-{mode}-mem")
+        try:
+            for i in range(steps):
+                train_step(model, opt, crit, data[i % len(data)], att)
+            helpers = _children_rss_kb()
+            peak = _status_kb("VmHWM")
+        finally:
+            att.close()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return {"base_rss_mb": base / 1024, "peak_rss_mb": peak / 1024, "peak_over_base_mb": (peak - base) / 1024,
+            "helpers_rss_mb": helpers / 1024}
+
+
+def run_memory(model_name: str, mode: str, steps: int) -> dict:
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory-probe", model_name, mode, str(steps)]
+    try:
+        p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, cwd=str(_ROOT))
+    except subprocess.TimeoutExpired:
+        return {"error": "memory probe timed out (300 s)"}
+    for line in reversed(p.stdout.splitlines()):
+        if line.startswith("MEMJSON "):
+            return json.loads(line[len("MEMJSON "):])
+    err = (p.stderr.strip().splitlines() or ["no output"])[-1]
+    return {"error": f"memory probe failed (rc {p.returncode}): {err}"}
+
+
+# -- reporting ----------------------------------------------------------------------------
+def _fmt(x, spec=".2f", none="-"):
+    return none if x is None else format(x, spec)
+
+
+def evaluate_targets(ratios: dict[str, float | None]) -> list[dict]:
+    r = ratios.get
+    checks = []
+
+    def add(name, needed, ok, detail):
+        checks.append({"target": name, "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"),
+                       "detail": detail if ok is not None else f"n/a: needs {needed}"})
+
+    d, e1, tb, wb = r("watch-default"), r("watch-every1"), r("tensorboard"), r("wandb")
+    add("watch-default <= 1.03x", "watch-default", None if d is None else d <= 1.03, f"{_fmt(d, '.3f')}x")
+    add("watch-every1 <= 1.5x", "watch-every1", None if e1 is None else e1 <= 1.5, f"{_fmt(e1, '.3f')}x")
+    if e1 is None or tb is None:
+        add("watch-every1 overhead >= 3x smaller than tensorboard's", "watch-every1 and tensorboard", None, "")
+    else:
+        o1, otb = e1 - 1, tb - 1
+        factor = otb / o1 if o1 > 0 else float("inf")
+        add("watch-every1 overhead >= 3x smaller than tensorboard's", "", 3 * o1 <= otb,
+            f"overheads {o1:+.3f} vs {otb:+.3f} -> tensorboard's is {factor:.1f}x watch-every1's")
+    add("watch-every1 no slower than wandb", "watch-every1 and wandb",
+        None if e1 is None or wb is None else e1 <= wb, f"{_fmt(e1, '.3f')}x vs {_fmt(wb, '.3f')}x")
+    return checks
+
+
+def print_table(model_name: str, res: dict) -> None:
+    info = res["model"]
+    print(f"\n== {model_name}: {info['params']:,} params, {info['leaf_modules']} leaf modules, "
+          f"{info['param_tensors']} param tensors, input {info['input']}, "
+          f"{res['steps']} timed steps x {res['rounds']} rounds (+{res['warmup']} warm-up) ==")
+    head = (f"{'mode':<14} {'ms/step':>8} {'x none':>7} {'range':>13} {'peak MB+':>9} {'helpers MB':>10} "
+            f"{'setup s':>8} {'close s':>8}  captures")
+    print(head)
+    print("-" * len(head) + "-" * 20)
+    for mode in res["modes_run"]:
+        m = res["modes"][mode]
+        if m.get("unavailable"):
+            print(f"{mode:<14} {'unavailable: ' + m['unavailable']}")
+            continue
+        mem = m.get("memory", {})
+        rng = f"{m['ratio_min']:.3f}-{m['ratio_max']:.3f}" if m.get("ratio_min") is not None else "-"
+        cap = CAPTURES[mode]
+        if mode == "watch-default":
+            cap += f"; every={m.get('every')}, captured {m.get('captured_timed_steps')}/{res['steps']} timed steps"
+        print(f"{mode:<14} {m['ms_per_step']:>8.1f} {_fmt(m['ratio']):>6}x {rng:>13} "
+              f"{_fmt(mem.get('peak_added_mb'), '+.0f', 'err' if 'error' in mem else '-'):>9} "
+              f"{_fmt(mem.get('helpers_rss_mb'), '.0f'):>10} {m['setup_s']:>8.2f} {m['close_s']:>8.2f}  {cap}")
+        if "error" in mem:
+            print(f"{'':<14} memory: {mem['error']}")
+    print("targets:")
+    for t in res["targets"]:
+        print(f"  [{t['result']:<4}] {t['target']:<55} {t['detail']}")
+    if res.get("noise"):
+        print(f"noise: {res['noise']}")
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--models", default="resnet,mlp", help="comma-separated: resnet,mlp")
+    ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
+    ap.add_argument("--steps", type=int, default=None,
+                    help="timed steps per mode per round (default: " +
+                    ", ".join(f"{k} {v['steps']}" for k, v in MODEL_DEFAULTS.items()) + ")")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed steps per mode per round, hooks on")
+    ap.add_argument("--mem-steps", type=int, default=11, help="steps per memory probe (0: skip memory)")
+    ap.add_argument("--json", default=None, help="write the results here")
+    ap.add_argument("--_memory-probe", nargs=3, metavar=("MODEL", "MODE", "STEPS"), help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+
+    if args._memory_probe:
+        model_name, mode, steps = args._memory_probe
+        try:
+            print("MEMJSON " + json.dumps(memory_probe(model_name, mode, int(steps))))
+        finally:
+            shutil.rmtree(_WANDB_TMP, ignore_errors=True)
+        return 0
+
+    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+    for m in models:
+        if m not in MODEL_DEFAULTS:
+            ap.error(f"unknown model {m!r}")
+    for m in modes:
+        if m not in MODES:
+            ap.error(f"unknown mode {m!r}")
+    if "none" not in modes:
+        modes.insert(0, "none")
+
+    unavailable = {m: why for m in modes if (why := check_available(m))}
+    t_begin = time.time()
+    results = {
+        "benchmark": "overhead",
+        "started_at": t_begin,
+        "host": {
+            "platform": platform.platform(), "python": platform.python_version(), "torch": torch.__version__,
+            "cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "loadavg_start": os.getloadavg(),
+        },
+        "method": {
+            "ms_per_step": "wall time of the timed steps / steps, per round; median over rounds",
+            "ratio": "ms_per_step / none's ms_per_step in the same round; median over rounds (min, max kept)",
+            "memory": "fresh subprocess per model+mode: VmHWM after attaching + mem_steps steps minus RSS "
+                      "before attaching (peak reset with /proc/self/clear_refs=5); peak_added_mb = that "
+                      "minus the same for none. helpers_rss_mb: RSS of child processes (wandb-core) at the end.",
+            "setup_close": "attach and close/finish time, not in ms_per_step",
+        },
+        "args": {k: v for k, v in vars(args).items() if not k.startswith("_")},
+        "models": {},
+    }
+    try:
+        import hooks  # noqa: F401
+        results["host"]["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True,
+                                                       text=True, cwd=str(_ROOT)).stdout.strip() or None
+    except Exception:
+        pass
+    for m, pkg in (("tensorboard", "tensorboard"), ("wandb", "wandb")):
+        try:
+            from importlib.metadata import version
+            results["host"][pkg] = version(pkg)
+        except Exception:
+            results["host"][pkg] = None
+
+    tmp = Path(tempfile.mkdtemp(prefix="bench-overhead-"))
+    try:
+        for model_name in models:
+            steps = args.steps or MODEL_DEFAULTS[model_name]["steps"]
+            template, data, info = build(model_name)
+            per_round: dict[str, list[dict]] = {m: [] for m in modes}
+            failed = dict(unavailable)
+            for r in range(args.rounds):
+                order = modes[r % len(modes):] + modes[:r % len(modes)]
+                for mode in order:
+                    if mode in failed:
+                        continue
+                    tag = f"{model_name}-{mode}-r{r}"
+                    try:
+                        res = time_mode(mode, template, data, args.warmup, steps, tmp, tag)
+                    except Exception as e:
+                        if mode == "none":
+                            raise
+                        failed[mode] = f"crashed: {type(e).__name__}: {e}".splitlines()[0][:300]
+                        results.setdefault("tracebacks", {})[f"{model_name}/{mode}"] = traceback.format_exc()
+                        continue
+                    res["round"] = r
+                    per_round[mode].append(res)
+                    print(f"  {model_name} round {r + 1}/{args.rounds} {mode:<14} {res['ms_per_step']:8.1f} ms/step",
+                          file=sys.stderr, flush=True)
+
+            mres: dict = {}
+            base_by_round = {x["round"]: x["ms_per_step"] for x in per_round["none"]}
+            ratios_median: dict[str, float | None] = {}
+            for mode in modes:
+                rows = per_round[mode]
+                if mode in failed:
+                    mres[mode] = {"unavailable": failed[mode], "rounds": rows}
+                    ratios_median[mode] = None
+                    continue
+                ratios = [x["ms_per_step"] / base_by_round[x["round"]] for x in rows]
+                entry = {
+                    "ms_per_step": statistics.median(x["ms_per_step"] for x in rows),
+                    "ratio": statistics.median(ratios),
+                    "ratio_min": min(ratios), "ratio_max": max(ratios),
+                    "ratios_per_round": ratios,
+                    "setup_s": statistics.median(x["setup_s"] for x in rows),
+                    "close_s": statistics.median(x["close_s"] for x in rows),
+                    "captures": CAPTURES[mode],
+                    "rounds": rows,
+                }
+                for k in ("every", "wandb_version"):
+                    if k in rows[0]:
+                        entry[k] = rows[0][k]
+                if "captured_timed_steps" in rows[0]:
+                    entry["captured_timed_steps"] = rows[0]["captured_timed_steps"]
+                mres[mode] = entry
+                ratios_median[mode] = entry["ratio"]
+
+            # memory, after timing (subprocesses would compete for the CPU)
+            if args.mem_steps > 0:
+                base_mem = None
+                for mode in modes:
+                    if mode in failed:
+                        continue
+                    mem = run_memory(model_name, mode, args.mem_steps)
+                    if mode == "none" and "error" not in mem:
+                        base_mem = mem["peak_over_base_mb"]
+                    if "error" not in mem and base_mem is not None:
+                        mem["peak_added_mb"] = mem["peak_over_base_mb"] - base_mem
+                    mres[mode]["memory"] = mem
+
+            nones = [x["ms_per_step"] for x in per_round["none"]]
+            spread = (max(nones) - min(nones)) / statistics.median(nones) if nones else 0.0
+            noise = (f"'none' ms/step varied {100 * spread:.1f}% across rounds "
+                     f"({', '.join(f'{v:.1f}' for v in nones)}); loadavg now {os.getloadavg()[0]:.2f}")
+            results["models"][model_name] = {
+                "model": info, "steps": steps, "rounds": args.rounds, "warmup": args.warmup,
+                "modes_run": modes, "modes": mres, "targets": evaluate_targets(ratios_median),
+                "noise": noise, "none_spread": spread,
+            }
+            print_table(model_name, results["models"][model_name])
+            del template, data
+            gc.collect()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(_WANDB_TMP, ignore_errors=True)
+
+    results["elapsed_s"] = time.time() - t_begin
+    results["host"]["loadavg_end"] = os.getloadavg()
+    print(f"\nelapsed {results['elapsed_s']:.0f} s; loadavg start {results['host']['loadavg_start'][0]:.2f}, "
+          f"end {results['host']['loadavg_end'][0]:.2f} on {os.cpu_count()} CPUs")
+    if args.json:
+        path = Path(args.json)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(results, indent=2, default=str))
+        print(f"results: {path}")
+    ok = all(t["result"] != "FAIL" for m in results["models"].values() for t in m["targets"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
