@@ -369,7 +369,10 @@ def captured_steps(run, first: int, last: int) -> int | None:
         return None
 
 
-def time_mode(mode: str, template: nn.Module, data, warmup: int, steps: int, tmp: Path, tag: str) -> dict:
+def time_mode(mode: str, template: nn.Module, data, warmup: int, steps: int, tmp: Path, tag: str,
+              max_window_s: float | None = None) -> dict:
+    """Warm-up, then `steps` timed steps (fewer, at least MIN_CAPPED_STEPS, once the timed
+    window passes `max_window_s`)."""
     model, opt, crit = fresh(template)
     gc.collect()
     t0 = time.perf_counter()
@@ -384,13 +387,18 @@ def time_mode(mode: str, template: nn.Module, data, warmup: int, steps: int, tmp
             t = time.perf_counter()
             train_step(model, opt, crit, data[i % len(data)], att)
             step_times.append(time.perf_counter() - t)
+            if (max_window_s is not None and len(step_times) >= MIN_CAPPED_STEPS
+                    and time.perf_counter() - t_start > max_window_s):
+                break
         total = time.perf_counter() - t_start
+        steps = len(step_times)
     finally:
         t0 = time.perf_counter()
         att.close()
         close_s = time.perf_counter() - t0
     out = {
         "ms_per_step": 1000 * total / steps,
+        "timed_steps": steps,
         "step_ms": [round(1000 * s, 3) for s in step_times],
         "setup_s": setup_s,
         "close_s": close_s,

@@ -24,7 +24,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "run.json"
 STATUS_DIR = "status"
-TABLES = ("scalars", "distributions")
+TABLES = ("scalars", "distributions", "records")
 
 # Quantile levels kept per summary; column names are q01, q05, ... q99.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -79,7 +79,26 @@ SUMMARY_FIELDS = (
     *QUANTILE_COLUMNS, "dead_frac", "saturated_frac", "hist_min", "hist_max",
 )
 
-SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA}
+# Per-sample training records: one row per sample each step that `log_batch(..., ids=)`
+# brings ids (the raw material of training dynamics: data maps, area under the margin).
+# `label` and `prediction` are class indices for classification, values for regression;
+# `confidence` is the probability given to the label, `margin` the label's logit minus
+# the largest other logit (Pleiss et al. 2020), `residual` prediction − label.
+RECORD_FIELDS = ("label", "prediction", "loss", "confidence", "margin", "correct", "residual")
+RECORDS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("sample_id", pa.string()),
+        ("rank", pa.int32()),
+        *[(f, pa.float64()) for f in RECORD_FIELDS],
+    ]
+)
+
+SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA, "records": RECORDS_SCHEMA}
+# Compacted parts are sorted so that DuckDB's row-group statistics skip what a query doesn't ask for.
+SORT_KEYS = {"scalars": ("name", "step"), "distributions": ("kind", "layer", "step"),
+             "records": ("split", "sample_id", "step")}
 
 # Manifest keys every run has; more (model summary, config, ...) are welcome.
 MANIFEST_REQUIRED = ("schema_version", "name", "created_at")

@@ -136,6 +136,14 @@ class RunWriter:
             self._buffers["distributions"].append((step, list(layers), list(kinds), matrix))
             self._last_step = max(self._last_step, step)
 
+    def add_records(self, step: int, split: str, sample_ids: Sequence, values: np.ndarray) -> None:
+        """Per-sample records: `values` has one row per id and the columns `schema.RECORD_FIELDS`."""
+        if len(sample_ids) != len(values):
+            raise ValueError("add_records: one row of values per sample id")
+        with self._lock:
+            self._buffers["records"].append((step, split, sample_ids, values))
+            self._last_step = max(self._last_step, step)
+
     def update_manifest(self, **entries: Any) -> None:
         """Merge entries into run.json (rank 0 only; other ranks ignore it)."""
         if self.rank != 0:
@@ -211,8 +219,7 @@ class RunWriter:
                 return
             group = groups[0]
             merged = pa.concat_tables([pq.read_table(p[3]) for p in group])
-            sort_keys = [("kind", "ascending"), ("layer", "ascending")] if "layer" in merged.column_names else [("name", "ascending")]
-            merged = merged.sort_by(sort_keys + [("step", "ascending")])
+            merged = merged.sort_by([(k, "ascending") for k in schema.SORT_KEYS[table_dir.name]])
             first, last = group[0][1], max(p[2] for p in group)
             _atomic_write_table(table_dir / schema.part_name(self.rank, first, last), merged)
             for p in group:
@@ -232,7 +239,24 @@ def _build_table(table_name: str, items: list, rank: int) -> pa.Table:
             },
             schema=schema.SCALARS_SCHEMA,
         )
+    if table_name == "records":
+        return pa.concat_tables([_records_table(*item, rank) for item in items])
     return pa.concat_tables([_summary_table(*item, rank) for item in items])
+
+
+def _records_table(step: int, split: str, sample_ids: Sequence, values: np.ndarray, rank: int) -> pa.Table:
+    n = len(sample_ids)
+    values = np.asarray(values, dtype=np.float64)
+    ids = [str(i.item() if isinstance(i, np.generic) else i) for i in sample_ids]
+    cols: dict[str, Any] = {
+        "step": pa.array(np.full(n, step, np.int64)),
+        "split": pa.array([split] * n, pa.string()),
+        "sample_id": pa.array(ids, pa.string()),
+        "rank": pa.array(np.full(n, rank, np.int32)),
+    }
+    for i, f in enumerate(schema.RECORD_FIELDS):
+        cols[f] = pa.array(values[:, i], pa.float64())
+    return pa.table(cols, schema=schema.RECORDS_SCHEMA)
 
 
 def _summary_table(step: int, layers: list, kinds: list, matrix: np.ndarray, rank: int) -> pa.Table:
@@ -367,6 +391,39 @@ class Run:
             raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(schema.KINDS)}")
         where, params = _filters(kind=("kind", [kind]), layer=("layer", layers), step=("step", steps), rank=("rank", rank))
         return self._query("distributions", where, params, order="layer, step, rank")
+
+    def records(self, split: str | None = None, sample_ids: Iterable | None = None,
+                rank: int | None = None) -> pd.DataFrame:
+        """Per-sample training records (see `schema.RECORDS_SCHEMA`), one row per sample and step."""
+        ids = None if sample_ids is None else [str(i) for i in sample_ids]
+        where, params = _filters(split=("split", None if split is None else [split]), ids=("sample_id", ids),
+                                 rank=("rank", rank))
+        return self._query("records", where, params, order="split, sample_id, step, rank")
+
+    def first_nonfinite(self) -> dict | None:
+        """Where NaN or Inf first showed: the first step whose loss or gradient norm is not
+        finite, and the first captured summary (step, kind, layer) holding NaN/Inf. None
+        when everything recorded is finite."""
+        rows = self._query("distributions", "nan_count > 0 OR inf_count > 0",
+                           columns="step, kind, layer, nan_count, inf_count", order="step")
+        scal = self._query("scalars", "name IN ('loss', 'grad_norm') AND NOT isfinite(value)",
+                           columns="step, name", order="step")
+        if rows.empty and scal.empty:
+            return None
+        found: dict = {}
+        if not scal.empty:
+            found.update(step=int(scal["step"].iloc[0]), scalar=str(scal["name"].iloc[0]))
+        if not rows.empty:
+            first = rows[rows["step"] == rows["step"].min()]
+            # earliest in forward order: the model's modules, then parameters
+            order = {n: i for i, n in enumerate(self.layers("activation") + self.layers("weight"))}
+            kind_order = {k: i for i, k in enumerate(schema.KINDS)}
+            first = first.assign(o=first["layer"].map(order).fillna(1e9), k=first["kind"].map(kind_order))
+            row = first.sort_values(["k", "o"]).iloc[0]
+            found.update(capture_step=int(row["step"]), kind=str(row["kind"]), layer=str(row["layer"]),
+                         nan_count=int(row["nan_count"]), inf_count=int(row["inf_count"]))
+            found.setdefault("step", int(row["step"]))
+        return found
 
     def update_ratios(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
         """Per parameter and capture step: norm of the optimizer's update over the norm of

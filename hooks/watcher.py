@@ -24,6 +24,7 @@ import platform
 import subprocess
 import time
 import uuid
+import warnings
 import weakref
 from functools import partial
 from pathlib import Path
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from diagnostics.store import RunWriter
+from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule
 from hooks.summarize import class_summary, summarize, unit_activity
 
@@ -137,6 +139,15 @@ class WatchedRun:
             raise ValueError(f"watch: budget is a fraction of training time, e.g. 0.03 for 3%; got {budget!r}")
         if task not in (None, "classification", "regression"):
             raise ValueError(f"watch: task must be 'classification', 'regression' or None (infer), got {task!r}")
+        compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+        if compiled:
+            warnings.warn(
+                "watch: the model is torch.compile'd, so activations and their gradients are not captured "
+                "(module hooks would break its graph); weights, gradients, updates, loss and outputs are. "
+                "To capture activations, watch the module before compiling it, or leave it uncompiled.",
+                stacklevel=3,
+            )
+            model = model._orig_mod  # names as the user's module has them
         if model in _WATCHED:
             raise RuntimeError("watch: this model is already watched — close the other run first (run.close())")
         self.every = every
@@ -157,6 +168,7 @@ class WatchedRun:
         self._output_shapes: dict[str, list[int]] = {}
         self._backward_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._records: list[tuple[int, str, list, torch.Tensor]] = []
         self._before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         rank, world_size = _distributed()
@@ -184,6 +196,7 @@ class WatchedRun:
                 "cwd": os.getcwd(),
                 "torch_version": torch.__version__,
                 "world_size": world_size,
+                "compiled": compiled,
                 "python_version": platform.python_version(),
                 "optimizer": type(optimizer).__name__ if optimizer is not None else None,
                 "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
@@ -192,17 +205,17 @@ class WatchedRun:
             flush_every_s=flush_every_s,
         )
         _WATCHED.add(model)
-        self._register(model, optimizer, loss_fn)
+        self._register(model, optimizer, loss_fn, module_hooks=not compiled)
         self._atexit = partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
 
     # -- registration -----------------------------------------------------------------
-    def _register(self, model: nn.Module, optimizer, loss_fn) -> None:
+    def _register(self, model: nn.Module, optimizer, loss_fn, module_hooks: bool = True) -> None:
         # Hooks hold the run strongly (a run nobody keeps a name for still records and is
         # closed at exit); close() removes them, which breaks the model → run → model cycle.
         me = self
         try:
-            for name, module in model.named_modules():
+            for name, module in model.named_modules() if module_hooks else ():
                 if not any(True for _ in module.children()):
                     label = name or type(model).__name__
                     self._handles.append(module.register_forward_hook(partial(_on_forward, me, label)))
@@ -288,8 +301,8 @@ class WatchedRun:
             matrix = np.column_stack([np.asarray(counts, np.float64), rows.to("cpu", torch.float64).numpy()])
             self._writer.add_summaries(self.step, layers, kinds, matrix)
             self._pending = []
-        if (self._losses or self._grad_norms) and (self._capturing or len(self._losses) >= _LOSS_BATCH
-                                                   or len(self._grad_norms) >= _LOSS_BATCH):
+        if max(len(self._losses), len(self._grad_norms), len(self._records)) >= _LOSS_BATCH or (
+                self._capturing and (self._losses or self._grad_norms or self._records)):
             self._flush_losses()
         if self.step == 0 and self._output_shapes:
             self._writer.update_manifest(output_shapes=self._output_shapes)
@@ -301,12 +314,19 @@ class WatchedRun:
         self._seen.clear()
 
     def _flush_losses(self) -> None:
-        """Losses and gradient norms cross to the CPU together, one transfer per batch of steps."""
+        """Losses, gradient norms and per-sample records cross to the CPU in batches of steps."""
         if self._losses:
             steps, values = zip(*self._losses)
             for step, value in zip(steps, torch.stack(values).cpu().tolist()):
                 self._writer.add_scalar(step, "loss", value)
             self._losses = []
+        if self._records:
+            rows = torch.cat([r for *_, r in self._records]).cpu().double().numpy()
+            start = 0
+            for step, split, ids, r in self._records:
+                self._writer.add_records(step, split, ids, rows[start:start + len(ids)])
+                start += len(ids)
+            self._records = []
         if self._grad_norms:
             steps, produced, clipped = zip(*self._grad_norms)
             both = torch.stack([torch.stack(produced), torch.stack(clipped).float()]).cpu().tolist()
@@ -319,20 +339,31 @@ class WatchedRun:
         self,
         outputs: torch.Tensor,
         labels: torch.Tensor,
-        loss: torch.Tensor | float | None = None,
+        ids: Any = None,
         split: str = "train",
+        loss: torch.Tensor | float | None = None,
     ) -> None:
-        """Record the model's outputs and labels (and the loss) when the loss is a plain function.
+        """Record the model's outputs and labels: their distributions on capture steps,
+        and with `ids` (one per sample: dataset indices or names) a per-sample record
+        every step (loss, confidence, margin or residual), from which the dashboard
+        builds training dynamics. Pass `loss=` when the loss is a plain function.
 
         Example::
 
+            logits = model(x)
             loss = F.cross_entropy(logits, y)
-            run.log_batch(logits, y, loss=loss)
+            run.log_batch(logits, y, ids=batch_indices, loss=loss)
         """
         if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
             raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
         if outputs.shape[0] != labels.shape[0]:
             raise ValueError(f"log_batch: outputs have {outputs.shape[0]} rows but labels {labels.shape[0]} — pass matching batches")
+        if ids is not None:
+            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+            if len(ids) != outputs.shape[0]:
+                raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
+            task = self.task or self._infer_task(outputs, labels)
+            self._records.append((self.step, split, ids, per_sample(outputs, labels, task)))
         if loss is not None and split == "train":
             self._step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
         if self._capturing and self._first_call(f"{split}/outputs", "output"):
@@ -361,7 +392,7 @@ class WatchedRun:
         self._param_names = {}
         if self._pending or self._step_losses:
             self._end_step()
-        if self._losses or self._grad_norms:
+        if self._losses or self._grad_norms or self._records:
             self._flush_losses()
         self._backward_norms.clear()
         self._before_step = {}

@@ -1,0 +1,238 @@
+"""watch on the models people really train: odd outputs, odd training loops, AMP, NaN,
+torch.compile. Each case records what it can, never raises, and changes nothing."""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import diagnostics
+import hooks
+
+
+def _train(model, steps=3, every=1, watch=True, tmp_path=None, name="r", accumulate=1, autocast=False,
+           make_loss=None, seed=0):
+    torch.manual_seed(seed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name=name, every=every) if watch else None
+    for _ in range(steps):
+        opt.zero_grad()
+        for part in range(accumulate):
+            xb, yb = x[part::accumulate], y[part::accumulate]
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+                out = model(xb)
+                logits = make_loss(out) if make_loss else out
+            crit(logits.float(), yb).backward()
+        opt.step()
+    if run:
+        run.close()
+    return model, run
+
+
+def _same(a: nn.Module, b: nn.Module) -> bool:
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+class Twice(nn.Module):
+    """One Linear applied twice in a forward pass (weight sharing)."""
+
+    def __init__(self):
+        super().__init__()
+        self.shared = nn.Linear(6, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.shared(torch.relu(self.shared(x)))))
+
+
+@dataclasses.dataclass
+class Output:
+    logits: torch.Tensor
+    extra: dict
+
+
+class Structured(nn.Module):
+    """Submodules returning a tuple, a dict and a dataclass; one returns integers; one is empty."""
+
+    def __init__(self):
+        super().__init__()
+        self.lstm = nn.LSTM(6, 6, batch_first=True)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        seq, (h, c) = self.lstm(x[:, None, :])
+        logits = self.head(seq[:, 0])
+        return Output(logits=logits, extra={"argmax": logits.argmax(1), "empty": logits[:0]})
+
+
+class IntOut(nn.Module):
+    def forward(self, x):
+        return x.argmax(dim=1)
+
+
+class EmptyOut(nn.Module):
+    def forward(self, x):
+        return x[:0]
+
+
+def model_factory(kind):
+    torch.manual_seed(0)
+    if kind == "inplace":
+        return nn.Sequential(nn.Linear(6, 8), nn.ReLU(inplace=True), nn.Linear(8, 8), nn.ReLU(inplace=True),
+                             nn.Linear(8, 3))
+    if kind == "twice":
+        return Twice()
+    if kind == "frozen":
+        m = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3), nn.Linear(3, 3))
+        m[0].requires_grad_(False)
+        return m
+    if kind == "unused":
+        m = nn.ModuleDict({"used": nn.Linear(6, 3), "unused": nn.Linear(6, 3)})
+        m.forward = lambda x: m["used"](x)  # noqa: E731 - a parameter that never gets a gradient
+        return m
+    raise ValueError(kind)
+
+
+@pytest.mark.parametrize("kind", ["inplace", "twice", "frozen", "unused"])
+def test_training_unchanged_and_recorded(tmp_path, kind):
+    plain, _ = _train(model_factory(kind), watch=False)
+    watched, run = _train(model_factory(kind), tmp_path=tmp_path, name=kind)
+    assert _same(plain, watched)
+    r = diagnostics.open_run(run.path)
+    assert r.steps("activation") == [0, 1, 2]
+    assert r.steps("gradient") == [0, 1, 2]
+    acts = r.distributions("activation")
+    assert (acts.groupby(["step", "layer"]).size() == 1).all()  # a module called twice: its first call
+    if kind == "frozen":
+        assert "0.weight" not in r.layers("param_grad") and "2.weight" in r.layers("param_grad")
+    if kind == "unused":
+        assert set(r.layers("param_grad")) == {"used.weight", "used.bias"}
+        assert set(r.layers("weight")) == {"used.weight", "used.bias", "unused.weight", "unused.bias"}
+
+
+def test_inplace_relu_gradient_is_the_gradient_of_its_output(tmp_path):
+    model, run = _train(model_factory("inplace"), steps=1, tmp_path=tmp_path)
+    ref = model_factory("inplace")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    h = ref[1](ref[0](x))  # in-place: h is the ReLU's output
+    h.retain_grad()
+    nn.CrossEntropyLoss()(ref[4](ref[3](ref[2](h))), y).backward()
+    row = diagnostics.open_run(run.path).distributions("gradient", layers=["1"]).iloc[0]
+    np.testing.assert_allclose([row["mean"], row["std"]], [h.grad.double().mean().item(), h.grad.double().std(
+        unbiased=False).item()], rtol=1e-4, atol=1e-9)
+
+
+def test_structured_integer_and_empty_outputs(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return Structured()
+
+    watched, run = _train(make(), tmp_path=tmp_path, make_loss=lambda o: o.logits)
+    plain, _ = _train(make(), watch=False, make_loss=lambda o: o.logits)
+    assert _same(plain, watched)
+    r = diagnostics.open_run(run.path)
+    assert set(r.layers("activation")) == {"lstm", "head"}
+    # the LSTM's tuple output: its first tensor, (batch, 1, hidden)
+    assert r.distributions("activation", layers=["lstm"])["count"].iloc[0] == 16 * 6
+
+
+def test_integer_and_zero_size_module_outputs(tmp_path):
+    model = nn.Sequential(nn.Linear(6, 3))
+    side = nn.ModuleDict({"ints": IntOut(), "empty": EmptyOut()})
+    model.add_module("probe", nn.Identity())
+
+    class WithSide(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body, self.side = model, side
+
+        def forward(self, x):
+            out = self.body(x)
+            self.side["ints"](out)
+            self.side["empty"](out)
+            return out
+
+    net = WithSide()
+    _, run = _train(net, tmp_path=tmp_path, steps=2)
+    d = diagnostics.open_run(run.path).distributions("activation")
+    ints = d[d.layer == "side.ints"].iloc[0]
+    empty = d[d.layer == "side.empty"].iloc[0]
+    assert ints["count"] == 16 and 0 <= ints["min"] <= ints["max"] <= 2
+    assert empty["count"] == 0 and sum(empty["hist_counts"]) == 0
+
+
+def test_gradient_accumulation_counts_optimizer_steps(tmp_path):
+    plain, _ = _train(model_factory("inplace"), watch=False, accumulate=4)
+    watched, run = _train(model_factory("inplace"), tmp_path=tmp_path, accumulate=4, steps=3)
+    assert _same(plain, watched)
+    r = diagnostics.open_run(run.path)
+    loss = r.scalars(names=["loss"])
+    assert list(loss["step"]) == [0, 1, 2]  # one value per optimizer step: the micro-batch mean
+    assert r.distributions("activation", layers=["0"])["count"].tolist() == [4 * 8] * 3  # first micro-batch
+
+
+def test_bfloat16_autocast_on_cpu(tmp_path):
+    plain, _ = _train(model_factory("inplace"), watch=False, autocast=True)
+    watched, run = _train(model_factory("inplace"), tmp_path=tmp_path, autocast=True)
+    assert _same(plain, watched)
+    d = diagnostics.open_run(run.path).distributions("activation", layers=["0"])
+    assert np.isfinite(d[["mean", "std", "q50"]].to_numpy()).all()
+
+
+def test_nan_is_counted_never_raised_and_its_first_step_found(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e30)  # explodes
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(16, 6) * 1e3, torch.randint(0, 3, (16,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="nan", every=1) as run:
+        for _ in range(4):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    where = r.first_nonfinite()
+    assert where is not None
+    d = r.distributions("activation")
+    bad = d[(d.nan_count > 0) | (d.inf_count > 0)]
+    assert where["capture_step"] == bad["step"].min()
+    assert where["step"] <= where["capture_step"]
+    assert diagnostics.open_run(tmp_path / "nan").status()["state"] == "finished"
+
+
+def test_finite_run_has_no_nonfinite(tmp_path):
+    _, run = _train(model_factory("inplace"), tmp_path=tmp_path)
+    assert diagnostics.open_run(run.path).first_nonfinite() is None
+
+
+def test_torch_compiled_model_warns_once_and_records_the_rest(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    compiled = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run = hooks.watch(compiled, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="c", every=1)
+    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
+    for _ in range(2):
+        opt.zero_grad()
+        crit(compiled(x), y).backward()
+        opt.step()
+    run.close()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["compiled"] is True
+    assert r.kinds() == ["weight", "param_grad", "update", "output", "label"]
+    assert r.layers("weight") == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    assert len(r.scalars(names=["loss"])) == 2
