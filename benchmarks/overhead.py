@@ -119,10 +119,12 @@ CAPTURES = {
     "tensorboard": "histograms of params, param grads, leaf acts; every step",
     "wandb": "histograms of params, param grads (64 bins) + loss; every step",
 }
-MODEL_DEFAULTS = {  # timed steps per round (both at roughly the same wall time)
+MODEL_DEFAULTS = {  # timed steps per round (a plain step takes ~0.11 s for both on 2 cores)
     "resnet": {"steps": 30},
-    "mlp": {"steps": 20},
+    "mlp": {"steps": 30},
 }
+UNCAPPED = ("none", "watch-default")  # always run all --steps (a sparse schedule must not be cut short)
+MIN_CAPPED_STEPS = 3
 SEED = 0
 N_BATCHES = 4
 TARGETS = [
@@ -407,6 +409,45 @@ def time_mode(mode: str, template: nn.Module, data, warmup: int, steps: int, tmp
     if att.run is not None:
         out["captured_timed_steps"] = captured_steps(att.run, warmup, warmup + steps - 1)
     return out
+
+
+def long_default(template: nn.Module, data, total: int, ref_steps: int, warmup: int, tmp: Path, tag: str) -> dict:
+    """One uninterrupted hooks.watch run (default schedule) of `total` steps, every step timed,
+    bracketed by two `none` measurements. Not interleaved: the auto schedule times the
+    wall clock between steps, so pausing a run for other modes would feed it fake steps."""
+    before = time_mode("none", template, data, warmup, ref_steps, tmp, f"{tag}-none-before")
+    model, opt, crit = fresh(template)
+    gc.collect()
+    att = attach("watch-default", model, opt, crit, tmp, f"{tag}-long")
+    times: list[float] = []
+    try:
+        for i in range(total):
+            t = time.perf_counter()
+            train_step(model, opt, crit, data[i % len(data)], att)
+            times.append(time.perf_counter() - t)
+    finally:
+        att.close()
+    schedule = None
+    with contextlib.suppress(Exception):
+        schedule = att.run.schedule.describe()
+    try:
+        from diagnostics.store import open_run
+
+        captured = sorted(int(x) for x in open_run(att.run.path).steps("weight"))
+    except Exception:
+        captured = None
+    after = time_mode("none", template, data, warmup, ref_steps, tmp, f"{tag}-none-after")
+    none_ms = (before["ms_per_step"] + after["ms_per_step"]) / 2
+    windows = []
+    for a, b, label in ((warmup, total, "whole run after warm-up"), (total // 2, total, "second half (steady)")):
+        ms = 1000 * sum(times[a:b]) / (b - a)
+        caps = None if captured is None else [x for x in captured if a <= x < b]
+        windows.append({"first_step": a, "last_step": b - 1, "label": label, "ms_per_step": ms,
+                        "ratio": ms / none_ms, "captured_steps": caps})
+    return {"total_steps": total, "every": repr(getattr(att.run, "every", None)),
+            "none_before_ms": before["ms_per_step"], "none_after_ms": after["ms_per_step"], "none_ms": none_ms,
+            "windows": windows, "captured_steps": captured, "schedule_describe": schedule,
+            "step_ms": [round(1000 * x, 3) for x in times]}
 
 
 # -- memory (one subprocess per model and mode) ----------------------------------------------
