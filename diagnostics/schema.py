@@ -24,7 +24,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "run.json"
 STATUS_DIR = "status"
-TABLES = ("scalars", "distributions", "records")
+TABLES = ("scalars", "distributions", "records", "samples", "previews", "attributions")
 
 # Quantile levels kept per summary; column names are q01, q05, ... q99.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -95,10 +95,59 @@ RECORDS_SCHEMA = pa.schema(
     ]
 )
 
-SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA, "records": RECORDS_SCHEMA}
+# Evaluation passes (`run.evaluate`): one row per sample per evaluation. `confidence` is
+# the probability of the predicted class (what calibration is about), `label_prob` the
+# probability of the label. Input statistics follow as float64 columns named input_*
+# (which ones depends on the input: images, 1-D signals, tokens), so parts may differ
+# in those columns; readers union them by name.
+SAMPLES_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("sample_id", pa.string()),
+        ("rank", pa.int32()),
+        ("label", pa.float64()),
+        ("prediction", pa.float64()),
+        ("loss", pa.float64()),
+        ("confidence", pa.float64()),
+        ("label_prob", pa.float64()),
+        ("margin", pa.float64()),
+        ("correct", pa.float64()),
+        ("residual", pa.float64()),
+        ("probs", pa.list_(pa.float32())),
+        ("embedding", pa.list_(pa.float32())),
+    ]
+)
+# A small picture of each evaluated input: `kind` is image (shape H, W, C), signal
+# (C, T), vector (D) or tokens (T); values are row-major float32.
+PREVIEWS_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("sample_id", pa.string()),
+        ("kind", pa.string()),
+        ("shape", pa.list_(pa.int32())),
+        ("values", pa.list_(pa.float32())),
+    ]
+)
+# Attributions of the worst evaluated samples, at the input's (preview's) resolution.
+ATTRIBUTIONS_SCHEMA = pa.schema(
+    [
+        ("step", pa.int64()),
+        ("split", pa.string()),
+        ("sample_id", pa.string()),
+        ("method", pa.string()),
+        ("target", pa.int64()),
+        ("shape", pa.list_(pa.int32())),
+        ("values", pa.list_(pa.float32())),
+    ]
+)
+
+SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA, "records": RECORDS_SCHEMA,
+           "samples": SAMPLES_SCHEMA, "previews": PREVIEWS_SCHEMA, "attributions": ATTRIBUTIONS_SCHEMA}
 # Compacted parts are sorted so that DuckDB's row-group statistics skip what a query doesn't ask for.
 SORT_KEYS = {"scalars": ("name", "step"), "distributions": ("kind", "layer", "step"),
-             "records": ("split", "sample_id", "step")}
+             "records": ("split", "sample_id", "step"), "samples": ("split", "step", "sample_id"),
+             "previews": ("split", "sample_id"), "attributions": ("split", "step", "sample_id")}
 
 # Manifest keys every run has; more (model summary, config, ...) are welcome.
 MANIFEST_REQUIRED = ("schema_version", "name", "created_at")

@@ -144,6 +144,13 @@ class RunWriter:
             self._buffers["records"].append((step, split, sample_ids, values))
             self._last_step = max(self._last_step, step)
 
+    def add_table(self, table_name: str, table: pa.Table) -> None:
+        """Rows already built as an Arrow table (evaluation results: not on the hot path)."""
+        if table_name not in ("samples", "previews", "attributions"):
+            raise ValueError(f"add_table: unknown table {table_name!r}")
+        with self._lock:
+            self._buffers[table_name].append(table)
+
     def update_manifest(self, **entries: Any) -> None:
         """Merge entries into run.json (rank 0 only; other ranks ignore it)."""
         if self.rank != 0:
@@ -218,7 +225,7 @@ class RunWriter:
             if not groups:
                 return
             group = groups[0]
-            merged = pa.concat_tables([pq.read_table(p[3]) for p in group])
+            merged = pa.concat_tables([pq.read_table(p[3]) for p in group], promote_options="permissive")
             merged = merged.sort_by([(k, "ascending") for k in schema.SORT_KEYS[table_dir.name]])
             first, last = group[0][1], max(p[2] for p in group)
             _atomic_write_table(table_dir / schema.part_name(self.rank, first, last), merged)
@@ -241,6 +248,8 @@ def _build_table(table_name: str, items: list, rank: int) -> pa.Table:
         )
     if table_name == "records":
         return pa.concat_tables([_records_table(*item, rank) for item in items])
+    if table_name in ("samples", "previews", "attributions"):
+        return pa.concat_tables(items, promote_options="permissive")
     return pa.concat_tables([_summary_table(*item, rank) for item in items])
 
 
@@ -424,6 +433,42 @@ class Run:
                          nan_count=int(row["nan_count"]), inf_count=int(row["inf_count"]))
             found.setdefault("step", int(row["step"]))
         return found
+
+    def evaluations(self) -> pd.DataFrame:
+        """One row per evaluation pass: split, step, n, loss, accuracy or mae, dataset key."""
+        return pd.DataFrame(self.manifest.get("evaluations", []))
+
+    def samples(self, split: str = "val", step: int | None = None, sample_ids: Iterable | None = None,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """One row per evaluated sample of `split`, from the latest evaluation (or `step`):
+        label, prediction, loss, confidence, margin or residual, probs, embedding, input_*."""
+        if step is None:
+            steps = self._query("samples", "split = $split", [("split", split)], columns="max(step) AS step")
+            if steps.empty or pd.isna(steps["step"].iloc[0]):
+                return self._query("samples", "false")
+            step = int(steps["step"].iloc[0])
+        ids = None if sample_ids is None else [str(i) for i in sample_ids]
+        where, params = _filters(split=("split", [split]), step=("step", int(step)), ids=("sample_id", ids))
+        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in dict.fromkeys(["sample_id", *columns]))
+        return self._query("samples", where, params, columns=cols, order="sample_id")
+
+    def previews(self, split: str, sample_ids: Iterable) -> pd.DataFrame:
+        """Input previews (kind, shape, values) of some samples of `split`."""
+        where, params = _filters(split=("split", [split]), ids=("sample_id", [str(i) for i in sample_ids]))
+        return self._query("previews", where, params)
+
+    def attributions(self, split: str, sample_ids: Iterable | None = None) -> pd.DataFrame:
+        """Attributions (method, target, shape, values) of the worst samples, latest first."""
+        ids = None if sample_ids is None else [str(i) for i in sample_ids]
+        where, params = _filters(split=("split", [split]), ids=("sample_id", ids))
+        return self._query("attributions", where, params, order="step DESC, sample_id, method")
+
+    def sample_dynamics(self, split: str = "train") -> pd.DataFrame:
+        """Training dynamics per sample from the per-step records (`log_batch(..., ids=)`):
+        confidence, variability, correct_frac, aum and label_error_score."""
+        from diagnostics.dynamics import sample_dynamics
+
+        return sample_dynamics(self.records(split=split))
 
     def update_ratios(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
         """Per parameter and capture step: norm of the optimizer's update over the norm of

@@ -28,12 +28,14 @@ import warnings
 import weakref
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import numpy as np
+import pyarrow as pa
 import torch
 from torch import nn
 
+from diagnostics import schema
 from diagnostics.store import RunWriter
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule
@@ -156,6 +158,7 @@ class WatchedRun:
         self._step_started = time.perf_counter()
         self.task = task
         self._model_ref = weakref.ref(model)
+        self._model: nn.Module | None = model  # kept alive while the run is open; dropped at close
         self._handles: list = []
         self._pending: list[tuple[str, str, int, torch.Tensor]] = []
         self._seen: set[tuple[str, str]] = set()
@@ -169,6 +172,7 @@ class WatchedRun:
         self._backward_norms: dict[torch.Tensor, torch.Tensor] = {}
         self._grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._records: list[tuple[int, str, list, torch.Tensor]] = []
+        self._evaluations: list[dict] = []
         self._before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
 
         rank, world_size = _distributed()
@@ -376,6 +380,159 @@ class WatchedRun:
             value = value.detach().item()
         self._writer.add_scalar(self.step if step is None else int(step), str(name), float(value))
 
+    def evaluate(
+        self,
+        loader: Iterable,
+        split: str = "val",
+        embed_layer: str | None = None,
+        attribute_worst: int = 32,
+        n_steps: int = 32,
+        progress: bool = True,
+    ) -> dict[str, float]:
+        """Evaluate the model on `loader` and record one row per sample for error review.
+
+        Each batch is (inputs, labels), (inputs, labels, ids) or a dict with input/label/id
+        keys; without ids a sample's id is its position in the loader. Records label,
+        prediction, per-sample loss, confidence and margin (classification) or residual
+        (regression), the probability vector, the embedding (the input of the last linear
+        layer, or the output of `embed_layer`), input statistics, a small preview of the
+        input and, for the `attribute_worst` samples with the largest loss, captum
+        IntegratedGradients and (with a conv layer) LayerGradCam attributions. The model
+        runs in eval mode under no_grad and gets its mode back; torch's random state is
+        restored afterwards, so training goes on bitwise as without the evaluation.
+        Returns summary metrics (also logged as scalars `split/loss`, `split/accuracy`).
+
+        Example::
+
+            for epoch in range(epochs):
+                train_one_epoch(...)
+                run.evaluate(val_loader, split="val")
+        """
+        from tqdm.auto import tqdm
+
+        from hooks import evaluate as ev
+
+        model = self._model_ref()
+        if self._closed or model is None:
+            raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
+        if attribute_worst < 0:
+            raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
+        found = ev._find_module(model, embed_layer, nn.Linear)
+        conv = ev._find_module(model, None, (nn.Conv2d, nn.Conv1d))
+        device = next(model.parameters(), torch.zeros(())).device
+        captured: dict[str, torch.Tensor] = {}
+
+        def grab(module, args, output):
+            value = args[0] if embed_layer is None and args else _first_tensor(output)
+            if isinstance(value, torch.Tensor):
+                captured["embedding"] = value.detach()
+
+        handle = found[1].register_forward_hook(grab) if found else None
+        was_training, paused = model.training, self._capturing
+        self._capturing = False  # the training capture hooks stay quiet during evaluation
+        ids_all, rows_all, probs_all, emb_all, stats_all = [], [], [], [], {}
+        preview_rows, preview_shape, kind = [], None, None
+        first_eval = split not in {e["split"] for e in self._evaluations}
+        worst = ev._Worst(attribute_worst)
+        attributions: dict[str, np.ndarray] = {}
+        # A DataLoader draws its base seed from torch's global generator: fork it, so that
+        # training after an evaluation is bitwise what it would have been without one.
+        rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+        rng.__enter__()
+        try:
+            model.eval()
+            batches, total = ev.iterate(loader)
+            with torch.no_grad():
+                for batch in tqdm(batches, total=total, desc=f"evaluate {split}", disable=not progress, leave=False):
+                    x, y, ids = ev.unpack_batch(batch, len(ids_all))
+                    out = _first_tensor(model(x.to(device)))
+                    y_dev = y.to(device)
+                    if self.task is None:
+                        self.task = self._infer_task(out, y_dev)
+                    rows = per_sample(out, y_dev, self.task).cpu().double().numpy()
+                    if self.task == "classification":
+                        logits = out.reshape(out.shape[0], -1).float()
+                        if logits.shape[1] == 1:
+                            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+                        probs_all += list(torch.softmax(logits, dim=1).cpu().numpy())
+                    else:
+                        probs_all += [None] * len(ids)
+                    emb = captured.pop("embedding", out)
+                    emb_all += list(emb.reshape(emb.shape[0], -1).float().cpu().numpy())
+                    kind = kind or ev.input_kind(x)
+                    for name, values in ev.input_statistics(x, kind).items():
+                        stats_all.setdefault(name, []).append(values)
+                    if first_eval:
+                        preview_shape, values = ev.previews(x, kind)
+                        preview_rows.append(values)
+                    worst.offer(rows[:, 2], x, y, ids)
+                    ids_all += ids
+                    rows_all.append(rows)
+            if not ids_all:
+                raise ValueError(f"evaluate: the loader for {split!r} yielded no samples")
+            picked = worst.items()
+            if picked:
+                xs = torch.stack([item[3] for item in picked]).to(device)
+                # classification: attribute the label's logit (a single logit: the logit itself)
+                targets = (torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long().to(device)
+                           if self.task == "classification" and out.reshape(out.shape[0], -1).shape[1] > 1 else None)
+                if xs.is_floating_point():
+                    attributions = ev.attribute(model, xs, targets, kind, conv, n_steps=n_steps, progress=progress)
+        finally:
+            if handle is not None:
+                handle.remove()
+            model.train(was_training)
+            self._capturing = paused
+            rng.__exit__(None, None, None)
+        return self._write_evaluation(split, ids_all, np.concatenate(rows_all), probs_all, emb_all,
+                                      {k: np.concatenate(v) for k, v in stats_all.items()}, kind,
+                                      preview_shape, preview_rows, picked, attributions)
+
+    def _write_evaluation(self, split, ids, rows, probs, embeddings, stats, kind, preview_shape, preview_rows,
+                          picked, attributions) -> dict[str, float]:
+        from hooks import evaluate as ev
+
+        rank = self._writer.rank
+        self._writer.add_table("samples", ev.samples_table(self.step, split, rank, ids, rows, probs, embeddings, stats))
+        if preview_rows:
+            values = np.concatenate(preview_rows).astype(np.float32)
+            self._writer.add_table("previews", pa.table({
+                "split": pa.array([split] * len(ids), pa.string()),
+                "sample_id": pa.array([str(i) for i in ids], pa.string()),
+                "kind": pa.array([kind] * len(ids), pa.string()),
+                "shape": pa.array([preview_shape] * len(ids), pa.list_(pa.int32())),
+                "values": pa.array(list(values), pa.list_(pa.float32())),
+            }))
+        if attributions:
+            picked_ids = [str(item[2]) for item in picked]
+            targets = [int(item[4].reshape(-1)[0]) if self.task == "classification" else -1 for item in picked]
+            tables = []
+            for method, arr in attributions.items():
+                tables.append(pa.table({
+                    "step": pa.array([self.step] * len(picked_ids), pa.int64()),
+                    "split": pa.array([split] * len(picked_ids), pa.string()),
+                    "sample_id": pa.array(picked_ids, pa.string()),
+                    "method": pa.array([method] * len(picked_ids), pa.string()),
+                    "target": pa.array(targets, pa.int64()),
+                    "shape": pa.array([list(arr.shape[1:])] * len(picked_ids), pa.list_(pa.int32())),
+                    "values": pa.array(list(arr.reshape(len(picked_ids), -1).astype(np.float32)), pa.list_(pa.float32())),
+                }))
+            self._writer.add_table("attributions", pa.concat_tables(tables))
+        named = dict(zip(schema.RECORD_FIELDS, rows.T))
+        metrics = {"n": float(len(ids)), "loss": float(np.nanmean(named["loss"]))}
+        if self.task == "classification":
+            metrics["accuracy"] = float(np.nanmean(named["correct"]))
+        else:
+            metrics["mae"] = float(np.nanmean(np.abs(named["residual"])))
+        for name, value in metrics.items():
+            if name != "n":
+                self._writer.add_scalar(self.step, f"{split}/{name}", value)
+        self._evaluations.append({"split": split, "step": self.step, **metrics,
+                                  "dataset": ev.dataset_key(split, ids, named["label"]), "input_kind": kind})
+        self._writer.update_manifest(evaluations=self._evaluations, task=self.task)
+        self._writer.flush()
+        return metrics
+
     def close(self) -> None:
         """Remove every hook, write what is buffered and mark the run finished. Safe twice."""
         self._finish("finished")
@@ -390,6 +547,7 @@ class WatchedRun:
         if model is not None:
             _WATCHED.discard(model)
         self._param_names = {}
+        self._model = None
         if self._pending or self._step_losses:
             self._end_step()
         if self._losses or self._grad_norms or self._records:

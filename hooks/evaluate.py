@@ -1,0 +1,203 @@
+"""The evaluation pass: one record per sample, with its embedding, a preview of its input,
+simple input statistics, and attributions for the worst cases.
+
+Called through `WatchedRun.evaluate`. The model runs in eval mode under `torch.no_grad()`
+(its mode is restored afterwards); the training capture hooks are paused meanwhile.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import math
+from typing import Any, Iterable
+
+import numpy as np
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diagnostics import schema
+from hooks.records import per_sample
+
+PREVIEW_PIXELS = 64    # images are pooled to at most 64 × 64
+PREVIEW_POINTS = 512   # signals, vectors and token lists to at most 512 values
+
+
+def unpack_batch(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor, list]:
+    """(inputs, labels, ids) from a batch: (x, y), (x, y, ids) or a dict with input/x,
+    label/labels/y/target and optionally id/ids/sample_id. Without ids, the running index."""
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in ("input", "inputs", "x", "image", "pixel_values") if k in batch), None)
+        y = next((batch[k] for k in ("label", "labels", "y", "target") if k in batch), None)
+        ids = next((batch[k] for k in ("id", "ids", "sample_id", "index") if k in batch), None)
+    elif isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
+        x, y, ids = batch[0], batch[1], batch[2] if len(batch) == 3 else None
+    else:
+        raise TypeError("evaluate: a batch must be (inputs, labels), (inputs, labels, ids) or a dict with "
+                        "'input' and 'label' keys — wrap your loader to yield one of these")
+    if not isinstance(x, torch.Tensor) or not isinstance(y, torch.Tensor):
+        raise TypeError("evaluate: the batch's inputs and labels must be tensors")
+    n = x.shape[0]
+    if ids is None:
+        ids = list(range(offset, offset + n))
+    else:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if len(ids) != n:
+            raise ValueError(f"evaluate: {len(ids)} ids for a batch of {n} samples")
+    return x, y, ids
+
+
+def input_kind(x: torch.Tensor) -> str:
+    if not x.is_floating_point():
+        return "tokens"
+    return {4: "image", 3: "signal", 2: "vector"}.get(x.ndim, "vector")
+
+
+@torch.no_grad()
+def input_statistics(x: torch.Tensor, kind: str) -> dict[str, np.ndarray]:
+    """Per-sample properties preprocessing can change: images — brightness (mean), contrast
+    (std), sharpness (mean |Laplacian| of the grey image); signals — amplitude (std),
+    SNR estimate in dB (a 5-point moving average as the signal, the rest as noise), dominant
+    frequency in cycles per sample (the largest non-DC FFT bin); tokens — length (non-zero)."""
+    x = x.detach().float().cpu()
+    n = x.shape[0]
+    if kind == "image":
+        grey = x.mean(dim=1, keepdim=True)
+        lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])[None, None]
+        sharp = F.conv2d(grey, lap).abs().flatten(1).mean(1) if min(grey.shape[-2:]) >= 3 else torch.zeros(n)
+        flat = x.flatten(1)
+        return {"input_brightness": flat.mean(1).numpy(), "input_contrast": flat.std(1, unbiased=False).numpy(),
+                "input_sharpness": sharp.numpy()}
+    if kind == "signal":
+        sig = x - x.mean(dim=-1, keepdim=True)
+        smooth = F.avg_pool1d(sig, 5, stride=1, padding=2, count_include_pad=False)
+        noise = (sig - smooth).pow(2).flatten(1).mean(1)
+        power = smooth.pow(2).flatten(1).mean(1)
+        spectrum = torch.fft.rfft(sig.mean(dim=1), dim=-1).abs()
+        spectrum[:, 0] = 0
+        dominant = spectrum.argmax(dim=1).float() / sig.shape[-1]
+        return {"input_amplitude": sig.flatten(1).std(1, unbiased=False).numpy(),
+                "input_snr_db": (10 * torch.log10((power + 1e-12) / (noise + 1e-12))).numpy(),
+                "input_dominant_freq": dominant.numpy()}
+    if kind == "tokens":
+        return {"input_length": (x != 0).flatten(1).sum(1).float().numpy()}
+    flat = x.flatten(1)
+    return {"input_mean": flat.mean(1).numpy(), "input_norm": flat.norm(dim=1).numpy()}
+
+
+@torch.no_grad()
+def previews(x: torch.Tensor, kind: str) -> tuple[list[int], np.ndarray]:
+    """A small copy of each input: (shape of one preview, array n × prod(shape))."""
+    x = x.detach().float().cpu()
+    n = x.shape[0]
+    if kind == "image":
+        h, w = x.shape[-2:]
+        scale = max(1, math.ceil(max(h, w) / PREVIEW_PIXELS))
+        small = F.avg_pool2d(x, scale, ceil_mode=True) if scale > 1 else x
+        small = small[:, :3] if small.shape[1] >= 3 else small[:, :1]
+        small = small.permute(0, 2, 3, 1)  # H, W, C
+        return list(small.shape[1:]), small.reshape(n, -1).numpy()
+    if kind == "signal":
+        t = x.shape[-1]
+        small = F.adaptive_avg_pool1d(x, PREVIEW_POINTS) if t > PREVIEW_POINTS else x
+        return list(small.shape[1:]), small.reshape(n, -1).numpy()
+    flat = x.reshape(n, -1)[:, :PREVIEW_POINTS]
+    return [flat.shape[1]], flat.numpy()
+
+
+def dataset_key(split: str, ids: list, labels: np.ndarray) -> str:
+    """Identifies the evaluated data (same ids and labels → same key), so that review tags
+    written on one run show on every run of the same data."""
+    h = hashlib.sha1()
+    for i, l in sorted(zip(map(str, ids), labels.tolist())):
+        h.update(f"{i}:{l};".encode())
+    return f"{split}:{h.hexdigest()[:12]}"
+
+
+def _find_module(model: nn.Module, name: str | None, kind: type | tuple) -> tuple[str, nn.Module] | None:
+    modules = dict(model.named_modules())
+    if name is not None:
+        if name not in modules:
+            near = [n for n in modules if name.split(".")[-1] in n][:5]
+            raise ValueError(f"evaluate: no module named {name!r} in the model"
+                             + (f" (did you mean {', '.join(near)}?)" if near else "; see model.named_modules()"))
+        return name, modules[name]
+    found = [(n, m) for n, m in modules.items() if isinstance(m, kind)]
+    return found[-1] if found else None
+
+
+def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, kind: str,
+              conv: tuple[str, nn.Module] | None, n_steps: int = 32, internal_batch_size: int = 64,
+              progress: bool = True) -> dict[str, np.ndarray]:
+    """Captum attributions of `inputs` (n × …), summed over channels to the input's spatial
+    shape: IntegratedGradients (zero baseline) always, LayerGradCam on the last conv layer
+    when there is one (upsampled to the input)."""
+    from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
+    from tqdm.auto import tqdm
+
+    out: dict[str, list] = {"integrated_gradients": []}
+    if conv is not None and kind in ("image", "signal"):
+        out["grad_cam"] = []
+    for start in tqdm(range(0, len(inputs), 8), desc="attributions", disable=not progress, leave=False):
+        x = inputs[start:start + 8].clone().requires_grad_(True)
+        t = None if targets is None else targets[start:start + 8]
+        ig = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=n_steps,
+                                                  internal_batch_size=internal_batch_size)
+        out["integrated_gradients"].append(ig.detach().sum(dim=1).cpu() if ig.ndim >= 3 else ig.detach().cpu())
+        if "grad_cam" in out:
+            cam = LayerGradCam(model, conv[1]).attribute(x, target=t, relu_attributions=True)
+            cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear"
+                                               if kind == "image" else "linear")
+            out["grad_cam"].append(cam.detach()[:, 0].cpu())
+    return {k: torch.cat(v).float().numpy() for k, v in out.items() if v}
+
+
+class _Worst:
+    """The k samples with the largest loss seen so far (inputs kept on the CPU)."""
+
+    def __init__(self, k: int) -> None:
+        self.k, self.heap, self.count = k, [], 0
+
+    def offer(self, losses: np.ndarray, x: torch.Tensor, y: torch.Tensor, ids: list) -> None:
+        for i, loss in enumerate(losses):
+            if not np.isfinite(loss) or self.k == 0:
+                continue
+            item = (float(loss), self.count, ids[i], x[i].detach().cpu(), y[i].detach().cpu())
+            self.count += 1
+            if len(self.heap) < self.k:
+                heapq.heappush(self.heap, item)
+            elif loss > self.heap[0][0]:
+                heapq.heapreplace(self.heap, item)
+
+    def items(self) -> list:
+        return sorted(self.heap, reverse=True)
+
+
+def samples_table(step: int, split: str, rank: int, ids: list, rows: np.ndarray, probs: list,
+                  embeddings: list, stats: dict[str, np.ndarray]) -> pa.Table:
+    n = len(ids)
+    cols: dict[str, Any] = {
+        "step": pa.array(np.full(n, step, np.int64)), "split": pa.array([split] * n, pa.string()),
+        "sample_id": pa.array([str(i) for i in ids], pa.string()), "rank": pa.array(np.full(n, rank, np.int32)),
+    }
+    named = dict(zip(schema.RECORD_FIELDS, rows.T))
+    cols["label"], cols["prediction"], cols["loss"] = named["label"], named["prediction"], named["loss"]
+    cols["confidence"] = np.array([p.max() if p is not None and len(p) else np.nan for p in probs])
+    cols["label_prob"], cols["margin"] = named["confidence"], named["margin"]
+    cols["correct"], cols["residual"] = named["correct"], named["residual"]
+    cols["probs"] = pa.array([None if p is None else p.astype(np.float32) for p in probs], pa.list_(pa.float32()))
+    cols["embedding"] = pa.array([e.astype(np.float32) for e in embeddings], pa.list_(pa.float32()))
+    table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v, schema.SAMPLES_SCHEMA.field(k).type)
+                      for k, v in cols.items()}, schema=schema.SAMPLES_SCHEMA)
+    for name, values in stats.items():
+        table = table.append_column(name, pa.array(np.asarray(values, np.float64)))
+    return table
+
+
+def iterate(loader: Iterable) -> tuple[Iterable, int | None]:
+    try:
+        return loader, len(loader)  # type: ignore[arg-type]
+    except TypeError:
+        return loader, None
