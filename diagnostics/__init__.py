@@ -6,7 +6,7 @@
     r.scalars(); r.distributions(kind="gradient")
 """
 
-from diagnostics.errors import DiagnosticsError, RunFormatError, RunNotFoundError
+from diagnostics.exceptions import DiagnosticsError, RunFormatError, RunNotFoundError
 from diagnostics.store import Run, list_runs, open_run
 
 __all__ = ["open_run", "list_runs", "Run", "DiagnosticsError", "RunNotFoundError", "RunFormatError"]

@@ -16,7 +16,8 @@ _LABEL_COLOR = "#7f7f7f"
 _OUTPUT_COLOR = "#d62728"
 
 
-def _empty(message: str) -> go.Figure:
+def empty_figure(message: str) -> go.Figure:
+    """A blank figure that says why it is blank (never an empty chart)."""
     fig = go.Figure()
     fig.add_annotation(text=message, showarrow=False, x=0.5, y=0.5, xref="paper", yref="paper")
     fig.update_xaxes(visible=False)
@@ -41,7 +42,7 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
     """Lines of some scalars over steps (one line per name and rank), optionally smoothed."""
     df = scalars[scalars["name"].isin(names)]
     if df.empty:
-        return _empty(f"no {', '.join(names)} recorded")
+        return empty_figure(f"no {', '.join(names)} recorded")
     fig = go.Figure()
     for (name, rank), part in df.groupby(["name", "rank"], sort=True):
         label = name if df["rank"].nunique() == 1 else f"{name} (rank {rank})"
@@ -62,7 +63,7 @@ def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
     """One layer over steps: min–max, 1–99%, 5–95% and 25–75% bands, median and mean
     (TensorBoard's Distributions view)."""
     if dist.empty:
-        return _empty("no captures for this layer")
+        return empty_figure("no captures for this layer")
     d = dist.groupby("step", as_index=False).agg(
         {"min": "min", "max": "max", "q01": "mean", "q05": "mean", "q25": "mean", "q50": "mean",
          "q75": "mean", "q95": "mean", "q99": "mean", "mean": "mean"})
@@ -85,7 +86,7 @@ def histogram_heatmap_figure(dist: pd.DataFrame, title: str = "", bins: int = 64
     """One layer's histograms over steps on a common grid, coloured by log share of
     values (fastai's "colorful dimension", TensorBoard's Histograms seen from above)."""
     if dist.empty:
-        return _empty("no captures for this layer")
+        return empty_figure("no captures for this layer")
     d = dist.sort_values("step")
     d = d[d["rank"] == d["rank"].min()] if "rank" in d else d
     edges, frac = common_grid(d, bins)
@@ -107,7 +108,7 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     median) above, and each layer's standard deviation on a log scale below, where
     vanishing or exploding scale across depth shows as a slope."""
     if dist.empty:
-        return _empty("no captures at this step")
+        return empty_figure("no captures at this step")
     d = dist.groupby("layer", as_index=False).agg(
         {"q05": "mean", "q25": "mean", "q50": "mean", "q75": "mean", "q95": "mean", "std": "mean"})
     order = [l for l in layer_order if l in set(d["layer"])] + sorted(set(d["layer"]) - set(layer_order))
@@ -171,7 +172,7 @@ def class_share_gap_figure(outputs: pd.DataFrame, labels: pd.DataFrame,
     """Over steps: predicted share minus label share per class (red: over-predicted,
     blue: under-predicted)."""
     if outputs.empty or labels.empty:
-        return _empty("no class histograms recorded")
+        return empty_figure("no class histograms recorded")
     merged = outputs[["step", "hist_counts"]].merge(labels[["step", "hist_counts"]], on="step",
                                                     suffixes=("_out", "_lab")).sort_values("step")
     pred = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_out"]])
@@ -193,7 +194,7 @@ def class_share_gap_figure(outputs: pd.DataFrame, labels: pd.DataFrame,
 def value_bands_figure(outputs: pd.DataFrame, labels: pd.DataFrame) -> go.Figure:
     """Over steps: 5–95% band and median of the outputs against those of the labels."""
     if outputs.empty or labels.empty:
-        return _empty("no output values recorded")
+        return empty_figure("no output values recorded")
     fig = go.Figure()
     for d, name, rgb in ((labels, "labels", "127,127,127"), (outputs, "outputs", "214,39,40")):
         d = d.sort_values("step")
@@ -211,7 +212,7 @@ def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
     healthy band around 1e-3 shaded."""
     d = ratios[(ratios["layer"] == layer) & (ratios["ratio"] > 0)].sort_values("step")
     if d.empty:
-        return _empty(f"no non-zero updates recorded for {layer}")
+        return empty_figure(f"no non-zero updates recorded for {layer}")
     fig = go.Figure()
     fig.add_hrect(y0=1e-4, y1=1e-2, fillcolor="rgba(44,160,44,0.12)", line_width=0,
                   annotation_text="usual range", annotation_position="top left")

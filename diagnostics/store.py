@@ -28,7 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from diagnostics import schema
-from diagnostics.errors import RunFormatError, RunNotFoundError
+from diagnostics.exceptions import RunFormatError, RunNotFoundError
 
 _TIER_FANOUT = 16
 # A merge happens in the training process: past this many rows it would cost seconds

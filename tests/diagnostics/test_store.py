@@ -18,7 +18,7 @@ import pytest
 
 import diagnostics
 from diagnostics import schema
-from diagnostics.errors import RunFormatError, RunNotFoundError
+from diagnostics.exceptions import RunFormatError, RunNotFoundError
 from diagnostics.store import RunWriter
 
 NF = len(schema.SUMMARY_FIELDS)

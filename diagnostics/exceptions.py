@@ -1,0 +1,13 @@
+"""Errors meant for people: each says what is wrong and what to do."""
+
+
+class DiagnosticsError(Exception):
+    """Base class of every error this package raises on purpose."""
+
+
+class RunNotFoundError(DiagnosticsError):
+    """The path holds no run (no run.json)."""
+
+
+class RunFormatError(DiagnosticsError):
+    """The run exists but cannot be read: broken manifest, unknown schema, bad parts."""

@@ -1,0 +1,113 @@
+"""Figures of one sample (its input, attribution, probabilities, history) and of the
+training-dynamics data map. Plotly only: the dashboard lays them out."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from diagnostics.figures import empty_figure
+
+_MARGIN = dict(l=30, r=20, t=50, b=30)
+
+
+def _as_array(row: pd.Series) -> np.ndarray:
+    return np.asarray(row["values"], dtype=np.float32).reshape([int(s) for s in row["shape"]])
+
+
+def preview_figure(preview: pd.Series | None, attribution: pd.Series | None = None, opacity: float = 0.5,
+                   title: str = "") -> go.Figure:
+    """The input as recorded (image, signal, vector or tokens), with an attribution laid
+    over it when given (|attribution| as a red overlay on images, as line colour on signals)."""
+    if preview is None:
+        return empty_figure("no preview recorded for this sample")
+    x = _as_array(preview)
+    att = None if attribution is None else np.abs(_as_array(attribution))
+    kind = preview["kind"]
+    fig = go.Figure()
+    if kind == "image":
+        grey = x.mean(axis=-1)
+        fig.add_heatmap(z=grey, colorscale="gray", showscale=False, hovertemplate="(%{x}, %{y}) %{z:.3g}<extra></extra>")
+        if att is not None and att.shape == grey.shape and att.max() > 0:
+            fig.add_heatmap(z=att / att.max(), colorscale=[[0, "rgba(255,0,0,0)"], [1, "rgba(255,0,0,1)"]],
+                            opacity=opacity, showscale=True, colorbar=dict(title="|attr|"),
+                            hovertemplate="attribution %{z:.2f}<extra></extra>")
+        fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
+        fig.update_xaxes(showticklabels=False)
+    elif kind == "signal":
+        for c, channel in enumerate(x.reshape(x.shape[0], -1)):
+            fig.add_scatter(y=channel, mode="lines", name=f"channel {c}", line=dict(color="#444", width=1))
+        if att is not None and att.size:
+            profile = att.reshape(-1)
+            idx = np.linspace(0, len(profile) - 1, x.shape[-1]).astype(int)
+            fig.add_scatter(y=x.reshape(x.shape[0], -1)[0], mode="markers", name="|attribution|",
+                            marker=dict(color=profile[idx], colorscale="Reds", size=5, showscale=True))
+        fig.update_layout(xaxis_title="time (preview samples)")
+    elif kind == "tokens":
+        fig.add_bar(y=x.reshape(-1), name="token ids")
+        fig.update_layout(xaxis_title="position", yaxis_title="token id")
+    else:
+        fig.add_bar(y=x.reshape(-1), name="values")
+    fig.update_layout(title=title or "input", height=360, margin=_MARGIN, showlegend=kind == "signal")
+    return fig
+
+
+def probability_figure(probs, label: float, prediction: float, class_names: list[str] | None = None) -> go.Figure:
+    """The probability vector, the label's bar in grey and the prediction's in red."""
+    if probs is None or len(probs) == 0:
+        return empty_figure("no probabilities (regression)")
+    p = np.asarray(probs, dtype=float)
+    names = class_names if class_names and len(class_names) == len(p) else [str(i) for i in range(len(p))]
+    colors = ["#1f77b4"] * len(p)
+    if 0 <= int(prediction) < len(p):
+        colors[int(prediction)] = "#d62728"
+    if 0 <= int(label) < len(p):
+        colors[int(label)] = "#7f7f7f" if int(label) != int(prediction) else "#2ca02c"
+    fig = go.Figure(go.Bar(x=names, y=p, marker_color=colors, hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
+    fig.update_layout(title="probabilities (grey: label, red: prediction, green: both)", yaxis_range=[0, 1],
+                      xaxis_type="category", height=300, margin=_MARGIN)
+    return fig
+
+
+def sample_history_figure(records: pd.DataFrame, evaluations: pd.DataFrame, task: str) -> go.Figure:
+    """One sample over training: its per-step training records and its evaluations."""
+    value = "confidence" if task == "classification" else "residual"
+    label = "probability of the label" if task == "classification" else "residual"
+    fig = go.Figure()
+    if not records.empty:
+        r = records.sort_values("step")
+        fig.add_scatter(x=r["step"], y=r[value], mode="lines+markers", name=f"training: {label}")
+    if not evaluations.empty:
+        e = evaluations.sort_values("step")
+        y = e["label_prob"] if task == "classification" else e["residual"]
+        fig.add_scatter(x=e["step"], y=y, mode="lines+markers", name=f"evaluation: {label}",
+                        marker=dict(symbol="diamond", size=9))
+    if not fig.data:
+        return empty_figure("no history: log ids with run.log_batch(..., ids=) or evaluate more than once")
+    fig.update_layout(title="history of this sample", xaxis_title="step", yaxis_title=label, height=300,
+                      margin=_MARGIN, legend=dict(orientation="h", y=-0.3))
+    return fig
+
+
+def data_map_figure(dynamics: pd.DataFrame, regions: pd.Series | None = None) -> go.Figure:
+    """Dataset cartography (Swayamdipta et al. 2020): variability against confidence, one
+    point per training sample, coloured by how often it was predicted correctly."""
+    if dynamics.empty:
+        return empty_figure("no training dynamics: pass ids to run.log_batch(outputs, labels, ids=...)")
+    d = dynamics
+    fig = go.Figure(go.Scattergl(
+        x=d["variability"], y=d["confidence"], mode="markers",
+        marker=dict(color=d["correct_frac"], colorscale="RdYlGn", cmin=0, cmax=1, size=5, opacity=0.75,
+                    colorbar=dict(title="correct")),
+        customdata=np.stack([d["sample_id"], regions if regions is not None else [""] * len(d)], axis=1),
+        hovertemplate="sample %{customdata[0]} %{customdata[1]}<br>variability %{x:.3f}<br>"
+                      "confidence %{y:.3f}<extra></extra>",
+    ))
+    for text, x, y in (("easy to learn", 0.02, 0.97), ("ambiguous", 0.45, 0.55), ("hard to learn", 0.02, 0.05)):
+        fig.add_annotation(text=text, x=x, y=y, xref="paper", yref="paper", showarrow=False,
+                           font=dict(color="#555"), xanchor="left")
+    fig.update_layout(title="data map: confidence vs variability over training", xaxis_title="variability",
+                      yaxis_title="confidence (mean probability of the label)", yaxis_range=[0, 1],
+                      height=460, margin=_MARGIN, dragmode="lasso")
+    return fig

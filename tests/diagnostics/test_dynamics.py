@@ -1,0 +1,174 @@
+"""sample_dynamics and data_map_regions, checked against numpy by hand; the label-noise run."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from diagnostics.dynamics import DYNAMICS_COLUMNS, REGIONS, data_map_regions, sample_dynamics
+
+NAN = float("nan")
+
+
+def _records(rows, split="train"):
+    """Record rows (step, sample_id, label, confidence, margin, correct, loss, residual)."""
+    frame = pd.DataFrame(rows, columns=["step", "sample_id", "label", "confidence", "margin", "correct", "loss",
+                                        "residual"])
+    frame.insert(1, "split", split)
+    frame.insert(3, "rank", 0)
+    frame["prediction"] = frame["label"]
+    frame["sample_id"] = frame["sample_id"].astype(str)
+    return frame
+
+
+def _classification_records(seed=0, n_samples=5, n_steps=6):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(n_steps):
+        for sid in rng.permutation(n_samples):  # unsorted on purpose
+            conf = rng.uniform(0.01, 0.99)
+            rows.append((step, int(sid), int(sid) % 3, conf, rng.normal(), float(rng.uniform() < conf),
+                         -np.log(conf), NAN))
+    return _records(rows)
+
+
+def test_classification_columns_match_numpy():
+    rec = _classification_records()
+    dyn = sample_dynamics(rec)
+    assert list(dyn.columns) == list(DYNAMICS_COLUMNS)
+    assert len(dyn) == 5 and set(dyn["split"]) == {"train"}
+    for sid, part in rec.groupby("sample_id"):
+        part = part.sort_values("step")
+        row = dyn.set_index("sample_id").loc[sid]
+        conf, margin = part["confidence"].to_numpy(), part["margin"].to_numpy()
+        assert row["n_records"] == len(part) == 6
+        assert row["label"] == part["label"].iloc[-1]
+        assert row["confidence"] == pytest.approx(np.mean(conf), rel=1e-12)
+        assert row["variability"] == pytest.approx(np.std(conf), rel=1e-12)  # ddof=0, as in the paper
+        assert row["correct_frac"] == pytest.approx(np.mean(part["correct"]), rel=1e-12)
+        assert row["aum"] == pytest.approx(np.mean(margin), rel=1e-12)
+        assert row["mean_loss"] == pytest.approx(np.mean(part["loss"]), rel=1e-12)
+        weights = part["step"].to_numpy() - rec["step"].min() + 1.0
+        assert row["label_error_score"] == pytest.approx(-np.sum(weights * margin) / np.sum(weights), rel=1e-12)
+        assert np.isnan(row["mean_abs_residual"]) and np.isnan(row["abs_residual_std"])
+    scores = dyn["label_error_score"].to_numpy()
+    assert np.all(np.diff(scores) <= 0)  # most likely mislabeled first
+
+
+def test_hand_computed_sample():
+    # three records of one sample, and one record of another with the same margin sum
+    rec = _records([
+        (0, 7, 1, 0.2, -1.0, 0.0, 1.6, NAN),
+        (1, 7, 1, 0.4, -0.5, 0.0, 0.9, NAN),
+        (2, 7, 2, 0.9, 2.0, 1.0, 0.1, NAN),
+        (2, 8, 0, 0.6, 0.5, 1.0, 0.5, NAN),
+    ])
+    dyn = sample_dynamics(rec).set_index("sample_id")
+    s = dyn.loc["7"]
+    assert s["n_records"] == 3 and s["label"] == 2  # the most recent label
+    assert s["confidence"] == pytest.approx(0.5)
+    assert s["variability"] == pytest.approx(np.sqrt(((0.3**2) + (0.1**2) + (0.4**2)) / 3))
+    assert s["correct_frac"] == pytest.approx(1 / 3)
+    assert s["aum"] == pytest.approx(0.5 / 3)
+    assert s["mean_loss"] == pytest.approx(2.6 / 3)
+    # weights 1, 2, 3: -(-1 - 1 + 6) / 6; the late, learned record counts most
+    assert s["label_error_score"] == pytest.approx(-4 / 6)
+    assert dyn.loc["8", "label_error_score"] == pytest.approx(-0.5)
+    assert dyn.loc["8", "variability"] == 0.0
+    assert list(dyn.index) == ["8", "7"]
+
+
+def test_late_weighting_ranks_a_late_loser_above_an_early_one():
+    # same AUM; sample "late" loses its label late in training, "early" only at the start
+    rec = _records([(t, "early", 0, NAN, m, NAN, NAN, NAN) for t, m in enumerate([-3, -2, 0, 2, 3])]
+                   + [(t, "late", 0, NAN, m, NAN, NAN, NAN) for t, m in enumerate([3, 2, 0, -2, -3])])
+    dyn = sample_dynamics(rec).set_index("sample_id")
+    assert dyn.loc["early", "aum"] == dyn.loc["late", "aum"] == 0
+    assert dyn.loc["late", "label_error_score"] > 0 > dyn.loc["early", "label_error_score"]
+
+
+def test_splits_and_ignored_records():
+    train = _classification_records(n_samples=3, n_steps=4)
+    val = _classification_records(seed=1, n_samples=3, n_steps=2).assign(split="val", step=lambda f: f["step"] + 10)
+    # an ignored label (ignore_index): the raw label is kept, every number NaN
+    ignored = _records([(20, 0, -100, NAN, NAN, NAN, NAN, NAN)], split="val")
+    dyn = sample_dynamics(pd.concat([train, val, ignored], ignore_index=True))
+    assert len(dyn) == 6 and sorted(dyn.groupby("split").size()) == [3, 3]
+    v0 = dyn[(dyn.split == "val") & (dyn.sample_id == "0")].iloc[0]
+    part = val[val.sample_id == "0"]
+    assert v0["n_records"] == 3 and v0["label"] == -100
+    assert v0["confidence"] == pytest.approx(part["confidence"].mean())
+    # weights start at each split's first step (10 for val): 1 and 2
+    m = part.sort_values("step")["margin"].to_numpy()
+    assert v0["label_error_score"] == pytest.approx(-(m[0] + 2 * m[1]) / 3)
+
+
+def test_regression_uses_absolute_residuals():
+    res = {"a": [2.0, -1.0, 0.5], "b": [-0.1, 0.2, -3.0]}
+    rec = _records([(t, sid, 1.0, NAN, NAN, NAN, r * r, r) for sid, rs in res.items() for t, r in enumerate(rs)])
+    dyn = sample_dynamics(rec).set_index("sample_id")
+    for sid, rs in res.items():
+        a = np.abs(rs)
+        row = dyn.loc[sid]
+        assert row["mean_abs_residual"] == pytest.approx(a.mean())
+        assert row["abs_residual_std"] == pytest.approx(a.std())
+        assert row["label_error_score"] == pytest.approx(np.sum(np.array([1, 2, 3]) * a) / 6)
+        assert row["mean_loss"] == pytest.approx(np.mean(np.square(rs)))
+        assert row[["confidence", "variability", "correct_frac", "aum"]].isna().all()
+    assert list(dyn.index) == ["b", "a"]  # b's large residual is the latest
+    assert data_map_regions(dyn).isna().all()
+
+
+def test_empty_input_gives_empty_frames_with_the_columns():
+    empty = _records([])
+    for frame in (empty, empty.iloc[:0, :3], None):
+        dyn = sample_dynamics(frame)
+        assert dyn.empty and list(dyn.columns) == list(DYNAMICS_COLUMNS)
+    regions = data_map_regions(sample_dynamics(empty))
+    assert regions.empty and regions.name == "region" and list(regions.cat.categories) == list(REGIONS)
+
+
+def test_data_map_regions_at_the_documented_thresholds():
+    dyn = pd.DataFrame({
+        "confidence": [0.9, 0.5, 0.49, 0.1, 0.5, 0.9, NAN],
+        "variability": [0.0, 0.2499, 0.2499, 0.1, 0.25, 0.4, NAN],
+    }, index=list("abcdefg"))
+    regions = data_map_regions(dyn)
+    assert regions.name == "region" and list(regions.index) == list("abcdefg")
+    assert list(regions.iloc[:6]) == ["easy", "easy", "hard-to-learn", "hard-to-learn", "ambiguous", "ambiguous"]
+    assert pd.isna(regions["g"])
+    moved = data_map_regions(dyn, confidence_threshold=0.95, variability_threshold=0.5)
+    assert list(moved.iloc[:6]) == ["hard-to-learn"] * 6
+
+
+def test_regions_of_real_dynamics():
+    dyn = sample_dynamics(_classification_records(n_samples=20, n_steps=8))
+    regions = data_map_regions(dyn)
+    expected = np.where(dyn.variability >= 0.25, "ambiguous", np.where(dyn.confidence < 0.5, "hard-to-learn", "easy"))
+    assert list(regions) == list(expected)
+
+
+@pytest.mark.slow
+def test_label_error_score_finds_flipped_labels():
+    path = Path(__file__).resolve().parents[2] / "benchmarks" / "label_noise.py"
+    spec = importlib.util.spec_from_file_location("label_noise_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    torch = pytest.importorskip("torch")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # the model is tiny: one thread is the fastest on a busy machine
+    try:
+        records, is_flipped, _ = bench.train_with_label_noise(seed=0, epochs=6, noise_rate=0.1)
+    finally:
+        torch.set_num_threads(threads)
+    figures = bench.score_rankings(sample_dynamics(records), is_flipped)
+    noise_rate = is_flipped.mean()
+    assert noise_rate == pytest.approx(0.1, abs=0.001)
+    score = figures["label_error_score"]
+    assert score["precision_at_k"] >= 3 * noise_rate
+    assert score["precision_at_k"] >= figures["mean_loss"]["precision_at_k"]
+    assert score["roc_auc"] > 0.95
