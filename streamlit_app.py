@@ -27,17 +27,24 @@ with st.sidebar:
     if runs.empty:
         st.session_state["run_path"] = None
     else:
-        labels = {row.path: f"{row.name} · {row.state}" for row in runs.itertuples()}
-        paths = list(labels)
-        current = st.session_state.get("run_path")
-        st.session_state["run_path"] = st.selectbox(
-            "Run", paths, index=paths.index(current) if current in paths else 0,
-            format_func=labels.get, key="run_picker",
-        )
+        # options are plain labels (no format_func): a label maps back to its run's path;
+        # ?run=NAME in the address opens that run (a link to a run can be shared)
+        paths = {f"{row.name} · {row.state}": row.path for row in runs.itertuples()}
+        names = {row.path: row.name for row in runs.itertuples()}
+        labels = list(paths)
+        wanted = st.query_params.get("run")
+        current = next((p for p, n in names.items() if n == wanted), st.session_state.get("run_path"))
+        at = next((i for i, label in enumerate(labels) if paths[label] == current), 0)
+        chosen = paths[st.selectbox("Run", labels, index=at, key=f"run_picker_{at}")]
+        st.session_state["run_path"] = chosen
+        st.query_params["run"] = names[chosen]
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
     st.Page("pages/outputs.py", title="Outputs vs labels", icon=":material/target:"),
+    st.Page("pages/errors.py", title="Error review", icon=":material/error:"),
+    st.Page("pages/sample.py", title="Sample detail", icon=":material/image_search:"),
+    st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
 ])
 page.run()

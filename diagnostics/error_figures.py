@@ -14,8 +14,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics.figures import empty_figure
 from plotly.subplots import make_subplots
+
+from diagnostics.figures import empty_figure
 
 _MARGIN = dict(l=40, r=20, t=50, b=40)
 _ACCENT = "#1f77b4"

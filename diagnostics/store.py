@@ -438,19 +438,23 @@ class Run:
         """One row per evaluation pass: split, step, n, loss, accuracy or mae, dataset key."""
         return pd.DataFrame(self.manifest.get("evaluations", []))
 
-    def samples(self, split: str = "val", step: int | None = None, sample_ids: Iterable | None = None,
+    def samples(self, split: str = "val", step: int | str | None = None, sample_ids: Iterable | None = None,
                 columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """One row per evaluated sample of `split`, from the latest evaluation (or `step`):
-        label, prediction, loss, confidence, margin or residual, probs, embedding, input_*."""
-        if step is None:
+        """One row per evaluated sample of `split`, from the latest evaluation (or `step`;
+        `step="all"`: every evaluation): label, prediction, loss, confidence, margin or
+        residual, probs, embedding, input_*."""
+        if step == "all":
+            step = None
+        elif step is None:
             steps = self._query("samples", "split = $split", [("split", split)], columns="max(step) AS step")
             if steps.empty or pd.isna(steps["step"].iloc[0]):
                 return self._query("samples", "false")
             step = int(steps["step"].iloc[0])
         ids = None if sample_ids is None else [str(i) for i in sample_ids]
-        where, params = _filters(split=("split", [split]), step=("step", int(step)), ids=("sample_id", ids))
+        where, params = _filters(split=("split", [split]), step=("step", None if step is None else int(step)),
+                                 ids=("sample_id", ids))
         cols = "*" if columns is None else ", ".join(f'"{c}"' for c in dict.fromkeys(["sample_id", *columns]))
-        return self._query("samples", where, params, columns=cols, order="sample_id")
+        return self._query("samples", where, params, columns=cols, order="sample_id, step")
 
     def previews(self, split: str, sample_ids: Iterable) -> pd.DataFrame:
         """Input previews (kind, shape, values) of some samples of `split`."""

@@ -62,17 +62,17 @@ def train_digits(runs_dir: str | Path, name: str, epochs: int = 8, standardise: 
             model.train()
             for idx in torch.randperm(len(x_tr), generator=gen).split(batch_size):
                 opt.zero_grad()
-                loss = criterion(model(x_tr[idx]), y_tr[idx])
+                logits = model(x_tr[idx])
+                loss = criterion(logits, y_tr[idx])
+                run.log_batch(logits, y_tr[idx], ids=idx)  # per-sample records: training dynamics
                 loss.backward()
                 opt.step()
                 sched.step()
-            model.eval()
-            with torch.no_grad():
-                logits = model(x_va)
-                run.log_scalar("val/loss", nn.functional.cross_entropy(logits, y_va))
-                run.log_scalar("val/acc", (logits.argmax(1) == y_va).float().mean())
-            print(f"  {name}: epoch {epoch + 1}/{epochs}  val acc {(logits.argmax(1) == y_va).float().mean():.3f}",
-                  flush=True)
+            val = [(x_va[i:i + 128], y_va[i:i + 128], torch.arange(i, min(i + 128, len(x_va))))
+                   for i in range(0, len(x_va), 128)]
+            metrics = run.evaluate(val, split="val", attribute_worst=32 if epoch == epochs - 1 else 0,
+                                   progress=False)
+            print(f"  {name}: epoch {epoch + 1}/{epochs}  val acc {metrics['accuracy']:.3f}", flush=True)
     return run.path
 
 

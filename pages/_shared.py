@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 
 import diagnostics
+from diagnostics import tags as tag_store
 
 
 def current_run() -> diagnostics.Run:
@@ -53,3 +55,74 @@ def kinds(path: str, version: str):
 @st.cache_data(show_spinner=False, max_entries=64)
 def update_ratios(path: str, version: str, layer: str):
     return diagnostics.open_run(path).update_ratios(layers=(layer,))
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def samples(path: str, version: str, split: str, step: int):
+    return diagnostics.open_run(path).samples(split, step=step)
+
+
+@st.cache_data(show_spinner=False, max_entries=256)
+def sample_detail(path: str, version: str, split: str, sample_id: str):
+    """Everything about one sample: its evaluations, training records, preview, attributions."""
+    r = diagnostics.open_run(path)
+    return (r.samples(split, step="all", sample_ids=[sample_id]), r.records(split="train", sample_ids=[sample_id]),
+            r.previews(split, [sample_id]), r.attributions(split, [sample_id]))
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def dynamics(path: str, version: str, split: str = "train"):
+    return diagnostics.open_run(path).sample_dynamics(split)
+
+
+@st.cache_resource(show_spinner=False)
+def tags_of(path: str) -> tag_store.TagStore:
+    return tag_store.TagStore(path)
+
+
+def pick_evaluation(run: diagnostics.Run, key: str) -> tuple[str, int, str]:
+    """Split and evaluation step pickers; stops the page when the run has no evaluation."""
+    evals = run.evaluations()
+    if evals.empty:
+        st.info("No evaluation recorded in this run. Add `run.evaluate(val_loader, split=\"val\")` after "
+                "training (or every few epochs) to record one row per sample for error review.")
+        st.stop()
+    left, right = st.columns(2)
+    splits = list(dict.fromkeys(evals["split"]))
+    split = left.selectbox("Split", splits, key=f"{key}_split")
+    steps = sorted(evals.loc[evals["split"] == split, "step"].astype(int).unique())
+    step = right.selectbox("Evaluation at step", steps, index=len(steps) - 1, key=f"{key}_step_{split}")
+    row = evals[(evals["split"] == split) & (evals["step"] == step)].iloc[-1]
+    return split, int(step), str(row.get("dataset", split))
+
+
+def sample_tags(runs_dir: str, dataset: str) -> pd.DataFrame:
+    """Tags of the evaluated data from every run in the folder (read fresh: other tabs write)."""
+    return tag_store.folder_tags(runs_dir, dataset)
+
+
+def class_label(class_names, value) -> str:
+    if pd.isna(value):
+        return "—"
+    i = int(value)
+    return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+
+
+def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key: str) -> None:
+    """Tag and annotate the given samples; saved at once to the run's review store."""
+    store = tags_of(str(run.path))
+    with st.form(key=f"tag_form_{key}", clear_on_submit=True):
+        st.caption(f"Tag {len(sample_ids)} selected sample(s)")
+        chosen = st.multiselect("Tags", store.known_tags(dataset), accept_new_options=True, key=f"tags_{key}",
+                                placeholder="pick or type a tag")
+        note = st.text_input("Note (optional; replaces the sample's note)", key=f"note_{key}")
+        if st.form_submit_button("Save", disabled=not sample_ids):
+            try:
+                if chosen:
+                    store.add_tags(dataset, sample_ids, chosen)
+                if note.strip():
+                    for sid in sample_ids:
+                        store.set_note(dataset, sid, note.strip())
+                st.toast(f"Saved for {len(sample_ids)} sample(s)")
+            except diagnostics.DiagnosticsError as exc:
+                st.error(str(exc))

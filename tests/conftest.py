@@ -53,4 +53,30 @@ def recorded_runs(tmp_path_factory):
             opt.zero_grad()
             crit(model(x), y).backward()
             opt.step()
+    review_run(folder)
     return folder
+
+
+def review_run(folder, name="review"):
+    """A classification run with per-sample records every step and one evaluation."""
+    torch.manual_seed(2)
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(96, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    x[y == 1] += 0.5  # something to learn
+    with hooks.watch(model, optimizer=opt, run_dir=folder, name=name, every=5,
+                     class_names=["cat", "dog", "eel"]) as run:
+        for epoch in range(4):
+            for i in range(0, 96, 16):
+                idx = torch.arange(i, i + 16)
+                opt.zero_grad()
+                logits = model(x[idx])
+                loss = nn.functional.cross_entropy(logits, y[idx])
+                run.log_batch(logits, y[idx], ids=idx, loss=loss)
+                loss.backward()
+                opt.step()
+        run.evaluate([(x[:48], y[:48], torch.arange(48)), (x[48:], y[48:], torch.arange(48, 96))],
+                     split="val", attribute_worst=4, n_steps=4, progress=False)
+    return run.path

@@ -12,15 +12,19 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
-PAGES = ["pages/overview.py", "pages/distributions.py", "pages/outputs.py"]
+TRAINING_PAGES = ["pages/overview.py", "pages/distributions.py", "pages/outputs.py"]
+REVIEW_PAGES = ["pages/errors.py", "pages/sample.py", "pages/datamap.py"]
+PAGES = TRAINING_PAGES + REVIEW_PAGES
 
 
 def _open(monkeypatch, runs_dir, page: str, run_name: str | None = None) -> AppTest:
     monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60).run()
+    at = AppTest.from_file(APP, default_timeout=60)
     if run_name is not None:
-        path = str(Path(runs_dir) / run_name)
-        at.selectbox(key="run_picker").set_value(path).run()
+        at.query_params["run"] = run_name  # the address ?run=NAME opens a run
+    at.run()
+    if run_name is not None:
+        assert at.session_state["run_path"] == str(Path(runs_dir) / run_name)
     if page != "pages/overview.py":
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -31,13 +35,13 @@ def _charts(at: AppTest) -> list[dict]:
     return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
-@pytest.mark.parametrize("run_name", ["cls", "reg"])
-@pytest.mark.parametrize("page", PAGES)
+@pytest.mark.parametrize("page,run_name", [(p, r) for p in TRAINING_PAGES for r in ("cls", "reg")]
+                         + [(p, "review") for p in REVIEW_PAGES])
 def test_page_shows_charts_with_data_for_a_recorded_run(monkeypatch, recorded_runs, page, run_name):
     at = _open(monkeypatch, recorded_runs, page, run_name)
     assert not at.error, [e.value for e in at.error]
     charts = _charts(at)
-    assert len(charts) >= 2
+    assert len(charts) >= (1 if page == "pages/datamap.py" else 2), [i.value for i in at.info]
     for spec in charts:  # no chart is empty: each has a trace with data
         assert any(t.get("x") is not None or t.get("z") is not None or t.get("y") is not None
                    for t in spec["data"]), spec["layout"].get("title")
@@ -94,3 +98,9 @@ def test_distributions_page_shows_update_to_weight_ratio(monkeypatch, recorded_r
     assert not at.exception
     ratio = [c for c in _charts(at) if "update-to-weight ratio of 3.weight" in c["layout"]["title"]["text"]]
     assert ratio and _array(ratio[0]["data"][0]["y"]).min() > 0
+
+
+@pytest.mark.parametrize("page", REVIEW_PAGES)
+def test_review_pages_explain_what_to_record(monkeypatch, recorded_runs, page):
+    at = _open(monkeypatch, recorded_runs, page, "cls")
+    assert any("run.evaluate" in i.value or "ids=" in i.value for i in at.info)

@@ -1,0 +1,139 @@
+"""Error review: the worst cases with filters, per-class metrics, the confusion matrix with
+drill-down, calibration or residuals, where errors concentrate, tagging and export."""
+
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import streamlit as st
+
+from diagnostics import error_figures, errors, slices
+from diagnostics import tags as tag_store
+from pages import _shared
+
+run = _shared.current_run()
+path, version = str(run.path), run.data_version()
+st.title("Error review")
+split, step, dataset = _shared.pick_evaluation(run, "errors")
+task = run.manifest.get("task") or "classification"
+class_names = run.manifest.get("class_names")
+samples = _shared.samples(path, version, split, step)
+tags = _shared.sample_tags(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
+tag_lists = tags.groupby("sample_id")["tag"].apply(lambda t: sorted(set(t))) if not tags.empty else None
+samples = samples.assign(tags=samples["sample_id"].map(tag_lists) if tag_lists is not None else None)
+samples["tags"] = samples["tags"].apply(lambda t: t if isinstance(t, list) else [])
+classification = task == "classification"
+num_classes = int(run.manifest.get("num_classes") or (len(samples["probs"].iloc[0]) if classification else 0))
+name = lambda v: _shared.class_label(class_names, v)  # noqa: E731
+
+# -- headline -----------------------------------------------------------------------------
+cols = st.columns(4)
+cols[0].metric("Samples", f"{len(samples):,}")
+if classification:
+    wrong = int((samples["correct"] == 0).sum())
+    cols[1].metric("Accuracy", f"{samples['correct'].mean():.1%}")
+    cols[2].metric("Wrong", f"{wrong:,}")
+    cols[3].metric("Calibration error (ECE)", f"{errors.calibration(samples)[1]:.3f}")
+else:
+    summary, by_label = errors.regression_summary(samples)
+    cols[1].metric("MAE", f"{summary['mae']:.3g}")
+    cols[2].metric("RMSE", f"{summary['rmse']:.3g}")
+    cols[3].metric("Bias", f"{summary['bias']:+.3g}")
+
+# -- filters ------------------------------------------------------------------------------
+with st.expander("Filters", expanded=False):
+    f1, f2, f3 = st.columns(3)
+    true_class = pred_class = conf = None
+    if classification:
+        classes = list(range(num_classes))
+        true_class = f1.multiselect("True class", classes, format_func=name, key="err_true") or None
+        pred_class = f2.multiselect("Predicted class", classes, format_func=name, key="err_pred") or None
+        lo, hi = f3.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.01, key="err_conf")
+        conf = (lo, hi) if (lo, hi) != (0.0, 1.0) else None
+    tag_filter = st.multiselect("Tag", sorted(tags["tag"].unique()) if not tags.empty else [], key="err_tags") or None
+    only_wrong = classification and st.toggle("Only wrong predictions", value=True, key="err_only_wrong")
+view = errors.worst_cases(samples, task, true_class=true_class, predicted_class=pred_class, confidence_range=conf,
+                          tags=tag_filter, tag_frame=tags if tag_filter else None)
+if only_wrong:
+    view = view[view["correct"] == 0]
+
+worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
+    ["Worst cases", "Confusion matrix", "Per class", "Calibration" if classification else "Residuals",
+     "Where errors concentrate"])
+
+with worst_tab:
+    st.caption(f"{len(view):,} samples, worst first (by {'loss' if classification else '|residual|'}). "
+               "Select rows to tag them or to open one in Sample detail.")
+    inputs = [c for c in view.columns if c.startswith("input_")]
+    table = view[["sample_id"]].assign(
+        label=view["label"].map(name) if classification else view["label"],
+        prediction=view["prediction"].map(name) if classification else view["prediction"],
+        loss=view["loss"],
+        **({"confidence": view["confidence"]} if classification else {"residual": view["residual"]}),
+        tags=view["tags"].apply(", ".join), **{c.removeprefix("input_"): view[c] for c in inputs},
+    ).head(500)
+    event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="err_table",
+                         column_config={"loss": st.column_config.NumberColumn(format="%.3f"),
+                                        "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+    picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
+    left, right = st.columns([2, 1])
+    with left:
+        _shared.tagging_form(run, dataset, picked, "errors")
+    with right:
+        if st.button("Open in Sample detail", disabled=len(picked) != 1, key="err_open"):
+            st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], split
+            st.switch_page("pages/sample.py")
+        notes = tag_store.folder_notes(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
+        if not tags.empty or not notes.empty:
+            with tempfile.TemporaryDirectory() as tmp:
+                files = tag_store.export_tagged(samples, tags, notes, Path(tmp) / f"{run.name}-{split}-review")
+                for f in files:
+                    st.download_button(f"Export tagged cases ({f.suffix[1:].upper()})", f.read_bytes(),
+                                       file_name=f.name, key=f"err_export_{f.suffix}")
+
+with confusion_tab:
+    if classification:
+        matrix = errors.confusion_matrix(samples, num_classes)
+        names = [name(i) for i in range(num_classes)]
+        st.plotly_chart(error_figures.confusion_figure(matrix, names), key="err_confusion")
+        c1, c2 = st.columns(2)
+        t = c1.selectbox("True class", range(num_classes), format_func=name, key="cell_true")
+        p = c2.selectbox("Predicted class", range(num_classes), format_func=name, key="cell_pred",
+                         index=int(np.argmax(np.where(np.eye(num_classes, dtype=bool), -1, matrix)[t])))
+        cell = errors.confusion_cell(samples, t, p)
+        st.caption(f"{len(cell)} samples labelled {name(t)} and predicted {name(p)}")
+        st.dataframe(cell[["sample_id", "loss", "confidence"]], hide_index=True, key="err_cell")
+    else:
+        st.info("A confusion matrix is for classification; see Residuals.")
+
+with class_tab:
+    if classification:
+        metrics = errors.class_metrics(samples, num_classes, class_names)
+        st.plotly_chart(error_figures.class_metrics_figure(metrics), key="err_metrics")
+        st.dataframe(metrics, hide_index=True)
+    else:
+        st.dataframe(by_label, hide_index=True)
+
+with calib_tab:
+    if classification:
+        frame, ece = errors.calibration(samples)
+        st.plotly_chart(error_figures.reliability_figure(frame, ece), key="err_reliability")
+    else:
+        st.plotly_chart(error_figures.residual_figure(samples), key="err_residuals")
+
+with slice_tab:
+    features = [c for c in samples.columns if c.startswith("input_")] + ["label", "tags"]
+    if classification:
+        features.append("confidence")
+    found = slices.find_slices(samples, task, features=features, class_names=class_names)
+    if found.empty:
+        st.info("No slice of the data has an error rate significantly above the overall rate "
+                "(single features and pairs of them, at least 20 samples, tested with a Bonferroni-corrected "
+                "binomial test).")
+    else:
+        st.plotly_chart(error_figures.slices_figure(found), key="err_slices")
+        for _, row in found.iterrows():
+            st.markdown(f"- {slices.describe_slice(row)}")
+        st.caption("Method: quantile thresholds of each input statistic, classes, tags and confidence, and pairs of "
+                   "them, ranked by (error rate − overall)·√size; only slices significant after a Bonferroni "
+                   "correction are listed.")
