@@ -65,7 +65,7 @@ def probability_figure(probs, label: float, prediction: float, class_names: list
     if 0 <= int(label) < len(p):
         colors[int(label)] = "#7f7f7f" if int(label) != int(prediction) else "#2ca02c"
     fig = go.Figure(go.Bar(x=names, y=p, marker_color=colors, hovertemplate="%{x}: %{y:.3f}<extra></extra>"))
-    fig.update_layout(title="probabilities (grey: label, red: prediction, green: both)", yaxis_range=[0, 1],
+    fig.update_layout(title="probabilities: grey label, red prediction, green both", yaxis_range=[0, 1],
                       xaxis_type="category", height=300, margin=_MARGIN)
     return fig
 

@@ -7,7 +7,6 @@ Called through `WatchedRun.evaluate`. The model runs in eval mode under `torch.n
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from typing import Any, Iterable
@@ -105,15 +104,6 @@ def previews(x: torch.Tensor, kind: str) -> tuple[list[int], np.ndarray]:
         return list(small.shape[1:]), small.reshape(n, -1).numpy()
     flat = x.reshape(n, -1)[:, :PREVIEW_POINTS]
     return [flat.shape[1]], flat.numpy()
-
-
-def dataset_key(split: str, ids: list, labels: np.ndarray) -> str:
-    """Identifies the evaluated data (same ids and labels → same key), so that review tags
-    written on one run show on every run of the same data."""
-    h = hashlib.sha1()
-    for i, l in sorted(zip(map(str, ids), labels.tolist())):
-        h.update(f"{i}:{l};".encode())
-    return f"{split}:{h.hexdigest()[:12]}"
 
 
 def _find_module(model: nn.Module, name: str | None, kind: type | tuple) -> tuple[str, nn.Module] | None:

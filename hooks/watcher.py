@@ -37,6 +37,7 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.store import RunWriter
+from diagnostics.tags import dataset_key
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule
 from hooks.summarize import class_summary, summarize, unit_activity
@@ -528,7 +529,7 @@ class WatchedRun:
             if name != "n":
                 self._writer.add_scalar(self.step, f"{split}/{name}", value)
         self._evaluations.append({"split": split, "step": self.step, **metrics,
-                                  "dataset": ev.dataset_key(split, ids, named["label"]), "input_kind": kind})
+                                  "dataset": dataset_key(split, ids, named["label"]), "input_kind": kind})
         self._writer.update_manifest(evaluations=self._evaluations, task=self.task)
         self._writer.flush()
         return metrics

@@ -5,6 +5,7 @@ import streamlit as st
 
 from diagnostics import dynamics as dyn
 from diagnostics import sample_figures
+from diagnostics import tags as tag_store
 from pages import _shared
 
 run = _shared.current_run()
@@ -16,7 +17,11 @@ if d.empty:
             "`run.log_batch(outputs, labels, ids=batch_indices, loss=loss)` — to record every sample "
             "on every step.")
     st.stop()
-regions = dyn.data_map_regions(d)
+# the paper's split by shares: the most variable third is ambiguous; of the rest, the
+# least confident third is hard to learn (midpoint thresholds put nearly all of a short
+# run from scratch in "ambiguous")
+regions = dyn.data_map_regions(d, confidence_threshold=float(d["confidence"].quantile(1 / 3)),
+                               variability_threshold=float(d["variability"].quantile(2 / 3)))
 counts = regions.value_counts()
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
@@ -34,13 +39,7 @@ table = top[["sample_id"]].assign(
 )
 event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="datamap_table")
 picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
-evals = run.evaluations()
-train_evals = evals[evals["split"] == "train"] if not evals.empty else evals
-if not train_evals.empty:
-    _shared.tagging_form(run, str(train_evals["dataset"].iloc[-1]), picked, "datamap")
-else:
-    st.caption("To tag these samples, evaluate the training split too (run.evaluate(train_loader, split=\"train\")): "
-               "tags belong to the evaluated data.")
+_shared.tagging_form(run, tag_store.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
 st.caption("Score: the label's margin (its logit minus the largest other logit) averaged over training with "
            "weights growing with the step, negated: samples whose given label keeps losing, late in training, rank "
            "first (a late-weighted area under the margin, after Pleiss et al. 2020). On digits with 10% flipped "

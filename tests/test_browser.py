@@ -63,11 +63,15 @@ def _settle(page) -> None:
     page.wait_for_timeout(300)
 
 
-def test_distributions_page_renders_a_chart_in_chromium(dashboard, tmp_path):
+def _need_chromium() -> None:
     if CHROMIUM is None:
         if os.environ.get("CI"):
             pytest.fail("chromium is not installed: .ci/run must install it (apt-get install chromium)")
         pytest.skip("chromium not installed (apt-get install -y chromium chromium-driver)")
+
+
+def test_distributions_page_renders_a_chart_in_chromium(dashboard, tmp_path):
+    _need_chromium()
     from playwright.sync_api import sync_playwright
 
     shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
@@ -96,5 +100,42 @@ def test_distributions_page_renders_a_chart_in_chromium(dashboard, tmp_path):
             _settle(page)
             assert page.locator('[data-testid="stException"]').count() == 0
             page.screenshot(path=str(shots / "outputs.png"), full_page=True)
+        finally:
+            browser.close()
+
+
+def test_a_tag_saved_in_review_is_there_after_a_reload(dashboard, tmp_path):
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    tag = f"too dark {os.getpid()}"
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1400, "height": 1400},
+        )
+        try:
+            page = browser.new_page()
+            page.goto(f"{dashboard}/sample?run=review")
+            _settle(page)
+            assert page.get_by_text("Tags: none yet").is_visible()
+            box = page.locator('[data-testid="stForm"] [data-testid="stMultiSelect"] input').first
+            box.click()
+            box.fill(tag)
+            box.press("Enter")
+            page.keyboard.press("Escape")
+            page.get_by_role("button", name="Save").click()
+            page.wait_for_timeout(1500)
+            page.reload()
+            _settle(page)
+            page.get_by_text(f"Tags: {tag}").wait_for(timeout=30_000)
+            page.screenshot(path=str(shots / "sample.png"), full_page=True)
+            # and the error review lists it for that sample
+            page.goto(f"{dashboard}/errors?run=review")
+            page.wait_for_selector('[data-testid="stDataFrame"]', timeout=60_000)
+            assert page.locator('[data-testid="stException"]').count() == 0
+            page.screenshot(path=str(shots / "errors.png"), full_page=True)
         finally:
             browser.close()
