@@ -68,7 +68,7 @@ def slice_mask(samples: pd.DataFrame, predicates: Sequence[Predicate]) -> pd.Ser
 def describe_slice(row: pd.Series | dict) -> str:
     """The sentence a dashboard shows for one row of `find_slices`, `input_` prefixes dropped:
     "brightness < 0.21: 41% wrong vs 7% overall, 96 samples"."""
-    description = re.sub(r"\binput_", "", str(row["description"]))
+    description = re.sub(r"\b(input|meta)_", "", str(row["description"]))
     return (f"{description}: {row['error_rate']:.0%} wrong vs {row['overall_rate']:.0%} overall, "
             f"{int(row['size'])} samples")
 
@@ -99,7 +99,7 @@ def _error_indicator(samples: pd.DataFrame, task: str, error: pd.Series | np.nda
 
 
 def _default_features(samples: pd.DataFrame) -> list[str]:
-    features = [c for c in samples.columns if str(c).startswith("input_")]
+    features = [c for c in samples.columns if str(c).startswith(("input_", "meta_"))]
     features += [c for c in ("confidence", "label", "tag", "tags") if c in samples]
     return features
 
@@ -154,7 +154,7 @@ def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None
     percentile (so the overall rate is 25%). `error=` (a boolean per sample) replaces it; rows
     whose error is unknown (NaN) are left out of every count.
 
-    Method: predicates per feature (default: the `input_*` columns, `confidence`, `label`, which
+    Method: predicates per feature (default: the `input_*` and `meta_*` columns, `confidence`, `label`, which
     is categorical for classification, and a `tag` column; a list-valued `tag`/`tags` column
     gives `has` predicates): a numeric feature gives `< c` and `>= c` at its `bins`-quantile
     cut points, a categorical one `= value`. With max_depth=2, also every conjunction of two

@@ -20,6 +20,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -72,6 +73,9 @@ def train(
     config = {"dataset": "simulated OCT B-scans (examples/oct_simulator.py)", "n": n, "size": size,
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction, "seed": seed}
     val_batches = [(x[ids], y[ids], ids) for ids in val_ids.split(256)]
+    # what the simulator knows about each sample, for the error review's slices
+    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()] for k in ("severity", "quality", "brightness") if k in meta},
+                            index=val_ids.numpy())
     with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, config=config,
                      class_names=list(CLASSES), seed=seed) as run:
         for epoch in range(epochs):
@@ -86,7 +90,7 @@ def train(
                 sched.step()
             # One record per validation scan for error review; attributions of the worst at the end.
             metrics = run.evaluate(val_batches, split="val", attribute_worst=32 if epoch == epochs - 1 else 0,
-                                   progress=False)
+                                   progress=False, metadata=val_meta)
             run.log_scalar("val/acc", metrics["accuracy"])
             print(f"  {name}: epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  val acc {metrics['accuracy']:.3f}",
                   flush=True)

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -93,6 +94,9 @@ def train(
               "fs": fs, "epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction,
               "seed": seed, "target": "breaths/min", "rate_mean_bpm": mean, "rate_std_bpm": std}
     val_batches = [(x[ids], y[ids], ids) for ids in val_ids.split(256)]
+    # what the simulator knows about each sample, for the error review's slices
+    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()] for k in ("snr_db", "motion", "heartbeat_amp", "range_m") if k in meta},
+                            index=val_ids.numpy())
     with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, config=config,
                      seed=seed) as run:
         for epoch in range(epochs):
@@ -107,7 +111,7 @@ def train(
                 sched.step()
             # One record per validation window for error review; attributions of the worst at the end.
             metrics = run.evaluate(val_batches, split="val", attribute_worst=32 if epoch == epochs - 1 else 0,
-                                   progress=False)
+                                   progress=False, metadata=val_meta)
             run.log_scalar("val/mae_bpm", metrics["mae"])
             print(f"  {name}: epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  "
                   f"val MAE {metrics['mae']:.2f} breaths/min", flush=True)

@@ -1,6 +1,8 @@
 """The built-in demo: a small CNN on scikit-learn's bundled digits (8×8 images, 10
 classes, no download), trained twice with `hooks.watch` attached — once on standardised
-pixels and once on raw 0..16 pixels — so the dashboard has two runs to tell apart.
+pixels and once on raw 0..16 pixels — so the dashboard has two runs to tell apart; then
+the seed's two example problems from examples/ (simulated OCT B-scans, simulated FMCW
+radar breathing), when the package runs from a checkout.
 
     python -m hooks.demo --runs-dir runs
 """
@@ -83,10 +85,35 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.epochs < 1:
         parser.error("--epochs must be at least 1")
-    for name, standardise in (("digits-cnn", True), ("digits-cnn-raw-pixels", False)):
-        print(f"training {name} ...", flush=True)
-        path = train_digits(args.runs_dir, name, epochs=args.epochs, standardise=standardise)
-        print(f"  recorded {path}", flush=True)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # models this small only wait on a second thread
+    try:
+        for name, standardise in (("digits-cnn", True), ("digits-cnn-raw-pixels", False)):
+            print(f"training {name} ...", flush=True)
+            path = train_digits(args.runs_dir, name, epochs=args.epochs, standardise=standardise)
+            print(f"  recorded {path}", flush=True)
+        for example in _seed_examples():
+            print(f"training {example.__name__} ...", flush=True)
+            print(f"  recorded {example.train(args.runs_dir)}", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _seed_examples() -> list:
+    """The seed's two problems (OCT B-scans, FMCW radar breathing) from the checkout's
+    examples/ folder; an installed package without the checkout trains digits only."""
+    folder = Path(__file__).resolve().parents[1] / "examples"
+    if not (folder / "oct_cnn.py").exists():
+        print("  (examples/ not found next to the package: skipping the OCT and radar examples)")
+        return []
+    import importlib
+    import sys
+
+    sys.path.insert(0, str(folder.parent))
+    try:
+        return [importlib.import_module("examples.oct_cnn"), importlib.import_module("examples.radar_cnn")]
+    finally:
+        sys.path.remove(str(folder.parent))
 
 
 if __name__ == "__main__":

@@ -106,6 +106,35 @@ def previews(x: torch.Tensor, kind: str) -> tuple[list[int], np.ndarray]:
     return [flat.shape[1]], flat.numpy()
 
 
+def metadata_columns(metadata: Any, ids: list) -> dict[str, np.ndarray]:
+    """`meta_*` columns aligned with `ids`, from a DataFrame indexed by sample id or a dict of
+    columns in loader order. Numbers stay numbers; anything else becomes text."""
+    if metadata is None:
+        return {}
+    import pandas as pd
+
+    if isinstance(metadata, pd.DataFrame):
+        index = metadata.index.map(str)
+        missing = [i for i in map(str, ids) if i not in set(index)]
+        if missing:
+            raise ValueError(f"evaluate: metadata has no row for sample id(s) {', '.join(missing[:5])} — "
+                             "index the DataFrame by the same ids the loader yields")
+        frame = metadata.set_axis(index).loc[[str(i) for i in ids]]
+    elif isinstance(metadata, dict):
+        frame = pd.DataFrame({k: np.asarray(v) for k, v in metadata.items()})
+        if len(frame) != len(ids):
+            raise ValueError(f"evaluate: metadata columns have {len(frame)} values for {len(ids)} samples — "
+                             "give one value per sample, in the loader's order")
+    else:
+        raise TypeError("evaluate: metadata must be a pandas DataFrame indexed by sample id or a dict of columns")
+    out = {}
+    for name, col in frame.items():
+        values = col.to_numpy()
+        out[f"meta_{name}"] = values.astype(np.float64) if np.issubdtype(values.dtype, np.number) or \
+            values.dtype == bool else values.astype(str)
+    return out
+
+
 def _find_module(model: nn.Module, name: str | None, kind: type | tuple) -> tuple[str, nn.Module] | None:
     modules = dict(model.named_modules())
     if name is not None:
@@ -182,7 +211,8 @@ def samples_table(step: int, split: str, rank: int, ids: list, rows: np.ndarray,
     table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v, schema.SAMPLES_SCHEMA.field(k).type)
                       for k, v in cols.items()}, schema=schema.SAMPLES_SCHEMA)
     for name, values in stats.items():
-        table = table.append_column(name, pa.array(np.asarray(values, np.float64)))
+        values = np.asarray(values)
+        table = table.append_column(name, pa.array(values if values.dtype.kind in "UO" else values.astype(np.float64)))
     return table
 
 

@@ -389,6 +389,7 @@ class WatchedRun:
         attribute_worst: int = 32,
         n_steps: int = 32,
         progress: bool = True,
+        metadata: Any = None,
     ) -> dict[str, float]:
         """Evaluate the model on `loader` and record one row per sample for error review.
 
@@ -402,6 +403,11 @@ class WatchedRun:
         runs in eval mode under no_grad and gets its mode back; torch's random state is
         restored afterwards, so training goes on bitwise as without the evaluation.
         Returns summary metrics (also logged as scalars `split/loss`, `split/accuracy`).
+
+        `metadata`: what you know about each sample (acquisition site, severity, scan
+        quality, ...), as a pandas DataFrame indexed by sample id or a dict of columns
+        aligned with the loader's order; stored as `meta_*` columns, which the error
+        review's slice finding uses next to the input statistics.
 
         Example::
 
@@ -485,8 +491,9 @@ class WatchedRun:
             model.train(was_training)
             self._capturing = paused
             rng.__exit__(None, None, None)
-        return self._write_evaluation(split, ids_all, np.concatenate(rows_all), probs_all, emb_all,
-                                      {k: np.concatenate(v) for k, v in stats_all.items()}, kind,
+        stats = {k: np.concatenate(v) for k, v in stats_all.items()}
+        stats.update(ev.metadata_columns(metadata, ids_all))
+        return self._write_evaluation(split, ids_all, np.concatenate(rows_all), probs_all, emb_all, stats, kind,
                                       preview_shape, preview_rows, picked, attributions)
 
     def _write_evaluation(self, split, ids, rows, probs, embeddings, stats, kind, preview_shape, preview_rows,

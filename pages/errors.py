@@ -64,13 +64,14 @@ worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
 with worst_tab:
     st.caption(f"{len(view):,} samples, worst first (by {'loss' if classification else '|residual|'}). "
                "Select rows to tag them or to open one in Sample detail.")
-    inputs = [c for c in view.columns if c.startswith("input_")]
+    inputs = [c for c in view.columns if c.startswith(("input_", "meta_"))]
     table = view[["sample_id"]].assign(
         label=view["label"].map(name) if classification else view["label"],
         prediction=view["prediction"].map(name) if classification else view["prediction"],
         loss=view["loss"],
         **({"confidence": view["confidence"]} if classification else {"residual": view["residual"]}),
-        tags=view["tags"].apply(", ".join), **{c.removeprefix("input_"): view[c] for c in inputs},
+        tags=view["tags"].apply(", ".join),
+        **{c.removeprefix("input_").removeprefix("meta_"): view[c] for c in inputs},
     ).head(500)
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="err_table",
                          column_config={"loss": st.column_config.NumberColumn(format="%.3f"),
@@ -122,7 +123,7 @@ with calib_tab:
         st.plotly_chart(error_figures.residual_figure(samples), key="err_residuals")
 
 with slice_tab:
-    features = [c for c in samples.columns if c.startswith("input_")] + ["label", "tags"]
+    features = [c for c in samples.columns if c.startswith(("input_", "meta_"))] + ["label", "tags"]
     if classification:
         features.append("confidence")
     found = slices.find_slices(samples, task, features=features, class_names=class_names)
@@ -133,7 +134,10 @@ with slice_tab:
     else:
         st.plotly_chart(error_figures.slices_figure(found), key="err_slices")
         for _, row in found.iterrows():
-            st.markdown(f"- {slices.describe_slice(row)}")
+            text = slices.describe_slice(row)
+            st.markdown(f"- {text if classification else text.replace(' wrong', ' with a large error')}")
+        if not classification:
+            st.caption("For regression, an error is a |residual| in the worst quarter of the evaluated samples.")
         st.caption("Method: quantile thresholds of each input statistic, classes, tags and confidence, and pairs of "
                    "them, ranked by (error rate − overall)·√size; only slices significant after a Bonferroni "
                    "correction are listed.")

@@ -156,3 +156,19 @@ def test_bad_input_gets_clear_errors(tmp_path):
     run.close()
     with pytest.raises(RuntimeError, match="before run.close"):
         run.evaluate([_data(4)], progress=False)
+
+
+def test_metadata_becomes_meta_columns(tmp_path):
+    import pandas as pd
+
+    x, y = _data(12)
+    meta = pd.DataFrame({"site": ["a", "b", "c"] * 4, "quality": np.linspace(0, 1, 12)}, index=range(100, 112))
+    with hooks.watch(_cls_model(), run_dir=tmp_path, name="m") as run:
+        run.evaluate([(x, y, torch.arange(100, 112))], attribute_worst=0, progress=False, metadata=meta)
+        with pytest.raises(ValueError, match="no row for sample id"):
+            run.evaluate([(x, y)], attribute_worst=0, progress=False, metadata=meta)
+        with pytest.raises(ValueError, match="one value per sample"):
+            run.evaluate([(x, y)], attribute_worst=0, progress=False, metadata={"q": [1, 2]})
+    s = diagnostics.open_run(tmp_path / "m").samples("val").set_index("sample_id").loc[[str(i) for i in range(100, 112)]]
+    assert s["meta_site"].tolist() == ["a", "b", "c"] * 4
+    np.testing.assert_allclose(s["meta_quality"], np.linspace(0, 1, 12))

@@ -1,0 +1,251 @@
+"""PyTorch Lightning integration: `DiagnosticsCallback` records `Trainer.fit` as a run.
+
+    from hooks.lightning import DiagnosticsCallback
+    trainer = Trainer(callbacks=[DiagnosticsCallback(run_dir="runs", name="exp1")])
+
+Lightning is imported here only; `import hooks` never imports it.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import warnings
+from functools import partial
+from typing import Any
+
+if importlib.util.find_spec("lightning") is None:
+    raise ImportError('hooks.lightning needs PyTorch Lightning: pip install "hookscope[lightning]"')
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+
+import hooks
+from hooks.watcher import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, WatchedRun
+
+__all__ = ["DiagnosticsCallback"]
+
+_LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches of steps (one sync each)
+
+
+class DiagnosticsCallback(pl.Callback):
+    """Records `trainer.fit(...)` with `hooks.watch`: one run per fit, in `run_dir/name`.
+
+    The LightningModule is the watched model and `trainer.optimizers[0]` the watched
+    optimizer: a step is one `optimizer.step()`, whatever Lightning's batch count says.
+    Every rank records its own stream into the same run (DDP).
+
+    - Loss: what `training_step` returns (the tensor, or `outputs[loss_key]` of a dict),
+      recorded as scalar `loss` on the optimizer step it belongs to. With gradient
+      accumulation, a step's loss is the mean of its micro-batches' losses (undoing
+      Lightning's division by `accumulate_grad_batches`); with manual optimisation, the
+      losses of the batches since the last `opt.step()` are averaged onto the last step
+      taken; a batch that stepped no optimizer (or a step skipped by the AMP scaler) carries
+      its loss into the next step. Only `trainer.optimizers[0]` is watched.
+    - Outputs and labels: if the LightningModule holds exactly one `nn.Module` loss (e.g.
+      `self.criterion = nn.CrossEntropyLoss()`), its inputs are recorded as the model's
+      outputs and labels. Otherwise call `callback.run.log_batch(logits, y, ids=...)` from
+      `training_step` (without `loss=`: the callback records the loss).
+    - Validation: at `on_validation_end` (skipping the sanity check), every entry of
+      `trainer.callback_metrics` that this validation logged, under its own name
+      (`val_loss`, `val/acc`, ...).
+    - `evaluate=True`: after fit, `run.evaluate` on the validation dataloader(s) Lightning
+      used (split "val"; "val_1", ... or the dict's keys for more). Its batches must be
+      (inputs, labels), (inputs, labels, ids) or a dict with input/label/id keys, and
+      `pl_module(inputs)` must return the outputs. If that fails, a warning says why and
+      the run still finishes.
+    - The run is closed at `on_fit_end`, or marked failed at `on_exception`; either way
+      every hook is removed. `config` defaults to the module's `hparams`, `seed` to the
+      one `seed_everything` set.
+
+    Example::
+
+        cb = DiagnosticsCallback(run_dir="runs", name="digits")
+        Trainer(max_epochs=3, callbacks=[cb]).fit(model, train_loader, val_loader)
+        diagnostics.open_run(cb.run.path)
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: str | os.PathLike = "runs",
+        name: str | None = None,
+        every: int | str = "auto",
+        task: str | None = None,
+        config: dict | None = None,
+        flush_every_s: float = 5.0,
+        class_names: list[str] | None = None,
+        seed: int | None = None,
+        budget: float = 0.03,
+        evaluate: bool = True,
+        loss_key: str = "loss",
+    ) -> None:
+        self.watch_options = dict(run_dir=run_dir, name=name, every=every, task=task, config=config,
+                                  flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+        self.evaluate = evaluate
+        self.loss_key = loss_key
+        self.run: WatchedRun | None = None  # the run of the current (or last) fit
+        self._recording = False
+        self._handles: list = []
+        self._batch_losses: list[torch.Tensor] = []  # losses of batches since the last optimizer step
+        self._step_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet on the CPU
+        self._step_at_batch_start = 0
+        self._metrics_before: dict[str, Any] = {}
+
+    # -- attach and detach --------------------------------------------------------------
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        options = dict(self.watch_options)
+        losses = [m for m in pl_module.modules() if isinstance(m, nn.modules.loss._Loss)]
+        loss_module = losses[0] if len(losses) == 1 else None
+        if options["task"] is None and loss_module is not None:
+            options["task"] = ("classification" if isinstance(loss_module, CLASSIFICATION_LOSSES)
+                               else "regression" if isinstance(loss_module, REGRESSION_LOSSES) else None)
+        if options["config"] is None and pl_module.hparams:
+            options["config"] = dict(pl_module.hparams)
+        if options["seed"] is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
+            options["seed"] = int(os.environ["PL_GLOBAL_SEED"])
+        optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        self._batch_losses, self._step_losses = [], []
+        try:
+            if optimizer is not None:
+                # registered before watch's own step hooks, so it runs first (see _closure_first)
+                self._handles.append(optimizer.register_step_pre_hook(_closure_first))
+            if loss_module is not None:
+                self._handles.append(loss_module.register_forward_hook(partial(_on_loss_module, self)))
+            self.run = hooks.watch(pl_module, optimizer=optimizer, **options)
+            self._recording = True
+        except BaseException:
+            self._remove_handles()
+            raise
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self._recording:
+            return
+        self._flush_losses()
+        loaders = trainer.val_dataloaders
+        if self.evaluate and loaders is not None:
+            self._evaluate(loaders, progress=trainer.progress_bar_callback is not None)
+        self._remove_handles()
+        self._recording = False
+        self.run.close()
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        if not self._recording:
+            return
+        self._remove_handles()
+        self._recording = False
+        try:
+            self._flush_losses()
+        finally:
+            self.run.__exit__(type(exception), exception, exception.__traceback__)  # state "failed"
+
+    def _remove_handles(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    # -- the loss, on the step it belongs to -----------------------------------------------
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self._recording:
+            self._step_at_batch_start = self.run.step
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self._recording:
+            return
+        loss = outputs.get(self.loss_key) if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+            loss = loss.detach().float().reshape(())
+            if pl_module.automatic_optimization and self.loss_key == "loss":
+                loss = loss * trainer.accumulate_grad_batches  # Lightning divided it for the backward
+            self._batch_losses.append(loss)
+        # The optimizer's post-step hook has already advanced run.step: the step this batch
+        # finished is run.step - 1.
+        if self.run.step > self._step_at_batch_start and self._batch_losses:
+            self._step_losses.append((self.run.step - 1, torch.stack(self._batch_losses).mean()))
+            self._batch_losses = []
+        if len(self._step_losses) >= _LOSS_BATCH:
+            self._flush_losses()
+
+    def _flush_losses(self) -> None:
+        if self._step_losses:
+            steps, values = zip(*self._step_losses)
+            for step, value in zip(steps, torch.stack(values).cpu().tolist()):
+                self.run.log_scalar("loss", value, step=step)
+            self._step_losses = []
+
+    # -- validation metrics ------------------------------------------------------------
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._recording and not trainer.sanity_checking:
+            self._metrics_before = dict(trainer.callback_metrics)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Not on_validation_epoch_end: Lightning stores the epoch's reduced values, and those
+        # the module logs in its own on_validation_epoch_end, only after the callbacks' hook.
+        if not self._recording or trainer.sanity_checking:
+            return
+        self._flush_losses()
+        for name, value in trainer.callback_metrics.items():
+            # a value this validation logged is a new tensor, even if equal to the last one
+            if self._metrics_before.get(name) is not value and _is_scalar(value):
+                self.run.log_scalar(name, value)
+        self._metrics_before = {}
+
+    # -- the per-sample evaluation after fit -----------------------------------------------
+    def _evaluate(self, loaders: Any, progress: bool) -> None:
+        if isinstance(loaders, dict):
+            named = {f"val_{key}" if len(loaders) > 1 else "val": loader for key, loader in loaders.items()}
+        elif isinstance(loaders, (list, tuple)):
+            named = {("val" if i == 0 else f"val_{i}"): loader for i, loader in enumerate(loaders)}
+        else:
+            named = {"val": loaders}
+        for split, loader in named.items():
+            try:
+                self.run.evaluate(loader, split=split, progress=progress)
+            except Exception as exc:  # training succeeded: keep its run, say what to change
+                warnings.warn(
+                    f"DiagnosticsCallback: the per-sample evaluation of {split!r} after fit failed ({exc}). "
+                    "It needs batches of (inputs, labels), (inputs, labels, ids) or a dict with input/label/id keys, "
+                    "and a LightningModule whose forward(inputs) returns the outputs; or pass evaluate=False.",
+                    stacklevel=2,
+                )
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Run the step's closure before the other step pre-hooks, so they see this step's gradients.
+
+    Lightning's automatic optimisation calls `optimizer.step(closure)`, and the closure runs
+    training_step and backward inside `step`, after the pre-hooks: `watch` would record the
+    previous step's gradients. Here the closure runs first and `step` gets its result back;
+    later calls (LBFGS re-evaluates) run the closure again. Same operations, same order.
+    """
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        first = closure()
+    calls = 0
+
+    def closure_once_more() -> Any:
+        nonlocal calls
+        calls += 1
+        return first if calls == 1 else closure()
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure_once_more}
+    return (args[0], closure_once_more, *args[2:]), kwargs
+
+
+def _on_loss_module(callback: DiagnosticsCallback, module: nn.Module, args: tuple, output: Any) -> None:
+    run = callback.run
+    if not callback._recording or not torch.is_grad_enabled() or len(args) < 2:
+        return
+    outputs, labels = args[0], args[1]
+    if isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor) and outputs.ndim >= 1 \
+            and labels.ndim >= 1 and outputs.shape[0] == labels.shape[0]:
+        run.log_batch(outputs.detach(), labels.detach(), split="train")

@@ -1,0 +1,228 @@
+"""Hugging Face integration: `DiagnosticsCallback` records `Trainer.train` as a run.
+
+    from hooks.transformers import DiagnosticsCallback
+    trainer = Trainer(model, args, train_dataset=..., callbacks=[DiagnosticsCallback(run_dir="runs")])
+
+transformers is imported here only; `import hooks` never imports it. This module is
+`hooks.transformers`, and `import transformers` below is absolute: it finds the real package.
+"""
+
+from __future__ import annotations
+
+import atexit
+import importlib.util
+import os
+import warnings
+from functools import partial
+from typing import Any, Iterable, Iterator
+
+if importlib.util.find_spec("transformers") is None:
+    raise ImportError('hooks.transformers needs Hugging Face transformers: pip install "hookscope[transformers]"')
+
+import torch
+import transformers
+from torch import nn
+
+import hooks
+from hooks.watcher import WatchedRun
+
+__all__ = ["DiagnosticsCallback"]
+
+_LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches of steps (one sync each)
+_PROBLEM_TASKS = {"single_label_classification": "classification", "regression": "regression"}
+_NOT_PLOTTED = ("epoch",)
+_NOT_PLOTTED_SUFFIXES = ("_runtime", "_per_second")
+
+
+class DiagnosticsCallback(transformers.TrainerCallback):
+    """Records `trainer.train()` with `hooks.watch`: one run per call, in `run_dir/name`.
+
+    The watched model is the Trainer's model and the watched optimizer the one inside
+    Accelerate's wrapper: a step is one optimizer update that was applied (an fp16 step
+    skipped on overflow is not one, though the Trainer's `global_step` counts it).
+
+    - Loss: read from the model's own `output.loss` by a forward hook, per micro-batch, and
+      recorded as scalar `loss` on its optimizer step: the mean over the step's micro-batches,
+      or their sum when the Trainer passed `num_items_in_batch` (the model then normalised by
+      the whole accumulated batch) — the number the Trainer logs with `logging_steps=1` on one
+      process, without its NaN filter. `on_log`'s `logs["loss"]` is exact only with
+      `logging_steps=1`, so it is the fallback when the model returns no loss (a custom
+      `compute_loss`, `compute_loss_func` or label smoothing): then a point every
+      `logging_steps`, their mean.
+    - Outputs and labels: `output.logits` against the `labels` input, when there is one
+      label per sample (sequence classification or regression).
+    - Evaluation: `on_evaluate`'s metrics as scalars under their names (`eval_loss`, ...),
+      without `epoch`, runtimes and throughputs.
+    - `evaluate=True`: at the end of training, `run.evaluate` (split "val") on the dataloader
+      of the Trainer's last evaluation, if it evaluated during training. Token batches are
+      fed as `input_ids` alone, so they must carry no padding (`attention_mask` all ones);
+      otherwise, or on any other failure, a warning says why and the run still finishes.
+    - The run closes at `on_train_end`. The Trainer has no exception event: use the
+      callback as a context manager around `train()` to mark a crash failed; without it, a
+      run whose training never ended is marked failed at interpreter exit, or when the next
+      `train()` with this callback begins. `config` defaults to the TrainingArguments,
+      `seed` to `args.seed`, `class_names` to the model's `id2label` if it names them.
+
+    Example::
+
+        with DiagnosticsCallback(run_dir="runs", name="bert") as cb:
+            Trainer(model, args, train_dataset=train, eval_dataset=val, callbacks=[cb]).train()
+        diagnostics.open_run(cb.run.path)
+    """
+
+    def __init__(
+        self,
+        *,
+        run_dir: str | os.PathLike = "runs",
+        name: str | None = None,
+        every: int | str = "auto",
+        task: str | None = None,
+        config: dict | None = None,
+        flush_every_s: float = 5.0,
+        class_names: list[str] | None = None,
+        seed: int | None = None,
+        budget: float = 0.03,
+        evaluate: bool = True,
+    ) -> None:
+        self.watch_options = dict(run_dir=run_dir, name=name, every=every, task=task, config=config,
+                                  flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+        self.evaluate = evaluate
+        self.run: WatchedRun | None = None  # the run of the current (or last) train()
+        self._recording = False
+        self._handles: list = []
+        self._micro_losses: list[torch.Tensor] = []  # the model's losses since the last optimizer step
+        self._losses_summed = False
+        self._model_gives_loss = False
+        self._step_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet on the CPU
+        self._step_at_window_start = 0
+
+    # -- attach and detach --------------------------------------------------------------
+    def on_train_begin(self, args, state, control, model: nn.Module | None = None,
+                       optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
+        if self._recording:  # the last train() never reached on_train_end: it crashed
+            self._close(failed=True)
+        options = dict(self.watch_options)
+        model_config = getattr(model, "config", None)
+        if options["task"] is None:
+            options["task"] = _PROBLEM_TASKS.get(getattr(model_config, "problem_type", None))
+        if options["class_names"] is None:
+            options["class_names"] = _class_names(model_config)
+        if options["config"] is None:
+            options["config"] = args.to_sanitized_dict()
+        if options["seed"] is None:
+            options["seed"] = args.seed
+        optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper runs no step hooks
+        self._micro_losses, self._step_losses, self._model_gives_loss = [], [], False
+        self._step_at_window_start = 0
+        self.run = hooks.watch(model, optimizer=optimizer, **options)
+        self._recording = True
+        self._handles.append(model.register_forward_hook(partial(_on_model_output, self), with_kwargs=True))
+        atexit.register(self._close_at_exit)
+
+    def on_train_end(self, args, state, control, eval_dataloader: Iterable | None = None, **kwargs: Any) -> None:
+        if not self._recording:
+            return
+        self._flush_losses()
+        if self.evaluate and eval_dataloader is not None:
+            try:
+                self.run.evaluate(_evaluation_batches(eval_dataloader), split="val", progress=not args.disable_tqdm)
+            except Exception as exc:  # training succeeded: keep its run, say what to change
+                warnings.warn(f"DiagnosticsCallback: the per-sample evaluation after training failed ({exc}); "
+                              "pass evaluate=False to skip it.", stacklevel=2)
+        self._close(failed=False)
+
+    def _close(self, failed: bool) -> None:
+        self._recording = False
+        atexit.unregister(self._close_at_exit)
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        try:
+            self._flush_losses()
+        finally:
+            if failed:
+                self.run.__exit__(RuntimeError, RuntimeError("training did not end"), None)  # state "failed"
+            else:
+                self.run.close()
+
+    def _close_at_exit(self) -> None:
+        if self._recording:
+            self._close(failed=True)
+
+    def __enter__(self) -> "DiagnosticsCallback":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._recording:
+            self._close(failed=exc_type is not None)
+
+    # -- the loss, on the step it belongs to -----------------------------------------------
+    def on_step_end(self, args, state, control, **kwargs: Any) -> None:
+        if not self._recording:
+            return
+        # The optimizer's post-step hook has already advanced run.step: this window's
+        # micro-batches belong to step run.step - 1. A skipped (fp16 overflow) step carries on.
+        if self.run.step > self._step_at_window_start:
+            if self._micro_losses:
+                losses = torch.stack(self._micro_losses)
+                self._step_losses.append((self.run.step - 1, losses.sum() if self._losses_summed else losses.mean()))
+                self._micro_losses = []
+            self._step_at_window_start = self.run.step
+        if len(self._step_losses) >= _LOSS_BATCH:
+            self._flush_losses()
+
+    def on_log(self, args, state, control, logs: dict | None = None, **kwargs: Any) -> None:
+        if self._recording and not self._model_gives_loss and logs and "loss" in logs and self.run.step > 0:
+            self.run.log_scalar("loss", logs["loss"], step=self.run.step - 1)
+
+    def _flush_losses(self) -> None:
+        if self._step_losses:
+            steps, values = zip(*self._step_losses)
+            for step, value in zip(steps, torch.stack(values).cpu().tolist()):
+                self.run.log_scalar("loss", value, step=step)
+            self._step_losses = []
+
+    # -- evaluation metrics ------------------------------------------------------------
+    def on_evaluate(self, args, state, control, metrics: dict | None = None, **kwargs: Any) -> None:
+        if not self._recording:
+            return
+        for name, value in (metrics or {}).items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in _NOT_PLOTTED \
+                    and not name.endswith(_NOT_PLOTTED_SUFFIXES):
+                self.run.log_scalar(name, value)
+
+
+def _class_names(model_config: Any) -> list[str] | None:
+    id2label = getattr(model_config, "id2label", None) or {}
+    names = [str(id2label[i]) for i in sorted(id2label)]
+    return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
+
+
+def _on_model_output(callback: DiagnosticsCallback, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+    if not callback._recording or not torch.is_grad_enabled() or not module.training:
+        return
+    if not isinstance(output, dict):  # ModelOutput is a dict; return_dict=False tuples are ambiguous
+        return
+    loss = output.get("loss")
+    if isinstance(loss, torch.Tensor) and loss.numel() == 1:
+        callback._model_gives_loss = True
+        callback._losses_summed = kwargs.get("num_items_in_batch") is not None
+        callback._micro_losses.append(loss.detach().float().reshape(()))
+    logits, labels = output.get("logits"), kwargs.get("labels")
+    if (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor) and logits.ndim == 2
+            and labels.ndim == 1 and logits.shape[0] == labels.shape[0]):
+        callback.run.log_batch(logits.detach(), labels.detach(), split="train")
+
+
+def _evaluation_batches(loader: Iterable) -> Iterator[Any]:
+    """The Trainer's eval batches in `run.evaluate`'s contract: token batches as
+    {"input": input_ids, "label": labels}; others (e.g. pixel_values, labels) as they are."""
+    for batch in loader:
+        if isinstance(batch, dict) and "input_ids" in batch:
+            mask, types = batch.get("attention_mask"), batch.get("token_type_ids")
+            if (mask is not None and not bool(mask.all())) or (types is not None and bool(types.any())):
+                raise ValueError("run.evaluate passes input_ids alone, so batches with padding or "
+                                 "token_type_ids cannot be evaluated yet")
+            yield {"input": batch["input_ids"], "label": batch["labels"]}
+        else:
+            yield batch
