@@ -5,10 +5,12 @@ DIAGNOSTICS_RUNS environment variable.
 """
 
 import os
+import threading
 
 import streamlit as st
 
 import diagnostics
+from diagnostics import embedding
 
 st.set_page_config(page_title="hookscope", layout="wide")
 
@@ -19,6 +21,17 @@ RUNS_DIR = os.environ.get("DIAGNOSTICS_RUNS", "runs")
 def _list_runs(folder: str):
     return diagnostics.list_runs(folder)
 
+
+@st.cache_resource(show_spinner=False)
+def _warm_up_umap() -> threading.Thread:
+    """UMAP's first fit compiles with numba (about 40 s): pay it in the background at start."""
+    thread = threading.Thread(target=embedding.warm_up, name="umap-warm-up", daemon=True)
+    thread.start()
+    return thread
+
+
+if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
+    _warm_up_umap()
 
 runs = _list_runs(RUNS_DIR)
 st.session_state["runs_dir"] = RUNS_DIR
@@ -44,6 +57,7 @@ page = st.navigation([
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
     st.Page("pages/outputs.py", title="Outputs vs labels", icon=":material/target:"),
     st.Page("pages/errors.py", title="Error review", icon=":material/error:"),
+    st.Page("pages/embedding.py", title="Embedding map", icon=":material/bubble_chart:"),
     st.Page("pages/sample.py", title="Sample detail", icon=":material/image_search:"),
     st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
 ])

@@ -47,7 +47,7 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]
-    env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve())}
+    env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve()), "DIAGNOSTICS_WARM_UP": "1"}
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:

@@ -121,7 +121,7 @@ def slices_figure(slices_frame: pd.DataFrame) -> go.Figure:
     the overall error rate as a vertical line; size, errors and lift in the hover."""
     if slices_frame is None or slices_frame.empty:
         return empty_figure("no slice with significantly more errors than overall")
-    labels = [re.sub(r"\binput_", "", str(d)) for d in slices_frame["description"]]
+    labels = [re.sub(r"\b(input|meta)_", "", str(d)) for d in slices_frame["description"]]
     overall = float(slices_frame["overall_rate"].iloc[0])
     fig = go.Figure(go.Bar(
         x=slices_frame["error_rate"], y=labels, orientation="h", marker_color=_BAD, name="error rate",

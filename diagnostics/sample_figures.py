@@ -49,13 +49,14 @@ def preview_figure(preview: pd.Series | None, attribution: pd.Series | None = No
         fig.update_layout(xaxis_title="position", yaxis_title="token id")
     else:
         fig.add_bar(y=x.reshape(-1), name="values")
-    fig.update_layout(title=title or "input", height=360, margin=_MARGIN, showlegend=kind == "signal")
+    fig.update_layout(title=title or "input", height=360, margin=_MARGIN, showlegend=kind == "signal",
+                      legend=dict(orientation="h", y=-0.25))
     return fig
 
 
 def probability_figure(probs, label: float, prediction: float, class_names: list[str] | None = None) -> go.Figure:
     """The probability vector, the label's bar in grey and the prediction's in red."""
-    if probs is None or len(probs) == 0:
+    if probs is None or np.ndim(probs) == 0 or len(probs) == 0:
         return empty_figure("no probabilities (regression)")
     p = np.asarray(probs, dtype=float)
     names = class_names if class_names and len(class_names) == len(p) else [str(i) for i in range(len(p))]

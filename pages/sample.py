@@ -44,8 +44,9 @@ with left:
     if not methods:
         st.caption("No attribution for this sample: only the worst cases of an evaluation get them.")
 with right:
-    st.plotly_chart(sample_figures.probability_figure(row["probs"], row["label"], row["prediction"], class_names),
-                    key="sample_probs")
+    if task == "classification":
+        st.plotly_chart(sample_figures.probability_figure(row["probs"], row["label"], row["prediction"],
+                                                          class_names), key="sample_probs")
     inputs = {c.removeprefix("input_"): f"{row[c]:.4g}" for c in samples.columns if c.startswith("input_")}
     if inputs:
         st.caption("Input statistics: " + ", ".join(f"{k} {v}" for k, v in inputs.items()))

@@ -48,11 +48,13 @@ def recorded_runs(tmp_path_factory):
     crit = nn.MSELoss()
     x = torch.randn(128, 5)
     y = x.sum(dim=1, keepdim=True)
-    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name="reg", every=2):
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name="reg", every=2) as run:
         for _ in range(8):
             opt.zero_grad()
             crit(model(x), y).backward()
             opt.step()
+        run.evaluate([(x[:64], y[:64]), (x[64:], y[64:])], split="val", attribute_worst=4, n_steps=4,
+                     progress=False)
     review_run(folder)
     return folder
 

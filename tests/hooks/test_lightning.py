@@ -57,7 +57,7 @@ def boring_model_class():
             return loss
 
         def validation_step(self, batch, batch_idx):
-            x, y = batch
+            x, y = batch[0], batch[1]  # (inputs, labels, ids): the ids are for run.evaluate
             self.log("val_loss", self.criterion(self(x), y))
             self.log("val_const", 1.0)  # equal every epoch: still logged every epoch
 
@@ -76,7 +76,7 @@ def _loaders():
 
 def _setup(tmp_path, callbacks, max_epochs=1, fail_at=None, **trainer_kwargs):
     pl = pytest.importorskip("lightning.pytorch")
-    pl.seed_everything(0, verbose=False)
+    pl.seed_everything(0)
     model = boring_model_class()(fail_at=fail_at)
     trainer = pl.Trainer(max_epochs=max_epochs, limit_train_batches=4, limit_val_batches=2, logger=False,
                          enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,

@@ -1,0 +1,60 @@
+"""Embedding map: UMAP of the evaluated samples' embeddings, coloured by correct/wrong,
+class, loss or tag; a lasso or box selection lists those samples, to tag them."""
+
+import streamlit as st
+
+from diagnostics import embedding
+from diagnostics.embedding_figures import embedding_figure
+from pages import _shared
+
+N_EPOCHS = 200  # as separated as umap's default 500 on our checks, in half the time
+
+run = _shared.current_run()
+path, version = str(run.path), run.data_version()
+st.title("Embedding map")
+split, step, dataset = _shared.pick_evaluation(run, "emb")
+task = run.manifest.get("task") or "classification"
+class_names = run.manifest.get("class_names")
+samples = _shared.samples(path, version, split, step)
+tags = _shared.sample_tags(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
+
+left, mid, right = st.columns(3)
+if task == "classification":
+    classes = sorted(samples["label"].dropna().astype(int).unique())
+    keep = left.multiselect("True class", classes, format_func=lambda v: _shared.class_label(class_names, v),
+                            key="emb_classes")
+    if keep:
+        samples = samples[samples["label"].isin(keep)]
+    if mid.toggle("Only wrong predictions", key="emb_wrong"):
+        samples = samples[samples["correct"] == 0]
+options = (["correct", "label", "prediction", "loss"] if task == "classification" else ["loss", "label", "prediction"])
+tag_names = sorted(tags["tag"].unique()) if not tags.empty else []
+color_by = right.selectbox("Colour by", options + [f"tag: {t}" for t in tag_names], key="emb_color")
+if color_by.startswith("tag: "):
+    tagged = set(tags.loc[tags["tag"] == color_by[5:], "sample_id"])
+    samples = samples.assign(**{color_by: samples["sample_id"].isin(tagged)})
+
+if samples.empty:
+    st.info("No sample matches the filters.")
+    st.stop()
+try:
+    if not embedding.is_cached(path, samples, n_epochs=N_EPOCHS):
+        with st.spinner(f"Computing the UMAP of {len(samples):,} points (kept in the run for the next visit; the "
+                        "first map after a server start also compiles UMAP, up to a minute)…"):
+            points = embedding.project(path, samples, n_epochs=N_EPOCHS)
+    else:
+        points = embedding.project(path, samples, n_epochs=N_EPOCHS)
+except ValueError as exc:
+    st.warning(f"No map: {exc}")
+    st.stop()
+
+dims = len(samples["embedding"].iloc[0])
+st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions"
+           + (" (shown as it is)" if dims <= 2 else " mapped to 2-D with UMAP") + ". Draw a lasso or box to select.")
+event = st.plotly_chart(embedding_figure(points, samples, color_by=color_by, class_names=class_names),
+                        on_select="rerun", selection_mode=("points", "box", "lasso"), key="emb_map")
+picked = embedding.selection_ids(points, event.selection) if event and event.selection else []
+if picked:
+    chosen = samples[samples["sample_id"].isin(picked)]
+    st.dataframe(chosen[["sample_id", "label", "prediction", "loss"]], hide_index=True, key="emb_picked")
+_shared.tagging_form(run, dataset, picked, "embedding")
