@@ -2,6 +2,7 @@
 
     diagnostics demo                      # train the built-in examples, then serve the dashboard
     diagnostics dashboard [RUNS] [--port N] [--host H]
+    diagnostics health RUN [--json] [--fail-on error|warning|info]
 """
 
 from __future__ import annotations
@@ -78,6 +79,40 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return serve(runs_dir, args.host, args.port)
 
 
+_SEVERITIES = ("info", "warning", "error")
+
+
+def _open(path: str):
+    import diagnostics
+
+    try:
+        return diagnostics.open_run(path)
+    except diagnostics.DiagnosticsError as exc:
+        print(f"diagnostics: {exc}", file=sys.stderr)
+        return None
+
+
+def _cmd_health(args: argparse.Namespace) -> int:
+    import json
+
+    run = _open(args.run)
+    if run is None:
+        return 2
+    findings = run.health()
+    if args.json:
+        print(json.dumps([f.to_dict() for f in findings], indent=1, default=str))
+    elif not findings:
+        print(f"{run.name}: no findings")
+    else:
+        for f in findings:
+            where = " ".join(x for x in (f"layer {f.layer}" if f.layer else "",
+                                         f"steps {f.step_start}–{f.step_end}" if f.step_start is not None else "") if x)
+            print(f"[{f.severity}] {f.rule}{' (' + where + ')' if where else ''}: {f.message}")
+            print(f"    try: {f.advice}")
+    threshold = _SEVERITIES.index(args.fail_on)
+    return 1 if any(_SEVERITIES.index(f.severity) >= threshold for f in findings) else 0
+
+
 def _port(value: str) -> int:
     port = int(value)
     if not 1 <= port <= 65535:
@@ -102,6 +137,12 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=_port, default=8501, help="port (default: 8501)")
     dash.set_defaults(func=_cmd_dashboard)
+    health = sub.add_parser("health", help="the run's health findings, for scripts and CI")
+    health.add_argument("run", help="a run directory, e.g. runs/exp1")
+    health.add_argument("--json", action="store_true", help="print the findings as JSON")
+    health.add_argument("--fail-on", choices=_SEVERITIES, default="error",
+                        help="exit 1 when a finding at or above this severity fires (default: error)")
+    health.set_defaults(func=_cmd_health)
     return parser
 
 

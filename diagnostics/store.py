@@ -467,6 +467,14 @@ class Run:
         where, params = _filters(split=("split", [split]), ids=("sample_id", ids))
         return self._query("attributions", where, params, order="step DESC, sample_id, method")
 
+    def health(self) -> list:
+        """The problems the run shows (dead units, vanishing gradients, NaN, ...): a list of
+        `diagnostics.health.Finding` (rule, severity, layer, step_start, step_end, message,
+        advice), errors first."""
+        from diagnostics.health import check
+
+        return check(self)
+
     def sample_dynamics(self, split: str = "train") -> pd.DataFrame:
         """Training dynamics per sample from the per-step records (`log_batch(..., ids=)`):
         confidence, variability, correct_frac, aum and label_error_score."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import importlib.util
+import numbers
 import os
 import warnings
 from functools import partial
@@ -187,7 +188,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         if not self._recording:
             return
         for name, value in (metrics or {}).items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and name not in _NOT_PLOTTED \
+            if isinstance(value, numbers.Real) and not isinstance(value, bool) and name not in _NOT_PLOTTED \
                     and not name.endswith(_NOT_PLOTTED_SUFFIXES):
                 self.run.log_scalar(name, value)
 

@@ -22,6 +22,7 @@ import dataclasses
 import os
 import platform
 import subprocess
+import sys
 import time
 import uuid
 import warnings
@@ -221,7 +222,8 @@ class WatchedRun:
         me = self
         try:
             for name, module in model.named_modules() if module_hooks else ():
-                if not any(True for _ in module.children()):
+                # a loss module inside the model is the loss, not a layer
+                if not any(True for _ in module.children()) and not isinstance(module, nn.modules.loss._Loss):
                     label = name or type(model).__name__
                     self._handles.append(module.register_forward_hook(partial(_on_forward, me, label)))
             if isinstance(loss_fn, nn.Module):
@@ -576,10 +578,25 @@ class WatchedRun:
         return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
 
 
+_CRASHED = False
+_previous_excepthook = sys.excepthook
+
+
+def _note_crash(exc_type, exc, tb) -> None:
+    # A run still open when the process dies of an unhandled exception is marked failed
+    # (atexit alone cannot tell a crash from a normal end).
+    global _CRASHED
+    _CRASHED = True
+    _previous_excepthook(exc_type, exc, tb)
+
+
+sys.excepthook = _note_crash
+
+
 def _close_at_exit(ref: "weakref.ref[WatchedRun]") -> None:
     run = ref()
     if run is not None:
-        run._finish("finished")
+        run._finish("failed" if _CRASHED else "finished")
 
 
 # -- hook bodies ------------------------------------------------------------------------

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import runpy
 import subprocess
 import sys
 from functools import lru_cache
+from pathlib import Path
 
 import pytest
 import torch
@@ -91,6 +93,7 @@ def _fit(tmp_path, callbacks, **kwargs):
 
 
 def _callback(tmp_path, name, **kwargs):
+    pytest.importorskip("lightning.pytorch")
     from hooks.lightning import DiagnosticsCallback
 
     return DiagnosticsCallback(run_dir=tmp_path / "runs", name=name, every=1, **kwargs)
@@ -164,3 +167,13 @@ def test_an_exception_marks_the_run_failed_and_removes_every_hook(tmp_path):
     assert run.status()["state"] == "failed"
     assert run.scalars().query("name == 'loss'")["step"].tolist() == [0, 1]  # what came before is kept
     assert _hooks_left(model, trainer.optimizers[0]) == 0
+
+
+@pytest.mark.slow
+def test_the_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("lightning.pytorch")
+    root = Path(__file__).resolve().parents[2]
+    monkeypatch.setattr(sys, "argv", ["lightning_digits.py", "--runs-dir", str(tmp_path), "--epochs", "1"])
+    runpy.run_path(str(root / "examples" / "lightning_digits.py"), run_name="__main__")
+    run = diagnostics.open_run(tmp_path / "lightning-digits")
+    assert run.status()["state"] == "finished" and len(run.samples(split="val")) == 360

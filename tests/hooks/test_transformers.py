@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import runpy
 import os
 import subprocess
 import sys
@@ -75,6 +76,8 @@ def _trainer(tmp_path, callbacks, trainer_class=None, **args):
 
 
 def _callback(tmp_path, name, **kwargs):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")  # the Trainer needs it
     from hooks.transformers import DiagnosticsCallback
 
     return DiagnosticsCallback(run_dir=tmp_path / "runs", name=name, every=1, **kwargs)
@@ -198,3 +201,13 @@ def test_a_script_that_crashes_leaves_a_failed_run(tmp_path):
                           env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert done.returncode != 0 and "boom" in done.stderr
     assert diagnostics.open_run(tmp_path / "runs" / "script").status()["state"] == "failed"
+
+
+@pytest.mark.slow
+def test_the_example_runs(tmp_path, monkeypatch):
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    monkeypatch.setattr(sys, "argv", ["hf_tiny_bert.py", "--runs-dir", str(tmp_path), "--steps", "8"])
+    runpy.run_path(str(ROOT / "examples" / "hf_tiny_bert.py"), run_name="__main__")
+    run = diagnostics.open_run(tmp_path / "hf-tiny-bert")
+    assert run.status()["state"] == "finished" and len(run.samples(split="val")) == 256

@@ -303,3 +303,20 @@ def test_default_schedule_is_auto_and_dense_at_the_start(tmp_path):
     assert r.manifest["schedule"]["every"] == "auto"
     with pytest.raises(ValueError, match="budget is a fraction"):
         hooks.watch(model, run_dir=tmp_path, budget=3)
+
+
+def test_a_run_left_open_by_a_crash_is_marked_failed(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, hooks\n"
+        f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='crash')\n"
+        "raise RuntimeError('boom')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode != 0 and "boom" in out.stderr
+    assert diagnostics.open_run(tmp_path / "crash").status()["state"] == "failed"
+    ok = "import torch, hooks\n" + f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='ok')\n"
+    subprocess.run([sys.executable, "-c", ok], check=True, timeout=120)
+    assert diagnostics.open_run(tmp_path / "ok").status()["state"] == "finished"
