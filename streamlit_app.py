@@ -33,6 +33,21 @@ def _warm_up_umap() -> threading.Thread:
 if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
     _warm_up_umap()
 
+@st.cache_data(ttl=60, show_spinner=False)
+def _badge(path: str, state: str) -> str:
+    """' · ⛔ 1 ⚠ 2': the run's error and warning findings, for the run picker."""
+    if state == "broken":
+        return ""
+    try:
+        findings = diagnostics.open_run(path).health()
+    except diagnostics.DiagnosticsError:
+        return ""
+    errors = sum(f.severity == "error" for f in findings)
+    warnings = sum(f.severity == "warning" for f in findings)
+    marks = (f"⛔ {errors}" if errors else "") + (" " if errors and warnings else "") + (f"⚠ {warnings}" if warnings else "")
+    return f" · {marks}" if marks else ""
+
+
 runs = _list_runs(RUNS_DIR)
 st.session_state["runs_dir"] = RUNS_DIR
 with st.sidebar:
@@ -42,7 +57,7 @@ with st.sidebar:
     else:
         # options are plain labels (no format_func): a label maps back to its run's path;
         # ?run=NAME in the address opens that run (a link to a run can be shared)
-        paths = {f"{row.name} · {row.state}": row.path for row in runs.itertuples()}
+        paths = {f"{row.name} · {row.state}{_badge(row.path, row.state)}": row.path for row in runs.itertuples()}
         names = {row.path: row.name for row in runs.itertuples()}
         labels = list(paths)
         wanted = st.query_params.get("run")
@@ -56,6 +71,7 @@ page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
     st.Page("pages/distributions.py", title="Distributions", icon=":material/bar_chart:"),
     st.Page("pages/outputs.py", title="Outputs vs labels", icon=":material/target:"),
+    st.Page("pages/health.py", title="Health", icon=":material/health_and_safety:"),
     st.Page("pages/errors.py", title="Error review", icon=":material/error:"),
     st.Page("pages/embedding.py", title="Embedding map", icon=":material/bubble_chart:"),
     st.Page("pages/sample.py", title="Sample detail", icon=":material/image_search:"),

@@ -167,7 +167,9 @@ def summarize(
         hsample = _strided(finite, HIST_SAMPLE).to(torch.float32)
         # values outside a given span are left out; [min, max] holds every finite value
         inside = hsample if hist_range is None else hsample[(hsample >= h_lo) & (hsample <= h_hi)]
-        idx = ((inside - h_lo) * (bins / (h_hi - h_lo))).floor().clamp_(0, bins - 1).long()
+        # in float64: a span near ±3e38 overflows float32 (inf width, NaN bins)
+        lo64, hi64 = h_lo.double(), h_hi.double()
+        idx = ((inside.double() - lo64) * (bins / (hi64 - lo64))).floor().clamp_(0, bins - 1).long()
         hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
 
     head = torch.stack([

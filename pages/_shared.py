@@ -126,3 +126,8 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
                 st.toast(f"Saved for {len(sample_ids)} sample(s)")
             except diagnostics.DiagnosticsError as exc:
                 st.error(str(exc))
+
+
+@st.cache_data(show_spinner=False, max_entries=64, ttl=60)
+def health(path: str, version: str):
+    return diagnostics.open_run(path).health()

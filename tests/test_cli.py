@@ -37,3 +37,29 @@ def test_demo_trains_every_example_into_readable_runs(tmp_path):
         r = diagnostics.open_run(path)
         assert not r.scalars().empty and not r.distributions("activation").empty
         assert not r.samples("val").empty  # every example evaluates for error review
+
+
+def test_health_exit_code_gates_on_severity(tmp_path):
+    import json
+
+    import torch
+    from torch import nn
+
+    import hooks
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=1e30)
+    crit = nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="nan", every=1):
+        for _ in range(4):
+            opt.zero_grad()
+            crit(model(torch.randn(16, 6) * 1e3), torch.randint(0, 3, (16,))).backward()
+            opt.step()
+    out = _cli("health", str(tmp_path / "nan"), "--json")
+    assert out.returncode == 1  # an error-level finding: NaN
+    findings = json.loads(out.stdout)
+    assert findings[0]["rule"] == "nonfinite" and findings[0]["severity"] == "error"
+    text = _cli("health", str(tmp_path / "nan"))
+    assert "[error] nonfinite" in text.stdout and "try:" in text.stdout
+    assert _cli("health", str(tmp_path / "missing")).returncode == 2

@@ -226,8 +226,8 @@ def test_flipped_labels_flagged_as_label_noise(tmp_path):
 def test_healthy_mlp_with_he_init(tmp_path):
     x, y = _blobs()
     torch.manual_seed(0)
-    model = _he(nn.Sequential(nn.Linear(10, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 3)))
-    findings = check(_train(model, x, y, tmp_path, "mlp", steps=40))
+    model = _he(nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 32), nn.ReLU(), nn.Linear(32, 3)))
+    findings = check(_train(model, x, y, tmp_path, "mlp", steps=30))
     _only_info(findings)
     assert [f.rule for f in findings] == ["loss_vs_baseline"]
 
@@ -239,9 +239,9 @@ def test_healthy_small_cnn(tmp_path):
     x[y == 1, :, :4] += 1.0
     x[y == 2, :, 4:] += 1.0
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(),
-                          nn.Flatten(), nn.Linear(8 * 8 * 8, 3))
-    _only_info(check(_train(model, x, y, tmp_path, "cnn", steps=40, lr=0.02)))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Conv2d(4, 4, 3, padding=1), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 8 * 8, 3))
+    _only_info(check(_train(model, x, y, tmp_path, "cnn", steps=30, lr=0.02, batch=32)))
 
 
 def test_healthy_regression_mlp(tmp_path):
@@ -249,7 +249,7 @@ def test_healthy_regression_mlp(tmp_path):
     x = torch.randn(256, 5)
     y = 2 * x[:, :1] - x[:, 1:2] + 0.1 * torch.randn(256, 1)
     model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
-    findings = check(_train(model, x, y, tmp_path, "reg", steps=40, lr=1e-2, adam=True, crit=nn.MSELoss()))
+    findings = check(_train(model, x, y, tmp_path, "reg", steps=30, lr=1e-2, adam=True, crit=nn.MSELoss()))
     _only_info(findings)
     base = _by_rule(findings, "loss_vs_baseline")
     assert base and base[0].evidence["baseline"] == pytest.approx(float(y.var(unbiased=False)), rel=0.05)

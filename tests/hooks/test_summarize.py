@@ -483,3 +483,10 @@ def test_does_not_modify_input(make):
         assert torch.equal(t, before)
     else:
         assert torch.equal(t.contiguous().view(bits), before.contiguous().view(bits))
+
+
+def test_span_near_float32_max_does_not_break_the_histogram():
+    x = torch.tensor([-3e38, 0.0, 3e38, 1.0], dtype=torch.float32)
+    n, vec = summarize(x)
+    counts = vec[len(VECTOR_FIELDS):].double().numpy()
+    assert n == 4 and counts.sum() == 4 and counts[0] == 1 and counts[-1] == 1

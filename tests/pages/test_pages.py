@@ -25,6 +25,8 @@ def _open(monkeypatch, runs_dir, page: str, run_name: str | None = None) -> AppT
     at.run()
     if run_name is not None:
         assert at.session_state["run_path"] == str(Path(runs_dir) / run_name)
+        label = at.selectbox[0].value  # "name · state[ · ⛔ n ⚠ m]": the health badge
+        assert label.startswith(f"{run_name} · ")
     if page != "pages/overview.py":
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]
@@ -106,3 +108,17 @@ def test_distributions_page_shows_update_to_weight_ratio(monkeypatch, recorded_r
 def test_review_pages_explain_what_to_record(monkeypatch, recorded_runs, page):
     at = _open(monkeypatch, recorded_runs, page, "cls")
     assert any("run.evaluate" in i.value or "ids=" in i.value for i in at.info)
+
+
+@pytest.mark.parametrize("run_name", ["cls", "reg", "review"])
+def test_health_page_lists_findings_with_evidence_or_says_all_clear(monkeypatch, recorded_runs, run_name):
+    import diagnostics
+
+    at = _open(monkeypatch, recorded_runs, "pages/health.py", run_name)
+    assert not at.error, [e.value for e in at.error]
+    findings = diagnostics.open_run(recorded_runs / run_name).health()
+    if findings:
+        assert len(at.expander) == len(findings)
+        assert len(_charts(at)) == len(findings)
+    else:
+        assert any("No finding" in s.value for s in at.success)
