@@ -39,7 +39,7 @@ def evidence_figure(run, finding) -> go.Figure:
         return _fraction_over_steps(run, layer, "dead_frac", 0.5, f"{layer}: share of units never active")
     if rule == "saturation" and layer:
         return _fraction_over_steps(run, layer, "saturated_frac", 0.5, f"{layer}: share of values at the bounds")
-    if rule == "gradient_depth":
+    if rule in ("vanishing_gradients", "exploding_gradients", "gradient_depth"):
         return _across_layers(run, "gradient", finding.step_start, "gradient std across depth")
     if rule in ("activation_scale_depth", "input_scale"):
         return _across_layers(run, "activation", finding.step_start, "activation std across depth")

@@ -23,7 +23,8 @@ if not findings:
     st.stop()
 for i, f in enumerate(findings):
     where = ", ".join(x for x in (f"layer {f.layer}" if f.layer else "",
-                                  f"steps {f.step_start}–{f.step_end}" if f.step_start is not None else "") if x)
+                                  "" if f.step_start is None else f"step {f.step_start}" if f.step_end in (None, f.step_start)
+                                  else f"steps {f.step_start}–{f.step_end}") if x)
     with st.expander(f"{f.rule.replace('_', ' ')}{' — ' + where if where else ''}", icon=ICONS.get(f.severity),
                      expanded=f.severity != "info"):
         st.markdown(f"**{f.message}**")
