@@ -1,17 +1,25 @@
-"""Tensor → summary vector, computed on the tensor's own device in a few cheap passes.
+"""Tensor → summary vector, in a few cheap passes over the tensor.
 
 A summary is one float32 vector laid out as `diagnostics.schema.SUMMARY_FIELDS`
 (without `count`, which the caller knows for free) followed by the histogram.
 Count, mean, std (population, ddof=0), min, max, zero fraction and NaN/Inf counts are
-exact. Quantiles are exact up to `QUANTILE_SAMPLE` (16,384) elements; above, they come
-from a fixed subsample of that many (never a random draw: the tool must not touch
-torch's RNG), whose quantile ranks are off by about 1/sqrt(16,384) ≈ 0.8%. The
-histogram comes from a fixed subsample of at most `HIST_SAMPLE` elements (exact below). The histogram spans [min, max] of the whole tensor in HIST_BINS equal bins and its
-counts sum to the number of elements sampled. Samples are fixed index sets (see
-`_strided`), so a layer is sampled at the same positions at every step.
+exact. Quantiles and the histogram are exact up to `SAMPLE` (8,192) elements; above, both
+come from one fixed subsample of at most that many (never a random draw: the tool must
+not touch torch's RNG). A quantile's rank is then off by at most about 1/sqrt(8,192) ≈ 1.1%
+(one standard error at the median is 0.55%), and a histogram bin holding a share p of the
+tensor holds p ± sqrt(p(1-p)/8,192) of the sample (± 0.25% at p = 5%). The histogram spans
+[min, max] of the whole tensor in HIST_BINS equal bins and its counts sum to the number of
+elements sampled. A sample is a fixed set of positions (see `_strided`), so a layer is
+sampled at the same positions at every step.
 
 With NaN or Inf present, mean, std, min, max, quantiles and histogram describe the
 finite values; `zero_frac` is the share of exact zeros among all elements, like `count`.
+
+Two implementations give the same numbers: on the CPU, torch makes the full passes over
+a large tensor (sum, dot, min/max, zero count) and numpy does everything else in float64
+(a torch op on a 0-d tensor costs 5-15 µs of dispatch; a capture makes hundreds of
+summaries, and that dispatch was most of its cost); on other devices everything stays
+on the device and the vector comes back without a sync (`_summarize_torch`).
 """
 
 from __future__ import annotations
@@ -24,41 +32,63 @@ from torch import nn
 
 from diagnostics import schema
 
-QUANTILE_SAMPLE = 16_384  # quantiles are exact up to this many elements
-HIST_SAMPLE = 65_536
+SAMPLE = 8_192  # quantiles and histogram are exact up to this many elements
 _PIVOT_SAMPLE = 1_024
+_Q_LEVELS = np.asarray(schema.QUANTILES, dtype=np.float64)
 _QUANTILES = torch.tensor(schema.QUANTILES, dtype=torch.float32)
 # Device vector = SUMMARY_FIELDS minus the leading count, then the histogram.
 VECTOR_FIELDS = schema.SUMMARY_FIELDS[1:]
-_DEAD = VECTOR_FIELDS.index("dead_frac")
-_SATURATED = VECTOR_FIELDS.index("saturated_frac")
+NF = len(VECTOR_FIELDS)
+_F = {name: i for i, name in enumerate(VECTOR_FIELDS)}
+_DEAD = _F["dead_frac"]
+_SATURATED = _F["saturated_frac"]
+_QCOLS = slice(_F[schema.QUANTILE_COLUMNS[0]], _F[schema.QUANTILE_COLUMNS[-1]] + 1)
 
 
-_SAMPLE_INDEX: dict[tuple, torch.Tensor] = {}
+_PLANS: dict[tuple, int | torch.Tensor] = {}
+
+
+def _plan(n: int, limit: int, device: torch.device) -> int | torch.Tensor:
+    """How to take the fixed sample of an n-element tensor: a stride (a view, free) or,
+    when no good stride exists, an index tensor (a gather). Cached per size."""
+    key = (n, limit, device)
+    plan = _PLANS.get(key)
+    if plan is None:
+        stride = -(-n // limit)  # the smallest stride that keeps the sample within `limit`
+        while math.gcd(stride, n) != 1:
+            stride += 1
+        if -(-n // stride) * 5 >= limit * 4:  # the sample keeps at least 80% of `limit`
+            plan = stride
+        else:  # n just above `limit` with small prime factors: a Weyl sequence instead
+            g = int(n * 0.6180339887498949) | 1
+            while math.gcd(g, n) != 1:
+                g += 2
+            plan = (torch.arange(limit, dtype=torch.int64) * g % n).to(device)
+        if len(_PLANS) > 512:
+            _PLANS.clear()
+        _PLANS[key] = plan
+    return plan
 
 
 def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
     """At most `limit` elements of `flat`, the same ones every time for a given size
     (all of them, in memory order, when `flat` is no larger).
 
-    Element j of the sample is flat[(j * g) mod n] with g ≈ 0.618·n coprime with n, so
-    the sample visits every residue of any period that divides n: a (batch, features)
-    layout, whose period divides n, is not aliased the way a plain stride is.
+    Mostly a strided view flat[::s] with s coprime with n = flat.numel(): then the
+    sample visits every residue of any period that divides n in equal numbers, so a
+    (batch, features) or (N, C, H, W) layout, whose periods divide n, is not aliased the
+    way a stride sharing a factor with the period is. Where such an s would cut the
+    sample below 80% of `limit` (n below 1.6·limit, or with many small prime factors),
+    element j is flat[(j·g) mod n] with g ≈ 0.618·n coprime with n, which has the same
+    property, at the cost of a gather.
     """
     n = flat.numel()
     if n <= limit:
         return flat
-    key = (n, limit, flat.device)
-    idx = _SAMPLE_INDEX.get(key)
-    if idx is None:
-        g = int(n * 0.6180339887498949) | 1
-        while math.gcd(g, n) != 1:
-            g += 2
-        idx = (torch.arange(limit, dtype=torch.int64) * g % n).to(flat.device)
-        if len(_SAMPLE_INDEX) > 512:
-            _SAMPLE_INDEX.clear()
-        _SAMPLE_INDEX[key] = idx
-    return flat.index_select(0, idx)
+    plan = _plan(n, limit, flat.device)
+    if isinstance(plan, int):
+        return flat[::plan]
+    return flat.index_select(0, plan)
 
 
 def _as_float(t: torch.Tensor) -> torch.Tensor:
@@ -66,19 +96,6 @@ def _as_float(t: torch.Tensor) -> torch.Tensor:
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # half, bfloat16, integers and bools are summarised in float32
     return x.reshape(-1)
-
-
-def _quantiles(sample: torch.Tensor) -> torch.Tensor:
-    """The QUANTILES of `sample` (numpy's linear method). On the CPU numpy's sort of
-    16,384 floats takes 0.27 ms against torch.sort's 1.1 ms, so numpy sorts there."""
-    if sample.device.type != "cpu":
-        return torch.quantile(sample, _QUANTILES.to(sample.device))
-    ordered = np.sort(sample.numpy())
-    pos = np.asarray(schema.QUANTILES) * (ordered.size - 1)
-    lo = np.floor(pos).astype(np.int64)
-    hi = np.minimum(lo + 1, ordered.size - 1)
-    w = pos - lo
-    return torch.from_numpy((ordered[lo] * (1 - w) + ordered[hi] * w).astype(np.float32))
 
 
 def _zero_count(flat: torch.Tensor) -> torch.Tensor:
@@ -91,30 +108,158 @@ def _zero_count(flat: torch.Tensor) -> torch.Tensor:
     return flat.numel() - torch.count_nonzero(flat)
 
 
+def _empty_vector(bins: int, zero_frac: float = 0.0, nan_count: float = 0.0, inf_count: float = 0.0) -> np.ndarray:
+    vec = np.full(NF + bins, np.nan)
+    vec[_F["zero_frac"]], vec[_F["nan_count"]], vec[_F["inf_count"]] = zero_frac, nan_count, inf_count
+    vec[NF:] = 0.0
+    return vec
+
+
+def _widen(lo: float, hi: float) -> tuple[float, float]:
+    """numpy's convention for an empty histogram range: [v - 0.5, v + 0.5], wider where
+    float32 cannot tell v ± 0.5 from v (|v| ≥ 2**23)."""
+    if hi > lo:
+        return lo, hi
+    half = max(abs(lo) * 2.0**-20, 0.5)
+    return lo - half, hi + half
+
+
+_RANKS: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]] = {}
+
+
+def _ranks(m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """For a sample of m values: the ranks below and above each quantile (numpy's linear
+    method), the interpolation weights, and every rank np.partition must place (first
+    and last included, which give min and max for free)."""
+    plan = _RANKS.get(m)
+    if plan is None:
+        pos = _Q_LEVELS * (m - 1)
+        below = np.floor(pos).astype(np.intp)
+        above = np.minimum(below + 1, m - 1)
+        plan = (below, above, pos - below, np.union1d(np.concatenate([below, above]), [0, m - 1]))
+        if len(_RANKS) > 4096:
+            _RANKS.clear()
+        _RANKS[m] = plan
+    return plan
+
+
+def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.ndarray, clip: bool) -> tuple[float, float]:
+    """Quantiles (numpy's linear method) and the histogram over [lo, hi] of a finite,
+    non-empty 1-D sample, written into `vec`; returns the sample's (min, max).
+    np.partition at the ranks the quantiles need costs half a sort; the histogram bins
+    the way np.histogram does, in float64 (a span near ±3e38 overflows float32)."""
+    below, above, w, kth = _ranks(sample.size)
+    part = np.partition(sample, kth)
+    a, b = part[below].astype(np.float64), part[above].astype(np.float64)
+    vec[_QCOLS] = a + (b - a) * w
+    vec[_F["hist_min"]], vec[_F["hist_max"]] = lo, hi
+    if bins:
+        x = sample
+        if clip:  # values outside a given span are left out; [min, max] holds every finite value
+            x = x[(x >= lo) & (x <= hi)]
+        t = np.subtract(x, lo, dtype=np.float64)
+        t *= bins / (hi - lo)
+        idx = t.astype(np.intp)  # t ≥ 0: truncation is floor
+        np.minimum(idx, bins - 1, out=idx)  # the maximum belongs to the last bin
+        vec[NF:] = np.bincount(idx, minlength=bins)[:bins]
+    return float(part[0]), float(part[-1])
+
+
+def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int) -> np.ndarray:
+    n = flat.numel()
+    small = n <= SAMPLE
+    vec = np.empty(NF + bins)
+    with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
+        if small:  # everything in numpy, float64, exact
+            zero_count = n - np.count_nonzero(flat.numpy())
+            s1 = float(flat.numpy().sum(dtype=np.float64))
+        else:
+            zero_count = int(_zero_count(flat))
+            s1 = float(flat.sum())
+    nan_count = inf_count = 0
+    finite = flat
+    if not math.isfinite(s1):  # NaN/Inf counted only when the sum says so: rare, so paid rarely
+        keep = torch.isfinite(flat)
+        nan_count = int(torch.isnan(flat).sum())
+        inf_count = n - nan_count - int(keep.sum())
+        finite = flat[keep]
+        if finite.numel() == 0:
+            return _empty_vector(bins, zero_count / n, nan_count, inf_count)
+    m = finite.numel()
+    if small:
+        sample = finite.numpy()
+        a = sample.astype(np.float64)
+        mean = float(a.sum()) / m
+        a -= mean
+        var = float(np.dot(a, a)) / m
+        lo = hi = None  # from the partition below
+    else:
+        s1 = s1 if finite is flat else float(finite.sum())
+        s2 = float(torch.dot(finite, finite))
+        mean = s1 / m
+        var = s2 / m - mean * mean
+        # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
+        # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
+        # they overflow: then shift by a pivot, in float64 if need be.
+        if not (math.isfinite(s2) and mean * mean <= 100.0 * var):
+            pivot = float(_strided(finite, _PIVOT_SAMPLE).double().mean())
+            centred = finite - pivot
+            c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+            if not (math.isfinite(c1) and math.isfinite(c2)):
+                centred = finite.double() - pivot
+                c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+            mean = pivot + c1 / m
+            var = c2 / m - (c1 / m) ** 2
+        extremes = torch.aminmax(finite)
+        lo, hi = float(extremes.min), float(extremes.max)
+        sample = _strided(finite, SAMPLE).numpy()
+    if hist_range is None:
+        if lo is None:  # small: the partition finds them; the span needs them first
+            lo, hi = float(sample.min()), float(sample.max())
+        h_lo, h_hi = lo, hi
+    else:
+        h_lo, h_hi = (float(r.detach().to(torch.float32)) for r in hist_range)
+    # the span is float32, as stored: the bins are the ones the dashboard will draw
+    h_lo, h_hi = (float(np.float32(v)) for v in _widen(float(np.float32(h_lo)), float(np.float32(h_hi))))
+    s_lo, s_hi = _sample_stats(sample, h_lo, h_hi, bins, vec, clip=hist_range is not None)
+    if lo is None:
+        lo, hi = s_lo, s_hi
+    vec[_F["mean"]], vec[_F["std"]] = mean, math.sqrt(max(var, 0.0))
+    vec[_F["min"]], vec[_F["max"]] = lo, hi
+    vec[_F["zero_frac"]] = zero_count / n
+    vec[_F["nan_count"]], vec[_F["inf_count"]] = nan_count, inf_count
+    vec[_DEAD] = vec[_SATURATED] = np.nan
+    return vec
+
+
 @torch.no_grad()
 def summarize(
     t: torch.Tensor,
     hist_range: tuple[torch.Tensor, torch.Tensor] | None = None,
     bins: int = schema.HIST_BINS,
 ) -> tuple[int, torch.Tensor]:
-    """Return (element count, summary vector on `t.device`).
+    """Return (element count, float32 summary vector on `t.device`).
 
     `hist_range` fixes the histogram's span (two 0-d tensors), e.g. to overlay the
     model's outputs on the labels with the same bins.
     """
     flat = _as_float(t)
     n = flat.numel()
+    if flat.device.type != "cpu":
+        return n, _summarize_torch(flat, hist_range, bins)
+    vec = _empty_vector(bins) if n == 0 else _summarize_cpu(flat, hist_range, bins)
+    return n, torch.from_numpy(vec.astype(np.float32))
+
+
+def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
+    """The summary vector computed with torch ops on `flat`'s device (no sync except
+    two bool checks; one CUDA sync each costs little next to a capture)."""
+    n = flat.numel()
     dev = flat.device
     if n == 0:
-        vec = torch.full((len(VECTOR_FIELDS) + bins,), float("nan"), device=dev)
-        vec[VECTOR_FIELDS.index("zero_frac")] = 0.0
-        vec[VECTOR_FIELDS.index("nan_count")] = 0.0
-        vec[VECTOR_FIELDS.index("inf_count")] = 0.0
-        vec[len(VECTOR_FIELDS):] = 0.0
-        return 0, vec
+        return torch.from_numpy(_empty_vector(bins).astype(np.float32)).to(dev)
     zero_frac = _zero_count(flat).to(torch.float32) / n
     s1 = flat.sum()
-    # One sync on CPU costs nothing; NaN/Inf counting only when the sum says so.
     if bool(torch.isfinite(s1)):
         nan_count = inf_count = torch.zeros((), device=dev)
         finite = flat
@@ -125,21 +270,18 @@ def summarize(
         inf_count = inf_mask.sum().to(torch.float32)
         finite = flat[~(nan_mask | inf_mask)]
         if finite.numel() == 0:
-            vec = torch.full((len(VECTOR_FIELDS) + bins,), float("nan"), device=dev)
-            vec[VECTOR_FIELDS.index("zero_frac")] = zero_frac
-            vec[VECTOR_FIELDS.index("nan_count")] = nan_count
-            vec[VECTOR_FIELDS.index("inf_count")] = inf_count
-            vec[len(VECTOR_FIELDS):] = 0.0
-            return n, vec
+            vec = torch.full((NF + bins,), float("nan"), device=dev)
+            vec[_F["zero_frac"]] = zero_frac
+            vec[_F["nan_count"]] = nan_count
+            vec[_F["inf_count"]] = inf_count
+            vec[NF:] = 0.0
+            return vec
         s1 = finite.sum()
     m = finite.numel()
     s2 = torch.dot(finite, finite)
     mean = s1 / m
     var = s2 / m - mean * mean
-    # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
-    # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
-    # they overflow: then shift by a pivot, in float64 if need be. Rare, so paid rarely.
-    if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):
+    if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):  # see _summarize_cpu
         pivot = _strided(finite, _PIVOT_SAMPLE).double().mean()
         centred = finite - pivot.to(finite.dtype)
         s1, s2 = centred.sum(), torch.dot(centred, centred)
@@ -150,24 +292,19 @@ def summarize(
         var = s2 / m - (s1 / m) ** 2
     var = torch.clamp(var, min=0.0)
     lo, hi = torch.aminmax(finite)
-
-    quantiles = _quantiles(_strided(finite, QUANTILE_SAMPLE).to(torch.float32))
+    sample = _strided(finite, SAMPLE).to(torch.float32)
+    quantiles = torch.quantile(sample.double(), _QUANTILES.to(dev, torch.float64)).to(torch.float32)
 
     if hist_range is None:
         h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
     else:
         h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
-    # numpy's convention for an empty range: widen it to [v - 0.5, v + 0.5] (wider where
-    # float32 cannot tell v ± 0.5 from v, |v| ≥ 2**23).
-    same = h_hi <= h_lo
+    same = h_hi <= h_lo  # _widen, on the device
     half = torch.clamp(h_lo.abs() * 2.0**-20, min=0.5)
     h_lo, h_hi = torch.where(same, h_lo - half, h_lo), torch.where(same, h_hi + half, h_hi)
     hist = torch.zeros(bins, device=dev)
     if bins:
-        hsample = _strided(finite, HIST_SAMPLE).to(torch.float32)
-        # values outside a given span are left out; [min, max] holds every finite value
-        inside = hsample if hist_range is None else hsample[(hsample >= h_lo) & (hsample <= h_hi)]
-        # in float64: a span near ±3e38 overflows float32 (inf width, NaN bins)
+        inside = sample if hist_range is None else sample[(sample >= h_lo) & (sample <= h_hi)]
         lo64, hi64 = h_lo.double(), h_hi.double()
         idx = ((inside.double() - lo64) * (bins / (hi64 - lo64))).floor().clamp_(0, bins - 1).long()
         hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
@@ -177,7 +314,7 @@ def summarize(
         zero_frac, nan_count.to(torch.float32), inf_count.to(torch.float32),
     ])
     not_applicable = torch.full((2,), float("nan"), device=dev)  # dead_frac, saturated_frac
-    return n, torch.cat([head, quantiles, not_applicable, torch.stack([h_lo, h_hi]), hist])
+    return torch.cat([head, quantiles, not_applicable, torch.stack([h_lo, h_hi]), hist])
 
 
 RELU_FAMILY = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.PReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU,
@@ -189,7 +326,8 @@ SATURATING = {nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 
 
 @torch.no_grad()
 def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> torch.Tensor:
-    """Fill `dead_frac` or `saturated_frac` of an activation's summary vector, by module type."""
+    """Fill `dead_frac` or `saturated_frac` of an activation's summary vector (in place:
+    `vec` is the fresh vector `summarize` returned), by module type; returns it."""
     x = out.detach()
     if x.numel() == 0 or not x.is_floating_point():
         return vec
@@ -199,7 +337,6 @@ def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> to
         unit_dim = 1 if x.ndim >= 3 else x.ndim - 1
         other = tuple(d for d in range(x.ndim) if d != unit_dim)
         active = (x.amax(dim=other) > 0) if other else (x > 0)
-        vec = vec.clone()
         vec[_DEAD] = 1.0 - active.float().mean()
     else:
         bounds = next((b for t, b in SATURATING.items() if isinstance(module, t)), None)
@@ -208,9 +345,7 @@ def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> to
             if isinstance(module, nn.Hardtanh):
                 lo, hi = module.min_val, module.max_val
             margin = 0.01 * (hi - lo)
-            saturated = ((x <= lo + margin) | (x >= hi - margin)).float().mean()
-            vec = vec.clone()
-            vec[_SATURATED] = saturated
+            vec[_SATURATED] = ((x <= lo + margin) | (x >= hi - margin)).float().mean()
     return vec
 
 

@@ -41,7 +41,7 @@ from diagnostics.store import RunWriter
 from diagnostics.tags import dataset_key
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule
-from hooks.summarize import class_summary, summarize, unit_activity
+from hooks.summarize import SAMPLE, _strided, class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
@@ -303,9 +303,19 @@ class WatchedRun:
             self._step_losses = []
         if self._pending:
             layers, kinds, counts, vecs = zip(*self._pending)
-            width = max(v.numel() for v in vecs)
-            rows = torch.stack([torch.nn.functional.pad(v, (0, width - v.numel()), value=-1.0) for v in vecs])
-            matrix = np.column_stack([np.asarray(counts, np.float64), rows.to("cpu", torch.float64).numpy()])
+            matrix = np.full((len(vecs), 1 + max(v.numel() for v in vecs)), -1.0)  # histograms padded with -1
+            matrix[:, 0] = counts
+            on_device = [i for i, v in enumerate(vecs) if v.device.type != "cpu"]
+            if on_device:  # one transfer for the whole step
+                moved = torch.cat([vecs[i] for i in on_device]).to("cpu", torch.float64).numpy()
+                start = 0
+                for i in on_device:
+                    width = vecs[i].numel()
+                    matrix[i, 1:1 + width] = moved[start:start + width]
+                    start += width
+            for i, v in enumerate(vecs):
+                if v.device.type == "cpu":
+                    matrix[i, 1:1 + v.numel()] = v.numpy()
             self._writer.add_summaries(self.step, layers, kinds, matrix)
             self._pending = []
         if max(len(self._losses), len(self._grad_norms), len(self._records)) >= _LOSS_BATCH or (
@@ -662,7 +672,9 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
                 run._add(name, "weight", *summarize(p))
                 if p.grad is not None:
                     run._add(name, "param_grad", *summarize(p.grad))
-                    run._before_step[name] = (p, p.detach().clone())
+                    # the update is summarised on a fixed sample of the weight's positions:
+                    # a copy of every weight would double the parameters' memory
+                    run._before_step[name] = (p, _strided(p.detach().reshape(-1), SAMPLE).clone())
 
 
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
@@ -672,7 +684,9 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
     if run._before_step:
         with torch.no_grad():
             for name, (p, before) in run._before_step.items():
-                run._add(name, "update", *summarize(p.detach() - before))
+                after = _strided(p.detach().reshape(-1), SAMPLE)
+                # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
+                run._add(name, "update", p.numel(), summarize(after.float() - before.float())[1])
         run._before_step = {}
     run._end_step()
 

@@ -286,6 +286,34 @@ def test_update_ratio_grad_norm_clipping_and_unit_activity(tmp_path):
     assert r.manifest["output_shapes"]["4"] == [64, 3]
 
 
+def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path):
+    """Above SAMPLE elements the update is summarised on a fixed sample of positions
+    (a full copy of every weight would double the parameters' memory): its norm, hence
+    the update ratio, is then an estimate; here within 3% of the exact one."""
+    from hooks.summarize import SAMPLE
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
+    assert model[0].weight.numel() > 10 * SAMPLE
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(32, 300), torch.randint(0, 4, (32,))
+    exact = []
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="big", every=1) as run:
+        for _ in range(3):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            before = model[0].weight.detach().clone()
+            opt.step()
+            exact.append(((model[0].weight.detach() - before).norm() / before.norm()).item())
+    r = diagnostics.open_run(run.path)
+    ratios = r.update_ratios(layers=["0.weight"]).sort_values("step")
+    np.testing.assert_allclose(ratios["ratio"], exact, rtol=0.03)
+    upd = r.distributions("update", layers=["0.weight"])
+    assert (upd["count"] == model[0].weight.numel()).all()
+    assert (upd["hist_counts"].map(sum) <= SAMPLE).all()
+
+
 def test_default_schedule_is_auto_and_dense_at_the_start(tmp_path):
     torch.manual_seed(0)
     model = tiny_cnn()
