@@ -686,7 +686,7 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
             for name, (p, before) in run._before_step.items():
                 after = _strided(p.detach().reshape(-1), SAMPLE)
                 # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
-                run._add(name, "update", p.numel(), summarize(after.float() - before.float())[1])
+                run._add(name, "update", p.numel(), summarize(after.float() - before.float(), sampled=True)[1])
         run._before_step = {}
     run._end_step()
 

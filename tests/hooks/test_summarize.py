@@ -30,7 +30,7 @@ def implementation(request, monkeypatch):
     and the one other devices use (torch ops only), forced onto CPU tensors here."""
     if request.param == "device":
         monkeypatch.setattr(summarize_module, "_summarize_cpu",
-                            lambda flat, span, bins: summarize_module._summarize_torch(flat, span, bins).double().numpy())
+                            lambda flat, span, bins, sampled=False: summarize_module._summarize_torch(flat, span, bins).double().numpy())
     return request.param
 
 
@@ -214,6 +214,27 @@ def test_quantile_subsample_sees_both_parities(size):
     assert q[0.25] == 0.0 and q[0.75] == 1.0
     assert f(vec, "mean") == pytest.approx((size // 2) / size)
     assert hist(vec)[0] == pytest.approx(hist(vec)[-1], rel=0.05)
+
+
+@pytest.mark.parametrize("size", [5, 3000, 8192])
+def test_sampled_input_keeps_exact_moments_and_nearest_rank_quantiles(size, implementation):
+    """sampled=True (an update's sample): mean/std/min/max/zeros exact over the input,
+    quantiles are values of the input within the rank bound."""
+    x = normal(size, seed=21)
+    x[::7] = 0.0
+    a = x.astype(np.float64)
+    n, vec = summarize(torch.from_numpy(x), sampled=True)
+    vec = vec.double().numpy()
+    assert n == size
+    assert_moments(vec, a)
+    assert f(vec, "zero_frac") == pytest.approx(np.mean(a == 0))
+    q = quantiles(vec)
+    if implementation == "cpu":
+        assert np.isin(q, x.astype(np.float64)).all()  # nearest rank: values of the input
+    for level, v in zip(Q_LEVELS, q):
+        assert np.mean(a < v) - 0.02 <= level <= np.mean(a <= v) + 0.02 or size < 50
+    expected, _ = np.histogram(a, bins=BINS, range=(a.min(), a.max()))
+    np.testing.assert_array_equal(hist(vec), expected)  # the histogram stays exact
 
 
 def test_subsample_is_the_same_at_every_call():
