@@ -24,13 +24,31 @@ PREVIEW_PIXELS = 64    # images are pooled to at most 64 × 64
 PREVIEW_POINTS = 512   # signals, vectors and token lists to at most 512 values
 
 
-def unpack_batch(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor, list]:
-    """(inputs, labels, ids) from a batch: (x, y), (x, y, ids) or a dict with input/x,
-    label/labels/y/target and optionally id/ids/sample_id. Without ids, the running index."""
+# A dict batch with one of these input keys is the model's keyword arguments, the way
+# Hugging Face collators build them: the model gets every entry but labels and ids.
+KWARG_INPUTS = ("input_ids", "pixel_values", "input_values", "input_features")
+INPUT_KEYS = ("input", "inputs", "x", "image", *KWARG_INPUTS)
+LABEL_KEYS = ("label", "labels", "y", "target")
+ID_KEYS = ("id", "ids", "sample_id", "index")
+
+
+def unpack_batch(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor, list, dict | None]:
+    """(inputs, labels, ids, model kwargs) from a batch: (x, y), (x, y, ids) or a dict
+    with input/x, label/labels/y/target and optionally id/ids/sample_id. Without ids, the
+    running index. Model kwargs are None (call `model(inputs)`) or, for a dict keyed the
+    Hugging Face way (input_ids, pixel_values, ...), every other entry of the dict but
+    labels and ids (attention_mask, token_type_ids, ...): call `model(**kwargs)`."""
+    kwargs = None
     if isinstance(batch, dict):
-        x = next((batch[k] for k in ("input", "inputs", "x", "image", "pixel_values") if k in batch), None)
-        y = next((batch[k] for k in ("label", "labels", "y", "target") if k in batch), None)
-        ids = next((batch[k] for k in ("id", "ids", "sample_id", "index") if k in batch), None)
+        key = next((k for k in INPUT_KEYS if k in batch), None)
+        x = batch[key] if key is not None else None
+        y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
+        ids = next((batch[k] for k in ID_KEYS if k in batch), None)
+        if key in KWARG_INPUTS:
+            kwargs = {k: v for k, v in batch.items() if k not in LABEL_KEYS and k not in ID_KEYS}
+        if x is None or y is None:
+            raise TypeError(f"evaluate: a dict batch needs an input key ({', '.join(INPUT_KEYS)}) and a label key "
+                            f"({', '.join(LABEL_KEYS)}); got keys {sorted(batch)}")
     elif isinstance(batch, (list, tuple)) and len(batch) in (2, 3):
         x, y, ids = batch[0], batch[1], batch[2] if len(batch) == 3 else None
     else:
@@ -45,7 +63,14 @@ def unpack_batch(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor, l
         ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
         if len(ids) != n:
             raise ValueError(f"evaluate: {len(ids)} ids for a batch of {n} samples")
-    return x, y, ids
+    return x, y, ids, kwargs
+
+
+def forward(model: nn.Module, x: torch.Tensor, kwargs: dict | None, device: torch.device) -> Any:
+    """The model's output on one batch, its tensors moved to `device` first."""
+    if kwargs is None:
+        return model(x.to(device))
+    return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
 
 
 def input_kind(x: torch.Tensor) -> str:

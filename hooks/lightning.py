@@ -108,9 +108,8 @@ class DiagnosticsCallback(pl.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self._batch_losses, self._step_losses = [], []
         try:
-            if optimizer is not None:
-                # registered before watch's own step hooks, so it runs first (see _closure_first)
-                self._handles.append(optimizer.register_step_pre_hook(_closure_first))
+            # Lightning calls optimizer.step(closure): watch runs the closure before its
+            # step hooks (hooks.watcher._closure_first), so they see this step's gradients
             if loss_module is not None:
                 self._handles.append(loss_module.register_forward_hook(partial(_on_loss_module, self)))
             self.run = hooks.watch(pl_module, optimizer=optimizer, **options)
@@ -214,31 +213,6 @@ class DiagnosticsCallback(pl.Callback):
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
-
-
-def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Run the step's closure before the other step pre-hooks, so they see this step's gradients.
-
-    Lightning's automatic optimisation calls `optimizer.step(closure)`, and the closure runs
-    training_step and backward inside `step`, after the pre-hooks: `watch` would record the
-    previous step's gradients. Here the closure runs first and `step` gets its result back;
-    later calls (LBFGS re-evaluates) run the closure again. Same operations, same order.
-    """
-    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-    if closure is None:
-        return None
-    with torch.enable_grad():
-        first = closure()
-    calls = 0
-
-    def closure_once_more() -> Any:
-        nonlocal calls
-        calls += 1
-        return first if calls == 1 else closure()
-
-    if "closure" in kwargs:
-        return args, {**kwargs, "closure": closure_once_more}
-    return (args[0], closure_once_more, *args[2:]), kwargs
 
 
 def _on_loss_module(callback: DiagnosticsCallback, module: nn.Module, args: tuple, output: Any) -> None:

@@ -237,6 +237,9 @@ class WatchedRun:
                 for p in model.parameters():
                     if p.requires_grad:
                         self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
+                # first: a closure-based step (LBFGS, Lightning) computes its gradients inside
+                # step(); running the closure here lets the next hook see this step's gradients
+                self._handles.append(optimizer.register_step_pre_hook(_closure_first))
                 self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
                 self._handles.append(optimizer.register_step_post_hook(partial(_on_step_post, me)))
             else:
@@ -406,7 +409,9 @@ class WatchedRun:
         """Evaluate the model on `loader` and record one row per sample for error review.
 
         Each batch is (inputs, labels), (inputs, labels, ids) or a dict with input/label/id
-        keys; without ids a sample's id is its position in the loader. Records label,
+        keys; without ids a sample's id is its position in the loader. A dict keyed the
+        Hugging Face way (input_ids, pixel_values, ...) is passed to the model as keyword
+        arguments, attention_mask and the rest included, labels and ids left out. Records label,
         prediction, per-sample loss, confidence and margin (classification) or residual
         (regression), the probability vector, the embedding (the input of the last linear
         layer, or the output of `embed_layer`), input statistics, a small preview of the
@@ -463,8 +468,8 @@ class WatchedRun:
             batches, total = ev.iterate(loader)
             with torch.no_grad():
                 for batch in tqdm(batches, total=total, desc=f"evaluate {split}", disable=not progress, leave=False):
-                    x, y, ids = ev.unpack_batch(batch, len(ids_all))
-                    out = _first_tensor(model(x.to(device)))
+                    x, y, ids, kwargs = ev.unpack_batch(batch, len(ids_all))
+                    out = _first_tensor(ev.forward(model, x, kwargs, device))
                     y_dev = y.to(device)
                     if self.task is None:
                         self.task = self._infer_task(out, y_dev)
@@ -645,6 +650,33 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
 def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
     # The gradient as backward left it (before any clipping); the last call of a step wins.
     run._backward_norms[param] = torch.linalg.vector_norm(param.grad.detach().float())
+
+
+def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
+    """Run the step's closure before the other step pre-hooks, so they see this step's gradients.
+
+    `optimizer.step(closure)` (LBFGS; Lightning's automatic optimisation) runs forward and
+    backward inside `step`, after the pre-hooks: they would record the previous step's
+    gradients, and the gradient norm would land on the next step. Here the closure runs
+    first and `step` gets its result back on its first call; later calls (LBFGS
+    re-evaluates during its line search) run the closure again. Same operations, same
+    order, so training is unchanged. `args` holds the optimizer itself first.
+    """
+    closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+    if closure is None:
+        return None
+    with torch.enable_grad():
+        first = closure()
+    calls = 0
+
+    def closure_once_more() -> Any:
+        nonlocal calls
+        calls += 1
+        return first if calls == 1 else closure()
+
+    if "closure" in kwargs:
+        return args, {**kwargs, "closure": closure_once_more}
+    return (args[0], closure_once_more, *args[2:]), kwargs
 
 
 def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:

@@ -236,3 +236,50 @@ def test_torch_compiled_model_warns_once_and_records_the_rest(tmp_path):
     assert r.kinds() == ["weight", "param_grad", "update", "output", "label"]
     assert r.layers("weight") == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert len(r.scalars(names=["loss"])) == 2
+
+
+def _lbfgs(model, watch, tmp_path=None, steps=3, every=1):
+    """LBFGS: forward and backward run inside step(), in a closure it calls several times."""
+    opt = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=4, history_size=5)
+    crit = nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(3)
+    x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+    first_norms = []  # the gradient norm after each step's first evaluation
+
+    def closure():
+        opt.zero_grad()
+        loss = crit(model(x), y)
+        loss.backward()
+        if len(first_norms) < calls_before_step[-1] + 1:
+            first_norms.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()])).item())
+        return loss
+
+    calls_before_step = []
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="lbfgs", every=every) if watch else None
+    for step in range(steps):
+        calls_before_step.append(step)
+        opt.step(closure)
+    if run:
+        run.close()
+    return first_norms, run
+
+
+def test_closure_optimizer_records_each_steps_own_gradients(tmp_path):
+    torch.manual_seed(0)
+    plain = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    watched = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+    watched.load_state_dict(plain.state_dict())
+    reference, _ = _lbfgs(plain, watch=False)
+    norms, run = _lbfgs(watched, watch=True, tmp_path=tmp_path)
+    assert _same(plain, watched)  # the closure ran the same number of times, in the same order
+    assert norms == reference
+    r = diagnostics.open_run(run.path)
+    s = r.scalars()
+    grad_norm = s[s.name == "grad_norm"].sort_values("step")
+    assert grad_norm["step"].tolist() == [0, 1, 2]
+    np.testing.assert_allclose(grad_norm["value"], norms, rtol=1e-5)  # this step's, not the last step's
+    assert sorted(s[s.name == "loss"]["step"]) == [0, 1, 2]
+    pg = r.distributions("param_grad")
+    assert sorted(pg["step"].unique()) == [0, 1, 2]  # step 0 too: gradients existed before step()
+    act = r.distributions("activation")
+    assert sorted(act["step"].unique()) == [0, 1, 2]

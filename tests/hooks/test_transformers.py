@@ -10,6 +10,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -211,3 +212,57 @@ def test_the_example_runs(tmp_path, monkeypatch):
     runpy.run_path(str(ROOT / "examples" / "hf_tiny_bert.py"), run_name="__main__")
     run = diagnostics.open_run(tmp_path / "hf-tiny-bert")
     assert run.status()["state"] == "finished" and len(run.samples(split="val")) == 256
+
+
+class Padded(torch.utils.data.Dataset):
+    """Token sequences of 4 to 12 tokens padded with 0, and the mask that says so."""
+
+    def __init__(self, n: int, seed: int):
+        g = torch.Generator().manual_seed(seed)
+        self.lengths = torch.randint(4, 13, (n,), generator=g)
+        self.ids = torch.randint(1, 100, (n, 12), generator=g)
+        self.mask = (torch.arange(12)[None, :] < self.lengths[:, None]).long()
+        self.ids = self.ids * self.mask
+        self.labels = (self.ids[:, 0] > 50).long()
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        return {"input_ids": self.ids[i], "attention_mask": self.mask[i], "labels": self.labels[i], "id": f"s{i}"}
+
+
+def test_evaluate_passes_hugging_face_dict_batches_as_keyword_arguments(tmp_path):
+    """A collated dict keyed the Hugging Face way is the model's kwargs: attention_mask
+    must reach the model (padding changes the logits otherwise); labels and ids must not."""
+    transformers = pytest.importorskip("transformers")
+    import hooks
+
+    torch.manual_seed(0)
+    config = transformers.BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                                     intermediate_size=64, num_labels=2)
+    model = transformers.BertForSequenceClassification(config)
+    data = Padded(24, 2)
+    loader = torch.utils.data.DataLoader(data, batch_size=8)
+    run = hooks.watch(model, run_dir=tmp_path, name="hf-eval", task="classification")
+    metrics = run.evaluate(loader, split="val", progress=False)
+    run.close()
+    model.eval()
+    with torch.no_grad():
+        masked = model(input_ids=data.ids, attention_mask=data.mask).logits
+        unmasked = model(input_ids=data.ids).logits
+    expected = nn.functional.cross_entropy(masked, data.labels, reduction="none").numpy()
+    assert not torch.allclose(masked, unmasked, atol=1e-4)  # the mask matters here
+    samples = diagnostics.open_run(run.path).samples(split="val").set_index("sample_id").loc[[f"s{i}" for i in range(24)]]
+    np.testing.assert_allclose(samples["loss"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert metrics["accuracy"] == pytest.approx(float((masked.argmax(1) == data.labels).float().mean()))
+
+
+def test_evaluate_dict_batch_without_a_known_input_key_is_one_line(tmp_path):
+    import hooks
+
+    model = nn.Linear(4, 2)
+    loader = [{"features": torch.zeros(3, 4), "labels": torch.zeros(3, dtype=torch.long)}]
+    with hooks.watch(model, run_dir=tmp_path, name="bad") as run:
+        with pytest.raises(TypeError, match="needs an input key .* got keys \\['features', 'labels'\\]"):
+            run.evaluate(loader, progress=False)
