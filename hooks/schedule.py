@@ -2,10 +2,13 @@
 
 The automatic schedule captures step 0, 1, 2, 4, 8, 16, … (dense at the start, where most
 problems show) and, beyond those, whenever the time saved up allows: every step that is
-not captured adds `budget` × its duration to a balance, every capture takes away its
-measured overhead (its duration minus the median of recent plain steps), and a step is
-captured when the balance covers the expected overhead. Over a long run capture costs
-about `budget` of training time; the power-of-two captures add log2(steps) captures.
+not captured adds `budget` × its duration to a balance, minus the time the tool's
+always-on hooks spent in it (loss, gradient norm, learning rate: the budget is for
+everything the tool does, so that the default's total cost stays within it); every
+capture takes away its measured overhead (its duration minus the median of recent plain
+steps), and a step is captured when the balance covers the expected overhead. Over a
+long run the tool costs about `budget` of training time; the power-of-two captures add
+log2(steps) captures.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ class EverySchedule:
     def should_capture(self, step: int) -> bool:
         return step % self.every == 0
 
-    def record(self, step: int, captured: bool, duration_s: float) -> None:
+    def record(self, step: int, captured: bool, duration_s: float, own_s: float = 0.0) -> None:
         pass
 
     def describe(self) -> dict:
@@ -47,13 +50,15 @@ class AutoSchedule:
             return True
         return self.cost_s is not None and self.balance_s >= self.cost_s
 
-    def record(self, step: int, captured: bool, duration_s: float) -> None:
+    def record(self, step: int, captured: bool, duration_s: float, own_s: float = 0.0) -> None:
+        """`own_s`: time the always-on hooks took within the step (charged to plain steps)."""
         if step == 0:
             return  # the first step pays one-off costs (allocation, lazy init): not a measure
         self.total_s += duration_s
         if not captured:
             self.plain.append(duration_s)
-            self.balance_s += self.budget * duration_s
+            self.balance_s += self.budget * duration_s - own_s
+            self.overhead_s += own_s
             for d in self._unsettled:
                 self._charge(d)
             self._unsettled = []

@@ -158,6 +158,7 @@ class WatchedRun:
         self.schedule = AutoSchedule(budget) if every == "auto" else EverySchedule(every)
         self.step = 0
         self._step_started = time.perf_counter()
+        self._own_s = 0.0  # time the always-on hooks took in this step
         self.task = task
         self._model_ref = weakref.ref(model)
         self._model: nn.Module | None = model  # kept alive while the run is open; dropped at close
@@ -300,6 +301,7 @@ class WatchedRun:
 
     def _end_step(self) -> None:
         """Hand this step's summaries to the writer and move to the next step."""
+        started = time.perf_counter()
         if self._step_losses:
             loss = torch.stack([l.float() for l in self._step_losses]).mean()
             self._losses.append((self.step, loss))
@@ -327,7 +329,10 @@ class WatchedRun:
         if self.step == 0 and self._output_shapes:
             self._writer.update_manifest(output_shapes=self._output_shapes)
         now = time.perf_counter()
-        self.schedule.record(self.step, self._capturing, now - self._step_started)
+        if not self._capturing:
+            self._own_s += now - started
+        self.schedule.record(self.step, self._capturing, now - self._step_started, self._own_s)
+        self._own_s = 0.0
         self._step_started = now
         self.step += 1
         self._capturing = self.schedule.should_capture(self.step)
@@ -639,6 +644,8 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
         return
     if isinstance(output, torch.Tensor) and output.numel() == 1:
         run._step_losses.append(output.detach())
+    if not run._capturing:
+        return
     outputs = args[0] if args else kwargs.get("input")
     labels = args[1] if len(args) > 1 else kwargs.get("target")
     if (run._capturing and isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
@@ -648,8 +655,12 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
 
 
 def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
-    # The gradient as backward left it (before any clipping); the last call of a step wins.
-    run._backward_norms[param] = torch.linalg.vector_norm(param.grad.detach().float())
+    # The gradient as backward left it (before any clipping), read while it is still in
+    # cache; the last call of a step wins. Always on: its time is charged to the budget.
+    started = time.perf_counter()
+    grad = param.grad
+    run._backward_norms[param] = torch.linalg.vector_norm(grad, dtype=None if grad.dtype == torch.float64 else torch.float32)
+    run._own_s += time.perf_counter() - started
 
 
 def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
@@ -680,6 +691,7 @@ def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) 
 
 
 def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
+    started = time.perf_counter()
     with torch.no_grad():
         if run._backward_norms:
             # Global L2 norm of the gradients as backward produced them. The user's loop
@@ -694,6 +706,7 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
             run._grad_norms.append((run.step, produced, now < before * (1 - 1e-4)))
             run._backward_norms = {}
         if not run._capturing:
+            run._own_s += time.perf_counter() - started
             return
         run._before_step = {}
         for group in optimizer.param_groups:
@@ -710,6 +723,7 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
 
 
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
+    started = time.perf_counter()
     groups = optimizer.param_groups
     lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
     run._writer.add_scalars(run.step, {k: float(v) for k, v in lrs.items()})
@@ -720,6 +734,8 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
                 # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
                 run._add(name, "update", p.numel(), summarize(after.float() - before.float(), sampled=True)[1])
         run._before_step = {}
+    if not run._capturing:
+        run._own_s += time.perf_counter() - started
     run._end_step()
 
 

@@ -41,3 +41,27 @@ def test_auto_schedule_is_dense_at_the_start():
 def test_cheap_captures_are_taken_often():
     captured = simulate(AutoSchedule(budget=0.03), 1000, 1.0, 0.01)
     assert len(captured) > 500  # 1% of a step per capture fits the 3% budget almost every step
+
+
+def test_auto_schedule_charges_the_always_on_hooks_to_the_budget():
+    """The budget is for everything the tool does: when the always-on hooks (loss, grad
+    norm) already take 2% of each plain step, captures get the remaining 1%."""
+    steps, capture_extra_s = 20_000, 1.5
+    schedule = AutoSchedule(budget=0.03)
+    captured = []
+    for step in range(steps):
+        capture = schedule.should_capture(step)
+        captured.append(step) if capture else None
+        schedule.record(step, capture, 1.0 + (capture_extra_s if capture else 0.0), own_s=0.02)
+    capture_overhead = len(captured) * capture_extra_s / steps
+    assert 0.01 * 0.8 <= capture_overhead <= 0.01 + 15 * capture_extra_s / steps
+    assert schedule.describe()["overhead_frac"] == pytest.approx(0.02 + capture_overhead, rel=0.05)
+    # always-on hooks over the budget on their own: only the power-of-two captures remain
+    for own_s, expected_beyond in ((0.05, 0), (0.0, 50)):
+        schedule, taken = AutoSchedule(budget=0.03), []
+        for step in range(5000):
+            capture = schedule.should_capture(step)
+            taken.append(step) if capture else None
+            schedule.record(step, capture, 1.0 + (1.5 if capture else 0.0), own_s=0.0 if capture else own_s)
+        beyond = [s for s in taken if s & (s - 1)]
+        assert len(beyond) >= expected_beyond and (expected_beyond or not beyond)
