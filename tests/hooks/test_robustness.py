@@ -189,6 +189,49 @@ def test_bfloat16_autocast_on_cpu(tmp_path):
     assert np.isfinite(d[["mean", "std", "q50"]].to_numpy()).all()
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (float16 autocast)")
+def test_float16_autocast_on_cuda(tmp_path):
+    """float16 autocast with a GradScaler on CUDA: training unchanged, summaries computed
+    in float32 on the device and equal to numpy's on the float32 copy."""
+
+    def train(watch):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Linear(8 * 14 * 14, 3)).cuda()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        scaler = torch.amp.GradScaler("cuda")
+        crit = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(0)
+        x, y = torch.randn(16, 3, 16, 16, generator=g).cuda(), torch.randint(0, 3, (16,), generator=g).cuda()
+        run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="fp16", every=1) if watch else None
+        seen = {}
+        grab = model[0].register_forward_hook(lambda m, a, out: seen.setdefault("conv", out.detach().float().cpu()))
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cuda", dtype=torch.float16):
+                loss = crit(model(x), y)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        grab.remove()
+        if run:
+            run.close()
+        return model, run, seen["conv"]
+
+    plain, _, _ = train(watch=False)
+    watched, run, conv = train(watch=True)
+    assert _same(plain, watched)
+    r = diagnostics.open_run(run.path)
+    row = r.distributions("activation", layers=["0"]).sort_values("step").iloc[0]
+    a = conv.numpy().astype(np.float64)
+    assert row["mean"] == pytest.approx(a.mean(), rel=1e-4, abs=1e-6)
+    assert row["std"] == pytest.approx(a.std(), rel=1e-4)
+    assert (row["min"], row["max"]) == (pytest.approx(a.min()), pytest.approx(a.max()))
+    # GradScaler skips optimizer.step() while the scale is too large (a step is one
+    # optimizer.step()), so there may be fewer than 3 steps; those recorded have gradients
+    steps = r.steps("param_grad")
+    assert 1 <= len(steps) <= 3 and steps == list(range(len(steps)))
+
+
 def test_nan_is_counted_never_raised_and_its_first_step_found(tmp_path):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
