@@ -119,6 +119,9 @@ def _zero_count(flat: torch.Tensor) -> torch.Tensor:
     return flat.numel() - torch.count_nonzero(flat)
 
 
+_INT32_MIN, _INT64_MIN = np.iinfo(np.int32).min, np.iinfo(np.int64).min
+
+
 def _zero_count_cpu(flat: torch.Tensor, lo: float, hi: float) -> int:
     """Exact count of zeros of a CPU float tensor whose finite range is [lo, hi], with no
     temporary: +0.0 is the all-zero bit pattern (numpy counts those in one SIMD pass,
@@ -128,7 +131,7 @@ def _zero_count_cpu(flat: torch.Tensor, lo: float, hi: float) -> int:
         return 0
     bits = flat.numpy().view(np.int32 if flat.dtype == torch.float32 else np.int64)
     zeros = bits.size - np.count_nonzero(bits)
-    smallest = np.iinfo(bits.dtype).min  # the bits of -0.0
+    smallest = _INT32_MIN if flat.dtype == torch.float32 else _INT64_MIN  # the bits of -0.0
     if bits.min() == smallest:
         zeros += np.count_nonzero(bits == smallest)
     return int(zeros)

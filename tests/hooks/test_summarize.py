@@ -286,6 +286,22 @@ def test_zero_frac_is_share_of_zeros_among_all_elements(size):
     assert f(vec, "zero_frac") == pytest.approx(0.4)
 
 
+@pytest.mark.parametrize("size", [1000, 100_000])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_negative_zero_counts_as_zero(size, dtype):
+    """-0.0 is a zero (its bits are not all zero: the sign bit is set)."""
+    x = normal(size, seed=22, dtype=dtype)
+    x[::4] = 0.0
+    x[1::8] = -0.0
+    assert np.signbit(x[1]) and x[1] == 0
+    _, vec = run(torch.from_numpy(x))
+    assert f(vec, "zero_frac") == pytest.approx(np.mean(x == 0))
+    y = np.abs(normal(size, seed=23, dtype=dtype)) + 1  # all positive: zeros ruled out by the range
+    y[5] = -0.0
+    _, vec = run(torch.from_numpy(y))
+    assert f(vec, "zero_frac") == pytest.approx(1 / size)
+
+
 @pytest.mark.parametrize("shape", [(3, 5), (300, 50)])
 def test_all_nan_tensor(shape):
     x = torch.full(shape, float("nan"))
