@@ -76,5 +76,6 @@ page = st.navigation([
     st.Page("pages/embedding.py", title="Embedding map", icon=":material/bubble_chart:"),
     st.Page("pages/sample.py", title="Sample detail", icon=":material/image_search:"),
     st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
+    st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
 ])
 page.run()

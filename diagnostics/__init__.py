@@ -4,9 +4,12 @@
     diagnostics.list_runs("runs")
     r = diagnostics.open_run("runs/exp1")
     r.scalars(); r.distributions(kind="gradient")
+    diagnostics.compare("runs/exp1", "runs/exp2").summary    # fixed, broken, p_value, ...
 """
 
-from diagnostics.exceptions import DiagnosticsError, RunFormatError, RunNotFoundError
+from diagnostics.exceptions import ComparisonError, DiagnosticsError, RunFormatError, RunNotFoundError
 from diagnostics.store import Run, list_runs, open_run
+from diagnostics.compare import Comparison, compare
 
-__all__ = ["open_run", "list_runs", "Run", "DiagnosticsError", "RunNotFoundError", "RunFormatError"]
+__all__ = ["open_run", "list_runs", "Run", "compare", "Comparison", "DiagnosticsError", "RunNotFoundError",
+           "RunFormatError", "ComparisonError"]

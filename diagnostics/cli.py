@@ -3,6 +3,7 @@
     diagnostics demo                      # train the built-in examples, then serve the dashboard
     diagnostics dashboard [RUNS] [--port N] [--host H]
     diagnostics health RUN [--json] [--fail-on error|warning|info]
+    diagnostics compare RUN_A RUN_B [--split val] [--json] [--limit N]
 """
 
 from __future__ import annotations
@@ -113,6 +114,89 @@ def _cmd_health(args: argparse.Namespace) -> int:
     return 1 if any(_SEVERITIES.index(f.severity) >= threshold for f in findings) else 0
 
 
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    import diagnostics
+
+    run_a, run_b = _open(args.run_a), _open(args.run_b)
+    if run_a is None or run_b is None:
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # printed below, once, with the result
+            result = diagnostics.compare(run_a, run_b, split=args.split)
+    except diagnostics.DiagnosticsError as exc:
+        print(f"diagnostics: {exc}", file=sys.stderr)
+        return 2
+    limit = args.limit or None
+    for note in result.warnings:
+        print(f"diagnostics: warning: {note}", file=sys.stderr)
+    if args.json:
+        print(json.dumps(result.to_dict(limit=limit), indent=1, allow_nan=False))
+    else:
+        print(_compare_text(result, limit))
+    return 0
+
+
+def _compare_text(c, limit: int | None) -> str:
+    """The comparison as a person reads it in a terminal."""
+    import pandas as pd
+
+    s = c.summary
+    classification = c.task == "classification"
+    out = [f"A = {c.run_a} (evaluated at step {s['step_a']}), B = {c.run_b} (step {s['step_b']}); "
+           f"split {c.split}, {c.task}"]
+    out += [f"WARNING: {note}" for note in c.warnings]
+    out.append(f"samples: {s['shared']} in both, {s['only_a']} only in A, {s['only_b']} only in B")
+    if classification:
+        out.append(f"accuracy on the shared samples: A {s['accuracy_a']:.1%}, B {s['accuracy_b']:.1%} "
+                   f"({100 * s['accuracy_delta']:+.1f} points)")
+        out.append(f"fixed {s['fixed']}, broken {s['broken']}, still wrong {s['still_wrong']}, "
+                   f"still right {s['still_right']}")
+    else:
+        out.append(f"MAE on the shared samples: A {s['mae_a']:.4g}, B {s['mae_b']:.4g} ({s['mae_delta']:+.3g})")
+        out.append(f"improved {s['improved']}, worsened {s['worsened']}, same {s['same']} "
+                   f"(a change counts when |error| moves by more than {s['tolerance']:.3g})")
+    out.append(c.verdict())
+
+    def table(title: str, frame: pd.DataFrame) -> None:
+        out.extend(["", title, frame.to_string(index=False, na_rep="—") if not frame.empty else "  (none)"])
+
+    if classification:
+        per_class = c.per_class.assign(**{col: c.per_class[col].map(lambda v: f"{v:.1%}" if v == v else "—")
+                                          for col in ("recall_a", "recall_b")},
+                                       delta=c.per_class["delta"].map(lambda v: f"{100 * v:+.1f}" if v == v else "—"))
+        table("per class (recall in %, delta in points):", per_class.drop(columns="class"))
+    good, bad = ("fixed", "broken") if classification else ("improved", "worsened")
+    columns = ["sample_id", "label", "prediction_a", "prediction_b", "loss_a", "loss_b"]
+    if not classification:
+        columns += ["abs_error_a", "abs_error_b"]
+    names = dict(zip(c.per_class["class"], c.per_class["name"]))
+
+    def samples(change: str) -> pd.DataFrame:
+        rows = c.top(change, limit)[columns]
+        if classification:  # class names rather than indices
+            rows = rows.assign(**{col: rows[col].map(lambda v: names.get(int(v), str(v)) if v == v else "—")
+                                  for col in ("label", "prediction_a", "prediction_b")})
+        return rows
+
+    table(f"top {good} (by how much the {'loss' if classification else '|error|'} fell):", samples(good))
+    table(f"top {bad} (by how much it rose):", samples(bad))
+    table("config differences:", c.config)
+    table("final scalars:", c.scalars)
+    table("health findings in one run only:", c.health.drop(columns="message"))
+    return "\n".join(out)
+
+
+def _count(value: str) -> int:
+    count = int(value)
+    if count < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 (all) or more, got {count}")
+    return count
+
+
 def _port(value: str) -> int:
     port = int(value)
     if not 1 <= port <= 65535:
@@ -143,6 +227,15 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("--fail-on", choices=_SEVERITIES, default="error",
                         help="exit 1 when a finding at or above this severity fires (default: error)")
     health.set_defaults(func=_cmd_health)
+
+    comp = sub.add_parser("compare", help="which samples run B fixed and broke against run A, and more")
+    comp.add_argument("run_a", help="the reference run (before), e.g. runs/baseline")
+    comp.add_argument("run_b", help="the run to compare with it (after)")
+    comp.add_argument("--split", default="val", help="evaluated split to compare (default: val)")
+    comp.add_argument("--json", action="store_true", help="print everything as JSON")
+    comp.add_argument("--limit", type=_count, default=10,
+                      help="samples listed per change, largest moves first (default: 10; 0: all)")
+    comp.set_defaults(func=_cmd_compare)
     return parser
 
 

@@ -11,3 +11,8 @@ class RunNotFoundError(DiagnosticsError):
 
 class RunFormatError(DiagnosticsError):
     """The run exists but cannot be read: broken manifest, unknown schema, bad parts."""
+
+
+class ComparisonError(DiagnosticsError):
+    """Two runs cannot be compared: a run has no evaluation of the split, they share no
+    sample id, or their tasks differ."""

@@ -131,3 +131,20 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def health(path: str, version: str):
     return diagnostics.open_run(path).health()
+
+
+@st.cache_data(show_spinner=False, ttl=5)
+def comparable_runs(runs_dir: str, path: str):
+    from diagnostics.compare import comparable_runs as find
+
+    return find(runs_dir, path)
+
+
+@st.cache_data(show_spinner=False, max_entries=16, ttl=60)
+def comparison(path_a: str, version_a: str, path_b: str, version_b: str, split: str):
+    """`diagnostics.compare` of two runs; its warnings are on the result (the page shows them)."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return diagnostics.compare(path_a, path_b, split=split)

@@ -63,3 +63,46 @@ def test_health_exit_code_gates_on_severity(tmp_path):
     text = _cli("health", str(tmp_path / "nan"))
     assert "[error] nonfinite" in text.stdout and "try:" in text.stdout
     assert _cli("health", str(tmp_path / "missing")).returncode == 2
+
+
+def test_compare_prints_the_diff_as_text_and_json(tmp_path):
+    import json
+
+    from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, NAMES, PRED_A, PRED_B, write_run
+
+    a = write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A, class_names=NAMES, config={"lr": 0.1})
+    b = write_run(tmp_path, "better", LABELS, PRED_B, LOSS_B, class_names=NAMES, config={"lr": 0.05})
+    text = _cli("compare", str(a), str(b), "--limit", "1")
+    assert text.returncode == 0, text.stderr
+    assert "accuracy on the shared samples: A 58.3%, B 75.0% (+16.7 points)" in text.stdout
+    assert "fixed 4, broken 2, still wrong 1, still right 5" in text.stdout
+    assert "exact McNemar test, p = 0.688" in text.stdout
+    lines = text.stdout.splitlines()
+    fixed = lines[lines.index("top fixed (by how much the loss fell):") + 2].split()
+    assert fixed == ["s9", "eel", "cat", "eel", "3.0", "0.2"]  # --limit 1: only the largest move
+    assert lines[lines.index("top fixed (by how much the loss fell):") + 3] == ""
+    assert any(line.split()[:3] == ["cat", "4", "50.0%"] for line in lines)  # per-class row
+    assert any(line.split() == ["lr", "0.1", "0.05", "changed", "config"] for line in lines)
+    out = _cli("compare", str(a), str(b), "--json", "--limit", "0")
+    assert out.returncode == 0 and out.stderr == ""
+    report = json.loads(out.stdout)
+    assert (report["summary"]["fixed"], report["summary"]["broken"]) == (4, 2)
+    assert [r["sample_id"] for r in report["broken"]] == ["s7", "s1"]
+    assert [r["name"] for r in report["per_class"]] == NAMES and report["config"][0]["key"] == "lr"
+
+
+def test_compare_says_what_is_wrong_in_one_line(tmp_path):
+    from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, PRED_A, PRED_B, write_run
+
+    a = write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
+    b = write_run(tmp_path, "b", LABELS[1:], PRED_B[1:], LOSS_B[1:], ids=[f"s{i}" for i in range(1, 12)])
+    for args, message in [((str(a), str(b), "--split", "test"), "no evaluation of split 'test'"),
+                          ((str(a), str(tmp_path / "missing")), "no run.json in"),
+                          ((str(a), str(tmp_path)), "no run.json in")]:
+        out = _cli("compare", *args)
+        assert out.returncode == 2 and message in out.stderr
+        assert len(out.stderr.strip().splitlines()) == 1 and out.stdout == ""
+    assert _cli("compare", str(a), str(b), "--limit", "-1").returncode == 2
+    warned = _cli("compare", str(a), str(b), "--json")  # different sets: said on stderr, still compared
+    assert warned.returncode == 0 and "Different evaluation sets" in warned.stderr
+    assert "WARNING: Different evaluation sets" in _cli("compare", str(a), str(b)).stdout

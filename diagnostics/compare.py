@@ -1,0 +1,388 @@
+"""Run comparison: which samples a change fixed and which it broke, and whether that is more
+than chance.
+
+`compare(run_a, run_b)` joins the latest evaluation of one split of two runs on `sample_id`
+and returns a `Comparison`: the per-sample diff, summary numbers with an exact test, a
+per-class table, and what else differs between the runs (config, final scalars, health
+findings). Run A is the reference ("before"), run B the candidate ("after").
+
+    import diagnostics
+    c = diagnostics.compare("runs/baseline", "runs/normalised")
+    c.summary["fixed"], c.summary["broken"], c.summary["p_value"]
+    c.top("broken", limit=10)          # the samples B gets wrong that A got right, worst first
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from diagnostics.exceptions import ComparisonError, DiagnosticsError
+from diagnostics.store import Run, list_runs, open_run
+
+# Regression: a sample counts as improved or worsened when its |error| moves by more than
+# this fraction of run A's median |error| on the shared samples (smaller moves are noise).
+REGRESSION_TOLERANCE = 0.1
+ALPHA = 0.05
+CLASSIFICATION_CHANGES = ("fixed", "broken", "still_wrong", "still_right")
+REGRESSION_CHANGES = ("improved", "worsened", "same")
+# Manifest entries besides `config` that say what a run was (its model, optimiser, loss, seed).
+_MANIFEST_KEYS = ("model_class", "num_parameters", "optimizer", "loss_fn", "seed", "class_names", "git_commit")
+_SAMPLE_COLUMNS = ("step", "label", "prediction", "loss", "correct", "confidence", "residual")
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Run B against run A on one split (what `compare` returns).
+
+    - `samples`: one row per sample evaluated in both runs: sample_id, label, prediction_a/b,
+      loss_a/b, loss_delta (b − a), correct_a/b and confidence_a/b (classification) or
+      residual_a/b, abs_error_a/b and error_delta (regression), and `change`.
+    - `summary`: counts (shared, only_a, only_b, each change), accuracy or MAE of each run on
+      the shared samples, and the exact test (`test`, `p_value`) of fixed vs broken
+      (McNemar) or improved vs worsened (sign test).
+    - `per_class`: class, name, support, recall_a, recall_b, delta, fixed, broken
+      (classification; empty for regression).
+    - `config`: key, value_a, value_b, change (changed / only in A / only in B), source
+      (config or run) for every manifest entry that differs.
+    - `scalars`: name, value_a, value_b, delta, step_a, step_b: the last `loss` and the last
+      value of each `val/...` (and `<split>/...`) scalar.
+    - `health`: rule, layer, severity, only_in (A or B), message: findings one run has and
+      the other has not, matched by rule and layer.
+    - `warnings`: what makes the comparison less than like for like (different evaluation
+      sets, labels that differ for one id), said in full sentences.
+    """
+
+    run_a: str
+    run_b: str
+    split: str
+    task: str
+    samples: pd.DataFrame
+    summary: dict[str, Any]
+    per_class: pd.DataFrame
+    config: pd.DataFrame
+    scalars: pd.DataFrame
+    health: pd.DataFrame
+    warnings: tuple[str, ...] = ()
+
+    def top(self, change: str, limit: int | None = 10) -> pd.DataFrame:
+        """Samples with one `change`, the largest moves first: `fixed`/`improved` by how much
+        the loss (|error|) fell, `broken`/`worsened` by how much it rose."""
+        known = CLASSIFICATION_CHANGES if self.task == "classification" else REGRESSION_CHANGES
+        if change not in known:
+            raise ValueError(f"unknown change {change!r} for a {self.task} comparison — "
+                             f"pick one of {', '.join(known)}")
+        key = "loss_delta" if self.task == "classification" else "error_delta"
+        rows = self.samples[self.samples["change"] == change]
+        rows = rows.sort_values(key, ascending=change in ("fixed", "improved", "still_right"), kind="stable")
+        rows = rows.reset_index(drop=True)
+        return rows if limit is None else rows.head(int(limit))
+
+    def verdict(self, alpha: float = ALPHA) -> str:
+        """One sentence: did B fix more than it broke, beyond chance?"""
+        s = self.summary
+        good, bad = ("fixed", "broken") if self.task == "classification" else ("improved", "worsened")
+        n_good, n_bad = s[good], s[bad]
+        if n_good + n_bad == 0:
+            if self.task == "classification":
+                return "No sample went from wrong to right or back: A and B are right on the same samples."
+            return f"No sample's |error| moved by more than the tolerance ({s['tolerance']:.3g}) between A and B."
+        test = f"{s['test']}, p = {s['p_value']:.3g}"
+        if s["p_value"] < alpha:
+            verbs = ("fixes", "breaks") if good == "fixed" else ("improves", "worsens")
+            more, fewer = verbs if n_good > n_bad else verbs[::-1]
+            return f"B {more} more samples than it {fewer} ({n_good} {good} vs {n_bad} {bad}), beyond chance ({test})."
+        return (f"{n_good} {good} vs {n_bad} {bad}: a difference this size could be chance ({test}, "
+                f"not below {alpha:g}).")
+
+    def to_dict(self, limit: int | None = 10) -> dict[str, Any]:
+        """JSON-ready: summary, verdict, warnings, per-class table, the top `limit` fixed and
+        broken (improved and worsened) samples, all of them with `limit=None`, and the config,
+        scalar and health differences."""
+        changes = CLASSIFICATION_CHANGES[:2] if self.task == "classification" else REGRESSION_CHANGES[:2]
+        return _jsonable({
+            "run_a": self.run_a, "run_b": self.run_b, "split": self.split, "task": self.task,
+            "summary": self.summary, "verdict": self.verdict(), "warnings": list(self.warnings),
+            "per_class": self.per_class.to_dict("records"),
+            **{change: self.top(change, limit).to_dict("records") for change in changes},
+            "config": self.config.to_dict("records"), "scalars": self.scalars.to_dict("records"),
+            "health": self.health.to_dict("records"),
+        })
+
+
+def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, split: str = "val",
+            tolerance: float = REGRESSION_TOLERANCE) -> Comparison:
+    """Compare run B against run A on the latest evaluation of `split` in each.
+
+    Samples are joined on `sample_id`; ids only one run evaluated are counted (and warned
+    about), never compared. Classification: each shared sample is `fixed` (wrong in A, right
+    in B), `broken` (right in A, wrong in B), `still_wrong` or `still_right`, and McNemar's
+    exact test says whether fixed vs broken is more than chance. Regression: a sample is
+    `improved` or `worsened` when its |error| moves by more than `tolerance` × A's median
+    |error|, else `same`, with the same exact (sign) test on improved vs worsened.
+
+    Raises ComparisonError when a run has no evaluation of `split`, the runs share no
+    sample id, or their tasks differ.
+
+        c = compare("runs/baseline", "runs/augmented")
+        print(c.verdict())                  # "B fixes more samples than it breaks (31 fixed vs 9 broken) ..."
+        c.per_class.sort_values("delta")    # which classes got worse
+    """
+    a = run_a if isinstance(run_a, Run) else open_run(run_a)
+    b = run_b if isinstance(run_b, Run) else open_run(run_b)
+    frame_a, frame_b = _evaluated(a, split), _evaluated(b, split)
+    task_a, task_b = _task(a, frame_a), _task(b, frame_b)
+    if task_a != task_b:
+        raise ComparisonError(f"run {a.name} is {task_a} and run {b.name} is {task_b} — "
+                              "compare runs of the same task")
+    notes: list[str] = []
+    frame_a, frame_b = _unique_ids(frame_a, a.name, notes), _unique_ids(frame_b, b.name, notes)
+    ids_a, ids_b = set(frame_a["sample_id"]), set(frame_b["sample_id"])
+    shared = ids_a & ids_b
+    if not shared:
+        raise ComparisonError(
+            f"runs {a.name} and {b.name} share no sample id on split {split!r} ({len(ids_a)} and {len(ids_b)} "
+            "samples) — they were evaluated on different data; pass the same ids to run.evaluate in both")
+    if len(shared) < max(len(ids_a), len(ids_b)):
+        notes.append(
+            f"Different evaluation sets: {len(ids_a) - len(shared)} of {a.name}'s {len(ids_a)} and "
+            f"{len(ids_b) - len(shared)} of {b.name}'s {len(ids_b)} samples are not in the other run; "
+            f"every number here covers the {len(shared)} shared samples only.")
+    joined = frame_a.merge(frame_b, on="sample_id", suffixes=("_a", "_b")).sort_values("sample_id", kind="stable")
+    joined = joined.reset_index(drop=True)
+    mismatched = joined["label_a"].ne(joined["label_b"]) & joined[["label_a", "label_b"]].notna().all(axis=1)
+    if mismatched.any():
+        first = ", ".join(joined.loc[mismatched, "sample_id"].head(3))
+        notes.append(f"{int(mismatched.sum())} shared sample id(s) carry different labels in the two runs "
+                     f"(e.g. {first}): the ids may not name the same samples; each run is scored against "
+                     "its own label.")
+    summary: dict[str, Any] = {
+        "run_a": a.name, "run_b": b.name, "split": split, "task": task_a,
+        "step_a": int(frame_a["step"].max()), "step_b": int(frame_b["step"].max()),
+        "n_a": len(ids_a), "n_b": len(ids_b), "shared": len(shared),
+        "only_a": len(ids_a - shared), "only_b": len(ids_b - shared), "label_mismatches": int(mismatched.sum()),
+        "loss_a": float(joined["loss_a"].mean()), "loss_b": float(joined["loss_b"].mean()),
+    }
+    if task_a == "classification":
+        samples, per_class = _classification(joined, summary, a.manifest)
+    else:
+        samples, per_class = _regression(joined, summary, tolerance), pd.DataFrame(columns=_PER_CLASS_COLUMNS)
+    for note in notes:
+        warnings.warn(note, UserWarning, stacklevel=2)
+    return Comparison(run_a=a.name, run_b=b.name, split=split, task=task_a, samples=samples, summary=summary,
+                      per_class=per_class, config=config_diff(a.manifest, b.manifest),
+                      scalars=scalar_diff(a, b, split), health=health_diff(a.health(), b.health()),
+                      warnings=tuple(notes))
+
+
+def mcnemar_p(fixed: int, broken: int) -> float:
+    """Two-sided exact McNemar p-value: the chance of a split of the fixed + broken samples at
+    least this uneven if fixing and breaking were equally likely (a binomial test at 1/2)."""
+    # P(X <= k) for X ~ Binomial(n, 1/2), via the incomplete beta function: scipy.special
+    # imports in a fraction of the time scipy.stats takes, and only when a comparison runs
+    from scipy.special import betainc
+
+    n, k = int(fixed) + int(broken), min(int(fixed), int(broken))
+    if n == 0 or 2 * k >= n:
+        return 1.0
+    return float(min(1.0, 2.0 * betainc(n - k, k + 1, 0.5)))
+
+
+def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> pd.DataFrame:
+    """The other runs of `folder` that `run` can be compared with: readable, with an evaluation,
+    of the same task when both say. One row per run (name, path, created_at, splits), most
+    recent first."""
+    me = run if isinstance(run, Run) else open_run(run)
+    rows = []
+    for row in list_runs(folder).itertuples():
+        if row.state == "broken" or Path(row.path).resolve() == me.path.resolve():
+            continue
+        try:
+            evaluations = open_run(row.path).manifest.get("evaluations") or []
+        except DiagnosticsError:  # broken since it was listed
+            continue
+        splits = list(dict.fromkeys(e.get("split") for e in evaluations if e.get("split")))
+        if splits and (row.task is None or me.manifest.get("task") is None or row.task == me.manifest.get("task")):
+            rows.append({"name": row.name, "path": row.path, "created_at": row.created_at, "splits": splits})
+    frame = pd.DataFrame(rows, columns=["name", "path", "created_at", "splits"])
+    return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
+
+
+# -- the per-sample diff ----------------------------------------------------------------------
+
+_PER_CLASS_COLUMNS = ["class", "name", "support", "recall_a", "recall_b", "delta", "fixed", "broken"]
+
+
+def _evaluated(run: Run, split: str) -> pd.DataFrame:
+    frame = run.samples(split, columns=_SAMPLE_COLUMNS)
+    if frame.empty:
+        splits = sorted({str(e.get("split")) for e in run.manifest.get("evaluations") or []})
+        hint = f"its evaluated splits: {', '.join(splits)}" if splits else "it has no evaluation at all"
+        raise ComparisonError(f"run {run.name} has no evaluation of split {split!r} ({hint}) — record one with "
+                              f"run.evaluate(loader, split={split!r}) or compare another split")
+    return frame.assign(sample_id=frame["sample_id"].astype(str))
+
+
+def _task(run: Run, frame: pd.DataFrame) -> str:
+    task = run.manifest.get("task")
+    if task in ("classification", "regression"):
+        return task
+    return "regression" if frame["residual"].notna().any() and frame["correct"].isna().all() else "classification"
+
+
+def _unique_ids(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFrame:
+    dup = frame["sample_id"].duplicated()
+    if dup.any():
+        notes.append(f"Run {name} evaluated {int(dup.sum())} sample id(s) more than once in one evaluation "
+                     "(no ids passed to run.evaluate?); the first row of each is used.")
+        frame = frame[~dup]
+    return frame
+
+
+def _correct(joined: pd.DataFrame, side: str) -> np.ndarray:
+    correct = joined[f"correct_{side}"].to_numpy(dtype=float)
+    fallback = (joined[f"prediction_{side}"] == joined[f"label_{side}"]).to_numpy(dtype=float)
+    return np.where(np.isfinite(correct), correct, fallback) > 0.5
+
+
+def _classification(joined: pd.DataFrame, summary: dict, manifest: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    right_a, right_b = _correct(joined, "a"), _correct(joined, "b")
+    change = np.select([~right_a & right_b, right_a & ~right_b, ~right_a & ~right_b],
+                       ["fixed", "broken", "still_wrong"], "still_right")
+    samples = pd.DataFrame({
+        "sample_id": joined["sample_id"], "label": joined["label_a"],
+        "prediction_a": joined["prediction_a"], "prediction_b": joined["prediction_b"],
+        "loss_a": joined["loss_a"], "loss_b": joined["loss_b"], "loss_delta": joined["loss_b"] - joined["loss_a"],
+        "correct_a": right_a, "correct_b": right_b,
+        "confidence_a": joined["confidence_a"], "confidence_b": joined["confidence_b"], "change": change})
+    counts = {c: int((change == c).sum()) for c in CLASSIFICATION_CHANGES}
+    summary.update(accuracy_a=float(right_a.mean()), accuracy_b=float(right_b.mean()),
+                   accuracy_delta=float(right_b.mean() - right_a.mean()), **counts,
+                   test="exact McNemar test", p_value=mcnemar_p(counts["fixed"], counts["broken"]))
+
+    names = manifest.get("class_names") or []
+    labels = samples["label"].to_numpy(dtype=float)
+    known = labels[np.isfinite(labels)].astype(np.int64)
+    k = max(len(names), int(manifest.get("num_classes") or 0), int(known.max()) + 1 if known.size else 0)
+    rows = []
+    for c in range(k):
+        of = labels == c
+        support = int(of.sum())
+        recall_a = float(right_a[of].mean()) if support else math.nan
+        recall_b = float(right_b[of].mean()) if support else math.nan
+        rows.append({"class": c, "name": str(names[c]) if c < len(names) else str(c), "support": support,
+                     "recall_a": recall_a, "recall_b": recall_b, "delta": recall_b - recall_a,
+                     "fixed": int((of & (change == "fixed")).sum()), "broken": int((of & (change == "broken")).sum())})
+    return samples, pd.DataFrame(rows, columns=_PER_CLASS_COLUMNS)
+
+
+def _regression(joined: pd.DataFrame, summary: dict, tolerance: float) -> pd.DataFrame:
+    def abs_error(side: str) -> pd.Series:
+        resid = joined[f"residual_{side}"].astype(float)
+        return resid.where(resid.notna(), joined[f"prediction_{side}"] - joined[f"label_{side}"]).abs()
+
+    err_a, err_b = abs_error("a"), abs_error("b")
+    median_a = float(err_a.median())
+    tol = tolerance * median_a if math.isfinite(median_a) else 0.0
+    delta = err_b - err_a
+    change = np.select([delta < -tol, delta > tol], ["improved", "worsened"], "same")
+    samples = pd.DataFrame({
+        "sample_id": joined["sample_id"], "label": joined["label_a"],
+        "prediction_a": joined["prediction_a"], "prediction_b": joined["prediction_b"],
+        "loss_a": joined["loss_a"], "loss_b": joined["loss_b"], "loss_delta": joined["loss_b"] - joined["loss_a"],
+        "residual_a": joined["residual_a"], "residual_b": joined["residual_b"],
+        "abs_error_a": err_a, "abs_error_b": err_b, "error_delta": delta, "change": change})
+    counts = {c: int((change == c).sum()) for c in REGRESSION_CHANGES}
+    summary.update(mae_a=float(err_a.mean()), mae_b=float(err_b.mean()), mae_delta=float(err_b.mean() - err_a.mean()),
+                   tolerance=tol, **counts, test="exact sign test",
+                   p_value=mcnemar_p(counts["improved"], counts["worsened"]))
+    return samples
+
+
+# -- what else differs ------------------------------------------------------------------------
+
+def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def config_diff(manifest_a: dict, manifest_b: dict) -> pd.DataFrame:
+    """Manifest entries that differ: every key of `config` (nested dicts as dotted keys), then
+    the model class, parameter count, optimiser, loss, seed, class names and git commit."""
+    rows = []
+    for source, a, b in (("config", _flatten(manifest_a.get("config") or {}), _flatten(manifest_b.get("config") or {})),
+                         ("run", {k: manifest_a.get(k) for k in _MANIFEST_KEYS if k in manifest_a},
+                          {k: manifest_b.get(k) for k in _MANIFEST_KEYS if k in manifest_b})):
+        for key in dict.fromkeys([*a, *b]):
+            if key in a and key in b:
+                if _canonical(a[key]) == _canonical(b[key]):
+                    continue
+                change = "changed"
+            else:
+                change = "only in A" if key in a else "only in B"
+            rows.append({"key": key, "value_a": a.get(key), "value_b": b.get(key), "change": change, "source": source})
+    return pd.DataFrame(rows, columns=["key", "value_a", "value_b", "change", "source"])
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def scalar_diff(run_a: Run, run_b: Run, split: str = "val") -> pd.DataFrame:
+    """The last value of `loss` and of every `val/...` and `<split>/...` scalar in each run."""
+    def last(run: Run) -> pd.DataFrame:
+        s = run.scalars()
+        s = s[(s["name"] == "loss") | s["name"].str.startswith(("val/", f"{split}/"))]
+        s = s[s["rank"] == s["rank"].min()] if not s.empty else s
+        return s.sort_values("step").groupby("name").tail(1).set_index("name")[["value", "step"]]
+
+    la, lb = last(run_a), last(run_b)
+    names = sorted(set(la.index) | set(lb.index), key=lambda n: (n != "loss", n))
+    la, lb = la.reindex(names), lb.reindex(names)
+    return pd.DataFrame({"name": names, "value_a": la["value"].to_numpy(dtype=float),
+                         "value_b": lb["value"].to_numpy(dtype=float),
+                         "delta": (lb["value"] - la["value"]).to_numpy(dtype=float),
+                         "step_a": la["step"].astype("Int64").to_numpy(),
+                         "step_b": lb["step"].astype("Int64").to_numpy()})
+
+
+def health_diff(findings_a: list, findings_b: list) -> pd.DataFrame:
+    """Health findings (from `Run.health()`) that one run has and the other has not, matched
+    by rule and layer: a fix that cured dead units shows as `only_in` A."""
+    keys_a = {(f.rule, f.layer) for f in findings_a}
+    keys_b = {(f.rule, f.layer) for f in findings_b}
+    rows = [{"rule": f.rule, "layer": f.layer, "severity": f.severity, "only_in": side, "message": f.message}
+            for side, findings, other in (("A", findings_a, keys_b), ("B", findings_b, keys_a))
+            for f in findings if (f.rule, f.layer) not in other]
+    return pd.DataFrame(rows, columns=["rule", "layer", "severity", "only_in", "message"])
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {str(k): _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [_jsonable(v) for v in obj]
+    if obj is None or obj is pd.NA or obj is pd.NaT:
+        return None
+    if isinstance(obj, (bool, np.bool_)):
+        return bool(obj)
+    if isinstance(obj, (int, np.integer)):
+        return int(obj)
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, str):
+        return obj
+    return str(obj)

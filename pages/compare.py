@@ -1,0 +1,145 @@
+"""Compare runs: which samples run B fixed and which it broke against run A (the run picked in
+the sidebar), whether that is more than chance, per class, and what else differs."""
+
+import pandas as pd
+import streamlit as st
+
+import diagnostics
+from diagnostics import compare_figures
+from diagnostics.compare import ALPHA
+from pages import _shared
+
+run = _shared.current_run()
+st.title("Compare runs")
+runs_dir = st.session_state.get("runs_dir", str(run.path.parent))
+evaluated = list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or []))
+if not evaluated:
+    st.info(f"Run A ({run.name}, picked in the sidebar) has no evaluation to compare. Add "
+            "`run.evaluate(val_loader, split=\"val\")` after training to record one row per sample, or pick an "
+            "evaluated run in the sidebar.")
+    st.stop()
+others = _shared.comparable_runs(runs_dir, str(run.path))
+if others.empty:
+    st.info(f"Nothing to compare {run.name} with: comparing needs a second run of the same task with an "
+            f"evaluation in `{runs_dir}`. Train the changed model with `hooks.watch(..., run_dir=...)` and call "
+            "`run.evaluate(val_loader, split=\"val\")` on the same samples (same ids) as this run, then pick it "
+            "here.")
+    st.stop()
+
+left, right = st.columns([3, 1])
+names = others["name"].tolist()
+name_b = left.selectbox("Run B, compared with run A (the run picked in the sidebar)", names, index=0,
+                        key=f"compare_b_{run.name}", help="Other evaluated runs of this folder, most recent first.")
+row_b = others.iloc[names.index(name_b)]
+splits = [s for s in evaluated if s in row_b["splits"]]
+if not splits:
+    st.info(f"{run.name} and {name_b} have no evaluated split in common ({run.name}: {', '.join(evaluated)}; "
+            f"{name_b}: {', '.join(row_b['splits'])}). Evaluate both on the same split to compare them.")
+    st.stop()
+split = right.selectbox("Split", splits, index=splits.index("val") if "val" in splits else 0,
+                        key=f"compare_split_{name_b}")
+path_a, path_b = str(run.path), str(row_b["path"])
+try:
+    c = _shared.comparison(path_a, run.data_version(), path_b, diagnostics.open_run(path_b).data_version(), split)
+except diagnostics.DiagnosticsError as exc:
+    st.error(f"These runs cannot be compared: {exc}")
+    st.stop()
+s = c.summary
+classification = c.task == "classification"
+st.caption(f"A = **{c.run_a}** (evaluated at step {s['step_a']}), B = **{c.run_b}** (step {s['step_b']}); "
+           f"split {split}, {c.task}.")
+for note in c.warnings:
+    st.warning(note, icon=":material/warning:")
+
+# -- headline -----------------------------------------------------------------------------
+cols = st.columns(6)
+cols[0].metric("Samples in both", f"{s['shared']:,}",
+               help=f"{s['only_a']} only in A, {s['only_b']} only in B: every number here covers the shared ones")
+if classification:
+    cols[1].metric("Accuracy A", f"{s['accuracy_a']:.1%}")
+    cols[2].metric("Accuracy B", f"{s['accuracy_b']:.1%}", delta=f"{100 * s['accuracy_delta']:+.1f} points")
+    good, bad = "fixed", "broken"
+else:
+    cols[1].metric("MAE A", f"{s['mae_a']:.4g}")
+    cols[2].metric("MAE B", f"{s['mae_b']:.4g}", delta=f"{s['mae_delta']:+.3g}", delta_color="inverse")
+    good, bad = "improved", "worsened"
+cols[3].metric(good.capitalize(), f"{s[good]:,}", help="wrong in A, right in B" if classification else
+               f"|error| fell by more than {s['tolerance']:.3g} (10% of A's median |error|)")
+cols[4].metric(bad.capitalize(), f"{s[bad]:,}", help="right in A, wrong in B" if classification else
+               f"|error| rose by more than {s['tolerance']:.3g}")
+cols[5].metric("p-value", f"{s['p_value']:.3g}", help=f"{s['test']} of {good} against {bad}: the chance of a split "
+               "at least this uneven if B were no better and no worse than A")
+verdict = c.verdict()
+if s["p_value"] < ALPHA:
+    (st.success if s[good] > s[bad] else st.error)(verdict)
+else:
+    st.info(verdict)
+
+# -- charts -------------------------------------------------------------------------------
+if classification:
+    chart_left, chart_right = st.columns(2)
+    chart_left.plotly_chart(compare_figures.class_delta_figure(c.per_class), key="compare_classes")
+    chart_right.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+else:
+    st.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+
+# -- the samples that changed -------------------------------------------------------------
+st.subheader(f"{good.capitalize()} and {bad} samples")
+changed = pd.concat([c.top(good, limit=None), c.top(bad, limit=None)], ignore_index=True)
+if changed.empty:
+    st.info(f"No shared sample was {good} or {bad}.")
+else:
+    class_names = run.manifest.get("class_names")
+    shown = (lambda v: _shared.class_label(class_names, v)) if classification else (lambda v: v)  # noqa: E731
+    what = "loss" if classification else "abs_error"
+    table = changed[["sample_id", "change"]].assign(
+        label=changed["label"].map(shown), prediction_a=changed["prediction_a"].map(shown),
+        prediction_b=changed["prediction_b"].map(shown), **{f"{what}_a": changed[f"{what}_a"],
+                                                            f"{what}_b": changed[f"{what}_b"]})
+    st.caption(f"{len(changed):,} samples{' (the first 1,000 shown)' if len(changed) > 1000 else ''}, {good} first, "
+               f"each group by how much the {'loss' if classification else '|error|'} moved. Select a row to open it "
+               "in Sample detail.")
+    number = st.column_config.NumberColumn(format="%.3f")
+    numbers = [f"{what}_a", f"{what}_b"] + ([] if classification else ["label", "prediction_a", "prediction_b"])
+    event = st.dataframe(table.head(1000), hide_index=True, on_select="rerun", selection_mode="single-row",
+                         key="compare_table", column_config=dict.fromkeys(numbers, number))
+    picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
+    for col, (label, path, name) in zip(st.columns(2), (("A", path_a, c.run_a), ("B", path_b, c.run_b))):
+        if col.button(f"Open in Sample detail, as run {label} ({name}) saw it", disabled=not picked,
+                      key=f"compare_open_{label}"):
+            st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], split
+            st.session_state["run_path"] = path  # the sidebar picker follows
+            st.switch_page("pages/sample.py", query_params={"run": name})
+
+# -- what else differs --------------------------------------------------------------------
+tabs = st.tabs((["Per class"] if classification else []) + ["Configuration", "Final scalars", "Health findings"])
+config_tab, scalar_tab, health_tab = tabs[-3:]
+if classification:
+    with tabs[0]:
+        percent = {col: 100 * c.per_class[col] for col in ("recall_a", "recall_b", "delta")}
+        st.dataframe(c.per_class.assign(**percent), hide_index=True, key="compare_classes_table",
+                     column_config={"recall_a": st.column_config.NumberColumn("recall A", format="%.1f%%"),
+                                    "recall_b": st.column_config.NumberColumn("recall B", format="%.1f%%"),
+                                    "delta": st.column_config.NumberColumn("B − A (points)", format="%+.1f")})
+with config_tab:
+    if c.config.empty:
+        st.info("The runs' config and model, optimiser, loss and seed are the same.")
+    else:
+        as_text = lambda v: "—" if v is None else str(v)  # noqa: E731  (mixed types: one column of text)
+        st.dataframe(c.config.assign(value_a=c.config["value_a"].map(as_text),
+                                     value_b=c.config["value_b"].map(as_text)),
+                     hide_index=True, key="compare_config")
+with scalar_tab:
+    if c.scalars.empty:
+        st.info("Neither run logged a loss or val/ scalars.")
+    else:
+        st.dataframe(c.scalars, hide_index=True, key="compare_scalars")
+        st.caption("The last value of each: the training loss and what run.evaluate (or run.log_scalar) logged "
+                   "under val/.")
+with health_tab:
+    if c.health.empty:
+        st.info("Both runs have the same health findings (by rule and layer); see the Health page for them.")
+    else:
+        runs = {"A": f"A ({c.run_a})", "B": f"B ({c.run_b})"}
+        st.dataframe(c.health.assign(only_in=c.health["only_in"].map(runs)), hide_index=True, key="compare_health")
+        st.caption("A finding only in A is one that B no longer shows; only in B, one that B brought.")

@@ -1,0 +1,147 @@
+"""The Compare runs page through Streamlit's AppTest, over hand-built runs with known counts."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+
+from diagnostics.store import RunWriter
+from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, NAMES, PRED_A, PRED_B, write_run
+
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+PAGE = "pages/compare.py"
+
+
+def _open(monkeypatch, runs_dir, run_name: str | None = None) -> AppTest:
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=60)
+    if run_name is not None:
+        at.query_params["run"] = run_name
+    at.run()
+    at.switch_page(PAGE).run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _charts(at: AppTest) -> list[dict]:
+    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+
+
+def _metrics(at: AppTest) -> dict[str, tuple[str, str]]:
+    return {m.label: (m.value, m.proto.delta) for m in at.metric}
+
+
+@pytest.fixture()
+def folder(tmp_path):
+    write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A, class_names=NAMES, config={"lr": 0.1})
+    write_run(tmp_path, "old", LABELS, PRED_A, LOSS_A, class_names=NAMES)
+    write_run(tmp_path, "better", LABELS, PRED_B, LOSS_B, class_names=NAMES, config={"lr": 0.05},
+              extra_splits=("test",))
+    return tmp_path
+
+
+def test_page_compares_the_sidebar_run_with_the_most_recent_other_one(monkeypatch, folder):
+    at = _open(monkeypatch, folder, "base")
+    assert not at.error, [e.value for e in at.error]
+    assert at.selectbox(key="compare_b_base").value == "better"  # most recent other run
+    assert at.selectbox(key="compare_b_base").options == ["better", "old"]
+    metrics = _metrics(at)
+    assert metrics["Samples in both"][0] == "12"
+    assert metrics["Accuracy A"][0] == "58.3%" and metrics["Accuracy B"] == ("75.0%", "+16.7 points")
+    assert metrics["Fixed"][0] == "4" and metrics["Broken"][0] == "2"
+    assert metrics["p-value"][0] == "0.688"
+    assert any("could be chance" in i.value for i in at.info)
+    charts = _charts(at)
+    assert len(charts) == 2
+    for spec in charts:  # no empty chart
+        assert any(t.get("y") is not None for t in spec["data"]), spec["layout"]["title"]
+    scatter = next(c for c in charts if "A vs B" in c["layout"]["title"]["text"])
+    assert {t["name"] for t in scatter["data"]} >= {"fixed (4)", "broken (2)", "still wrong (1)", "still right (5)"}
+    table = at.dataframe(key="compare_table").value
+    assert table["change"].tolist() == ["fixed"] * 4 + ["broken"] * 2
+    assert table["label"].iloc[0] == "eel"  # class names, not indices
+    config = next(d.value for d in at.dataframe if "change" in d.value and "key" in d.value)
+    assert config.set_index("key").loc["lr", ["value_a", "value_b"]].tolist() == ["0.1", "0.05"]
+    assert at.button(key="compare_open_A").disabled and at.button(key="compare_open_B").disabled  # none selected
+
+
+def test_page_switches_run_b_and_split(monkeypatch, folder):
+    at = _open(monkeypatch, folder, "better")
+    at.selectbox(key="compare_b_better").set_value("base").run()
+    assert at.selectbox(key="compare_split_base").options == ["val"]
+    at.selectbox(key="compare_b_better").set_value("old").run()
+    assert not at.exception
+    metrics = _metrics(at)
+    assert metrics["Accuracy B"] == ("58.3%", "-16.7 points")  # A is better here: B = old
+    assert metrics["Fixed"][0] == "2" and metrics["Broken"][0] == "4"
+
+
+def test_page_warns_about_different_evaluation_sets(monkeypatch, tmp_path):
+    write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
+    write_run(tmp_path, "b", LABELS[2:], PRED_B[2:], LOSS_B[2:], ids=[f"s{i}" for i in range(2, 12)])
+    at = _open(monkeypatch, tmp_path, "a")
+    assert any("Different evaluation sets" in w.value for w in at.warning)
+    assert _metrics(at)["Samples in both"][0] == "10"
+
+
+def test_page_compares_regression_runs(monkeypatch, tmp_path):
+    labels = [1.0, 2.0, 3.0, 4.0]
+    write_run(tmp_path, "a", labels, [1.5, 2.5, 3.5, 4.5], [0.25] * 4, task="regression")
+    write_run(tmp_path, "b", labels, [1.1, 2.9, 3.5, 4.0], [0.01, 0.81, 0.25, 0.0], task="regression")
+    at = _open(monkeypatch, tmp_path, "a")
+    assert not at.error, [e.value for e in at.error]
+    metrics = _metrics(at)
+    assert metrics["MAE A"][0] == "0.5" and metrics["MAE B"][0] == "0.375"
+    assert metrics["Improved"][0] == "2" and metrics["Worsened"][0] == "1"
+    charts = _charts(at)
+    assert len(charts) == 1 and "|error|" in charts[0]["layout"]["title"]["text"]
+
+
+def test_page_explains_a_folder_with_one_evaluated_run(monkeypatch, tmp_path):
+    write_run(tmp_path, "only", LABELS, PRED_A, LOSS_A)
+    RunWriter(tmp_path / "plain", {"name": "plain", "task": "classification"}).close()
+    write_run(tmp_path, "reg", [1.0], [2.0], [1.0], task="regression")  # another task: not comparable
+    at = _open(monkeypatch, tmp_path, "only")
+    assert any("Nothing to compare only with" in i.value and "run.evaluate" in i.value for i in at.info)
+    assert not at.get("plotly_chart") and not at.error
+
+
+def test_page_explains_a_run_without_evaluation(monkeypatch, folder):
+    RunWriter(folder / "plain", {"name": "plain", "task": "classification"}).close()
+    at = _open(monkeypatch, folder, "plain")
+    assert any("has no evaluation to compare" in i.value for i in at.info)
+    assert not at.get("plotly_chart")
+
+
+def test_page_explains_runs_without_a_common_split(monkeypatch, tmp_path):
+    write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
+    write_run(tmp_path, "b", LABELS, PRED_B, LOSS_B, split="test")
+    at = _open(monkeypatch, tmp_path, "a")
+    assert any("no evaluated split in common" in i.value for i in at.info)
+    assert not at.get("plotly_chart") and not at.exception
+
+
+def test_page_explains_an_empty_folder_and_a_broken_run(monkeypatch, tmp_path, folder):
+    at = _open(monkeypatch, tmp_path / "empty")
+    assert any("No runs in" in i.value for i in at.info)
+    shutil.copytree(folder / "base", folder / "broken")
+    (folder / "broken" / "run.json").write_text("{not json")
+    at = _open(monkeypatch, folder, "broken")
+    assert any("cannot be shown" in e.value for e in at.error)
+    assert not at.get("plotly_chart")
+
+
+def test_a_selected_sample_opens_in_sample_detail_as_run_b_saw_it(monkeypatch, folder):
+    at = _open(monkeypatch, folder, "base")
+    first = at.dataframe(key="compare_table").value["sample_id"].iloc[0]
+    at.session_state["compare_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    at.button(key="compare_open_B").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [t.value for t in at.title] == ["Sample detail"]
+    assert at.session_state["run_path"] == str(folder / "better") and at.session_state["sample_id"] == first
+    assert at.query_params["run"] == "better"  # the sidebar picker shows run B
