@@ -286,16 +286,18 @@ def test_update_ratio_grad_norm_clipping_and_unit_activity(tmp_path):
     assert r.manifest["output_shapes"]["4"] == [64, 3]
 
 
-def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path):
-    """Above SAMPLE elements the update is summarised on a fixed sample of positions
+@pytest.mark.parametrize("make_opt", [lambda ps: torch.optim.Adam(ps, lr=1e-3),
+                                      lambda ps: torch.optim.SGD(ps, lr=0.05, momentum=0.9)], ids=["adam", "sgd"])
+def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path, make_opt):
+    """Above UPDATE_SAMPLE elements the update is summarised on a fixed sample of positions
     (a full copy of every weight would double the parameters' memory): its norm, hence
     the update ratio, is then an estimate; here within 3% of the exact one."""
-    from hooks.summarize import SAMPLE
+    from hooks.watcher import UPDATE_SAMPLE
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
-    assert model[0].weight.numel() > 10 * SAMPLE
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    assert model[0].weight.numel() > 20 * UPDATE_SAMPLE
+    opt = make_opt(model.parameters())
     crit = nn.CrossEntropyLoss()
     x, y = torch.randn(32, 300), torch.randint(0, 4, (32,))
     exact = []
@@ -311,7 +313,7 @@ def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path):
     np.testing.assert_allclose(ratios["ratio"], exact, rtol=0.03)
     upd = r.distributions("update", layers=["0.weight"])
     assert (upd["count"] == model[0].weight.numel()).all()
-    assert (upd["hist_counts"].map(sum) <= SAMPLE).all()
+    assert (upd["hist_counts"].map(sum) <= UPDATE_SAMPLE).all()
 
 
 def test_default_schedule_is_auto_and_dense_at_the_start(tmp_path):
