@@ -108,8 +108,8 @@ class DiagnosticsCallback(pl.Callback):
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self._batch_losses, self._step_losses = [], []
         try:
-            # Lightning calls optimizer.step(closure): watch runs the closure before its
-            # step hooks (hooks.watcher._closure_first), so they see this step's gradients
+            # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
+            # hooks run right after it (hooks.watcher._on_step_pre) and see this step's gradients
             if loss_module is not None:
                 self._handles.append(loss_module.register_forward_hook(partial(_on_loss_module, self)))
             self.run = hooks.watch(pl_module, optimizer=optimizer, **options)

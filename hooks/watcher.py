@@ -163,6 +163,7 @@ class WatchedRun:
         self.step = 0
         self._step_started = time.perf_counter()
         self._own_s = 0.0  # time the always-on hooks took in this step
+        self._norm_recorded = False
         self.task = task
         self._model_ref = weakref.ref(model)
         self._model: nn.Module | None = model  # kept alive while the run is open; dropped at close
@@ -189,6 +190,8 @@ class WatchedRun:
             self.path = _broadcast_path(self.path)
         modules, params = _model_summary(model)
         self._param_names = {p: n for n, p in model.named_parameters()}
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        self._probe = max(trainable, key=lambda p: p.numel()) if trainable else None
         self._writer = RunWriter(
             self.path,
             {
@@ -242,9 +245,6 @@ class WatchedRun:
                 for p in model.parameters():
                     if p.requires_grad:
                         self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
-                # first: a closure-based step (LBFGS, Lightning) computes its gradients inside
-                # step(); running the closure here lets the next hook see this step's gradients
-                self._handles.append(optimizer.register_step_pre_hook(_closure_first))
                 self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
                 self._handles.append(optimizer.register_step_post_hook(partial(_on_step_post, me)))
             else:
@@ -339,6 +339,7 @@ class WatchedRun:
         self._own_s = 0.0
         self._step_started = now
         self.step += 1
+        self._norm_recorded = False
         self._capturing = self.schedule.should_capture(self.step)
         self._seen.clear()
 
@@ -581,6 +582,7 @@ class WatchedRun:
         if model is not None:
             _WATCHED.discard(model)
         self._param_names = {}
+        self._probe = None
         self._model = None
         if self._pending or self._step_losses:
             self._end_step()
@@ -662,53 +664,45 @@ def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
     # The gradient as backward left it (before any clipping), read while it is still in
     # cache; the last call of a step wins. Always on: its time is charged to the budget.
     started = time.perf_counter()
-    grad = param.grad
-    run._backward_norms[param] = torch.linalg.vector_norm(grad, dtype=None if grad.dtype == torch.float64 else torch.float32)
+    grad = param.grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
+    wide = grad.dtype == torch.float64 or grad.is_complex()
+    run._backward_norms[param] = torch.linalg.vector_norm(grad, dtype=None if wide else torch.float32).real
     run._own_s += time.perf_counter() - started
 
 
-def _closure_first(optimizer: torch.optim.Optimizer, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-    """Run the step's closure before the other step pre-hooks, so they see this step's gradients.
+def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+    """Before `optimizer.step()`: the gradient norm and, on capture steps, weights, gradients
+    and the sample of each weight the update is measured against.
 
-    `optimizer.step(closure)` (LBFGS; Lightning's automatic optimisation) runs forward and
-    backward inside `step`, after the pre-hooks: they would record the previous step's
-    gradients, and the gradient norm would land on the next step. Here the closure runs
-    first and `step` gets its result back on its first call; later calls (LBFGS
-    re-evaluates during its line search) run the closure again. Same operations, same
-    order, so training is unchanged. `args` holds the optimizer itself first.
+    With a closure (`optimizer.step(closure)`: LBFGS, SAM, Lightning) forward and backward
+    run inside `step`, after this hook: the closure is wrapped so that this work happens
+    right after its first call, when this step's gradients exist and before the optimizer
+    has changed anything. The closure itself runs when and as often as the optimizer calls
+    it, so training is unchanged. `args` holds the optimizer itself first.
     """
     closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
-    if closure is None:
+    if not callable(closure):
+        _before_update(run, optimizer)
         return None
-    with torch.enable_grad():
-        first = closure()
-    calls = 0
+    called = False
 
-    def closure_once_more() -> Any:
-        nonlocal calls
-        calls += 1
-        return first if calls == 1 else closure()
+    def closure_then_record() -> Any:
+        nonlocal called
+        result = closure()
+        if not called:
+            called = True
+            _before_update(run, optimizer)
+        return result
 
     if "closure" in kwargs:
-        return args, {**kwargs, "closure": closure_once_more}
-    return (args[0], closure_once_more, *args[2:]), kwargs
+        return args, {**kwargs, "closure": closure_then_record}
+    return (args[0], closure_then_record, *args[2:]), kwargs
 
 
-def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
+def _before_update(run: WatchedRun, optimizer) -> None:
     started = time.perf_counter()
     with torch.no_grad():
-        if run._backward_norms:
-            # Global L2 norm of the gradients as backward produced them. The user's loop
-            # clipped them if the largest parameter gradient shrank since (clip_grad_norm_
-            # scales all by one factor): checking one costs one norm, not a second pass.
-            params, values = list(run._backward_norms), torch.stack(list(run._backward_norms.values()))
-            produced = torch.linalg.vector_norm(values)
-            largest = int(torch.argmax(values))
-            probe, before = params[largest], values[largest]
-            now = (torch.linalg.vector_norm(probe.grad.detach().float()) if probe.grad is not None
-                   else torch.zeros((), device=before.device))
-            run._grad_norms.append((run.step, produced, now < before * (1 - 1e-4)))
-            run._backward_norms = {}
+        _record_grad_norm(run)
         if not run._capturing:
             run._own_s += time.perf_counter() - started
             return
@@ -726,18 +720,43 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> None:
                     run._before_step[name] = (p, _strided(p.detach().reshape(-1), UPDATE_SAMPLE).clone())
 
 
+def _record_grad_norm(run: WatchedRun) -> None:
+    """Global L2 norm of the gradients as backward produced them, and whether the loop
+    clipped them: clip_grad_norm_ scales every gradient by one factor, so the probe (the
+    largest trainable parameter, fixed: choosing by value would sync with the device)
+    shrinking since backward says so, for one norm instead of a second pass."""
+    if not run._backward_norms or run._norm_recorded:
+        return
+    norms = run._backward_norms
+    run._backward_norms = {}
+    run._norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
+    produced = torch.linalg.vector_norm(torch.stack([v.double() for v in norms.values()]))
+    probe = run._probe if run._probe in norms else next(iter(norms))
+    before = norms[probe]
+    grad = probe.grad
+    if grad is None:
+        now = torch.zeros((), device=before.device, dtype=before.dtype)
+    else:
+        wide = grad.dtype == torch.float64 or grad.is_complex()
+        now = torch.linalg.vector_norm(grad.detach(), dtype=None if wide else torch.float32).real
+    run._grad_norms.append((run.step, produced.float(), now < before * (1 - 1e-4)))
+
+
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
     started = time.perf_counter()
     groups = optimizer.param_groups
     lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
     run._writer.add_scalars(run.step, {k: float(v) for k, v in lrs.items()})
-    if run._before_step:
-        with torch.no_grad():
-            for name, (p, before) in run._before_step.items():
-                after = _strided(p.detach().reshape(-1), UPDATE_SAMPLE)
-                # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
-                run._add(name, "update", p.numel(), summarize(after.float() - before.float(), sampled=True)[1])
-        run._before_step = {}
+    with torch.no_grad():
+        _record_grad_norm(run)  # a closure the optimizer never called: the norm lands on this step
+        run._backward_norms = {}
+        for name, (p, before) in run._before_step.items():
+            after = _strided(p.detach().reshape(-1), UPDATE_SAMPLE)
+            if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays
+                after, before = after.float(), before.float()
+            # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
+            run._add(name, "update", p.numel(), summarize(after - before, sampled=True)[1])
+    run._before_step = {}
     if not run._capturing:
         run._own_s += time.perf_counter() - started
     run._end_step()

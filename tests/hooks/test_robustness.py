@@ -326,3 +326,79 @@ def test_closure_optimizer_records_each_steps_own_gradients(tmp_path):
     assert sorted(pg["step"].unique()) == [0, 1, 2]  # step 0 too: gradients existed before step()
     act = r.distributions("activation")
     assert sorted(act["step"].unique()) == [0, 1, 2]
+
+
+class SAM(torch.optim.Optimizer):
+    """Sharpness-aware minimisation's pattern: the user's backward gives the gradient at w;
+    step() moves to w + ρ·g/|g|, re-evaluates there through the closure, comes back to w
+    and takes the base step with the gradient from the perturbed point."""
+
+    def __init__(self, params, lr=0.1, rho=0.05):
+        super().__init__(params, dict(lr=lr, rho=rho))
+
+    @torch.no_grad()
+    def step(self, closure):
+        params = [p for g in self.param_groups for p in g["params"] if p.grad is not None]
+        norm = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))
+        shifts = [p.grad * (self.param_groups[0]["rho"] / norm) for p in params]
+        for p, e in zip(params, shifts):
+            p.add_(e)
+        self.zero_grad()
+        with torch.enable_grad():
+            closure()
+        for p, e in zip(params, shifts):
+            p.sub_(e)
+            p.add_(p.grad, alpha=-self.param_groups[0]["lr"])
+
+
+class IgnoresClosure(torch.optim.SGD):
+    """An optimizer whose step takes a closure argument and never calls it."""
+
+    def step(self, closure=None):
+        return super().step(None)
+
+
+class Scaled(torch.optim.SGD):
+    """An optimizer whose step's first argument is not a closure."""
+
+    def step(self, grad_scale=1.0):
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    p.grad.mul_(grad_scale)
+        return super().step()
+
+
+@pytest.mark.parametrize("kind", ["sam", "ignores", "scaled"])
+def test_step_arguments_other_than_a_plain_closure_leave_training_unchanged(tmp_path, kind):
+    """Regression: running the closure ahead of step() made SAM take its base step with no
+    gradient (the model never trained), made a closure-ignoring optimizer run it, and
+    called a non-callable first argument."""
+
+    def train(watch):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(6, 16), nn.Tanh(), nn.Linear(16, 3))
+        opt = {"sam": SAM, "ignores": IgnoresClosure, "scaled": Scaled}[kind](model.parameters(), lr=0.1)
+        crit = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+        run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name=f"{kind}-{watch}", every=1) if watch else None
+
+        def closure():
+            loss = crit(model(x), y)
+            loss.backward()
+            return loss
+
+        for _ in range(3):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step(0.5) if kind == "scaled" else opt.step(closure)
+        if run:
+            run.close()
+        return model, run
+
+    plain, _ = train(watch=False)
+    watched, run = train(watch=True)
+    assert _same(plain, watched)
+    s = diagnostics.open_run(run.path).scalars()
+    assert sorted(s[s.name == "grad_norm"]["step"]) == [0, 1, 2]
