@@ -351,22 +351,32 @@ class SAM(torch.optim.Optimizer):
             p.add_(p.grad, alpha=-self.param_groups[0]["lr"])
 
 
-class IgnoresClosure(torch.optim.SGD):
-    """An optimizer whose step takes a closure argument and never calls it."""
+class PlainSGD(torch.optim.Optimizer):
+    """SGD written out (a subclass calling super().step() would run the step hooks twice)."""
 
-    def step(self, closure=None):
-        return super().step(None)
+    def __init__(self, params, lr=0.1):
+        super().__init__(params, dict(lr=lr))
 
-
-class Scaled(torch.optim.SGD):
-    """An optimizer whose step's first argument is not a closure."""
-
-    def step(self, grad_scale=1.0):
+    @torch.no_grad()
+    def _sgd(self, scale=1.0):
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is not None:
-                    p.grad.mul_(grad_scale)
-        return super().step()
+                    p.add_(p.grad, alpha=-group["lr"] * scale)
+
+
+class IgnoresClosure(PlainSGD):
+    """An optimizer whose step takes a closure argument and never calls it."""
+
+    def step(self, closure=None):
+        self._sgd()
+
+
+class Scaled(PlainSGD):
+    """An optimizer whose step's first argument is not a closure."""
+
+    def step(self, grad_scale=1.0):
+        self._sgd(grad_scale)
 
 
 @pytest.mark.parametrize("kind", ["sam", "ignores", "scaled"])
