@@ -51,27 +51,26 @@ _SATURATED = _F["saturated_frac"]
 _QCOLS = slice(_F[schema.QUANTILE_COLUMNS[0]], _F[schema.QUANTILE_COLUMNS[-1]] + 1)
 
 
-_PLANS: dict[tuple, int | torch.Tensor] = {}
+_PLANS: dict[tuple, torch.Tensor] = {}
 _BLOCK = 8  # elements per block of the sample: neighbours share a cache line
+_PHI = 0.6180339887498949  # golden ratio - 1
 
 
-def _plan(n: int, limit: int, device: torch.device) -> int | torch.Tensor:
-    """How to take the fixed sample of an n-element tensor: the distance between blocks
-    (a view, free) or, when blocks would overlap, an index tensor (a gather). Cached."""
+def _plan(n: int, limit: int, device: torch.device) -> torch.Tensor:
+    """The positions of the fixed sample of an n-element tensor (cached per size)."""
     key = (n, limit, device)
     plan = _PLANS.get(key)
     if plan is None:
-        blocks = limit // _BLOCK
-        stride = n // blocks  # the largest that fits: starts spread over the whole tensor
-        while stride >= _BLOCK and math.gcd(stride, n) != 1:
-            stride -= 1
-        if stride >= _BLOCK:
-            plan = stride
-        else:  # n just above `limit`: a Weyl sequence of single elements instead
-            g = int(n * 0.6180339887498949) | 1
+        if n >= 4 * limit:  # blocks of 8 neighbours at golden-ratio starts
+            blocks = limit // _BLOCK
+            starts = (np.arange(blocks) * _PHI % 1.0 * (n - _BLOCK + 1)).astype(np.int64)
+            idx = (starts[:, None] + np.arange(_BLOCK)).reshape(-1)
+        else:  # single elements: (j·g) mod n with g ≈ 0.618·n coprime with n (a permutation)
+            g = int(n * _PHI) | 1
             while math.gcd(g, n) != 1:
                 g += 2
-            plan = (torch.arange(limit, dtype=torch.int64) * g % n).to(device)
+            idx = np.arange(limit, dtype=np.int64) * g % n
+        plan = torch.from_numpy(idx).to(device)
         if len(_PLANS) > 512:
             _PLANS.clear()
         _PLANS[key] = plan
@@ -80,26 +79,22 @@ def _plan(n: int, limit: int, device: torch.device) -> int | torch.Tensor:
 
 def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
     """At most `limit` elements of the 1-D tensor `flat`, the same ones every time for a
-    given size (all of them, in order, when `flat` is no larger).
+    given size (all of them, in order, when `flat` is no larger); a copy above that.
 
-    The sample is limit/8 blocks of 8 neighbouring elements whose starts are s apart,
-    with s coprime with n = flat.numel(): the starts visit every residue of any period
-    that divides n, so a (batch, features) or (N, C, H, W) layout, whose periods divide
-    n, is not aliased the way a stride sharing a factor with the period is. Blocks cost
-    one cache line each: a sample of single elements would touch 8 times as many lines,
-    and on tensors just written by a layer (or cold weights) that is what a sample costs.
-    Where blocks would overlap (n < 2·limit or so), element j is flat[(j·g) mod n] with
-    g ≈ 0.618·n coprime with n, which has the same property, at the cost of a gather.
-    Returns a view (blocks, 8) or a 1-D copy.
+    Above 4·limit elements: limit/8 blocks of 8 neighbours (one cache line each: a sample
+    of scattered single elements touches 8 times as many lines, and on tensors just
+    written by a layer, or cold weights, that is what a sample costs) starting at
+    frac(k·φ)·n. For any layout period P dividing n ((batch, features), (N, C, H, W):
+    the channel of a position is its place within one sample's C·H·W), the starts mod P
+    are P·frac(k·φ·n/P), a Weyl sequence with an irrational step: spread evenly over
+    every feature and every channel, which a fixed stride is not (a stride near n/1024
+    steps the channel index by a near-constant amount and skips most channels). Below
+    4·limit: single elements (j·g) mod n with g ≈ 0.618·n coprime with n.
     """
     n = flat.numel()
     if n <= limit:
         return flat
-    plan = _plan(n, limit, flat.device)
-    if isinstance(plan, int):
-        step = flat.stride(0)  # 1 unless `flat` is itself a strided view
-        return flat.as_strided((limit // _BLOCK, _BLOCK), (plan * step, step), flat.storage_offset())
-    return flat.index_select(0, plan)
+    return flat.index_select(0, _plan(n, limit, flat.device))
 
 
 def _as_float(t: torch.Tensor) -> torch.Tensor:
@@ -177,11 +172,10 @@ _SUBSAMPLE: dict[int, np.ndarray] = {}
 
 
 def _quantile_subsample(sample: np.ndarray) -> np.ndarray:
-    """QUANTILE_SAMPLE values of a sample, at positions (j·g) mod m with g ≈ 0.618·m
-    coprime with m: spread evenly over the sample whatever its layout (every other
-    value would see one parity of positions only; half the blocks would not suit a
-    sample without blocks). A gather of 2,048 values already in cache: microseconds."""
-    flat = sample.reshape(-1)
+    """QUANTILE_SAMPLE values of a 1-D sample, at positions (j·g) mod m with g ≈ 0.618·m
+    coprime with m: spread evenly over the sample whatever its order (every other value
+    would see one parity of positions only). A gather of 2,048 values: microseconds."""
+    flat = sample
     m = flat.size
     if m <= QUANTILE_SAMPLE:
         return flat
@@ -190,6 +184,8 @@ def _quantile_subsample(sample: np.ndarray) -> np.ndarray:
         g = int(m * 0.6180339887498949) | 1
         while math.gcd(g, m) != 1:
             g += 2
+        if len(_SUBSAMPLE) > 512:
+            _SUBSAMPLE.clear()
         idx = _SUBSAMPLE[m] = np.arange(QUANTILE_SAMPLE, dtype=np.intp) * g % m
     return flat[idx]
 
@@ -220,7 +216,7 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
         vec[_QCOLS] = np.partition(ranked, distinct)[nearest]
     vec[_F["hist_min"]], vec[_F["hist_max"]] = lo, hi
     if bins:
-        x = sample.reshape(-1)
+        x = sample
         if clip:  # values outside a given span are left out; [min, max] holds every finite value
             x = x[(x >= lo) & (x <= hi)]
         t = np.subtract(x, lo, dtype=np.float64)
@@ -284,7 +280,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
             zero_count = _zero_count_cpu(flat, lo, hi)
-        sample = _strided(finite, SAMPLE).numpy()  # (blocks, 8), or 1-D after a gather
+        sample = _strided(finite, SAMPLE).numpy()
     if hist_range is None:
         if lo is None:  # small: the partition finds them; the span needs them first
             lo, hi = float(sample.min()), float(sample.max())
@@ -366,7 +362,7 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
         var = s2 / m - (s1 / m) ** 2
     var = torch.clamp(var, min=0.0)
     lo, hi = torch.aminmax(finite)
-    sample = _strided(finite, SAMPLE).reshape(-1).to(torch.float32)
+    sample = _strided(finite, SAMPLE).to(torch.float32)
     quantiles = torch.quantile(sample.double(), _QUANTILES.to(dev, torch.float64)).to(torch.float32)
 
     if hist_range is None:

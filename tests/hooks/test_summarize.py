@@ -237,6 +237,31 @@ def test_sampled_input_keeps_exact_moments_and_nearest_rank_quantiles(size, impl
     np.testing.assert_array_equal(hist(vec), expected)  # the histogram stays exact
 
 
+@pytest.mark.parametrize("shape", [(32, 64, 56, 56), (64, 64, 56, 56), (128, 256, 14, 14), (16, 96, 3, 3)])
+@pytest.mark.parametrize("limit", [SAMPLE, 4096])  # the summaries' sample and the updates'
+def test_sample_covers_every_channel_of_nchw_tensors(shape, limit):
+    """Regression: blocks a fixed stride apart stepped the channel index by a near-constant
+    amount: 24 of 64 channels of a (64, 64, 56, 56) activation were ever sampled."""
+    n = int(np.prod(shape))
+    positions = _strided(torch.arange(n, dtype=torch.float64), limit).numpy().astype(np.int64)
+    assert len(np.unique(positions)) == len(positions) == min(n, limit)
+    channels = positions // (shape[2] * shape[3]) % shape[1]
+    counts = np.bincount(channels, minlength=shape[1])
+    assert counts.min() > 0
+    assert counts.max() <= 2.5 * counts.mean()  # evenly, not merely somewhere
+
+
+def test_channel_scaled_activation_quantiles():
+    """ReLU outputs whose channels have very different scales: quantiles within the bound."""
+    rng = np.random.default_rng(24)
+    scales = np.exp(rng.normal(0, 1, size=256)).astype(np.float32)
+    x = np.maximum(rng.standard_normal((64, 256, 14, 14)).astype(np.float32), 0) * scales[None, :, None, None]
+    a = x.ravel().astype(np.float64)
+    _, vec = run(torch.from_numpy(x))
+    for q, v in zip(Q_LEVELS, quantiles(vec)):
+        assert np.mean(a < v) - 0.02 <= q <= np.mean(a <= v) + 0.02, (q, v)
+
+
 def test_subsample_is_the_same_at_every_call():
     x = torch.from_numpy(normal(300_001, seed=17))
     _, v1 = run(x)
