@@ -7,6 +7,8 @@ Called through `WatchedRun.evaluate`. The model runs in eval mode under `torch.n
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import heapq
 import math
 from typing import Any, Iterable
@@ -39,7 +41,7 @@ def unpack_batch(batch: Any, offset: int) -> tuple[torch.Tensor, torch.Tensor, l
     Hugging Face way (input_ids, pixel_values, ...), every other entry of the dict but
     labels and ids (attention_mask, token_type_ids, ...): call `model(**kwargs)`."""
     kwargs = None
-    if isinstance(batch, dict):
+    if isinstance(batch, Mapping):  # dicts, and transformers' BatchEncoding (a UserDict)
         key = next((k for k in INPUT_KEYS if k in batch), None)
         x = batch[key] if key is not None else None
         y = next((batch[k] for k in LABEL_KEYS if k in batch), None)
@@ -70,7 +72,23 @@ def forward(model: nn.Module, x: torch.Tensor, kwargs: dict | None, device: torc
     """The model's output on one batch, its tensors moved to `device` first."""
     if kwargs is None:
         return model(x.to(device))
+    accepted = _forward_parameters(model)
+    if accepted is not None:  # a forward without **kwargs gets only what it names (not idx, text, ...)
+        kwargs = {k: v for k, v in kwargs.items() if k in accepted}
     return model(**{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in kwargs.items()})
+
+
+def _forward_parameters(model: nn.Module) -> set[str] | None:
+    """The keyword names `model.forward` accepts, or None when it takes **kwargs."""
+    import inspect
+
+    try:
+        params = inspect.signature(model.forward).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind is p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
 
 
 def input_kind(x: torch.Tensor) -> str:

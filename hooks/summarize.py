@@ -139,6 +139,13 @@ def _empty_vector(bins: int, zero_frac: float = 0.0, nan_count: float = 0.0, inf
     return vec
 
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _to_f32(lo: float, hi: float) -> tuple[float, float]:
+    return tuple(float(np.float32(np.clip(v, -_F32_MAX, _F32_MAX))) for v in (lo, hi))
+
+
 def _widen(lo: float, hi: float) -> tuple[float, float]:
     """numpy's convention for an empty histogram range: [v - 0.5, v + 0.5], wider where
     float32 cannot tell v ± 0.5 from v (|v| ≥ 2**23)."""
@@ -221,8 +228,10 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
             x = x[(x >= lo) & (x <= hi)]
         t = np.subtract(x, lo, dtype=np.float64)
         t *= bins / (hi - lo)
-        idx = t.astype(np.intp)  # t ≥ 0: truncation is floor
-        np.minimum(idx, bins - 1, out=idx)  # the maximum belongs to the last bin
+        np.floor(t, out=t)
+        # clip: the maximum belongs to the last bin, and a float64 minimum below the span
+        # rounded to float32 to the first
+        idx = np.clip(t, 0, bins - 1).astype(np.intp)
         vec[NF:] = np.bincount(idx, minlength=bins)[:bins]
     return (float(part[0]), float(part[-1])) if exact else (math.nan, math.nan)
 
@@ -275,7 +284,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
                 centred = finite.double() - pivot
                 c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
             mean = pivot + c1 / m
-            var = c2 / m - (c1 / m) ** 2
+            var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
         extremes = torch.aminmax(finite)
         lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
@@ -288,7 +297,8 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
     else:
         h_lo, h_hi = (float(r.detach().to(torch.float32)) for r in hist_range)
     # the span is float32, as stored: the bins are the ones the dashboard will draw
-    h_lo, h_hi = (float(np.float32(v)) for v in _widen(float(np.float32(h_lo)), float(np.float32(h_hi))))
+    # (float64 values beyond float32's range: the span stops at its largest finite value)
+    h_lo, h_hi = (float(np.float32(np.clip(v, -_F32_MAX, _F32_MAX))) for v in _widen(*_to_f32(h_lo, h_hi)))
     s_lo, s_hi = _sample_stats(sample, h_lo, h_hi, bins, vec, clip=hist_range is not None, exact=small and not sampled)
     if lo is None:
         lo, hi = s_lo, s_hi
@@ -369,6 +379,7 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
         h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
     else:
         h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
+    h_lo, h_hi = h_lo.clamp(-_F32_MAX, _F32_MAX), h_hi.clamp(-_F32_MAX, _F32_MAX)  # float64 beyond float32
     same = h_hi <= h_lo  # _widen, on the device
     half = torch.clamp(h_lo.abs() * 2.0**-20, min=0.5)
     h_lo, h_hi = torch.where(same, h_lo - half, h_lo), torch.where(same, h_hi + half, h_hi)

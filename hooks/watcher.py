@@ -293,7 +293,9 @@ class WatchedRun:
         else:
             out = outputs.reshape(-1).float()
             lab = labels.reshape(-1).float()
-            span = (torch.minimum(out.min(), lab.min()), torch.maximum(out.max(), lab.max())) if out.numel() and lab.numel() else None
+            both = torch.cat([out, lab])
+            both = both[torch.isfinite(both)]  # an Inf output must not stretch the shared span
+            span = (both.min(), both.max()) if both.numel() else None
             self._add(f"{split}/value", "output", *summarize(out, hist_range=span))
             self._add(f"{split}/value", "label", *summarize(lab, hist_range=span))
 

@@ -412,3 +412,29 @@ def test_step_arguments_other_than_a_plain_closure_leave_training_unchanged(tmp_
     assert _same(plain, watched)
     s = diagnostics.open_run(run.path).scalars()
     assert sorted(s[s.name == "grad_norm"]["step"]) == [0, 1, 2]
+
+
+def test_regression_output_with_inf_does_not_stop_training(tmp_path):
+    """Regression: an -inf output stretched the shared output/label histogram span to
+    infinity and the bin computation raised inside the loss hook."""
+
+    class LogHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 1)
+
+        def forward(self, x):
+            return torch.log(torch.relu(self.lin(x)))  # -inf wherever the unit is off
+
+    torch.manual_seed(0)
+    model = LogHead()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    crit = nn.MSELoss()
+    x, y = torch.randn(16, 4), torch.randn(16, 1)
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="inf", every=1) as run:
+        for _ in range(2):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    out = diagnostics.open_run(run.path).distributions("output")
+    assert len(out) == 2 and (out["inf_count"] > 0).all()

@@ -591,3 +591,19 @@ def test_span_near_float32_max_does_not_break_the_histogram():
     n, vec = summarize(x)
     counts = vec[len(VECTOR_FIELDS):].double().numpy()
     assert n == 4 and counts.sum() == 4 and counts[0] == 1 and counts[-1] == 1
+
+
+@pytest.mark.parametrize("size", [100, 50_000])
+def test_float64_spread_below_float32_resolution_does_not_crash(size):
+    """Regression: the float32-rounded span began above the float64 minimum, giving a
+    negative bin index and a bincount error inside a training hook."""
+    g = torch.Generator().manual_seed(25)
+    x = 1 + torch.rand(size, generator=g, dtype=torch.float64) * 1.3e-7 + 0.7e-7
+    n, vec = run(x)
+    a = x.numpy()
+    assert f(vec, "mean") == pytest.approx(a.mean(), rel=1e-7)  # the vector is float32
+    assert hist(vec).sum() == min(size, SAMPLE)
+    huge = torch.tensor([-1e300, 0.0, 1e300, 5.0] * 3000, dtype=torch.float64)
+    n, vec = run(huge)
+    assert f(vec, "min") == -np.inf or f(vec, "min") < -3e38  # float32 vector: beyond its range
+    assert hist(vec).sum() == min(huge.numel(), SAMPLE)

@@ -266,3 +266,29 @@ def test_evaluate_dict_batch_without_a_known_input_key_is_one_line(tmp_path):
     with hooks.watch(model, run_dir=tmp_path, name="bad") as run:
         with pytest.raises(TypeError, match="needs an input key .* got keys \\['features', 'labels'\\]"):
             run.evaluate(loader, progress=False)
+
+
+def test_evaluate_accepts_mappings_that_are_not_dicts(tmp_path):
+    """transformers' collators return a BatchEncoding (a UserDict, not a dict); a forward
+    without **kwargs gets only the entries it names."""
+    from collections import UserDict
+
+    import hooks
+
+    class Named(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(10, 4)
+            self.head = nn.Linear(4, 2)
+
+        def forward(self, input_ids, attention_mask=None):
+            h = self.emb(input_ids) * attention_mask[..., None]
+            return self.head(h.mean(1))
+
+    g = torch.Generator().manual_seed(0)
+    batch = UserDict({"input_ids": torch.randint(0, 10, (6, 5), generator=g), "attention_mask": torch.ones(6, 5),
+                      "labels": torch.randint(0, 2, (6,), generator=g), "idx": torch.arange(6)})
+    with hooks.watch(Named(), run_dir=tmp_path, name="mapping", task="classification") as run:
+        metrics = run.evaluate([batch], progress=False)
+    assert set(metrics) >= {"loss", "accuracy"}
+    assert len(diagnostics.open_run(run.path).samples(split="val")) == 6
