@@ -448,6 +448,8 @@ def rule_update_ratio(run) -> list[Finding]:
         if p is None and not layer.endswith("weight"):
             continue
         rows = ratios[(ratios["layer"] == layer) & np.isfinite(ratios["ratio"])].sort_values("step")
+        if "sampled" in rows:  # a zero measured on a sample says nothing (sparse updates miss it)
+            rows = rows[~(rows["sampled"].astype(bool) & (rows["ratio"] == 0))]
         if len(rows) < 2:
             continue
         med = float(rows["ratio"].median())

@@ -484,18 +484,24 @@ class Run:
 
     def update_ratios(self, layers: Iterable[str] | None = None) -> pd.DataFrame:
         """Per parameter and capture step: norm of the optimizer's update over the norm of
-        the weight before it (`ratio`; around 1e-3 is the usual healthy range).
+        the weight before it (`ratio`; around 1e-3 is the usual healthy range), and whether
+        the update was measured on a sample of the weight's positions (`sampled`).
 
         Norms come from the summaries: ||x|| = sqrt(count * (std² + mean²)).
         """
         upd = self.distributions("update", layers=layers)
         wgt = self.distributions("weight", layers=layers)
-        cols = ["step", "layer", "rank", "update_norm", "weight_norm", "ratio"]
+        cols = ["step", "layer", "rank", "update_norm", "weight_norm", "ratio", "sampled"]
         if upd.empty or wgt.empty:
-            return pd.DataFrame({c: pd.Series(dtype="str" if c == "layer" else "float64") for c in cols})
+            return pd.DataFrame({c: pd.Series(dtype="str" if c == "layer" else "bool" if c == "sampled" else "float64")
+                                 for c in cols})
         for d in (upd, wgt):
             d["norm"] = np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2))
-        merged = upd[["step", "layer", "rank", "norm"]].merge(
+        # sampled: the update was measured on fewer positions than the tensor has (the
+        # capture side samples large weights), so its norm is an estimate; an update
+        # touching few positions (embedding rows) can miss the sample entirely
+        upd["sampled"] = upd["hist_counts"].map(lambda h: float(np.sum(h)) if h is not None else np.nan) < upd["count"]
+        merged = upd[["step", "layer", "rank", "norm", "sampled"]].merge(
             wgt[["step", "layer", "rank", "norm"]], on=["step", "layer", "rank"], suffixes=("_u", "_w"))
         merged = merged.rename(columns={"norm_u": "update_norm", "norm_w": "weight_norm"})
         with np.errstate(divide="ignore", invalid="ignore"):

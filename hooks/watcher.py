@@ -316,11 +316,14 @@ class WatchedRun:
             layers, kinds, counts, vecs = zip(*self._pending)
             matrix = np.full((len(vecs), 1 + max(v.numel() for v in vecs)), -1.0)  # histograms padded with -1
             matrix[:, 0] = counts
-            on_device = [i for i, v in enumerate(vecs) if v.device.type != "cpu"]
-            if on_device:  # one transfer for the whole step
-                moved = torch.cat([vecs[i] for i in on_device]).to("cpu", torch.float64).numpy()
+            devices: dict[torch.device, list[int]] = {}
+            for i, v in enumerate(vecs):
+                if v.device.type != "cpu":
+                    devices.setdefault(v.device, []).append(i)
+            for rows in devices.values():  # one transfer per device for the whole step
+                moved = torch.cat([vecs[i] for i in rows]).to("cpu", torch.float64).numpy()
                 start = 0
-                for i in on_device:
+                for i in rows:
                     width = vecs[i].numel()
                     matrix[i, 1:1 + width] = moved[start:start + width]
                     start += width
@@ -331,7 +334,11 @@ class WatchedRun:
             self._pending = []
         if max(len(self._losses), len(self._grad_norms), len(self._records)) >= _LOSS_BATCH or (
                 self._capturing and (self._losses or self._grad_norms or self._records)):
+            flushing = time.perf_counter()
             self._flush_losses()
+            # not charged to the budget: on a GPU the transfer waits for the queued work
+            # (training's own time), which would read as the tool's
+            started += time.perf_counter() - flushing
         if self.step == 0 and self._output_shapes:
             self._writer.update_manifest(output_shapes=self._output_shapes)
         now = time.perf_counter()

@@ -350,3 +350,23 @@ def test_a_run_left_open_by_a_crash_is_marked_failed(tmp_path):
     ok = "import torch, hooks\n" + f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='ok')\n"
     subprocess.run([sys.executable, "-c", ok], check=True, timeout=120)
     assert diagnostics.open_run(tmp_path / "ok").status()["state"] == "finished"
+
+
+def test_sparse_updates_missed_by_the_sample_raise_no_false_health_finding(tmp_path):
+    """An embedding table whose steps touch a few rows: the 4,096 sampled positions often
+    see no change. Those captures are marked sampled and the update-ratio rule does not
+    call the layer frozen on a zero it measured on a sample."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(30000, 64), nn.Flatten(), nn.Linear(64, 3))
+    opt = torch.optim.SGD(model.parameters(), lr=0.5)
+    crit = nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="sparse", every=1) as run:
+        for step in range(12):
+            ids = torch.randint(0, 30000, (8, 1), generator=torch.Generator().manual_seed(step))
+            opt.zero_grad()
+            crit(model(ids), torch.randint(0, 3, (8,), generator=torch.Generator().manual_seed(100 + step))).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    ratios = r.update_ratios(layers=["0.weight"])
+    assert ratios["sampled"].all() and (ratios["ratio"] == 0).any()
+    assert not [f for f in r.health() if f.rule == "update_ratio" and f.layer == "0.weight" and "nothing" in f.message]
