@@ -190,8 +190,9 @@ class WatchedRun:
             self.path = _broadcast_path(self.path)
         modules, params = _model_summary(model)
         self._param_names = {p: n for n, p in model.named_parameters()}
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        self._probe = max(trainable, key=lambda p: p.numel()) if trainable else None
+        # clipping probes: a few small trainable parameters (reading them again is cheap)
+        trainable = sorted((p for p in model.parameters() if p.requires_grad), key=lambda p: (p.numel() < 8, p.numel()))
+        self._probes = trainable[:4]
         self._writer = RunWriter(
             self.path,
             {
@@ -591,7 +592,7 @@ class WatchedRun:
         if model is not None:
             _WATCHED.discard(model)
         self._param_names = {}
-        self._probe = None
+        self._probes = []
         self._model = None
         if self._pending or self._step_losses:
             self._end_step()
@@ -731,24 +732,27 @@ def _before_update(run: WatchedRun, optimizer) -> None:
 
 def _record_grad_norm(run: WatchedRun) -> None:
     """Global L2 norm of the gradients as backward produced them, and whether the loop
-    clipped them: clip_grad_norm_ scales every gradient by one factor, so the probe (the
-    largest trainable parameter, fixed: choosing by value would sync with the device)
-    shrinking since backward says so, for one norm instead of a second pass."""
+    clipped them: clip_grad_norm_ scales every gradient by one factor, so a probe (a few
+    small parameters, fixed: choosing by value would sync with the device) whose gradient
+    shrank since backward says so, for a few tiny norms instead of a second pass."""
     if not run._backward_norms or run._norm_recorded:
         return
     norms = run._backward_norms
     run._backward_norms = {}
     run._norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
-    produced = torch.linalg.vector_norm(torch.stack([v.double() for v in norms.values()]))
-    probe = run._probe if run._probe in norms else next(iter(norms))
-    before = norms[probe]
-    grad = probe.grad
-    if grad is None:
-        now = torch.zeros((), device=before.device, dtype=before.dtype)
-    else:
-        wide = grad.dtype == torch.float64 or grad.is_complex()
-        now = torch.linalg.vector_norm(grad.detach(), dtype=None if wide else torch.float32).real
-    run._grad_norms.append((run.step, produced.float(), now < before * (1 - 1e-4)))
+    produced = torch.linalg.vector_norm(torch.stack(list(norms.values())).double())  # stack promotes dtypes
+    probes = [p for p in run._probes if p in norms and p.grad is not None] or [next(iter(norms))]
+    clipped = None
+    for p in probes:
+        if p.grad is None:
+            continue
+        wide = p.grad.dtype == torch.float64 or p.grad.is_complex()
+        now = torch.linalg.vector_norm(p.grad.detach(), dtype=None if wide else torch.float32).real
+        shrank = now < norms[p] * (1 - 1e-4)
+        clipped = shrank if clipped is None else clipped | shrank
+    if clipped is None:
+        clipped = torch.zeros((), dtype=torch.bool, device=produced.device)
+    run._grad_norms.append((run.step, produced.float(), clipped))
 
 
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
