@@ -690,6 +690,8 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> tuple[tuple, dict]
     has changed anything. The closure itself runs when and as often as the optimizer calls
     it, so training is unchanged. `args` holds the optimizer itself first.
     """
+    if _nested_step(optimizer):
+        return None
     closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
     if not callable(closure):
         _before_update(run, optimizer)
@@ -707,6 +709,22 @@ def _on_step_pre(run: WatchedRun, optimizer, args, kwargs) -> tuple[tuple, dict]
     if "closure" in kwargs:
         return args, {**kwargs, "closure": closure_then_record}
     return (args[0], closure_then_record, *args[2:]), kwargs
+
+
+def _nested_step(optimizer) -> bool:
+    """Whether this step() runs inside another step() of the same optimizer: a subclass
+    whose step calls super().step() runs torch's step hooks twice (once per patched
+    class), which must count as one step. The caller's frame is torch's hook wrapper;
+    another frame of the same code for the same optimizer further up means nesting
+    (read from the stack, so an exception inside an earlier step leaves no stale state)."""
+    frame = sys._getframe(2)  # 0: here, 1: the hook, 2: torch's wrapper that called it
+    code = frame.f_code
+    frame = frame.f_back
+    while frame is not None:
+        if frame.f_code is code and frame.f_locals.get("self") is optimizer:
+            return True
+        frame = frame.f_back
+    return False
 
 
 def _before_update(run: WatchedRun, optimizer) -> None:
@@ -756,6 +774,8 @@ def _record_grad_norm(run: WatchedRun) -> None:
 
 
 def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
+    if _nested_step(optimizer):
+        return
     started = time.perf_counter()
     groups = optimizer.param_groups
     lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}

@@ -438,3 +438,31 @@ def test_regression_output_with_inf_does_not_stop_training(tmp_path):
             opt.step()
     out = diagnostics.open_run(run.path).distributions("output")
     assert len(out) == 2 and (out["inf_count"] > 0).all()
+
+
+class CallsSuper(torch.optim.SGD):
+    """A subclass whose step calls super().step(): torch runs the step hooks once per
+    patched class, i.e. twice once a plain SGD exists in the process."""
+
+    def step(self, closure=None):
+        return super().step(closure)
+
+
+def test_step_calling_super_step_counts_once(tmp_path):
+    torch.optim.SGD(nn.Linear(1, 1).parameters(), lr=0.1)  # patches SGD.step too
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+    opt = CallsSuper(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="super", every=1) as run:
+        for _ in range(3):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    s = r.scalars()
+    assert sorted(s[s.name == "grad_norm"]["step"]) == [0, 1, 2]
+    assert r.steps("update") == [0, 1, 2] and r.steps("activation") == [0, 1, 2]
+    upd = r.distributions("update", layers=["0.weight"])
+    assert (upd["std"] > 0).all()  # measured across the real step, not an inner no-op
