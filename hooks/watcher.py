@@ -664,7 +664,7 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
         return
     outputs = args[0] if args else kwargs.get("input")
     labels = args[1] if len(args) > 1 else kwargs.get("target")
-    if (run._capturing and isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
+    if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
             and run._first_call("train/outputs", "output")):
         with torch.no_grad():
             run._record_outputs(outputs, labels, "train")
