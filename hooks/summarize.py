@@ -14,7 +14,7 @@ and 99% quantiles 0.22%). Ranking was the dearest part of a capture: np.partitio
 ResNet benchmark: 1.9x with 8,192 ranked values, 1.6x with 2,048). The
 histogram spans [min, max] of the whole tensor in HIST_BINS equal bins and its counts
 sum to the number of elements sampled. A sample is a fixed set of positions (see
-`_strided`), so a layer is sampled at the same positions at every step.
+`_fixed_sample`), so a layer is sampled at the same positions at every step.
 
 With NaN or Inf present, mean, std, min, max, quantiles and histogram describe the
 finite values; `zero_frac` is the share of exact zeros among all elements, like `count`.
@@ -77,7 +77,7 @@ def _plan(n: int, limit: int, device: torch.device) -> torch.Tensor:
     return plan
 
 
-def _strided(flat: torch.Tensor, limit: int) -> torch.Tensor:
+def _fixed_sample(flat: torch.Tensor, limit: int) -> torch.Tensor:
     """At most `limit` elements of the 1-D tensor `flat`, the same ones every time for a
     given size (all of them, in order, when `flat` is no larger); a copy above that.
 
@@ -277,7 +277,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
         # they overflow: then shift by a pivot, in float64 if need be.
         if not (math.isfinite(s2) and mean * mean <= 100.0 * var):
-            pivot = float(_strided(finite, _PIVOT_SAMPLE).double().mean())
+            pivot = float(_fixed_sample(finite, _PIVOT_SAMPLE).double().mean())
             centred = finite - pivot
             c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
             if not (math.isfinite(c1) and math.isfinite(c2)):
@@ -289,7 +289,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
             zero_count = _zero_count_cpu(flat, lo, hi)
-        sample = _strided(finite, SAMPLE).numpy()
+        sample = _fixed_sample(finite, SAMPLE).numpy()
     if hist_range is None:
         if lo is None:  # small: the partition finds them; the span needs them first
             lo, hi = float(sample.min()), float(sample.max())
@@ -362,7 +362,7 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
     mean = s1 / m
     var = s2 / m - mean * mean
     if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):  # see _summarize_cpu
-        pivot = _strided(finite, _PIVOT_SAMPLE).double().mean()
+        pivot = _fixed_sample(finite, _PIVOT_SAMPLE).double().mean()
         centred = finite - pivot.to(finite.dtype)
         s1, s2 = centred.sum(), torch.dot(centred, centred)
         if not bool(torch.isfinite(s1) & torch.isfinite(s2)):
@@ -372,7 +372,7 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
         var = s2 / m - (s1 / m) ** 2
     var = torch.clamp(var, min=0.0)
     lo, hi = torch.aminmax(finite)
-    sample = _strided(finite, SAMPLE).to(torch.float32)
+    sample = _fixed_sample(finite, SAMPLE).to(torch.float32)
     quantiles = torch.quantile(sample.double(), _QUANTILES.to(dev, torch.float64)).to(torch.float32)
 
     if hist_range is None:

@@ -41,7 +41,7 @@ from diagnostics.store import RunWriter
 from diagnostics.tags import dataset_key
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule
-from hooks.summarize import _strided, class_summary, summarize, unit_activity
+from hooks.summarize import _fixed_sample, class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
@@ -745,7 +745,7 @@ def _before_update(run: WatchedRun, optimizer) -> None:
                     run._add(name, "param_grad", *summarize(p.grad))
                     # the update is summarised on a fixed sample of the weight's positions:
                     # a copy of every weight would double the parameters' memory
-                    run._before_step[name] = (p, _strided(p.detach().reshape(-1), UPDATE_SAMPLE).clone())
+                    run._before_step[name] = (p, _fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE).clone())
 
 
 def _record_grad_norm(run: WatchedRun) -> None:
@@ -784,7 +784,7 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
         _record_grad_norm(run)  # a closure the optimizer never called: the norm lands on this step
         run._backward_norms = {}
         for name, (p, before) in run._before_step.items():
-            after = _strided(p.detach().reshape(-1), UPDATE_SAMPLE)
+            after = _fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE)
             if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays
                 after, before = after.float(), before.float()
             # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
