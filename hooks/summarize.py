@@ -235,11 +235,12 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
             x = x[(x >= lo) & (x <= hi)]
         t = np.subtract(x, lo, dtype=np.float64)
         t *= bins / (hi - lo)
-        np.floor(t, out=t)
+        idx = t.astype(np.intp)  # truncation: floor for t >= 0, and t in (-1, 0) goes to bin 0 anyway
         # clip: the maximum belongs to the last bin, and a float64 minimum below the span
         # rounded to float32 to the first
-        idx = np.clip(t, 0, bins - 1).astype(np.intp)
-        vec[NF:] = np.bincount(idx, minlength=bins)[:bins]
+        np.minimum(idx, bins - 1, out=idx)
+        np.maximum(idx, 0, out=idx)
+        vec[NF:] = np.bincount(idx, minlength=bins)
     return (float(part[0]), float(part[-1])) if exact else (math.nan, math.nan)
 
 
@@ -410,10 +411,10 @@ SATURATING = {nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 
               nn.Softsign: (-1.0, 1.0)}
 
 
-@torch.no_grad()
 def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> torch.Tensor:
     """Fill `dead_frac` or `saturated_frac` of an activation's summary vector (in place:
-    `vec` is the fresh vector `summarize` returned), by module type; returns it."""
+    `vec` is the fresh vector `summarize` returned), by module type; returns it.
+    Reads `out` detached (no graph, no no_grad context needed)."""
     x = out.detach()
     if x.numel() == 0 or not x.is_floating_point():
         return vec
@@ -423,7 +424,10 @@ def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> to
         unit_dim = 1 if x.ndim >= 3 else x.ndim - 1
         other = tuple(d for d in range(x.ndim) if d != unit_dim)
         active = (x.amax(dim=other) > 0) if other else (x > 0)
-        vec[_DEAD] = 1.0 - active.float().mean()
+        if vec.is_cpu:  # numpy: a torch op on a few hundred values is mostly dispatch
+            vec.numpy()[_DEAD] = 1.0 - np.count_nonzero(active.numpy()) / active.numel()
+        else:
+            vec[_DEAD] = 1.0 - active.float().mean()
     else:
         bounds = next((b for t, b in SATURATING.items() if isinstance(module, t)), None)
         if bounds is not None:
