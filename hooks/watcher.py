@@ -745,7 +745,9 @@ def _before_update(run: WatchedRun, optimizer) -> None:
                     run._add(name, "param_grad", *summarize(p.grad))
                     # the update is summarised on a fixed sample of the weight's positions:
                     # a copy of every weight would double the parameters' memory
-                    run._before_step[name] = (p, _fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE).clone())
+                    flat = p.detach().reshape(-1)
+                    before = _fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
+                    run._before_step[name] = (p, before.clone() if before.numel() == flat.numel() else before)
 
 
 def _record_grad_norm(run: WatchedRun) -> None:
