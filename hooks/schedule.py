@@ -9,12 +9,20 @@ capture takes away its measured overhead (its duration minus the median of recen
 steps), and a step is captured when the balance covers the expected overhead. Over a
 long run the tool costs about `budget` of training time; the power-of-two captures add
 log2(steps) captures.
+
+Several processes training one model (DDP) need the same captured steps on every rank, to
+be compared step by step, and their timings differ: `SyncedAutoSchedule` lets the ranks
+agree on a capture period at each power-of-two step instead (one small all-reduce each
+time, log2(steps) over a run).
 """
 
 from __future__ import annotations
 
+import math
 import statistics
+import warnings
 from collections import deque
+from typing import Callable
 
 
 class EverySchedule:
@@ -80,3 +88,62 @@ class AutoSchedule:
             "capture_cost_s": self.cost_s,
             "overhead_frac": self.overhead_s / self.total_s if self.total_s else None,
         }
+
+
+class SyncedAutoSchedule(AutoSchedule):
+    """The automatic schedule for several ranks: the same captured steps on every rank.
+
+    Each rank measures as `AutoSchedule` does. At every power-of-two step from 8 on (steps
+    every rank captures anyway, so every rank reaches them), `agree` takes this rank's
+    [capture cost, median plain step, always-on time per plain step] and returns the
+    largest of each over the ranks (an all-reduce with MAX); from that every rank derives
+    the same period P = ceil(cost / (budget × step − always-on)), and until the next power
+    of two captures the multiples of P. If `agree` fails (a rank that stopped stepping:
+    uneven inputs), the rank warns once and goes on with its own schedule.
+    """
+
+    def __init__(self, budget: float, agree: Callable[[list[float]], list[float]], window: int = 32) -> None:
+        super().__init__(budget, window)
+        self._agree: Callable[[list[float]], list[float]] | None = agree
+        self.period: int | None = None  # beyond powers of two, capture multiples of this
+        self._own = deque(maxlen=window)
+
+    def record(self, step: int, captured: bool, duration_s: float, own_s: float = 0.0) -> None:
+        super().record(step, captured, duration_s, own_s)
+        if step and not captured:
+            self._own.append(own_s)
+
+    def should_capture(self, step: int) -> bool:
+        if self._agree is None:  # agreement failed: this rank's own schedule
+            return super().should_capture(step)
+        if step & (step - 1) == 0:
+            if step >= 8:
+                self._sync()
+            return True
+        return self.period is not None and step % self.period == 0
+
+    def _local(self) -> list[float]:
+        """What this rank sends: capture cost, median plain step, always-on time per step."""
+        return [
+            self.cost_s or 0.0,
+            statistics.median(self.plain) if self.plain else 0.0,
+            statistics.fmean(self._own) if self._own else 0.0,
+        ]
+
+    def _sync(self) -> None:
+        try:
+            cost, plain, own = self._agree(self._local())
+        except Exception as exc:  # a collective that timed out or a process group torn down
+            self._agree = None
+            warnings.warn(
+                f"watch: the ranks could not agree on capture steps ({type(exc).__name__}: {exc}); "
+                "each rank now keeps its own schedule, so ranks may capture different steps. "
+                "Pass every=N to capture the same steps everywhere.",
+                stacklevel=2,
+            )
+            return
+        spare = self.budget * plain - own  # capture time one plain step pays for
+        self.period = math.ceil(cost / spare) if cost > 0 and spare > 0 else None
+
+    def describe(self) -> dict:
+        return {**super().describe(), "synchronized": self._agree is not None, "period": self.period}

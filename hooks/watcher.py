@@ -18,6 +18,7 @@ module used twice, or gradient accumulation): the first call of a step is record
 from __future__ import annotations
 
 import atexit
+import math
 import dataclasses
 import os
 import platform
@@ -27,6 +28,7 @@ import time
 import uuid
 import warnings
 import weakref
+from datetime import timedelta
 from functools import partial
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -40,7 +42,7 @@ from diagnostics import schema
 from diagnostics.store import RunWriter
 from diagnostics.tags import dataset_key
 from hooks.records import per_sample
-from hooks.schedule import AutoSchedule, EverySchedule
+from hooks.schedule import AutoSchedule, EverySchedule, SyncedAutoSchedule
 from hooks.summarize import _fixed_sample, class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
@@ -83,6 +85,22 @@ def _broadcast_path(path: Path | None) -> Path:
     box = [str(path) if path is not None else None]
     torch.distributed.broadcast_object_list(box, src=0)
     return Path(box[0])
+
+
+def _all_reduce_max() -> Callable[[list[float]], list[float]]:
+    """For the synchronized schedule: the largest of each value over the ranks. Runs on a
+    gloo group of its own (CPU tensors, whatever backend training uses; a 5-minute
+    timeout, so that a rank that stopped stepping cannot hang the others for long).
+    Creating the group is collective: every rank calls watch(), as for the run's path."""
+    dist = torch.distributed
+    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timedelta(minutes=5))
+
+    def agree(values: list[float]) -> list[float]:
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
+        return t.tolist()
+
+    return agree
 
 
 def _git_commit() -> str | None:
@@ -159,7 +177,6 @@ class WatchedRun:
         if model in _WATCHED:
             raise RuntimeError("watch: this model is already watched — close the other run first (run.close())")
         self.every = every
-        self.schedule = AutoSchedule(budget) if every == "auto" else EverySchedule(every)
         self.step = 0
         self._step_started = time.perf_counter()
         self._own_s = 0.0  # time the always-on hooks took in this step
@@ -177,7 +194,7 @@ class WatchedRun:
         self._num_classes: int | None = None
         self._forward_seen = False
         self._output_shapes: dict[str, list[int]] = {}
-        self._backward_norms: dict[torch.Tensor, torch.Tensor] = {}
+        self._grad_squares: dict[torch.Tensor, torch.Tensor] = {}
         self._grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self._records: list[tuple[int, str, list, torch.Tensor]] = []
         self._evaluations: list[dict] = []
@@ -188,6 +205,12 @@ class WatchedRun:
         self.path = _unique_run_path(Path(run_dir), name) if rank == 0 else None
         if world_size > 1:
             self.path = _broadcast_path(self.path)
+        if every != "auto":
+            self.schedule = EverySchedule(every)
+        elif world_size > 1:  # every rank captures the same steps
+            self.schedule = SyncedAutoSchedule(budget, _all_reduce_max())
+        else:
+            self.schedule = AutoSchedule(budget)
         modules, params = _model_summary(model)
         self._param_names = {p: n for n, p in model.named_parameters()}
         # clipping probes: a few small trainable parameters (reading them again is cheap)
@@ -598,7 +621,7 @@ class WatchedRun:
             self._end_step()
         if self._losses or self._grad_norms or self._records:
             self._flush_losses()
-        self._backward_norms.clear()
+        self._grad_squares.clear()
         self._before_step = {}
         self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time(),
                                      schedule=self.schedule.describe())
@@ -670,13 +693,26 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
             run._record_outputs(outputs, labels, "train")
 
 
+def _squared_norm(grad: torch.Tensor) -> torch.Tensor:
+    """Sum of squares of a gradient, as a 0-d float32 (float64 for float64/complex128)
+    tensor on its device. Dense float32/float64 gradients: a BLAS dot, 2.6x faster than
+    vector_norm's reduction (0.10 vs 0.25 ms per 2.4 M elements); it overflows where
+    elements pass ~1e19, where the CPU path falls back to vector_norm (no sync on GPUs)."""
+    grad = grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
+    if grad.layout == torch.strided and grad.dtype in (torch.float32, torch.float64) and grad.is_contiguous():
+        flat = grad.view(-1)
+        squared = torch.dot(flat, flat)
+        if not grad.is_cpu or math.isfinite(squared):
+            return squared
+    wide = grad.dtype == torch.float64 or grad.is_complex()
+    return torch.linalg.vector_norm(grad, dtype=None if wide else torch.float32).real.square()
+
+
 def _on_grad_accumulated(run: WatchedRun, param: torch.Tensor) -> None:
     # The gradient as backward left it (before any clipping), read while it is still in
     # cache; the last call of a step wins. Always on: its time is charged to the budget.
     started = time.perf_counter()
-    grad = param.grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
-    wide = grad.dtype == torch.float64 or grad.is_complex()
-    run._backward_norms[param] = torch.linalg.vector_norm(grad, dtype=None if wide else torch.float32).real
+    run._grad_squares[param] = _squared_norm(param.grad)
     run._own_s += time.perf_counter() - started
 
 
@@ -755,20 +791,18 @@ def _record_grad_norm(run: WatchedRun) -> None:
     clipped them: clip_grad_norm_ scales every gradient by one factor, so a probe (a few
     small parameters, fixed: choosing by value would sync with the device) whose gradient
     shrank since backward says so, for a few tiny norms instead of a second pass."""
-    if not run._backward_norms or run._norm_recorded:
+    if not run._grad_squares or run._norm_recorded:
         return
-    norms = run._backward_norms
-    run._backward_norms = {}
+    squares = run._grad_squares
+    run._grad_squares = {}
     run._norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
-    produced = torch.linalg.vector_norm(torch.stack(list(norms.values())).double())  # stack promotes dtypes
-    probes = [p for p in run._probes if p in norms and p.grad is not None] or [next(iter(norms))]
+    produced = torch.stack(list(squares.values())).double().sum().sqrt()  # stack promotes dtypes
+    probes = [p for p in run._probes if p in squares and p.grad is not None] or [next(iter(squares))]
     clipped = None
     for p in probes:
         if p.grad is None:
             continue
-        wide = p.grad.dtype == torch.float64 or p.grad.is_complex()
-        now = torch.linalg.vector_norm(p.grad.detach(), dtype=None if wide else torch.float32).real
-        shrank = now < norms[p] * (1 - 1e-4)
+        shrank = _squared_norm(p.grad) < squares[p] * (1 - 2e-4)
         clipped = shrank if clipped is None else clipped | shrank
     if clipped is None:
         clipped = torch.zeros((), dtype=torch.bool, device=produced.device)
@@ -784,7 +818,7 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
     run._writer.add_scalars(run.step, {k: float(v) for k, v in lrs.items()})
     with torch.no_grad():
         _record_grad_norm(run)  # a closure the optimizer never called: the norm lands on this step
-        run._backward_norms = {}
+        run._grad_squares = {}
         for name, (p, before) in run._before_step.items():
             after = _fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE)
             if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays

@@ -15,7 +15,7 @@ import diagnostics
 pytestmark = pytest.mark.slow
 
 
-def _worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
+def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int = 4, watch_kwargs: dict | None = None) -> None:
     import hooks
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
@@ -25,8 +25,9 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str) -> None:
         opt = torch.optim.SGD(model.parameters(), lr=0.1)
         crit = nn.CrossEntropyLoss()
         g = torch.Generator().manual_seed(100 + rank)  # each rank its own shard
-        with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=run_dir, name="ddp", every=2):
-            for _ in range(4):
+        with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=run_dir, name="ddp",
+                         **(watch_kwargs or {"every": 2})):
+            for _ in range(steps):
                 x, y = torch.randn(16, 4, generator=g), torch.randint(0, 2, (16,), generator=g)
                 opt.zero_grad()
                 crit(model(x), y).backward()
@@ -60,3 +61,20 @@ def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
     # DDP averages gradients: the weights stay identical on both ranks
     w = r.distributions("weight", layers=["module.0.weight"]).pivot(index="step", columns="rank", values="mean")
     assert (w[0] == w[1]).all()
+
+
+
+def test_auto_schedule_captures_the_same_steps_on_every_rank(tmp_path):
+    """every="auto" (the default) under DDP: the ranks agree on a capture period at
+    power-of-two steps, so their captures line up step for step (each rank's own timing
+    would give each its own steps). A large budget makes captures beyond the powers of two."""
+    steps = 80
+    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), steps, {"budget": 0.9}), nprocs=2, join=True)
+    r = diagnostics.open_run(tmp_path / "ddp")
+    schedule = r.manifest["schedule"]
+    assert schedule["synchronized"] is True and schedule["period"] >= 1
+    acts = r.distributions("activation", layers=["module.0"])
+    by_rank = {rank: sorted(acts.loc[acts["rank"] == rank, "step"]) for rank in (0, 1)}
+    assert by_rank[0] == by_rank[1]
+    assert {0, 1, 2, 4, 8, 16, 32, 64} <= set(by_rank[0])
+    assert any(s & (s - 1) for s in by_rank[0])  # and steps beyond the powers of two

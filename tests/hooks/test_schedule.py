@@ -65,3 +65,59 @@ def test_auto_schedule_charges_the_always_on_hooks_to_the_budget():
             schedule.record(step, capture, 1.0 + (1.5 if capture else 0.0), own_s=0.0 if capture else own_s)
         beyond = [s for s in taken if s & (s - 1)]
         assert len(beyond) >= expected_beyond and (expected_beyond or not beyond)
+
+
+# -- several ranks: the same captured steps ----------------------------------------
+
+def _ranks_in_lockstep(extras: list[float], steps: int, budget: float = 0.03) -> tuple[list[list[int]], list]:
+    """Simulate ranks whose captures cost differently; `agree` is the MAX all-reduce,
+    computed over every rank's values at the same step (as the collective would)."""
+    from hooks.schedule import SyncedAutoSchedule
+
+    def make_agree(rank):
+        def agree(values):
+            # the other ranks' values at this step (their records so far), as they send them
+            others = [s._local() for r, s in enumerate(schedules) if r != rank]
+            return [max(col) for col in zip(values, *others)]
+        return agree
+
+    schedules = [SyncedAutoSchedule(budget, make_agree(r)) for r in range(len(extras))]
+    captured = [[] for _ in extras]
+    for step in range(steps):
+        decisions = [schedule.should_capture(step) for schedule in schedules]
+        for r, (schedule, extra, capture) in enumerate(zip(schedules, extras, decisions)):
+            if capture:
+                captured[r].append(step)
+            schedule.record(step, capture, 1.0 + (extra if capture else 0.0))
+    return captured, schedules
+
+
+def test_synced_schedule_captures_the_same_steps_on_every_rank():
+    captured, schedules = _ranks_in_lockstep([1.5, 3.0], steps=2_000)
+    assert captured[0] == captured[1]
+    # the dearest rank sets the period: 3.0 s per capture / (3% of a 1.0 s step) = 100 steps
+    assert [s.period for s in schedules] == [100, 100]
+    beyond = [s for s in captured[0] if s & (s - 1)]
+    assert beyond and all(s % 100 == 0 for s in beyond)
+    assert captured[0][:6] == [0, 1, 2, 4, 8, 16]
+    assert schedules[0].describe()["synchronized"] is True
+
+
+def test_synced_schedule_holds_the_budget_of_the_dearest_rank():
+    steps, extras = 20_000, [1.5, 3.0]
+    captured, _ = _ranks_in_lockstep(extras, steps)
+    overhead = len(captured[1]) * extras[1] / steps
+    assert 0.03 * 0.8 <= overhead <= 0.03 + 15 * extras[1] / steps
+
+
+def test_synced_schedule_falls_back_to_its_own_when_ranks_cannot_agree():
+    from hooks.schedule import SyncedAutoSchedule
+
+    def broken(values):
+        raise RuntimeError("Connection closed by peer")
+
+    schedule = SyncedAutoSchedule(0.03, broken)
+    with pytest.warns(UserWarning, match="could not agree on capture steps.*every=N"):
+        captured = simulate(schedule, 2_000, 1.0, 0.5)
+    assert schedule.describe()["synchronized"] is False
+    assert len(captured) > 50  # the local budget keeps working: 0.5 s captures fit often
