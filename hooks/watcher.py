@@ -87,13 +87,20 @@ def _broadcast_path(path: Path | None) -> Path:
     return Path(box[0])
 
 
-def _all_reduce_max() -> Callable[[list[float]], list[float]]:
+def _all_reduce_max() -> Callable[[list[float]], list[float]] | None:
     """For the synchronized schedule: the largest of each value over the ranks. Runs on a
     gloo group of its own (CPU tensors, whatever backend training uses; a 5-minute
     timeout, so that a rank that stopped stepping cannot hang the others for long).
-    Creating the group is collective: every rank calls watch(), as for the run's path."""
+    Creating the group is collective: every rank calls watch(), as for the run's path.
+    None (and a warning) where no gloo group can be made."""
     dist = torch.distributed
-    group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timedelta(minutes=5))
+    try:
+        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timedelta(minutes=5))
+    except (RuntimeError, ValueError) as exc:
+        warnings.warn(f"watch: no gloo process group for the ranks to agree on capture steps ({exc}); each rank "
+                      "keeps its own schedule, so ranks may capture different steps. Pass every=N to align them.",
+                      stacklevel=4)
+        return None
 
     def agree(values: list[float]) -> list[float]:
         t = torch.tensor(values, dtype=torch.float64)
@@ -208,7 +215,8 @@ class WatchedRun:
         if every != "auto":
             self.schedule = EverySchedule(every)
         elif world_size > 1:  # every rank captures the same steps
-            self.schedule = SyncedAutoSchedule(budget, _all_reduce_max())
+            agree = _all_reduce_max()
+            self.schedule = SyncedAutoSchedule(budget, agree) if agree else AutoSchedule(budget)
         else:
             self.schedule = AutoSchedule(budget)
         modules, params = _model_summary(model)
