@@ -235,12 +235,12 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
             x = x[(x >= lo) & (x <= hi)]
         t = np.subtract(x, lo, dtype=np.float64)
         t *= bins / (hi - lo)
-        idx = t.astype(np.intp)  # truncation: floor for t >= 0, and t in (-1, 0) goes to bin 0 anyway
-        # clip: the maximum belongs to the last bin, and a float64 minimum below the span
-        # rounded to float32 to the first
-        np.minimum(idx, bins - 1, out=idx)
-        np.maximum(idx, 0, out=idx)
-        vec[NF:] = np.bincount(idx, minlength=bins)
+        # clip (before the cast: float64 values beyond the span by 2**63 bins would wrap):
+        # the maximum belongs to the last bin, and float64 values below the span rounded
+        # to float32 to the first; the cast truncates, which is floor for t >= 0
+        np.minimum(t, bins - 1, out=t)
+        np.maximum(t, 0, out=t)
+        vec[NF:] = np.bincount(t.astype(np.intp), minlength=bins)
     return (float(part[0]), float(part[-1])) if exact else (math.nan, math.nan)
 
 
@@ -270,9 +270,14 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
     if small:
         sample = finite.numpy()
         a = sample.astype(np.float64)
+        scale = 1.0  # float64 values past ~1e154 overflow the squares: divide by a power of two
+        if sample.dtype == np.float64 and (big := float(np.abs(a).max())) > 1e150:
+            scale = 2.0 ** math.frexp(big)[1]
+            a /= scale
         mean = float(a.sum()) / m
         a -= mean
-        var = float(np.dot(a, a)) / m
+        std = math.sqrt(float(np.dot(a, a)) / m) * scale
+        mean *= scale
         lo = hi = None  # from the partition below, or:
         if sampled:
             lo, hi = float(sample.min()), float(sample.max())
@@ -293,6 +298,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
                 c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
             mean = pivot + c1 / m
             var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
+        std = math.sqrt(max(var, 0.0))
         extremes = torch.aminmax(finite)
         lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
@@ -308,7 +314,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
     s_lo, s_hi = _sample_stats(sample, h_lo, h_hi, bins, vec, clip=hist_range is not None, exact=small and not sampled)
     if lo is None:
         lo, hi = s_lo, s_hi
-    vec[_F["mean"]], vec[_F["std"]] = mean, math.sqrt(max(var, 0.0))
+    vec[_F["mean"]], vec[_F["std"]] = mean, std
     vec[_F["min"]], vec[_F["max"]] = lo, hi
     vec[_F["zero_frac"]] = zero_count / n
     vec[_F["nan_count"]], vec[_F["inf_count"]] = nan_count, inf_count
@@ -334,6 +340,9 @@ def summarize(
     if flat.device.type != "cpu":
         return n, _summarize_torch(flat, hist_range, bins)
     vec = _empty_vector(bins) if n == 0 else _summarize_cpu(flat, hist_range, bins, sampled)
+    if flat.dtype == torch.float64:  # values beyond float32's range are stored as ±inf, quietly
+        with np.errstate(over="ignore"):
+            return n, torch.from_numpy(vec.astype(np.float32))
     return n, torch.from_numpy(vec.astype(np.float32))
 
 

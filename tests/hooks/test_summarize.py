@@ -606,4 +606,30 @@ def test_float64_spread_below_float32_resolution_does_not_crash(size):
     huge = torch.tensor([-1e300, 0.0, 1e300, 5.0] * 3000, dtype=torch.float64)
     n, vec = run(huge)
     assert f(vec, "min") == -np.inf or f(vec, "min") < -3e38  # float32 vector: beyond its range
-    assert hist(vec).sum() == min(huge.numel(), SAMPLE)
+    counts = hist(vec)
+    assert counts.sum() == min(huge.numel(), SAMPLE)
+    # the span stops at float32's largest value: what lies beyond belongs to the end bins
+    # (a bin index past 2**63 once wrapped around into the first bin)
+    assert counts[-1] == pytest.approx(counts.sum() / 4, rel=0.1)
+    assert counts[0] == pytest.approx(counts.sum() / 4, rel=0.1)
+
+
+def test_float64_values_beyond_float32_range_land_in_the_end_bins(implementation):
+    x = torch.tensor([0.0, 1.0, 1e300], dtype=torch.float64)
+    counts = hist(run(x)[1])
+    assert counts[0] == 2 and counts[-1] == 1 and counts.sum() == 3
+
+
+def test_float64_std_past_1e154_does_not_overflow(implementation):
+    """The sum of squares of float64 values past ~1e154 overflows; the std itself need not
+    (the summary vector is float32, so it reads inf there, not NaN)."""
+    if implementation != "cpu":
+        pytest.skip("the device path still reads NaN there (float64 past 1e154 on a GPU: not handled)")
+    x = torch.tensor([0.0, 1.0, 1e300, -2e299], dtype=torch.float64)
+    _, vec = summarize(x)
+    assert f(vec.double().numpy(), "std") == np.inf  # beyond float32, not NaN
+    from hooks.summarize import _summarize_cpu
+    raw = _summarize_cpu(x.reshape(-1), None, BINS)  # float64, before the float32 vector
+    a = x.numpy()
+    assert raw[0] == pytest.approx(np.mean(a / 1e300) * 1e300, rel=1e-12)  # mean
+    assert raw[1] == pytest.approx(np.std(a / 1e300) * 1e300, rel=1e-12)  # std
