@@ -376,11 +376,14 @@ def rule_grad_norm_spikes(run) -> list[Finding]:
     clipped_steps = set(clipped.loc[clipped["value"] > 0.5, "step"].astype(int)) if not clipped.empty else set()
     worst = max(spikes, key=lambda x: x[1] / x[2])
     n_clipped = sum(st in clipped_steps for st, _, _ in spikes)
+    # NaN: not detectable (several ranks: averaging changes gradients as clipping would)
+    clip_note = ("clipping unknown" if clipped.empty or clipped["value"].isna().all()
+                 else f"{n_clipped} of them clipped")
     return [_finding(
         "grad_norm_spikes", "warning", None, (spikes[0][0], spikes[-1][0]),
         f"{len(spikes)} step(s) with a gradient norm above {GRAD_SPIKE_FACTOR:.0f}x the running median; "
         f"the worst at step {worst[0]}: {worst[1]:.3g} vs median {worst[2]:.3g} "
-        f"({n_clipped} of them clipped).",
+        f"({clip_note}).",
         "Clip gradients (torch.nn.utils.clip_grad_norm_, max_norm around the median norm), lower the "
         "learning rate or add warm-up, and look for outlier batches or labels at those steps.",
         {"spikes": [{"step": st, "grad_norm": v, "running_median": m} for st, v, m in spikes[:20]],

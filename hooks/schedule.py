@@ -93,19 +93,24 @@ class AutoSchedule:
 class SyncedAutoSchedule(AutoSchedule):
     """The automatic schedule for several ranks: the same captured steps on every rank.
 
-    Each rank measures as `AutoSchedule` does. At every power-of-two step from 8 on (steps
-    every rank captures anyway, so every rank reaches them), `agree` takes this rank's
-    [capture cost, median plain step, always-on time per plain step] and returns the
-    largest of each over the ranks (an all-reduce with MAX); from that every rank derives
-    the same period P = ceil(cost / (budget × step − always-on)), and until the next power
-    of two captures the multiples of P. If `agree` fails (a rank that stopped stepping:
-    uneven inputs), the rank warns once and goes on with its own schedule.
+    Each rank measures as `AutoSchedule` does. At sync steps (powers of two from 8 on, then
+    every 1,024 steps: steps every rank reaches, in the same order) `agree` starts a
+    non-blocking all-reduce of this rank's [capture cost, median plain step, always-on
+    time per plain step] with MAX, and returns a poll: the largest of each over the ranks
+    once every rank has sent its values, None before. The result is read at the next sync
+    step (by then long complete; nobody ever waits for it) and every rank derives the same
+    period P = ceil(cost / (budget × step − always-on)): between powers of two, the
+    multiples of P are captured. If a result is missing or failed at the next sync step (a
+    rank stopped stepping: uneven inputs), the rank warns once and keeps its own schedule.
     """
 
-    def __init__(self, budget: float, agree: Callable[[list[float]], list[float]], window: int = 32) -> None:
+    def __init__(self, budget: float, agree: Callable[[list[float]], Callable[[], list[float] | None]] | None,
+                 window: int = 32) -> None:
         super().__init__(budget, window)
-        self._agree: Callable[[list[float]], list[float]] | None = agree
+        self._agree = agree
+        self._poll: Callable[[], list[float] | None] | None = None
         self.period: int | None = None  # beyond powers of two, capture multiples of this
+        self.agreed: list[float] | None = None
         self._own = deque(maxlen=window)
 
     def record(self, step: int, captured: bool, duration_s: float, own_s: float = 0.0) -> None:
@@ -114,13 +119,24 @@ class SyncedAutoSchedule(AutoSchedule):
             self._own.append(own_s)
 
     def should_capture(self, step: int) -> bool:
-        if self._agree is None:  # agreement failed: this rank's own schedule
+        if self._agree is None:  # no agreement (any more): this rank's own schedule
             return super().should_capture(step)
+        if step >= 8 and (step & (step - 1) == 0 or step % 1024 == 0):
+            self._sync()
+            if self._agree is None:
+                return super().should_capture(step)
         if step & (step - 1) == 0:
-            if step >= 8:
-                self._sync()
             return True
         return self.period is not None and step % self.period == 0
+
+    def in_flight(self) -> bool:
+        """Whether an agreement was started and has not completed (or failed) yet."""
+        if self._poll is None:
+            return False
+        try:
+            return self._poll() is None
+        except Exception:
+            return False
 
     def _local(self) -> list[float]:
         """What this rank sends: capture cost, median plain step, always-on time per step."""
@@ -132,18 +148,25 @@ class SyncedAutoSchedule(AutoSchedule):
 
     def _sync(self) -> None:
         try:
-            cost, plain, own = self._agree(self._local())
-        except Exception as exc:  # a collective that timed out or a process group torn down
-            self._agree = None
+            if self._poll is not None:
+                agreed = self._poll()
+                if agreed is None:
+                    raise TimeoutError("another rank did not take part in the last agreement")
+                self.agreed = agreed
+                cost, plain, own = agreed
+                spare = self.budget * plain - own  # capture time one plain step pays for
+                self.period = math.ceil(cost / spare) if cost > 0 and spare > 0 else None
+            self._poll = self._agree(self._local())
+        except Exception as exc:  # a collective that failed, or a rank that stopped stepping
+            self._agree = None  # (the last poll is kept: `in_flight` reports on it)
             warnings.warn(
                 f"watch: the ranks could not agree on capture steps ({type(exc).__name__}: {exc}); "
                 "each rank now keeps its own schedule, so ranks may capture different steps. "
                 "Pass every=N to capture the same steps everywhere.",
                 stacklevel=2,
             )
-            return
-        spare = self.budget * plain - own  # capture time one plain step pays for
-        self.period = math.ceil(cost / spare) if cost > 0 and spare > 0 else None
 
     def describe(self) -> dict:
-        return {**super().describe(), "synchronized": self._agree is not None, "period": self.period}
+        agreed = dict(zip(("capture_cost_s", "step_s", "always_on_s"), self.agreed)) if self.agreed else None
+        return {**super().describe(), "synchronized": self._agree is not None, "period": self.period,
+                "agreed": agreed}

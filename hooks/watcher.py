@@ -87,27 +87,36 @@ def _broadcast_path(path: Path | None) -> Path:
     return Path(box[0])
 
 
-def _all_reduce_max() -> Callable[[list[float]], list[float]] | None:
-    """For the synchronized schedule: the largest of each value over the ranks. Runs on a
-    gloo group of its own (CPU tensors, whatever backend training uses; a 5-minute
-    timeout, so that a rank that stopped stepping cannot hang the others for long).
+def _all_reduce_max() -> tuple[Callable[[list[float]], Callable[[], list[float] | None]] | None, Any]:
+    """For the synchronized schedule: `agree(values)` starts a non-blocking all-reduce
+    (MAX) of a few floats and returns a poll (the result once every rank has sent its
+    values, None before; raises if the collective failed). Runs on a gloo group of the
+    tool's own (CPU tensors, whatever backend training uses, and never in the middle of
+    training's own collectives), with a 5-minute timeout for the result nobody waits for.
     Creating the group is collective: every rank calls watch(), as for the run's path.
-    None (and a warning) where no gloo group can be made."""
+    Returns (agree, group), or (None, None) with a warning where no gloo group can be made."""
     dist = torch.distributed
     try:
-        group = None if dist.get_backend() == "gloo" else dist.new_group(backend="gloo", timeout=timedelta(minutes=5))
+        group = dist.new_group(backend="gloo", timeout=timedelta(minutes=5))
     except (RuntimeError, ValueError) as exc:
         warnings.warn(f"watch: no gloo process group for the ranks to agree on capture steps ({exc}); each rank "
                       "keeps its own schedule, so ranks may capture different steps. Pass every=N to align them.",
                       stacklevel=4)
-        return None
+        return None, None
 
-    def agree(values: list[float]) -> list[float]:
+    def agree(values: list[float]) -> Callable[[], list[float] | None]:
         t = torch.tensor(values, dtype=torch.float64)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group)
-        return t.tolist()
+        work = dist.all_reduce(t, op=dist.ReduceOp.MAX, group=group, async_op=True)
 
-    return agree
+        def poll() -> list[float] | None:
+            if not work.is_completed():
+                return None
+            work.wait()  # raises if the collective failed
+            return t.tolist()
+
+        return poll
+
+    return agree, group
 
 
 def _git_commit() -> str | None:
@@ -206,8 +215,11 @@ class WatchedRun:
         self._records: list[tuple[int, str, list, torch.Tensor]] = []
         self._evaluations: list[dict] = []
         self._before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._sync_group = None  # the synchronized schedule's gloo group (DDP)
 
         rank, world_size = _distributed()
+        # several ranks: gradients are averaged (DDP) after backward's per-parameter hooks
+        self._distributed = world_size > 1
         # rank 0 picks the (unique) run directory; every other rank writes into the same one
         self.path = _unique_run_path(Path(run_dir), name) if rank == 0 else None
         if world_size > 1:
@@ -215,8 +227,8 @@ class WatchedRun:
         if every != "auto":
             self.schedule = EverySchedule(every)
         elif world_size > 1:  # every rank captures the same steps
-            agree = _all_reduce_max()
-            self.schedule = SyncedAutoSchedule(budget, agree) if agree else AutoSchedule(budget)
+            agree, self._sync_group = _all_reduce_max()
+            self.schedule = SyncedAutoSchedule(budget, agree)
         else:
             self.schedule = AutoSchedule(budget)
         modules, params = _model_summary(model)
@@ -274,7 +286,7 @@ class WatchedRun:
                     elif isinstance(loss_fn, REGRESSION_LOSSES):
                         self.task = "regression"
             if optimizer is not None:
-                for p in model.parameters():
+                for p in model.parameters() if not self._distributed else ():
                     if p.requires_grad:
                         self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
                 self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
@@ -337,8 +349,10 @@ class WatchedRun:
             return "classification"
         return "regression"
 
-    def _end_step(self) -> None:
-        """Hand this step's summaries to the writer and move to the next step."""
+    def _end_step(self, final: bool = False) -> None:
+        """Hand this step's summaries to the writer and move to the next step (`final`:
+        the run is closing; no schedule decision, which under DDP could start a collective
+        on this rank alone)."""
         started = time.perf_counter()
         if self._step_losses:
             loss = torch.stack([l.float() for l in self._step_losses]).mean()
@@ -376,12 +390,13 @@ class WatchedRun:
         now = time.perf_counter()
         if not self._capturing:
             self._own_s += now - started
-        self.schedule.record(self.step, self._capturing, now - self._step_started, self._own_s)
+        if not final:
+            self.schedule.record(self.step, self._capturing, now - self._step_started, self._own_s)
         self._own_s = 0.0
         self._step_started = now
         self.step += 1
         self._norm_recorded = False
-        self._capturing = self.schedule.should_capture(self.step)
+        self._capturing = False if final else self.schedule.should_capture(self.step)
         self._seen.clear()
 
     def _flush_losses(self) -> None:
@@ -626,7 +641,7 @@ class WatchedRun:
         self._probes = []
         self._model = None
         if self._pending or self._step_losses:
-            self._end_step()
+            self._end_step(final=True)
         if self._losses or self._grad_norms or self._records:
             self._flush_losses()
         self._grad_squares.clear()
@@ -634,6 +649,16 @@ class WatchedRun:
         self._writer.update_manifest(task=self.task, steps=self.step, finished_at=time.time(),
                                      schedule=self.schedule.describe())
         self._writer.close(state)
+        if self._sync_group is not None:
+            group, self._sync_group = self._sync_group, None
+            # tearing down a group waits for its collectives: not while an agreement another
+            # rank never joined is in flight (uneven inputs), which would hold close() until
+            # the collective timed out; that group is left to the process's end
+            if not getattr(self.schedule, "in_flight", lambda: False)():
+                try:
+                    torch.distributed.destroy_process_group(group)
+                except Exception:  # e.g. the default group is gone already, and its subgroups with it
+                    pass
 
     def __enter__(self) -> "WatchedRun":
         return self
@@ -701,17 +726,22 @@ def _on_loss(run: WatchedRun, module: nn.Module, args, kwargs, output) -> None:
             run._record_outputs(outputs, labels, "train")
 
 
+def _stored_values(grad: torch.Tensor) -> torch.Tensor:
+    """A gradient's values: the gradient itself, or the stored values of a sparse one
+    (nn.Embedding(sparse=True): the rows the batch touched, duplicates summed)."""
+    grad = grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
+    return grad.coalesce().values() if grad.is_sparse else grad
+
+
 def _squared_norm(grad: torch.Tensor) -> torch.Tensor:
     """Sum of squares of a gradient, as a 0-d float32 (float64 for float64/complex128)
     tensor on its device. Dense float32/float64 gradients: a BLAS dot, 2.6x faster than
-    vector_norm's reduction (0.10 vs 0.25 ms per 2.4 M elements); it overflows where
-    elements pass ~1e19, where the CPU path falls back to vector_norm (no sync on GPUs)."""
-    grad = grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
+    vector_norm's reduction (0.10 vs 0.25 ms per 2.4 M elements). Either overflows
+    float32 where elements pass ~1e19: the norm reads inf then."""
+    grad = _stored_values(grad)
     if grad.layout == torch.strided and grad.dtype in (torch.float32, torch.float64) and grad.is_contiguous():
         flat = grad.view(-1)
-        squared = torch.dot(flat, flat)
-        if not grad.is_cpu or math.isfinite(squared):
-            return squared
+        return torch.dot(flat, flat)
     wide = grad.dtype == torch.float64 or grad.is_complex()
     return torch.linalg.vector_norm(grad, dtype=None if wide else torch.float32).real.square()
 
@@ -786,7 +816,7 @@ def _before_update(run: WatchedRun, optimizer) -> None:
                     continue
                 run._add(name, "weight", *summarize(p))
                 if p.grad is not None:
-                    run._add(name, "param_grad", *summarize(p.grad))
+                    run._add(name, "param_grad", *summarize(_stored_values(p.grad)))
                     # the update is summarised on a fixed sample of the weight's positions:
                     # a copy of every weight would double the parameters' memory
                     flat = p.detach().reshape(-1)
@@ -799,6 +829,18 @@ def _record_grad_norm(run: WatchedRun) -> None:
     clipped them: clip_grad_norm_ scales every gradient by one factor, so a probe (a few
     small parameters, fixed: choosing by value would sync with the device) whose gradient
     shrank since backward says so, for a few tiny norms instead of a second pass."""
+    if run._distributed and not run._norm_recorded:
+        # several ranks: backward's per-parameter hooks would see this rank's own gradient,
+        # before DDP averages it; the norm is read now, from the gradient the optimizer is
+        # given (after any clipping, which is then not detected: grad_clipped is NaN)
+        run._grad_squares = {p: _squared_norm(p.grad) for p in run._param_names if p.grad is not None}
+        if run._grad_squares:
+            run._norm_recorded = True
+            produced = torch.stack(list(run._grad_squares.values())).double().sum().sqrt()
+            run._grad_squares = {}
+            unknown = torch.full((), math.nan, device=produced.device)
+            run._grad_norms.append((run.step, produced.float(), unknown))
+        return
     if not run._grad_squares or run._norm_recorded:
         return
     squares = run._grad_squares

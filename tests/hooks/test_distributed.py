@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 
+import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
@@ -58,6 +59,11 @@ def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
     assert sorted(acts["rank"].unique()) == [0, 1] and sorted(acts["step"].unique()) == [0, 2]
     only_one = r.distributions("activation", layers=["module.0"], rank=1)
     assert set(only_one["rank"]) == {1} and len(only_one) == 2
+    # the gradient norm is the averaged gradient's (the same on both ranks, though their
+    # own gradients differ); clipping cannot be told from averaging there: unknown (NaN)
+    norms = r.scalars(names=["grad_norm"]).pivot(index="step", columns="rank", values="value")
+    assert len(norms) == 4 and np.allclose(norms[0], norms[1], rtol=1e-6)
+    assert r.scalars(names=["grad_clipped"])["value"].isna().all()
     # DDP averages gradients: the weights stay identical on both ranks
     w = r.distributions("weight", layers=["module.0.weight"]).pivot(index="step", columns="rank", values="mean")
     assert (w[0] == w[1]).all()

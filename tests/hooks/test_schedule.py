@@ -70,15 +70,24 @@ def test_auto_schedule_charges_the_always_on_hooks_to_the_budget():
 # -- several ranks: the same captured steps ----------------------------------------
 
 def _ranks_in_lockstep(extras: list[float], steps: int, budget: float = 0.03) -> tuple[list[list[int]], list]:
-    """Simulate ranks whose captures cost differently; `agree` is the MAX all-reduce,
-    computed over every rank's values at the same step (as the collective would)."""
+    """Simulate ranks whose captures cost differently. `agree` is the non-blocking MAX
+    all-reduce: each rank sends its values; the poll answers once every rank has sent
+    its values for that agreement."""
     from hooks.schedule import SyncedAutoSchedule
 
+    sent: list[dict[int, list[float]]] = []  # per agreement: rank -> values
+
     def make_agree(rank):
+        calls = 0
+
         def agree(values):
-            # the other ranks' values at this step (their records so far), as they send them
-            others = [s._local() for r, s in enumerate(schedules) if r != rank]
-            return [max(col) for col in zip(values, *others)]
+            nonlocal calls
+            if len(sent) <= calls:
+                sent.append({})
+            box = sent[calls]
+            box[rank] = values
+            calls += 1
+            return lambda: [max(col) for col in zip(*box.values())] if len(box) == len(extras) else None
         return agree
 
     schedules = [SyncedAutoSchedule(budget, make_agree(r)) for r in range(len(extras))]
@@ -100,7 +109,8 @@ def test_synced_schedule_captures_the_same_steps_on_every_rank():
     beyond = [s for s in captured[0] if s & (s - 1)]
     assert beyond and all(s % 100 == 0 for s in beyond)
     assert captured[0][:6] == [0, 1, 2, 4, 8, 16]
-    assert schedules[0].describe()["synchronized"] is True
+    described = schedules[0].describe()
+    assert described["synchronized"] is True and described["agreed"]["capture_cost_s"] == pytest.approx(3.0)
 
 
 def test_synced_schedule_holds_the_budget_of_the_dearest_rank():
@@ -110,13 +120,34 @@ def test_synced_schedule_holds_the_budget_of_the_dearest_rank():
     assert 0.03 * 0.8 <= overhead <= 0.03 + 15 * extras[1] / steps
 
 
-def test_synced_schedule_falls_back_to_its_own_when_ranks_cannot_agree():
+def test_synced_schedule_follows_a_change_in_cost_within_1024_steps():
+    """The period is agreed again every 1,024 steps past 1,024, not only at powers of two."""
+    from hooks.schedule import SyncedAutoSchedule
+
+    schedule = SyncedAutoSchedule(0.03, lambda values: (lambda: values))
+    captured, periods = [], {}
+    for step in range(6_000):
+        capture = schedule.should_capture(step)
+        captured.append(step) if capture else None
+        periods[step] = schedule.period
+        extra = 3.0 if step < 2_100 else 0.25  # captures become 12x cheaper at step 2,100
+        schedule.record(step, capture, 1.0 + (extra if capture else 0.0))
+    assert periods[2_000] == 100  # 3.0 / (3% of a 1.0 s step)
+    assert periods[5_999] == 9  # ceil(0.25 / 0.03): agreed at 4,096, in force from 5,120
+    assert [s for s in captured if 5_120 < s < 5_300] == [s for s in range(5_121, 5_300) if s % 9 == 0]
+
+
+@pytest.mark.parametrize("failure", ["raises", "never answers"])
+def test_synced_schedule_falls_back_to_its_own_when_ranks_cannot_agree(failure):
     from hooks.schedule import SyncedAutoSchedule
 
     def broken(values):
         raise RuntimeError("Connection closed by peer")
 
-    schedule = SyncedAutoSchedule(0.03, broken)
+    def silent(values):  # another rank stopped stepping: the all-reduce never completes
+        return lambda: None
+
+    schedule = SyncedAutoSchedule(0.03, broken if failure == "raises" else silent)
     with pytest.warns(UserWarning, match="could not agree on capture steps.*every=N"):
         captured = simulate(schedule, 2_000, 1.0, 0.5)
     assert schedule.describe()["synchronized"] is False

@@ -370,3 +370,49 @@ def test_sparse_updates_missed_by_the_sample_raise_no_false_health_finding(tmp_p
     ratios = r.update_ratios(layers=["0.weight"])
     assert ratios["sampled"].all() and (ratios["ratio"] == 0).any()
     assert not [f for f in r.health() if f.rule == "update_ratio" and f.layer == "0.weight" and "nothing" in f.message]
+
+
+def test_sparse_embedding_gradients_are_captured_without_breaking_training(tmp_path):
+    """nn.Embedding(sparse=True) gives sparse gradients: backward must not fail in the
+    gradient-norm hook, the norm must be the dense gradient's, and param_grad summarises
+    the stored values (the rows the batch touched, repeated ids summed); training is
+    unchanged."""
+    def make():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Embedding(50, 4, sparse=True), nn.Flatten(), nn.Linear(8, 3))
+
+    def batch(step):
+        g = torch.Generator().manual_seed(step)
+        return torch.randint(0, 50, (6, 2), generator=g), torch.randint(0, 3, (6,), generator=g)
+
+    def train(model, run=None):
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        if run is not None:
+            run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="sparse-grad", every=1)
+        norms, values = [], []
+        for step in range(3):
+            x, y = batch(step)
+            x[0, 0] = x[0, 1] = 7  # a repeated id: two entries for one row before coalescing
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            emb = model[0].weight.grad
+            dense = [emb.to_dense()] + [p.grad for p in list(model.parameters())[1:]]
+            norms.append(float(torch.sqrt(sum((g.double() ** 2).sum() for g in dense))))
+            values.append(emb.coalesce().values().double().numpy().copy())
+            opt.step()
+        if run is not None:
+            run.close()
+        return model, norms, values, run
+
+    crit = nn.CrossEntropyLoss()
+    plain, *_ = train(make())
+    watched, norms, values, run = train(make(), run=True)
+    for a, b in zip(plain.parameters(), watched.parameters()):
+        assert torch.equal(a, b)
+    r = diagnostics.open_run(run.path)
+    s = r.scalars(names=["grad_norm"]).sort_values("step")
+    np.testing.assert_allclose(s["value"], norms, rtol=1e-5)
+    pg = r.distributions("param_grad", layers=["0.weight"]).sort_values("step")
+    assert pg["count"].tolist() == [v.size for v in values]
+    np.testing.assert_allclose(pg["mean"], [v.mean() for v in values], rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(pg["std"], [v.std() for v in values], rtol=1e-4)
