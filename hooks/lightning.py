@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import warnings
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 import hooks
+from hooks.evaluate import ID_KEYS
 from hooks.watcher import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, WatchedRun
 
 __all__ = ["DiagnosticsCallback"]
@@ -45,7 +47,10 @@ class DiagnosticsCallback(pl.Callback):
       its loss into the next step. Only `trainer.optimizers[0]` is watched.
     - Outputs and labels: if the LightningModule holds exactly one `nn.Module` loss (e.g.
       `self.criterion = nn.CrossEntropyLoss()`), its inputs are recorded as the model's
-      outputs and labels. Otherwise call `callback.run.log_batch(logits, y, ids=...)` from
+      outputs and labels; and when the training batches carry sample ids ((inputs,
+      labels, ids), or a dict with an id/ids/sample_id/index key: a dataset that returns them),
+      a per-sample record on every step (`r.records(split="train")`: the training
+      dynamics). Otherwise call `callback.run.log_batch(logits, y, ids=...)` from
       `training_step` (without `loss=`: the callback records the loss).
     - Validation: at `on_validation_end` (skipping the sanity check), every entry of
       `trainer.callback_metrics` that this validation logged, under its own name
@@ -91,6 +96,7 @@ class DiagnosticsCallback(pl.Callback):
         self._batch_losses: list[torch.Tensor] = []  # losses of batches since the last optimizer step
         self._step_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet on the CPU
         self._step_at_batch_start = 0
+        self._batch_ids: list | None = None  # the current training batch's sample ids, if it has them
         self._metrics_before: dict[str, Any] = {}
 
     # -- attach and detach --------------------------------------------------------------
@@ -148,6 +154,7 @@ class DiagnosticsCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self._recording:
             self._step_at_batch_start = self.run.step
+            self._batch_ids = _sample_ids(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -222,4 +229,23 @@ def _on_loss_module(callback: DiagnosticsCallback, module: nn.Module, args: tupl
     outputs, labels = args[0], args[1]
     if isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor) and outputs.ndim >= 1 \
             and labels.ndim >= 1 and outputs.shape[0] == labels.shape[0]:
-        run.log_batch(outputs.detach(), labels.detach(), split="train")
+        ids = callback._batch_ids
+        if ids is not None and len(ids) == outputs.shape[0]:
+            callback._batch_ids = None  # once per batch: a second call of the loss is not another sample
+        else:
+            ids = None
+        run.log_batch(outputs.detach(), labels.detach(), ids=ids, split="train")
+
+
+def _sample_ids(batch: Any) -> list | None:
+    """The sample ids a training batch carries: the third item of (inputs, labels, ids),
+    or a dict's id/ids/sample_id/index entry; None for anything else (no ids is no error)."""
+    if isinstance(batch, Mapping):
+        ids = next((batch[k] for k in ID_KEYS if k in batch), None)
+    elif isinstance(batch, (list, tuple)) and len(batch) == 3 and isinstance(batch[0], torch.Tensor):
+        ids = batch[2]
+    else:
+        return None
+    if isinstance(ids, torch.Tensor):
+        return ids.tolist() if ids.ndim == 1 else None
+    return list(ids) if isinstance(ids, (list, tuple)) else None

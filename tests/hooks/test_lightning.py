@@ -9,6 +9,7 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -52,7 +53,7 @@ def boring_model_class():
         def training_step(self, batch, batch_idx):
             if batch_idx == self.fail_at:
                 raise RuntimeError("boom")
-            x, y = batch
+            x, y = batch[0], batch[1]  # (inputs, labels) or (inputs, labels, ids)
             loss = self.criterion(self(x), y)
             self.step_losses.append(loss.item())
             self.log("train_loss", loss)
@@ -104,6 +105,31 @@ def _hooks_left(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
                   for m in model.modules())
     params = sum(len(p._post_accumulate_grad_hooks or {}) for p in model.parameters())
     return modules + params + len(optimizer._optimizer_step_pre_hooks) + len(optimizer._optimizer_step_post_hooks)
+
+
+@pytest.mark.slow
+def test_training_batches_with_ids_give_per_sample_records(tmp_path):
+    """A dataset that returns (inputs, labels, ids): the callback records every sample of
+    every step under its id (the training dynamics), without a log_batch call."""
+    pl = pytest.importorskip("lightning.pytorch")
+    cb = _callback(tmp_path, "ids")
+    trainer, model = _setup(tmp_path, [cb])
+    pl.seed_everything(0)
+    reference = boring_model_class()()  # the same initial weights as `model`
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 8, generator=g), torch.randint(0, 3, (64,), generator=g)
+    ids = torch.arange(1000, 1064)
+    trainer.fit(model, DataLoader(TensorDataset(x, y, ids), batch_size=8), _loaders()[1])
+    records = diagnostics.open_run(cb.run.path).records(split="train")
+    assert sorted(records["step"].unique()) == [0, 1, 2, 3]
+    for step in range(4):  # one record per sample of the step's batch, under its id
+        batch_ids = [str(i) for i in range(1000 + 8 * step, 1008 + 8 * step)]
+        assert sorted(records.loc[records["step"] == step, "sample_id"]) == sorted(batch_ids)
+    first = records[records["step"] == 0].sort_values("sample_id")
+    with torch.no_grad():
+        expected = nn.functional.cross_entropy(reference(x[:8]), y[:8], reduction="none")
+    np.testing.assert_allclose(first["loss"], expected.numpy(), rtol=1e-5)
+    np.testing.assert_array_equal(first["label"], y[:8].numpy())
 
 
 @pytest.mark.slow
