@@ -37,7 +37,7 @@ class DigitsClassifier(pl.LightningModule):
         return self.net(x)
 
     def training_step(self, batch, batch_idx):
-        x, y = batch
+        x, y, _ids = batch  # the ids are for the callback: per-sample training records
         return self.criterion(self(x), y)
 
     def validation_step(self, batch, batch_idx):
@@ -51,13 +51,13 @@ class DigitsClassifier(pl.LightningModule):
 
 
 def digits_loaders(batch_size: int = 64) -> tuple[DataLoader, DataLoader]:
-    """Train on 80% of the digits; validation batches carry dataset indices as sample ids."""
+    """Train on 80% of the digits; batches carry dataset indices as sample ids."""
     digits = load_digits()
     x = torch.tensor(digits.images, dtype=torch.float32)[:, None] / 16.0  # N×1×8×8 in [0, 1]
     y = torch.tensor(digits.target)
     order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
     train, val = order[: int(0.8 * len(x))], order[int(0.8 * len(x)):]
-    return (DataLoader(TensorDataset(x[train], y[train]), batch_size=batch_size, shuffle=True),
+    return (DataLoader(TensorDataset(x[train], y[train], train), batch_size=batch_size, shuffle=True),
             DataLoader(TensorDataset(x[val], y[val], val), batch_size=256))
 
 

@@ -203,3 +203,5 @@ def test_the_example_runs(tmp_path, monkeypatch):
     runpy.run_path(str(root / "examples" / "lightning_digits.py"), run_name="__main__")
     run = diagnostics.open_run(tmp_path / "lightning-digits")
     assert run.status()["state"] == "finished" and len(run.samples(split="val")) == 360
+    records = run.records(split="train")  # its training batches carry ids: one epoch, each sample once
+    assert len(records) == 1437 and records["sample_id"].nunique() == 1437
