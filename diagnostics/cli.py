@@ -50,6 +50,10 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
     ]
     env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve()), "DIAGNOSTICS_WARM_UP": "1"}
+    if os.name == "posix":
+        # streamlit takes this process's place: the PID printed by `$!` or shown by ps is
+        # the server's, so `kill PID` stops it (a child would outlive its parent's SIGTERM)
+        os.execve(sys.executable, cmd, env)
     try:
         return subprocess.call(cmd, env=env)
     except KeyboardInterrupt:

@@ -46,12 +46,17 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
     fig = go.Figure()
     for (name, rank), part in df.groupby(["name", "rank"], sort=True):
         label = name if df["rank"].nunique() == 1 else f"{name} (rank {rank})"
-        y = part["value"].to_numpy()
+        y = part["value"].to_numpy(dtype=float)
+        if not np.isfinite(y).any():  # e.g. grad_clipped under DDP (unknown): no line to draw
+            continue
+        mode = "lines" if len(y) > 3 else "lines+markers"  # a point or two has no visible line
         if smooth > 0:
-            fig.add_scatter(x=part["step"], y=y, mode="lines", name=f"{label} (raw)", opacity=0.3,
+            fig.add_scatter(x=part["step"], y=y, mode=mode, name=f"{label} (raw)", opacity=0.3,
                             showlegend=False, line=dict(width=1))
             y = ema(y, smooth)
-        fig.add_scatter(x=part["step"], y=y, mode="lines", name=label)
+        fig.add_scatter(x=part["step"], y=y, mode=mode, name=label)
+    if not fig.data:
+        return empty_figure(f"no finite values of {', '.join(names)}")
     fig.update_layout(title=title, xaxis_title="step", height=320, margin=dict(l=40, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     if log_y:

@@ -181,6 +181,11 @@ class WatchedRun:
             raise ValueError(f"watch: budget is a fraction of training time, e.g. 0.03 for 3%; got {budget!r}")
         if task not in (None, "classification", "regression"):
             raise ValueError(f"watch: task must be 'classification', 'regression' or None (infer), got {task!r}")
+        # a data-parallel wrapper's forward calls its module: watch that, so that layers and
+        # parameters are named as in the user's model (conv1, not module.conv1)
+        wrapped_by = None
+        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            wrapped_by, model = type(model).__name__, model.module
         compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
         if compiled:
             warnings.warn(
@@ -241,6 +246,7 @@ class WatchedRun:
             {
                 "name": self.path.name,
                 "model_class": type(model).__name__,
+                "wrapped_by": wrapped_by,
                 "task": task,
                 "modules": modules,
                 "parameters": params,

@@ -33,8 +33,23 @@ def scalars(path: str, version: str):
 
 
 @st.cache_data(show_spinner=False, max_entries=256)
-def distributions(path: str, version: str, kind: str, layers: tuple | None = None, steps: tuple | None = None):
-    return diagnostics.open_run(path).distributions(kind, layers=layers, steps=steps)
+def distributions(path: str, version: str, kind: str, layers: tuple | None = None, steps: tuple | None = None,
+                  rank: int | None = None):
+    return diagnostics.open_run(path).distributions(kind, layers=layers, steps=steps, rank=rank)
+
+
+def rank_picker(run: diagnostics.Run, key: str) -> int | None:
+    """For a run recorded by several processes (DDP), which rank's stream to show; None
+    for a single-process run. Each rank records its own batches: distributions of
+    different ranks are not pooled."""
+    world_size = int(run.manifest.get("world_size") or 1)
+    if world_size <= 1:
+        return None
+    return st.selectbox(
+        "Rank", list(range(world_size)), key=key, format_func=lambda r: f"rank {r}",
+        help="Each process records its own stream. Activations, gradients w.r.t. activations and outputs "
+             "come from that rank's own batch; under DDP weights, parameter gradients and updates agree "
+             "across ranks.")
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

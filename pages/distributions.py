@@ -22,14 +22,20 @@ DESCRIPTIONS = {
     "weight": "a parameter's values", "param_grad": "a parameter's gradient",
     "update": "the optimizer's change to a parameter",
 }
-left, right = st.columns([1, 3])
+several = int(run.manifest.get("world_size") or 1) > 1
+left, right, *rest = st.columns([1.4, 3, 0.8] if several else [1.4, 3])
 kind = left.selectbox("Kind", available, format_func=lambda k: f"{k} — {DESCRIPTIONS[k]}", key="dist_kind")
 layer_names = _shared.layers(path, version, kind)
 types = {m["name"]: m["type"] for m in run.manifest.get("modules", [])}
 layer = right.selectbox("Layer", layer_names, key=f"dist_layer_{kind}",
                         format_func=lambda n: f"{n} · {types[n]}" if n in types else n)
+if several:
+    with rest[0]:
+        rank = _shared.rank_picker(run, "dist_rank")
+else:
+    rank = None
 
-one = _shared.distributions(path, version, kind, layers=(layer,))
+one = _shared.distributions(path, version, kind, layers=(layer,), rank=rank)
 a, b = st.columns(2)
 a.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {layer}: quantiles over steps"), width="stretch")
 b.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {layer}: histogram over steps"), width="stretch")
@@ -42,11 +48,13 @@ if len(one):
 
 if kind == "update":
     ratios = _shared.update_ratios(path, version, layer)
+    if rank is not None:
+        ratios = ratios[ratios["rank"] == rank]
     st.plotly_chart(figures.update_ratio_figure(ratios, layer), width="stretch")
 
 st.subheader("All layers at one step")
 step_list = _shared.steps(path, version, kind)
 step = st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1 else step_list[0]
-at_step = _shared.distributions(path, version, kind, steps=(step,))
+at_step = _shared.distributions(path, version, kind, steps=(step,), rank=rank)
 st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}"),
                 width="stretch")

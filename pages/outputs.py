@@ -10,8 +10,9 @@ run = _shared.current_run()
 path, version = str(run.path), run.data_version()
 st.title("Outputs vs labels")
 
-outputs = _shared.distributions(path, version, "output")
-labels = _shared.distributions(path, version, "label")
+rank = _shared.rank_picker(run, "outputs_rank")
+outputs = _shared.distributions(path, version, "output", rank=rank)
+labels = _shared.distributions(path, version, "label", rank=rank)
 if outputs.empty or labels.empty:
     st.info("No outputs recorded yet: pass `loss_fn=` (an nn.Module loss) to `hooks.watch`, or call "
             "`run.log_batch(outputs, labels)` in your loop.")
@@ -49,4 +50,5 @@ if classification:
 else:
     left.plotly_chart(figures.value_distribution_figure(o, l, title), width="stretch")
     right.plotly_chart(figures.value_bands_figure(out, lab), width="stretch")
-st.caption("Each capture step shows the training batch of that step.")
+st.caption("Each capture step shows the training batch of that step"
+           + (f" on rank {rank}." if rank is not None else "."))

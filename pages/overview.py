@@ -33,7 +33,9 @@ else:
     right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
     others = sorted(set(scalars["name"]) - {"loss", *lr_names})
     if others:
-        picked = st.multiselect("Other scalars", others, default=others[: min(4, len(others))])
+        # by default the scalars with values to draw (grad_clipped under DDP is NaN: unknown)
+        drawable = [n for n in others if scalars.loc[scalars["name"] == n, "value"].notna().any()]
+        picked = st.multiselect("Other scalars", others, default=drawable[:4])
         if picked:
             st.plotly_chart(figures.scalar_figure(scalars, picked, "logged scalars"), width="stretch")
 

@@ -48,6 +48,8 @@ def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
     r = diagnostics.open_run(tmp_path / "ddp")
     assert r.manifest["world_size"] == 2
+    # the DDP wrapper's module is watched: names as in the user's model, not module.0
+    assert r.manifest["model_class"] == "Sequential" and r.manifest["wrapped_by"] == "DistributedDataParallel"
     assert r.status() == {**r.status(), "state": "finished", "ranks": 2}
     loss = r.scalars(names=["loss"])
     assert sorted(loss["rank"].unique()) == [0, 1]
@@ -55,9 +57,9 @@ def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
     # different shards: the two ranks saw different losses at the same step
     by_rank = loss.pivot(index="step", columns="rank", values="value")
     assert (by_rank[0] != by_rank[1]).all()
-    acts = r.distributions("activation", layers=["module.0"])
+    acts = r.distributions("activation", layers=["0"])
     assert sorted(acts["rank"].unique()) == [0, 1] and sorted(acts["step"].unique()) == [0, 2]
-    only_one = r.distributions("activation", layers=["module.0"], rank=1)
+    only_one = r.distributions("activation", layers=["0"], rank=1)
     assert set(only_one["rank"]) == {1} and len(only_one) == 2
     # the gradient norm is the averaged gradient's (the same on both ranks, though their
     # own gradients differ); clipping cannot be told from averaging there: unknown (NaN)
@@ -65,7 +67,7 @@ def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
     assert len(norms) == 4 and np.allclose(norms[0], norms[1], rtol=1e-6)
     assert r.scalars(names=["grad_clipped"])["value"].isna().all()
     # DDP averages gradients: the weights stay identical on both ranks
-    w = r.distributions("weight", layers=["module.0.weight"]).pivot(index="step", columns="rank", values="mean")
+    w = r.distributions("weight", layers=["0.weight"]).pivot(index="step", columns="rank", values="mean")
     assert (w[0] == w[1]).all()
 
 
@@ -79,7 +81,7 @@ def test_auto_schedule_captures_the_same_steps_on_every_rank(tmp_path):
     r = diagnostics.open_run(tmp_path / "ddp")
     schedule = r.manifest["schedule"]
     assert schedule["synchronized"] is True and schedule["period"] >= 1
-    acts = r.distributions("activation", layers=["module.0"])
+    acts = r.distributions("activation", layers=["0"])
     by_rank = {rank: sorted(acts.loc[acts["rank"] == rank, "step"]) for rank in (0, 1)}
     assert by_rank[0] == by_rank[1]
     assert {0, 1, 2, 4, 8, 16, 32, 64} <= set(by_rank[0])

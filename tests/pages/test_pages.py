@@ -122,3 +122,55 @@ def test_health_page_lists_findings_with_evidence_or_says_all_clear(monkeypatch,
         assert len(_charts(at)) == len(findings)
     else:
         assert any("No finding" in s.value for s in at.success)
+
+
+@pytest.fixture(scope="module")
+def two_rank_run(recorded_runs, tmp_path_factory):
+    """The "cls" run plus a second rank's stream whose summaries are shifted by +100, as
+    two DDP processes would record (without spawning them)."""
+    import diagnostics
+    from diagnostics import schema
+    from diagnostics.store import RunWriter
+
+    folder = tmp_path_factory.mktemp("ranks")
+    path = folder / "ddp"
+    shutil.copytree(recorded_runs / "cls", path)
+    manifest = json.loads((path / "run.json").read_text())
+    manifest["world_size"], manifest["name"] = 2, "ddp"
+    (path / "run.json").write_text(json.dumps(manifest))
+    source = diagnostics.open_run(path)
+    writer = RunWriter(path, {}, rank=1)
+    for kind in ("activation", "weight", "output", "label"):
+        d = source.distributions(kind)
+        width = max(len(h) for h in d["hist_counts"])
+        for step, part in d.groupby("step"):
+            matrix = np.full((len(part), len(schema.SUMMARY_FIELDS) + width), -1.0)
+            for i, (_, row) in enumerate(part.iterrows()):
+                head = [row[f] for f in schema.SUMMARY_FIELDS]
+                if kind in ("activation", "weight"):
+                    head[schema.SUMMARY_FIELDS.index("mean")] += 100.0
+                matrix[i, :len(head)] = head
+                matrix[i, len(head):len(head) + len(row["hist_counts"])] = row["hist_counts"]
+            writer.add_summaries(int(step), list(part["layer"]), list(part["kind"]), matrix)
+    writer.close("finished")
+    return folder
+
+
+def test_pages_show_one_rank_of_a_distributed_run(monkeypatch, two_rank_run):
+    """Several ranks: Distributions and Outputs show the picked rank's stream, never a
+    blend of ranks (outputs of one rank against labels of another)."""
+    import diagnostics
+
+    r = diagnostics.open_run(two_rank_run / "ddp")
+    last = r.distributions("activation", layers=["0"]).sort_values("step")
+    at = _open(monkeypatch, two_rank_run, "pages/distributions.py", "ddp")
+    at.selectbox(key="dist_kind").set_value("activation").run()
+    at.selectbox(key="dist_layer_activation").set_value("0").run()
+    for rank in (0, 1):
+        at.selectbox(key="dist_rank").set_value(rank).run()
+        assert not at.exception
+        mean = last[last["rank"] == rank]["mean"].iloc[-1]
+        assert f"mean {mean:.4g}," in at.caption[0].value
+    at = _open(monkeypatch, two_rank_run, "pages/outputs.py", "ddp")
+    assert at.selectbox(key="outputs_rank").options == ["rank 0", "rank 1"]
+    assert "on rank 0" in at.caption[-1].value
