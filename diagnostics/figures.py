@@ -60,7 +60,11 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
     fig.update_layout(title=title, xaxis_title="step", height=320, margin=dict(l=40, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
     if log_y:
-        fig.update_yaxes(type="log")
+        values = df["value"].to_numpy(dtype=float)
+        positive = values[np.isfinite(values) & (values > 0)]
+        decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
+        # decades only when the data spans some: plotly's minor labels (2, 5) crowd otherwise
+        fig.update_yaxes(type="log", **({"dtick": 1} if decades >= 1 else {"tickformat": ".2g"}))
     return fig
 
 
@@ -129,8 +133,12 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     fig.update_yaxes(title_text="value", row=1, col=1)
     positive = std.dropna()
     decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
-    # whole decades when the spread allows, else 1-2-5 ticks: never a crowd of minor labels
-    fig.update_yaxes(title_text="std (log)", type="log", dtick=1 if decades >= 1 else "D2", row=2, col=1)
+    # whole decades when the spread allows, else plotly's own ticks written out in full
+    # ("D2" labelled minor ticks with their leading digit alone: 2, 1, 5 read as nonsense)
+    if decades >= 1:
+        fig.update_yaxes(title_text="std (log)", type="log", dtick=1, row=2, col=1)
+    else:
+        fig.update_yaxes(title_text="std (log)", type="log", tickformat=".2g", row=2, col=1)
     fig.update_xaxes(tickangle=-45, row=2, col=1)
     fig.update_layout(title=title or "all layers at one step", height=520, margin=dict(l=40, r=20, t=50, b=40))
     return fig
@@ -219,10 +227,12 @@ def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
     if d.empty:
         return empty_figure(f"no non-zero updates recorded for {layer}")
     fig = go.Figure()
-    fig.add_hrect(y0=1e-4, y1=1e-2, fillcolor="rgba(44,160,44,0.12)", line_width=0,
-                  annotation_text="usual range", annotation_position="top left")
+    fig.add_hrect(y0=1e-4, y1=1e-2, fillcolor="rgba(44,160,44,0.12)", line_width=0)
+    # an annotation's y on a log axis is log10 of the value (hrect's own label landed at 10**0.01)
+    fig.add_annotation(x=0, xref="paper", y=-2, yref="y", text="usual range", showarrow=False,
+                       xanchor="left", yanchor="top", font=dict(size=11, color="#2c7a2c"))
     fig.add_scatter(x=d["step"], y=d["ratio"], mode="lines+markers", name="‖update‖ / ‖weight‖")
-    fig.update_yaxes(type="log", title_text="‖update‖ / ‖weight‖")
+    fig.update_yaxes(type="log", title_text="‖update‖ / ‖weight‖", dtick=1, tickformat=".0e")
     fig.update_layout(title=f"update-to-weight ratio of {layer}", xaxis_title="step", height=320,
                       margin=dict(l=40, r=20, t=50, b=40))
     return fig
