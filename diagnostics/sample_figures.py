@@ -88,6 +88,8 @@ def sample_history_figure(records: pd.DataFrame, evaluations: pd.DataFrame, task
         return empty_figure("no history: log ids with run.log_batch(..., ids=) or evaluate more than once")
     fig.update_layout(title="history of this sample", xaxis_title="step", yaxis_title=label, height=300,
                       margin=_MARGIN, legend=dict(orientation="h", y=-0.3))
+    if task == "classification":
+        fig.update_yaxes(range=[-0.03, 1.03])  # a probability: its whole range, even for one point
     return fig
 
 

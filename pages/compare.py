@@ -123,7 +123,8 @@ if classification:
                                     "delta": st.column_config.NumberColumn("B − A (points)", format="%+.1f")})
 with config_tab:
     if c.config.empty:
-        st.info("The runs' config and model, optimiser, loss and seed are the same.")
+        st.info("What the runs recorded about themselves is the same: the `config=` dict, model, optimiser, "
+                "loss and seed. Settings not passed in `config=` (epochs, data, augmentation) are not compared.")
     else:
         as_text = lambda v: "—" if v is None else str(v)  # noqa: E731  (mixed types: one column of text)
         st.dataframe(c.config.assign(value_a=c.config["value_a"].map(as_text),

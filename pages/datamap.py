@@ -27,6 +27,9 @@ cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
 for col, region in zip(cols[1:], ("easy", "ambiguous", "hard-to-learn")):
     col.metric(region.capitalize(), f"{int(counts.get(region, 0)):,}")
+st.caption("Regions by shares, as in Swayamdipta et al. 2020: the most variable third is ambiguous; of the "
+           "rest, the least confident third is hard-to-learn. Counts near a third each come from that split, "
+           "not from the data: where a sample sits on the map is the finding.")
 st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely label errors")

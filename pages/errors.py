@@ -41,7 +41,7 @@ else:
     cols[3].metric("Bias", f"{summary['bias']:+.3g}")
 
 # -- filters ------------------------------------------------------------------------------
-with st.expander("Filters", expanded=False):
+with st.expander("Filters for the worst cases", expanded=False):
     f1, f2, f3 = st.columns(3)
     true_class = pred_class = conf = None
     if classification:
