@@ -59,6 +59,11 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
         return empty_figure(f"no finite values of {', '.join(names)}")
     fig.update_layout(title=title, xaxis_title="step", height=320, margin=dict(l=40, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
+    finite = df["value"].to_numpy(dtype=float)
+    finite = finite[np.isfinite(finite)]
+    if not log_y and len(finite) and finite.min() == finite.max() and finite[0] != 0:
+        v = float(finite[0])  # a constant (a fixed learning rate): from 0 to twice it, not ±0.5 around it
+        fig.update_yaxes(range=sorted([0.0, 2 * v]))
     if log_y:
         values = df["value"].to_numpy(dtype=float)
         positive = values[np.isfinite(values) & (values > 0)]

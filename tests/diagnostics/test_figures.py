@@ -24,3 +24,9 @@ def test_all_nan_series_draws_no_trace_and_short_series_get_markers():
 def test_only_nan_says_so_instead_of_an_empty_chart():
     fig = figures.scalar_figure(_scalars([(0, "grad_clipped", np.nan, 0)]), ["grad_clipped"], "x")
     assert not fig.data and "no finite values of grad_clipped" in fig.layout.annotations[0].text
+
+
+def test_a_constant_scalar_is_drawn_from_zero():
+    rows = [(s, "lr", 0.05, 0) for s in range(10)]
+    fig = figures.scalar_figure(_scalars(rows), ["lr"], "learning rate")
+    assert list(fig.layout.yaxis.range) == [0.0, 0.1]
