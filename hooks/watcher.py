@@ -660,7 +660,7 @@ class WatchedRun:
             # tearing down a group waits for its collectives: not while an agreement another
             # rank never joined is in flight (uneven inputs), which would hold close() until
             # the collective timed out; that group is left to the process's end
-            if not getattr(self.schedule, "in_flight", lambda: False)():
+            if not self.schedule.in_flight():  # the group exists for the SyncedAutoSchedule
                 try:
                     torch.distributed.destroy_process_group(group)
                 except Exception:  # e.g. the default group is gone already, and its subgroups with it
@@ -839,11 +839,10 @@ def _record_grad_norm(run: WatchedRun) -> None:
         # several ranks: backward's per-parameter hooks would see this rank's own gradient,
         # before DDP averages it; the norm is read now, from the gradient the optimizer is
         # given (after any clipping, which is then not detected: grad_clipped is NaN)
-        run._grad_squares = {p: _squared_norm(p.grad) for p in run._param_names if p.grad is not None}
-        if run._grad_squares:
+        squares = [_squared_norm(p.grad) for p in run._param_names if p.grad is not None]
+        if squares:
             run._norm_recorded = True
-            produced = torch.stack(list(run._grad_squares.values())).double().sum().sqrt()
-            run._grad_squares = {}
+            produced = torch.stack(squares).double().sum().sqrt()
             unknown = torch.full((), math.nan, device=produced.device)
             run._grad_norms.append((run.step, produced.float(), unknown))
         return
