@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 
 .PHONY: setup demo test chromium
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml setup.py hooks/_fused.c
 	python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first, pinned: a range would pull a multi-GB CUDA build on CPU machines

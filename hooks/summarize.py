@@ -19,8 +19,9 @@ sum to the number of elements sampled. A sample is a fixed set of positions (see
 With NaN or Inf present, mean, std, min, max, quantiles and histogram describe the
 finite values; `zero_frac` is the share of exact zeros among all elements, like `count`.
 
-Two implementations give the same numbers: on the CPU, torch makes the full passes over
-a large tensor (sum, dot, min/max, zero count) and numpy does everything else in float64
+Two implementations give the same numbers: on the CPU, one native pass (hooks/_fused.c,
+built at install where a C compiler is; torch's sum, dot, aminmax and a zero count
+otherwise) reads a large float32 tensor once, and numpy does everything else in float64
 (a torch op on a 0-d tensor costs 5-15 µs of dispatch; a capture makes hundreds of
 summaries, and that dispatch was most of its cost); on other devices everything stays
 on the device and the vector comes back with two scalar syncs (`_summarize_torch`; its
@@ -36,6 +37,11 @@ import torch
 from torch import nn
 
 from diagnostics import schema
+
+try:  # optional, built by setup.py where a C compiler is: one pass instead of four
+    from hooks import _fused
+except ImportError:  # pragma: no cover - depends on the install
+    _fused = None
 
 SAMPLE = 8_192  # quantiles and histogram are exact up to this many elements
 QUANTILE_SAMPLE = 2_048  # above SAMPLE elements, quantiles come from this many of the sample
@@ -252,9 +258,15 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         zero_count = n - np.count_nonzero(flat.numpy())
         with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
             s1 = float(flat.numpy().sum(dtype=np.float64))
+    elif _fused is not None and flat.dtype == torch.float32 and flat.stride(0) == 1:
+        # one native pass: sums, extremes, zeros (hooks/_fused.c)
+        s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(flat.data_ptr(), n)
+        if non_finite:  # the sums include them: recomputed over the finite values below
+            s1 = math.nan
     else:
         zero_count = None  # after min/max, which often rule zeros out
         s1 = float(flat.sum())
+        s2 = lo = hi = None
     nan_count = inf_count = 0
     finite = flat
     if not math.isfinite(s1):  # NaN/Inf counted only when the sum says so: rare, so paid rarely
@@ -282,8 +294,10 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         if sampled:
             lo, hi = float(sample.min()), float(sample.max())
     else:
-        s1 = s1 if finite is flat else float(finite.sum())
-        s2 = float(torch.dot(finite, finite))
+        if finite is not flat:
+            s1, s2, lo = float(finite.sum()), None, None
+        if s2 is None:
+            s2 = float(torch.dot(finite, finite))
         mean = s1 / m
         var = s2 / m - mean * mean
         # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
@@ -299,8 +313,9 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
             mean = pivot + c1 / m
             var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
         std = math.sqrt(max(var, 0.0))
-        extremes = torch.aminmax(finite)
-        lo, hi = float(extremes.min), float(extremes.max)
+        if lo is None:
+            extremes = torch.aminmax(finite)
+            lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
             zero_count = _zero_count_cpu(flat, lo, hi)
         sample = _fixed_sample(finite, SAMPLE).numpy()

@@ -24,10 +24,14 @@ BINS = schema.HIST_BINS
 
 # -- helpers -------------------------------------------------------------------------
 
-@pytest.fixture(autouse=True, params=["cpu", "device"])
+@pytest.fixture(autouse=True, params=["cpu", "cpu-torch", "device"])
 def implementation(request, monkeypatch):
-    """Every test runs against both implementations: the CPU one (torch passes + numpy)
-    and the one other devices use (torch ops only), forced onto CPU tensors here."""
+    """Every test runs against every implementation: the CPU one with its native pass
+    (hooks/_fused.c, where the install built it), the CPU one with torch's passes
+    instead (an install without a C compiler), and the one other devices use (torch
+    ops only), forced onto CPU tensors here."""
+    if request.param == "cpu-torch":
+        monkeypatch.setattr(summarize_module, "_fused", None)
     if request.param == "device":
         monkeypatch.setattr(summarize_module, "_summarize_cpu",
                             lambda flat, span, bins, sampled=False: summarize_module._summarize_torch(flat, span, bins).double().numpy())
@@ -392,8 +396,9 @@ def test_constant_tensor_with_large_magnitude(value, dtype):
     assert counts.sum() == 10 and np.count_nonzero(counts) == 1
 
 
-def test_large_finite_float32_values_keep_finite_mean():
-    x = normal(2000, seed=18, loc=1e37, scale=1e34)
+@pytest.mark.parametrize("size", [2000, 20_000])  # the large one's float32 sum overflows
+def test_large_finite_float32_values_keep_finite_mean(size):
+    x = normal(size, seed=18, loc=1e37, scale=1e34)
     a = x.astype(np.float64)
     _, vec = run(torch.from_numpy(x))
     assert f(vec, "nan_count") == 0 and f(vec, "inf_count") == 0

@@ -1,0 +1,86 @@
+"""hooks._fused (the optional one-pass reduction in C) against numpy in float64."""
+
+from __future__ import annotations
+
+import shutil
+import sysconfig
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from hooks import summarize as summarize_module
+
+fused = summarize_module._fused
+needs_native = pytest.mark.skipif(fused is None, reason="hooks._fused not built (no C compiler at install)")
+
+
+def test_native_pass_is_built_where_a_compiler_is():
+    """setup.py builds it as optional: a silent build failure would only show as speed."""
+    has_headers = (Path(sysconfig.get_paths()["include"]) / "Python.h").exists()
+    if shutil.which("cc") is None or not has_headers:
+        pytest.skip("no C compiler or Python headers here: the torch passes are used")
+    assert fused is not None, "hooks._fused missing: reinstall with `pip install -e .` and read its build log"
+
+
+def reference(x: np.ndarray) -> tuple:
+    a = x.astype(np.float64)
+    fin = a[np.isfinite(a)]
+    lo = float(a[~np.isnan(a)].min()) if (~np.isnan(a)).any() else np.inf
+    hi = float(a[~np.isnan(a)].max()) if (~np.isnan(a)).any() else -np.inf
+    return fin.sum(), np.dot(fin, fin), lo, hi, int(np.count_nonzero(x == 0)), int(np.count_nonzero(~np.isfinite(a)))
+
+
+@needs_native
+@pytest.mark.parametrize("n", [0, 1, 15, 17, 2047, 2049, 100_003])  # lanes of 16, blocks of 2,048, tails
+def test_stats_match_numpy(n):
+    rng = np.random.default_rng(n)
+    x = rng.normal(0.5, 2.0, n).astype(np.float32)
+    x[::7] = 0.0
+    x[3::11] = -0.0
+    s1, s2, lo, hi, zeros, non_finite = fused.stats_f32(torch.from_numpy(x).data_ptr(), n)
+    r1, r2, rlo, rhi, rzeros, rnon = reference(x)
+    assert s1 == pytest.approx(r1, rel=1e-6, abs=1e-6)
+    assert s2 == pytest.approx(r2, rel=1e-6)
+    assert (lo, hi) == (rlo, rhi) if n else (lo, hi) == (np.inf, -np.inf)
+    assert zeros == rzeros and non_finite == rnon == 0
+
+
+@needs_native
+def test_non_finite_counted_min_max_skip_nan():
+    x = np.random.default_rng(1).normal(size=5000).astype(np.float32)
+    x[[3, 4000]] = np.nan
+    x[[10, 4999]] = np.inf
+    x[77] = -np.inf
+    _, _, lo, hi, _, non_finite = fused.stats_f32(torch.from_numpy(x).data_ptr(), x.size)
+    assert non_finite == 5
+    assert lo == -np.inf and hi == np.inf  # NaN skipped, ±Inf kept (the caller recomputes)
+    y = np.full(40, np.nan, dtype=np.float32)
+    _, _, lo, hi, _, non_finite = fused.stats_f32(torch.from_numpy(y).data_ptr(), y.size)
+    assert non_finite == 40 and lo == np.inf and hi == -np.inf
+
+
+@needs_native
+def test_reads_from_the_view_start_not_the_storage_start():
+    base = torch.arange(10_000, dtype=torch.float32)
+    view = base[5000:]
+    s1, _, lo, hi, zeros, _ = fused.stats_f32(view.data_ptr(), view.numel())
+    assert (lo, hi, zeros) == (5000.0, 9999.0, 0)
+    assert s1 == float(np.arange(5000, 10_000, dtype=np.float64).sum())
+
+
+@needs_native
+def test_summarize_uses_the_native_pass_only_for_contiguous_float32(monkeypatch):
+    calls = []
+    real = fused.stats_f32
+    monkeypatch.setattr(summarize_module, "_fused", type("F", (), {"stats_f32": staticmethod(
+        lambda *a: calls.append(a) or real(*a))}))
+    x = torch.randn(300, 100)
+    summarize_module.summarize(x)
+    assert len(calls) == 1
+    summarize_module.summarize(x.t())  # non-contiguous: reshape copies, then contiguous
+    summarize_module.summarize(x.double())
+    summarize_module.summarize(x.reshape(-1)[::2])  # 1-D strided view: reshape keeps the stride
+    summarize_module.summarize(x[:10])  # small: numpy
+    assert len(calls) == 2
