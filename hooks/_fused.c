@@ -112,7 +112,42 @@ static PyObject *stats_f32(PyObject *self, PyObject *args) {
                          (long long)p.nonfinite);
 }
 
+/* hist_f32(address, m, lo, hi, bins, out_address, clip): counts of m float32 values in
+ * `bins` equal bins over [lo, hi], added into the float64 array at out_address (zeroed
+ * here), binned exactly as hooks.summarize does in numpy: t = ((double)v - lo) * (bins /
+ * (hi - lo)), clamped to [0, bins - 1], truncated. With clip, values outside [lo, hi]
+ * are left out. The values must be finite (a sample of a tensor's finite values). */
+static PyObject *hist_f32(PyObject *self, PyObject *args) {
+    unsigned long long address, out_address;
+    Py_ssize_t m, bins;
+    double lo, hi;
+    int clip;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "KnddnKp", &address, &m, &lo, &hi, &bins, &out_address, &clip)) return NULL;
+    if (m < 0 || bins < 1 || !(hi > lo)) {
+        PyErr_SetString(PyExc_ValueError, "hist_f32: needs m >= 0, bins >= 1 and hi > lo");
+        return NULL;
+    }
+    const float *x = (const float *)(uintptr_t)address;
+    double *out = (double *)(uintptr_t)out_address;
+    const double scale = (double)bins / (hi - lo), last = (double)(bins - 1);
+    Py_BEGIN_ALLOW_THREADS
+    for (Py_ssize_t k = 0; k < bins; k++) out[k] = 0.0;
+    for (Py_ssize_t i = 0; i < m; i++) {
+        double v = (double)x[i];
+        if (clip && !(v >= lo && v <= hi)) continue;
+        double t = (v - lo) * scale;
+        t = t < last ? t : last;
+        t = t > 0.0 ? t : 0.0;
+        out[(Py_ssize_t)t] += 1.0;
+    }
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"hist_f32", hist_f32, METH_VARARGS,
+     "hist_f32(address, m, lo, hi, bins, out_address, clip): histogram of m float32 values into float64 out"},
     {"stats_f32", stats_f32, METH_VARARGS,
      "stats_f32(address, n) -> (sum, sum_sq, min, max, zeros, non_finite) of n float32 values"},
     {NULL, NULL, 0, NULL},

@@ -235,7 +235,10 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
         # introselect hits its slow case: 43 µs per 2,048 values against 17 µs to sort
         vec[_QCOLS] = np.sort(ranked)[nearest]
     vec[_F["hist_min"]], vec[_F["hist_max"]] = lo, hi
-    if bins:
+    if bins and _fused is not None and sample.dtype == np.float32 and sample.flags.c_contiguous:
+        # the same binning in one native loop (numpy's five passes: 28 µs per 8,192 values)
+        _fused.hist_f32(sample.ctypes.data, sample.size, lo, hi, bins, vec[NF:].ctypes.data, clip)
+    elif bins:
         x = sample
         if clip:  # values outside a given span are left out; [min, max] holds every finite value
             x = x[(x >= lo) & (x <= hi)]

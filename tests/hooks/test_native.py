@@ -73,9 +73,16 @@ def test_reads_from_the_view_start_not_the_storage_start():
 @needs_native
 def test_summarize_uses_the_native_pass_only_for_contiguous_float32(monkeypatch):
     calls = []
-    real = fused.stats_f32
-    monkeypatch.setattr(summarize_module, "_fused", type("F", (), {"stats_f32": staticmethod(
-        lambda *a: calls.append(a) or real(*a))}))
+
+    class Counting:  # hooks._fused, counting the full passes
+        hist_f32 = staticmethod(fused.hist_f32)
+
+        @staticmethod
+        def stats_f32(*a):
+            calls.append(a)
+            return fused.stats_f32(*a)
+
+    monkeypatch.setattr(summarize_module, "_fused", Counting)
     x = torch.randn(300, 100)
     summarize_module.summarize(x)
     assert len(calls) == 1
@@ -84,3 +91,25 @@ def test_summarize_uses_the_native_pass_only_for_contiguous_float32(monkeypatch)
     summarize_module.summarize(x.reshape(-1)[::2])  # 1-D strided view: reshape keeps the stride
     summarize_module.summarize(x[:10])  # small: numpy
     assert len(calls) == 2
+
+
+@needs_native
+@pytest.mark.parametrize("clip", [False, True])
+def test_histogram_matches_numpy_binning(clip):
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=8192).astype(np.float32)
+    x[:5] = x.min()  # ties at both ends: the maximum belongs to the last bin
+    x[5:9] = x.max()
+    lo, hi = (-1.0, 1.5) if clip else (float(x.min()), float(x.max()))
+    out = np.full(64, 7.0)  # zeroed by the call
+    fused.hist_f32(x.ctypes.data, x.size, lo, hi, 64, out.ctypes.data, clip)
+    kept = x[(x >= lo) & (x <= hi)] if clip else x
+    expected, _ = np.histogram(kept.astype(np.float64), bins=64, range=(lo, hi))
+    np.testing.assert_array_equal(out, expected)
+
+
+@needs_native
+def test_histogram_rejects_an_empty_span():
+    out = np.zeros(4)
+    with pytest.raises(ValueError, match="hi > lo"):
+        fused.hist_f32(out.ctypes.data, 0, 1.0, 1.0, 4, out.ctypes.data, False)
