@@ -261,7 +261,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         zero_count = n - np.count_nonzero(flat.numpy())
         with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
             s1 = float(flat.numpy().sum(dtype=np.float64))
-    elif _fused is not None and flat.dtype == torch.float32 and flat.stride(0) == 1:
+    elif _fused is not None and flat.dtype == torch.float32 and flat.stride(0) == 1 and type(flat) is torch.Tensor:
         # one native pass: sums, extremes, zeros (hooks/_fused.c)
         s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(flat.data_ptr(), n)
         if non_finite:  # the sums include them: recomputed over the finite values below
