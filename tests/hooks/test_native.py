@@ -113,3 +113,24 @@ def test_histogram_rejects_an_empty_span():
     out = np.zeros(4)
     with pytest.raises(ValueError, match="hi > lo"):
         fused.hist_f32(out.ctypes.data, 0, 1.0, 1.0, 4, out.ctypes.data, False)
+
+
+@needs_native
+@pytest.mark.parametrize("n", [0, 5, 16, 2047, 2049, 300_001])
+def test_sum_of_squares_matches_numpy(n):
+    x = np.random.default_rng(n).normal(0.0, 3.0, n).astype(np.float32)
+    expected = float(np.dot(x.astype(np.float64), x.astype(np.float64)))
+    assert fused.sumsq_f32(torch.from_numpy(x).data_ptr(), n) == pytest.approx(expected, rel=1e-6, abs=0)
+
+
+@needs_native
+def test_gradient_norm_uses_the_native_sum_only_for_dense_cpu_float32():
+    from hooks.watcher import _squared_norm
+
+    g = torch.randn(1000)
+    assert isinstance(_squared_norm(g), float)
+    assert _squared_norm(g) == pytest.approx(float(g.double().square().sum()), rel=1e-6)
+    for other in (g.double(), g[::2], g.to(torch.bfloat16)):
+        value = _squared_norm(other)
+        assert isinstance(value, torch.Tensor)
+        assert float(value) == pytest.approx(float(other.double().square().sum()), rel=1e-2)
