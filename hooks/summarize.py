@@ -394,16 +394,21 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
     s2 = torch.dot(finite, finite)
     mean = s1 / m
     var = s2 / m - mean * mean
+    scale = None  # set when float64 values are divided by a power of two (past ~1e154)
     if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):  # see _summarize_cpu
         pivot = _fixed_sample(finite, _PIVOT_SAMPLE).double().mean()
         centred = finite - pivot.to(finite.dtype)
         s1, s2 = centred.sum(), torch.dot(centred, centred)
         if not bool(torch.isfinite(s1) & torch.isfinite(s2)):
             centred = finite.double() - pivot
+            # float64 past ~1e154 overflows the squares: divide by a power of two first
+            scale = torch.exp2(torch.ceil(torch.log2(centred.abs().amax().clamp(min=1.0))))
+            centred = centred / scale
             s1, s2 = centred.sum(), torch.dot(centred, centred)
-        mean = pivot + s1 / m
+        mean = pivot + s1 / m if scale is None else pivot + s1 / m * scale
         var = s2 / m - (s1 / m) ** 2
     var = torch.clamp(var, min=0.0)
+    std = var.sqrt() if scale is None else var.sqrt() * scale
     lo, hi = torch.aminmax(finite)
     sample = _fixed_sample(finite, SAMPLE).to(torch.float32)
     quantiles = torch.quantile(sample.double(), _QUANTILES.to(dev, torch.float64)).to(torch.float32)
@@ -424,7 +429,7 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
         hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
 
     head = torch.stack([
-        mean.to(torch.float32), var.sqrt().to(torch.float32), lo.to(torch.float32), hi.to(torch.float32),
+        mean.to(torch.float32), std.to(torch.float32), lo.to(torch.float32), hi.to(torch.float32),
         zero_frac, nan_count.to(torch.float32), inf_count.to(torch.float32),
     ])
     not_applicable = torch.full((2,), float("nan"), device=dev)  # dead_frac, saturated_frac
