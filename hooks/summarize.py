@@ -287,7 +287,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         a = sample.astype(np.float64)
         scale = 1.0  # float64 values past ~1e154 overflow the squares: divide by a power of two
         if sample.dtype == np.float64 and (big := float(np.abs(a).max())) > 1e150:
-            scale = 2.0 ** math.frexp(big)[1]
+            scale = math.ldexp(1.0, math.frexp(big)[1] - 1)  # values / scale within ±2 (2.0**1024 raises)
             a /= scale
         mean = float(a.sum()) / m
         a -= mean
@@ -303,6 +303,7 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
             s2 = float(torch.dot(finite, finite))
         mean = s1 / m
         var = s2 / m - mean * mean
+        scale = 1.0  # var and std in units of scale (a power of two past ~1e154)
         # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
         # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
         # they overflow: then shift by a pivot, in float64 if need be.
@@ -313,9 +314,14 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
             if not (math.isfinite(c1) and math.isfinite(c2)):
                 centred = finite.double() - pivot
                 c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
-            mean = pivot + c1 / m
+            if not (math.isfinite(c1) and math.isfinite(c2)):  # float64 past ~1e154: squares overflow
+                pivot, centred = 0.0, finite.double()
+                scale = math.ldexp(1.0, math.frexp(float(centred.abs().max()))[1] - 1)
+                centred = centred / scale  # within ±2
+                c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+            mean = pivot + c1 / m * scale
             var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
-        std = math.sqrt(max(var, 0.0))
+        std = math.sqrt(max(var, 0.0)) * scale
         if lo is None:
             extremes = torch.aminmax(finite)
             lo, hi = float(extremes.min), float(extremes.max)
@@ -401,9 +407,12 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
         s1, s2 = centred.sum(), torch.dot(centred, centred)
         if not bool(torch.isfinite(s1) & torch.isfinite(s2)):
             centred = finite.double() - pivot
-            # float64 past ~1e154 overflows the squares: divide by a power of two first
-            scale = torch.exp2(torch.ceil(torch.log2(centred.abs().amax().clamp(min=1.0))))
-            centred = centred / scale
+            s1, s2 = centred.sum(), torch.dot(centred, centred)
+        if not bool(torch.isfinite(s1) & torch.isfinite(s2)):  # float64 past ~1e154: squares overflow
+            pivot, centred = torch.zeros((), dtype=torch.float64, device=dev), finite.double()
+            exponent = torch.frexp(centred.abs().amax()).exponent
+            scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=dev), exponent - 1)
+            centred = centred / scale  # within ±2
             s1, s2 = centred.sum(), torch.dot(centred, centred)
         mean = pivot + s1 / m if scale is None else pivot + s1 / m * scale
         var = s2 / m - (s1 / m) ** 2

@@ -637,3 +637,18 @@ def test_float64_std_past_1e154_does_not_overflow(implementation):
     a = x.numpy()
     assert raw[0] == pytest.approx(np.mean(a / 1e300) * 1e300, rel=1e-12)  # mean
     assert raw[1] == pytest.approx(np.std(a / 1e300) * 1e300, rel=1e-12)  # std
+
+
+@pytest.mark.parametrize("size", [3, 20_000])  # the numpy path and the torch passes
+def test_float64_near_its_maximum_gives_finite_moments_not_an_error(size, implementation):
+    """Past 2**1023 a power-of-two scale of 2.0**1024 raised OverflowError; sums overflow."""
+    x = np.zeros(size)
+    x[: size // 3 + 1] = 1.5e308
+    a = x / 1e308
+    _, vec = run(torch.from_numpy(x))
+    assert f(vec, "max") == np.inf and f(vec, "std") == np.inf  # beyond float32: inf, not NaN
+    if implementation == "device":  # its vector is float32 on the device: inf is all it can say
+        return
+    raw = summarize_module._summarize_cpu(torch.from_numpy(x), None, BINS)  # float64, before the cast
+    assert raw[0] == pytest.approx(a.mean() * 1e308, rel=1e-9)
+    assert raw[1] == pytest.approx(a.std() * 1e308, rel=1e-6)
