@@ -103,8 +103,24 @@ def _fixed_sample(flat: torch.Tensor, limit: int) -> torch.Tensor:
     return flat.index_select(0, _plan(n, limit, flat.device))
 
 
+def _native_address(t: torch.Tensor) -> int:
+    """Where the native pass (hooks._fused) can read `t`'s values: the address of a plain,
+    contiguous CPU float32 tensor's first value; 0 where it cannot (not built, another
+    dtype, layout or device, a tensor subclass, or no memory behind the tensor: a
+    ZeroTensor gradient, storage freed as FSDP does, functorch wrappers)."""
+    if (_fused is None or t.dtype != torch.float32 or type(t) is not torch.Tensor or not t.is_cpu
+            or t.layout != torch.strided or not t.is_contiguous()):
+        return 0
+    try:
+        return 0 if t._is_zerotensor() else t.data_ptr()
+    except RuntimeError:  # "Cannot access data pointer of Tensor that doesn't have storage"
+        return 0
+
+
 def _as_float(t: torch.Tensor) -> torch.Tensor:
     x = t.detach()
+    if x._is_zerotensor():  # autograd's gradient of `p * 0` has no memory: numpy cannot read it
+        x = torch.zeros(x.shape, dtype=x.dtype, device=x.device)
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()  # half, bfloat16, integers and bools are summarised in float32
     return x.reshape(-1)
@@ -235,7 +251,7 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
         # introselect hits its slow case: 43 µs per 2,048 values against 17 µs to sort
         vec[_QCOLS] = np.sort(ranked)[nearest]
     vec[_F["hist_min"]], vec[_F["hist_max"]] = lo, hi
-    if bins and _fused is not None and sample.dtype == np.float32 and sample.flags.c_contiguous:
+    if bins and _fused is not None and sample.dtype == np.float32 and sample.flags.c_contiguous and hi > lo:
         # the same binning in one native loop (numpy's five passes: 28 µs per 8,192 values)
         _fused.hist_f32(sample.ctypes.data, sample.size, lo, hi, bins, vec[NF:].ctypes.data, clip)
     elif bins:
@@ -261,9 +277,9 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         zero_count = n - np.count_nonzero(flat.numpy())
         with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
             s1 = float(flat.numpy().sum(dtype=np.float64))
-    elif _fused is not None and flat.dtype == torch.float32 and flat.stride(0) == 1 and type(flat) is torch.Tensor:
+    elif address := _native_address(flat):
         # one native pass: sums, extremes, zeros (hooks/_fused.c)
-        s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(flat.data_ptr(), n)
+        s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(address, n)
         if non_finite:  # the sums include them: recomputed over the finite values below
             s1 = math.nan
     else:

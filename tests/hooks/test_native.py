@@ -134,3 +134,25 @@ def test_gradient_norm_uses_the_native_sum_only_for_dense_cpu_float32():
         value = _squared_norm(other)
         assert isinstance(value, torch.Tensor)
         assert float(value) == pytest.approx(float(other.double().square().sum()), rel=1e-2)
+
+
+@needs_native
+def test_tensors_without_memory_behind_them_are_not_read_natively():
+    """A ZeroTensor (autograd's gradient of `p * 0`) or storage freed as FSDP does: the
+    native pass would read address 0 (a crash); torch's passes answer instead."""
+    from hooks.watcher import _squared_norm
+
+    zero = torch._efficientzerotensor(10_000)
+    assert summarize_module._native_address(zero) == 0
+    assert float(_squared_norm(zero)) == 0.0
+    _, vec = summarize_module.summarize(zero)
+    assert float(vec[summarize_module._F["zero_frac"]]) == 1.0
+    freed = torch.randn(10_000)
+    freed.untyped_storage().resize_(0)
+    assert summarize_module._native_address(freed) == 0
+
+
+def test_a_nan_histogram_span_leaves_every_value_out():
+    """Same answer with and without the native pass: nothing lies in a NaN span."""
+    n, vec = summarize_module.summarize(torch.randn(100), hist_range=(torch.tensor(float("nan")), torch.tensor(1.0)))
+    assert float(vec[summarize_module.NF:].sum()) == 0

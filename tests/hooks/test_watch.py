@@ -249,7 +249,6 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
 @pytest.mark.parametrize("native", [True, False], ids=["native", "torch-passes"])
 def test_update_ratio_grad_norm_clipping_and_unit_activity(tmp_path, monkeypatch, native):
     if not native:  # an install without the C extension: the gradient norms come from torch.dot
-        monkeypatch.setattr(hooks.watcher, "_fused", None)
         monkeypatch.setattr(hooks.summarize, "_fused", None)
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(10, 32), nn.ReLU(), nn.Linear(32, 16), nn.Sigmoid(), nn.Linear(16, 3))
