@@ -122,6 +122,17 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     return out[list(DYNAMICS_COLUMNS)].reset_index(drop=True)
 
 
+def share_thresholds(dynamics: pd.DataFrame) -> tuple[float, float]:
+    """(confidence_threshold, variability_threshold) that split the map by shares, as
+    Swayamdipta et al. 2020 do: the most variable third is ambiguous; of the rest, the
+    least confident third is hard-to-learn (so about 2/9 of all samples)."""
+    var = dynamics["variability"].dropna()
+    variability = float(var.quantile(2 / 3)) if len(var) else VARIABILITY_THRESHOLD
+    rest = dynamics.loc[dynamics["variability"] < variability, "confidence"].dropna()
+    confidence = float(rest.quantile(1 / 3)) if len(rest) else CONFIDENCE_THRESHOLD
+    return confidence, variability
+
+
 def data_map_regions(dynamics: pd.DataFrame, confidence_threshold: float = CONFIDENCE_THRESHOLD,
                      variability_threshold: float = VARIABILITY_THRESHOLD) -> pd.Series:
     """The Dataset Cartography region of each sample: a categorical Series named "region",
@@ -133,9 +144,8 @@ def data_map_regions(dynamics: pd.DataFrame, confidence_threshold: float = CONFI
     - "easy": lower variability and confidence >= `confidence_threshold`.
 
     Defaults are the midpoints of the map's axes (confidence 0.5, variability 0.25). The
-    paper selects by share instead (the top third by variability, the bottom third by
-    confidence); to do that, pass `variability_threshold=dyn.variability.quantile(2 / 3)`
-    and `confidence_threshold=dyn.confidence.quantile(1 / 3)`. Records of the first epochs
+    paper selects by share instead (the top third by variability, then the bottom third
+    by confidence of the rest): `data_map_regions(dyn, *share_thresholds(dyn))`. Records of the first epochs
     of a model trained from scratch raise every sample's variability (everything starts
     near chance), so a short run puts many clean samples in "ambiguous". Samples without a
     confidence (regression) get NaN.

@@ -3,6 +3,8 @@ nothing here knows about Streamlit, so a test (or a notebook) can call them dire
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -73,6 +75,38 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
     return fig
 
 
+def _tick_labels(ticks: list[float]) -> list[str]:
+    """Plain numbers where all are (0.001 to 10,000), else all as powers: one format per axis."""
+    if all(1e-3 <= t < 1e5 for t in ticks):
+        return [f"{t:g}" for t in ticks]
+    return [f"{t:.0e}".replace("e-0", "e-").replace("e+0", "e") for t in ticks]
+
+
+def log_ticks(values: np.ndarray, most: int = 8) -> dict:
+    """Tick values and labels for a log axis over positive `values`: 1-2-5 steps, whole
+    decades when those are too many, more steps when too few, all in one format, and
+    the range padded so the end ticks show. plotly's own log ticks either pile up
+    (~10 labels within one decade) or leave a decade's span with a single "1"."""
+    positive = values[np.isfinite(values) & (values > 0)]
+    if not len(positive):
+        return {}
+    lo, hi = float(positive.min()), float(positive.max())
+    if hi / lo < 1.5:
+        lo, hi = lo / 1.5, hi * 1.5
+    first, last = math.floor(math.log10(lo)) - 1, math.ceil(math.log10(hi)) + 1
+    ticks: list[float] = []
+    for mantissas in ((1,), (1, 2, 5), (1, 1.5, 2, 3, 5, 7)):
+        ticks = [m * 10.0**k for k in range(first, last + 1) for m in mantissas]
+        ticks = [t for t in ticks if lo / 1.05 <= t <= hi * 1.05]
+        if len(ticks) >= 3:
+            break
+    while len(ticks) > most:
+        ticks = ticks[::2]
+    pad = 0.05 * max(math.log10(hi / lo), 0.3)
+    return {"tickvals": ticks, "ticktext": _tick_labels(ticks),
+            "range": [math.log10(lo) - pad, math.log10(hi) + pad]}
+
+
 def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
     """One layer over steps: min–max, 1–99%, 5–95% and 25–75% bands, median and mean
     (TensorBoard's Distributions view)."""
@@ -93,6 +127,17 @@ def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
                     name="mean")
     fig.update_layout(title=title or "distribution over steps", xaxis_title="step", yaxis_title="value",
                       height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    # heavy tails (gradients: max ~100x q99) would flatten every band but min–max into a
+    # line at 0: show 1–99% with room, and say the extremes run off the chart
+    inner_lo, inner_hi = float(d["q01"].min()), float(d["q99"].max())
+    outer_lo, outer_hi = float(d["min"].min()), float(d["max"].max())
+    span = inner_hi - inner_lo
+    if np.isfinite([inner_lo, inner_hi, outer_lo, outer_hi]).all() and span > 0 and outer_hi - outer_lo > 4 * span:
+        pad = 0.3 * span
+        fig.update_yaxes(range=[inner_lo - pad, inner_hi + pad])
+        fig.add_annotation(text=f"min–max ({outer_lo:.3g} to {outer_hi:.3g}) runs off the chart: "
+                                "Autoscale in the chart's toolbar shows all", xref="paper", yref="paper",
+                           x=1.0, y=1.02, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11))
     return fig
 
 
@@ -136,15 +181,11 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     fig.add_trace(go.Scatter(x=d["layer"], y=std, mode="lines+markers", name="std", line=dict(color="#ff7f0e"),
                              showlegend=False), row=2, col=1)
     fig.update_yaxes(title_text="value", row=1, col=1)
-    positive = std.dropna()
-    decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
-    # whole decades when the spread allows, else plotly's own ticks written out in full
-    # ("D2" labelled minor ticks with their leading digit alone: 2, 1, 5 read as nonsense)
-    if decades >= 1:
-        fig.update_yaxes(title_text="std (log)", type="log", dtick=1, row=2, col=1)
-    else:
-        fig.update_yaxes(title_text="std (log)", type="log", tickformat=".2g", row=2, col=1)
-    fig.update_xaxes(tickangle=-45, row=2, col=1)
+    fig.update_yaxes(title_text="std (log)", type="log", row=2, col=1, **log_ticks(std.dropna().to_numpy()))
+    # names as categories: "0".."11" (an nn.Sequential's layers) would be read as numbers
+    # and labelled every other one
+    fig.update_xaxes(type="category", row=1, col=1)
+    fig.update_xaxes(type="category", tickangle=-45, row=2, col=1)
     fig.update_layout(title=title or "all layers at one step", height=520, margin=dict(l=40, r=20, t=50, b=40))
     return fig
 

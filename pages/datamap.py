@@ -17,19 +17,18 @@ if d.empty:
             "`run.log_batch(outputs, labels, ids=batch_indices, loss=loss)` — to record every sample "
             "on every step.")
     st.stop()
-# the paper's split by shares: the most variable third is ambiguous; of the rest, the
-# least confident third is hard to learn (midpoint thresholds put nearly all of a short
-# run from scratch in "ambiguous")
-regions = dyn.data_map_regions(d, confidence_threshold=float(d["confidence"].quantile(1 / 3)),
-                               variability_threshold=float(d["variability"].quantile(2 / 3)))
+# the paper's split by shares (midpoint thresholds put nearly all of a short run from
+# scratch in "ambiguous")
+regions = dyn.data_map_regions(d, *dyn.share_thresholds(d))
 counts = regions.value_counts()
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
 for col, region in zip(cols[1:], ("easy", "ambiguous", "hard-to-learn")):
     col.metric(region.capitalize(), f"{int(counts.get(region, 0)):,}")
 st.caption("Regions by shares, as in Swayamdipta et al. 2020: the most variable third is ambiguous; of the "
-           "rest, the least confident third is hard-to-learn. Counts near a third each come from that split, "
-           "not from the data: where a sample sits on the map is the finding.")
+           "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
+           "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
+           "and which region its class or tag falls in, is the finding.")
 st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely label errors")

@@ -98,7 +98,10 @@ with confusion_tab:
         names = [name(i) for i in range(num_classes)]
         st.plotly_chart(error_figures.confusion_figure(matrix, names), key="err_confusion")
         c1, c2 = st.columns(2)
-        t = c1.selectbox("True class", range(num_classes), format_func=name, key="cell_true")
+        # opens on the largest confusion (off the diagonal), not on class 0 and its worst
+        off = np.where(np.eye(num_classes, dtype=bool), -1, matrix)
+        worst_true = int(np.unravel_index(np.argmax(off), off.shape)[0]) if off.size else 0
+        t = c1.selectbox("True class", range(num_classes), format_func=name, key="cell_true", index=worst_true)
         p = c2.selectbox("Predicted class", range(num_classes), format_func=name, key="cell_pred",
                          index=int(np.argmax(np.where(np.eye(num_classes, dtype=bool), -1, matrix)[t])))
         cell = errors.confusion_cell(samples, t, p)

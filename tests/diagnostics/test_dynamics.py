@@ -172,3 +172,14 @@ def test_label_error_score_finds_flipped_labels():
     assert score["precision_at_k"] >= 3 * noise_rate
     assert score["precision_at_k"] >= figures["mean_loss"]["precision_at_k"]
     assert score["roc_auc"] > 0.95
+
+
+def test_share_thresholds_split_a_third_then_a_third_of_the_rest():
+    from diagnostics.dynamics import share_thresholds
+
+    rng = np.random.default_rng(0)
+    dyn = pd.DataFrame({"confidence": rng.uniform(0, 1, 9000), "variability": rng.uniform(0, 0.5, 9000)})
+    counts = data_map_regions(dyn, *share_thresholds(dyn)).value_counts(normalize=True)
+    assert counts["ambiguous"] == pytest.approx(1 / 3, abs=0.01)
+    assert counts["hard-to-learn"] == pytest.approx(2 / 9, abs=0.01)
+    assert counts["easy"] == pytest.approx(4 / 9, abs=0.01)

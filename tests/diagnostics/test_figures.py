@@ -30,3 +30,36 @@ def test_a_constant_scalar_is_drawn_from_zero():
     rows = [(s, "lr", 0.05, 0) for s in range(10)]
     fig = figures.scalar_figure(_scalars(rows), ["lr"], "learning rate")
     assert list(fig.layout.yaxis.range) == [0.0, 0.1]
+
+
+def test_layers_at_step_names_are_categories_and_the_std_axis_is_labelled():
+    """nn.Sequential names its layers "0".."11": as numbers plotly labelled every other one.
+    The std axis: readable ticks in one format, at least three, inside the data's range."""
+    rows = [{"layer": str(i), "q05": -1, "q25": -0.5, "q50": 0, "q75": 0.5, "q95": 1, "std": 1e-6 * (1 + i)}
+            for i in range(12)]
+    fig = figures.layers_at_step_figure(pd.DataFrame(rows), [str(i) for i in range(12)])
+    assert fig.layout.xaxis.type == "category" and fig.layout.xaxis2.type == "category"
+    ticks = fig.layout.yaxis2.tickvals
+    assert len(ticks) >= 3 and all(1e-6 / 1.05 <= t <= 1.2e-5 * 1.05 for t in ticks)
+    assert list(fig.layout.yaxis2.ticktext) == ["1e-6", "2e-6", "5e-6", "1e-5"]
+    lo, hi = fig.layout.yaxis2.range
+    assert lo < np.log10(1e-6) and hi > np.log10(1.2e-5)
+
+
+def test_log_ticks_span_a_decade_and_a_half_with_more_than_one_label():
+    ticks = figures.log_ticks(np.array([0.35, 7.2]))
+    assert ticks["ticktext"] == ["0.5", "1", "2", "5"]
+    assert figures.log_ticks(np.array([np.nan, 0.0])) == {}
+
+
+def test_heavy_tailed_bands_are_framed_on_the_1_to_99_percent_band():
+    steps = np.arange(5)
+    dist = pd.DataFrame({"step": steps, "min": -5.0, "max": 5.0, "q01": -0.05, "q05": -0.03, "q25": -0.01,
+                         "q50": 0.0, "q75": 0.01, "q95": 0.03, "q99": 0.05, "mean": 0.0})
+    fig = figures.quantile_bands_figure(dist)
+    lo, hi = fig.layout.yaxis.range
+    assert -0.1 < lo < -0.05 and 0.05 < hi < 0.1
+    assert "runs off the chart" in fig.layout.annotations[0].text
+    narrow = dist.assign(min=-0.06, max=0.06)  # no tails: plotly's own range, no note
+    fig = figures.quantile_bands_figure(narrow)
+    assert fig.layout.yaxis.range is None and not fig.layout.annotations

@@ -100,3 +100,24 @@ def test_common_grid_degenerate_inputs():
     # every row empty
     edges, matrix = common_grid(_rows([(np.zeros(64), np.nan, np.nan)]), bins=8)
     assert np.all(np.isfinite(edges)) and np.all(matrix == 0)
+
+
+def test_a_constant_row_does_not_stretch_the_grid():
+    """A zero-initialised bias at step 0 is stored with numpy's padded span [-0.5, 0.5];
+    later steps spread over ±0.04 must still fill the grid, not one or two of its bins."""
+    rng = np.random.default_rng(1)
+    later = np.histogram(rng.uniform(-0.04, 0.05, 500), bins=64, range=(-0.04, 0.05))[0]
+    at_zero = np.zeros(64)
+    at_zero[32] = 10  # all of step 0's values, in the middle bin of [-0.5, 0.5]
+    rows = pd.DataFrame([
+        {"hist_counts": at_zero, "hist_min": -0.5, "hist_max": 0.5, "min": 0.0, "max": 0.0},
+        {"hist_counts": later, "hist_min": -0.04, "hist_max": 0.05, "min": -0.04, "max": 0.05},
+    ])
+    edges, matrix = common_grid(rows, bins=64)
+    assert edges[0] == pytest.approx(-0.04) and edges[-1] == pytest.approx(0.05)
+    assert np.count_nonzero(matrix[1]) > 50  # spread over the grid
+    zero_bin = np.searchsorted(edges, 0.0, side="right") - 1
+    assert matrix[0, zero_bin] == 1.0 and matrix[0].sum() == 1.0
+    # every row constant at the same value: a grid of ±0.5 around it, mass at it
+    edges, matrix = common_grid(rows.iloc[:1], bins=8)
+    assert (edges[0], edges[-1]) == (-0.5, 0.5) and matrix[0, 4] == 1.0

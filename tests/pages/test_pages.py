@@ -174,3 +174,15 @@ def test_pages_show_one_rank_of_a_distributed_run(monkeypatch, two_rank_run):
     at = _open(monkeypatch, two_rank_run, "pages/outputs.py", "ddp")
     assert at.selectbox(key="outputs_rank").options == ["rank 0", "rank 1"]
     assert "on rank 0" in at.caption[-1].value
+
+
+def test_overview_draws_each_other_scalar_on_its_own_chart(monkeypatch, recorded_runs):
+    """A gradient norm of 5 on the axis of an accuracy of 0.97 flattens the accuracy; a
+    grad_clipped that never left 0 is not picked by default."""
+    at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
+    picker = at.multiselect[0]
+    assert picker.label == "Other scalars"
+    assert "grad_norm" in picker.value and "grad_clipped" not in picker.value
+    titles = [c["layout"]["title"]["text"] for c in _charts(at)]
+    for name in picker.value:
+        assert name in titles
