@@ -127,18 +127,30 @@ def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
                     name="mean")
     fig.update_layout(title=title or "distribution over steps", xaxis_title="step", yaxis_title="value",
                       height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
-    # heavy tails (gradients: max ~100x q99) would flatten every band but min–max into a
-    # line at 0: show 1–99% with room, and say the extremes run off the chart
-    inner_lo, inner_hi = float(d["q01"].min()), float(d["q99"].max())
-    outer_lo, outer_hi = float(d["min"].min()), float(d["max"].max())
-    span = inner_hi - inner_lo
-    if np.isfinite([inner_lo, inner_hi, outer_lo, outer_hi]).all() and span > 0 and outer_hi - outer_lo > 4 * span:
-        pad = 0.3 * span
-        fig.update_yaxes(range=[inner_lo - pad, inner_hi + pad])
+    framed = _inner_span(d)
+    if framed is not None:
+        (lo, hi), (outer_lo, outer_hi) = framed
+        fig.update_yaxes(range=[lo, hi])
         fig.add_annotation(text=f"min–max ({outer_lo:.3g} to {outer_hi:.3g}) runs off the chart: "
                                 "Autoscale in the chart's toolbar shows all", xref="paper", yref="paper",
                            x=1.0, y=1.02, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11))
     return fig
+
+
+def _inner_span(d: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]] | None:
+    """For heavy tails (gradients: max ~100x q99), which would flatten every band but
+    min–max into a line at 0: the 1–99% span with room to draw in, and the full one;
+    None when the tails are light."""
+    if not {"q01", "q99", "min", "max"} <= set(d.columns) or d.empty:
+        return None
+    inner_lo, inner_hi = float(d["q01"].min()), float(d["q99"].max())
+    outer_lo, outer_hi = float(d["min"].min()), float(d["max"].max())
+    span = inner_hi - inner_lo
+    if not (np.isfinite([inner_lo, inner_hi, outer_lo, outer_hi]).all() and span > 0
+            and outer_hi - outer_lo > 4 * span):
+        return None
+    pad = 0.3 * span
+    return (inner_lo - pad, inner_hi + pad), (outer_lo, outer_hi)
 
 
 def histogram_heatmap_figure(dist: pd.DataFrame, title: str = "", bins: int = 64) -> go.Figure:
@@ -148,6 +160,8 @@ def histogram_heatmap_figure(dist: pd.DataFrame, title: str = "", bins: int = 64
         return empty_figure("no captures for this layer")
     d = dist.sort_values("step")
     d = d[d["rank"] == d["rank"].min()] if "rank" in d else d
+    # the full span even with heavy tails: a stored histogram has 64 bins over min..max,
+    # so framing its body would only magnify two or three of them (the bands show the body)
     edges, frac = common_grid(d, bins)
     centres = (edges[:-1] + edges[1:]) / 2
     with np.errstate(divide="ignore"):

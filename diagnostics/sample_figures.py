@@ -33,8 +33,11 @@ def preview_figure(preview: pd.Series | None, attribution: pd.Series | None = No
             fig.add_heatmap(z=att / att.max(), colorscale=[[0, "rgba(255,0,0,0)"], [1, "rgba(255,0,0,1)"]],
                             opacity=opacity, showscale=True, colorbar=dict(title="|attr|"),
                             hovertemplate="attribution %{z:.2f}<extra></extra>")
-        fig.update_yaxes(autorange="reversed", scaleanchor="x", showticklabels=False)
-        fig.update_xaxes(showticklabels=False)
+        # an image, not a chart: no grid, zero lines or tick marks over it
+        bare = dict(showticklabels=False, showgrid=False, zeroline=False, ticks="")
+        fig.update_yaxes(autorange="reversed", scaleanchor="x", **bare)
+        fig.update_xaxes(**bare)
+        fig.update_layout(plot_bgcolor="rgba(0,0,0,0)")
     elif kind == "signal":
         for c, channel in enumerate(x.reshape(x.shape[0], -1)):
             fig.add_scatter(y=channel, mode="lines", name=f"channel {c}", line=dict(color="#444", width=1))

@@ -48,5 +48,17 @@ else:
 with st.expander("Model and configuration"):
     modules = pd.DataFrame(m.get("modules", []))
     if not modules.empty:
+        # `params` counts a module's own parameters (a container's are its children's):
+        # the root read 0 next to the run's total; show both
+        root = modules["name"].iloc[0]
+        names = modules["name"].tolist()
+        modules.insert(3, "params (with children)", [
+            int(modules["params"].sum()) if n == root else
+            int(sum(p for other, p in zip(names, modules["params"]) if other == n or other.startswith(n + ".")))
+            for n in names])
+        modules = modules.rename(columns={"params": "params (own)"})
+        shapes = m.get("output_shapes") or {}
+        if shapes:
+            modules["output shape"] = modules["name"].map(lambda n: str(shapes[n]) if n in shapes else "")
         st.dataframe(modules, hide_index=True, width="stretch")
     st.json({k: m.get(k) for k in ("watch", "config", "optimizer", "loss_fn", "torch_version", "python_version", "class_names")})

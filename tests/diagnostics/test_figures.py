@@ -63,3 +63,13 @@ def test_heavy_tailed_bands_are_framed_on_the_1_to_99_percent_band():
     narrow = dist.assign(min=-0.06, max=0.06)  # no tails: plotly's own range, no note
     fig = figures.quantile_bands_figure(narrow)
     assert fig.layout.yaxis.range is None and not fig.layout.annotations
+
+
+def test_an_image_preview_has_no_grid_or_ticks_over_it():
+    from diagnostics import sample_figures
+
+    row = pd.Series({"kind": "image", "values": np.arange(64, dtype=np.float32).tolist(), "shape": [8, 8, 1]})
+    fig = sample_figures.preview_figure(row)
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.showgrid is False and axis.zeroline is False and axis.ticks == ""
+    assert fig.layout.yaxis.autorange == "reversed"

@@ -186,3 +186,16 @@ def test_overview_draws_each_other_scalar_on_its_own_chart(monkeypatch, recorded
     titles = [c["layout"]["title"]["text"] for c in _charts(at)]
     for name in picker.value:
         assert name in titles
+
+
+def test_overview_model_table_counts_parameters_with_children(monkeypatch, recorded_runs):
+    at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
+    table = next(d.value for d in at.dataframe if "params (own)" in d.value.columns)
+    import diagnostics
+
+    run = diagnostics.open_run(recorded_runs / "cls")
+    total = sum(p["numel"] for p in run.manifest["parameters"])
+    assert table["params (with children)"].iloc[0] == total > 0
+    assert table["params (own)"].iloc[0] == 0  # the root container holds none itself
+    leaves = table[table["leaf"]]
+    assert (leaves["params (with children)"] == leaves["params (own)"]).all()
