@@ -58,7 +58,16 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
     finite = np.isfinite(x) & np.isfinite(y)
     if not finite.any():
         return empty_figure(f"no finite {what} in both runs")
-    log = bool((x[finite] > 0).all() and (y[finite] > 0).all())
+    both = np.concatenate([x[finite], y[finite]])
+    log = bool((both >= 0).all() and (both > 0).any())
+    floor = None
+    if log and (both == 0).any():
+        # a loss of exactly 0 (float32 underflow of a confident right answer) has no place
+        # on a log axis, and a linear one piles hundreds of samples at the origin: draw
+        # zeros at half the smallest positive value, and say so
+        floor = float(both[both > 0].min()) / 2
+        samples = samples.assign(**{c: samples[c].where(samples[c] != 0, floor) for c in (x_col, y_col)})
+        x, y = samples[x_col].to_numpy(dtype=float), samples[y_col].to_numpy(dtype=float)
     lo, hi = float(min(x[finite].min(), y[finite].min())), float(max(x[finite].max(), y[finite].max()))
     scatter = go.Scattergl if len(samples) > _WEBGL_POINTS else go.Scatter
     fig = go.Figure()
@@ -78,4 +87,7 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
     fig.update_yaxes(title_text=f"{what} in B", **axis)
     fig.update_layout(title=f"per-sample {what}, A vs B (below the diagonal: B does better)", height=420,
                       margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
+    if floor is not None:
+        fig.add_annotation(text=f"{what} of exactly 0 drawn at {floor:.1e}", xref="paper", yref="paper", x=0.0,
+                           y=1.0, xanchor="left", yanchor="top", showarrow=False, font=dict(size=11))
     return fig

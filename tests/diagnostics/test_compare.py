@@ -271,3 +271,21 @@ def test_compare_imports_neither_torch_nor_streamlit():
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_loss_scatter_keeps_log_axes_when_some_losses_are_exactly_zero():
+    """Confident right answers underflow to a loss of 0 in float32: on linear axes they
+    piled at the origin; on log axes they are drawn at half the smallest positive loss."""
+    import numpy as np
+    import pandas as pd
+
+    from diagnostics.compare_figures import loss_scatter_figure
+
+    samples = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "loss_a": [0.0, 1e-4, 2.0, 0.5],
+                            "loss_b": [0.0, 0.0, 0.1, 3.0],
+                            "change": ["still_right", "still_right", "fixed", "broken"]})
+    fig = loss_scatter_figure(samples)
+    assert fig.layout.xaxis.type == "log" and fig.layout.yaxis.type == "log"
+    drawn = np.concatenate([np.asarray(t.x, dtype=float) for t in fig.data[1:]])
+    assert drawn.min() == 5e-5 and "exactly 0 drawn at 5.0e-05" in fig.layout.annotations[0].text
+    assert samples["loss_a"].iloc[0] == 0.0  # the caller's frame is left as it was
