@@ -117,6 +117,12 @@ def _native_address(t: torch.Tensor) -> int:
         return 0
 
 
+def _native_sumsq(t: torch.Tensor) -> float | None:
+    """Sum of squares of `t` from the native pass, or None where it cannot read `t`."""
+    address = _native_address(t)
+    return _fused.sumsq_f32(address, t.numel()) if address else None
+
+
 def _as_float(t: torch.Tensor) -> torch.Tensor:
     x = t.detach()
     if x._is_zerotensor():  # autograd's gradient of `p * 0` has no memory: numpy cannot read it

@@ -43,8 +43,7 @@ from diagnostics.store import RunWriter
 from diagnostics.tags import dataset_key
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule, SyncedAutoSchedule
-from hooks.summarize import _fixed_sample, _native_address, class_summary, summarize, unit_activity
-from hooks import summarize as _summarize_module
+from hooks.summarize import _fixed_sample, _native_sumsq, class_summary, summarize, unit_activity
 
 _WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 _LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
@@ -746,9 +745,9 @@ def _squared_norm(grad: torch.Tensor) -> torch.Tensor | float:
     (float64 for float64/complex128) tensor on its device. Dense float32/float64
     gradients: a BLAS dot, 2.6x faster than vector_norm's reduction (0.10 vs 0.25 ms per
     2.4 M elements). Each overflows float32 where elements pass ~1e19: the norm reads inf then."""
-    if address := _native_address(grad):
-        # one native call: a Python float, no tensor ops to dispatch (~62 a step on a ResNet)
-        return _summarize_module._fused.sumsq_f32(address, grad.numel())
+    # one native call: a Python float, no tensor ops to dispatch (~62 a step on a ResNet)
+    if (native := _native_sumsq(grad)) is not None:
+        return native
     grad = _stored_values(grad)
     if grad.layout == torch.strided and grad.dtype in (torch.float32, torch.float64) and grad.is_contiguous():
         flat = grad.view(-1)
