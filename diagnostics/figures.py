@@ -126,7 +126,8 @@ def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:
     fig.add_scatter(x=d["step"], y=d["mean"], mode="lines", line=dict(color="#ff7f0e", width=1, dash="dot"),
                     name="mean")
     fig.update_layout(title=title or "distribution over steps", xaxis_title="step", yaxis_title="value",
-                      height=360, margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+                      height=340, margin=_OVER_STEPS_MARGIN, legend=dict(orientation="h", y=-0.25))
+    fig.update_xaxes(range=_step_range(d["step"]))
     framed = _inner_span(d)
     if framed is not None:
         (lo, hi), (outer_lo, outer_hi) = framed
@@ -168,18 +169,32 @@ def histogram_heatmap_figure(dist: pd.DataFrame, title: str = "", bins: int = 64
         z = np.log10(frac.T + 1e-6)
     fig = go.Figure(go.Heatmap(
         x=d["step"].to_numpy(), y=centres, z=z, colorscale="Viridis", zmin=-6, zmax=0,
-        colorbar=dict(title="log10 share", tickvals=[-6, -4, -2, 0], ticktext=["≤1e-6", "1e-4", "1e-2", "1"]),
+        colorbar=dict(title="log10 share", tickvals=[-6, -4, -2, 0], ticktext=["≤1e-6", "1e-4", "1e-2", "1"],
+                      x=1.01, xanchor="left", thickness=14),
         hovertemplate="step %{x}<br>value %{y:.3g}<br>log10 share %{z:.2f}<extra></extra>",
     ))
     fig.update_layout(title=title or "histogram over steps", xaxis_title="step", yaxis_title="value",
-                      height=360, margin=dict(l=40, r=20, t=50, b=40))
+                      height=340, margin=_OVER_STEPS_MARGIN)
+    fig.update_xaxes(range=_step_range(d["step"]))
     return fig
 
 
-def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str = "") -> go.Figure:
+# The quantile bands and the heatmap of one layer are drawn one above the other with the same
+# margins (the colorbar fits in the right one) and the same step range, so a step lines up.
+_OVER_STEPS_MARGIN = dict(l=70, r=110, t=50, b=40)
+
+
+def _step_range(steps: pd.Series) -> list[float]:
+    lo, hi = float(steps.min()), float(steps.max())
+    return [lo - 0.5, hi + 0.5] if hi > lo else [lo - 1, hi + 1]
+
+
+def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str = "",
+                          layer_types: dict[str, str] | None = None) -> go.Figure:
     """All layers side by side at one step: a box per layer (5–95% whiskers, quartile box,
     median) above, and each layer's standard deviation on a log scale below, where
-    vanishing or exploding scale across depth shows as a slope."""
+    vanishing or exploding scale across depth shows as a slope. `layer_types` (name →
+    module type, from the manifest's model summary) labels each layer "name · type"."""
     if dist.empty:
         return empty_figure("no captures at this step")
     d = dist.groupby("layer", as_index=False).agg(
@@ -199,9 +214,18 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     # names as categories: "0".."11" (an nn.Sequential's layers) would be read as numbers
     # and labelled every other one
     fig.update_xaxes(type="category", row=1, col=1)
-    fig.update_xaxes(type="category", tickangle=-45, row=2, col=1)
-    fig.update_layout(title=title or "all layers at one step", height=520, margin=dict(l=40, r=20, t=50, b=40))
+    fig.update_xaxes(type="category", tickangle=-45, row=2, col=1, tickvals=order,
+                     ticktext=[layer_label(name, layer_types) for name in order])
+    fig.update_layout(title=title or "all layers at one step", height=560, margin=dict(l=60, r=20, t=50, b=40))
     return fig
+
+
+def layer_label(name: str, layer_types: dict[str, str] | None) -> str:
+    """'conv1 · Conv2d': a layer's (or a parameter's) name with its module's type, when known.
+    A parameter ('0.weight') takes the type of the module that owns it ('0')."""
+    types = layer_types or {}
+    owner = name if name in types else name.rpartition(".")[0]
+    return f"{name} · {types[owner]}" if owner in types else name
 
 
 def pooled_class_counts(rows: pd.DataFrame) -> pd.Series:

@@ -94,6 +94,9 @@ def train(
             run.log_scalar("val/acc", metrics["accuracy"])
             print(f"  {name}: epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  val acc {metrics['accuracy']:.3f}",
                   flush=True)
+        # the training scans too (no attributions): previews of the samples the Data map suspects
+        run.evaluate([(x[ids], y[ids], ids) for ids in train_ids.split(256)], split="train", attribute_worst=0,
+                     progress=False)
     model.eval()
     with torch.no_grad():
         pred = model(x[val_ids]).argmax(1).numpy()

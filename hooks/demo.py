@@ -20,14 +20,20 @@ from torch import nn
 import hooks
 
 
+def digits_split(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Dataset indices of the training and validation digits (80/20, a seeded permutation):
+    the sample ids of both splits, so that an id names one image whichever split it is in."""
+    order = np.random.default_rng(seed).permutation(len(load_digits().target))
+    cut = int(0.8 * len(order))
+    return order[:cut], order[cut:]
+
+
 def digits_tensors(seed: int = 0, standardise: bool = True):
-    """Digits as (x_train, y_train, x_val, y_val) tensors, split 80/20 with a seeded permutation."""
+    """Digits as (x_train, y_train, x_val, y_val) tensors, split as `digits_split(seed)`."""
     data = load_digits()
     x = data.images.astype(np.float32)[:, None]  # N×1×8×8, values 0..16
     y = data.target.astype(np.int64)
-    order = np.random.default_rng(seed).permutation(len(x))
-    cut = int(0.8 * len(x))
-    tr, va = order[:cut], order[cut:]
+    tr, va = digits_split(seed)
     if standardise:
         mean, std = x[tr].mean(), x[tr].std()
         x = (x - mean) / std
@@ -51,6 +57,7 @@ def train_digits(runs_dir: str | Path, name: str, epochs: int = 8, standardise: 
     """Train the small CNN on digits with hooks attached; returns the run's path."""
     torch.manual_seed(seed)
     x_tr, y_tr, x_va, y_va = digits_tensors(seed, standardise)
+    ids_tr, ids_va = (torch.from_numpy(i) for i in digits_split(seed))  # dataset indices: unique across splits
     model = small_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(x_tr) // batch_size + 1))
@@ -66,14 +73,16 @@ def train_digits(runs_dir: str | Path, name: str, epochs: int = 8, standardise: 
                 opt.zero_grad()
                 logits = model(x_tr[idx])
                 loss = criterion(logits, y_tr[idx])
-                run.log_batch(logits, y_tr[idx], ids=idx)  # per-sample records: training dynamics
+                run.log_batch(logits, y_tr[idx], ids=ids_tr[idx])  # per-sample records: training dynamics
                 loss.backward()
                 opt.step()
                 sched.step()
-            val = [(x_va[i:i + 128], y_va[i:i + 128], torch.arange(i, min(i + 128, len(x_va))))
-                   for i in range(0, len(x_va), 128)]
-            metrics = run.evaluate(val, split="val", attribute_worst=32 if epoch == epochs - 1 else 0,
-                                   progress=False)
+            val = [(x_va[i:i + 128], y_va[i:i + 128], ids_va[i:i + 128]) for i in range(0, len(x_va), 128)]
+            last = epoch == epochs - 1
+            metrics = run.evaluate(val, split="val", attribute_worst=32 if last else 0, progress=False)
+            if last:  # the training images too: previews for the Data map's suspects
+                train = [(x_tr[i:i + 256], y_tr[i:i + 256], ids_tr[i:i + 256]) for i in range(0, len(x_tr), 256)]
+                run.evaluate(train, split="train", attribute_worst=0, progress=False)
             print(f"  {name}: epoch {epoch + 1}/{epochs}  val acc {metrics['accuracy']:.3f}", flush=True)
     return run.path
 

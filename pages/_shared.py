@@ -79,9 +79,11 @@ def samples(path: str, version: str, split: str, step: int):
 
 @st.cache_data(show_spinner=False, max_entries=256)
 def sample_detail(path: str, version: str, split: str, sample_id: str):
-    """Everything about one sample: its evaluations, training records, preview, attributions."""
+    """Everything about one sample of `split`: its evaluations, its per-step records, preview,
+    attributions. Records are joined within the split: ids name samples of one split only
+    (val sample 36 and train sample 36 may be different samples)."""
     r = diagnostics.open_run(path)
-    return (r.samples(split, step="all", sample_ids=[sample_id]), r.records(split="train", sample_ids=[sample_id]),
+    return (r.samples(split, step="all", sample_ids=[sample_id]), r.records(split=split, sample_ids=[sample_id]),
             r.previews(split, [sample_id]), r.attributions(split, [sample_id]))
 
 

@@ -28,7 +28,7 @@ kind = left.selectbox("Kind", available, format_func=lambda k: f"{k} — {DESCRI
 layer_names = _shared.layers(path, version, kind)
 types = {m["name"]: m["type"] for m in run.manifest.get("modules", [])}
 layer = right.selectbox("Layer", layer_names, key=f"dist_layer_{kind}",
-                        format_func=lambda n: f"{n} · {types[n]}" if n in types else n)
+                        format_func=lambda n: figures.layer_label(n, types))
 if several:
     with rest[0]:
         rank = _shared.rank_picker(run, "dist_rank")
@@ -36,9 +36,9 @@ else:
     rank = None
 
 one = _shared.distributions(path, version, kind, layers=(layer,), rank=rank)
-a, b = st.columns(2)
-a.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {layer}: quantiles over steps"), width="stretch")
-b.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {layer}: histogram over steps"), width="stretch")
+# one above the other, same margins and step range: a step lines up in both
+st.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {layer}: quantiles over steps"), width="stretch")
+st.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {layer}: histogram over steps"), width="stretch")
 if len(one):
     last = one.sort_values("step").iloc[-1]
     st.caption(
@@ -56,5 +56,5 @@ st.subheader("All layers at one step")
 step_list = _shared.steps(path, version, kind)
 step = st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1 else step_list[0]
 at_step = _shared.distributions(path, version, kind, steps=(step,), rank=rank)
-st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}"),
-                width="stretch")
+st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}",
+                                             layer_types=types), width="stretch")

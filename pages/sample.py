@@ -51,6 +51,10 @@ with right:
     if inputs:
         st.caption("Input statistics: " + ", ".join(f"{k} {v}" for k, v in inputs.items()))
 st.plotly_chart(sample_figures.sample_history_figure(records, history, task), key="sample_history")
+st.caption(f"History within split **{split}**: its evaluations and, when `run.log_batch(..., ids=, split="
+           f"{split!r})` logged it, its per-step records. Ids name samples of one split: training records of "
+           "another split with the same id are a different sample and are not shown."
+           + ("" if not records.empty else f" This sample has no per-step records in split {split}."))
 
 st.subheader("Tags and note")
 store = _shared.tags_of(path)

@@ -73,3 +73,28 @@ def test_an_image_preview_has_no_grid_or_ticks_over_it():
     for axis in (fig.layout.xaxis, fig.layout.yaxis):
         assert axis.showgrid is False and axis.zeroline is False and axis.ticks == ""
     assert fig.layout.yaxis.autorange == "reversed"
+
+
+def test_layers_at_step_labels_each_layer_with_its_module_type():
+    rows = [{"layer": name, "q05": -1, "q25": -0.5, "q50": 0, "q75": 0.5, "q95": 1, "std": 1.0}
+            for name in ("0", "1", "head")]
+    types = {"0": "Conv2d", "1": "ReLU", "head": "Linear"}
+    fig = figures.layers_at_step_figure(pd.DataFrame(rows), ["0", "1", "head"], layer_types=types)
+    assert list(fig.layout.xaxis2.ticktext) == ["0 · Conv2d", "1 · ReLU", "head · Linear"]
+    assert list(fig.layout.xaxis2.tickvals) == ["0", "1", "head"]
+    # parameters take their module's type; unknown names stay as they are
+    assert figures.layer_label("head.weight", types) == "head.weight · Linear"
+    assert figures.layer_label("mystery", types) == "mystery"
+
+
+def test_bands_and_heatmap_of_a_layer_share_step_range_and_margins():
+    """Drawn one above the other: the same step lines up when the plot areas match."""
+    steps = np.array([0, 1, 2, 4, 8])
+    hist = [np.ones(64)] * len(steps)
+    dist = pd.DataFrame({"step": steps, "rank": 0, "count": 64, "min": -1.0, "max": 1.0, "q01": -0.9, "q05": -0.8,
+                         "q25": -0.5, "q50": 0.0, "q75": 0.5, "q95": 0.8, "q99": 0.9, "mean": 0.0,
+                         "hist_counts": hist, "hist_min": -1.0, "hist_max": 1.0})
+    bands, heat = figures.quantile_bands_figure(dist), figures.histogram_heatmap_figure(dist)
+    assert list(bands.layout.xaxis.range) == list(heat.layout.xaxis.range) == [-0.5, 8.5]
+    assert bands.layout.margin == heat.layout.margin
+    assert heat.data[0].colorbar.x >= 1.0  # the colorbar sits in the right margin, not in the plot
