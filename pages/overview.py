@@ -61,7 +61,11 @@ else:
     left.plotly_chart(figures.runs_scalar_figure(frames, "loss", "loss", x=x, smooth=smooth, starts=starts),
                       width="stretch", key="overview_loss")
     lr_names = sorted(n for n in scalars["name"].unique() if n == "lr" or n.startswith("lr/"))
-    right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
+    if lr_names == ["lr"]:  # one learning rate: other runs' schedules beside it, on the same x
+        right.plotly_chart(figures.runs_scalar_figure(frames, "lr", "learning rate", x=x, starts=starts),
+                           width="stretch", key="overview_lr")
+    else:  # one per parameter group: this run's alone
+        right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
     others = sorted(set(scalars["name"]) - {"loss", *lr_names})
     if others:
         # by default: the user's own scalars (evaluation metrics) first, then the gradient

@@ -58,6 +58,9 @@ def test_overview_overlays_the_picked_runs_one_colour_each(monkeypatch, tmp_path
     assert [t["name"] for t in loss["data"]] == ["base · raw", "base", "norm · raw", "norm", "wide · raw", "wide"]
     np.testing.assert_allclose(_values(loss["data"][2]["y"]), [1.5 - 0.1 * s for s in range(8)])
     assert len({t["line"]["color"] for t in loss["data"][1::2]}) == 3  # one colour per run
+    lr = charts["learning rate"]  # base alone logged a learning rate
+    assert [t["name"] for t in lr["data"]] == ["base"]
+    assert lr["layout"]["annotations"][0]["text"] == "not logged under this name in: norm, wide"
     # the scalar base logged as val/acc: wide's val/acc drawn with it, norm's val/accuracy not merged in
     acc = charts["val/acc"]
     assert [t["name"] for t in acc["data"]] == ["base", "wide"]
