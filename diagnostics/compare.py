@@ -167,17 +167,7 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
             f"every number here covers the {len(shared)} shared samples only.")
     joined = frame_a.merge(frame_b, on="sample_id", suffixes=("_a", "_b")).sort_values("sample_id", kind="stable")
     joined = joined.reset_index(drop=True)
-    mismatched = pd.Series(_labels_differ(joined["label_a"], joined["label_b"]), index=joined.index)
-    if mismatched.sum() > MAX_LABEL_MISMATCH_SHARE * len(shared):
-        raise ComparisonError(
-            f"runs {a.name} and {b.name} share {len(shared)} ids on split {split!r} but {int(mismatched.sum())} "
-            "carry different labels: they were evaluated on different data — compare runs evaluated on the same "
-            "samples (the same ids and labels passed to run.evaluate)")
-    if mismatched.any():
-        first = ", ".join(joined.loc[mismatched, "sample_id"].head(3))
-        notes.append(f"{int(mismatched.sum())} shared sample id(s) carry different labels in the two runs "
-                     f"(e.g. {first}): the ids may not name the same samples; each run is scored against "
-                     "its own label.")
+    mismatched = _label_check(joined, a.name, b.name, split, notes)
     summary: dict[str, Any] = {
         "run_a": a.name, "run_b": b.name, "split": split, "task": task_a,
         "step_a": int(frame_a["step"].max()), "step_b": int(frame_b["step"].max()),
@@ -315,6 +305,23 @@ def _unique_ids(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFram
                      "(no ids passed to run.evaluate?); the first row of each is used.")
         frame = frame[~dup]
     return frame
+
+
+def _label_check(joined: pd.DataFrame, name_a: str, name_b: str, split: str, notes: list[str]) -> pd.Series:
+    """Which shared ids carry different labels in the two runs: a few are said (a note), more
+    than MAX_LABEL_MISMATCH_SHARE of them mean different data (ComparisonError)."""
+    mismatched = pd.Series(_labels_differ(joined["label_a"], joined["label_b"]), index=joined.index)
+    if mismatched.sum() > MAX_LABEL_MISMATCH_SHARE * len(joined):
+        raise ComparisonError(
+            f"runs {name_a} and {name_b} share {len(joined)} ids on split {split!r} but {int(mismatched.sum())} "
+            "carry different labels: they were evaluated on different data — compare runs evaluated on the same "
+            "samples (the same ids and labels passed to run.evaluate)")
+    if mismatched.any():
+        first = ", ".join(joined.loc[mismatched, "sample_id"].head(3))
+        notes.append(f"{int(mismatched.sum())} shared sample id(s) carry different labels in the two runs "
+                     f"(e.g. {first}): the ids may not name the same samples; each run is scored against "
+                     "its own label.")
+    return mismatched
 
 
 def _correct(joined: pd.DataFrame, side: str) -> np.ndarray:
