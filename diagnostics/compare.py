@@ -14,6 +14,7 @@ findings). Run A is the reference ("before"), run B the candidate ("after").
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -34,6 +35,13 @@ REGRESSION_TOLERANCE = 0.1
 ALPHA = 0.05
 CLASSIFICATION_CHANGES = ("fixed", "broken", "still_wrong", "still_right")
 REGRESSION_CHANGES = ("improved", "worsened", "same")
+# Different data: more than this share of the shared ids carry different labels in the two
+# runs. Label fixes between runs (the loop this tool serves: tag label noise, relabel,
+# retrain) touch a few percent of a set: Northcutt et al. (2021) estimate 3.4% label errors
+# on average over ten benchmark test sets. Unrelated sets that both name samples by index
+# agree by chance on about 1/K of the ids (K balanced classes): 50% mismatches for two
+# classes, 90% for ten, nearly all for real-valued targets. A quarter sits well between.
+MAX_LABEL_MISMATCH_SHARE = 0.25
 # Manifest entries besides `config` that say what a run was (its model, optimiser, loss, seed).
 _MANIFEST_KEYS = ("model_class", "num_parameters", "optimizer", "loss_fn", "seed", "class_names", "git_commit")
 _SAMPLE_COLUMNS = ("step", "label", "prediction", "loss", "correct", "confidence", "residual")
@@ -130,7 +138,8 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
     |error|, else `same`, with the same exact (sign) test on improved vs worsened.
 
     Raises ComparisonError when a run has no evaluation of `split`, the runs share no
-    sample id, or their tasks differ.
+    sample id, more than MAX_LABEL_MISMATCH_SHARE of the shared ids carry different labels
+    (different data: fewer are a warning), or their tasks differ.
 
         c = compare("runs/baseline", "runs/augmented")
         print(c.verdict())                  # "B fixes more samples than it breaks (31 fixed vs 9 broken) ..."
@@ -158,12 +167,7 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
             f"every number here covers the {len(shared)} shared samples only.")
     joined = frame_a.merge(frame_b, on="sample_id", suffixes=("_a", "_b")).sort_values("sample_id", kind="stable")
     joined = joined.reset_index(drop=True)
-    mismatched = joined["label_a"].ne(joined["label_b"]) & joined[["label_a", "label_b"]].notna().all(axis=1)
-    if mismatched.any():
-        first = ", ".join(joined.loc[mismatched, "sample_id"].head(3))
-        notes.append(f"{int(mismatched.sum())} shared sample id(s) carry different labels in the two runs "
-                     f"(e.g. {first}): the ids may not name the same samples; each run is scored against "
-                     "its own label.")
+    mismatched = _label_check(joined, a.name, b.name, split, notes)
     summary: dict[str, Any] = {
         "run_a": a.name, "run_b": b.name, "split": split, "task": task_a,
         "step_a": int(frame_a["step"].max()), "step_b": int(frame_b["step"].max()),
@@ -198,22 +202,78 @@ def mcnemar_p(fixed: int, broken: int) -> float:
 
 def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> pd.DataFrame:
     """The other runs of `folder` that `run` can be compared with: readable, with an evaluation,
-    of the same task when both say. One row per run (name, path, created_at, splits), most
-    recent first."""
+    of the same task when both say. One row per run (name, path, created_at, splits,
+    same_data): runs evaluated on the same data as `run` (see `same_data`; on `val` when both
+    evaluated it, else their first common split) first, each group most recent first.
+
+        comparable_runs("runs", "runs/baseline").query("same_data")["name"]
+    """
     me = run if isinstance(run, Run) else open_run(run)
+    my_splits = _splits(me)
     rows = []
     for row in list_runs(folder).itertuples():
         if row.state == "broken" or Path(row.path).resolve() == me.path.resolve():
             continue
         try:
-            evaluations = open_run(row.path).manifest.get("evaluations") or []
+            other = open_run(row.path)
+            splits = _splits(other)
+            if not splits or not (row.task is None or me.manifest.get("task") is None
+                                  or row.task == me.manifest.get("task")):
+                continue
+            common = [s for s in my_splits if s in splits]
+            split = "val" if "val" in common else (common[0] if common else None)
+            same = split is not None and same_data(me, other, split)
         except DiagnosticsError:  # broken since it was listed
             continue
-        splits = list(dict.fromkeys(e.get("split") for e in evaluations if e.get("split")))
-        if splits and (row.task is None or me.manifest.get("task") is None or row.task == me.manifest.get("task")):
-            rows.append({"name": row.name, "path": row.path, "created_at": row.created_at, "splits": splits})
-    frame = pd.DataFrame(rows, columns=["name", "path", "created_at", "splits"])
-    return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True)
+        rows.append({"name": row.name, "path": row.path, "created_at": row.created_at, "splits": splits,
+                     "same_data": same})
+    frame = pd.DataFrame(rows, columns=["name", "path", "created_at", "splits", "same_data"])
+    frame = frame.astype({"same_data": bool})
+    frame = frame.sort_values("created_at", ascending=False, kind="stable")
+    return frame.sort_values("same_data", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:
+    """Whether the latest evaluations of `split` in two runs are of the same data: the same
+    dataset key (split, ids and labels hashed by `run.evaluate`), or, when the keys differ or
+    are missing (id sets of different sizes, older runs), shared ids whose labels differ on at
+    most MAX_LABEL_MISMATCH_SHARE of them: what `compare` accepts."""
+    key_a, key_b = _dataset_key(run_a, split), _dataset_key(run_b, split)
+    if key_a is not None and key_a == key_b:
+        return True
+    labels_a, labels_b = _labels(run_a, split), _labels(run_b, split)
+    joined = pd.concat([labels_a.rename("a"), labels_b.rename("b")], axis=1, join="inner")
+    if joined.empty:
+        return False
+    return int(_labels_differ(joined["a"], joined["b"]).sum()) <= MAX_LABEL_MISMATCH_SHARE * len(joined)
+
+
+def _splits(run: Run) -> list[str]:
+    return list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or [] if e.get("split")))
+
+
+def _dataset_key(run: Run, split: str) -> str | None:
+    keys = [e.get("dataset") for e in run.manifest.get("evaluations") or [] if e.get("split") == split]
+    return keys[-1] if keys and keys[-1] else None
+
+
+def _labels(run: Run, split: str) -> pd.Series:
+    """Label by sample id (str) in the latest evaluation of `split`, cached per run version."""
+    return _labels_at(str(run.path.resolve()), run.data_version(), split).copy()
+
+
+@functools.lru_cache(maxsize=256)
+def _labels_at(path: str, version: str, split: str) -> pd.Series:
+    frame = open_run(path).samples(split, columns=("label",))
+    ids = frame["sample_id"].astype(str)
+    return pd.Series(frame["label"].to_numpy(dtype=float), index=ids)[~ids.duplicated().to_numpy()]
+
+
+def _labels_differ(labels_a: pd.Series, labels_b: pd.Series) -> np.ndarray:
+    """Both labels known and different; real-valued labels within float32 rounding are equal."""
+    a, b = labels_a.to_numpy(dtype=float), labels_b.to_numpy(dtype=float)
+    known = np.isfinite(a) & np.isfinite(b)
+    return known & ~np.isclose(a, b, rtol=1e-6, atol=0.0)
 
 
 # -- the per-sample diff ----------------------------------------------------------------------
@@ -245,6 +305,23 @@ def _unique_ids(frame: pd.DataFrame, name: str, notes: list[str]) -> pd.DataFram
                      "(no ids passed to run.evaluate?); the first row of each is used.")
         frame = frame[~dup]
     return frame
+
+
+def _label_check(joined: pd.DataFrame, name_a: str, name_b: str, split: str, notes: list[str]) -> pd.Series:
+    """Which shared ids carry different labels in the two runs: a few are said (a note), more
+    than MAX_LABEL_MISMATCH_SHARE of them mean different data (ComparisonError)."""
+    mismatched = pd.Series(_labels_differ(joined["label_a"], joined["label_b"]), index=joined.index)
+    if mismatched.sum() > MAX_LABEL_MISMATCH_SHARE * len(joined):
+        raise ComparisonError(
+            f"runs {name_a} and {name_b} share {len(joined)} ids on split {split!r} but {int(mismatched.sum())} "
+            "carry different labels: they were evaluated on different data — compare runs evaluated on the same "
+            "samples (the same ids and labels passed to run.evaluate)")
+    if mismatched.any():
+        first = ", ".join(joined.loc[mismatched, "sample_id"].head(3))
+        notes.append(f"{int(mismatched.sum())} shared sample id(s) carry different labels in the two runs "
+                     f"(e.g. {first}): the ids may not name the same samples; each run is scored against "
+                     "its own label.")
+    return mismatched
 
 
 def _correct(joined: pd.DataFrame, side: str) -> np.ndarray:

@@ -41,38 +41,139 @@ def ema(values: np.ndarray, weight: float = 0.8) -> np.ndarray:
 
 def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bool = False,
                   smooth: float = 0.0) -> go.Figure:
-    """Lines of some scalars over steps (one line per name and rank), optionally smoothed."""
+    """Lines of some scalars over steps (one colour per name and rank); with `smooth`, each
+    drawn raw (faint, thin) under its smoothed line in the same hue, both in the legend."""
     df = scalars[scalars["name"].isin(names)]
     if df.empty:
         return empty_figure(f"no {', '.join(names)} recorded")
     fig = go.Figure()
-    for (name, rank), part in df.groupby(["name", "rank"], sort=True):
+    # e.g. grad_clipped under DDP (unknown): no line to draw
+    drawn = [(key, part) for key, part in df.groupby(["name", "rank"], sort=True)
+             if np.isfinite(part["value"].to_numpy(dtype=float)).any()]
+    for i, ((name, rank), part) in enumerate(drawn):
         label = name if df["rank"].nunique() == 1 else f"{name} (rank {rank})"
-        y = part["value"].to_numpy(dtype=float)
-        if not np.isfinite(y).any():  # e.g. grad_clipped under DDP (unknown): no line to draw
-            continue
-        mode = "lines" if len(y) > 3 else "lines+markers"  # a point or two has no visible line
-        if smooth > 0:
-            fig.add_scatter(x=part["step"], y=y, mode=mode, name=f"{label} (raw)", opacity=0.3,
-                            showlegend=False, line=dict(width=1))
-            y = ema(y, smooth)
-        fig.add_scatter(x=part["step"], y=y, mode=mode, name=label)
+        _add_curve(fig, part["step"].to_numpy(), part["value"].to_numpy(dtype=float), label,
+                   _CURVE_COLORS[i % len(_CURVE_COLORS)], smooth, pair=len(drawn) == 1)
     if not fig.data:
         return empty_figure(f"no finite values of {', '.join(names)}")
-    fig.update_layout(title=title, xaxis_title="step", height=320, margin=dict(l=40, r=20, t=50, b=40),
+    fig.update_layout(title=title, xaxis_title="step", margin=dict(l=40, r=20, t=50, b=40),
                       legend=dict(orientation="h", y=-0.25))
-    finite = df["value"].to_numpy(dtype=float)
-    finite = finite[np.isfinite(finite)]
+    _legend_height(fig)
+    _scalar_y_axis(fig, df["value"].to_numpy(dtype=float), log_y)
+    return fig
+
+
+def runs_scalar_figure(frames: dict[str, pd.DataFrame], name: str, title: str = "", x: str = "step",
+                       smooth: float = 0.0, starts: dict[str, float] | None = None,
+                       log_y: bool = False) -> go.Figure:
+    """One scalar of several runs on one chart, one colour per run in the order given (the
+    run being looked at first): TensorBoard's and W&B's default view. `frames` maps a run's
+    name to its `Run.scalars()`. `x="time"`: wall-clock time since each run's start
+    (`starts[run]`, such as the manifest's `created_at`; else its first logged scalar).
+    Only scalars named exactly `name` are drawn: val/acc and val/accuracy are two scalars.
+
+        runs_scalar_figure({"base": a.scalars(), "norm": b.scalars()}, "val/accuracy", x="time")
+    """
+    if x not in ("step", "time"):
+        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
+    series, missing = _run_series(frames, name, x, starts or {})
+    if not series:
+        return empty_figure(f"no finite values of {name} in {', '.join(frames)}" if frames else "no runs")
+    unit, scale = _time_unit(max(float(np.max(xs)) for *_, xs, _ in series)) if x == "time" else ("", 1.0)
+    fig = go.Figure()
+    several = len(frames) > 1
+    for run, i, rank, ranks, xs, ys in series:
+        label = (run if several else name) + (f" (rank {rank})" if ranks > 1 else "")
+        _add_curve(fig, xs / scale, ys, label, _CURVE_COLORS[i % len(_CURVE_COLORS)], smooth,
+                   dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1 else "solid", group=run,
+                   pair=len(series) == 1)
+    fig.update_layout(title=title or name, margin=dict(l=40, r=20, t=50, b=40),
+                      xaxis_title="step" if x == "step" else f"time since the run started ({unit})",
+                      legend=dict(orientation="h", y=-0.25))
+    _legend_height(fig)
+    if missing:
+        fig.add_annotation(text=f"not logged under this name in: {', '.join(missing)}", xref="paper", yref="paper",
+                           x=1.0, y=1.02, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11))
+    _scalar_y_axis(fig, np.concatenate([ys for *_, ys in series]), log_y)
+    return fig
+
+
+_CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+                 "#bcbd22", "#7f7f7f")
+_RANK_DASHES = ("solid", "dash", "dot", "dashdot")
+
+
+def _run_series(frames: dict[str, pd.DataFrame], name: str, x: str, starts: dict[str, float]) -> tuple[list, list]:
+    """(run, colour index, rank, number of ranks, x, y) per run and rank with finite values,
+    and the runs without any."""
+    series, missing = [], []
+    for i, (run, scalars) in enumerate(frames.items()):
+        part = scalars[scalars["name"] == name].sort_values("step", kind="stable")
+        xs_all = part["step"].to_numpy(dtype=float) if x == "step" else part["wall_time_s"].to_numpy(dtype=float)
+        if x == "time" and len(part):
+            xs_all = xs_all - float(starts.get(run, np.nanmin(xs_all) if np.isfinite(xs_all).any() else 0.0))
+        ys_all = part["value"].to_numpy(dtype=float)
+        ranks = part["rank"].to_numpy()
+        found = []
+        for rank in sorted(set(ranks.tolist())):
+            keep = (ranks == rank) & np.isfinite(xs_all) & np.isfinite(ys_all)
+            if keep.any():
+                found.append((int(rank), xs_all[keep], ys_all[keep]))
+        if not found:
+            missing.append(run)
+        series += [(run, i, rank, len(found), xs, ys) for rank, xs, ys in found]
+    return series, missing
+
+
+def _time_unit(longest_s: float) -> tuple[str, float]:
+    if longest_s < 120:
+        return "s", 1.0
+    return ("min", 60.0) if longest_s < 7200 else ("h", 3600.0)
+
+
+def _rgba(color: str, alpha: float) -> str:
+    r, g, b = (int(color[i:i + 2], 16) for i in (1, 3, 5))
+    return f"rgba({r}, {g}, {b}, {alpha})"
+
+
+def _add_curve(fig: go.Figure, x: np.ndarray, y: np.ndarray, label: str, color: str, smooth: float,
+               dash: str = "solid", group: str | None = None, pair: bool = True) -> None:
+    """One series in one hue: its line, or with `smooth` the raw values faint and thin under
+    the smoothed line. `pair`: both named in the legend ("loss · raw", "loss · smoothed");
+    else (several series) the smoothed line alone, under the series' label, and the legend
+    title says the rest. A click on the legend entry hides the series' raw line with it."""
+    mode = "lines" if len(y) > 3 else "lines+markers"  # a point or two has no visible line
+    group = group or label
+    if smooth <= 0:
+        fig.add_scatter(x=x, y=y, mode=mode, name=label, legendgroup=group, line=dict(color=color, width=2, dash=dash))
+        return
+    fig.add_scatter(x=x, y=y, mode=mode, name=f"{label} · raw", legendgroup=group, showlegend=pair,
+                    line=dict(color=_rgba(color, 0.3), width=1, dash=dash), marker=dict(color=_rgba(color, 0.3)))
+    finite = np.isfinite(y)  # one NaN would turn every later smoothed value into NaN
+    fig.add_scatter(x=np.asarray(x)[finite], y=ema(y[finite], smooth), mode=mode, legendgroup=group,
+                    name=f"{label} · smoothed ({smooth:g})" if pair else label,
+                    line=dict(color=color, width=2.5, dash=dash))
+    if not pair:
+        fig.update_layout(legend_title_text=f"smoothed ({smooth:g}); faint: raw")
+
+
+def _legend_height(fig: go.Figure, base: int = 320) -> None:
+    """Room for a legend of many entries below the chart (three to a row), so that the
+    plot itself keeps its height."""
+    entries = sum(1 for t in fig.data if t.showlegend is not False)
+    fig.update_layout(height=base + 22 * max(0, (entries + 2) // 3 - 1))
+
+
+def _scalar_y_axis(fig: go.Figure, values: np.ndarray, log_y: bool) -> None:
+    finite = values[np.isfinite(values)]
     if not log_y and len(finite) and finite.min() == finite.max() and finite[0] != 0:
         v = float(finite[0])  # a constant (a fixed learning rate): from 0 to twice it, not ±0.5 around it
         fig.update_yaxes(range=sorted([0.0, 2 * v]))
     if log_y:
-        values = df["value"].to_numpy(dtype=float)
-        positive = values[np.isfinite(values) & (values > 0)]
+        positive = finite[finite > 0]
         decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
         # decades only when the data spans some: plotly's minor labels (2, 5) crowd otherwise
         fig.update_yaxes(type="log", **({"dtick": 1} if decades >= 1 else {"tickformat": ".2g"}))
-    return fig
 
 
 def _tick_labels(ticks: list[float]) -> list[str]:

@@ -26,10 +26,17 @@ if others.empty:
             "here.")
     st.stop()
 
+if not others["same_data"].any():
+    st.info(f"No other run in `{runs_dir}` was evaluated on the same data as {run.name} (the same sample ids "
+            "with the same labels): a comparison needs the changed model evaluated on the same samples.")
 left, right = st.columns([3, 1])
 names = others["name"].tolist()
+other_data = set(others.loc[~others["same_data"], "name"])
 name_b = left.selectbox("Run B, compared with run A (the run picked in the sidebar)", names, index=0,
-                        key=f"compare_b_{run.name}", help="Other evaluated runs of this folder, most recent first.")
+                        key=f"compare_b_{run.name}",
+                        format_func=lambda n: f"{n} (other data)" if n in other_data else n,
+                        help="Other evaluated runs of this folder: those evaluated on the same data as A (the same "
+                             "ids with the same labels) first, each group most recent first.")
 row_b = others.iloc[names.index(name_b)]
 splits = [s for s in evaluated if s in row_b["splits"]]
 if not splits:

@@ -1,10 +1,19 @@
-"""Overview: what the run is, and its loss and learning-rate curves."""
+"""Overview: what the run is, and its loss and learning-rate curves (other runs overlaid)."""
+
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
 
+import diagnostics
 from diagnostics import figures
 from pages import _shared
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def _run_list(folder: str) -> pd.DataFrame:
+    return diagnostics.list_runs(folder)
+
 
 run = _shared.current_run()
 m = run.manifest
@@ -26,11 +35,37 @@ scalars = _shared.scalars(str(run.path), version)
 if scalars.empty:
     st.info("No scalars recorded yet (the loss is recorded once the first optimizer step ends).")
 else:
-    smooth = st.slider("Smoothing", 0.0, 0.99, 0.6, 0.01, help="Exponential moving average weight, as in TensorBoard")
+    listed = _run_list(st.session_state.get("runs_dir", str(run.path.parent)))
+    itself = listed["path"].map(lambda path: Path(path).resolve() == run.path.resolve())
+    listed = listed[(listed["state"] != "broken") & ~itself.astype(bool)]
+    pick, axis, smoothing = st.columns([3, 1.2, 1.5])
+    overlay = pick.multiselect("Overlay other runs", listed["name"].tolist(), key=f"overlay_{run.name}",
+                               placeholder="runs of this folder to draw on the same charts",
+                               help="Their loss and their scalars of the same name on this run's charts, one colour "
+                                    "per run (this run first). Names are not merged: val/acc is not val/accuracy.")
+    x = axis.radio("x axis", ["step", "time"], horizontal=True, key="overview_x",
+                   help="time: wall-clock time since each run started")
+    smooth = smoothing.slider("Smoothing", 0.0, 0.99, 0.6, 0.01,
+                              help="Exponential moving average weight, as in TensorBoard: the raw loss stays drawn, "
+                                   "faint, under the smoothed line")
+    frames, starts = {run.name: scalars}, {run.name: float(m.get("created_at") or float("nan"))}
+    for row in listed[listed["name"].isin(overlay)].itertuples():
+        try:
+            other = diagnostics.open_run(row.path)
+            frames[row.name] = _shared.scalars(row.path, other.data_version())
+            starts[row.name] = float(other.manifest.get("created_at") or float("nan"))
+        except diagnostics.DiagnosticsError as exc:
+            st.warning(f"Run {row.name} is not drawn: {exc}")
+    starts = {k: v for k, v in starts.items() if v == v}
     left, right = st.columns(2)
-    left.plotly_chart(figures.scalar_figure(scalars, ["loss"], "loss", smooth=smooth), width="stretch")
+    left.plotly_chart(figures.runs_scalar_figure(frames, "loss", "loss", x=x, smooth=smooth, starts=starts),
+                      width="stretch", key="overview_loss")
     lr_names = sorted(n for n in scalars["name"].unique() if n == "lr" or n.startswith("lr/"))
-    right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
+    if lr_names == ["lr"]:  # one learning rate: other runs' schedules beside it, on the same x
+        right.plotly_chart(figures.runs_scalar_figure(frames, "lr", "learning rate", x=x, starts=starts),
+                           width="stretch", key="overview_lr")
+    else:  # one per parameter group: this run's alone
+        right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
     others = sorted(set(scalars["name"]) - {"loss", *lr_names})
     if others:
         # by default: the user's own scalars (evaluation metrics) first, then the gradient
@@ -42,8 +77,8 @@ else:
                                 help="One chart each: a gradient norm of 5 would flatten an accuracy of 0.97")
         columns = st.columns(2)
         for i, name in enumerate(picked):
-            columns[i % 2].plotly_chart(figures.scalar_figure(scalars, [name], name), width="stretch",
-                                        key=f"scalar_{name}")
+            columns[i % 2].plotly_chart(figures.runs_scalar_figure(frames, name, name, x=x, starts=starts),
+                                        width="stretch", key=f"scalar_{name}")
 
 with st.expander("Model and configuration"):
     modules = pd.DataFrame(m.get("modules", []))

@@ -106,3 +106,17 @@ def test_compare_says_what_is_wrong_in_one_line(tmp_path):
     warned = _cli("compare", str(a), str(b), "--json")  # different sets: said on stderr, still compared
     assert warned.returncode == 0 and "Different evaluation sets" in warned.stderr
     assert "WARNING: Different evaluation sets" in _cli("compare", str(a), str(b)).stdout
+
+
+def test_compare_of_runs_on_different_data_exits_2_with_one_line(tmp_path):
+    from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, PRED_A, PRED_B, write_run
+
+    a = write_run(tmp_path, "digits", LABELS, PRED_A, LOSS_A)
+    b = write_run(tmp_path, "oct", [2] * 12, PRED_B, LOSS_B)  # labels differ on the 8 ids not of class 2
+    for extra in ((), ("--json",)):
+        out = _cli("compare", str(a), str(b), *extra)
+        assert out.returncode == 2 and out.stdout == ""
+        assert out.stderr.strip().splitlines() == [
+            "diagnostics: runs digits and oct share 12 ids on split 'val' but 8 carry different labels: they were "
+            "evaluated on different data — compare runs evaluated on the same samples (the same ids and labels "
+            "passed to run.evaluate)"]

@@ -17,8 +17,9 @@ from scipy.stats import binomtest
 
 import diagnostics
 from diagnostics import schema
-from diagnostics.compare import comparable_runs, compare, config_diff, mcnemar_p
+from diagnostics.compare import MAX_LABEL_MISMATCH_SHARE, comparable_runs, compare, config_diff, mcnemar_p, same_data
 from diagnostics.store import RunWriter
+from diagnostics.tags import dataset_key
 
 NAMES = ["cat", "dog", "eel"]
 # Twelve samples, four per class. Hand count of (A right?, B right?):
@@ -32,8 +33,9 @@ LOSS_B = [0.1, 1.8, 0.3, 0.5, 0.1, 0.2, 0.4, 2.2, 0.1, 0.2, 2.0, 0.3]
 
 
 def write_run(folder, name: str, labels, predictions, losses, ids=None, task="classification", split="val",
-              step=10, config=None, class_names=None, residuals=None, scalars=(), extra_splits=()):
-    """A run directory with one evaluation of `split`, written with the project's writer."""
+              step=10, config=None, class_names=None, residuals=None, scalars=(), extra_splits=(), keyed=True):
+    """A run directory with one evaluation of `split`, written with the project's writer; with
+    `keyed`, each evaluation carries its dataset key as run.evaluate writes it (older runs lack it)."""
     ids = [f"s{i}" for i in range(len(labels))] if ids is None else ids
     n = len(ids)
     label, pred = np.asarray(labels, float), np.asarray(predictions, float)
@@ -52,7 +54,8 @@ def write_run(folder, name: str, labels, predictions, losses, ids=None, task="cl
                 "residual": resid, "probs": [None] * n, "embedding": [None] * n}
         writer.add_table("samples", pa.table({k: pa.array(v, schema.SAMPLES_SCHEMA.field(k).type)
                                               for k, v in cols.items()}, schema=schema.SAMPLES_SCHEMA))
-        evaluations.append({"split": s, "step": step, "n": n})
+        evaluations.append({"split": s, "step": step, "n": n,
+                            **({"dataset": dataset_key(s, ids, label)} if keyed else {})})
     for scalar_step, scalar_name, value in scalars:
         writer.add_scalar(scalar_step, scalar_name, value)
     writer.update_manifest(evaluations=evaluations)
@@ -220,6 +223,62 @@ def test_labels_that_differ_for_one_id_are_said(tmp_path):
     with pytest.warns(UserWarning, match="different labels"):
         c = compare(a, b)
     assert c.summary["label_mismatches"] == 1 and "s0" in c.warnings[0]
+
+
+def test_runs_on_different_data_are_an_error_not_a_verdict(tmp_path):
+    """4 of the 12 shared ids relabelled (33% > 25%): different data, refused in one line;
+    3 of 12 (25%, not above the threshold) is a label fix, compared with a warning."""
+    assert MAX_LABEL_MISMATCH_SHARE == 0.25
+    a = write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
+    four = [1, 1, 1, 1] + LABELS[4:]     # s0..s3 were class 0: 4 ids now carry another label
+    three = [1, 1, 1] + LABELS[3:]
+    b4 = write_run(tmp_path, "b4", four, PRED_B, LOSS_B)
+    b3 = write_run(tmp_path, "b3", three, PRED_B, LOSS_B)
+    with pytest.raises(diagnostics.ComparisonError) as err:
+        compare(a, b4)
+    assert str(err.value).startswith("runs a and b4 share 12 ids on split 'val' but 4 carry different labels: "
+                                     "they were evaluated on different data — ")
+    assert "\n" not in str(err.value)
+    with pytest.warns(UserWarning, match="3 shared sample id"):
+        c = compare(a, b3)
+    assert c.summary["label_mismatches"] == 3 and c.summary["shared"] == 12
+
+
+def test_unrelated_data_sharing_index_ids_is_refused(tmp_path):
+    """Two data sets that both name samples 0..n-1: ids overlap, labels agree only by chance
+    (here on 2 of 8 shared ids), as digits vs OCT did in the demo (85 shared, 78 differ)."""
+    a = write_run(tmp_path, "digits", [3, 7, 1, 0, 9, 2, 5, 8, 4, 6], [3] * 10, [1.0] * 10,
+                  ids=[str(i) for i in range(10)])
+    b = write_run(tmp_path, "oct", [3, 2, 0, 3, 1, 2, 0, 1], [0] * 8, [1.0] * 8, ids=[str(i) for i in range(8)])
+    with pytest.raises(diagnostics.ComparisonError, match="share 8 ids on split 'val' but 6 carry different labels"):
+        compare(a, b)
+    assert not same_data(diagnostics.open_run(a), diagnostics.open_run(b))
+
+
+def test_same_data_by_key_or_by_labels_of_the_shared_ids(tmp_path):
+    a = diagnostics.open_run(write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A))
+    keyed = diagnostics.open_run(write_run(tmp_path, "keyed", LABELS, PRED_B, LOSS_B))
+    old = diagnostics.open_run(write_run(tmp_path, "old", LABELS, PRED_B, LOSS_B, keyed=False))
+    # a subset of the ids: another dataset key (the key hashes the ids), the same labels
+    subset = diagnostics.open_run(write_run(tmp_path, "subset", LABELS[:8], PRED_B[:8], LOSS_B[:8],
+                                            ids=[f"s{i}" for i in range(8)]))
+    relabelled = diagnostics.open_run(write_run(tmp_path, "relabelled", [2] * 12, PRED_B, LOSS_B))
+    disjoint = diagnostics.open_run(write_run(tmp_path, "disjoint", LABELS, PRED_B, LOSS_B,
+                                              ids=[f"x{i}" for i in range(12)]))
+    assert a.manifest["evaluations"][0]["dataset"] == keyed.manifest["evaluations"][0]["dataset"]
+    assert a.manifest["evaluations"][0]["dataset"] != subset.manifest["evaluations"][0]["dataset"]
+    assert [same_data(a, r) for r in (keyed, old, subset, relabelled, disjoint)] == [True, True, True, False, False]
+
+
+def test_comparable_runs_put_runs_on_the_same_data_first(tmp_path):
+    a = write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
+    write_run(tmp_path, "same-old", LABELS, PRED_B, LOSS_B)
+    write_run(tmp_path, "other-1", [2] * 12, PRED_B, LOSS_B)
+    write_run(tmp_path, "same-new", LABELS[:6], PRED_B[:6], LOSS_B[:6], keyed=False)
+    write_run(tmp_path, "other-2", LABELS, PRED_B, LOSS_B, ids=[f"x{i}" for i in range(12)])
+    found = comparable_runs(tmp_path, a)
+    assert found["name"].tolist() == ["same-new", "same-old", "other-2", "other-1"]
+    assert found["same_data"].tolist() == [True, True, False, False]
 
 
 def test_run_without_that_split_is_a_one_line_error(pair):

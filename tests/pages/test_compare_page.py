@@ -145,3 +145,33 @@ def test_a_selected_sample_opens_in_sample_detail_as_run_b_saw_it(monkeypatch, f
     assert [t.value for t in at.title] == ["Sample detail"]
     assert at.session_state["run_path"] == str(folder / "better") and at.session_state["sample_id"] == first
     assert at.query_params["run"] == "better"  # the sidebar picker shows run B
+
+
+def test_run_b_defaults_to_the_most_recent_run_on_the_same_data(monkeypatch, tmp_path):
+    """The demo's trap: the most recent other run was on other data (digits vs OCT) and was
+    picked as B, with a verdict on 85 ids whose labels mostly differed."""
+    write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A, class_names=NAMES)
+    write_run(tmp_path, "better", LABELS, PRED_B, LOSS_B, class_names=NAMES)
+    write_run(tmp_path, "oct", [3, 3, 3, 3, 1, 1, 1, 3, 3, 3, 3, 3], PRED_B, LOSS_B)  # newest; s4-s6 agree: 9 differ
+    at = _open(monkeypatch, tmp_path, "base")
+    picker = at.selectbox(key="compare_b_base")
+    assert picker.value == "better"
+    assert picker.options == ["better", "oct (other data)"]
+    assert not at.error and _metrics(at)["Fixed"][0] == "4"
+    picker.set_value("oct").run()
+    assert not at.exception
+    assert [e.value for e in at.error] == [
+        "These runs cannot be compared: runs base and oct share 12 ids on split 'val' but 9 carry different labels: "
+        "they were evaluated on different data — compare runs evaluated on the same samples (the same ids and "
+        "labels passed to run.evaluate)"]
+    assert not at.get("plotly_chart") and not at.metric
+
+
+def test_page_says_when_no_other_run_is_on_the_same_data(monkeypatch, tmp_path):
+    write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A)
+    write_run(tmp_path, "oct", [2] * 12, PRED_B, LOSS_B)
+    at = _open(monkeypatch, tmp_path, "base")
+    assert any("No other run" in i.value and "same data as base" in i.value for i in at.info)
+    assert at.selectbox(key="compare_b_base").options == ["oct (other data)"]
+    assert len(at.error) == 1 and "evaluated on different data" in at.error[0].value
+    assert not at.exception
