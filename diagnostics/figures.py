@@ -170,10 +170,9 @@ def _scalar_y_axis(fig: go.Figure, values: np.ndarray, log_y: bool) -> None:
         v = float(finite[0])  # a constant (a fixed learning rate): from 0 to twice it, not ±0.5 around it
         fig.update_yaxes(range=sorted([0.0, 2 * v]))
     if log_y:
-        positive = finite[finite > 0]
-        decades = np.log10(positive.max() / positive.min()) if len(positive) else 0.0
-        # decades only when the data spans some: plotly's minor labels (2, 5) crowd otherwise
-        fig.update_yaxes(type="log", **({"dtick": 1} if decades >= 1 else {"tickformat": ".2g"}))
+        # our own ticks: plotly's crowd a decade with minor labels, or repeat one label
+        # ("1.2", "1.2") when a format rounds neighbouring ticks alike
+        fig.update_yaxes(type="log", **log_ticks(finite))
 
 
 def _tick_labels(ticks: list[float]) -> list[str]:
@@ -204,8 +203,19 @@ def log_ticks(values: np.ndarray, most: int = 8) -> dict:
     while len(ticks) > most:
         ticks = ticks[::2]
     pad = 0.05 * max(math.log10(hi / lo), 0.3)
-    return {"tickvals": ticks, "ticktext": _tick_labels(ticks),
-            "range": [math.log10(lo) - pad, math.log10(hi) + pad]}
+    axis_range = [math.log10(lo) - pad, math.log10(hi) + pad]
+    if len(ticks) < 3:  # a narrow span (1.2 to 1.9): evenly spaced round values, as on a linear axis
+        step = _nice_step((hi - lo) / 4)
+        ticks = [k * step for k in range(math.ceil(lo / step), math.floor(hi / step) + 1)]
+        decimals = max(0, -math.floor(math.log10(step)))
+        return {"tickvals": ticks, "ticktext": [f"{t:.{decimals}f}" for t in ticks], "range": axis_range}
+    return {"tickvals": ticks, "ticktext": _tick_labels(ticks), "range": axis_range}
+
+
+def _nice_step(raw: float) -> float:
+    """1, 2 or 5 times a power of ten, at least `raw`."""
+    power = 10.0 ** math.floor(math.log10(raw))
+    return next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
 
 
 def quantile_bands_figure(dist: pd.DataFrame, title: str = "") -> go.Figure:

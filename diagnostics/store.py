@@ -115,13 +115,16 @@ class RunWriter:
         self._thread.start()
 
     # -- adding rows (any thread, no I/O) ------------------------------------------
-    def add_scalar(self, step: int, name: str, value: float) -> None:
+    def add_scalar(self, step: int, name: str, value: float, wall_time_s: float | None = None) -> None:
+        """`wall_time_s`: when the value was produced (default: now), for values handed over
+        in batches after their step."""
         with self._lock:
-            self._buffers["scalars"].append((step, name, float(value), time.time()))
+            self._buffers["scalars"].append((step, name, float(value), time.time() if wall_time_s is None
+                                             else float(wall_time_s)))
             self._last_step = max(self._last_step, step)
 
-    def add_scalars(self, step: int, values: dict[str, float]) -> None:
-        now = time.time()
+    def add_scalars(self, step: int, values: dict[str, float], wall_time_s: float | None = None) -> None:
+        now = time.time() if wall_time_s is None else float(wall_time_s)
         with self._lock:
             self._buffers["scalars"].extend((step, k, float(v), now) for k, v in values.items())
             self._last_step = max(self._last_step, step)

@@ -217,6 +217,7 @@ class WatchedRun:
         self._output_shapes: dict[str, list[int]] = {}
         self._grad_squares: dict[torch.Tensor, torch.Tensor] = {}
         self._grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._step_ended_at: dict[int, float] = {}  # wall time of each step not yet flushed
         self._records: list[tuple[int, str, list, torch.Tensor]] = []
         self._evaluations: list[dict] = []
         self._before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -360,6 +361,7 @@ class WatchedRun:
         the run is closing; no schedule decision, which under DDP could start a collective
         on this rank alone)."""
         started = time.perf_counter()
+        self._step_ended_at[self.step] = time.time()  # losses are written in batches: stamp each step now
         if self._step_losses:
             loss = torch.stack([l.float() for l in self._step_losses]).mean()
             self._losses.append((self.step, loss))
@@ -410,7 +412,7 @@ class WatchedRun:
         if self._losses:
             steps, values = zip(*self._losses)
             for step, value in zip(steps, torch.stack(values).cpu().tolist()):
-                self._writer.add_scalar(step, "loss", value)
+                self._writer.add_scalar(step, "loss", value, wall_time_s=self._step_ended_at.get(step))
             self._losses = []
         if self._records:
             rows = torch.cat([r for *_, r in self._records]).cpu().double().numpy()
@@ -423,8 +425,10 @@ class WatchedRun:
             steps, produced, clipped = zip(*self._grad_norms)
             both = torch.stack([torch.stack(produced), torch.stack(clipped).float()]).cpu().tolist()
             for step, norm, was_clipped in zip(steps, *both):
-                self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped})
+                self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped},
+                                         wall_time_s=self._step_ended_at.get(step))
             self._grad_norms = []
+        self._step_ended_at.clear()
 
     # -- public API ---------------------------------------------------------------------
     def log_batch(

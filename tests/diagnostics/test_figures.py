@@ -98,3 +98,16 @@ def test_bands_and_heatmap_of_a_layer_share_step_range_and_margins():
     assert list(bands.layout.xaxis.range) == list(heat.layout.xaxis.range) == [-0.5, 8.5]
     assert bands.layout.margin == heat.layout.margin
     assert heat.data[0].colorbar.x >= 1.0  # the colorbar sits in the right margin, not in the plot
+
+
+def test_a_log_scalar_axis_within_one_decade_gets_distinct_explicit_ticks():
+    """A gradient norm between 1.2 and 1.9: plotly's '.2g' labels repeated '1.2' for
+    neighbouring ticks; our ticks are explicit, distinct, and inside the data's range."""
+    s = pd.DataFrame({"step": np.arange(6), "name": "grad_norm", "rank": 0,
+                      "value": [1.2, 1.25, 1.3, 1.5, 1.7, 1.9]})
+    axis = figures.scalar_figure(s, ["grad_norm"], "g", log_y=True).layout.yaxis
+    assert axis.type == "log" and axis.tickvals is not None
+    assert len(set(axis.ticktext)) == len(axis.ticktext) >= 3
+    wide = figures.scalar_figure(s.assign(value=s["value"] * [1, 10, 100, 1e3, 1e4, 1e5]), ["grad_norm"], "g",
+                                 log_y=True).layout.yaxis
+    assert len(set(wide.ticktext)) == len(wide.ticktext) and wide.ticktext[0] != wide.ticktext[-1]

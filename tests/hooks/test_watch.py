@@ -419,3 +419,29 @@ def test_sparse_embedding_gradients_are_captured_without_breaking_training(tmp_p
     assert pg["count"].tolist() == [v.size for v in values]
     np.testing.assert_allclose(pg["mean"], [v.mean() for v in values], rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(pg["std"], [v.std() for v in values], rtol=1e-4)
+
+
+def test_each_step_s_loss_and_grad_norm_carry_the_time_of_their_own_step(tmp_path):
+    """Losses cross to the CPU in batches of steps: each keeps its step's wall time, so a
+    curve over wall-clock time has no flats and jumps at the flushes."""
+    import time as _time
+
+    import diagnostics
+
+    torch.manual_seed(0)
+    model = nn.Linear(4, 2)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(8, 4), torch.randint(0, 2, (8,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="t", every=1000) as run:
+        for _ in range(6):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+            _time.sleep(0.05)
+    s = diagnostics.open_run(run.path).scalars()
+    for name in ("loss", "grad_norm"):
+        t = s[s["name"] == name].sort_values("step")["wall_time_s"].to_numpy()
+        assert len(t) == 6
+        gaps = np.diff(t)
+        assert (gaps > 0.03).all(), (name, gaps)  # one sleep apart, not one flush
