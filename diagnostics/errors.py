@@ -214,3 +214,36 @@ def regression_summary(samples: pd.DataFrame, bins: int = 10) -> tuple[dict[str,
     table = pd.DataFrame({"label_lo": edges[:-1], "label_hi": edges[1:], "count": count,
                           "mean_residual": mean_resid, "mae": mae})
     return stats, table
+
+
+# Manifest keys that may name the regression target's unit, most specific first (the
+# examples write config={"target": "breaths/min", ...}).
+UNIT_KEYS = ("target_unit", "unit", "units", "target")
+
+
+def target_unit(manifest: dict) -> str | None:
+    """The regression target's unit as the run recorded it, or None: the first of
+    `UNIT_KEYS` found at the manifest's top level, then in its `config`.
+
+        target_unit(run.manifest)   # "breaths/min" for the radar example
+    """
+    for place in (manifest or {}, (manifest or {}).get("config") or {}):
+        for key in UNIT_KEYS:
+            value = place.get(key) if isinstance(place, dict) else None
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+def regression_loss_note(unit: str | None, loss_fn: str | None = None) -> str:
+    """One sentence saying what a regression run's per-sample columns are in: `loss` is the
+    squared error (prediction − label)² that the evaluation pass records for every sample
+    (whatever loss the training optimised), residual and |error| are in the target's unit.
+
+        regression_loss_note("breaths/min", "SmoothL1Loss")
+    """
+    in_unit = f" in {unit}" if unit else " in the target's unit"
+    squared = f" in ({unit})²" if unit else " in the target's unit squared"
+    trained = f"; training optimised {loss_fn}, which this column is not" if loss_fn and loss_fn != "MSELoss" else ""
+    return (f"loss: each sample's squared error (prediction − label)²{squared} (mean over outputs){trained}. "
+            f"residual = prediction − label and |error| are{in_unit}; MAE, RMSE and bias too.")

@@ -201,3 +201,22 @@ def test_regression_summary_without_residual_column_and_degenerate_labels():
     assert table["count"].tolist() == [3]
     stats, table = regression_summary(df.iloc[:0])
     assert np.isnan(stats["mae"]) and table.empty
+
+
+def test_target_unit_from_the_manifest_or_its_config():
+    from diagnostics.errors import target_unit
+
+    assert target_unit({"config": {"target": "breaths/min", "n": 2000}}) == "breaths/min"
+    assert target_unit({"target_unit": "mm", "config": {"target": "breaths/min"}}) == "mm"  # top level first
+    assert target_unit({"config": {"unit": " kPa "}}) == "kPa"
+    assert target_unit({"config": {"target": 3}}) is None and target_unit({}) is None and target_unit(None) is None
+
+
+def test_regression_loss_note_names_the_units_and_the_training_loss():
+    from diagnostics.errors import regression_loss_note
+
+    note = regression_loss_note("breaths/min", "SmoothL1Loss")
+    assert "(breaths/min)²" in note and "squared error" in note and "SmoothL1Loss" in note
+    assert "are in breaths/min" in note
+    plain = regression_loss_note(None, "MSELoss")
+    assert "target's unit squared" in plain and "MSELoss" not in plain
