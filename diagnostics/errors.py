@@ -247,3 +247,38 @@ def regression_loss_note(unit: str | None, loss_fn: str | None = None) -> str:
     trained = f"; training optimised {loss_fn}, which this column is not" if loss_fn and loss_fn != "MSELoss" else ""
     return (f"loss: each sample's squared error (prediction − label)²{squared} (mean over outputs){trained}. "
             f"residual = prediction − label and |error| are{in_unit}; MAE, RMSE and bias too.")
+
+
+def class_name(class_names: Sequence[str] | None, value) -> str:
+    """The name of class index `value` ("—" when missing; the index as text without names)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)) or pd.isna(value):
+        return "—"
+    i = int(value)
+    return str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
+
+
+def review_table(view: pd.DataFrame, task: str, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The worst-cases table as a review page shows it: sample_id, label and prediction (class
+    names for classification), loss, confidence (classification) or residual and |error|
+    (regression), tags joined by commas, then the input statistics and metadata without their
+    `input_`/`meta_` prefixes.
+
+        review_table(worst_cases(samples, "classification"), "classification", ["CNV", "DME", ...])
+    """
+    _check_task(task)
+    classification = task == "classification"
+    name = (lambda v: class_name(class_names, v)) if classification else (lambda v: v)  # noqa: E731
+    columns = {"sample_id": view["sample_id"].astype(str),
+               "label": view["label"].map(name), "prediction": view["prediction"].map(name),
+               "loss": view["loss"]}
+    if classification:
+        columns["confidence"] = view["confidence"]
+    else:
+        columns["residual"] = view["residual"] if "residual" in view else view["prediction"] - view["label"]
+        columns["abs_error"] = error_size(view, task)
+    tags = view["tags"] if "tags" in view else pd.Series([[]] * len(view), index=view.index)
+    columns["tags"] = tags.map(lambda t: ", ".join(t) if isinstance(t, (list, tuple, np.ndarray)) else "")
+    for c in view.columns:
+        if c.startswith(("input_", "meta_")):
+            columns.setdefault(c.removeprefix("input_").removeprefix("meta_"), view[c])
+    return pd.DataFrame(columns).reset_index(drop=True)
