@@ -216,3 +216,11 @@ def test_two_selected_rows_say_why_open_is_disabled(monkeypatch, review_runs):
     _select(at, "err_table", [0, 1])
     assert at.button(key="err_open").disabled
     assert any("Select exactly one row" in c.value and "(2 selected)" in c.value for c in at.caption)
+
+
+def test_outputs_page_of_a_regression_run_names_the_unit(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/outputs.py", "signal-reg")
+    titles = [(c["layout"].get("xaxis", {}).get("title", {}).get("text"), c["layout"].get("yaxis", {}).get("title", {})
+               .get("text")) for c in _charts(at).values()]
+    assert ("value (breaths/min)", "share of samples") in titles
+    assert any(y == "value (breaths/min)" for _, y in titles)
