@@ -147,7 +147,8 @@ def prediction_figure(samples: pd.DataFrame, unit: str | None = None) -> go.Figu
                                           "<br>residual %{customdata[1]:+.3g}<extra></extra>"))
     fig.add_scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x (perfect)",
                     line=dict(color=_REFERENCE, dash="dash"), hoverinfo="skip")
-    fig.update_xaxes(title_text=_axis("true", unit), range=[lo - pad, hi + pad])
+    # equal scales shrink the plot to a square rather than widen the x range past the data
+    fig.update_xaxes(title_text=_axis("true", unit), range=[lo - pad, hi + pad], constrain="domain")
     fig.update_yaxes(title_text=_axis("predicted", unit), range=[lo - pad, hi + pad], scaleanchor="x")
     fig.update_layout(title="predicted vs true", height=460, margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
     return fig

@@ -71,6 +71,7 @@ if thumbs.notna().any():
 value = st.column_config.NumberColumn
 event = st.dataframe(
     table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="datamap_table",
+    row_height=48 if "input" in table else None,
     column_config={"input": st.column_config.ImageColumn("input", width="small"),
                    "label": value(f"target{in_unit}", format="%.2f") if regression else "label",
                    "prediction": value(f"latest prediction{in_unit}", format="%.2f") if regression

@@ -91,6 +91,7 @@ with worst_tab:
                                                             help="prediction − label")
         numbers["abs_error"] = st.column_config.NumberColumn(f"|error|{in_unit}", format="%.2f")
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="err_table",
+                         row_height=48 if "input" in table else None, height=520,
                          column_config={"input": st.column_config.ImageColumn("input", width="small"), **numbers,
                                         "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
     picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
@@ -128,7 +129,7 @@ if classification:
         st.caption(f"{len(cell)} samples labelled {name(t)} and predicted {name(p)}")
         cell_table = _with_thumbnails(errors.review_table(cell, task, class_names)[
             ["sample_id", "label", "prediction", "loss", "confidence"]])
-        st.dataframe(cell_table, hide_index=True, key="err_cell",
+        st.dataframe(cell_table, hide_index=True, key="err_cell", row_height=48 if "input" in cell_table else None,
                      column_config={"input": st.column_config.ImageColumn("input", width="small"),
                                     "loss": st.column_config.NumberColumn(format="%.3f"),
                                     "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
