@@ -184,6 +184,7 @@ def test_datamap_tables_and_grid_show_the_training_inputs(monkeypatch, review_ru
     first = table["sample_id"].iloc[0]
     at.button(key=f"datamap_open_{first}").click().run()
     assert at.session_state["sample_id"] == first and at.session_state["sample_split"] == "train"
+    assert not at.exception and [t.value for t in at.title] == ["Sample detail"]
 
 
 def test_datamap_without_training_previews_says_which_call_records_them(monkeypatch, review_runs):
