@@ -32,10 +32,14 @@ and the plain AUM does better (figures in the benchmark's docstring). A positive
 means the given label lost to another class on (weighted) average; the unit is logits.
 
 Regression records carry no margin or probability: for them the frame gives
-`mean_abs_residual` (mean |prediction − label|) and `abs_residual_std` (its standard
-deviation), leaves `confidence`, `variability`, `correct_frac` and `aum` NaN, and the
-score is the late-weighted mean |residual| (in the target's unit): a wrong target stays
-far from the prediction after the model has fitted the rest.
+`mean_abs_residual` (mean |prediction − label|), `abs_residual_std` (the standard
+deviation of |residual|) and `residual_std` (the standard deviation of the signed
+residual, which is that of the prediction: how much the model changes its answer), all
+in the target's unit; it leaves `confidence`, `variability`, `correct_frac` and `aum`
+NaN, and the score is the late-weighted mean |residual| (in the target's unit): a wrong
+target stays far from the prediction after the model has fitted the rest. The regression
+data map plots `mean_abs_residual` against `residual_std` (`residual_map_regions`): easy
+= small and stable error, ambiguous = variable, hard-to-learn = large and stable.
 
 Example::
 
@@ -52,8 +56,8 @@ import numpy as np
 import pandas as pd
 
 DYNAMICS_COLUMNS = (
-    "sample_id", "split", "n_records", "label", "confidence", "variability", "correct_frac",
-    "aum", "mean_loss", "mean_abs_residual", "abs_residual_std", "label_error_score",
+    "sample_id", "split", "n_records", "label", "prediction", "confidence", "variability", "correct_frac",
+    "aum", "mean_loss", "mean_abs_residual", "abs_residual_std", "residual_std", "label_error_score",
 )
 REGIONS = ("easy", "ambiguous", "hard-to-learn")
 
@@ -70,7 +74,8 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
 
     `records` is the frame `Run.records()` returns (step, split, sample_id, label,
     confidence, margin, correct, loss, residual, ...). Columns: `DYNAMICS_COLUMNS`;
-    `label` is the sample's most recent label, standard deviations are population ones
+    `label` and `prediction` are the sample's most recent ones (a class index, or a value
+    in the target's unit), standard deviations are population ones
     (ddof=0, as in Dataset Cartography), NaN records (ignored labels) count in
     `n_records` but not in the means. See the module docstring for the score.
 
@@ -86,12 +91,13 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
         "sample_id": records["sample_id"].astype(str).to_numpy(),
         "step": records["step"].to_numpy(np.int64),
         "label": records["label"].to_numpy(np.float64),
+        "prediction": records["prediction"].to_numpy(np.float64) if "prediction" in records else np.nan,
         "confidence": records["confidence"].to_numpy(np.float64),
         "margin": records["margin"].to_numpy(np.float64),
         "correct": records["correct"].to_numpy(np.float64),
         "loss": records["loss"].to_numpy(np.float64),
-        "abs_residual": np.abs(records["residual"].to_numpy(np.float64)),
-    }).sort_values([*_KEYS, "step"], kind="stable")
+        "residual": records["residual"].to_numpy(np.float64),
+    }).assign(abs_residual=lambda f: f["residual"].abs()).sort_values([*_KEYS, "step"], kind="stable")
     weight = (rec["step"] - rec.groupby("split")["step"].transform("min") + 1).astype(np.float64)
     rec["w_margin"] = weight.where(rec["margin"].notna())
     rec["wx_margin"] = rec["w_margin"] * rec["margin"]
@@ -103,6 +109,7 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame({
         "n_records": g.size(),
         "label": g["label"].last(),
+        "prediction": g["prediction"].last(),
         "confidence": g["confidence"].mean(),
         "variability": g["confidence"].std(ddof=0),
         "correct_frac": g["correct"].mean(),
@@ -110,12 +117,13 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
         "mean_loss": g["loss"].mean(),
         "mean_abs_residual": g["abs_residual"].mean(),
         "abs_residual_std": g["abs_residual"].std(ddof=0),
+        "residual_std": g["residual"].std(ddof=0),
     })
     late_margin = sums["wx_margin"] / sums["w_margin"]
     late_residual = sums["wx_residual"] / sums["w_residual"]
     classification = out["aum"].notna()
     out["label_error_score"] = np.where(classification, -late_margin, late_residual)
-    out.loc[classification, ["mean_abs_residual", "abs_residual_std"]] = np.nan
+    out.loc[classification, ["mean_abs_residual", "abs_residual_std", "residual_std"]] = np.nan
     out = out.reset_index().sort_values(["label_error_score", *_KEYS], ascending=[False, True, True],
                                         na_position="last", kind="stable")
     out["n_records"] = out["n_records"].astype(np.int64)
@@ -161,6 +169,42 @@ def data_map_regions(dynamics: pd.DataFrame, confidence_threshold: float = CONFI
     region = np.where(var >= variability_threshold, "ambiguous",
                       np.where(conf < confidence_threshold, "hard-to-learn", "easy")).astype(object)
     region[np.isnan(conf) | np.isnan(var)] = None
+    return pd.Series(pd.Categorical(region, categories=list(REGIONS)), index=dynamics.index, name="region")
+
+
+def residual_share_thresholds(dynamics: pd.DataFrame) -> tuple[float, float]:
+    """(error_threshold, variability_threshold) that split a regression map by shares, as
+    `share_thresholds` does for classification: the third of samples whose residual varies
+    most over training is ambiguous; of the rest, the third with the largest mean
+    |residual| is hard-to-learn. Both thresholds are in the target's unit."""
+    var = dynamics["residual_std"].dropna()
+    variability = float(var.quantile(2 / 3)) if len(var) else float("inf")
+    rest = dynamics.loc[dynamics["residual_std"] < variability, "mean_abs_residual"].dropna()
+    error = float(rest.quantile(2 / 3)) if len(rest) else float("inf")
+    return error, variability
+
+
+def residual_map_regions(dynamics: pd.DataFrame, error_threshold: float, variability_threshold: float) -> pd.Series:
+    """The data-map region of each regression sample (categorical "region", aligned with
+    `dynamics`), from `mean_abs_residual` and `residual_std`, both in the target's unit:
+
+    - "ambiguous": residual_std >= `variability_threshold` (the prediction keeps moving);
+    - "hard-to-learn": a stabler residual and mean |residual| > `error_threshold` (the
+      model settles far from the target: where wrong targets and hard inputs gather);
+    - "easy": a stabler residual and mean |residual| <= `error_threshold`.
+
+    Samples without residuals (classification) get NaN.
+
+    Example::
+
+        dyn = run.sample_dynamics("train")
+        dyn["region"] = residual_map_regions(dyn, *residual_share_thresholds(dyn))
+    """
+    err = dynamics["mean_abs_residual"].to_numpy(np.float64) if len(dynamics) else np.empty(0)
+    var = dynamics["residual_std"].to_numpy(np.float64) if len(dynamics) else np.empty(0)
+    region = np.where(var >= variability_threshold, "ambiguous",
+                      np.where(err > error_threshold, "hard-to-learn", "easy")).astype(object)
+    region[np.isnan(err) | np.isnan(var)] = None
     return pd.Series(pd.Categorical(region, categories=list(REGIONS)), index=dynamics.index, name="region")
 
 

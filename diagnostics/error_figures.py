@@ -1,4 +1,5 @@
-"""Plotly figures for error review: confusion, reliability, per-class metrics, residuals, slices.
+"""Plotly figures for error review: confusion, reliability, per-class metrics, residuals,
+predicted vs true, slices.
 
 Each builder takes a frame from `diagnostics.errors` / `diagnostics.slices` and returns a
 `go.Figure`; empty input gives a figure that says so instead of raising, so a page can always
@@ -97,9 +98,14 @@ def class_metrics_figure(metrics_frame: pd.DataFrame) -> go.Figure:
     return fig
 
 
-def residual_figure(samples: pd.DataFrame) -> go.Figure:
+def _axis(name: str, unit: str | None) -> str:
+    return f"{name} ({unit})" if unit else name
+
+
+def residual_figure(samples: pd.DataFrame, unit: str | None = None) -> go.Figure:
     """Residual (prediction − label) against label, one point per sample, with the zero line:
-    a slope shows regression to the mean, an offset a bias, a fan a label-dependent noise."""
+    a slope shows regression to the mean, an offset a bias, a fan a label-dependent noise.
+    `unit` (e.g. "breaths/min") goes into the axis titles."""
     if samples is None or samples.empty:
         return empty_figure("no regression samples")
     label = samples["label"].to_numpy(dtype=float)
@@ -111,8 +117,40 @@ def residual_figure(samples: pd.DataFrame) -> go.Figure:
                             marker=dict(color=_ACCENT, size=5, opacity=0.6),
                             hovertemplate="%{customdata}<br>label %{x:.3g}<br>residual %{y:+.3g}<extra></extra>"))
     fig.add_hline(y=0, line=dict(color=_REFERENCE, dash="dash"))
-    fig.update_layout(title="residuals by label", xaxis_title="label", yaxis_title="prediction − label",
-                      height=360, margin=_MARGIN)
+    fig.update_layout(title="residuals by label", xaxis_title=_axis("label", unit),
+                      yaxis_title=_axis("prediction − label", unit), height=360, margin=_MARGIN)
+    return fig
+
+
+def prediction_figure(samples: pd.DataFrame, unit: str | None = None) -> go.Figure:
+    """Predicted against true value, one point per sample, with the y = x line of a perfect
+    model on equal axes: points above it are overestimates, a flatter cloud than the line
+    is regression to the mean. `unit` (e.g. "breaths/min") goes into the axis titles.
+
+        prediction_figure(run.samples("val"), unit=target_unit(run.manifest))
+    """
+    if samples is None or samples.empty:
+        return empty_figure("no regression samples")
+    true = samples["label"].to_numpy(dtype=float)
+    pred = samples["prediction"].to_numpy(dtype=float)
+    ok = np.isfinite(true) & np.isfinite(pred)
+    if not ok.any():
+        return empty_figure("no sample with both a label and a prediction")
+    ids = (samples["sample_id"].astype(str) if "sample_id" in samples else pd.Series(samples.index.astype(str)))
+    lo, hi = float(min(true[ok].min(), pred[ok].min())), float(max(true[ok].max(), pred[ok].max()))
+    pad = 0.03 * (hi - lo) if hi > lo else 0.5
+    scatter = go.Scattergl if ok.sum() > _WEBGL_POINTS else go.Scatter
+    fig = go.Figure(scatter(x=true[ok], y=pred[ok], mode="markers", name="samples",
+                            customdata=np.column_stack([ids.to_numpy()[ok], pred[ok] - true[ok]]),
+                            marker=dict(color=_ACCENT, size=5, opacity=0.6),
+                            hovertemplate="%{customdata[0]}<br>true %{x:.3g}<br>predicted %{y:.3g}"
+                                          "<br>residual %{customdata[1]:+.3g}<extra></extra>"))
+    fig.add_scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x (perfect)",
+                    line=dict(color=_REFERENCE, dash="dash"), hoverinfo="skip")
+    # equal scales shrink the plot to a square rather than widen the x range past the data
+    fig.update_xaxes(title_text=_axis("true", unit), range=[lo - pad, hi + pad], constrain="domain")
+    fig.update_yaxes(title_text=_axis("predicted", unit), range=[lo - pad, hi + pad], scaleanchor="x")
+    fig.update_layout(title="predicted vs true", height=460, margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
     return fig
 
 

@@ -214,3 +214,71 @@ def regression_summary(samples: pd.DataFrame, bins: int = 10) -> tuple[dict[str,
     table = pd.DataFrame({"label_lo": edges[:-1], "label_hi": edges[1:], "count": count,
                           "mean_residual": mean_resid, "mae": mae})
     return stats, table
+
+
+# Manifest keys that may name the regression target's unit, most specific first (the
+# examples write config={"target": "breaths/min", ...}).
+UNIT_KEYS = ("target_unit", "unit", "units", "target")
+
+
+def target_unit(manifest: dict) -> str | None:
+    """The regression target's unit as the run recorded it, or None: the first of
+    `UNIT_KEYS` found at the manifest's top level, then in its `config`.
+
+        target_unit(run.manifest)   # "breaths/min" for the radar example
+    """
+    for place in (manifest or {}, (manifest or {}).get("config") or {}):
+        for key in UNIT_KEYS:
+            value = place.get(key) if isinstance(place, dict) else None
+            if isinstance(value, str) and value.strip():
+                return value.strip()
+    return None
+
+
+def regression_loss_note(unit: str | None, loss_fn: str | None = None) -> str:
+    """One sentence saying what a regression run's per-sample columns are in: `loss` is the
+    squared error (prediction − label)² that the evaluation pass records for every sample
+    (whatever loss the training optimised), residual and |error| are in the target's unit.
+
+        regression_loss_note("breaths/min", "SmoothL1Loss")
+    """
+    in_unit = f" in {unit}" if unit else " in the target's unit"
+    squared = f" in ({unit})²" if unit else " in the target's unit squared"
+    trained = f"; training optimised {loss_fn}, which this column is not" if loss_fn and loss_fn != "MSELoss" else ""
+    return (f"loss: each sample's squared error (prediction − label)²{squared} (mean over outputs){trained}. "
+            f"residual = prediction − label and |error| are{in_unit}; MAE, RMSE and bias too.")
+
+
+def class_name(class_names: Sequence[str] | None, value) -> str:
+    """The name of class index `value` ("—" when missing; the index as text without names)."""
+    if value is None or (isinstance(value, float) and not np.isfinite(value)) or pd.isna(value):
+        return "—"
+    i = int(value)
+    return str(class_names[i]) if class_names is not None and 0 <= i < len(class_names) else str(i)
+
+
+def review_table(view: pd.DataFrame, task: str, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+    """The worst-cases table as a review page shows it: sample_id, label and prediction (class
+    names for classification), loss, confidence (classification) or residual and |error|
+    (regression), tags joined by commas, then the input statistics and metadata without their
+    `input_`/`meta_` prefixes.
+
+        review_table(worst_cases(samples, "classification"), "classification", ["CNV", "DME", ...])
+    """
+    _check_task(task)
+    classification = task == "classification"
+    name = (lambda v: class_name(class_names, v)) if classification else (lambda v: v)  # noqa: E731
+    columns = {"sample_id": view["sample_id"].astype(str),
+               "label": view["label"].map(name), "prediction": view["prediction"].map(name),
+               "loss": view["loss"]}
+    if classification:
+        columns["confidence"] = view["confidence"]
+    else:
+        columns["residual"] = view["residual"] if "residual" in view else view["prediction"] - view["label"]
+        columns["abs_error"] = error_size(view, task)
+    tags = view["tags"] if "tags" in view else pd.Series([[]] * len(view), index=view.index)
+    columns["tags"] = tags.map(lambda t: ", ".join(t) if isinstance(t, (list, tuple, np.ndarray)) else "")
+    for c in view.columns:
+        if c.startswith(("input_", "meta_")):
+            columns.setdefault(c.removeprefix("input_").removeprefix("meta_"), view[c])
+    return pd.DataFrame(columns).reset_index(drop=True)

@@ -87,6 +87,14 @@ def sample_detail(path: str, version: str, split: str, sample_id: str):
             r.previews(split, [sample_id]), r.attributions(split, [sample_id]))
 
 
+@st.cache_data(show_spinner=False, max_entries=64)
+def thumbnails(path: str, version: str, split: str, sample_ids: tuple) -> pd.Series:
+    """PNG data URLs of the stored previews of some samples, by sample_id (missing: none stored)."""
+    from diagnostics.thumbnails import thumbnails as make
+
+    return make(diagnostics.open_run(path).previews(split, sample_ids))
+
+
 @st.cache_data(show_spinner=False, max_entries=16)
 def dynamics(path: str, version: str, split: str = "train"):
     return diagnostics.open_run(path).sample_dynamics(split)
@@ -128,6 +136,8 @@ def class_label(class_names, value) -> str:
 def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key: str) -> None:
     """Tag and annotate the given samples; saved at once to the run's review store."""
     store = tags_of(str(run.path))
+    if saved := st.session_state.pop(f"tag_saved_{key}", None):
+        st.toast(saved)
     with st.form(key=f"tag_form_{key}", clear_on_submit=True):
         st.caption(f"Tag {len(sample_ids)} selected sample(s)")
         chosen = st.multiselect("Tags", store.known_tags(dataset), accept_new_options=True, key=f"tags_{key}",
@@ -140,9 +150,13 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
                 if note.strip():
                     for sid in sample_ids:
                         store.set_note(dataset, sid, note.strip())
-                st.toast(f"Saved for {len(sample_ids)} sample(s)")
             except diagnostics.DiagnosticsError as exc:
                 st.error(str(exc))
+                return
+            if chosen or note.strip():
+                # the page drew its tags before this save: run it again so they show now
+                st.session_state[f"tag_saved_{key}"] = f"Saved for {len(sample_ids)} sample(s)"
+                st.rerun()
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)

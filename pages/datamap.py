@@ -1,12 +1,15 @@
-"""Data map: training dynamics per sample (confidence vs variability) and the samples most
-likely to be mislabeled."""
+"""Data map: training dynamics per sample (confidence vs variability for classification,
+mean |residual| vs its variability for regression), the samples most likely to be
+mislabeled, and a grid of their inputs."""
 
 import streamlit as st
 
 from diagnostics import dynamics as dyn
-from diagnostics import sample_figures
+from diagnostics import errors, figures, sample_figures
 from diagnostics import tags as tag_store
 from pages import _shared
+
+GRID_COLUMNS, GRID_ROWS = 8, 3
 
 run = _shared.current_run()
 path, version = str(run.path), run.data_version()
@@ -17,32 +20,91 @@ if d.empty:
             "`run.log_batch(outputs, labels, ids=batch_indices, loss=loss)` — to record every sample "
             "on every step.")
     st.stop()
-# the paper's split by shares (midpoint thresholds put nearly all of a short run from
-# scratch in "ambiguous")
-regions = dyn.data_map_regions(d, *dyn.share_thresholds(d))
+regression = (run.manifest.get("task") == "regression"
+              or (d["confidence"].isna().all() and d["mean_abs_residual"].notna().any()))
+class_names = None if regression else run.manifest.get("class_names")
+unit = errors.target_unit(run.manifest) if regression else None
+in_unit = f" ({unit})" if unit else ""
+if regression:
+    cut = dyn.residual_share_thresholds(d)
+    regions = dyn.residual_map_regions(d, *cut)
+else:
+    # the paper's split by shares (midpoint thresholds put nearly all of a short run from
+    # scratch in "ambiguous")
+    regions = dyn.data_map_regions(d, *dyn.share_thresholds(d))
 counts = regions.value_counts()
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
 for col, region in zip(cols[1:], ("easy", "ambiguous", "hard-to-learn")):
     col.metric(region.capitalize(), f"{int(counts.get(region, 0)):,}")
-st.caption("Regions by shares, as in Swayamdipta et al. 2020: the most variable third is ambiguous; of the "
-           "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
-           "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
-           "and which region its class or tag falls in, is the finding.")
-st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
+if regression:
+    records = int(d["n_records"].median())
+    st.caption(f"Each point is a training sample over its training records (median {records}). x: the standard "
+               f"deviation of its residual (prediction − target) over those records, y: its mean |residual|, both "
+               f"in {unit or 'the target unit'}. Regions by shares, as in Swayamdipta et al. 2020: the most variable "
+               f"third is ambiguous (residual std ≥ {cut[1]:.3g}: the prediction kept moving); of the rest, the third "
+               f"with the largest error is hard-to-learn (mean |residual| > {cut[0]:.3g}: the model settled far from "
+               "the target, a wrong target or a hard input); the others are easy. The records before the model "
+               "learned add to every sample's variability.")
+    st.plotly_chart(figures.residual_map_figure(d, regions, cut, unit), key="datamap_scatter")
+else:
+    st.caption("Regions by shares, as in Swayamdipta et al. 2020: the most variable third is ambiguous; of the "
+               "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
+               "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
+               "and which region its class or tag falls in, is the finding.")
+    st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
 
-st.subheader("Likely label errors")
-class_names = run.manifest.get("class_names")
+st.subheader("Likely target errors" if regression else "Likely label errors")
 top = d.sort_values("label_error_score", ascending=False).head(100)
-table = top[["sample_id"]].assign(
-    label=top["label"].map(lambda v: _shared.class_label(class_names, v)),
-    score=top["label_error_score"], confidence=top["confidence"], variability=top["variability"],
-    aum=top["aum"], correct=top["correct_frac"], region=regions.loc[top.index],
-)
-event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="datamap_table")
+thumbs = _shared.thumbnails(path, version, "train", tuple(top["sample_id"]))
+name = (lambda v: v) if regression else (lambda v: errors.class_name(class_names, v))  # noqa: E731
+table = top[["sample_id"]].assign(label=top["label"].map(name), prediction=top["prediction"].map(name),
+                                  score=top["label_error_score"])
+if regression:
+    table = table.assign(mean_abs_residual=top["mean_abs_residual"], residual_std=top["residual_std"])
+else:
+    table = table.assign(confidence=top["confidence"], variability=top["variability"], aum=top["aum"],
+                         correct=top["correct_frac"])
+table = table.assign(region=regions.loc[top.index])
+if thumbs.notna().any():
+    table = table.assign(input=table["sample_id"].map(thumbs))[["input", *table.columns]]
+value = st.column_config.NumberColumn
+event = st.dataframe(
+    table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="datamap_table",
+    row_height=48 if "input" in table else None,
+    column_config={"input": st.column_config.ImageColumn("input", width="small"),
+                   "label": value(f"target{in_unit}", format="%.2f") if regression else "label",
+                   "prediction": value(f"latest prediction{in_unit}", format="%.2f") if regression
+                   else st.column_config.TextColumn("latest prediction"),
+                   "score": value(f"score{in_unit}" if regression else "score", format="%.3f"),
+                   "mean_abs_residual": value(f"mean |residual|{in_unit}", format="%.2f"),
+                   "residual_std": value(f"residual std{in_unit}", format="%.2f")})
 picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
 _shared.tagging_form(run, tag_store.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
-st.caption("Score: the label's margin (its logit minus the largest other logit) averaged over training with "
-           "weights growing with the step, negated: samples whose given label keeps losing, late in training, rank "
-           "first (a late-weighted area under the margin, after Pleiss et al. 2020). On digits with 10% flipped "
-           "labels its precision among the top k is 0.98 (benchmarks/label_noise.py).")
+if regression:
+    st.caption(f"Score: the mean |residual| over training{in_unit}, weighted with the step so late records count "
+               "most: a wrong target stays far from the prediction after the model has fitted the rest.")
+else:
+    st.caption("Score: the label's margin (its logit minus the largest other logit) averaged over training with "
+               "weights growing with the step, negated: samples whose given label keeps losing, late in training, "
+               "rank first (a late-weighted area under the margin, after Pleiss et al. 2020). On digits with 10% "
+               "flipped labels its precision among the top k is 0.98 (benchmarks/label_noise.py).")
+
+st.subheader("The suspects' inputs")
+if not thumbs.notna().any():
+    st.info("No previews of training samples in this run, so their inputs cannot be shown: evaluate the train "
+            "split too — `run.evaluate(train_loader, split=\"train\")` — to record them.")
+    st.stop()
+suspects = table[table["sample_id"].isin(thumbs.dropna().index)].head(GRID_COLUMNS * GRID_ROWS)
+st.caption(f"The {len(suspects)} highest-scored training samples with a stored input, highest first, with the "
+           "label and the latest prediction in training. Open one to see it in Sample detail.")
+for start in range(0, len(suspects), GRID_COLUMNS):
+    for col, row in zip(st.columns(GRID_COLUMNS), suspects.iloc[start:start + GRID_COLUMNS].itertuples()):
+        with col:
+            st.image(thumbs[row.sample_id], width="stretch")
+            shown = (f"target {row.label:.3g} · predicted {row.prediction:.3g}" if regression
+                     else f"label {row.label} · predicted {row.prediction}")
+            st.caption(f"**{row.sample_id}** · score {row.score:.2f}  \n{shown}")
+            if st.button("Open", key=f"datamap_open_{row.sample_id}", width="stretch"):
+                st.session_state["sample_id"], st.session_state["sample_split"] = row.sample_id, "train"
+                st.switch_page("pages/sample.py")

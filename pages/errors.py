@@ -25,6 +25,8 @@ samples["tags"] = samples["tags"].apply(lambda t: t if isinstance(t, list) else 
 classification = task == "classification"
 num_classes = int(run.manifest.get("num_classes") or (len(samples["probs"].iloc[0]) if classification else 0))
 name = lambda v: _shared.class_label(class_names, v)  # noqa: E731
+unit = None if classification else errors.target_unit(run.manifest)
+in_unit = f" ({unit})" if unit else ""
 
 # -- headline -----------------------------------------------------------------------------
 cols = st.columns(4)
@@ -36,9 +38,10 @@ if classification:
     cols[3].metric("Calibration error (ECE)", f"{errors.calibration(samples)[1]:.3f}")
 else:
     summary, by_label = errors.regression_summary(samples)
-    cols[1].metric("MAE", f"{summary['mae']:.3g}")
-    cols[2].metric("RMSE", f"{summary['rmse']:.3g}")
-    cols[3].metric("Bias", f"{summary['bias']:+.3g}")
+    cols[1].metric(f"MAE{in_unit}", f"{summary['mae']:.3g}")
+    cols[2].metric(f"RMSE{in_unit}", f"{summary['rmse']:.3g}")
+    cols[3].metric(f"Bias{in_unit}", f"{summary['bias']:+.3g}", help="mean residual (prediction − label)")
+    st.caption(errors.regression_loss_note(unit, run.manifest.get("loss_fn")))
 
 # -- filters ------------------------------------------------------------------------------
 with st.expander("Filters for the worst cases", expanded=False):
@@ -57,33 +60,51 @@ view = errors.worst_cases(samples, task, true_class=true_class, predicted_class=
 if only_wrong:
     view = view[view["correct"] == 0]
 
-worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
-    ["Worst cases", "Confusion matrix", "Per class", "Calibration" if classification else "Residuals",
-     "Where errors concentrate"])
+if classification:
+    worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
+        ["Worst cases", "Confusion matrix", "Per class", "Calibration", "Where errors concentrate"])
+else:  # no confusion, per-class or reliability views of a regression
+    worst_tab, scatter_tab, calib_tab, slice_tab = st.tabs(
+        ["Worst cases", "Predicted vs true", "Residuals", "Where errors concentrate"])
+    confusion_tab = class_tab = None
+
+
+def _with_thumbnails(table):
+    """The table with a thumbnail of each sample's stored input first (none stored: no column)."""
+    urls = _shared.thumbnails(path, version, split, tuple(table["sample_id"]))
+    if urls.notna().any():
+        return table.assign(input=table["sample_id"].map(urls))[["input", *table.columns]]
+    return table
+
 
 with worst_tab:
     st.caption(f"{len(view):,} samples, worst first (by {'loss' if classification else '|residual|'}). "
                "Select rows to tag them or to open one in Sample detail.")
-    inputs = [c for c in view.columns if c.startswith(("input_", "meta_"))]
-    table = view[["sample_id"]].assign(
-        label=view["label"].map(name) if classification else view["label"],
-        prediction=view["prediction"].map(name) if classification else view["prediction"],
-        loss=view["loss"],
-        **({"confidence": view["confidence"]} if classification else {"residual": view["residual"]}),
-        tags=view["tags"].apply(", ".join),
-        **{c.removeprefix("input_").removeprefix("meta_"): view[c] for c in inputs},
-    ).head(500)
+    table = _with_thumbnails(errors.review_table(view.head(500), task, class_names))
+    numbers = {"loss": st.column_config.NumberColumn(
+        "loss" if classification else f"loss{' (' + unit + ')²' if unit else ''}", format="%.3f",
+        help="cross-entropy of the label" if classification else "squared error (prediction − label)²")}
+    if not classification:
+        numbers.update({c: st.column_config.NumberColumn(f"{c}{in_unit}", format="%.2f")
+                        for c in ("label", "prediction")})
+        numbers["residual"] = st.column_config.NumberColumn(f"residual{in_unit}", format="%+.2f",
+                                                            help="prediction − label")
+        numbers["abs_error"] = st.column_config.NumberColumn(f"|error|{in_unit}", format="%.2f")
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="err_table",
-                         column_config={"loss": st.column_config.NumberColumn(format="%.3f"),
+                         row_height=48 if "input" in table else None, height=520,
+                         column_config={"input": st.column_config.ImageColumn("input", width="small"), **numbers,
                                         "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
     picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
     left, right = st.columns([2, 1])
     with left:
         _shared.tagging_form(run, dataset, picked, "errors")
     with right:
-        if st.button("Open in Sample detail", disabled=len(picked) != 1, key="err_open"):
+        if st.button("Open in Sample detail", disabled=len(picked) != 1, key="err_open",
+                     help="Select exactly one row of the table to open it"):
             st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], split
             st.switch_page("pages/sample.py")
+        if len(picked) != 1:
+            st.caption(f"Select exactly one row to open it in Sample detail ({len(picked)} selected).")
         notes = tag_store.folder_notes(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
         if not tags.empty or not notes.empty:
             with tempfile.TemporaryDirectory() as tmp:
@@ -92,8 +113,8 @@ with worst_tab:
                     st.download_button(f"Export tagged cases ({f.suffix[1:].upper()})", f.read_bytes(),
                                        file_name=f.name, key=f"err_export_{f.suffix}")
 
-with confusion_tab:
-    if classification:
+if classification:
+    with confusion_tab:
         matrix = errors.confusion_matrix(samples, num_classes)
         names = [name(i) for i in range(num_classes)]
         st.plotly_chart(error_figures.confusion_figure(matrix, names), key="err_confusion")
@@ -106,24 +127,30 @@ with confusion_tab:
                          index=int(np.argmax(np.where(np.eye(num_classes, dtype=bool), -1, matrix)[t])))
         cell = errors.confusion_cell(samples, t, p)
         st.caption(f"{len(cell)} samples labelled {name(t)} and predicted {name(p)}")
-        st.dataframe(cell[["sample_id", "loss", "confidence"]], hide_index=True, key="err_cell")
-    else:
-        st.info("A confusion matrix is for classification; see Residuals.")
-
-with class_tab:
-    if classification:
+        cell_table = _with_thumbnails(errors.review_table(cell, task, class_names)[
+            ["sample_id", "label", "prediction", "loss", "confidence"]])
+        st.dataframe(cell_table, hide_index=True, key="err_cell", row_height=48 if "input" in cell_table else None,
+                     column_config={"input": st.column_config.ImageColumn("input", width="small"),
+                                    "loss": st.column_config.NumberColumn(format="%.3f"),
+                                    "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+    with class_tab:
         metrics = errors.class_metrics(samples, num_classes, class_names)
         st.plotly_chart(error_figures.class_metrics_figure(metrics), key="err_metrics")
-        st.dataframe(metrics, hide_index=True)
-    else:
-        st.dataframe(by_label, hide_index=True)
-
-with calib_tab:
-    if classification:
+        st.dataframe(metrics.drop(columns="class").rename(columns={"name": "class"}), hide_index=True)
+    with calib_tab:
         frame, ece = errors.calibration(samples)
         st.plotly_chart(error_figures.reliability_figure(frame, ece), key="err_reliability")
-    else:
-        st.plotly_chart(error_figures.residual_figure(samples), key="err_residuals")
+else:
+    with scatter_tab:
+        st.plotly_chart(error_figures.prediction_figure(samples, unit), key="err_predicted_true")
+        st.caption(f"One point per evaluated sample{in_unit}; on the dashed line y = x the prediction is exact, "
+                   "above it the model overestimates. A cloud flatter than the line is regression to the mean.")
+    with calib_tab:
+        st.plotly_chart(error_figures.residual_figure(samples, unit), key="err_residuals")
+        st.caption(f"Residuals by label range (equal-width bins){in_unit}:")
+        st.dataframe(by_label.rename(columns={"mean_residual": f"mean residual{in_unit}", "mae": f"MAE{in_unit}",
+                                              "label_lo": f"label from{in_unit}", "label_hi": f"label to{in_unit}"}),
+                     hide_index=True, key="err_by_label")
 
 with slice_tab:
     features = [c for c in samples.columns if c.startswith(("input_", "meta_"))] + ["label", "tags"]

@@ -3,7 +3,7 @@ at one step and over steps — the first check after a baseline run."""
 
 import streamlit as st
 
-from diagnostics import figures
+from diagnostics import errors, figures
 from pages import _shared
 
 run = _shared.current_run()
@@ -48,7 +48,12 @@ if classification:
     left.plotly_chart(figures.class_distribution_figure(o, l, class_names, title), width="stretch")
     right.plotly_chart(figures.class_share_gap_figure(out, lab, class_names), width="stretch")
 else:
-    left.plotly_chart(figures.value_distribution_figure(o, l, title), width="stretch")
-    right.plotly_chart(figures.value_bands_figure(out, lab), width="stretch")
+    unit = errors.target_unit(run.manifest)  # "value (breaths/min)" when the run names its unit
+    values, bands = figures.value_distribution_figure(o, l, title), figures.value_bands_figure(out, lab)
+    if unit:
+        values.update_xaxes(title_text=f"value ({unit})")
+        bands.update_yaxes(title_text=f"value ({unit})")
+    left.plotly_chart(values, width="stretch")
+    right.plotly_chart(bands, width="stretch")
 st.caption("Each capture step shows the training batch of that step"
            + (f" on rank {rank}." if rank is not None else "."))

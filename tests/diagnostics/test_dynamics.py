@@ -183,3 +183,45 @@ def test_share_thresholds_split_a_third_then_a_third_of_the_rest():
     assert counts["ambiguous"] == pytest.approx(1 / 3, abs=0.01)
     assert counts["hard-to-learn"] == pytest.approx(2 / 9, abs=0.01)
     assert counts["easy"] == pytest.approx(4 / 9, abs=0.01)
+
+
+def test_regression_residual_std_and_latest_prediction_match_numpy():
+    res = {"a": [2.0, -1.0, 0.5], "b": [-0.1, 0.2, -3.0]}
+    rec = _records([(t, sid, 10.0, NAN, NAN, NAN, r * r, r) for sid, rs in res.items() for t, r in enumerate(rs)])
+    rec["prediction"] = rec["label"] + rec["residual"]
+    dyn = sample_dynamics(rec).set_index("sample_id")
+    for sid, rs in res.items():
+        assert dyn.loc[sid, "residual_std"] == pytest.approx(np.std(rs))  # signed, ddof=0
+        assert dyn.loc[sid, "prediction"] == pytest.approx(10.0 + rs[-1])  # the latest record
+    # classification rows carry no residual spread
+    assert sample_dynamics(_classification_records())["residual_std"].isna().all()
+
+
+def test_residual_map_regions_at_given_thresholds():
+    dyn = pd.DataFrame({"mean_abs_residual": [0.5, 3.0, 0.5, 3.0, 1.0, NAN],
+                        "residual_std": [0.1, 0.1, 2.0, 2.0, 0.99, 0.1]}, index=list("abcdef"))
+    from diagnostics.dynamics import residual_map_regions
+
+    regions = residual_map_regions(dyn, error_threshold=1.0, variability_threshold=1.0)
+    assert regions.name == "region" and list(regions.index) == list("abcdef")
+    # small and stable: easy; large and stable: hard; variable: ambiguous, whatever the error
+    assert list(regions.iloc[:5]) == ["easy", "hard-to-learn", "ambiguous", "ambiguous", "easy"]
+    assert pd.isna(regions["f"])
+
+
+def test_residual_share_thresholds_split_a_third_then_a_third_of_the_rest():
+    from diagnostics.dynamics import residual_map_regions, residual_share_thresholds
+
+    rng = np.random.default_rng(0)
+    dyn = pd.DataFrame({"mean_abs_residual": rng.exponential(2.0, 9000), "residual_std": rng.uniform(0, 3, 9000)})
+    error, variability = residual_share_thresholds(dyn)
+    assert variability == pytest.approx(np.quantile(dyn["residual_std"], 2 / 3))
+    rest = dyn.loc[dyn["residual_std"] < variability, "mean_abs_residual"]
+    assert error == pytest.approx(np.quantile(rest, 2 / 3))
+    counts = residual_map_regions(dyn, error, variability).value_counts(normalize=True)
+    assert counts["ambiguous"] == pytest.approx(1 / 3, abs=0.01)
+    assert counts["hard-to-learn"] == pytest.approx(2 / 9, abs=0.01)
+    assert counts["easy"] == pytest.approx(4 / 9, abs=0.01)
+    # a classification frame (no residuals) gets no region rather than an arbitrary one
+    cls = sample_dynamics(_classification_records())
+    assert residual_map_regions(cls, *residual_share_thresholds(cls)).isna().all()

@@ -103,3 +103,25 @@ def test_slices_figure():
     assert overall.x0 == overall.x1 == 0.07
     fig.to_json()
     assert_empty_figure(ef.slices_figure(pd.DataFrame(columns=COLUMNS)))
+
+
+def test_prediction_figure_has_the_identity_line_and_units():
+    frame = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "label": [10.0, 20.0, 30.0, np.nan],
+                          "prediction": [12.0, 19.0, 25.0, 5.0]})
+    fig = ef.prediction_figure(frame, unit="breaths/min")
+    points, identity = fig.data
+    np.testing.assert_allclose(points.x, [10, 20, 30])  # the row without a label is left out
+    np.testing.assert_allclose(points.y, [12, 19, 25])
+    np.testing.assert_allclose(np.asarray(points.customdata[:, 1], dtype=float), [2, -1, -5])  # residuals
+    assert list(identity.x) == list(identity.y) and identity.x[0] < 10 and identity.x[1] > 30
+    assert fig.layout.xaxis.title.text == "true (breaths/min)"
+    assert fig.layout.yaxis.title.text == "predicted (breaths/min)" and fig.layout.yaxis.scaleanchor == "x"
+    assert fig.layout.xaxis.range == fig.layout.yaxis.range
+    assert_empty_figure(ef.prediction_figure(frame.iloc[:0]))
+    assert_empty_figure(ef.prediction_figure(frame.iloc[3:]))
+
+
+def test_residual_figure_puts_the_unit_on_its_axes(samples):
+    fig = ef.residual_figure(samples, unit="mm")
+    assert fig.layout.xaxis.title.text == "label (mm)" and fig.layout.yaxis.title.text == "prediction − label (mm)"
+    assert ef.residual_figure(samples).layout.xaxis.title.text == "label"

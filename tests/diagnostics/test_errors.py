@@ -201,3 +201,45 @@ def test_regression_summary_without_residual_column_and_degenerate_labels():
     assert table["count"].tolist() == [3]
     stats, table = regression_summary(df.iloc[:0])
     assert np.isnan(stats["mae"]) and table.empty
+
+
+def test_target_unit_from_the_manifest_or_its_config():
+    from diagnostics.errors import target_unit
+
+    assert target_unit({"config": {"target": "breaths/min", "n": 2000}}) == "breaths/min"
+    assert target_unit({"target_unit": "mm", "config": {"target": "breaths/min"}}) == "mm"  # top level first
+    assert target_unit({"config": {"unit": " kPa "}}) == "kPa"
+    assert target_unit({"config": {"target": 3}}) is None and target_unit({}) is None and target_unit(None) is None
+
+
+def test_regression_loss_note_names_the_units_and_the_training_loss():
+    from diagnostics.errors import regression_loss_note
+
+    note = regression_loss_note("breaths/min", "SmoothL1Loss")
+    assert "(breaths/min)²" in note and "squared error" in note and "SmoothL1Loss" in note
+    assert "are in breaths/min" in note
+    plain = regression_loss_note(None, "MSELoss")
+    assert "target's unit squared" in plain and "MSELoss" not in plain
+
+
+def test_review_table_names_classes_and_keeps_inputs():
+    from diagnostics.errors import review_table
+
+    view = pd.DataFrame({"sample_id": [3, 1], "label": [1.0, np.nan], "prediction": [0.0, 2.0], "loss": [2.0, 1.0],
+                         "confidence": [0.9, 0.5], "residual": [np.nan, np.nan], "tags": [["dark"], []],
+                         "input_brightness": [0.1, 0.2], "meta_site": ["a", "b"]})
+    table = review_table(view, "classification", ["CNV", "DME", "DRUSEN"])
+    assert list(table.columns) == ["sample_id", "label", "prediction", "loss", "confidence", "tags", "brightness", "site"]
+    assert table["label"].tolist() == ["DME", "—"] and table["prediction"].tolist() == ["CNV", "DRUSEN"]
+    assert table["sample_id"].tolist() == ["3", "1"] and table["tags"].tolist() == ["dark", ""]
+    assert review_table(view, "classification")["label"].tolist() == ["1", "—"]  # no names: the index
+
+
+def test_review_table_for_regression_has_residual_and_absolute_error():
+    from diagnostics.errors import review_table
+
+    view = pd.DataFrame({"sample_id": ["a", "b"], "label": [10.0, 20.0], "prediction": [13.0, 18.5],
+                         "loss": [9.0, 2.25]})
+    table = review_table(view, "regression")
+    assert table["residual"].tolist() == [3.0, -1.5] and table["abs_error"].tolist() == [3.0, 1.5]
+    assert table["label"].tolist() == [10.0, 20.0] and "confidence" not in table

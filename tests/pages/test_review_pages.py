@@ -1,0 +1,227 @@
+"""Error review and Data map through Streamlit's AppTest: regression runs, thumbnails, class
+names, tagging, the suspects' grid."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from streamlit.testing.v1 import AppTest
+from torch import nn
+
+import hooks
+from tests.conftest import tiny_cnn
+
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+CLASSES = ["cat", "dog", "eel"]
+
+
+def _signal_regression(folder, name="signal-reg"):
+    """A 1-D CNN regressing a rate from a sine's frequency, with records, val and train evaluations."""
+    torch.manual_seed(3)
+    g = torch.Generator().manual_seed(3)
+    rate = torch.rand(96, generator=g) * 20 + 5
+    t = torch.linspace(0, 1, 64)
+    x = torch.sin(2 * torch.pi * rate[:, None] * t / 4)[:, None, :] + 0.1 * torch.randn(96, 1, 64, generator=g)
+    y = rate[:, None]
+    model = nn.Sequential(nn.Conv1d(1, 4, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
+                          nn.Linear(4, 1))
+    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    crit = nn.SmoothL1Loss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name=name, every=4,
+                     config={"target": "breaths/min"}) as run:
+        for _ in range(5):
+            for i in range(16, 96, 16):
+                idx = torch.arange(i, i + 16)
+                opt.zero_grad()
+                pred = model(x[idx])
+                run.log_batch(pred, y[idx], ids=idx)
+                crit(pred, y[idx]).backward()
+                opt.step()
+        run.evaluate([(x[:16], y[:16], torch.arange(16))], split="val", progress=False)
+        run.evaluate([(x[16:], y[16:], torch.arange(16, 96))], split="train", progress=False)
+    return run.path
+
+
+def _image_classification(folder, name="img-cls", evaluate_train=True):
+    """A 3-class CNN on 8×8 images, named classes, records every step, val (and train) evaluated."""
+    torch.manual_seed(4)
+    g = torch.Generator().manual_seed(4)
+    x = torch.randn(96, 1, 8, 8, generator=g)
+    y = torch.randint(0, 3, (96,), generator=g)
+    x[y == 1] += 0.7
+    model = tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    with hooks.watch(model, optimizer=opt, run_dir=folder, name=name, every=5, class_names=CLASSES) as run:
+        for _ in range(3):
+            for i in range(0, 64, 16):
+                idx = torch.arange(i, i + 16)
+                opt.zero_grad()
+                logits = model(x[idx])
+                loss = nn.functional.cross_entropy(logits, y[idx])
+                run.log_batch(logits, y[idx], ids=idx, loss=loss)
+                loss.backward()
+                opt.step()
+        run.evaluate([(x[64:], y[64:], torch.arange(64, 96))], split="val", progress=False)
+        if evaluate_train:
+            run.evaluate([(x[:64], y[:64], torch.arange(64))], split="train", progress=False)
+    return run.path
+
+
+@pytest.fixture(scope="module")
+def review_runs(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("review_runs")
+    _signal_regression(folder)
+    _image_classification(folder)
+    _image_classification(folder, name="img-cls-no-train", evaluate_train=False)
+    return folder
+
+
+def _open(monkeypatch, runs_dir, page: str, run_name: str) -> AppTest:
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = run_name
+    at.run()
+    at.switch_page(page).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    return at
+
+
+def _charts(at: AppTest) -> dict[str, dict]:
+    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    return {s["layout"]["title"]["text"]: s for s in specs}
+
+
+def _values(trace: dict, axis: str) -> np.ndarray:
+    """A trace's values, whether plotly wrote them as a list or as a typed array."""
+    v = trace[axis]
+    if isinstance(v, dict) and "bdata" in v:
+        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
+    return np.asarray(v, dtype=float)
+
+
+def _metrics(at: AppTest) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _is_png(url: str) -> bool:
+    from PIL import Image
+
+    head, data = url.split(",", 1)
+    return head == "data:image/png;base64" and Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 0
+
+
+def test_datamap_of_a_regression_run_draws_residual_dynamics_with_units(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "signal-reg")
+    counts = _metrics(at)
+    regions = [int(counts[k].replace(",", "")) for k in ("Easy", "Ambiguous", "Hard-to-learn")]
+    assert sum(regions) == int(counts["Samples"]) == 80 and min(regions) > 0  # every sample in a region
+    (chart,) = _charts(at).values()
+    assert "breaths/min" in chart["layout"]["xaxis"]["title"]["text"]
+    assert "breaths/min" in chart["layout"]["yaxis"]["title"]["text"]
+    points = sum(len(_values(t, "x")) for t in chart["data"])
+    assert points == 80
+    assert any("standard deviation of its residual" in c.value and "breaths/min" in c.value for c in at.caption)
+    table = at.dataframe[0].value
+    for column in ("label", "prediction", "score", "mean_abs_residual", "residual_std", "region"):
+        assert table[column].notna().all(), column  # no None columns
+    assert not {"confidence", "aum", "correct"} & set(table.columns)
+
+
+def test_error_review_of_a_regression_run_shows_predicted_vs_true_and_no_classification_tabs(monkeypatch,
+                                                                                             review_runs):
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "signal-reg")
+    labels = [t.label for t in at.tabs]
+    assert labels == ["Worst cases", "Predicted vs true", "Residuals", "Where errors concentrate"]
+    assert not {"Confusion matrix", "Per class", "Calibration"} & set(labels)
+    charts = _charts(at)
+    scatter = charts["predicted vs true"]
+    points, identity = scatter["data"]
+    assert len(_values(points, "x")) == 16
+    assert list(_values(identity, "x")) == list(_values(identity, "y"))
+    assert scatter["layout"]["xaxis"]["title"]["text"] == "true (breaths/min)"
+    assert "prediction − label (breaths/min)" in charts["residuals by label"]["layout"]["yaxis"]["title"]["text"]
+    assert "MAE (breaths/min)" in _metrics(at)
+    note = next(c.value for c in at.caption if c.value.startswith("loss:"))
+    assert "(breaths/min)²" in note and "SmoothL1Loss" in note
+    table = at.dataframe[0].value
+    assert _is_png(table["input"].iloc[0])  # a sparkline of the signal
+    assert {"residual", "abs_error"} <= set(table.columns)
+
+
+def test_error_review_tables_show_class_names_and_thumbnails(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls")
+    at.toggle(key="err_only_wrong").set_value(False).run()
+    worst = at.dataframe(key="err_table").value
+    assert set(worst["label"]) <= set(CLASSES) and set(worst["prediction"]) <= set(CLASSES)
+    assert worst["input"].map(_is_png).all()
+    cell = next(df.value for df in at.dataframe if df.key != "err_table" and "confidence" in df.value.columns)
+    assert len(cell) > 0 and "tags" not in cell
+    assert set(cell["label"]) <= set(CLASSES) and set(cell["prediction"]) <= set(CLASSES)
+    per_class = next(df.value for df in at.dataframe if "precision" in df.value.columns)
+    assert per_class["class"].tolist() == CLASSES
+
+
+def test_open_in_sample_detail_says_why_it_is_disabled(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls")
+    assert at.button(key="err_open").disabled
+    assert any("Select exactly one row" in c.value and "(0 selected)" in c.value for c in at.caption)
+
+
+def test_datamap_tables_and_grid_show_the_training_inputs(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls")
+    table = at.dataframe[0].value
+    assert set(table["label"]) <= set(CLASSES) and set(table["prediction"]) <= set(CLASSES)
+    assert table["input"].map(_is_png).all()
+    images = at.get("image")
+    assert len(images) == 24  # 3 rows of 8
+    first = table["sample_id"].iloc[0]
+    at.button(key=f"datamap_open_{first}").click().run()
+    assert at.session_state["sample_id"] == first and at.session_state["sample_split"] == "train"
+    assert not at.exception and [t.value for t in at.title] == ["Sample detail"]
+
+
+def test_datamap_without_training_previews_says_which_call_records_them(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls-no-train")
+    assert any('run.evaluate(train_loader, split="train")' in i.value for i in at.info)
+    assert "input" not in at.dataframe[0].value.columns
+
+
+def _select(at: AppTest, key: str, rows: list[int]) -> None:
+    """Select table rows the way a click does (AppTest has no dataframe clicks)."""
+    at.session_state[key] = {"selection": {"rows": rows, "columns": [], "cells": []}}
+    at.run()
+
+
+def test_a_saved_tag_shows_in_the_table_without_a_reload(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls")
+    sid = at.dataframe(key="err_table").value["sample_id"].iloc[0]
+    _select(at, "err_table", [0])
+    assert at.button(key="err_open").disabled is False
+    at.multiselect(key="tags_errors").set_value(["blurry"])
+    next(b for b in at.button if b.label == "Save").click().run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = at.dataframe(key="err_table").value.set_index("sample_id")
+    assert table.loc[sid, "tags"] == "blurry"  # in this run, not after a reload
+    assert any("Saved for 1 sample" in t.value for t in at.toast)
+
+
+def test_two_selected_rows_say_why_open_is_disabled(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls")
+    _select(at, "err_table", [0, 1])
+    assert at.button(key="err_open").disabled
+    assert any("Select exactly one row" in c.value and "(2 selected)" in c.value for c in at.caption)
+
+
+def test_outputs_page_of_a_regression_run_names_the_unit(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/outputs.py", "signal-reg")
+    titles = [(c["layout"].get("xaxis", {}).get("title", {}).get("text"), c["layout"].get("yaxis", {}).get("title", {})
+               .get("text")) for c in _charts(at).values()]
+    assert ("value (breaths/min)", "share of samples") in titles
+    assert any(y == "value (breaths/min)" for _, y in titles)
