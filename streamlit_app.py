@@ -6,11 +6,12 @@ DIAGNOSTICS_RUNS environment variable.
 
 import os
 import threading
+from pathlib import Path
 
 import streamlit as st
 
 import diagnostics
-from diagnostics import embedding
+from diagnostics import badges, embedding
 
 st.set_page_config(page_title="hookscope", layout="wide")
 
@@ -33,19 +34,64 @@ def _warm_up_umap() -> threading.Thread:
 if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
     _warm_up_umap()
 
-@st.cache_data(ttl=60, show_spinner=False)
-def _badge(path: str, state: str) -> str:
-    """' · ⛔ 1 ⚠ 2': the run's error and warning findings, for the run picker."""
-    if state == "broken":
-        return ""
-    try:
-        findings = diagnostics.open_run(path).health()
-    except diagnostics.DiagnosticsError:
-        return ""
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = sum(f.severity == "warning" for f in findings)
-    marks = (f"⛔ {errors}" if errors else "") + (" " if errors and warnings else "") + (f"⚠ {warnings}" if warnings else "")
-    return f" · {marks}" if marks else ""
+def _badge(known) -> str:
+    """A run's health in the picker: '⛔1 ⚠2', '✓', '…' while being checked, '?' if it cannot be."""
+    return badges.PENDING if known is None else "?" if isinstance(known, str) else known.badge
+
+
+def _picked_run(runs, folder_names: dict) -> str:
+    """The run to show: ?run=NAME in the address (a link to a run can be shared), else the last pick."""
+    wanted = st.query_params.get("run")
+    by_name = {row.name: row.path for row in runs.itertuples()}
+    current = next((p for p, n in folder_names.items() if n == wanted), by_name.get(wanted))
+    current = current or st.session_state.get("run_path")
+    return current if current in folder_names else runs["path"].iloc[0]
+
+
+def _run_picker(runs) -> None:
+    """Labels lead with the badge and name each run by its folder (copies of a run share
+    a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
+    state, step and findings in words go in the caption under it. Badges not known yet
+    show '…' and are computed after the page has drawn (`_badge_watch`)."""
+    board = badges.shared_board()
+    folder_names = {row.path: Path(row.path).name for row in runs.itertuples()}
+    current = _picked_run(runs, folder_names)
+    known = {row.path: None if row.state == "broken" else board.lookup(row.path) for row in runs.itertuples()}
+    pending = [row.path for row in runs.itertuples() if row.state != "broken" and known[row.path] is None]
+    board.request(sorted(pending, key=lambda p: p != current))  # the run being looked at first
+    labels = {}
+    for row in runs.itertuples():
+        badge = "✗" if row.state == "broken" else _badge(known[row.path])
+        labels[f"{badge} {folder_names[row.path]}{'' if row.state == 'finished' else ' · ' + row.state}"] = row.path
+    options = list(labels)
+    at = next(i for i, label in enumerate(options) if labels[label] == current)
+    picked = st.selectbox("Run", options, index=at, key=f"run_picker_{at}",
+                          help="⛔ errors and ⚠ warnings the Health page lists for the run; ✓ none; "
+                               "… being checked")
+    chosen = labels.get(picked, current)
+    st.session_state["run_path"] = chosen
+    st.query_params["run"] = folder_names[chosen]
+    row = runs[runs["path"] == chosen].iloc[0]
+    st.caption(_run_caption(row, known[chosen]))
+    if pending:
+        st.fragment(_badge_watch, run_every=1.5)(pending, chosen)
+
+
+def _run_caption(row, known) -> str:
+    if row.state == "broken":
+        return f"broken: {row.error}"
+    step = f" · step {int(row.last_step)}" if row.last_step >= 0 else ""
+    health = ("checking health…" if known is None else f"health not checked: {known}" if isinstance(known, str)
+              else known.describe())
+    return f"{row.state}{step} · {health}"
+
+
+def _badge_watch(pending: list[str], chosen: str) -> None:
+    """Reruns the app once the picked run's badge, then all the badges, are known."""
+    left = badges.shared_board().pending(pending)
+    if not left or (chosen in pending and chosen not in left):
+        st.rerun()
+    st.caption(f"checking the runs' health: {len(pending) - len(left)} of {len(pending)} done")
 
 
 runs = _list_runs(RUNS_DIR)
@@ -55,17 +101,7 @@ with st.sidebar:
     if runs.empty:
         st.session_state["run_path"] = None
     else:
-        # options are plain labels (no format_func): a label maps back to its run's path;
-        # ?run=NAME in the address opens that run (a link to a run can be shared)
-        paths = {f"{row.name} · {row.state}{_badge(row.path, row.state)}": row.path for row in runs.itertuples()}
-        names = {row.path: row.name for row in runs.itertuples()}
-        labels = list(paths)
-        wanted = st.query_params.get("run")
-        current = next((p for p, n in names.items() if n == wanted), st.session_state.get("run_path"))
-        at = next((i for i, label in enumerate(labels) if paths[label] == current), 0)
-        chosen = paths[st.selectbox("Run", labels, index=at, key=f"run_picker_{at}")]
-        st.session_state["run_path"] = chosen
-        st.query_params["run"] = names[chosen]
+        _run_picker(runs)
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),

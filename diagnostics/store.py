@@ -10,6 +10,7 @@ reads only the row groups a query needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -555,6 +556,25 @@ def _pandas_dtype(typ: pa.DataType) -> str:
 def open_run(path: str | os.PathLike) -> Run:
     """Open a run directory for reading; raises RunNotFoundError or RunFormatError with advice."""
     return Run(path)
+
+
+def run_version(path: str | os.PathLike) -> str:
+    """A key for on-disk caches of what a run holds (its health badge): the same in every
+    process, unlike `Run.data_version` (an in-memory cache key); changes when a part lands,
+    is compacted or the manifest is rewritten (an evaluation adds to it)."""
+    path = Path(path)
+    digest = hashlib.sha1()
+    for table in schema.TABLES:
+        for part in sorted((path / table).glob("r*.parquet")):
+            try:
+                digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
+            except OSError:  # compacted away between listing and stat
+                continue
+    try:
+        digest.update((path / schema.MANIFEST_FILE).read_bytes())
+    except OSError:
+        pass
+    return digest.hexdigest()[:20]
 
 
 def list_runs(folder: str | os.PathLike = "runs") -> pd.DataFrame:
