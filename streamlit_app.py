@@ -48,17 +48,16 @@ def _picked_run(runs, folder_names: dict) -> str:
     return current if current in folder_names else runs["path"].iloc[0]
 
 
-def _run_picker(runs) -> None:
+def _run_picker(runs) -> list[str]:
     """Labels lead with the badge and name each run by its folder (copies of a run share
     a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
     state, step and findings in words go in the caption under it. Badges not known yet
-    show '…' and are computed after the page has drawn (`_badge_watch`)."""
+    show '…'; returns their runs, to compute once the page has run (`_badge_watch`)."""
     board = badges.shared_board()
     folder_names = {row.path: Path(row.path).name for row in runs.itertuples()}
     current = _picked_run(runs, folder_names)
     known = {row.path: None if row.state == "broken" else board.lookup(row.path) for row in runs.itertuples()}
     pending = [row.path for row in runs.itertuples() if row.state != "broken" and known[row.path] is None]
-    board.request(sorted(pending, key=lambda p: p != current))  # the run being looked at first
     labels = {}
     for row in runs.itertuples():
         badge = "✗" if row.state == "broken" else _badge(known[row.path])
@@ -75,6 +74,7 @@ def _run_picker(runs) -> None:
     st.caption(_run_caption(row, known[chosen]))
     if pending:
         st.fragment(_badge_watch, run_every=1.5)(pending, chosen)
+    return sorted(pending, key=lambda p: p != chosen)  # the run being looked at first
 
 
 def _run_caption(row, known) -> str:
@@ -96,12 +96,13 @@ def _badge_watch(pending: list[str], chosen: str) -> None:
 
 runs = _list_runs(RUNS_DIR)
 st.session_state["runs_dir"] = RUNS_DIR
+unknown_badges: list[str] = []
 with st.sidebar:
     st.caption(f"runs folder: `{RUNS_DIR}`")
     if runs.empty:
         st.session_state["run_path"] = None
     else:
-        _run_picker(runs)
+        unknown_badges = _run_picker(runs)
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -114,4 +115,8 @@ page = st.navigation([
     st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
     st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
 ])
-page.run()
+try:
+    page.run()
+finally:  # also when the page stops early: the badges' computation starts once the page has run
+    if unknown_badges:
+        badges.shared_board().request(unknown_badges)

@@ -101,6 +101,17 @@ def findings(path: str | os.PathLike) -> list[dict]:
     return found
 
 
+def cached_health(path: str | os.PathLike) -> list:
+    """`open_run(path).health()`, answered from the disk cache while the run is unchanged
+    (the Health page of a run whose badge was computed opens without recomputing)."""
+    from diagnostics.health import Finding
+
+    try:
+        return [Finding(**f) for f in findings(path)]
+    except TypeError:  # stored by another version of Finding: compute afresh
+        return open_run(path).health()
+
+
 def _store(run_dir: Path, content: dict) -> None:
     tmp = run_dir / f".tmp-{os.getpid()}-{threading.get_ident()}-{CACHE_FILE}"
     try:
@@ -167,30 +178,43 @@ class BadgeBoard:
         return self._idle.wait(timeout)
 
     def _work(self) -> None:
-        while True:
-            with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._worker = None  # under the lock: a request from now on starts a new worker
-                    self._idle.set()
-                    return
-            batch = [p for p in batch if self.lookup(p) is None]  # the disk may know it by now
-            try:
-                self._compute(batch)
-            except OSError:  # no child process here: compute in this thread
-                for path in batch:
-                    self._record({"path": path, "key": _key(path), **_result(path)})
+        child = None
+        try:
+            while True:
+                with self._lock:
+                    if not self._queue:
+                        self._worker = None  # under the lock: a request from now on starts a new worker
+                        self._idle.set()
+                        return
+                    path = self._queue.pop(0)  # one at a time: a later request can jump the queue
+                if self.lookup(path) is not None:  # the disk may know it by now
+                    continue
+                child = self._ask(child, path)
+        finally:
+            if child is not None:
+                child.stdin.close()
+                child.wait()
 
-    def _compute(self, batch: list[str]) -> None:
-        if not batch:
-            return
-        here = str(Path(__file__).resolve().parents[1])  # the child imports this same package
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
-        with subprocess.Popen([*self._command, *batch], stdout=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                              text=True, env=env) as child:
-            for line in child.stdout:
-                with contextlib.suppress(ValueError, KeyError, TypeError):  # a stray line on stdout
-                    self._record(json.loads(line))
+    def _ask(self, child: subprocess.Popen | None, path: str) -> subprocess.Popen | None:
+        """Has the child (started if need be) check one run; returns the child to reuse."""
+        try:
+            if child is None or child.poll() is not None:
+                here = str(Path(__file__).resolve().parents[1])  # the child imports this same package
+                env = {**os.environ,
+                       "PYTHONPATH": os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")]))}
+                child = subprocess.Popen(self._command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         env=env)
+            child.stdin.write(path + "\n")
+            child.stdin.flush()
+            line = child.stdout.readline()
+        except OSError:  # no child process here (or it died mid-write): check in this thread
+            self._record({"path": path, "key": _key(path), **_result(path)})
+            return None
+        try:
+            self._record(json.loads(line))
+        except (ValueError, KeyError, TypeError):  # the child died on this run
+            self._record({"path": path, "key": _key(path), "error": "the health check stopped on this run"})
+        return child
 
     def _record(self, result: dict) -> None:
         counts = HealthCounts(**result["counts"]) if result.get("counts") else str(result.get("error"))
@@ -211,16 +235,15 @@ def _result(path: str) -> dict:
         return {"error": str(exc)}
 
 
-def main(paths: list[str]) -> int:
-    """The child process: one JSON line per run, {path, key, counts | error}."""
-    try:
-        os.nice(10)  # behind the page being drawn
-    except (AttributeError, OSError):
-        pass
-    for path in paths:
-        key = _key(path)
+def main() -> int:
+    """The child process: reads run paths on stdin, answers each with one JSON line
+    {path, key, counts | error} on stdout, until stdin closes."""
+    with contextlib.suppress(AttributeError, OSError):
+        os.nice(19)  # behind the page being drawn and anything else
+    for line in sys.stdin:
+        path = line.rstrip("\n")
         try:
-            print(json.dumps({"path": path, "key": key, **_result(path)}), flush=True)
+            print(json.dumps({"path": path, "key": _key(path), **_result(path)}), flush=True)
         except BrokenPipeError:  # the dashboard has gone: stop quietly
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
@@ -228,4 +251,4 @@ def main(paths: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    sys.exit(main())

@@ -144,3 +144,24 @@ def test_board_reports_a_broken_run_instead_of_waiting_for_it(tmp_path):
     known = board.lookup(str(broken))
     assert isinstance(known, str) and "run.json" in known
     assert board.pending([str(broken)]) == []
+
+
+@pytest.mark.parametrize("name", ["cls", "reg", "review"])
+def test_cached_health_equals_health_field_by_field(runs, monkeypatch, name):
+    live = diagnostics.open_run(runs / name).health()
+    badges.health_counts(runs / name)
+    calls = _counting_check(monkeypatch)
+    cached = badges.cached_health(runs / name)
+    assert calls == []  # read back from the disk
+    assert [f.to_dict() for f in cached] == [f.to_dict() for f in live]
+    assert [type(f) for f in cached] == [type(f) for f in live]
+
+
+def test_a_later_request_jumps_the_queue(runs):
+    board = BadgeBoard()
+    a, b, c = (str(runs / n) for n in ("cls", "reg", "review"))
+    board.request([a, b, c])
+    board.request([c])  # the user picked c meanwhile: it is checked before b
+    assert board.wait(timeout=240)
+    written = {p: (Path(p) / badges.CACHE_FILE).stat().st_mtime_ns for p in (a, b, c)}
+    assert written[c] < written[b]
