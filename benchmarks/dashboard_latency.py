@@ -9,6 +9,7 @@ subprocess, opens it in headless Chromium (Playwright driving /usr/bin/chromium)
 times, from the Python side:
 
     server start -> /_stcore/health answers           (streamlit's own start)
+    open -> app loaded and connected                   (the browser's part: Streamlit's scripts)
     open -> run picker visible in the sidebar          (first paint)
     open -> first chart drawn                          (Overview's loss curve)
     open -> badges shown in the picker                 (they are computed after the paint)
@@ -19,10 +20,16 @@ A page counts as drawn when its script run ended (the app's `data-test-script-st
 went to running and back to notRunning), its title is shown, every plotly chart on it
 has drawn its SVG and no skeleton is left.
 
+By default the browser has opened another dashboard (over a copy of one run) before, so
+it holds Streamlit's and plotly's scripts, as a returning user's browser does; the
+dashboard measured is a fresh process over a folder it has never seen (no badge cache).
+`--cold-browser` measures a first-ever visit instead.
+
 Usage::
 
     .venv/bin/python benchmarks/dashboard_latency.py                   # 20 copies of /tmp/demo_runs' runs
     .venv/bin/python benchmarks/dashboard_latency.py --runs RUNS_DIR --json out.json --shots /tmp/shots
+    .venv/bin/python benchmarks/dashboard_latency.py --cold-browser
 
 Without --runs it copies the runs of --source (default /tmp/demo_runs) --copies times
 (default 5) into a temporary folder, under new names; the source is only read.
@@ -77,7 +84,9 @@ _DRAWN = """([mark, title]) => {
   return h1 && drawn >= charts && !document.querySelector('[data-testid="stSkeleton"]');
 }"""
 _BADGES = """() => { const s = document.querySelector('[data-testid="stSidebar"] [data-testid="stSelectbox"]');
-  return s && /[⛔⚠✓]/.test(s.textContent); }"""
+  if (!s) return false;
+  const shown = s.textContent + [...s.querySelectorAll('input')].map(i => i.value).join(' ');
+  return /[\u26d4\u26a0\u2713]/.test(shown); }"""  # the picked run's label shows ⛔, ⚠ or ✓ (no longer …)
 
 
 def make_runs_folder(source: Path, copies: int, dest: Path) -> Path:
@@ -156,7 +165,7 @@ def first_paint(page, url: str, shots: Path | None) -> dict:
     return {"connected": connected, "first_paint": picker, "first_chart": chart, "badges": badges}
 
 
-def visit_pages(page, base: str) -> dict[str, float]:
+def visit_pages(page) -> dict[str, float]:
     """Click each page in the sidebar's navigation once; seconds per page."""
     times = {}
     for slug, title in PAGES:
@@ -182,31 +191,51 @@ def change_layer(page) -> dict[str, float]:
     return {"layer_new": new, "layer_back": back}
 
 
-def measure(runs: Path, shots: Path | None) -> dict:
+def prime_browser_cache(browser, runs: Path) -> None:
+    """Open a dashboard over a copy of one run once, so that the browser holds Streamlit's
+    and plotly's scripts as a returning user's browser does (they are served with hashed
+    names and long cache lifetimes); the dashboard measured afterwards is a new process."""
+    run = next(p for p in sorted(runs.iterdir()) if (p / "run.json").is_file())
+    with tempfile.TemporaryDirectory(prefix="latency_prime_") as tmp:
+        shutil.copytree(run, Path(tmp) / run.name, ignore=shutil.ignore_patterns("health_cache.json"))
+        port = _free_port()
+        proc, _ = start_dashboard(Path(tmp), port)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=180_000)
+            page.close()
+        finally:
+            stop(proc)
+
+
+def measure(runs: Path, shots: Path | None, cold_browser: bool) -> dict:
     from playwright.sync_api import sync_playwright
 
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         sys.exit("dashboard_latency: chromium is not installed (apt-get install -y chromium chromium-driver)")
-    port = _free_port()
     with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
         browser = pw.chromium.launch_persistent_context(profile, executable_path=chromium, args=CHROMIUM_ARGS,
                                                         headless=True, viewport={"width": 1400, "height": 1000})
         browser.add_init_script(_STATE_PROBE)
+        if not cold_browser:
+            prime_browser_cache(browser, runs)
+        port = _free_port()
         proc, health_s = start_dashboard(runs, port)
         try:
             page = browser.new_page()
             opened = first_paint(page, f"http://127.0.0.1:{port}/", shots)
-            cold = visit_pages(page, f"http://127.0.0.1:{port}")
-            warm = visit_pages(page, f"http://127.0.0.1:{port}")
+            cold = visit_pages(page)
+            warm = visit_pages(page)
             widget = change_layer(page)
             if shots:
                 page.screenshot(path=str(shots / "distributions_after_layer_change.png"), full_page=True)
         finally:
             browser.close()
             stop(proc)
-    return {"server_start_s": health_s, "open_s": opened, "page_first_visit_s": cold, "page_warm_s": warm,
-            "widget_change_s": widget}
+    return {"browser_cache": "empty" if cold_browser else "primed", "server_start_s": health_s, "open_s": opened,
+            "page_first_visit_s": cold, "page_warm_s": warm, "widget_change_s": widget}
 
 
 def verdicts(result: dict) -> dict[str, bool]:
@@ -242,16 +271,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--copies", type=int, default=5)
     parser.add_argument("--json", type=Path, help="write the results here")
     parser.add_argument("--shots", type=Path, help="save screenshots of the sidebar and a page here")
+    parser.add_argument("--cold-browser", action="store_true",
+                        help="an empty browser cache (a first-ever visit); by default the browser has opened "
+                             "another dashboard before, as a returning user's has")
     args = parser.parse_args(argv)
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="latency_runs_") as tmp:
         runs = args.runs or make_runs_folder(args.source, args.copies, Path(tmp))
         n_runs = sum(1 for p in runs.iterdir() if (p / "run.json").is_file())
-        result = measure(runs, args.shots)
+        result = measure(runs, args.shots, args.cold_browser)
     result.update(runs=n_runs, targets_s=TARGETS_S, met=verdicts(result), machine={
         "python": platform.python_version(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]})
-    print(f"{n_runs} runs, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}")
+    print(f"{n_runs} runs, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, browser cache {result['browser_cache']}")
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

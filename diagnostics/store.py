@@ -592,8 +592,10 @@ def list_runs(folder: str | os.PathLike = "runs") -> pd.DataFrame:
                     "last_step": status["last_step"], "created_at": pd.to_datetime(m["created_at"], unit="s"),
                     "task": m.get("task"), "model": m.get("model_class"), "error": None,
                 })
-            except (RunNotFoundError, RunFormatError) as exc:
+            except (RunNotFoundError, RunFormatError, OSError) as exc:
+                error = str(exc) if not isinstance(exc, OSError) else (
+                    f"cannot read {d / schema.MANIFEST_FILE}: {exc.strerror or exc} — check the folder's permissions")
                 rows.append({"name": d.name, "path": str(d), "state": "broken", "last_step": -1,
-                             "created_at": pd.NaT, "task": None, "model": None, "error": str(exc)})
+                             "created_at": pd.NaT, "task": None, "model": None, "error": error})
     columns = ["name", "path", "state", "last_step", "created_at", "task", "model", "error"]
     return pd.DataFrame(rows, columns=columns)

@@ -101,7 +101,8 @@ def test_a_new_server_reads_the_badges_from_the_runs(monkeypatch, served_like_th
     for p in paths:
         badges.health_counts(p)  # as an earlier server left them
     health_calls.clear()
-    monkeypatch.setattr(badges, "shared_board", badges.BadgeBoard)  # a fresh process: nothing in memory
+    fresh = badges.BadgeBoard()  # a new server process: nothing in memory
+    monkeypatch.setattr(badges, "shared_board", lambda: fresh)
     at = _app(monkeypatch, folder)
     assert health_calls == []
     assert badges.PENDING not in " ".join(at.sidebar.selectbox[0].options)
