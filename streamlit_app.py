@@ -34,9 +34,12 @@ def _warm_up_umap() -> threading.Thread:
 if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
     _warm_up_umap()
 
-def _badge(known) -> str:
-    """A run's health in the picker: '⛔1 ⚠2', '✓', '…' while being checked, '?' if it cannot be."""
-    return badges.PENDING if known is None else "?" if isinstance(known, str) else known.badge
+def _badge(known, earlier) -> str:
+    """A run's health in the picker: '⛔1 ⚠2', '✓', '?' if it cannot be checked; '…' while
+    being checked, after the counts of its previous version if it had one ('⚠2…')."""
+    if known is None:
+        return badges.PENDING if earlier is None else f"{_badge(earlier, None)}{badges.PENDING}"
+    return "?" if isinstance(known, str) else known.badge
 
 
 def _picked_run(runs, folder_names: dict) -> str:
@@ -51,16 +54,19 @@ def _picked_run(runs, folder_names: dict) -> str:
 def _run_picker(runs) -> list[str]:
     """Labels lead with the badge and name each run by its folder (copies of a run share
     a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
-    state, step and findings in words go in the caption under it. Badges not known yet
-    show '…'; returns their runs, to compute once the page has run (`_badge_watch`)."""
+    state, step and findings in words go in the caption under it. Returns the runs whose
+    badge is out of date, to check once the page has run; when the badges of runs never
+    checked arrive, `_badge_watch` reruns the app (a live run's re-checks wait for the
+    next rerun: no rerun loop while it trains)."""
     board = badges.shared_board()
     folder_names = {row.path: Path(row.path).name for row in runs.itertuples()}
     current = _picked_run(runs, folder_names)
-    known = {row.path: None if row.state == "broken" else board.lookup(row.path) for row in runs.itertuples()}
-    pending = [row.path for row in runs.itertuples() if row.state != "broken" and known[row.path] is None]
+    readable = [row.path for row in runs.itertuples() if row.state != "broken"]
+    known = {p: board.lookup(p) for p in readable}
+    earlier = {p: board.last_known(p) for p in readable if known[p] is None}
     labels = {}
     for row in runs.itertuples():
-        badge = "✗" if row.state == "broken" else _badge(known[row.path])
+        badge = "✗" if row.state == "broken" else _badge(known[row.path], earlier.get(row.path))
         labels[f"{badge} {folder_names[row.path]}{'' if row.state == 'finished' else ' · ' + row.state}"] = row.path
     options = list(labels)
     at = next(i for i, label in enumerate(options) if labels[label] == current)
@@ -71,19 +77,27 @@ def _run_picker(runs) -> list[str]:
     st.session_state["run_path"] = chosen
     st.query_params["run"] = folder_names[chosen]
     row = runs[runs["path"] == chosen].iloc[0]
-    st.caption(_run_caption(row, known[chosen]))
-    if pending:
-        st.fragment(_badge_watch, run_every=1.5)(pending, chosen)
-    return sorted(pending, key=lambda p: p != chosen)  # the run being looked at first
+    st.caption(_run_caption(row, known.get(chosen), earlier.get(chosen)))
+    never_checked = [p for p, e in earlier.items() if e is None]
+    if never_checked:
+        st.fragment(_badge_watch, run_every=1.5)(never_checked, chosen)
+    return sorted(earlier, key=lambda p: p != chosen)  # the run being looked at first
 
 
-def _run_caption(row, known) -> str:
+def _run_caption(row, known, earlier) -> str:
     if row.state == "broken":
         return f"broken: {row.error}"
     step = f" · step {int(row.last_step)}" if row.last_step >= 0 else ""
-    health = ("checking health…" if known is None else f"health not checked: {known}" if isinstance(known, str)
-              else known.describe())
+    if known is None:
+        health = ("checking health…" if earlier is None else
+                  f"{_describe(earlier)} before the latest data; checking again…")
+    else:
+        health = _describe(known)
     return f"{row.state}{step} · {health}"
+
+
+def _describe(known) -> str:
+    return f"health not checked: {known}" if isinstance(known, str) else known.describe()
 
 
 def _badge_watch(pending: list[str], chosen: str) -> None:

@@ -78,13 +78,14 @@ def _counts(findings: list[dict]) -> HealthCounts:
     return HealthCounts(severities.count("error"), severities.count("warning"), severities.count("info"))
 
 
-def cached_findings(path: str | os.PathLike, key: str | None = None) -> list[dict] | None:
-    """The findings (as `Finding.to_dict()`) stored for the run's current version, else None."""
+def cached_findings(path: str | os.PathLike, key: str | None = None, any_version: bool = False) -> list[dict] | None:
+    """The findings (as `Finding.to_dict()`) stored for the run's current version, else None
+    (`any_version`: whatever was stored last, for a run that has changed since)."""
     try:
         stored = json.loads((Path(path) / CACHE_FILE).read_text())
     except (OSError, ValueError):
         return None
-    if not isinstance(stored, dict) or stored.get("key") != (key or _key(path)):
+    if not isinstance(stored, dict) or not any_version and stored.get("key") != (key or _key(path)):
         return None
     findings = stored.get("findings")
     return findings if isinstance(findings, list) else None
@@ -159,6 +160,16 @@ class BadgeBoard:
         with self._lock:
             self._known[path] = (key, counts)
         return counts
+
+    def last_known(self, path: str) -> HealthCounts | str | None:
+        """The counts of an earlier version of the run (a live run that has flushed since its
+        last check), or None if it was never checked."""
+        with self._lock:
+            known = self._known.get(path)
+        if known is not None:
+            return known[1]
+        found = cached_findings(path, any_version=True)
+        return None if found is None else _counts(found)
 
     def pending(self, paths: list[str]) -> list[str]:
         """Those of `paths` whose counts for their current version are not known yet."""

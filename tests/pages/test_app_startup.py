@@ -126,3 +126,32 @@ def test_a_broken_run_is_marked_and_explained(monkeypatch, folder):
     assert at.sidebar.selectbox[0].value == "✗ a-cls · broken"
     assert any(c.value.startswith("broken:") and "run.json" in c.value for c in at.sidebar.caption)
     assert not at.exception
+
+
+def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, served_like_the_cli, folder):
+    import json
+
+    from diagnostics.store import RunWriter
+
+    for p in folder.iterdir():
+        badges.health_counts(p)
+    path = folder / "a-cls"
+    before = _expected(path)
+    w = RunWriter(path, json.loads((path / "run.json").read_text()), flush_every_s=3600)
+    w.add_scalar(99, "loss", float("nan"))  # new data, and an error finding with it
+    w.close()
+    fresh = badges.BadgeBoard()
+    monkeypatch.setattr(badges, "shared_board", lambda: fresh)
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = "a-cls"
+    at.run()
+    assert at.sidebar.selectbox[0].value == f"{before.badge}{badges.PENDING} a-cls"  # never shown as current
+    captions = [c.value for c in at.sidebar.caption]
+    assert any("before the latest data" in c for c in captions)
+    assert not any("checking the runs' health" in c for c in captions)  # no rerun loop for a live run
+    assert fresh.wait(timeout=300)
+    at.run()
+    after = _expected(path)
+    assert after.errors > before.errors
+    assert at.sidebar.selectbox[0].value == f"{after.badge} a-cls"
