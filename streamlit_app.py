@@ -6,11 +6,12 @@ DIAGNOSTICS_RUNS environment variable.
 
 import os
 import threading
+from pathlib import Path
 
 import streamlit as st
 
 import diagnostics
-from diagnostics import embedding
+from diagnostics import badges, embedding
 
 st.set_page_config(page_title="hookscope", layout="wide")
 
@@ -33,39 +34,89 @@ def _warm_up_umap() -> threading.Thread:
 if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
     _warm_up_umap()
 
-@st.cache_data(ttl=60, show_spinner=False)
-def _badge(path: str, state: str) -> str:
-    """' · ⛔ 1 ⚠ 2': the run's error and warning findings, for the run picker."""
-    if state == "broken":
-        return ""
-    try:
-        findings = diagnostics.open_run(path).health()
-    except diagnostics.DiagnosticsError:
-        return ""
-    errors = sum(f.severity == "error" for f in findings)
-    warnings = sum(f.severity == "warning" for f in findings)
-    marks = (f"⛔ {errors}" if errors else "") + (" " if errors and warnings else "") + (f"⚠ {warnings}" if warnings else "")
-    return f" · {marks}" if marks else ""
+def _badge(known, earlier) -> str:
+    """A run's health in the picker: '⛔1 ⚠2', '✓', '?' if it cannot be checked; '…' while
+    being checked, after the counts of its previous version if it had one ('⚠2…')."""
+    if known is None:
+        return badges.PENDING if earlier is None else f"{_badge(earlier, None)}{badges.PENDING}"
+    return "?" if isinstance(known, str) else known.badge
+
+
+def _picked_run(runs, folder_names: dict) -> str:
+    """The run to show: ?run=NAME in the address (a link to a run can be shared), else the last pick."""
+    wanted = st.query_params.get("run")
+    by_name = {row.name: row.path for row in runs.itertuples()}
+    current = next((p for p, n in folder_names.items() if n == wanted), by_name.get(wanted))
+    current = current or st.session_state.get("run_path")
+    return current if current in folder_names else runs["path"].iloc[0]
+
+
+def _run_picker(runs) -> list[str]:
+    """Labels lead with the badge and name each run by its folder (copies of a run share
+    a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
+    state, step and findings in words go in the caption under it. Returns the runs whose
+    badge is out of date, to check once the page has run; when the badges of runs never
+    checked arrive, `_badge_watch` reruns the app (a live run's re-checks wait for the
+    next rerun: no rerun loop while it trains)."""
+    board = badges.shared_board()
+    folder_names = {row.path: Path(row.path).name for row in runs.itertuples()}
+    current = _picked_run(runs, folder_names)
+    readable = [row.path for row in runs.itertuples() if row.state != "broken"]
+    known = {p: board.lookup(p) for p in readable}
+    earlier = {p: board.last_known(p) for p in readable if known[p] is None}
+    labels = {}
+    for row in runs.itertuples():
+        badge = "✗" if row.state == "broken" else _badge(known[row.path], earlier.get(row.path))
+        labels[f"{badge} {folder_names[row.path]}{'' if row.state == 'finished' else ' · ' + row.state}"] = row.path
+    options = list(labels)
+    at = next(i for i, label in enumerate(options) if labels[label] == current)
+    picked = st.selectbox("Run", options, index=at, key=f"run_picker_{at}",
+                          help="⛔ errors and ⚠ warnings the Health page lists for the run; ✓ none; "
+                               "… being checked")
+    chosen = labels.get(picked, current)
+    st.session_state["run_path"] = chosen
+    st.query_params["run"] = folder_names[chosen]
+    row = runs[runs["path"] == chosen].iloc[0]
+    st.caption(_run_caption(row, known.get(chosen), earlier.get(chosen)))
+    never_checked = [p for p, e in earlier.items() if e is None]
+    if never_checked:
+        st.fragment(_badge_watch, run_every=1.5)(never_checked, chosen)
+    return sorted(earlier, key=lambda p: p != chosen)  # the run being looked at first
+
+
+def _run_caption(row, known, earlier) -> str:
+    if row.state == "broken":
+        return f"broken: {row.error}"
+    step = f" · step {int(row.last_step)}" if row.last_step >= 0 else ""
+    if known is None:
+        health = ("checking health…" if earlier is None else
+                  f"{_describe(earlier)} before the latest data; checking again…")
+    else:
+        health = _describe(known)
+    return f"{row.state}{step} · {health}"
+
+
+def _describe(known) -> str:
+    return f"health not checked: {known}" if isinstance(known, str) else known.describe()
+
+
+def _badge_watch(pending: list[str], chosen: str) -> None:
+    """Reruns the app once the picked run's badge, then all the badges, are known."""
+    left = badges.shared_board().pending(pending)
+    if not left or (chosen in pending and chosen not in left):
+        st.rerun()
+    st.caption(f"checking the runs' health: {len(pending) - len(left)} of {len(pending)} done")
 
 
 runs = _list_runs(RUNS_DIR)
 st.session_state["runs_dir"] = RUNS_DIR
+unknown_badges: list[str] = []
 with st.sidebar:
     st.caption(f"runs folder: `{RUNS_DIR}`")
     if runs.empty:
         st.session_state["run_path"] = None
     else:
-        # options are plain labels (no format_func): a label maps back to its run's path;
-        # ?run=NAME in the address opens that run (a link to a run can be shared)
-        paths = {f"{row.name} · {row.state}{_badge(row.path, row.state)}": row.path for row in runs.itertuples()}
-        names = {row.path: row.name for row in runs.itertuples()}
-        labels = list(paths)
-        wanted = st.query_params.get("run")
-        current = next((p for p, n in names.items() if n == wanted), st.session_state.get("run_path"))
-        at = next((i for i, label in enumerate(labels) if paths[label] == current), 0)
-        chosen = paths[st.selectbox("Run", labels, index=at, key=f"run_picker_{at}")]
-        st.session_state["run_path"] = chosen
-        st.query_params["run"] = names[chosen]
+        unknown_badges = _run_picker(runs)
 
 page = st.navigation([
     st.Page("pages/overview.py", title="Overview", icon=":material/dashboard:", default=True),
@@ -78,4 +129,8 @@ page = st.navigation([
     st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
     st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
 ])
-page.run()
+try:
+    page.run()
+finally:  # also when the page stops early: the badges' computation starts once the page has run
+    if unknown_badges:
+        badges.shared_board().request(unknown_badges)

@@ -10,6 +10,7 @@ reads only the row groups a query needs.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -560,6 +561,25 @@ def open_run(path: str | os.PathLike) -> Run:
     return Run(path)
 
 
+def run_version(path: str | os.PathLike) -> str:
+    """A key for on-disk caches of what a run holds (its health badge): the same in every
+    process, unlike `Run.data_version` (an in-memory cache key); changes when a part lands,
+    is compacted or the manifest is rewritten (an evaluation adds to it)."""
+    path = Path(path)
+    digest = hashlib.sha1()
+    for table in schema.TABLES:
+        for part in sorted((path / table).glob("r*.parquet")):
+            try:
+                digest.update(f"{table}/{part.name}:{part.stat().st_size}\n".encode())
+            except OSError:  # compacted away between listing and stat
+                continue
+    try:
+        digest.update((path / schema.MANIFEST_FILE).read_bytes())
+    except OSError:
+        pass
+    return digest.hexdigest()[:20]
+
+
 def list_runs(folder: str | os.PathLike = "runs") -> pd.DataFrame:
     """One row per run directory in `folder` (broken runs included, with their error)."""
     folder = Path(folder)
@@ -575,8 +595,10 @@ def list_runs(folder: str | os.PathLike = "runs") -> pd.DataFrame:
                     "last_step": status["last_step"], "created_at": pd.to_datetime(m["created_at"], unit="s"),
                     "task": m.get("task"), "model": m.get("model_class"), "error": None,
                 })
-            except (RunNotFoundError, RunFormatError) as exc:
+            except (RunNotFoundError, RunFormatError, OSError) as exc:
+                error = str(exc) if not isinstance(exc, OSError) else (
+                    f"cannot read {d / schema.MANIFEST_FILE}: {exc.strerror or exc} — check the folder's permissions")
                 rows.append({"name": d.name, "path": str(d), "state": "broken", "last_step": -1,
-                             "created_at": pd.NaT, "task": None, "model": None, "error": str(exc)})
+                             "created_at": pd.NaT, "task": None, "model": None, "error": error})
     columns = ["name", "path", "state", "last_step", "created_at", "task", "model", "error"]
     return pd.DataFrame(rows, columns=columns)

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics
+from diagnostics import badges
 from diagnostics import tags as tag_store
 
 
@@ -161,7 +162,8 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)
 def health(path: str, version: str):
-    return diagnostics.open_run(path).health()
+    """The run's findings; from the run's badge cache on disk when its health was checked."""
+    return badges.cached_health(path)
 
 
 @st.cache_data(show_spinner=False, ttl=5)

@@ -566,6 +566,49 @@ def test_list_runs_shows_good_and_broken_runs(tmp_path):
     assert df.loc["alpha", "error"] is None or pd.isna(df.loc["alpha", "error"])
 
 
+def test_list_runs_on_a_mixed_folder(tmp_path, monkeypatch):
+    """Runs in every state next to things that are not runs: one row per run, never a traceback."""
+    done = writer(tmp_path / "done", task="classification")
+    done.add_scalar(3, "loss", 1.0)
+    done.close()
+    live = writer(tmp_path / "live")
+    live.add_scalar(5, "loss", 1.0)
+    live.flush()
+    dead = writer(tmp_path / "dead")
+    dead.close()
+    set_status(tmp_path / "dead", 0, state="running", heartbeat=time.time() - schema.STALE_AFTER_S - 5)
+    newer = writer(tmp_path / "newer")
+    newer.close()
+    manifest = json.loads((tmp_path / "newer" / schema.MANIFEST_FILE).read_text())
+    (tmp_path / "newer" / schema.MANIFEST_FILE).write_text(json.dumps({**manifest, "schema_version": 99}))
+    locked = writer(tmp_path / "locked")
+    locked.close()
+    (tmp_path / "renamed-copy").symlink_to(tmp_path / "done", target_is_directory=True)
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "README.txt").write_text("not a run")
+    real_read_text = Path.read_text
+
+    def read_text(self, *args, **kwargs):  # as an unreadable run.json would (chmod does not stop root)
+        if self == tmp_path / "locked" / schema.MANIFEST_FILE:
+            raise PermissionError(13, "Permission denied", str(self))
+        return real_read_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", read_text)
+    try:
+        df = diagnostics.list_runs(tmp_path)
+    finally:
+        live.close()
+    df.index = [Path(p).name for p in df["path"]]  # folder names: the copy keeps its manifest's name
+    assert sorted(df.index) == ["dead", "done", "live", "locked", "newer", "renamed-copy"]
+    assert df.loc["done", "state"] == "finished" and df.loc["done", "last_step"] == 3
+    assert df.loc["live", "state"] == "running" and df.loc["live", "last_step"] == 5
+    assert df.loc["dead", "state"] == "stopped"
+    assert df.loc["newer", "state"] == "broken" and "upgrade" in df.loc["newer", "error"]
+    assert df.loc["locked", "state"] == "broken"
+    assert "Permission denied" in df.loc["locked", "error"] and schema.MANIFEST_FILE in df.loc["locked", "error"]
+    assert df.loc["renamed-copy", "state"] == "finished" and df.loc["renamed-copy", "name"] == "test"
+
+
 def test_import_diagnostics_is_torch_and_streamlit_free():
     code = (
         "import sys, diagnostics, diagnostics.store, diagnostics.histograms, diagnostics.schema\n"

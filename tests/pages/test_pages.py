@@ -25,8 +25,8 @@ def _open(monkeypatch, runs_dir, page: str, run_name: str | None = None) -> AppT
     at.run()
     if run_name is not None:
         assert at.session_state["run_path"] == str(Path(runs_dir) / run_name)
-        label = at.selectbox[0].value  # "name · state[ · ⛔ n ⚠ m]": the health badge
-        assert label.startswith(f"{run_name} · ")
+        label = at.selectbox[0].value  # "BADGE folder[ · state]": the health badge first
+        assert label.split(" · ")[0].endswith(f" {run_name}")
     if page != "pages/overview.py":
         at.switch_page(page).run()
     assert not at.exception, [e.value for e in at.exception]

@@ -1,0 +1,157 @@
+"""The app's first paint: the run picker shows at once, its health badges follow."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from streamlit.runtime import pages_manager
+from streamlit.testing.v1 import AppTest
+
+import diagnostics
+from diagnostics import badges, health
+from diagnostics.badges import HealthCounts
+
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+
+
+@pytest.fixture()
+def served_like_the_cli(monkeypatch):
+    """Every rerun runs the entry file (and its picker), as `diagnostics dashboard` serves it;
+    AppTest alone would rerun the page file only, once it sees a pages/ folder."""
+    real = pages_manager.PagesManager.__init__
+
+    def init(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        pages_manager.PagesManager.uses_pages_directory = False
+
+    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
+
+
+@pytest.fixture()
+def folder(tmp_path, recorded_runs):
+    """Six runs: two copies of each recorded run (a copy keeps its manifest's name)."""
+    runs = tmp_path / "runs"
+    for copy in ("a", "b"):
+        for name in ("cls", "reg", "review"):
+            shutil.copytree(recorded_runs / name, runs / f"{copy}-{name}",
+                            ignore=shutil.ignore_patterns(badges.CACHE_FILE, "*.sqlite*"))
+    return runs
+
+
+@pytest.fixture()
+def health_calls(monkeypatch) -> list:
+    calls = []
+    real = health.check
+
+    def check(run):
+        calls.append(str(run.path))
+        return real(run)
+
+    monkeypatch.setattr(health, "check", check)
+    return calls
+
+
+def _expected(path) -> HealthCounts:
+    found = diagnostics.open_run(path).health()
+    return HealthCounts(*(sum(f.severity == s for f in found) for s in ("error", "warning", "info")))
+
+
+def _app(monkeypatch, runs) -> AppTest:
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def test_first_run_does_not_wait_for_health_yet_badges_appear(monkeypatch, served_like_the_cli, folder,
+                                                               health_calls):
+    at = _app(monkeypatch, folder)
+    picker = at.sidebar.selectbox[0]
+    assert health_calls == []  # not one run's health() before the first paint
+    assert picker.options == [f"{badges.PENDING} {n}" for n in sorted(p.name for p in folder.iterdir())]
+    assert at.get("plotly_chart")  # the Overview's charts drew meanwhile
+    assert any("checking health" in c.value for c in at.sidebar.caption)
+
+    assert badges.shared_board().wait(timeout=300)  # computed in a child process
+    at.run()
+    assert health_calls == []
+    expected = {p.name: _expected(p) for p in folder.iterdir()}
+    assert at.sidebar.selectbox[0].options == [f"{expected[n].badge} {n}" for n in sorted(expected)]
+    assert any(expected["a-cls"].describe() in c.value and "finished" in c.value for c in at.sidebar.caption)
+    assert not any("checking" in c.value for c in at.sidebar.caption)
+
+
+def test_the_picked_run_stays_picked_when_the_badges_arrive(monkeypatch, served_like_the_cli, folder):
+    at = _app(monkeypatch, folder)
+    picker = at.sidebar.selectbox[0]
+    picker.select(picker.options[4]).run()  # b-reg
+    assert at.session_state["run_path"] == str(folder / "b-reg")
+    assert badges.shared_board().wait(timeout=300)
+    at.run()
+    assert at.session_state["run_path"] == str(folder / "b-reg")
+    assert at.sidebar.selectbox[0].value == f"{_expected(folder / 'b-reg').badge} b-reg"
+    assert at.query_params["run"] == ["b-reg"] or at.query_params["run"] == "b-reg"
+
+
+def test_a_new_server_reads_the_badges_from_the_runs(monkeypatch, served_like_the_cli, folder, health_calls):
+    paths = [str(p) for p in sorted(folder.iterdir())]
+    for p in paths:
+        badges.health_counts(p)  # as an earlier server left them
+    health_calls.clear()
+    fresh = badges.BadgeBoard()  # a new server process: nothing in memory
+    monkeypatch.setattr(badges, "shared_board", lambda: fresh)
+    at = _app(monkeypatch, folder)
+    assert health_calls == []
+    assert badges.PENDING not in " ".join(at.sidebar.selectbox[0].options)
+
+
+def test_a_copy_is_opened_by_its_folder_name(monkeypatch, folder):
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = "b-review"  # both copies are named "review" in their manifest
+    at.run()
+    assert at.session_state["run_path"] == str(folder / "b-review")
+    assert len(at.sidebar.selectbox[0].options) == 6
+
+
+def test_a_broken_run_is_marked_and_explained(monkeypatch, folder):
+    (folder / "a-cls" / "run.json").write_text("{not json")
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = "a-cls"
+    at.run()
+    assert at.sidebar.selectbox[0].value == "✗ a-cls · broken"
+    assert any(c.value.startswith("broken:") and "run.json" in c.value for c in at.sidebar.caption)
+    assert not at.exception
+
+
+def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, served_like_the_cli, folder):
+    import json
+
+    from diagnostics.store import RunWriter
+
+    for p in folder.iterdir():
+        badges.health_counts(p)
+    path = folder / "a-cls"
+    before = _expected(path)
+    w = RunWriter(path, json.loads((path / "run.json").read_text()), flush_every_s=3600)
+    w.add_scalar(99, "loss", float("nan"))  # new data, and an error finding with it
+    w.close()
+    fresh = badges.BadgeBoard()
+    monkeypatch.setattr(badges, "shared_board", lambda: fresh)
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.query_params["run"] = "a-cls"
+    at.run()
+    assert at.sidebar.selectbox[0].value == f"{before.badge}{badges.PENDING} a-cls"  # never shown as current
+    captions = [c.value for c in at.sidebar.caption]
+    assert any("before the latest data" in c for c in captions)
+    assert not any("checking the runs' health" in c for c in captions)  # no rerun loop for a live run
+    assert fresh.wait(timeout=300)
+    at.run()
+    after = _expected(path)
+    assert after.errors > before.errors
+    assert at.sidebar.selectbox[0].value == f"{after.badge} a-cls"
