@@ -1,6 +1,8 @@
 """Compare runs: which samples run B fixed and which it broke against run A (the run picked in
 the sidebar), whether that is more than chance, per class, and what else differs."""
 
+from pathlib import Path
+
 import pandas as pd
 import streamlit as st
 
@@ -30,8 +32,9 @@ if not others["same_data"].any():
     st.info(f"No other run in `{runs_dir}` was evaluated on the same data as {run.name} (the same sample ids "
             "with the same labels): a comparison needs the changed model evaluated on the same samples.")
 left, right = st.columns([3, 1])
-names = others["name"].tolist()
-other_data = set(others.loc[~others["same_data"], "name"])
+# runs are told apart by folder, as in the sidebar: copies of a run share their manifest's name
+names = [Path(p).name for p in others["path"]]
+other_data = {n for n, same in zip(names, others["same_data"]) if not same}
 name_b = left.selectbox("Run B, compared with run A (the run picked in the sidebar)", names, index=0,
                         key=f"compare_b_{run.name}",
                         format_func=lambda n: f"{n} (other data)" if n in other_data else n,
@@ -116,7 +119,7 @@ else:
                       key=f"compare_open_{label}"):
             st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], split
             st.session_state["run_path"] = path  # the sidebar picker follows
-            st.switch_page("pages/sample.py", query_params={"run": name})
+            st.switch_page("pages/sample.py", query_params={"run": Path(path).name})
 
 # -- what else differs --------------------------------------------------------------------
 tabs = st.tabs((["Per class"] if classification else []) + ["Configuration", "Final scalars", "Health findings"])

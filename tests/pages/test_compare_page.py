@@ -175,3 +175,14 @@ def test_page_says_when_no_other_run_is_on_the_same_data(monkeypatch, tmp_path):
     assert at.selectbox(key="compare_b_base").options == ["oct (other data)"]
     assert len(at.error) == 1 and "evaluated on different data" in at.error[0].value
     assert not at.exception
+
+
+def test_copies_of_a_run_are_told_apart_by_folder(monkeypatch, folder):
+    """A copied run keeps its manifest's name: B is picked by folder, as in the sidebar."""
+    shutil.copytree(folder / "better", folder / "better-copy")
+    at = _open(monkeypatch, folder, "base")
+    picker = at.selectbox(key="compare_b_base")
+    assert sorted(picker.options) == ["better", "better-copy", "old"]
+    picker.set_value("better-copy").run()
+    assert not at.exception and not at.error, [e.value for e in at.error]
+    assert picker.value == "better-copy"
