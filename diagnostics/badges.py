@@ -63,10 +63,14 @@ class HealthCounts:
 
 @lru_cache(maxsize=1)
 def rules_fingerprint() -> str:
-    """Changes when the health rules change (a new version of this package)."""
-    spec = importlib.util.find_spec("diagnostics.health")
-    source = Path(spec.origin).read_bytes() if spec and spec.origin else b""
-    return hashlib.sha1(source).hexdigest()[:16]
+    """Changes when the health rules, or anything they read through, change: a hash of the
+    package's own sources (rules live in several modules and lean on dynamics, store...)."""
+    spec = importlib.util.find_spec("diagnostics")
+    h = hashlib.sha1()
+    if spec and spec.origin:
+        for source in sorted(Path(spec.origin).parent.rglob("*.py")):
+            h.update(source.name.encode() + source.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def _key(path: str | os.PathLike) -> str:
