@@ -525,3 +525,37 @@ def test_figure_uses_webgl_for_many_points():
     samples = frame(np.random.default_rng(7).normal(size=(n, 2)), loss=np.linspace(0, 1, n))
     fig = embedding_figure(project(None, samples), samples, color_by="loss")
     assert fig.data[0].type == "scattergl"
+
+
+def cielab(hex_colour: str) -> np.ndarray:
+    """sRGB hex to CIELAB (D65), the textbook formulas: the reference for colour distances."""
+    rgb = np.array([int(hex_colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)]) / 255.0
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    f = np.cbrt(xyz / np.array([0.95047, 1.0, 1.08883]))
+    f = np.where(xyz / np.array([0.95047, 1.0, 1.08883]) > 0.008856, f, 7.787 * xyz / np.array([0.95047, 1.0, 1.08883]) + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_twelve_classes_get_twelve_distinct_colours_named_in_legend_and_hover():
+    n = 240
+    label = np.arange(n) % 12
+    prediction = np.where(np.arange(n) % 5 == 0, (label + 1) % 12, label)
+    names = [f"class-{c}" for c in "ABCDEFGHIJKL"]
+    samples = frame(np.random.default_rng(10).normal(size=(n, 2)), label=label.astype(float),
+                    prediction=prediction.astype(float), loss=np.ones(n), correct=(label == prediction).astype(float))
+    fig = embedding_figure(project(None, samples), samples, color_by="label", class_names=names, method="UMAP")
+    colour = {t.name: t.marker.color for t in fig.data}
+    assert sorted(colour) == sorted(names) and len(set(colour.values())) == 12
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert sorted(legend) == sorted(names)                              # one legend entry per class, by name
+    lab = [cielab(c) for c in colour.values()] + [cielab("#7f7f7f")]   # and apart from n/a's grey
+    closest = min(np.linalg.norm(a - b) for i, a in enumerate(lab) for b in lab[i + 1:])
+    assert closest > 20, closest                                        # plotly's Plotly + Dark24: 14.9
+    hover_names = {row[1] for t in fig.data for row in t.customdata} | {row[2] for t in fig.data for row in t.customdata}
+    assert hover_names == set(names)                                    # label and prediction by name
+    assert fig.layout.title.text.startswith("UMAP: 240 samples")
+    # a class keeps its colour when others are filtered out, and between label and prediction
+    subset = samples[samples["label"] >= 6]
+    by_prediction = embedding_figure(project(None, subset), subset, color_by="prediction", class_names=names)
+    assert all(t.marker.color == colour[t.name] for t in by_prediction.data)
