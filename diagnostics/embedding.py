@@ -277,8 +277,9 @@ def _fit_and_save(job: "_Job") -> pd.DataFrame:
 
 def _fit_umap(matrix: np.ndarray, n_neighbors: int, min_dist: float, seed: int | None,
               n_epochs: int | None, force_approximation: bool = False) -> np.ndarray:
-    """UMAP of `matrix` to n × 2 float32 (tests replace this one function with a fake)."""
-    return projections.umap_2d(matrix, n_neighbors, min_dist, seed, n_epochs, force_approximation,
+    """UMAP of `matrix` to n × 2 float32, in a child process so that the server's pages never wait
+    for umap's GIL-bound import and compilation (tests replace this one function with a fake)."""
+    return projections.umap_2d_in_subprocess(matrix, n_neighbors, min_dist, seed, n_epochs, force_approximation,
                                on_phase=lambda phase: _activity.update(phase=phase))
 
 
@@ -339,12 +340,12 @@ def _message(entry: _Background, ahead: int, elapsed_s: float) -> str:
     if entry.state == "ready":
         return f"UMAP of {n} ready after {elapsed_s:.0f} s"
     if entry.state == "failed":
-        return f"UMAP of {n} failed ({entry.error}) — the PCA preview stays; change the filters to try again"
+        return f"UMAP of {n} failed ({entry.error}) — the PCA preview stays; reload the page to try again"
     busy = _activity.get("what")
     if busy == "warm-up":
         since = time.monotonic() - _activity["since"]
-        return (f"UMAP of {n} waits for the server's UMAP warm-up (compiling UMAP: {_activity['phase']}, "
-                f"{since:.0f} s so far; it compiles once per machine)")
+        return (f"UMAP of {n} waits for the server's UMAP warm-up ({_activity['phase']}, {since:.0f} s so far: "
+                "the first start on a machine compiles UMAP for a minute or two, later starts load it in seconds)")
     if entry.state == "queued" or busy is None:
         return f"UMAP of {n} waits for {max(ahead, 1)} other map{'s' if ahead > 1 else ''} to finish"
     compiling = "" if _warmed_up else "; the first map since the server started also loads or compiles UMAP"

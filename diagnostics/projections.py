@@ -18,9 +18,14 @@ umap is imported inside `umap_2d` only: importing it costs 2 s (13 s the first t
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 
@@ -88,6 +93,40 @@ def umap_2d(matrix: np.ndarray, n_neighbors: int, min_dist: float, seed: int | N
     return np.asarray(model.fit_transform(matrix), dtype=np.float32)
 
 
+def umap_2d_in_subprocess(matrix: np.ndarray, n_neighbors: int, min_dist: float, seed: int | None,
+                          n_epochs: int | None, force_approximation: bool = False,
+                          on_phase: Callable[[str], None] | None = None) -> np.ndarray:
+    """`umap_2d` in a child process (at low priority), same arguments and result.
+
+    A dashboard fits here, not in its own process: importing umap and loading or compiling its
+    numba code hold the GIL for seconds at a time, which stalls every page the server is
+    drawing meanwhile (measured: the first chart of a fresh server 9 s later). Raises
+    RuntimeError with the child's last error line when the fit fails.
+
+        xy = umap_2d_in_subprocess(embeddings, 15, 0.1, 42, 200, on_phase=print)
+    """
+    report = on_phase or (lambda phase: None)
+    with tempfile.TemporaryDirectory(prefix="hookscope-umap-") as tmp:
+        folder = Path(tmp)
+        np.save(folder / "in.npy", np.ascontiguousarray(matrix, dtype=np.float32))
+        params = {"n_neighbors": int(n_neighbors), "min_dist": float(min_dist), "seed": seed,
+                  "n_epochs": n_epochs, "force_approximation": bool(force_approximation)}
+        package_root = str(Path(__file__).resolve().parents[1])
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [package_root, os.environ.get("PYTHONPATH")]))}
+        with open(folder / "stderr.txt", "w+") as errors:
+            proc = subprocess.Popen([sys.executable, "-m", "diagnostics.projections", str(folder), json.dumps(params)],
+                                    stdout=subprocess.PIPE, stderr=errors, text=True, env=env)
+            for line in proc.stdout:
+                if line.startswith("phase: "):
+                    report(line[7:].strip())
+            code = proc.wait()
+            errors.seek(0)
+            lines = [ln for ln in errors.read().splitlines() if ln.strip()]
+        if code != 0 or not (folder / "out.npy").is_file():
+            raise RuntimeError(f"the UMAP process failed (exit {code}): {lines[-1] if lines else 'no message'}")
+        return np.load(folder / "out.npy")
+
+
 def exact_knn(matrix: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Each row's k nearest rows (itself included, as umap expects): indices int32, distances float32.
 
@@ -136,3 +175,18 @@ def _cache_compiled_code() -> None:
                     value.enable_caching()
                 except RuntimeError:  # no writable cache folder at all: compile in each process
                     return
+
+
+def _child(folder: str, params: str) -> int:
+    """The child of `umap_2d_in_subprocess`: in.npy → out.npy, phases on stdout."""
+    if hasattr(os, "nice"):
+        os.nice(10)   # the server's pages come first
+    warnings.simplefilter("ignore")
+    matrix = np.load(Path(folder) / "in.npy")
+    xy = umap_2d(matrix, **json.loads(params), on_phase=lambda phase: print(f"phase: {phase}", flush=True))
+    np.save(Path(folder) / "out.npy", xy)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_child(*sys.argv[1:3]))

@@ -130,3 +130,15 @@ def test_umap_turns_on_numbas_disk_cache_for_its_layout_code():
     for fn in (umap.umap_.smooth_knn_dist, umap.umap_.compute_membership_strengths,
                umap.layouts._nb_optimize_layout_euclidean_single_epoch):
         assert fn.stats.cache_path is not None, fn
+
+
+def test_umap_in_a_child_process_gives_the_same_map_reports_phases_and_explains_failures():
+    pytest.importorskip("umap")
+    x = np.random.default_rng(5).normal(size=(150, 8)).astype(np.float32)
+    phases = []
+    child = projections.umap_2d_in_subprocess(x, 15, 0.1, 0, 30, on_phase=phases.append)
+    np.testing.assert_array_equal(child, projections.umap_2d(x, 15, 0.1, 0, 30))   # seeded: the same map
+    assert phases == ["loading UMAP", "finding each point's neighbours", "laying out the map"]
+    x[3, 2] = np.inf
+    with pytest.raises(RuntimeError, match="UMAP process failed .*infinity"):
+        projections.umap_2d_in_subprocess(x, 15, 0.1, 0, 30)
