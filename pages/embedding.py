@@ -55,7 +55,7 @@ def _umap_progress(ticket: str) -> None:
     elif now.state == "failed":
         st.warning(now.message)
     else:
-        st.info(f"⏳ {now.message}. Shown meanwhile: a PCA preview of the same points; the UMAP map "
+        st.info(f"{now.message}. Shown meanwhile: a PCA preview of the same points; the UMAP map "
                 "replaces it by itself and is kept in the run for the next visit.")
 
 
