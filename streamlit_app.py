@@ -25,7 +25,8 @@ def _list_runs(folder: str):
 
 @st.cache_resource(show_spinner=False)
 def _warm_up_umap() -> threading.Thread:
-    """UMAP's first fit compiles with numba (about 40 s): pay it in the background at start."""
+    """UMAP's first fit compiles with numba (20-40 s once per machine, then a few seconds from
+    numba's disk cache): pay it in the background at start; maps meanwhile show a PCA preview."""
     thread = threading.Thread(target=embedding.warm_up, name="umap-warm-up", daemon=True)
     thread.start()
     return thread

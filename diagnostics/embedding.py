@@ -2,16 +2,21 @@
 
 `project` turns the `embedding` column of `Run.samples()` into one (x, y) point per sample:
 a 2-D embedding is drawn as it is, a handful of points by PCA, anything else by UMAP. A UMAP
-fit costs seconds (tens of seconds the first time in a process, while numba compiles), so:
+fit costs seconds (and, the first time on a machine, tens of seconds while numba compiles), so:
 
+- `project_or_preview` answers at once: the UMAP map when it is ready, otherwise an exact PCA
+  of the same points (milliseconds), while the UMAP is computed in a background thread;
+  `map_status` says how it is going, for a page to refresh itself when the map is ready;
 - its result goes to RUN/cache/umap-<key>.parquet (written atomically) and a later call, from
   any process, reads it back without importing umap; a run directory that cannot be written
   keeps the result in this process's memory instead;
 - fits are serialised by one process-wide lock: two browser sessions asking for the same map
   fit it once, the second waits and then reads the result;
-- `warm_up()` pays numba's compilation ahead of time, in a background thread at server start.
+- numba's compilation is paid once per machine, not once per server start (see
+  `diagnostics.projections`), and `warm_up()` pays it (or loads it from numba's disk cache)
+  in a background thread at server start.
 
-umap is imported inside `_fit_umap` only: importing it costs 2 s (13 s the first time).
+umap is imported by `projections.umap_2d` only: importing it costs 2 s (13 s the first time).
 """
 
 from __future__ import annotations
@@ -20,10 +25,13 @@ import contextlib
 import hashlib
 import json
 import os
+import queue
 import threading
+import time
 import uuid
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +40,19 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from diagnostics import projections
+
 CACHE_DIR = "cache"
 # Part of every cache key: bump it when the recipe (what a key's file holds) changes.
-_RECIPE = 1
+_RECIPE = 2
 # Below this many points a UMAP graph means little (and under 4 it fails): use PCA.
 MIN_UMAP_POINTS = 10
 _POINTS_SCHEMA = pa.schema([("sample_id", pa.string()), ("x", pa.float32()), ("y", pa.float32())])
 
 _FIT_LOCK = threading.Lock()
 _warmed_up = False
+# What the holder of _FIT_LOCK is doing, for progress messages.
+_activity: dict[str, Any] = {"what": None, "phase": "", "since": 0.0}
 # Maps that could not be written to their run directory (read-only), newest last.
 _unsaved: OrderedDict[str, pd.DataFrame] = OrderedDict()
 _UNSAVED_MAX = 16
@@ -103,18 +115,70 @@ def project(run_path: str | os.PathLike | None, samples: pd.DataFrame, n_neighbo
     if job.method != "umap":
         return job.output(job.direct())
     found = job.cached()
+    return job.output(found if found is not None else _fit_and_save(job))
+
+
+@dataclass(frozen=True)
+class MapStatus:
+    """Where a UMAP map stands, from `project_or_preview` or `map_status`.
+
+    state: "ready", "queued", "running" or "failed". method: what `project_or_preview` returned,
+    "umap", "pca" (too few points for UMAP), "direct" (a 1-D or 2-D embedding) or "pca preview"
+    (UMAP not ready yet). message: one line for people (progress, or what failed and what to do).
+    ticket: pass it to `map_status` to follow a map that is being computed; None when ready at once.
+    """
+
+    state: str
+    method: str
+    n_points: int
+    elapsed_s: float = 0.0
+    message: str = ""
+    ticket: str | None = None
+
+
+def project_or_preview(run_path: str | os.PathLike | None, samples: pd.DataFrame, n_neighbors: int = 15,
+                       min_dist: float = 0.1, seed: int | None = 42, *,
+                       n_epochs: int | None = None) -> tuple[pd.DataFrame, MapStatus]:
+    """`project`'s points if they are ready at once, else a PCA preview while UMAP runs in the background.
+
+    Returns (points, status) like `project`'s frame (sample_id, x, y in the order of `samples`).
+    When the UMAP map is cached (or not needed: 2-D, few points) status.state is "ready" and
+    the points are the map. Otherwise the points are the exact PCA of the same embeddings
+    (milliseconds), status.method is "pca preview", and one background thread computes the
+    UMAP and caches it as `project` would; follow it with `map_status(status.ticket)`, then
+    call this again. Asking again while it runs starts nothing new.
+
+        points, status = project_or_preview(run.path, samples)
+        while status.state in ("queued", "running"):
+            print(status.message); time.sleep(1); status = map_status(status.ticket)
+
+    Raises ValueError on bad input, as `project` does.
+    """
+    job = _Job(run_path, samples, n_neighbors, min_dist, seed, n_epochs)
+    if job.method != "umap":
+        return job.output(job.direct()), MapStatus("ready", job.method, len(job.rows))
+    found = job.cached()
     if found is not None:
-        return job.output(found)
-    global _warmed_up
-    with _FIT_LOCK:
-        # Another session may have fitted the same map while this one waited for the lock.
-        found = job.cached()
-        if found is None:
-            xy = _fit_umap(job.matrix, job.n_neighbors, job.min_dist, job.seed, job.n_epochs)
-            _warmed_up = True
-            found = job.frame(xy)
-            job.save(found)
-    return job.output(found)
+        return job.output(found), MapStatus("ready", "umap", len(job.rows))
+    ticket = _submit(job)
+    return job.output(job.frame(projections.pca_2d(job.matrix))), map_status(ticket)
+
+
+def map_status(ticket: str) -> MapStatus:
+    """How the background UMAP asked for by `project_or_preview` is going (see MapStatus).
+
+        status = map_status(status.ticket)
+        if status.state == "ready": points, _ = project_or_preview(run.path, samples)
+    """
+    with _JOBS_LOCK:
+        entry = _jobs.get(ticket)
+        if entry is None:
+            return MapStatus("failed", "pca preview", 0, message="this map was asked for in another server "
+                             "process or long ago — reload the page to compute it again", ticket=ticket)
+        ahead = sum(e.state in ("queued", "running") and e.asked_at < entry.asked_at for e in _jobs.values())
+    elapsed = (entry.finished_at or time.monotonic()) - entry.asked_at
+    method = "umap" if entry.state == "ready" else "pca preview"
+    return MapStatus(entry.state, method, entry.n_points, elapsed, _message(entry, ahead, elapsed), ticket)
 
 
 def is_cached(run_path: str | os.PathLike | None, samples: pd.DataFrame, n_neighbors: int = 15,
@@ -135,10 +199,11 @@ def is_warmed_up() -> bool:
 
 
 def warm_up() -> None:
-    """Fit a tiny UMAP (200 × 8, seeded) to pay numba's compilation (tens of seconds) before a
-    user asks for a map; meant for a background thread at server start. Safe to call twice or
-    from several threads: later calls return at once. A user's fit that starts meanwhile waits
-    for it (it would compile the same code).
+    """Fit a tiny UMAP (200 × 8, seeded) through the path every map takes, so that numba's
+    compilation (tens of seconds on a fresh machine, a few seconds from its disk cache later) is
+    paid before a user asks for a map; meant for a background thread at server start. Safe to
+    call twice or from several threads: later calls return at once. A user's fit that starts
+    meanwhile waits for it (it would compile the same code).
 
         threading.Thread(target=warm_up, daemon=True).start()
     """
@@ -146,11 +211,14 @@ def warm_up() -> None:
     with _FIT_LOCK:
         if _warmed_up:
             return
-        data = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
-        # force the approximate neighbour search (pynndescent): maps of 4,096 points or more use
-        # it, and compiling it is most of a first fit's cost; few epochs compile the same layout code.
-        _fit_umap(data, 15, 0.1, 0, n_epochs=20, force_approximation=True)
-        _warmed_up = True
+        _activity.update(what="warm-up", phase="starting", since=time.monotonic())
+        try:
+            data = np.random.default_rng(0).normal(size=(200, 8)).astype(np.float32)
+            # few epochs compile the same layout code as a real map
+            _fit_umap(data, 15, 0.1, 0, n_epochs=20)
+            _warmed_up = True
+        finally:
+            _activity.update(what=None)
 
 
 def selection_ids(points: pd.DataFrame, selected: Iterable[Any] | Mapping[str, Any]) -> list[str]:
@@ -190,28 +258,98 @@ def selection_ids(points: pd.DataFrame, selected: Iterable[Any] | Mapping[str, A
 
 # -- internals --------------------------------------------------------------------------------
 
+def _fit_and_save(job: "_Job") -> pd.DataFrame:
+    """Fit `job`'s map under the fit lock (unless another caller cached it meanwhile) and cache it."""
+    global _warmed_up
+    with _FIT_LOCK:
+        # Another session may have fitted the same map while this one waited for the lock.
+        found = job.cached()
+        if found is None:
+            _activity.update(what="map", phase="starting", since=time.monotonic())
+            try:
+                found = job.frame(_fit_umap(job.matrix, job.n_neighbors, job.min_dist, job.seed, job.n_epochs))
+            finally:
+                _activity.update(what=None)
+            _warmed_up = True
+            job.save(found)
+    return found
+
+
 def _fit_umap(matrix: np.ndarray, n_neighbors: int, min_dist: float, seed: int | None,
               n_epochs: int | None, force_approximation: bool = False) -> np.ndarray:
-    """UMAP of `matrix` to n × 2 float32 (the one place that imports umap)."""
-    try:
-        import umap  # 2 s, 13 s the first time (numba); never at module import
-    except ImportError:
-        raise ImportError("embedding maps need umap-learn — pip install umap-learn") from None
-
-    model = umap.UMAP(n_components=2, n_neighbors=min(n_neighbors, len(matrix) - 1), min_dist=min_dist,
-                      random_state=seed, n_jobs=1 if seed is not None else -1, n_epochs=n_epochs,
-                      force_approximation_algorithm=force_approximation)
-    return np.asarray(model.fit_transform(matrix), dtype=np.float32)
+    """UMAP of `matrix` to n × 2 float32, in a child process so that the server's pages never wait
+    for umap's GIL-bound import and compilation (tests replace this one function with a fake)."""
+    return projections.umap_2d_in_subprocess(matrix, n_neighbors, min_dist, seed, n_epochs, force_approximation,
+                               on_phase=lambda phase: _activity.update(phase=phase))
 
 
-def _pca_2d(matrix: np.ndarray) -> np.ndarray:
-    centred = matrix.astype(np.float64) - matrix.mean(axis=0)
-    xy = np.zeros((len(matrix), 2))
-    if len(matrix) > 1:
-        u, s, _ = np.linalg.svd(centred, full_matrices=False)
-        k = min(2, len(s))
-        xy[:, :k] = u[:, :k] * s[:k]
-    return xy.astype(np.float32)
+# -- the background worker --------------------------------------------------------------------
+
+class _Background:
+    """One map asked for by `project_or_preview`: its job until it is done, and how it went."""
+
+    def __init__(self, job: "_Job") -> None:
+        self.job: _Job | None = job
+        self.n_points = len(job.rows)
+        self.state = "queued"
+        self.asked_at = time.monotonic()
+        self.finished_at: float | None = None
+        self.error = ""
+
+
+_JOBS_LOCK = threading.Lock()
+_jobs: OrderedDict[str, _Background] = OrderedDict()
+_JOBS_MAX = 64
+_queue: queue.Queue[_Background] = queue.Queue()
+_worker: list[threading.Thread] = []
+
+
+def _submit(job: "_Job") -> str:
+    """Queue `job` for the background worker unless it is queued or running already; its ticket."""
+    ticket = f"{job.key}@{job.path}"
+    with _JOBS_LOCK:
+        entry = _jobs.get(ticket)
+        if entry is None or entry.state in ("ready", "failed"):
+            entry = _jobs[ticket] = _Background(job)
+            _jobs.move_to_end(ticket)
+            _queue.put(entry)
+            done = [t for t, e in _jobs.items() if e.state in ("ready", "failed")]
+            for old in done[: max(0, len(_jobs) - _JOBS_MAX)]:
+                del _jobs[old]
+        if not _worker or not _worker[0].is_alive():
+            _worker[:] = [threading.Thread(target=_work, name="umap-maps", daemon=True)]
+            _worker[0].start()
+    return ticket
+
+
+def _work() -> None:
+    while True:
+        entry = _queue.get()
+        entry.state = "running"
+        try:
+            _fit_and_save(entry.job)
+            entry.state = "ready"
+        except Exception as exc:  # a background thread: the page shows it, the server goes on
+            entry.error, entry.state = f"{type(exc).__name__}: {exc}", "failed"
+        finally:
+            entry.job, entry.finished_at = None, time.monotonic()
+
+
+def _message(entry: _Background, ahead: int, elapsed_s: float) -> str:
+    n = f"{entry.n_points:,} points"
+    if entry.state == "ready":
+        return f"UMAP of {n} ready after {elapsed_s:.0f} s"
+    if entry.state == "failed":
+        return f"UMAP of {n} failed ({entry.error}) — the PCA preview stays; reload the page to try again"
+    busy = _activity.get("what")
+    if busy == "warm-up":
+        since = time.monotonic() - _activity["since"]
+        return (f"UMAP of {n} waits for the server's UMAP warm-up ({_activity['phase']}, {since:.0f} s so far: "
+                "the first start on a machine compiles UMAP for a minute or two, later starts load it in seconds)")
+    if entry.state == "queued" or busy is None:
+        return f"UMAP of {n} waits for {max(ahead, 1)} other map{'s' if ahead > 1 else ''} to finish"
+    compiling = "" if _warmed_up else "; the first map since the server started also loads or compiles UMAP"
+    return f"Computing the UMAP of {n}: {_activity['phase']}, {elapsed_s:.0f} s so far{compiling}"
 
 
 class _Job:
@@ -261,7 +399,7 @@ class _Job:
         if len(m) == 0:
             return self.frame(np.zeros((0, 2)))
         if self.method == "pca":
-            return self.frame(_pca_2d(m))
+            return self.frame(projections.pca_2d(m))
         if m.shape[1] == 1:
             return self.frame(np.column_stack([m[:, 0], np.zeros(len(m))]))
         return self.frame(m)

@@ -14,14 +14,19 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-from plotly.colors import qualitative
 
 from diagnostics.figures import empty_figure
 
 _CORRECT = "#1f77b4"
 _WRONG = "#d62728"
 _UNKNOWN = "#7f7f7f"
-_PALETTE = qualitative.Plotly + qualitative.Dark24
+# One colour per class, 20 distinct ones: Tableau 10 without its grey (grey means n/a here), then
+# colours picked greedily for the largest CIELAB distance to all before them and to grey, among
+# Kelly's, Trubetskoy's and plotly's qualitative sets (L* < 80, visible on white). Any two are
+# at least 27 ΔE apart; plotly's default Plotly + Dark24 fell to 9 within the first 20.
+_PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
+            "#17becf", "#511cfb", "#fe00fa", "#000075", "#620042", "#fc0080", "#6c7c32", "#222a2a",
+            "#f99379", "#b10da1", "#0d2a63", "#3283fe")
 # Above this many points a scatter switches to WebGL, which stays responsive (lasso included).
 _WEBGL_POINTS = 5000
 # An integer-valued numeric column with at most this many values is drawn as categories.
@@ -30,13 +35,16 @@ _HOVER_COLUMNS = ("label", "prediction", "loss")
 
 
 def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str = "correct",
-                     class_names: Sequence[str] | None = None) -> go.Figure:
+                     class_names: Sequence[str] | None = None, method: str | None = None) -> go.Figure:
     """Scatter of `points` (sample_id, x, y from `project`) coloured by a column of `samples`.
 
     `color_by` is "correct", "label", "prediction", "loss" or any other column of `samples`
     (a tag flag, a slice name): text, booleans and class indices (integers, at most 30 values)
     give one legend entry each, other numbers a colour scale. Hover shows the sample id, label,
-    prediction and loss; `class_names` turns class indices into names.
+    prediction and loss; `class_names` turns class indices into names (legend and hover).
+    Classes get distinct colours up to 20 (then they repeat; the legend and hover still name
+    them). `method` names the layout in the title ("UMAP", "PCA preview"), so a preview is never
+    taken for the map.
 
         points = project(run.path, samples)
         fig = embedding_figure(points, samples, color_by="label",
@@ -71,13 +79,13 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
                         symbol=np.where(wrong[order], "x", "circle"), opacity=0.8)))
     else:
         categories = _categories(values, color_by, names)
-        fixed = {"correct": _CORRECT, "wrong": _WRONG} if color_by == "correct" else {}
+        colours = _category_colours([name for name, _ in categories], color_by, names)
         for layer_wrong in (False, True):
-            for i, (name, mask) in enumerate(categories):
+            for name, mask in categories:
                 keep = mask & (wrong == layer_wrong)
                 if not keep.any():
                     continue
-                color = _UNKNOWN if name == "n/a" else fixed.get(name, _PALETTE[i % len(_PALETTE)])
+                color = colours[name]
                 first = not (layer_wrong and (mask & ~wrong).any())
                 fig.add_trace(scatter(
                     x=rows["x"].to_numpy()[keep], y=rows["y"].to_numpy()[keep], mode="markers",
@@ -86,7 +94,7 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
                                                      symbol="x" if layer_wrong else "circle",
                                                      opacity=0.9 if layer_wrong else 0.6)))
     n_wrong = int(wrong.sum())
-    title = f"embedding map: {len(rows):,} samples" + (f", {n_wrong:,} wrong (×)" if n_wrong else "")
+    title = f"{method or 'embedding map'}: {len(rows):,} samples" + (f", {n_wrong:,} wrong (×)" if n_wrong else "")
     fig.update_layout(title=title, dragmode="lasso", height=560, margin=dict(l=20, r=20, t=50, b=20),
                       legend=dict(title=color_by, itemsizing="constant"), hovermode="closest")
     # the axes of a UMAP map carry no meaning: no ticks, but equal scale so distances read true
@@ -94,6 +102,23 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title=None,
                      scaleanchor="x", scaleratio=1)
     return fig
+
+
+def _category_colours(categories: list[str], color_by: str, names: list[str] | None) -> dict[str, str]:
+    """A colour per legend entry. A class keeps its colour whatever the filters and whether the
+    map is coloured by label or by prediction: class i gets _PALETTE[i]."""
+    if color_by == "correct":
+        return {"correct": _CORRECT, "wrong": _WRONG, "n/a": _UNKNOWN}
+    colours = {}
+    for i, name in enumerate(categories):
+        index = i
+        if color_by in ("label", "prediction"):
+            if names is not None and name in names:
+                index = names.index(name)
+            elif name.lstrip("-").isdigit():
+                index = int(name)
+        colours[name] = _UNKNOWN if name == "n/a" else _PALETTE[index % len(_PALETTE)]
+    return colours
 
 
 def _joined(points: pd.DataFrame, samples: pd.DataFrame) -> pd.DataFrame:

@@ -1,5 +1,7 @@
 """Embedding map: UMAP of the evaluated samples' embeddings, coloured by correct/wrong,
-class, loss or tag; a lasso or box selection lists those samples, to tag them."""
+class, loss or tag; a lasso or box selection lists those samples, to tag them. Until the UMAP
+map is ready (computed in the background, then cached in the run), an exact PCA preview of the
+same points is shown, labelled as such, with the UMAP's progress; the page then redraws itself."""
 
 import streamlit as st
 
@@ -38,21 +40,36 @@ if samples.empty:
     st.info("No sample matches the filters.")
     st.stop()
 try:
-    if not embedding.is_cached(path, samples, n_epochs=N_EPOCHS):
-        with st.spinner(f"Computing the UMAP of {len(samples):,} points (kept in the run for the next visit; the "
-                        "first map after a server start also compiles UMAP, up to a minute)…"):
-            points = embedding.project(path, samples, n_epochs=N_EPOCHS)
-    else:
-        points = embedding.project(path, samples, n_epochs=N_EPOCHS)
+    points, status = embedding.project_or_preview(path, samples, n_epochs=N_EPOCHS)
 except ValueError as exc:
     st.warning(f"No map: {exc}")
     st.stop()
 
+
+@st.fragment(run_every=1.0)
+def _umap_progress(ticket: str) -> None:
+    """Polls the background UMAP; reruns the page (preview → map) as soon as it is ready."""
+    now = embedding.map_status(ticket)
+    if now.state == "ready":
+        st.rerun()
+    elif now.state == "failed":
+        st.warning(now.message)
+    else:
+        st.info(f"{now.message}. Shown meanwhile: a PCA preview of the same points; the UMAP map "
+                "replaces it by itself and is kept in the run for the next visit.")
+
+
+preview = status.method == "pca preview"
+if preview:
+    _umap_progress(status.ticket)
 dims = len(samples["embedding"].iloc[0])
-st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions"
-           + (" (shown as it is)" if dims <= 2 else " mapped to 2-D with UMAP") + ". Draw a lasso or box to select.")
-event = st.plotly_chart(embedding_figure(points, samples, color_by=color_by, class_names=class_names),
-                        on_select="rerun", selection_mode=("points", "box", "lasso"), key="emb_map")
+how = {"direct": " (shown as it is)", "pca": " mapped to 2-D with PCA (too few points for UMAP)",
+       "umap": " mapped to 2-D with UMAP", "pca preview": " — PCA preview (UMAP on its way)"}[status.method]
+st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions{how}. Draw a lasso or box to select.")
+label = {"umap": "UMAP", "pca preview": "PCA preview", "pca": "PCA", "direct": None}[status.method]
+event = st.plotly_chart(embedding_figure(points, samples, color_by=color_by, class_names=class_names, method=label),
+                        on_select="rerun", selection_mode=("points", "box", "lasso"),
+                        key="emb_preview" if preview else "emb_map")
 picked = embedding.selection_ids(points, event.selection) if event and event.selection else []
 if picked:
     chosen = samples[samples["sample_id"].isin(picked)]

@@ -69,6 +69,7 @@ def fake_fit(monkeypatch):
 def fresh_memory(monkeypatch):
     """Each test starts with an empty in-memory store for unsaved maps."""
     monkeypatch.setattr(embedding, "_unsaved", type(embedding._unsaved)())
+    monkeypatch.setattr(embedding, "_jobs", type(embedding._jobs)())
 
 
 def cache_files(run: Path) -> list[Path]:
@@ -271,7 +272,7 @@ def test_two_threads_asking_at_once_fit_once_and_agree(tmp_path, monkeypatch, wr
     pd.testing.assert_frame_equal(results[0], results[1])
 
 
-def test_warm_up_fits_once_with_the_approximate_neighbour_search(monkeypatch):
+def test_warm_up_fits_once_through_the_exact_neighbour_path_every_map_takes(monkeypatch):
     calls = []
     monkeypatch.setattr(embedding, "_fit_umap", lambda m, *a, **k: calls.append((m.shape, k)) or m[:, :2])
     monkeypatch.setattr(embedding, "_warmed_up", False)
@@ -282,8 +283,118 @@ def test_warm_up_fits_once_with_the_approximate_neighbour_search(monkeypatch):
     for t in threads:
         t.join()
     warm_up()
-    assert len(calls) == 1 and calls[0][1].get("force_approximation") is True
+    # not the approximate search: maps up to EXACT_KNN_MAX points never compile it
+    assert len(calls) == 1 and not calls[0][1].get("force_approximation")
     assert embedding.is_warmed_up()
+
+
+# -- the PCA preview while UMAP runs in the background ---------------------------------------------
+
+class GatedFit(FakeFit):
+    """A fake fit that waits until the test opens its gate, to look at the page's states."""
+
+    def __init__(self, error: Exception | None = None):
+        super().__init__()
+        self.gate = threading.Event()
+        self.error = error
+        self.attempts = 0
+
+    def __call__(self, *args, **kwargs):
+        self.attempts += 1
+        assert self.gate.wait(timeout=30)
+        if self.error is not None:
+            raise self.error
+        return super().__call__(*args, **kwargs)
+
+
+def wait_for(ticket: str, timeout_s: float = 30.0):
+    deadline = time.monotonic() + timeout_s
+    status = embedding.map_status(ticket)
+    while status.state in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.02)
+        status = embedding.map_status(ticket)
+    return status
+
+
+def test_preview_is_the_exact_pca_then_the_umap_map_once_the_background_fit_is_done(tmp_path, monkeypatch):
+    fit = GatedFit()
+    monkeypatch.setattr(embedding, "_fit_umap", fit)
+    samples, _ = clusters(20, 8)
+    shuffled = samples.sample(frac=1.0, random_state=1)
+    points, status = embedding.project_or_preview(tmp_path, shuffled)
+    assert status.method == "pca preview" and status.state in ("queued", "running") and status.n_points == 60
+    assert status.ticket and "UMAP of 60 points" in status.message
+    assert points["sample_id"].tolist() == shuffled["sample_id"].tolist()
+    m = np.stack(shuffled["embedding"]).astype(np.float64)
+    u, s, _ = np.linalg.svd(m - m.mean(axis=0), full_matrices=False)
+    reference = u[:, :2] * s[:2]
+    for j, axis in enumerate("xy"):                                   # numpy's SVD, up to each axis's sign
+        got = points[axis].to_numpy(dtype=float)
+        np.testing.assert_allclose(got * np.sign(got @ reference[:, j]), reference[:, j], atol=1e-3)
+    again, second = embedding.project_or_preview(tmp_path, samples)  # asked again while it runs
+    assert second.ticket == status.ticket and second.method == "pca preview"
+    assert not is_cached(tmp_path, samples)
+
+    fit.gate.set()
+    done = wait_for(status.ticket)
+    assert done.state == "ready" and done.method == "umap" and fit.calls == 1
+    assert "ready after" in done.message
+    umap_points, ready = embedding.project_or_preview(tmp_path, shuffled)
+    assert ready.state == "ready" and ready.method == "umap" and ready.ticket is None
+    assert len(cache_files(tmp_path)) == 1
+    monkeypatch.setattr(embedding, "_fit_umap", no_fit)              # the cache, not a second fit
+    pd.testing.assert_frame_equal(umap_points, project(tmp_path, shuffled))
+    np.testing.assert_array_equal(umap_points[["x", "y"]].to_numpy(), np.stack(shuffled["embedding"])[:, :2] * 2)
+
+
+def test_a_failed_background_fit_says_why_and_is_retried_when_asked_again(tmp_path, monkeypatch):
+    fit = GatedFit(error=MemoryError("10,000 points"))
+    monkeypatch.setattr(embedding, "_fit_umap", fit)
+    samples, _ = clusters(10, 8)
+    _, status = embedding.project_or_preview(tmp_path, samples)
+    fit.gate.set()
+    failed = wait_for(status.ticket)
+    assert failed.state == "failed" and failed.method == "pca preview"
+    assert "MemoryError: 10,000 points" in failed.message and "PCA preview stays" in failed.message
+    fit.error = None
+    _, retry = embedding.project_or_preview(tmp_path, samples)
+    assert wait_for(retry.ticket).state == "ready" and fit.attempts == 2
+
+
+def test_progress_says_when_a_map_waits_for_the_servers_warm_up(tmp_path, monkeypatch):
+    fit = GatedFit()
+    monkeypatch.setattr(embedding, "_fit_umap", fit)
+    monkeypatch.setattr(embedding, "_warmed_up", False)
+    warming = threading.Thread(target=warm_up)
+    warming.start()
+    deadline = time.monotonic() + 10
+    while embedding._activity.get("what") != "warm-up" and time.monotonic() < deadline:
+        time.sleep(0.01)
+    samples, _ = clusters(10, 8)
+    _, status = embedding.project_or_preview(tmp_path, samples)
+    assert "waits for the server's UMAP warm-up" in wait_for_message(status.ticket, "warm-up")
+    fit.gate.set()
+    warming.join(timeout=30)
+    assert wait_for(status.ticket).state == "ready" and fit.calls == 2
+
+
+def wait_for_message(ticket: str, word: str, timeout_s: float = 10.0) -> str:
+    deadline = time.monotonic() + timeout_s
+    message = embedding.map_status(ticket).message
+    while word not in message and time.monotonic() < deadline:
+        time.sleep(0.01)
+        message = embedding.map_status(ticket).message
+    return message
+
+
+def test_maps_needing_no_umap_are_ready_at_once(monkeypatch):
+    monkeypatch.setattr(embedding, "_fit_umap", no_fit)
+    flat = frame(np.random.default_rng(8).normal(size=(30, 2)))
+    points, status = embedding.project_or_preview(None, flat)
+    assert (status.state, status.method, status.ticket) == ("ready", "direct", None)
+    np.testing.assert_array_equal(points[["x", "y"]].to_numpy(), np.stack(flat["embedding"]))
+    few = frame(np.random.default_rng(9).normal(size=(5, 6)))
+    assert embedding.project_or_preview(None, few)[1].method == "pca"
 
 
 # -- real UMAP ------------------------------------------------------------------------------------
@@ -414,3 +525,37 @@ def test_figure_uses_webgl_for_many_points():
     samples = frame(np.random.default_rng(7).normal(size=(n, 2)), loss=np.linspace(0, 1, n))
     fig = embedding_figure(project(None, samples), samples, color_by="loss")
     assert fig.data[0].type == "scattergl"
+
+
+def cielab(hex_colour: str) -> np.ndarray:
+    """sRGB hex to CIELAB (D65), the textbook formulas: the reference for colour distances."""
+    rgb = np.array([int(hex_colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)]) / 255.0
+    linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
+    f = np.cbrt(xyz / np.array([0.95047, 1.0, 1.08883]))
+    f = np.where(xyz / np.array([0.95047, 1.0, 1.08883]) > 0.008856, f, 7.787 * xyz / np.array([0.95047, 1.0, 1.08883]) + 16 / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def test_twelve_classes_get_twelve_distinct_colours_named_in_legend_and_hover():
+    n = 240
+    label = np.arange(n) % 12
+    prediction = np.where(np.arange(n) % 5 == 0, (label + 1) % 12, label)
+    names = [f"class-{c}" for c in "ABCDEFGHIJKL"]
+    samples = frame(np.random.default_rng(10).normal(size=(n, 2)), label=label.astype(float),
+                    prediction=prediction.astype(float), loss=np.ones(n), correct=(label == prediction).astype(float))
+    fig = embedding_figure(project(None, samples), samples, color_by="label", class_names=names, method="UMAP")
+    colour = {t.name: t.marker.color for t in fig.data}
+    assert sorted(colour) == sorted(names) and len(set(colour.values())) == 12
+    legend = [t.name for t in fig.data if t.showlegend]
+    assert sorted(legend) == sorted(names)                              # one legend entry per class, by name
+    lab = [cielab(c) for c in colour.values()] + [cielab("#7f7f7f")]   # and apart from n/a's grey
+    closest = min(np.linalg.norm(a - b) for i, a in enumerate(lab) for b in lab[i + 1:])
+    assert closest > 20, closest                                        # plotly's Plotly + Dark24: 14.9
+    hover_names = {row[1] for t in fig.data for row in t.customdata} | {row[2] for t in fig.data for row in t.customdata}
+    assert hover_names == set(names)                                    # label and prediction by name
+    assert fig.layout.title.text.startswith("UMAP: 240 samples")
+    # a class keeps its colour when others are filtered out, and between label and prediction
+    subset = samples[samples["label"] >= 6]
+    by_prediction = embedding_figure(project(None, subset), subset, color_by="prediction", class_names=names)
+    assert all(t.marker.color == colour[t.name] for t in by_prediction.data)
