@@ -28,18 +28,22 @@ if others.empty:
             "here.")
     st.stop()
 
-if not others["same_data"].any():
+same_data = bool(others["same_data"].any())
+if not same_data:
     st.info(f"No other run in `{runs_dir}` was evaluated on the same data as {run.name} (the same sample ids "
             "with the same labels): a comparison needs the changed model evaluated on the same samples.")
 left, right = st.columns([3, 1])
 # runs are told apart by folder, as in the sidebar: copies of a run share their manifest's name
 names = [Path(p).name for p in others["path"]]
 other_data = {n for n, same in zip(names, others["same_data"]) if not same}
-name_b = left.selectbox("Run B, compared with run A (the run picked in the sidebar)", names, index=0,
+name_b = left.selectbox("Run B, compared with run A (the run picked in the sidebar)", names,
+                        index=0 if same_data else None, placeholder="pick a run (none on the same data)",
                         key=f"compare_b_{run.name}",
                         format_func=lambda n: f"{n} (other data)" if n in other_data else n,
                         help="Other evaluated runs of this folder: those evaluated on the same data as A (the same "
                              "ids with the same labels) first, each group most recent first.")
+if name_b is None:  # nothing on the same data: no comparison until one is asked for
+    st.stop()
 row_b = others.iloc[names.index(name_b)]
 splits = [s for s in evaluated if s in row_b["splits"]]
 if not splits:

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
@@ -29,10 +30,29 @@ def _free_port() -> int:
 
 @pytest.fixture()
 def dashboard(recorded_runs):
+    yield from _serve(recorded_runs)
+
+
+@pytest.fixture(scope="module")
+def demo_runs(tmp_path_factory):
+    """The runs `diagnostics demo` records (digits twice, OCT, radar), with short digits training."""
+    folder = tmp_path_factory.mktemp("demo")
+    subprocess.run([sys.executable, "-m", "diagnostics.cli", "demo", "--no-serve", "--epochs", "3",
+                    "--runs-dir", str(folder)], check=True, capture_output=True, timeout=600)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def demo_dashboard(demo_runs):
+    yield from _serve(demo_runs)
+
+
+def _serve(runs_folder):
     port = _free_port()
+    log = tempfile.TemporaryFile()  # not a pipe: a full pipe nobody reads would stall the server
     proc = subprocess.Popen(
-        [sys.executable, "-m", "diagnostics.cli", "dashboard", str(recorded_runs), "--port", str(port)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+        [sys.executable, "-m", "diagnostics.cli", "dashboard", str(runs_folder), "--port", str(port)],
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
@@ -44,7 +64,8 @@ def dashboard(recorded_runs):
             except OSError:
                 pass
             if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"dashboard did not start: {proc.stdout.read().decode()[-2000:]}")
+                log.seek(0)
+                raise RuntimeError(f"dashboard did not start: {log.read().decode()[-2000:]}")
             time.sleep(0.3)
         yield url
     finally:
@@ -139,3 +160,55 @@ def test_a_tag_saved_in_review_is_there_after_a_reload(dashboard, tmp_path):
             page.screenshot(path=str(shots / "errors.png"), full_page=True)
         finally:
             browser.close()
+
+
+PAGES = ["", "distributions", "outputs", "health", "errors", "embedding", "sample", "datamap", "compare"]
+# Every drawn chart's traces, as plotly.js holds them: a chart is empty when no trace has data
+# (our figure builders' "nothing to show" figures are text without traces).
+_CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(el => {
+  const traces = el._fullData || [];
+  const title = el.layout && el.layout.title ? (el.layout.title.text || '') : '';
+  return {title: String(title).replace(/<[^>]+>/g, ''), traces: traces.length,
+          data: traces.some(t => t._length > 0 || ['x', 'y', 'z', 'values'].some(k => t[k] && t[k].length > 0))};
+})"""
+
+
+def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs, tmp_path):
+    """A new user's first look: each demo run on each page, with no exception, no error box
+    and no empty chart."""
+    _need_chromium()
+    from playwright.sync_api import sync_playwright
+
+    shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
+    shots.mkdir(parents=True, exist_ok=True)
+    runs = sorted(p.name for p in demo_runs.iterdir() if (p / "run.json").exists())
+    assert len(runs) == 4, runs
+    problems = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch_persistent_context(
+            str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
+            viewport={"width": 1400, "height": 1600},
+        )
+        try:
+            page = browser.new_page()
+            for run in runs:
+                for name in PAGES:
+                    page.goto(f"{demo_dashboard}/{name}?run={run}")
+                    page.wait_for_selector('[data-testid="stMain"] h1', timeout=90_000)
+                    page.wait_for_function(
+                        "() => !document.querySelector('[data-testid=\"stSkeleton\"]') && "
+                        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
+                    page.wait_for_timeout(500)
+                    where = f"{run} / {name or 'overview'}"
+                    page.screenshot(path=str(shots / f"{run}-{name or 'overview'}.png"), full_page=True)
+                    if page.locator('[data-testid="stException"]').count():
+                        problems.append(f"{where}: exception")
+                    for box in page.locator('[data-testid="stAlertContentError"]').all():
+                        problems.append(f"{where}: error box: {box.inner_text()[:120]}")
+                    charts = page.evaluate(_CHARTS_JS)
+                    problems += [f"{where}: empty chart {c['title']!r}" for c in charts if not c["data"]]
+                    if name in ("", "distributions", "outputs", "errors", "sample") and not charts:
+                        problems.append(f"{where}: no chart at all")
+        finally:
+            browser.close()
+    assert not problems, "\n".join(problems)

@@ -120,7 +120,8 @@ def test_page_explains_a_run_without_evaluation(monkeypatch, folder):
 def test_page_explains_runs_without_a_common_split(monkeypatch, tmp_path):
     write_run(tmp_path, "a", LABELS, PRED_A, LOSS_A)
     write_run(tmp_path, "b", LABELS, PRED_B, LOSS_B, split="test")
-    at = _open(monkeypatch, tmp_path, "a")
+    at = _open(monkeypatch, tmp_path, "a")  # not the same data on any split: B is the user's pick
+    at.selectbox(key="compare_b_a").set_value("b").run()
     assert any("no evaluated split in common" in i.value for i in at.info)
     assert not at.get("plotly_chart") and not at.exception
 
@@ -172,7 +173,11 @@ def test_page_says_when_no_other_run_is_on_the_same_data(monkeypatch, tmp_path):
     write_run(tmp_path, "oct", [2] * 12, PRED_B, LOSS_B)
     at = _open(monkeypatch, tmp_path, "base")
     assert any("No other run" in i.value and "same data as base" in i.value for i in at.info)
-    assert at.selectbox(key="compare_b_base").options == ["oct (other data)"]
+    picker = at.selectbox(key="compare_b_base")
+    assert picker.options == ["oct (other data)"]
+    # nothing is compared until a run is asked for: no error box on opening the page
+    assert picker.value is None and not at.error and not at.metric
+    picker.set_value("oct").run()
     assert len(at.error) == 1 and "evaluated on different data" in at.error[0].value
     assert not at.exception
 
