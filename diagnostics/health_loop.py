@@ -186,7 +186,9 @@ def rule_stuck_parameters(run) -> list[Finding]:
     w = w[w["step"] > w["step"].min()]
     grads, lr_of = _dist(run, "param_grad"), _lr_by_param(run)
     stuck: dict[str, list[str]] = {}
-    span, layers = [], list(dict.fromkeys(w["layer"]))
+    present = set(w["layer"])
+    order = [p["name"] for p in _params(run) if p["name"] in present]
+    span, layers = [], order + sorted(present - set(order))
     for name in layers:
         rows = w[w["layer"] == name]
         if len(rows) < MIN_STUCK_CAPTURES or not _constant(rows):
@@ -321,6 +323,12 @@ def _decay_share(run, group: dict, lr: pd.DataFrame, names: list[str]) -> pd.Dat
     return d.assign(share=share, decoupled=decoupled, wd=wd)
 
 
+def _decay_words(share: float, decoupled: bool) -> str:
+    if decoupled:
+        return f"shrinks the weights by {share:.2g}x the norm of the whole step"
+    return f"is {share:.0%} of the gradient the optimizer follows"
+
+
 def rule_weight_decay_dominates(run) -> list[Finding]:
     """Weight decay that dominates the update: for a weight matrix or kernel, the decay's
     share of the step (see `_decay_share`) above 0.5 (median over the last third of the
@@ -348,9 +356,9 @@ def rule_weight_decay_dominates(run) -> list[Finding]:
             s0, s1 = int(rows["step"].iloc[0]), int(rows["step"].iloc[-1])
             findings.append(_finding(
                 "weight_decay_dominates", "warning", name, (s0, s1),
-                f"{name}: weight decay {group.get('weight_decay'):g} makes {share:.0%} of each step (median of the last "
-                f"{len(tail)} captures; threshold {DECAY_SHARE:.0%}) and the weight norm shrank to {shrink:.2f}x "
-                f"over steps {s0}-{s1}.",
+                f"{name}: weight decay {group.get('weight_decay'):g} {_decay_words(share, rows['decoupled'].iloc[0])} "
+                f"(median of the last {len(tail)} captures; threshold {DECAY_SHARE:g}) and the weight norm shrank to "
+                f"{shrink:.2f}x over steps {s0}-{s1}.",
                 "Lower weight_decay (AdamW: around 1e-2 to 1e-1 with lr 1e-3; SGD: 1e-4 to 5e-4), or exclude "
                 "biases and norm layers from decay with a second param group.",
                 {"decay_share": share, "weight_norm_ratio": shrink, "weight_decay": group.get("weight_decay"),
