@@ -4,6 +4,8 @@ the healthy loops stay quiet."""
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from sklearn.datasets import load_digits
@@ -12,6 +14,8 @@ from torch import nn
 import diagnostics
 import hooks
 from diagnostics.health import check  # first: it registers the loop rules
+from diagnostics.health_figures import evidence_figure
+from diagnostics.health_loop import rule_gradients_not_reset
 
 LOOP_RULES = {"gradients_not_reset", "not_in_optimizer", "stuck_parameters", "frozen_model", "lr_collapse",
               "weight_decay_dominates", "batchnorm_small_batch", "eval_in_train_mode"}
@@ -60,8 +64,13 @@ def _quiet(run):
     assert not loud, loud
 
 
-def _by(findings, rule):
-    return [f for f in findings if f.rule == rule]
+def _by(findings, rule, run=None):
+    """The findings of `rule`; with `run`, each must come with a chart that has data."""
+    found = [f for f in findings if f.rule == rule]
+    for f in found if run is not None else ():
+        fig = evidence_figure(run, f)
+        assert fig.data and all(len(t.x) for t in fig.data), (rule, fig.layout.title.text)
+    return found
 
 
 # ---------------------------------------------------------------------------------
@@ -73,7 +82,7 @@ def test_missing_zero_grad_the_stackoverflow_mnist_case(digits, tmp_path):
     model = _mlp()
     run = _loop(model, digits, tmp_path, "so", opt=torch.optim.Adam(model.parameters(), lr=1e-4), steps=120,
                 zero_grad=False)
-    found = _by(check(run), "gradients_not_reset")
+    found = _by(check(run), "gradients_not_reset", run)
     assert len(found) == 1 and found[0].severity == "error"
     captured = sorted(run.scalars(names=["grad_carried"])["step"])
     assert found[0].evidence["carried_steps"] == captured[1:]  # every capture after the first
@@ -110,7 +119,7 @@ def test_head_replaced_after_the_optimizer_was_built(digits, tmp_path):
     run = _loop(model, digits, tmp_path, "newhead", opt=opt)
     params = {p["name"]: p["in_optimizer"] for p in run.manifest["parameters"]}
     assert params == {"0.weight": True, "0.bias": True, "3.weight": False, "3.bias": False}
-    found = _by(check(run), "not_in_optimizer")
+    found = _by(check(run), "not_in_optimizer", run)
     assert len(found) == 1 and found[0].layer == "3.weight"
     assert found[0].evidence["parameters"] == ["3.weight", "3.bias"] and found[0].evidence["numel"] == 650
 
@@ -120,11 +129,11 @@ def test_zero_learning_rate_for_one_group(digits, tmp_path):
     opt = torch.optim.SGD([{"params": model[0].parameters(), "lr": 0.0},
                            {"params": model[-1].parameters(), "lr": 0.05}])
     run = _loop(model, digits, tmp_path, "lr0", opt=opt, every=5)
-    found = _by(check(run), "stuck_parameters")
+    found = _by(check(run), "stuck_parameters", run)
     assert len(found) == 1 and found[0].severity == "warning"
     assert found[0].evidence["parameters"] == ["0.weight", "0.bias"] and "learning rate is 0" in found[0].message
     assert (found[0].step_start, found[0].step_end) == (5, 55)
-    lr0 = _by(check(run), "lr_collapse")
+    lr0 = _by(check(run), "lr_collapse", run)
     assert [(f.layer, f.severity) for f in lr0] == [("lr/group0", "error")]
 
 
@@ -132,7 +141,7 @@ def test_gradients_clipped_to_nothing(digits, tmp_path):
     model = _mlp()
     run = _loop(model, digits, tmp_path, "clip0", opt=torch.optim.SGD(model.parameters(), lr=0.05), clip=0.0,
                 every=5)
-    found = _by(check(run), "stuck_parameters")
+    found = _by(check(run), "stuck_parameters", run)
     assert len(found) == 1 and found[0].severity == "error" and "clipped to zero" in found[0].message
     assert found[0].evidence["parameters"] == ["0.weight", "0.bias", "3.weight", "3.bias"]
 
@@ -143,7 +152,7 @@ def test_everything_frozen_but_batchnorm_the_forum_case(digits, tmp_path):
         p.requires_grad = name.startswith("1.")  # only the BatchNorm's affine parameters
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-3)
     run = _loop(model, digits, tmp_path, "frozen", opt=opt)
-    found = _by(check(run), "frozen_model")
+    found = _by(check(run), "frozen_model", run)
     assert len(found) == 1 and found[0].layer == "4" and found[0].evidence["head_frozen"]
     assert found[0].evidence["trained_share"] == pytest.approx(128 / (64 * 64 + 64 + 128 + 650))
     assert found[0].evidence["trained"] == ["1.weight", "1.bias"]
@@ -170,7 +179,7 @@ def test_scheduler_stepped_per_batch_with_its_length_in_epochs(digits, tmp_path)
     lr = run.scalars(names=["lr"]).sort_values("step")
     first_low = int(lr[lr["value"] < 0.001]["step"].min())  # independent count: 0.1 * 0.3**k < 0.001
     assert first_low == 20  # 0.1 * 0.3**4 = 8.1e-4 from step 20
-    found = _by(check(run), "lr_collapse")
+    found = _by(check(run), "lr_collapse", run)
     assert len(found) == 1 and found[0].layer == "lr" and found[0].step_start == first_low
     assert found[0].evidence["tail_share"] == pytest.approx(40 / 60)
 
@@ -193,7 +202,7 @@ def test_a_healthy_step_schedule_is_quiet(digits, tmp_path):
 def test_weight_decay_that_dominates_the_update(digits, tmp_path, make_opt):
     model = _mlp()
     run = _loop(model, digits, tmp_path, "wd", opt=make_opt(model.parameters()), steps=60, every=3)
-    found = _by(check(run), "weight_decay_dominates")
+    found = _by(check(run), "weight_decay_dominates", run)
     assert {f.layer for f in found} >= {"0.weight"}
     f = [f for f in found if f.layer == "0.weight"][0]
     w = run.distributions("weight", layers=["0.weight"]).sort_values("step")
@@ -219,7 +228,7 @@ def test_batchnorm_with_batches_of_four(digits, tmp_path):
     run = _loop(_mlp(bn=True), digits, tmp_path, "bn4", batch=4, steps=40)
     sizes = run.scalars(names=["batchnorm_batch_size"])
     assert set(sizes["value"]) == {4.0} and len(sizes) >= 5
-    found = _by(check(run), "batchnorm_small_batch")
+    found = _by(check(run), "batchnorm_small_batch", run)
     assert len(found) == 1 and found[0].layer == "1" and found[0].evidence["median_batch"] == 4
     assert (found[0].step_start, found[0].step_end) == (int(sizes["step"].min()), int(sizes["step"].max()))
 
@@ -252,7 +261,7 @@ def _validate(eval_mode):
 def test_validation_with_dropout_left_on(digits, tmp_path):
     run = _loop(_mlp(dropout=0.5), digits, tmp_path, "dropon", validate=_validate(eval_mode=False))
     assert run.manifest["no_grad_forward_train_mode"] == ["2"]
-    found = _by(check(run), "eval_in_train_mode")
+    found = _by(check(run), "eval_in_train_mode", run)
     assert len(found) == 1 and found[0].layer == "2"
     assert found[0].evidence["steps"] == [10, 20, 30, 40, 50, 60]  # after step 9, 19, ...: the next step
 
@@ -274,3 +283,26 @@ def test_healthy_adam_and_sgd_loops_are_quiet(digits, tmp_path):
     model = _mlp(bn=True, dropout=0.2)
     _quiet(_loop(model, digits, tmp_path, "sgd", opt=torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9),
                  every=1, steps=40))
+
+
+class _Scalars:
+    """Only scalars, as an older run (recorded before the gradient-reset probe) has them."""
+
+    def __init__(self, values):
+        self.manifest = {}
+        self._s = pd.DataFrame({"step": np.arange(len(values)), "name": "grad_norm", "value": values})
+
+    def scalars(self, names=None):
+        return self._s[self._s["name"].isin(names)] if names else self._s
+
+
+def test_without_the_probe_a_steadily_growing_gradient_norm_is_a_warning():
+    rng = np.random.default_rng(0)
+    growing = 0.4 * np.arange(1, 121) * (1 + 0.05 * rng.standard_normal(120))  # ~linear: summed gradients
+    found = rule_gradients_not_reset(_Scalars(growing))
+    assert len(found) == 1 and found[0].severity == "warning" and (found[0].step_start, found[0].step_end) == (0, 119)
+    early, late = np.median(growing[:5]), np.median(growing[-12:])
+    assert found[0].evidence["grad_norm_growth"] == pytest.approx(late / early)
+    # a norm that rises 3x while training (or is noisy around a level) is not that
+    assert not rule_gradients_not_reset(_Scalars(np.linspace(1, 3, 120)))
+    assert not rule_gradients_not_reset(_Scalars(np.abs(rng.standard_normal(120)) + 0.1))
