@@ -269,7 +269,7 @@ class WatchedRun:
                               if isinstance(m, _MODE_TYPES) and getattr(m, "p", 1) != 0]
         self._mode_noted = False  # a no-grad forward in train mode already recorded this step
         self._mode_names_written = False
-        self._carry_checked = False  # the gradient-reset probe already read this step
+        self._probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
         self._grad_carried: list[tuple[int, torch.Tensor]] = []
         # clipping probes: a few small trainable parameters (reading them again is cheap)
         trainable = sorted((p for p in model.parameters() if p.requires_grad), key=lambda p: (p.numel() < 8, p.numel()))
@@ -401,6 +401,9 @@ class WatchedRun:
         on this rank alone)."""
         started = time.perf_counter()
         self._step_ended_at[self.step] = time.time()  # losses are written in batches: stamp each step now
+        if self._probe_reset is not None:
+            self._grad_carried.append((self.step, self._probe_reset))
+            self._probe_reset = None
         if self._step_losses:
             loss = torch.stack([l.float() for l in self._step_losses]).mean()
             self._losses.append((self.step, loss))
@@ -443,7 +446,7 @@ class WatchedRun:
         self._step_started = now
         self.step += 1
         self._norm_recorded = False
-        self._mode_noted = self._carry_checked = False
+        self._mode_noted = False
         self._capturing = False if final else self.schedule.should_capture(self.step)
         self._seen.clear()
 
@@ -470,7 +473,8 @@ class WatchedRun:
             self._grad_norms = []
         if self._grad_carried:
             steps, carried = zip(*self._grad_carried)
-            for step, value in zip(steps, torch.stack(carried).float().cpu().tolist()):
+            reset = torch.stack([torch.as_tensor(c).cpu() for c in carried])
+            for step, value in zip(steps, (~reset).float().tolist()):
                 self._writer.add_scalar(step, "grad_carried", value)
             self._grad_carried = []
         self._step_ended_at.clear()
@@ -956,15 +960,16 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
 
 
 def _on_probe_grad(run: WatchedRun, param: torch.Tensor, grad: torch.Tensor) -> None:
-    """The first backward of a capture step, before its gradient accumulates: does the
-    probe parameter still hold a non-zero gradient from an earlier step (no zero_grad)?
-    Read as a device tensor (no sync); the hook returns None, so the gradient is unchanged."""
-    if not run._capturing or run._carry_checked:
+    """Each backward reaching the probe on a capture step, before its gradient accumulates:
+    was its .grad reset (None or all zero)? A step none of whose backwards found it reset
+    carries the previous step's gradient (no zero_grad). Several backwards per step
+    (micro-batches, a GAN's two losses) count as reset when any one found it so. Kept as
+    a device tensor (no sync); the hook returns None, so the gradient is unchanged."""
+    if not run._capturing or run._probe_reset is True:
         return None
-    run._carry_checked = True
     old = param.grad
-    carried = torch.zeros((), dtype=torch.bool, device=grad.device) if old is None else (_stored_values(old) != 0).any()
-    run._grad_carried.append((run.step, carried))
+    reset = True if old is None else ~(_stored_values(old) != 0).any()
+    run._probe_reset = reset if run._probe_reset is None or reset is True else run._probe_reset | reset
     return None
 
 

@@ -108,6 +108,25 @@ def test_gradient_accumulation_over_micro_batches_is_not_a_missing_zero_grad(dig
     _quiet(r)
 
 
+def test_a_backward_before_zero_grad_in_the_same_step_is_not_a_missing_zero_grad(digits, tmp_path):
+    """A GAN-like step: another loss's backward reaches the parameters (the previous step's
+    gradient still there), then zero_grad, then this optimizer's own backward and step."""
+    x, y = digits
+    model = _mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.05)
+    crit = nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="gan", every=1) as run:
+        for step in range(20):
+            i = (step * 30) % 1700
+            crit(model(x[i + 30:i + 60]), y[i + 30:i + 60]).backward()  # the other player's loss
+            opt.zero_grad()
+            crit(model(x[i:i + 30]), y[i:i + 30]).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.scalars(names=["grad_carried"])["value"].tolist() == [0.0] * 20
+    assert not _by(check(r), "gradients_not_reset")
+
+
 # ---------------------------------------------------------------------------------
 # 2-4. Parameters that never change, not in the optimizer, most of the model frozen
 
