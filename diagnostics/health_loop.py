@@ -109,8 +109,8 @@ def rule_gradients_not_reset(run) -> list[Finding]:
             f"ran: they are never reset, so each step applies the sum of all earlier gradients{grow}.",
             advice, {"carried_steps": hit["step"].astype(int).tolist(), "captures": len(carried),
                      "share": share, "grad_norm_growth": growth, "threshold": CARRIED_SHARE}, ref)]
-    if growth is None or growth < GRAD_GROWTH_FACTOR:
-        return []
+    if growth is None or growth < GRAD_GROWTH_FACTOR or rule_not_in_optimizer(run):
+        return []  # parameters left out of the optimizer are never zeroed: that rule says so
     corr = pd.Series(norm["value"].to_numpy()).corr(pd.Series(norm["step"].to_numpy(float)), method="spearman")
     if not corr >= GRAD_GROWTH_RANK_CORR:
         return []

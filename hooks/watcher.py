@@ -329,7 +329,8 @@ class WatchedRun:
                 for p in model.parameters() if not self._distributed else ():
                     if p.requires_grad:
                         self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
-                held = [p for g in optimizer.param_groups for p in g["params"] if p.requires_grad]
+                held = [p for g in optimizer.param_groups for p in g["params"]
+                        if p.requires_grad and p in self._param_names]  # the optimizer may hold a replaced module's
                 if held and not self._distributed:  # the smallest held parameter: is its gradient reset?
                     probe = min(held, key=lambda p: p.numel())
                     self._handles.append(probe.register_hook(partial(_on_probe_grad, me, probe)))

@@ -138,9 +138,14 @@ def test_head_replaced_after_the_optimizer_was_built(digits, tmp_path):
     run = _loop(model, digits, tmp_path, "newhead", opt=opt)
     params = {p["name"]: p["in_optimizer"] for p in run.manifest["parameters"]}
     assert params == {"0.weight": True, "0.bias": True, "3.weight": False, "3.bias": False}
-    found = _by(check(run), "not_in_optimizer", run)
+    findings = check(run)
+    found = _by(findings, "not_in_optimizer", run)
     assert len(found) == 1 and found[0].layer == "3.weight"
     assert found[0].evidence["parameters"] == ["3.weight", "3.bias"] and found[0].evidence["numel"] == 650
+    # the new head's gradients are never zeroed (opt.zero_grad() does not hold them): that is
+    # this finding, not a missing zero_grad; the probe watches a parameter the optimizer holds
+    assert not _by(findings, "gradients_not_reset")
+    assert set(run.scalars(names=["grad_carried"])["value"]) == {0.0}
 
 
 def test_zero_learning_rate_for_one_group(digits, tmp_path):
@@ -325,3 +330,23 @@ def test_without_the_probe_a_steadily_growing_gradient_norm_is_a_warning():
     # a norm that rises 3x while training (or is noisy around a level) is not that
     assert not rule_gradients_not_reset(_Scalars(np.linspace(1, 3, 120)))
     assert not rule_gradients_not_reset(_Scalars(np.abs(rng.standard_normal(120)) + 0.1))
+
+
+def test_the_loop_probes_are_removed_at_close_and_leave_training_bitwise_unchanged(digits, tmp_path):
+    def train(watched):
+        model = _mlp(bn=True, dropout=0.3)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        run = hooks.watch(model, optimizer=opt, run_dir=tmp_path, name=f"w{watched}", every=1) if watched else None
+        x, y = digits
+        for step in range(5):
+            torch.manual_seed(step)
+            nn.functional.cross_entropy(model(x[:30]), y[:30]).backward()  # no zero_grad: the probe's case
+            opt.step()
+            with torch.no_grad():
+                model(x[30:60])  # validation in train mode: the no-grad probe's case
+        if run is not None:
+            run.close()
+        return model
+    plain, watched = train(False), train(True)
+    assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), watched.state_dict().values()))
+    assert not watched._forward_pre_hooks and all(not p._backward_hooks for p in watched.parameters())
