@@ -44,7 +44,8 @@ def _parameter_states(run) -> go.Figure:
         chosen = [p for p in params if keep(p)]
         if chosen:
             fig.add_bar(x=[p["name"] for p in chosen], y=[p.get("numel", 0) for p in chosen], name=state)
-    fig.update_layout(title="parameters: size and state", yaxis_title="values", yaxis_type="log", height=320,
+    fig.update_yaxes(type="log", dtick=1, title_text="values (log)")
+    fig.update_layout(title="parameters: size and state", height=320,
                       margin=dict(l=40, r=20, t=50, b=40))
     return fig
 

@@ -252,7 +252,8 @@ def rule_frozen_model(run) -> list[Finding]:
     return [_finding(
         "frozen_model", "warning", head, (0, last[2] if last else _last_step(run)),
         f"{1 - share:.0%} of the parameters are frozen (requires_grad=False or not in the optimizer) and {where}; "
-        f"training only {_names(names, 4) or 'nothing'}, the loss fell {0 if fall is None else fall:.0%}"
+        f"training only {_names(names, 4) or 'nothing'}; "
+        f"{f'the loss fell only {fall:.0%}' if fall is not None and fall > 0 else 'the loss did not fall'}"
         f"{' and stays near the trivial baseline' if base else ''}.",
         "Unfreeze the head (set requires_grad=True on the new classifier after freezing the backbone, or "
         "freeze by module: for p in backbone.parameters(): p.requires_grad = False), then build the optimizer "
@@ -325,7 +326,7 @@ def _decay_share(run, group: dict, lr: pd.DataFrame, names: list[str]) -> pd.Dat
 
 def _decay_words(share: float, decoupled: bool) -> str:
     if decoupled:
-        return f"shrinks the weights by {share:.2g}x the norm of the whole step"
+        return f"takes a step {share:.2g}x the size of the whole update"
     return f"is {share:.0%} of the gradient the optimizer follows"
 
 
@@ -408,8 +409,8 @@ def rule_eval_in_train_mode(run) -> list[Finding]:
     s0, s1 = int(s["step"].min()), int(s["step"].max())
     return [_finding(
         "eval_in_train_mode", "warning", names[0] if names else None, (s0, s1),
-        f"At {len(s)} step(s) (steps {s0}-{s1}) the model ran under no_grad with {_names(names, 4) or 'dropout'} "
-        "in train mode: validation with dropout on (and BatchNorm on batch statistics).",
+        f"At {len(s)} step(s) (steps {s0}-{s1}) the model ran under no_grad with dropout/BatchNorm modules in "
+        f"train mode ({_names(names, 4) or 'unnamed'}): validation with dropout on, or BatchNorm on batch statistics.",
         "Call model.eval() before validating and model.train() after (or use run.evaluate); if the "
         "train-mode forward is deliberate (Monte-Carlo dropout, an EMA teacher), ignore this.",
         {"steps": s["step"].astype(int).tolist()[:50], "occurrences": len(s), "modules": names},
