@@ -12,11 +12,14 @@ The hooks record what these rules read (see `diagnostics.schema.LOOP_SCALARS` an
 `MANIFEST_OPTIONAL`): `grad_carried`, `batchnorm_batch_size`, `no_grad_forward_train_mode`
 scalars, and per parameter `in_optimizer` plus the optimizer's param groups in the manifest.
 
-References for the detectors: TrainCheck (Jiang et al., OSDI 2025, "Training with
-Confidence: Catching Silent Errors in Deep Learning Training with Automated Proactive
-Checks") states such bugs as invariants ("every parameter the optimizer holds changes at
-each step", "gradients are zeroed before backward"); AutoTrainer (Zhang et al., ICSE 2021)
-and DeepFD (Cao et al., ICSE 2022) detect them from training-time statistics.
+Related work: TrainCheck (Jiang et al., OSDI 2025) learns invariants of the training
+loop from known-good runs (e.g. that gradients are applied to the weights each step) and
+checks new runs against them: the probes here state such invariants directly instead of
+learning them. AutoTrainer (Zhang et al., ICSE 2021) covers five symptom classes
+(vanishing/exploding gradients, dying ReLU, oscillating loss, slow convergence) and none
+of these loop bugs; DeepFD (Cao et al., ICSE 2022) classifies fault types (loss, optimizer,
+learning rate, ...) from runtime features with a learned model. Neither gives thresholds
+for these bugs: each rule's docstring states its own and where it comes from.
 """
 
 from __future__ import annotations
@@ -177,8 +180,10 @@ def _lr_by_param(run) -> dict[str, pd.DataFrame]:
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
-    was recorded (zero learning rate, no gradient, zero or clipped-away gradient). Warning;
-    error when no optimized parameter changes at all. Reference: TrainCheck (OSDI 2025),
+    was recorded (zero learning rate, no gradient, zero or clipped-away gradient). Warning
+    (info for parameters that never get a gradient: an unused branch is often deliberate);
+    error when no optimized parameter changes at all. Parameters with requires_grad=False
+    are left to `rule_frozen_model`. Reference: TrainCheck (OSDI 2025),
     invariant "parameters in the optimizer are updated at every step"."""
     w, u = _dist(run, "weight"), _dist(run, "update")
     if w.empty:
@@ -186,6 +191,8 @@ def rule_stuck_parameters(run) -> list[Finding]:
     w = w[w["step"] > w["step"].min()]
     grads, lr_of = _dist(run, "param_grad"), _lr_by_param(run)
     stuck: dict[str, list[str]] = {}
+    frozen = {p["name"] for p in _params(run) if p.get("requires_grad") is False}  # deliberate: frozen_model's
+    w = w[~w["layer"].isin(frozen)]
     present = set(w["layer"])
     order = [p["name"] for p in _params(run) if p["name"] in present]
     span, layers = [], order + sorted(present - set(order))
@@ -204,8 +211,10 @@ def rule_stuck_parameters(run) -> list[Finding]:
     everything = sum(len(v) for v in stuck.values()) == len(layers)
     findings = []
     for reason, names in stuck.items():
+        # a parameter outside the forward is often deliberate (an unused branch): worth a look
+        severity = "error" if everything else "info" if reason.startswith("it never gets") else "warning"
         findings.append(_finding(
-            "stuck_parameters", "error" if everything else "warning", names[0], (min(span), max(span)),
+            "stuck_parameters", severity, names[0], (min(span), max(span)),
             f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
             f"(steps {min(span)}-{max(span)}): {_names(names)}; {reason}.",
             "Check the learning rate of their param group (and the scheduler), that they are used in the "

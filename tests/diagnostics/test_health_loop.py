@@ -189,6 +189,25 @@ def test_a_frozen_backbone_with_a_training_head_is_transfer_learning(digits, tmp
     run = _loop(model, digits, tmp_path, "transfer",
                 opt=torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2))
     _quiet(run)
+    # the optimizer handed every parameter, the frozen ones included (they get no gradient)
+    model = _mlp()
+    for p in model[0].parameters():
+        p.requires_grad = False
+    _quiet(_loop(model, digits, tmp_path, "transfer_all", opt=torch.optim.Adam(model.parameters(), lr=1e-2)))
+
+
+def test_a_parameter_outside_the_forward_is_only_worth_a_look(digits, tmp_path):
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.unused = _mlp(), nn.Linear(10, 10)  # defined, never called
+
+        def forward(self, x):
+            return self.net(x)
+
+    run = _loop(WithUnused(), digits, tmp_path, "unused", every=5)
+    found = _by(check(run), "stuck_parameters", run)
+    assert [(f.severity, f.evidence["parameters"]) for f in found] == [("info", ["unused.weight", "unused.bias"])]
 
 
 # ---------------------------------------------------------------------------------
