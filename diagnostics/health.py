@@ -743,6 +743,8 @@ def rule_input_scale(run) -> list[Finding]:
     )]
 
 
+from diagnostics.health_loop import RULES as LOOP_RULES  # noqa: E402  (training-loop bugs; imports this module)
+
 RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_nonfinite,
     rule_dead_units,
@@ -756,6 +758,7 @@ RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_overfitting,
     rule_label_noise,
     rule_input_scale,
+    *LOOP_RULES,
 )
 
 

@@ -32,9 +32,54 @@ def _scalars(run, names: list[str], title: str, log_y: bool = False) -> go.Figur
     return figures.scalar_figure(run.scalars(names=names), names, title, log_y=log_y)
 
 
+def _parameter_states(run) -> go.Figure:
+    """Each parameter's size, coloured by whether it trains, is frozen or is left out of the optimizer."""
+    params = run.manifest.get("parameters") or []
+    if not params:
+        return empty_figure("no parameters in the manifest")
+    fig = go.Figure()
+    for state, keep in (("trains", lambda p: p.get("requires_grad") and p.get("in_optimizer") is not False),
+                        ("not in the optimizer", lambda p: p.get("requires_grad") and p.get("in_optimizer") is False),
+                        ("frozen (requires_grad=False)", lambda p: not p.get("requires_grad"))):
+        chosen = [p for p in params if keep(p)]
+        if chosen:
+            fig.add_bar(x=[p["name"] for p in chosen], y=[p.get("numel", 0) for p in chosen], name=state)
+    fig.update_yaxes(type="log", dtick=1, title_text="values (log)")
+    fig.update_layout(title="parameters: size and state", height=320,
+                      margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def _loop_figure(run, finding) -> go.Figure | None:
+    """Evidence of the training-loop rules (diagnostics.health_loop), or None for another rule."""
+    rule, layer = finding.rule, finding.layer
+    if rule == "gradients_not_reset":
+        return _scalars(run, ["grad_norm"], "global gradient norm (grows when gradients are never reset)")
+    if rule == "lr_collapse":
+        lr = run.scalars(names=[layer or "lr"])
+        return _scalars(run, [layer or "lr"], "learning rate", log_y=bool(len(lr)) and bool((lr["value"] > 0).all()))
+    if rule == "not_in_optimizer":
+        return _parameter_states(run)
+    if rule == "batchnorm_small_batch":
+        return _scalars(run, ["batchnorm_batch_size"], "batch size BatchNorm normalises over")
+    if rule in ("weight_decay_dominates", "stuck_parameters") and layer:
+        d = run.distributions("weight", layers=[layer])
+        if d.empty:
+            return empty_figure(f"no weights recorded for {layer}")
+        d = d.assign(name=f"‖{layer}‖", value=(d["count"] * (d["std"] ** 2 + d["mean"] ** 2)) ** 0.5)
+        return figures.scalar_figure(d, [f"‖{layer}‖"], f"norm of {layer} over steps")
+    if rule in ("frozen_model", "eval_in_train_mode"):
+        s = run.scalars()
+        names = ["loss"] + sorted(n for n in s["name"].unique() if n.endswith("/loss") and n != "loss")
+        return figures.scalar_figure(s, names, "training (and validation) loss")
+    return None
+
+
 def evidence_figure(run, finding) -> go.Figure:
     """The chart that shows why `finding` fired (a Finding from `diagnostics.health`)."""
     rule, layer = finding.rule, finding.layer
+    if (loop := _loop_figure(run, finding)) is not None:
+        return loop
     if rule == "dead_units" and layer:
         return _fraction_over_steps(run, layer, "dead_frac", 0.5, f"{layer}: share of units never active")
     if rule == "saturation" and layer:

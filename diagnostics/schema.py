@@ -151,6 +151,19 @@ SORT_KEYS = {"scalars": ("name", "step"), "distributions": ("kind", "layer", "st
 
 # Manifest keys every run has; more (model summary, config, ...) are welcome.
 MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
+# Optional manifest keys the training-loop health rules read (diagnostics.health_loop):
+# `parameters[i].in_optimizer` (bool, None without an optimizer); `optimizer_groups`: one
+# dict per param group at watch() (its parameter names under "params", then lr,
+# weight_decay, momentum, betas, ... as the optimizer holds them);
+# `no_grad_forward_train_mode`: the dropout/BatchNorm modules that were in train mode
+# during a forward under no_grad (the user's own validation), first time seen.
+MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode")
+# Scalars recorded for those rules: `grad_carried` (capture steps: 1 when the smallest
+# optimized parameter still held a non-zero gradient at the step's first backward, i.e.
+# gradients were not reset), `batchnorm_batch_size` (capture steps: the batch a BatchNorm
+# layer in train mode normalised over), `no_grad_forward_train_mode` (steps with such a
+# forward: how many dropout/BatchNorm modules were in train mode).
+LOOP_SCALARS = ("grad_carried", "batchnorm_batch_size", "no_grad_forward_train_mode")
 
 # A writer that has not written its heartbeat for this long is taken as dead.
 STALE_AFTER_S = 60.0

@@ -155,6 +155,28 @@ def _model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
     return modules, params
 
 
+def _optimizer_groups(optimizer, names: dict) -> list[dict]:
+    """Each param group's hyperparameters (numbers, bools, strings; betas as a list) and
+    the names of the parameters it holds, as they are when `watch` is called."""
+    groups = []
+    for group in optimizer.param_groups:
+        entry: dict[str, Any] = {"params": [names[p] for p in group["params"] if p in names]}
+        for key, value in group.items():
+            if isinstance(value, (bool, int, float, str)) and key != "params":
+                entry[key] = value
+            elif isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+                entry[key] = list(value)
+            elif isinstance(value, torch.Tensor) and value.numel() == 1:  # lr as a tensor
+                entry[key] = float(value)
+        groups.append(entry)
+    return groups
+
+
+# Modules that behave differently in train mode: a forward under no_grad with one of these
+# in train mode is an evaluation with dropout on (or BatchNorm updating its running stats).
+_MODE_TYPES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
 class WatchedRun:
     """A run being recorded; see `hooks.watch`. Close it (or use `with`) to finish it."""
 
@@ -239,6 +261,16 @@ class WatchedRun:
             self.schedule = AutoSchedule(budget)
         modules, params = _model_summary(model)
         self._param_names = {p: n for n, p in model.named_parameters()}
+        groups = _optimizer_groups(optimizer, self._param_names) if optimizer is not None else None
+        held = {n for g in groups or () for n in g["params"]}
+        for entry in params:
+            entry["in_optimizer"] = entry["name"] in held if optimizer is not None else None
+        self._mode_modules = [(n or type(model).__name__, m) for n, m in model.named_modules()
+                              if isinstance(m, _MODE_TYPES) and getattr(m, "p", 1) != 0]
+        self._mode_noted = False  # a no-grad forward in train mode already recorded this step
+        self._mode_names_written = False
+        self._probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
+        self._grad_carried: list[tuple[int, torch.Tensor]] = []
         # clipping probes: a few small trainable parameters (reading them again is cheap)
         trainable = sorted((p for p in model.parameters() if p.requires_grad), key=lambda p: (p.numel() < 8, p.numel()))
         self._probes = trainable[:4]
@@ -264,6 +296,7 @@ class WatchedRun:
                 "compiled": compiled,
                 "python_version": platform.python_version(),
                 "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+                "optimizer_groups": groups,
                 "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
             },
             rank=rank,
@@ -296,10 +329,17 @@ class WatchedRun:
                 for p in model.parameters() if not self._distributed else ():
                     if p.requires_grad:
                         self._handles.append(p.register_post_accumulate_grad_hook(partial(_on_grad_accumulated, me)))
+                held = [p for g in optimizer.param_groups for p in g["params"]
+                        if p.requires_grad and p in self._param_names]  # the optimizer may hold a replaced module's
+                if held and not self._distributed:  # the smallest held parameter: is its gradient reset?
+                    probe = min(held, key=lambda p: p.numel())
+                    self._handles.append(probe.register_hook(partial(_on_probe_grad, me, probe)))
                 self._handles.append(optimizer.register_step_pre_hook(partial(_on_step_pre, me)))
                 self._handles.append(optimizer.register_step_post_hook(partial(_on_step_post, me)))
             else:
                 self._handles.append(model.register_forward_pre_hook(partial(_on_model_forward, me)))
+            if self._mode_modules:
+                self._handles.append(model.register_forward_pre_hook(partial(_on_no_grad_forward, me)))
         except BaseException:
             self._remove_handles()
             raise
@@ -362,6 +402,9 @@ class WatchedRun:
         on this rank alone)."""
         started = time.perf_counter()
         self._step_ended_at[self.step] = time.time()  # losses are written in batches: stamp each step now
+        if self._probe_reset is not None:
+            self._grad_carried.append((self.step, self._probe_reset))
+            self._probe_reset = None
         if self._step_losses:
             loss = torch.stack([l.float() for l in self._step_losses]).mean()
             self._losses.append((self.step, loss))
@@ -387,7 +430,7 @@ class WatchedRun:
             self._writer.add_summaries(self.step, layers, kinds, matrix)
             self._pending = []
         if max(len(self._losses), len(self._grad_norms), len(self._records)) >= _LOSS_BATCH or (
-                self._capturing and (self._losses or self._grad_norms or self._records)):
+                self._capturing and (self._losses or self._grad_norms or self._records or self._grad_carried)):
             flushing = time.perf_counter()
             self._flush_losses()
             # not charged to the budget: on a GPU the transfer waits for the queued work
@@ -404,6 +447,7 @@ class WatchedRun:
         self._step_started = now
         self.step += 1
         self._norm_recorded = False
+        self._mode_noted = False
         self._capturing = False if final else self.schedule.should_capture(self.step)
         self._seen.clear()
 
@@ -428,6 +472,12 @@ class WatchedRun:
                 self._writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped},
                                          wall_time_s=self._step_ended_at.get(step))
             self._grad_norms = []
+        if self._grad_carried:
+            steps, carried = zip(*self._grad_carried)
+            reset = torch.stack([torch.as_tensor(c).cpu() for c in carried])
+            for step, value in zip(steps, (~reset).float().tolist()):
+                self._writer.add_scalar(step, "grad_carried", value)
+            self._grad_carried = []
         self._step_ended_at.clear()
 
     # -- public API ---------------------------------------------------------------------
@@ -710,6 +760,9 @@ def _on_forward(run: WatchedRun, layer: str, module: nn.Module, args, output) ->
         return
     count, vec = summarize(out)
     run._add(layer, "activation", count, unit_activity(out, module, vec))
+    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
+            and run._first_call("batchnorm", "batch_size")):
+        run._writer.add_scalars(run.step, {"batchnorm_batch_size": float(out.shape[0])})
     if run.step == 0:
         run._output_shapes[layer] = list(out.shape)
     if out.requires_grad:
@@ -905,6 +958,35 @@ def _on_step_post(run: WatchedRun, optimizer, args, kwargs) -> None:
     if not run._capturing:
         run._own_s += time.perf_counter() - started
     run._end_step()
+
+
+def _on_probe_grad(run: WatchedRun, param: torch.Tensor, grad: torch.Tensor) -> None:
+    """Each backward reaching the probe on a capture step, before its gradient accumulates:
+    was its .grad reset (None or all zero)? A step none of whose backwards found it reset
+    carries the previous step's gradient (no zero_grad). Several backwards per step
+    (micro-batches, a GAN's two losses) count as reset when any one found it so. Kept as
+    a device tensor (no sync); the hook returns None, so the gradient is unchanged."""
+    if not run._capturing or run._probe_reset is True:
+        return None
+    old = param.grad
+    reset = True if old is None else ~(_stored_values(old) != 0).any()
+    run._probe_reset = reset if run._probe_reset is None or reset is True else run._probe_reset | reset
+    return None
+
+
+def _on_no_grad_forward(run: WatchedRun, module: nn.Module, args) -> None:
+    # A forward under no_grad (the user's own validation) while dropout / BatchNorm train:
+    # recorded once per step as the count of such modules, their names once in the manifest.
+    if torch.is_grad_enabled() or run._mode_noted:
+        return
+    on = [name for name, m in run._mode_modules if m.training]
+    if not on:
+        return
+    run._mode_noted = True
+    run._writer.add_scalars(run.step, {"no_grad_forward_train_mode": float(len(on))})
+    if not run._mode_names_written:
+        run._mode_names_written = True
+        run._writer.update_manifest(no_grad_forward_train_mode=on)
 
 
 def _on_model_forward(run: WatchedRun, module: nn.Module, args) -> None:

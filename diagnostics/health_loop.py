@@ -1,0 +1,430 @@
+"""Health rules for silent training-loop bugs: the loss looks plausible, the loop is wrong.
+
+Gradients never reset (no `optimizer.zero_grad()`), parameters that never change (frozen,
+left out of the optimizer, a zero learning rate, gradients clipped to nothing), most of
+the model frozen, a schedule that drives the learning rate to ~0 early, weight decay that
+dominates the update, BatchNorm on tiny batches, and the user's own validation run with
+dropout / BatchNorm in train mode. Same contract as `diagnostics.health`: `rule_xxx(run)
+-> list[Finding]`, no finding (never an exception) when the data is missing; registered
+in `health.RULES`.
+
+The hooks record what these rules read (see `diagnostics.schema.LOOP_SCALARS` and
+`MANIFEST_OPTIONAL`): `grad_carried`, `batchnorm_batch_size`, `no_grad_forward_train_mode`
+scalars, and per parameter `in_optimizer` plus the optimizer's param groups in the manifest.
+
+Related work: TrainCheck (Jiang et al., OSDI 2025) learns invariants of the training
+loop from known-good runs (e.g. that gradients are applied to the weights each step) and
+checks new runs against them: the probes here state such invariants directly instead of
+learning them. AutoTrainer (Zhang et al., ICSE 2021) covers five symptom classes
+(vanishing/exploding gradients, dying ReLU, oscillating loss, slow convergence) and none
+of these loop bugs; DeepFD (Cao et al., ICSE 2022) classifies fault types (loss, optimizer,
+learning rate, ...) from runtime features with a learned model. Neither gives thresholds
+for these bugs: each rule's docstring states its own and where it comes from.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from diagnostics.health import (_NORM_TYPES, Finding, _dist, _finding, _last_loss, _module_types, _scalar,
+                                rule_loss_vs_baseline)
+
+# Gradients not reset: share of capture steps (after the first) whose probe gradient was carried.
+CARRIED_SHARE = 0.5
+# Fallback without the probe: grad_norm growth (late median over early median) and its monotonicity.
+GRAD_GROWTH_FACTOR = 10.0
+GRAD_GROWTH_RANK_CORR = 0.9
+# Parameters that never change: captures (after step 0) needed.
+MIN_STUCK_CAPTURES = 3
+# Frozen model: trained share of parameters (by count) under which "most of the model" is frozen.
+TRAINED_SHARE_LOW = 0.05
+LOSS_FALL_MIN = 0.10  # the loss fell less than 10% from its first steps: "not falling"
+# Learning-rate collapse: below this fraction of its maximum, for more than this share of the steps.
+LR_COLLAPSE_FRACTION = 0.01
+LR_COLLAPSE_TAIL = 0.5
+MIN_LR_STEPS = 20
+# Weight decay dominating: decay's share of the step above this, and the weight norm shrinking below this.
+DECAY_SHARE = 0.5
+WEIGHT_SHRINK = 0.8
+# BatchNorm batch size under which the batch statistics are too noisy (Wu & He 2018).
+BN_MIN_BATCH = 8
+
+
+def _params(run) -> list[dict]:
+    return list(run.manifest.get("parameters", []) or [])
+
+
+def _last_step(run) -> int | None:
+    s = _scalar(run, "loss")
+    if s.empty:
+        s = _scalar(run, "lr")
+    return None if s.empty else int(s["step"].max())
+
+
+def _loss_fall(run) -> float | None:
+    """1 - (last loss / first loss): the medians of the last 10% and of the first 5 steps."""
+    loss = _scalar(run, "loss")
+    loss = loss[np.isfinite(loss["value"].astype(float))]
+    last = _last_loss(run)
+    if last is None:
+        return None
+    first = float(loss["value"].iloc[:5].median())
+    return 1 - last[0] / first if first > 0 else None
+
+
+def _names(names: list[str], limit: int = 5) -> str:
+    return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def rule_gradients_not_reset(run) -> list[Finding]:
+    """Gradients never reset between steps (`optimizer.zero_grad()` missing): on ≥ 50% of the
+    capture steps after the first, the smallest optimized parameter still held a non-zero
+    gradient when the step's first backward reached it (`grad_carried`; error: every step
+    then applies the sum of all earlier gradients). Without that probe (older runs): the
+    gradient norm growing ≥ 10x from the first 5 steps to the last 10%, monotonically
+    (Spearman ≥ 0.9; warning). Reference: PyTorch docs, "Zeroing out gradients in PyTorch";
+    TrainCheck's invariant "zero_grad is called before backward"; the StackOverflow MNIST
+    report (Adam lr=1e-4, batch 30, no zero_grad)."""
+    norm = _scalar(run, "grad_norm")
+    norm = norm[np.isfinite(norm["value"].astype(float))]
+    growth = None
+    if len(norm) >= 10:
+        early, late = norm["value"].iloc[:5].median(), norm["value"].iloc[-max(5, len(norm) // 10):].median()
+        growth = float(late / early) if early > 0 else None
+    advice = ("Call optimizer.zero_grad() (or model.zero_grad()) once per step, before loss.backward(); "
+              "for deliberate gradient accumulation, zero after each optimizer.step().")
+    ref = "PyTorch docs: Zeroing out gradients in PyTorch; TrainCheck (OSDI 2025) zero_grad invariant"
+    carried = _scalar(run, "grad_carried")
+    carried = carried[carried["step"] > carried["step"].min()] if not carried.empty else carried
+    if len(carried) >= 2:
+        hit = carried[carried["value"] > 0.5]
+        share = len(hit) / len(carried)
+        if share < CARRIED_SHARE:
+            return []
+        grow = f"; the gradient norm grew {growth:.3g}x over the run" if growth else ""
+        return [_finding(
+            "gradients_not_reset", "error", None, (hit["step"].min(), hit["step"].max()),
+            f"On {len(hit)} of {len(carried)} captured steps (steps {int(hit['step'].min())}-"
+            f"{int(hit['step'].max())}) the gradients of the previous step were still there when backward "
+            f"ran: they are never reset, so each step applies the sum of all earlier gradients{grow}.",
+            advice, {"carried_steps": hit["step"].astype(int).tolist(), "captures": len(carried),
+                     "share": share, "grad_norm_growth": growth, "threshold": CARRIED_SHARE}, ref)]
+    if growth is None or growth < GRAD_GROWTH_FACTOR or rule_not_in_optimizer(run):
+        return []  # parameters left out of the optimizer are never zeroed: that rule says so
+    corr = pd.Series(norm["value"].to_numpy()).corr(pd.Series(norm["step"].to_numpy(float)), method="spearman")
+    if not corr >= GRAD_GROWTH_RANK_CORR:
+        return []
+    s0, s1 = int(norm["step"].min()), int(norm["step"].max())
+    return [_finding(
+        "gradients_not_reset", "warning", None, (s0, s1),
+        f"The gradient norm grew {growth:.3g}x, steadily (rank correlation with the step {corr:.2f}), "
+        f"over steps {s0}-{s1}: gradients that are never reset add up like this.",
+        advice, {"grad_norm_growth": growth, "rank_corr": corr, "factor": GRAD_GROWTH_FACTOR}, ref)]
+
+
+def rule_not_in_optimizer(run) -> list[Finding]:
+    """Parameters with requires_grad=True that the optimizer does not hold (manifest
+    `in_optimizer` False): they get gradients but never change, e.g. a head replaced after
+    the optimizer was built. Threshold: any such parameter (warning). Reference: PyTorch
+    docs, torch.optim ("construct the optimizer after moving the model; pass it the
+    parameters to optimize"); TrainCheck's invariant that optimized parameters change."""
+    left = [p for p in _params(run) if p.get("requires_grad") and p.get("in_optimizer") is False]
+    if not left:
+        return []
+    names = [p["name"] for p in left]
+    numel = sum(int(p.get("numel", 0)) for p in left)
+    total = sum(int(p.get("numel", 0)) for p in _params(run)) or 1
+    return [_finding(
+        "not_in_optimizer", "warning", names[0], (0, _last_step(run)),
+        f"{len(names)} trainable parameter(s) ({numel:,} values, {numel / total:.0%} of the model) are not in "
+        f"the optimizer and never change: {_names(names)}.",
+        "Build the optimizer after the model is final (after replacing the head or moving it to the "
+        "device), from model.parameters(), or add them with optimizer.add_param_group({'params': ...}).",
+        {"parameters": names, "numel": numel, "share": numel / total}, "PyTorch docs: torch.optim")]
+
+
+def _constant(rows: pd.DataFrame) -> bool:
+    cols = ["mean", "std", "min", "max"]
+    v = rows[cols].to_numpy(float)
+    return bool(len(v) >= 2 and np.all(v == v[0]))
+
+
+def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: dict) -> str:
+    g = grads[grads["layer"] == name]
+    lr = lr_of.get(name)
+    if lr is not None and not lr.empty and (lr[lr["step"].isin(steps)]["value"] == 0).all():
+        return "its learning rate is 0"
+    if g.empty:
+        return "it never gets a gradient (not used in the forward, or cut from the graph by .detach())"
+    if (g["min"] == 0).all() and (g["max"] == 0).all():
+        clipped = _scalar(run, "grad_clipped")
+        if not clipped.empty and (clipped[clipped["step"].isin(steps)]["value"] > 0.5).all():
+            return "its gradients are clipped to zero (clip_grad_norm_ with max_norm 0 or a zero scale)"
+        return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
+    return "the optimizer does not change it although it has a gradient"
+
+
+def _lr_by_param(run) -> dict[str, pd.DataFrame]:
+    groups = run.manifest.get("optimizer_groups") or []
+    out = {}
+    for i, g in enumerate(groups):
+        s = _scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
+        for n in g.get("params", []):
+            out[n] = s
+    return out
+
+
+def rule_stuck_parameters(run) -> list[Finding]:
+    """Parameters the optimizer holds that never change: the weight summary identical and
+    the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
+    was recorded (zero learning rate, no gradient, zero or clipped-away gradient). Warning
+    (info for parameters that never get a gradient: an unused branch is often deliberate);
+    error when no optimized parameter changes at all. Parameters with requires_grad=False
+    are left to `rule_frozen_model`. Reference: TrainCheck (OSDI 2025),
+    invariant "parameters in the optimizer are updated at every step"."""
+    w, u = _dist(run, "weight"), _dist(run, "update")
+    if w.empty:
+        return []
+    w = w[w["step"] > w["step"].min()]
+    grads, lr_of = _dist(run, "param_grad"), _lr_by_param(run)
+    stuck: dict[str, list[str]] = {}
+    frozen = {p["name"] for p in _params(run) if p.get("requires_grad") is False}  # deliberate: frozen_model's
+    w = w[~w["layer"].isin(frozen)]
+    present = set(w["layer"])
+    order = [p["name"] for p in _params(run) if p["name"] in present]
+    span, layers = [], order + sorted(present - set(order))
+    for name in layers:
+        rows = w[w["layer"] == name]
+        if len(rows) < MIN_STUCK_CAPTURES or not _constant(rows):
+            continue
+        upd = u[u["layer"] == name] if not u.empty else u
+        if not upd.empty and not ((upd["min"] == 0) & (upd["max"] == 0)).all():
+            continue
+        steps = rows["step"].astype(int).tolist()
+        stuck.setdefault(_stuck_reason(run, name, steps, grads, lr_of), []).append(name)
+        span += [steps[0], steps[-1]]
+    if not stuck:
+        return []
+    everything = sum(len(v) for v in stuck.values()) == len(layers)
+    findings = []
+    for reason, names in stuck.items():
+        # a parameter outside the forward is often deliberate (an unused branch): worth a look
+        severity = "error" if everything else "info" if reason.startswith("it never gets") else "warning"
+        findings.append(_finding(
+            "stuck_parameters", severity, names[0], (min(span), max(span)),
+            f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
+            f"(steps {min(span)}-{max(span)}): {_names(names)}; {reason}.",
+            "Check the learning rate of their param group (and the scheduler), that they are used in the "
+            "forward without .detach(), that gradient clipping uses a sensible max_norm, and that "
+            "optimizer.step() runs after loss.backward().",
+            {"parameters": names, "reason": reason, "all_parameters_stuck": everything},
+            "TrainCheck (Jiang et al., OSDI 2025): optimized parameters change at every step"))
+    return findings
+
+
+def _head(run) -> str | None:
+    """The last module with parameters that is not a normalisation layer."""
+    heads = [m["name"] for m in run.manifest.get("modules", []) or []
+             if int(m.get("params", 0) or 0) > 0 and not any(str(m.get("type", "")).startswith(t) for t in _NORM_TYPES)]
+    return heads[-1] if heads else None
+
+
+def rule_frozen_model(run) -> list[Finding]:
+    """Most of the model frozen while the loss does not fall: the output head has no trained
+    parameter, or < 5% of the parameters (by count) train (requires_grad and in the
+    optimizer), and the loss fell < 10% from its first steps or stays near the trivial
+    baseline. Warning. A frozen backbone with a training head and a falling loss stays
+    quiet (transfer learning). Reference: the PyTorch-forum report "everything frozen but
+    BatchNorm" (the head frozen too); PyTorch docs, Finetuning Torchvision Models."""
+    params = _params(run)
+    if not params:
+        return []
+    trained = [p for p in params if p.get("requires_grad") and p.get("in_optimizer") is not False]
+    total = sum(int(p.get("numel", 0)) for p in params) or 1
+    share = sum(int(p.get("numel", 0)) for p in trained) / total
+    head = _head(run)
+    head_frozen = head is not None and not any(p["name"].rsplit(".", 1)[0] == head or
+                                               (head == run.manifest.get("model_class") and "." not in p["name"])
+                                               for p in trained)
+    if not (head_frozen or share < TRAINED_SHARE_LOW):
+        return []
+    fall = _loss_fall(run)
+    base = [f for f in rule_loss_vs_baseline(run) if f.severity == "warning"]
+    if not base and (fall is None or fall >= LOSS_FALL_MIN):
+        return []
+    last = _last_loss(run)
+    where = f"the head {head} is frozen" if head_frozen else f"only {share:.1%} of the parameters train"
+    names = [p["name"] for p in trained]
+    return [_finding(
+        "frozen_model", "warning", head, (0, last[2] if last else _last_step(run)),
+        f"{1 - share:.0%} of the parameters are frozen (requires_grad=False or not in the optimizer) and {where}; "
+        f"training only {_names(names, 4) or 'nothing'}; "
+        f"{f'the loss fell only {fall:.0%}' if fall is not None and fall > 0 else 'the loss did not fall'}"
+        f"{' and stays near the trivial baseline' if base else ''}.",
+        "Unfreeze the head (set requires_grad=True on the new classifier after freezing the backbone, or "
+        "freeze by module: for p in backbone.parameters(): p.requires_grad = False), then build the optimizer "
+        "from [p for p in model.parameters() if p.requires_grad].",
+        {"trained_share": share, "head": head, "head_frozen": head_frozen, "trained": names[:20],
+         "loss_fall": fall, "near_baseline": bool(base)},
+        "PyTorch forum: 'everything frozen but BatchNorm'; PyTorch docs, Finetuning Torchvision Models")]
+
+
+def rule_lr_collapse(run) -> list[Finding]:
+    """A learning-rate schedule that reaches ~0 early: the lr (each param group) below 1% of
+    its maximum for the last > 50% of the steps (≥ 20 steps), typically a scheduler stepped
+    per batch with its length in epochs (warning); a learning rate of 0 at every step is an
+    error. Reference: PyTorch docs, "How to adjust learning rate" (call scheduler.step()
+    per epoch unless the scheduler is defined in steps); Loshchilov & Hutter 2017 (SGDR)."""
+    groups = run.manifest.get("optimizer_groups") or [{}]
+    names = ["lr"] if len(groups) == 1 else [f"lr/group{i}" for i in range(len(groups))]
+    findings = []
+    for name in names:
+        s = _scalar(run, name)
+        v, steps = s["value"].to_numpy(float), s["step"].to_numpy()
+        if len(v) < MIN_LR_STEPS or not np.isfinite(v).all():
+            continue
+        top = v.max()
+        if top <= 0:
+            findings.append(_finding(
+                "lr_collapse", "error", name, (steps[0], steps[-1]),
+                f"The learning rate ({name}) is 0 at every one of {len(v)} steps: nothing trains.",
+                "Set a learning rate above 0 (check the scheduler's start factor and the value read from "
+                "the config).", {"max_lr": top, "steps": len(v)}, "PyTorch docs: torch.optim.lr_scheduler"))
+            continue
+        high = np.nonzero(v >= LR_COLLAPSE_FRACTION * top)[0]
+        first_low = high[-1] + 1
+        tail = (len(v) - first_low) / len(v)
+        if tail <= LR_COLLAPSE_TAIL:
+            continue
+        findings.append(_finding(
+            "lr_collapse", "warning", name, (steps[first_low], steps[-1]),
+            f"The learning rate ({name}) falls below {LR_COLLAPSE_FRACTION:.0%} of its maximum {top:.3g} at step "
+            f"{steps[first_low]} and stays there for the last {tail:.0%} of the steps (ending at {v[-1]:.3g}): "
+            "most of the run barely trains.",
+            "Step the scheduler once per epoch, or size it in steps (T_max / step_size / total_steps = epochs "
+            "x batches per epoch); check gamma and the decay's length.",
+            {"max_lr": top, "final_lr": v[-1], "collapse_step": steps[first_low], "tail_share": tail,
+             "fraction": LR_COLLAPSE_FRACTION},
+            "PyTorch docs: How to adjust learning rate (torch.optim.lr_scheduler); Loshchilov & Hutter 2017"))
+    return findings
+
+
+def _norms(d: pd.DataFrame) -> pd.DataFrame:
+    return d.assign(norm=np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2)))[["step", "layer", "norm"]]
+
+
+def _decay_share(run, group: dict, lr: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """Per parameter and capture: the share of the step that is weight decay. Decoupled
+    (AdamW): lr·wd·‖w‖ / ‖Δw‖; coupled (L2 in the gradient: SGD, Adam): wd·‖w‖ / (wd·‖w‖ + ‖g‖)."""
+    wd = float(group.get("weight_decay", 0) or 0)
+    ratios = run.update_ratios()
+    grads = _dist(run, "param_grad")
+    if wd <= 0 or ratios.empty or grads.empty:
+        return pd.DataFrame()
+    d = ratios[ratios["layer"].isin(names)].merge(_norms(grads), on=["step", "layer"])
+    d = d.merge(lr.rename(columns={"value": "lr"}), on="step", how="left")
+    decoupled = run.manifest.get("optimizer") == "AdamW" or bool(group.get("decoupled_weight_decay"))
+    decay = wd * d["weight_norm"]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = (d["lr"] * decay / d["update_norm"]) if decoupled else decay / (decay + d["norm"])
+    return d.assign(share=share, decoupled=decoupled, wd=wd)
+
+
+def _decay_words(share: float, decoupled: bool) -> str:
+    if decoupled:
+        return f"takes a step {share:.2g}x the size of the whole update"
+    return f"is {share:.0%} of the gradient the optimizer follows"
+
+
+def rule_weight_decay_dominates(run) -> list[Finding]:
+    """Weight decay that dominates the update: for a weight matrix or kernel, the decay's
+    share of the step (see `_decay_share`) above 0.5 (median over the last third of the
+    captures) while its norm shrinks below 0.8x its first capture's (warning). The data
+    gradient then no longer steers the weights; they decay towards zero. Reference:
+    Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization" (AdamW; wd 1e-2
+    with lr 1e-3); Krogh & Hertz 1992; typical SGD values 1e-4-5e-4 (He et al. 2016)."""
+    groups = run.manifest.get("optimizer_groups") or []
+    shapes = {p["name"]: p.get("shape", []) for p in _params(run)}
+    findings = []
+    for i, group in enumerate(groups):
+        names = [n for n in group.get("params", []) if len(shapes.get(n, [])) >= 2]
+        lr = _scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
+        d = _decay_share(run, group, lr, names) if names else pd.DataFrame()
+        if d.empty:
+            continue
+        for name in names:
+            rows = d[(d["layer"] == name) & np.isfinite(d["share"])].sort_values("step")
+            if len(rows) < MIN_STUCK_CAPTURES:
+                continue
+            tail = rows.iloc[-max(3, math.ceil(len(rows) / 3)):]
+            share, shrink = float(tail["share"].median()), float(rows["weight_norm"].iloc[-1] / rows["weight_norm"].iloc[0])
+            if share <= DECAY_SHARE or shrink >= WEIGHT_SHRINK:
+                continue
+            s0, s1 = int(rows["step"].iloc[0]), int(rows["step"].iloc[-1])
+            findings.append(_finding(
+                "weight_decay_dominates", "warning", name, (s0, s1),
+                f"{name}: weight decay {group.get('weight_decay'):g} {_decay_words(share, rows['decoupled'].iloc[0])} "
+                f"(median of the last {len(tail)} captures; threshold {DECAY_SHARE:g}) and the weight norm shrank to "
+                f"{shrink:.2f}x over steps {s0}-{s1}.",
+                "Lower weight_decay (AdamW: around 1e-2 to 1e-1 with lr 1e-3; SGD: 1e-4 to 5e-4), or exclude "
+                "biases and norm layers from decay with a second param group.",
+                {"decay_share": share, "weight_norm_ratio": shrink, "weight_decay": group.get("weight_decay"),
+                 "decoupled": bool(rows["decoupled"].iloc[0]), "threshold": DECAY_SHARE},
+                "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"))
+    return findings
+
+
+def rule_batchnorm_small_batch(run) -> list[Finding]:
+    """BatchNorm normalising over tiny batches: the median batch a BatchNorm layer in train
+    mode saw at the captures (`batchnorm_batch_size`) below 8 (warning): the batch
+    statistics are too noisy and train/eval behaviour diverges. Reference: Ioffe & Szegedy
+    2015; Wu & He 2018, "Group Normalization" (BN's error rises quickly below 8-16 per GPU)."""
+    s = _scalar(run, "batchnorm_batch_size")
+    if s.empty:
+        return []
+    med = float(s["value"].median())
+    if med >= BN_MIN_BATCH:
+        return []
+    types = _module_types(run)
+    bns = [n for n, t in types.items() if str(t).startswith("BatchNorm")]
+    small = s[s["value"] < BN_MIN_BATCH]
+    return [_finding(
+        "batchnorm_small_batch", "warning", bns[0] if bns else None,
+        (small["step"].min(), small["step"].max()),
+        f"BatchNorm layers ({_names(bns, 3) or 'BatchNorm'}) train on batches of {med:g} (median over "
+        f"{len(s)} captures; threshold {BN_MIN_BATCH}): the batch statistics are noisy.",
+        "Use a larger batch (accumulating gradients does not help BatchNorm), or replace BatchNorm by "
+        "GroupNorm/LayerNorm, or freeze it (module.eval() for the BatchNorm layers, with pretrained stats).",
+        {"median_batch": med, "min_batch": float(s["value"].min()), "captures": len(s),
+         "layers": bns, "threshold": BN_MIN_BATCH},
+        "Ioffe & Szegedy 2015; Wu & He 2018, Group Normalization")]
+
+
+def rule_eval_in_train_mode(run) -> list[Finding]:
+    """The user's own validation run with dropout / BatchNorm in train mode: a forward
+    under torch.no_grad() while such modules were in train mode
+    (`no_grad_forward_train_mode`; `run.evaluate` sets eval mode itself). Any occurrence:
+    warning (dropout makes the metrics noisy and pessimistic; BatchNorm uses batch
+    statistics and updates its running stats with validation data). Reference: PyTorch
+    docs, nn.Module.eval ("dropout, BatchNorm ... behave differently in eval mode")."""
+    s = _scalar(run, "no_grad_forward_train_mode")
+    s = s[s["value"] > 0] if not s.empty else s
+    if s.empty:
+        return []
+    names = list(run.manifest.get("no_grad_forward_train_mode") or [])
+    s0, s1 = int(s["step"].min()), int(s["step"].max())
+    return [_finding(
+        "eval_in_train_mode", "warning", names[0] if names else None, (s0, s1),
+        f"At {len(s)} step(s) (steps {s0}-{s1}) the model ran under no_grad with dropout/BatchNorm modules in "
+        f"train mode ({_names(names, 4) or 'unnamed'}): validation with dropout on, or BatchNorm on batch statistics.",
+        "Call model.eval() before validating and model.train() after (or use run.evaluate); if the "
+        "train-mode forward is deliberate (Monte-Carlo dropout, an EMA teacher), ignore this.",
+        {"steps": s["step"].astype(int).tolist()[:50], "occurrences": len(s), "modules": names},
+        "PyTorch docs: torch.nn.Module.eval")]
+
+
+RULES = (rule_gradients_not_reset, rule_not_in_optimizer, rule_stuck_parameters, rule_frozen_model,
+         rule_lr_collapse, rule_weight_decay_dominates, rule_batchnorm_small_batch, rule_eval_in_train_mode)
