@@ -743,6 +743,8 @@ def rule_input_scale(run) -> list[Finding]:
     )]
 
 
+from diagnostics.health_data import DATA_RULES  # noqa: E402  (data and loss bugs)
+
 RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_nonfinite,
     rule_dead_units,
@@ -756,6 +758,7 @@ RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_overfitting,
     rule_label_noise,
     rule_input_scale,
+    *DATA_RULES,
 )
 
 

@@ -1,0 +1,202 @@
+"""Data and loss health rules (diagnostics/health_data.py): each planted bug in a tiny real
+training run (sklearn's digits, CPU, seconds), its healthy control quiet, and the
+statistics against independent references."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.datasets import load_digits
+from torch import nn
+
+import diagnostics
+import hooks
+from diagnostics import health, health_data
+from diagnostics.health import check
+from hooks.probes import loss_input_probe
+
+DATA_RULE_NAMES = {"labels_unlearnable", "split_leakage", "unshuffled_batches", "regression_loss_on_class_ids",
+                   "softmax_wrong_dim", "nll_input", "double_sigmoid", "softmax_before_cross_entropy"}
+
+
+@pytest.fixture(scope="module")
+def digits():
+    d = load_digits()
+    x = torch.tensor((d.data - d.data.mean(0)) / (d.data.std(0) + 1e-6), dtype=torch.float32)
+    return x, torch.tensor(d.target, dtype=torch.long)
+
+
+def _mlp(d_out=10, hidden=64, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(64, hidden), nn.ReLU(), nn.Linear(hidden, d_out))
+
+
+def _fit(tmp_path, name, model, x, y, loss_fn, head=lambda out: out, steps=60, lr=1e-2, batch=32, every=5,
+         shuffle=True, ids=True, sgd=False, evaluate=None, task=None):
+    """Train with hooks attached; `head` is applied between the model and the loss (where
+    the planted bug lives). Returns the opened run."""
+    opt = (torch.optim.SGD(model.parameters(), lr=lr) if sgd else torch.optim.Adam(model.parameters(), lr=lr))
+    gen = torch.Generator().manual_seed(0)
+    order = torch.randperm(len(x), generator=gen) if shuffle else torch.arange(len(x))
+    with hooks.watch(model, optimizer=opt, loss_fn=loss_fn, run_dir=tmp_path, name=name, every=every,
+                     task=task) as run:
+        for step in range(steps):
+            if shuffle and (step * batch) % len(x) < batch and step:
+                order = torch.randperm(len(x), generator=gen)
+            start = (step * batch) % len(x)
+            idx = order[start:start + batch]
+            opt.zero_grad()
+            out = head(model(x[idx]))
+            if ids:
+                run.log_batch(out, y[idx], ids=idx)
+            loss = loss_fn(out, y[idx])
+            loss.backward()
+            opt.step()
+        for split, (xs, ys, id_s) in (evaluate or {}).items():
+            run.evaluate([(xs, ys, id_s)], split=split, attribute_worst=0, progress=False)
+    return diagnostics.open_run(run.path)
+
+
+def _rules(findings):
+    return {f.rule for f in findings}
+
+
+def _quiet(findings, names=DATA_RULE_NAMES):
+    loud = [f"{f.rule}: {f.message}" for f in findings if f.rule in names]
+    assert not loud, loud
+
+
+# ---------------------------------------------------------------------------------
+# 1. Labels not learnable from the inputs
+
+
+def test_labels_shuffled_apart_from_inputs(tmp_path, digits):
+    x, y = digits
+    y_shuffled = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
+    run = _fit(tmp_path, "shuffled-labels", _mlp(), x, y_shuffled, nn.CrossEntropyLoss(), steps=150, lr=1e-3)
+    found = [f for f in check(run) if f.rule == "labels_unlearnable"]
+    assert len(found) == 1 and found[0].severity == "warning"
+    ev = found[0].evidence
+    assert ev["ratio"] >= 0.9 and ev["train_samples"] == 1797 and ev["trainable_params"] > 1797
+    counts = np.bincount(y_shuffled.numpy())
+    p = counts / counts.sum()
+    assert ev["label_entropy"] == pytest.approx(-(p * np.log(p)).sum(), rel=0.02)  # pooled batches vs all labels
+    assert found[0].step_end == 149
+
+
+def test_real_labels_and_a_starved_optimizer_are_not_unlearnable_labels(tmp_path, digits):
+    x, y = digits
+    healthy = check(_fit(tmp_path, "real-labels", _mlp(), x, y, nn.CrossEntropyLoss(), steps=150, lr=1e-3))
+    _quiet(healthy)
+    # a learning rate far too low also stays at the prior: that is not the labels' fault
+    starved = check(_fit(tmp_path, "lr-too-low", _mlp(), x, y, nn.CrossEntropyLoss(), steps=150, lr=1e-6, sgd=True))
+    assert "labels_unlearnable" not in _rules(starved)
+    assert "loss_vs_baseline" in _rules(starved)
+
+
+def test_a_model_too_small_to_memorise_is_not_flagged():
+    run = _FakeUnlearnable(trainable=500, samples=1797)
+    assert health_data.rule_labels_unlearnable(run) == []
+    assert [f.rule for f in health_data.rule_labels_unlearnable(_FakeUnlearnable(5000, 1797))] == ["labels_unlearnable"]
+
+
+# ---------------------------------------------------------------------------------
+# 2. Train/val leakage
+
+
+def _split_eval(x, y, train_idx, val_idx):
+    return {"train": (x[train_idx], y[train_idx], train_idx), "val": (x[val_idx], y[val_idx], val_idx + 10_000)}
+
+
+def test_validation_copies_of_training_samples(tmp_path, digits):
+    x, y = digits
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
+    train_idx, val_idx = perm[:1400], perm[1400:]
+    leaked = train_idx[:60]  # 60 of the 397+60 validation samples are training images
+    xv, yv = torch.cat([x[val_idx], x[leaked]]), torch.cat([y[val_idx], y[leaked]])
+    ev = {"train": (x[train_idx], y[train_idx], train_idx), "val": (xv, yv, torch.arange(len(xv)) + 10_000)}
+    run = _fit(tmp_path, "leak", _mlp(), x[train_idx], y[train_idx], nn.CrossEntropyLoss(), steps=60, ids=False,
+               evaluate=ev)
+    found = [f for f in check(run) if f.rule == "split_leakage"]
+    assert len(found) == 1
+    e = found[0].evidence
+    # digits holds a few genuine duplicate images too: count them independently, on the pixels
+    tr = x[train_idx].numpy()
+    exact = sum(bool((np.abs(tr - v).max(axis=1) < 1e-6).any()) for v in xv.numpy())
+    assert e["duplicates"] == exact and exact >= 60
+    assert e["share"] == pytest.approx(exact / len(xv))
+    assert found[0].step_start == found[0].step_end == 60
+    pair = e["pairs"][0]
+    assert int(pair["val_id"]) - 10_000 >= len(val_idx)  # a planted copy ...
+    assert int(pair["train_id"]) == int(leaked[int(pair["val_id"]) - 10_000 - len(val_idx)])  # ... of its original
+
+
+def test_disjoint_splits_show_no_leakage(tmp_path, digits):
+    x, y = digits
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(2))
+    train_idx, val_idx = perm[:1400], perm[1400:]
+    run = _fit(tmp_path, "no-leak", _mlp(), x[train_idx], y[train_idx], nn.CrossEntropyLoss(), steps=60, ids=False,
+               evaluate=_split_eval(x, y, train_idx, val_idx))
+    assert "split_leakage" not in _rules(check(run))
+
+
+def test_nearest_neighbour_matches_brute_force():
+    rng = np.random.default_rng(0)
+    q, b = rng.normal(size=(700, 8)), rng.normal(size=(900, 8))
+    q, b = q / np.linalg.norm(q, axis=1, keepdims=True), b / np.linalg.norm(b, axis=1, keepdims=True)
+    best, where = health_data._nearest(q, b, chunk=128)
+    sims = q @ b.T
+    assert np.array_equal(where, sims.argmax(1)) and np.allclose(best, sims.max(1))
+
+
+# ---------------------------------------------------------------------------------
+# Hand-built runs
+
+
+class _FakeRun:
+    """The reader's surface the rules use, over hand-built frames."""
+
+    def __init__(self, manifest, scalars=None, dists=None, ratios=None, records=None):
+        self.manifest = {"schema_version": 1, "name": "fake", "created_at": 0, **manifest}
+        self._scalars = scalars if scalars is not None else pd.DataFrame(columns=["step", "name", "value"])
+        self._dists = dists if dists is not None else pd.DataFrame(columns=["step", "layer", "kind"])
+        self._ratios = ratios if ratios is not None else pd.DataFrame(columns=["step", "layer", "ratio"])
+        self._records = records if records is not None else pd.DataFrame()
+        self.path = "fake"
+
+    def scalars(self, names=None):
+        s = self._scalars
+        return s if names is None else s[s["name"].isin(list(names))]
+
+    def distributions(self, kind="activation", layers=None):
+        d = self._dists[self._dists["kind"] == kind]
+        return d if layers is None else d[d["layer"].isin(list(layers))]
+
+    def layers(self, kind="activation"):
+        return list(dict.fromkeys(self._dists.loc[self._dists["kind"] == kind, "layer"]))
+
+    def update_ratios(self):
+        return self._ratios
+
+    def records(self, split=None):
+        return self._records
+
+
+def _label_rows(hists, steps=None, layer="train/class"):
+    steps = range(len(hists)) if steps is None else steps
+    return pd.DataFrame({"step": list(steps), "layer": layer, "kind": "label", "rank": 0,
+                         "count": [int(np.sum(h)) for h in hists], "hist_counts": [list(h) for h in hists]})
+
+
+def _FakeUnlearnable(trainable, samples, steps=200):
+    loss = pd.DataFrame({"step": range(steps), "name": "loss", "value": math.log(10)})
+    ratios = pd.DataFrame({"step": range(0, steps, 10), "layer": "0.weight", "ratio": 1e-3})
+    records = pd.DataFrame({"sample_id": [str(i) for i in range(samples)], "step": 0, "label": 0.0})
+    return _FakeRun({"task": "classification", "loss_fn": "CrossEntropyLoss", "steps": steps,
+                     "parameters": [{"name": "0.weight", "shape": [10, trainable // 10], "numel": trainable,
+                                     "requires_grad": True}]},
+                    scalars=loss, dists=_label_rows([[32] * 10] * 5), ratios=ratios, records=records)
