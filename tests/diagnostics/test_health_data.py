@@ -144,6 +144,25 @@ def test_disjoint_splits_show_no_leakage(tmp_path, digits):
     assert "split_leakage" not in _rules(check(run))
 
 
+def test_leakage_needs_input_statistics_beside_the_embeddings():
+    emb = [[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, 2.0]]
+    frame = lambda split, stat: pd.DataFrame({"sample_id": [f"{split}{i}" for i in range(4)], "step": 9,
+                                              "embedding": emb, **({"input_mean": stat} if stat else {})})
+
+    class Run:
+        def __init__(self, val_stat):
+            self.manifest = {}
+            self._s = {"train": frame("t", [0.1, 0.2, 0.3, 0.4]), "val": frame("v", val_stat)}
+
+        def samples(self, split, step=None):
+            return self._s[split]
+
+    assert health_data.rule_split_leakage(Run(None)) == []  # embeddings alone: within-class neighbours look alike
+    assert health_data.rule_split_leakage(Run([0.5, 0.6, 0.7, 0.8])) == []  # same embeddings, other inputs
+    found = health_data.rule_split_leakage(Run([0.1, 0.2, 0.3, 0.4]))
+    assert found and found[0].evidence["duplicates"] == 4
+
+
 def test_nearest_neighbour_matches_brute_force():
     rng = np.random.default_rng(0)
     q, b = rng.normal(size=(700, 8)), rng.normal(size=(900, 8))
@@ -151,6 +170,171 @@ def test_nearest_neighbour_matches_brute_force():
     best, where = health_data._nearest(q, b, chunk=128)
     sims = q @ b.T
     assert np.array_equal(where, sims.argmax(1)) and np.allclose(best, sims.max(1))
+
+
+# ---------------------------------------------------------------------------------
+# 3. Data not shuffled
+
+
+def _sorted_by_label(x, y):
+    order = torch.argsort(y, stable=True)
+    return x[order], y[order]
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["records", "label-histograms"])
+def test_class_sorted_data_without_shuffling(tmp_path, digits, ids):
+    xs, ys = _sorted_by_label(*digits)
+    run = _fit(tmp_path, f"sorted-{ids}", _mlp(), xs, ys, nn.CrossEntropyLoss(), steps=112, shuffle=False,
+               ids=ids, every=2)
+    found = [f for f in check(run) if f.rule == "unshuffled_batches"]
+    assert len(found) == 1 and found[0].layer == "train/class"
+    ev = found[0].evidence
+    sizes = [len(range(len(ys))[(s * 32) % len(ys):(s * 32) % len(ys) + 32]) for s in range(112)]
+    tested = [n >= 16 for s, n in enumerate(sizes) if ids or s % 2 == 0]  # step 56 holds the last 5 samples
+    assert ev["tested"] == sum(tested) and ev["share"] > 0.9
+    assert ev["source"] == ("per-sample records" if ids else "label histograms at capture steps")
+
+
+@pytest.mark.parametrize("ids", [True, False], ids=["records", "label-histograms"])
+def test_shuffled_batches_are_quiet(tmp_path, digits, ids):
+    x, y = digits
+    run = _fit(tmp_path, f"shuffled-{ids}", _mlp(), x, y, nn.CrossEntropyLoss(), steps=112, ids=ids, every=2)
+    _quiet(check(run))
+
+
+def test_target_sorted_regression_without_shuffling(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 5, generator=g)
+    y = x @ torch.tensor([[1.0], [-2.0], [0.5], [0.0], [1.0]]) + 0.1 * torch.randn(1024, 1, generator=g)
+    torch.manual_seed(0)
+    reg = lambda: nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 1))
+    order = torch.argsort(y[:, 0])
+    sorted_run = _fit(tmp_path, "reg-sorted", reg(), x[order], y[order], nn.MSELoss(), steps=64, shuffle=False,
+                      every=2)
+    found = [f for f in check(sorted_run) if f.rule == "unshuffled_batches"]
+    assert len(found) == 1 and found[0].layer == "train/value"
+    _quiet(check(_fit(tmp_path, "reg-shuffled", reg(), x, y, nn.MSELoss(), steps=64, every=2)))
+
+
+def test_chi_square_and_holm_against_references():
+    from scipy import stats
+
+    rng = np.random.default_rng(0)
+    counts = [rng.multinomial(40, [0.5, 0.3, 0.2]).astype(float) for _ in range(30)]
+    pooled = np.sum(counts, axis=0)
+    expected_p = [stats.chisquare(c, pooled / pooled.sum() * c.sum()).pvalue for c in counts]
+    assert np.allclose(health_data._class_pvalues(counts), expected_p)
+    p = np.array([0.001, 0.02, 0.0001, 0.5, np.nan])
+    # Holm at 0.01 over 4 tests: 0.0001 <= 0.0025, 0.001 <= 0.00333, 0.02 > 0.005 stops
+    assert health_data._holm_rejected(p, 0.01).tolist() == [True, False, True, False, False]
+
+
+# ---------------------------------------------------------------------------------
+# 4. A regression loss on class ids
+
+
+def test_mse_on_class_indices(tmp_path, digits):
+    x, y = digits
+    run = _fit(tmp_path, "mse-ids", _mlp(d_out=1), x, y.float().unsqueeze(1), nn.MSELoss(), steps=40)
+    found = [f for f in check(run) if f.rule == "regression_loss_on_class_ids"]
+    assert len(found) == 1 and found[0].severity == "warning"
+    assert found[0].evidence["classes"] == 10 and found[0].evidence["output_columns"] == 1
+    assert (found[0].step_start, found[0].step_end) == (0, 35)
+
+
+def test_mse_on_real_targets_and_on_one_hot_targets_is_quiet(tmp_path, digits):
+    x, y = digits
+    target = x[:, :1] * 2 + 0.3  # real-valued
+    _quiet(check(_fit(tmp_path, "mse-real", _mlp(d_out=1), x, target, nn.MSELoss(), steps=40)))
+    one_hot = nn.functional.one_hot(y, 10).float()
+    _quiet(check(_fit(tmp_path, "mse-onehot", _mlp(), x, one_hot, nn.MSELoss(), steps=40, task="regression")))
+
+
+# ---------------------------------------------------------------------------------
+# 5. Softmax / log-softmax over the wrong dimension, NLLLoss inputs
+
+
+@pytest.mark.parametrize("head, loss, fn", [
+    (lambda o: torch.log_softmax(o, dim=0), nn.NLLLoss(), "log_softmax"),
+    (lambda o: torch.softmax(o, dim=0), nn.CrossEntropyLoss(), "softmax"),
+], ids=["log_softmax-dim0-nll", "softmax-dim0-ce"])
+def test_normalised_over_the_batch(tmp_path, digits, head, loss, fn):
+    x, y = digits
+    run = _fit(tmp_path, f"dim0-{fn}", _mlp(), x, y, loss, head=head, steps=40)
+    findings = check(run)
+    found = [f for f in findings if f.rule == "softmax_wrong_dim"]
+    assert len(found) == 1 and found[0].severity == "error" and found[0].evidence["function"] == fn
+    assert found[0].evidence["dev_over_batch"] < 1e-5
+    assert "nll_input" not in _rules(findings)  # one cause, one finding
+
+
+@pytest.mark.parametrize("head, kind", [(lambda o: o, "raw scores"), (lambda o: torch.softmax(o, dim=1), "probabilities")],
+                         ids=["logits", "softmax"])
+def test_nll_loss_without_log_softmax(tmp_path, digits, head, kind):
+    x, y = digits
+    run = _fit(tmp_path, f"nll-{kind[:3]}", _mlp(), x, y, nn.NLLLoss(), head=head, steps=40)
+    found = [f for f in check(run) if f.rule == "nll_input"]
+    assert len(found) == 1 and found[0].severity == "error" and found[0].evidence["input_kind"] == kind
+    if kind == "raw scores":
+        assert found[0].evidence["lowest_loss"] < 0 and "below 0" in found[0].message
+
+
+def test_log_softmax_over_classes_with_nll_and_logits_with_ce_are_quiet(tmp_path, digits):
+    x, y = digits
+    _quiet(check(_fit(tmp_path, "nll-ok", _mlp(), x, y, nn.NLLLoss(), head=lambda o: torch.log_softmax(o, 1),
+                      steps=40)))
+    _quiet(check(_fit(tmp_path, "ce-ok", _mlp(), x, y, nn.CrossEntropyLoss(), steps=40)))
+
+
+def test_softmax_before_cross_entropy(tmp_path, digits):
+    x, y = digits
+    run = _fit(tmp_path, "ce-softmax", _mlp(), x, y, nn.CrossEntropyLoss(), head=lambda o: torch.softmax(o, 1),
+               steps=40)
+    found = [f for f in check(run) if f.rule == "softmax_before_cross_entropy"]
+    assert len(found) == 1 and found[0].evidence["loss_floor"] == pytest.approx(-math.log(math.e / (math.e + 9)))
+
+
+def test_probe_against_numpy():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 5, generator=g)
+    probe = loss_input_probe(torch.softmax(logits, dim=0), torch.arange(16) % 5)
+    p = torch.softmax(logits, dim=0).numpy()
+    assert probe["probe/train/prob_sum_dev_batch"] == pytest.approx(np.abs(p.sum(0) - 1).mean(), abs=1e-6)
+    assert probe["probe/train/prob_sum_dev_class"] == pytest.approx(np.abs(p.sum(1) - 1).mean(), rel=1e-5)
+    lse = np.log(np.exp(p).sum(1))
+    assert probe["probe/train/logprob_sum_dev_class"] == pytest.approx(np.abs(lse).mean(), rel=1e-5)
+    assert probe["probe/train/label_distinct"] == 5 and probe["probe/train/label_integer_frac"] == 1
+    assert probe["probe/train/output_columns"] == 5
+    half = loss_input_probe(torch.randn(4, 1), torch.tensor([0.0, 1.5, 2.0, 3.25]), split="val")
+    assert half["probe/val/label_integer_frac"] == 0.5 and math.isnan(half["probe/val/prob_sum_dev_class"])
+
+
+# ---------------------------------------------------------------------------------
+# 6. Double sigmoid
+
+
+def _binary(digits):
+    x, y = digits
+    return x, (y >= 5).float().unsqueeze(1)
+
+
+@pytest.mark.parametrize("head, loss", [
+    (torch.sigmoid, nn.BCEWithLogitsLoss()),
+    (lambda o: torch.sigmoid(torch.sigmoid(o)), nn.BCELoss()),
+], ids=["bce-with-logits-on-sigmoid", "bce-on-sigmoid-of-sigmoid"])
+def test_double_sigmoid(tmp_path, digits, head, loss):
+    x, yb = _binary(digits)
+    run = _fit(tmp_path, f"double-{type(loss).__name__}", _mlp(d_out=1), x, yb, loss, head=head, steps=40)
+    found = [f for f in check(run) if f.rule == "double_sigmoid"]
+    assert len(found) == 1 and found[0].severity == "error"
+    assert found[0].evidence["output_min"] >= 0 and (found[0].step_start, found[0].step_end) == (0, 35)
+
+
+@pytest.mark.parametrize("head, loss", [(lambda o: o, nn.BCEWithLogitsLoss()), (torch.sigmoid, nn.BCELoss())],
+                         ids=["bce-with-logits", "bce-on-sigmoid"])
+def test_single_sigmoid_is_quiet(tmp_path, digits, head, loss):
+    x, yb = _binary(digits)
+    _quiet(check(_fit(tmp_path, f"single-{type(loss).__name__}", _mlp(d_out=1), x, yb, loss, head=head, steps=40)))
 
 
 # ---------------------------------------------------------------------------------
