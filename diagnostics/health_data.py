@@ -284,6 +284,19 @@ def _class_batches(run) -> tuple[list[int], list[np.ndarray], str]:
     return [s for s, _ in rows], [h for _, h in rows], "label histograms at capture steps"
 
 
+def batch_label_shares(run) -> pd.DataFrame:
+    """Each training batch's class shares (step, label, share), as the shuffling rule sees
+    them: the evidence chart of `unshuffled_batches`.
+
+    Example::
+
+        batch_label_shares(run).pivot(index="label", columns="step", values="share")
+    """
+    steps, counts, _ = _class_batches(run)
+    rows = [(s, c, n / max(h.sum(), 1)) for s, h in zip(steps, counts) for c, n in enumerate(h)]
+    return pd.DataFrame(rows, columns=["step", "label", "share"])
+
+
 def _class_pvalues(counts: list[np.ndarray]) -> np.ndarray:
     """Pearson chi-square test of each batch's counts against the pooled class shares."""
     from scipy.special import chdtrc  # scipy.special imports fast; scipy.stats does not

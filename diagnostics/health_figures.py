@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from diagnostics import figures, sample_figures
+from diagnostics import figures, health_data, sample_figures, schema
 from diagnostics.figures import empty_figure
 
 
@@ -30,6 +30,28 @@ def _across_layers(run, kind: str, step: int | None, title: str) -> go.Figure:
 
 def _scalars(run, names: list[str], title: str, log_y: bool = False) -> go.Figure:
     return figures.scalar_figure(run.scalars(names=names), names, title, log_y=log_y)
+
+
+def _data_rule_figure(run, finding) -> go.Figure | None:
+    """Charts for the data and loss rules of `diagnostics.health_data` (None: not one of them)."""
+    if finding.rule == "labels_unlearnable":
+        fig = _scalars(run, ["loss"], "training loss against the label entropy")
+        fig.add_hline(y=(finding.evidence or {}).get("label_entropy"), line_dash="dash", annotation_text="label entropy")
+        return fig
+    if finding.rule in ("softmax_wrong_dim", "nll_input", "softmax_before_cross_entropy"):
+        names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
+        return _scalars(run, names, "loss inputs: distance from normalised per dimension (0: normalised)", log_y=True)
+    if finding.rule == "unshuffled_batches" and finding.layer == "train/class":
+        shares = health_data.batch_label_shares(run)
+        if shares.empty:
+            return empty_figure("no per-batch labels recorded")
+        grid = shares.pivot(index="label", columns="step", values="share")
+        fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=[str(c) for c in grid.index],
+                                   colorscale="Blues", colorbar={"title": "share"}))
+        fig.update_layout(title="class shares of each training batch (shuffled: every column alike)",
+                          xaxis_title="step", yaxis_title="label")
+        return fig
+    return None
 
 
 def evidence_figure(run, finding) -> go.Figure:
@@ -68,4 +90,6 @@ def evidence_figure(run, finding) -> go.Figure:
         return figures.scalar_figure(s, names, "training vs validation loss", smooth=0.6)
     if rule == "label_noise":
         return sample_figures.data_map_figure(run.sample_dynamics("train"))
+    if (fig := _data_rule_figure(run, finding)) is not None:
+        return fig
     return empty_figure("no chart for this finding")

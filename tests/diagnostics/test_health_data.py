@@ -384,3 +384,17 @@ def _FakeUnlearnable(trainable, samples, steps=200):
                      "parameters": [{"name": "0.weight", "shape": [10, trainable // 10], "numel": trainable,
                                      "requires_grad": True}]},
                     scalars=loss, dists=_label_rows([[32] * 10] * 5), ratios=ratios, records=records)
+
+
+def test_batch_label_shares_and_the_evidence_charts(tmp_path, digits):
+    from diagnostics.health_figures import evidence_figure
+
+    xs, ys = _sorted_by_label(*digits)
+    run = _fit(tmp_path, "sorted-chart", _mlp(), xs, ys, nn.CrossEntropyLoss(), steps=20, shuffle=False)
+    shares = health_data.batch_label_shares(run)
+    first = shares[shares["step"] == 0].set_index("label")["share"]
+    assert first[0] == 1.0 and first.drop(0).sum() == 0  # digits sorted: the first batch is all zeros
+    assert np.allclose(shares.groupby("step")["share"].sum(), 1.0)
+    found = [f for f in check(run) if f.rule == "unshuffled_batches"]
+    fig = evidence_figure(run, found[0])
+    assert fig.data and fig.data[0].type == "heatmap" and np.asarray(fig.data[0].z).shape == (int(ys[:640].max()) + 1, 20)
