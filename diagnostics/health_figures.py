@@ -41,6 +41,14 @@ def _data_rule_figure(run, finding) -> go.Figure | None:
     if finding.rule in ("softmax_wrong_dim", "nll_input", "softmax_before_cross_entropy"):
         names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
         return _scalars(run, names, "loss inputs: distance from normalised per dimension (0: normalised)", log_y=True)
+    if finding.rule == "double_sigmoid":
+        out = run.distributions("output", layers=["train/logits"]).sort_values("step")
+        fig = go.Figure([go.Scatter(x=out["step"], y=out[c], name=f"{c} of the loss input", mode="lines+markers")
+                         for c in ("min", "max")])
+        for y, text in ((0, "0"), (1, "1")):
+            fig.add_hline(y=y, line_dash="dash", annotation_text=text)
+        fig.update_layout(title="range of what the loss is given (logits would leave [0, 1])", xaxis_title="step")
+        return fig
     if finding.rule == "unshuffled_batches" and finding.layer == "train/class":
         shares = health_data.batch_label_shares(run)
         if shares.empty:

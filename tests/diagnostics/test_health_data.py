@@ -328,6 +328,10 @@ def test_double_sigmoid(tmp_path, digits, head, loss):
     found = [f for f in check(run) if f.rule == "double_sigmoid"]
     assert len(found) == 1 and found[0].severity == "error"
     assert found[0].evidence["output_min"] >= 0 and (found[0].step_start, found[0].step_end) == (0, 35)
+    from diagnostics.health_figures import evidence_figure
+
+    fig = evidence_figure(run, found[0])
+    assert len(fig.data) == 2 and max(fig.data[1].y) <= 1 and len(fig.data[0].x) == 8  # captures 0, 5, ..., 35
 
 
 @pytest.mark.parametrize("head, loss", [(lambda o: o, nn.BCEWithLogitsLoss()), (torch.sigmoid, nn.BCELoss())],
