@@ -41,6 +41,9 @@ def _data_rule_figure(run, finding) -> go.Figure | None:
     if finding.rule in ("softmax_wrong_dim", "nll_input", "softmax_before_cross_entropy"):
         names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
         return _scalars(run, names, "loss inputs: distance from normalised per dimension (0: normalised)", log_y=True)
+    if finding.rule == "regression_loss_on_class_ids":
+        return figures.value_bands_figure(run.distributions("output", layers=["train/value"]),
+                                          run.distributions("label", layers=["train/value"]))
     if finding.rule == "double_sigmoid":
         out = run.distributions("output", layers=["train/logits"]).sort_values("step")
         fig = go.Figure([go.Scatter(x=out["step"], y=out[c], name=f"{c} of the loss input", mode="lines+markers")

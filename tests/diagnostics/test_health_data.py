@@ -240,6 +240,9 @@ def test_mse_on_class_indices(tmp_path, digits):
     assert len(found) == 1 and found[0].severity == "warning"
     assert found[0].evidence["classes"] == 10 and found[0].evidence["output_columns"] == 1
     assert (found[0].step_start, found[0].step_end) == (0, 35)
+    from diagnostics.health_figures import evidence_figure
+
+    assert evidence_figure(run, found[0]).data  # the outputs' and labels' bands, not an empty chart
 
 
 def test_mse_on_real_targets_and_on_one_hot_targets_is_quiet(tmp_path, digits):
