@@ -744,6 +744,7 @@ def rule_input_scale(run) -> list[Finding]:
 
 
 from diagnostics.health_loop import RULES as LOOP_RULES  # noqa: E402  (training-loop bugs; imports this module)
+from diagnostics.health_data import DATA_RULES  # noqa: E402  (data and loss bugs)
 
 RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_nonfinite,
@@ -759,6 +760,7 @@ RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_label_noise,
     rule_input_scale,
     *LOOP_RULES,
+    *DATA_RULES,
 )
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from diagnostics import figures, sample_figures
+from diagnostics import figures, health_data, sample_figures, schema
 from diagnostics.figures import empty_figure
 
 
@@ -75,6 +75,39 @@ def _loop_figure(run, finding) -> go.Figure | None:
     return None
 
 
+def _data_rule_figure(run, finding) -> go.Figure | None:
+    """Charts for the data and loss rules of `diagnostics.health_data` (None: not one of them)."""
+    if finding.rule == "labels_unlearnable":
+        fig = _scalars(run, ["loss"], "training loss against the label entropy")
+        fig.add_hline(y=(finding.evidence or {}).get("label_entropy"), line_dash="dash", annotation_text="label entropy")
+        return fig
+    if finding.rule in ("softmax_wrong_dim", "nll_input", "softmax_before_cross_entropy"):
+        names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
+        return _scalars(run, names, "loss inputs: distance from normalised per dimension (0: normalised)", log_y=True)
+    if finding.rule == "regression_loss_on_class_ids":
+        return figures.value_bands_figure(run.distributions("output", layers=["train/value"]),
+                                          run.distributions("label", layers=["train/value"]))
+    if finding.rule == "double_sigmoid":
+        out = run.distributions("output", layers=["train/logits"]).sort_values("step")
+        fig = go.Figure([go.Scatter(x=out["step"], y=out[c], name=f"{c} of the loss input", mode="lines+markers")
+                         for c in ("min", "max")])
+        for y, text in ((0, "0"), (1, "1")):
+            fig.add_hline(y=y, line_dash="dash", annotation_text=text)
+        fig.update_layout(title="range of what the loss is given (logits would leave [0, 1])", xaxis_title="step")
+        return fig
+    if finding.rule == "unshuffled_batches" and finding.layer == "train/class":
+        shares = health_data.batch_label_shares(run)
+        if shares.empty:
+            return empty_figure("no per-batch labels recorded")
+        grid = shares.pivot(index="label", columns="step", values="share")
+        fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=[str(c) for c in grid.index],
+                                   colorscale="Blues", colorbar={"title": "share"}))
+        fig.update_layout(title="class shares of each training batch (shuffled: every column alike)",
+                          xaxis_title="step", yaxis_title="label")
+        return fig
+    return None
+
+
 def evidence_figure(run, finding) -> go.Figure:
     """The chart that shows why `finding` fired (a Finding from `diagnostics.health`)."""
     rule, layer = finding.rule, finding.layer
@@ -113,4 +146,6 @@ def evidence_figure(run, finding) -> go.Figure:
         return figures.scalar_figure(s, names, "training vs validation loss", smooth=0.6)
     if rule == "label_noise":
         return sample_figures.data_map_figure(run.sample_dynamics("train"))
+    if (fig := _data_rule_figure(run, finding)) is not None:
+        return fig
     return empty_figure("no chart for this finding")

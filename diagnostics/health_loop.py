@@ -29,8 +29,6 @@ import math
 import numpy as np
 import pandas as pd
 
-from diagnostics.health import (_NORM_TYPES, Finding, _dist, _finding, _last_loss, _module_types, _scalar,
-                                rule_loss_vs_baseline)
 
 # Gradients not reset: share of capture steps (after the first) whose probe gradient was carried.
 CARRIED_SHARE = 0.5
@@ -428,3 +426,9 @@ def rule_eval_in_train_mode(run) -> list[Finding]:
 
 RULES = (rule_gradients_not_reset, rule_not_in_optimizer, rule_stuck_parameters, rule_frozen_model,
          rule_lr_collapse, rule_weight_decay_dominates, rule_batchnorm_small_batch, rule_eval_in_train_mode)
+
+
+# helpers are bound here once the rules above exist (either module may be imported first).
+from diagnostics.health import (  # noqa: E402
+    _NORM_TYPES, Finding, _dist, _finding, _last_loss, _module_types, _scalar, rule_loss_vs_baseline,
+)

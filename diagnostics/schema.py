@@ -33,6 +33,14 @@ HIST_BINS = 64
 
 KINDS = ("activation", "gradient", "weight", "param_grad", "update", "output", "label")
 
+# Loss-input probes (hooks/probes.py), scalars at capture steps named PROBE_PREFIX + split/field:
+# mean |sum - 1| and mean |logsumexp| of the loss's inputs over the class (dim 1) and batch
+# (dim 0) dimensions, the share of integer labels, the number of distinct labels in the batch,
+# and the outputs' values per sample (columns).
+PROBE_PREFIX = "probe/"
+PROBE_FIELDS = ("prob_sum_dev_class", "prob_sum_dev_batch", "logprob_sum_dev_class", "logprob_sum_dev_batch",
+                "label_integer_frac", "label_distinct", "output_columns")
+
 SCALARS_SCHEMA = pa.schema(
     [
         ("step", pa.int64()),

@@ -41,6 +41,7 @@ from torch import nn
 from diagnostics import schema
 from diagnostics.store import RunWriter
 from diagnostics.tags import dataset_key
+from hooks.probes import loss_input_probe
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule, SyncedAutoSchedule
 from hooks.summarize import _fixed_sample, _native_sumsq, class_summary, summarize, unit_activity
@@ -389,6 +390,7 @@ class WatchedRun:
             span = (both.min(), both.max()) if both.numel() else None
             self._add(f"{split}/value", "output", *summarize(out, hist_range=span))
             self._add(f"{split}/value", "label", *summarize(lab, hist_range=span))
+        self._writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
 
     @staticmethod
     def _infer_task(outputs: torch.Tensor, labels: torch.Tensor) -> str:

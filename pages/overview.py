@@ -6,7 +6,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import figures
+from diagnostics import figures, schema
 from pages import _shared
 
 
@@ -71,7 +71,8 @@ else:
         # by default: the user's own scalars (evaluation metrics) first, then the gradient
         # norm; grad_clipped only once clipping engaged (NaN under DDP: unknown)
         values = {n: scalars.loc[scalars["name"] == n, "value"] for n in others}
-        own = [n for n in others if n not in ("grad_norm", "grad_clipped") and values[n].notna().any()]
+        own = [n for n in others if n not in ("grad_norm", "grad_clipped") and values[n].notna().any()
+               and not n.startswith(schema.PROBE_PREFIX)]  # the health rules' loss-input probes
         tool = [n for n in ("grad_norm", "grad_clipped") if n in values and (values[n].fillna(0) != 0).any()]
         picked = st.multiselect("Other scalars", others, default=(own + tool)[:4],
                                 help="One chart each: a gradient norm of 5 would flatten an accuracy of 0.97")

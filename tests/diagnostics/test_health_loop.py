@@ -369,3 +369,14 @@ def test_the_loop_probes_are_removed_at_close_and_leave_training_bitwise_unchang
     plain, watched = train(False), train(True)
     assert all(torch.equal(a, b) for a, b in zip(plain.state_dict().values(), watched.state_dict().values()))
     assert not watched._forward_pre_hooks and all(not p._backward_hooks for p in watched.parameters())
+
+
+@pytest.mark.parametrize("module", ["diagnostics.health_loop", "diagnostics.health_data", "diagnostics.health_loss",
+                                    "diagnostics.health"])
+def test_any_rule_module_can_be_imported_first(module):
+    """The rule modules and health.py import each other: each must import in a fresh process."""
+    import subprocess
+    import sys
+
+    code = f"import {module}; import diagnostics.health as h; assert len(h.RULES) > 20"
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)

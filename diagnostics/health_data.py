@@ -1,0 +1,374 @@
+"""Health rules for data bugs: labels the inputs cannot predict, validation samples
+duplicated in the training set, batches that were never shuffled. `DATA_RULES` adds the
+loss-input rules of `diagnostics.health_loss` (a regression loss on class ids, softmax
+over the batch, NLLLoss inputs, a sigmoid or softmax applied twice).
+
+Like the rules of `diagnostics.health` (which lists `DATA_RULES` in its `RULES`), each is
+`rule_xxx(run) -> list[Finding]`, reads only what the run recorded and returns no
+finding when its data is missing.
+
+Example::
+
+    from diagnostics import health_data
+    health_data.rule_unshuffled_batches(diagnostics.open_run("runs/exp1"))
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from diagnostics.health_loss import LOSS_RULES
+
+# Labels not learnable: training long enough, with the optimizer moving every weight matrix.
+LABELS_MIN_STEPS = 100
+MOVING_RATIO_LOW = 1e-4  # update/weight ratio below which a layer counts as not moving
+MOVING_RATIO_HIGH = 1e-1
+# Leakage: cosine similarity of embeddings that makes a val sample a copy of a train sample.
+DUPLICATE_COSINE = 0.9999
+INPUT_STAT_RTOL = 1e-3
+LEAK_MIN_SHARE = 0.01
+LEAK_MIN_COUNT = 3
+LEAK_MAX_VAL = 4_000
+LEAK_MAX_TRAIN = 50_000
+# Unshuffled: per-batch tests against the pooled label distribution, Holm-corrected.
+SHUFFLE_ALPHA = 0.01
+SHUFFLE_MIN_BATCH = 16
+SHUFFLE_MIN_BATCHES = 5
+SHUFFLE_REJECT_SHARE = 0.25
+
+
+# ---------------------------------------------------------------------------------
+# Reading helpers
+
+
+def _weight_ratios(run) -> dict[str, float]:
+    """Median update ratio of each trainable weight matrix or kernel."""
+    try:
+        ratios = run.update_ratios()
+    except Exception:
+        return {}
+    if ratios.empty:
+        return {}
+    params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
+    out = {}
+    for layer, rows in ratios[np.isfinite(ratios["ratio"])].groupby("layer"):
+        p = params.get(layer)
+        if p is None or len(p.get("shape", [])) < 2 or p.get("requires_grad") is False:
+            continue
+        out[str(layer)] = float(rows["ratio"].median())
+    return out
+
+
+def _train_samples(run) -> tuple[int, str]:
+    """How many training samples there are (distinct ids of the per-sample records), or
+    at most (samples seen: the batch size at the captures times the steps)."""
+    try:
+        rec = run.records("train")
+    except Exception:
+        rec = pd.DataFrame()
+    if not rec.empty:
+        return int(rec["sample_id"].nunique()), "distinct sample ids"
+    lab = _dist(run, "label")
+    lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
+    if lab.empty:
+        return 0, ""
+    steps = int(run.manifest.get("steps") or lab["step"].max() + 1)
+    return int(lab["count"].median() * steps), "samples seen (batch size x steps)"
+
+
+# ---------------------------------------------------------------------------------
+# Rules
+
+
+def rule_labels_unlearnable(run) -> list[Finding]:
+    """Labels the inputs cannot predict (labels shuffled apart from their inputs, a
+    misaligned join): after ≥ 100 steps the training loss (median of the last 10% of
+    steps) is still ≥ 90% of the label entropy, although every trainable weight matrix
+    moves (median update ratio within [1e-4, 1e-1]) and the model has at least as many
+    trainable parameters as training samples, enough to memorise them. Such a network
+    fits even random labels, slowly (Zhang et al. 2017, "Understanding deep learning
+    requires rethinking generalization"); with real labels it would have left the
+    prior long before. Stronger than `loss_vs_baseline`: that rule says no better than
+    the prior, this one rules out a frozen or starved optimizer and a too-small model."""
+    m = run.manifest
+    if m.get("task") != "classification" or not (m.get("loss_fn") in _CE_LOSSES or (
+            m.get("loss_fn") in _BINARY_LOSSES and m.get("num_classes") == 2)):
+        return []
+    last = _last_loss(run)
+    lab = _dist(run, "label")
+    counts = _class_counts(lab[lab["layer"] == "train/class"]) if not lab.empty else None
+    if last is None or counts is None or counts.sum() < MIN_POOLED_LABELS:
+        return []
+    value, s0, s1 = last
+    p = counts[counts > 0] / counts.sum()
+    entropy = float(-(p * np.log(p)).sum())
+    if s1 + 1 < LABELS_MIN_STEPS or entropy <= 0 or value < BASELINE_NEAR_FRACTION * entropy:
+        return []
+    ratios = _weight_ratios(run)
+    if not ratios or not all(MOVING_RATIO_LOW <= r <= MOVING_RATIO_HIGH for r in ratios.values()):
+        return []
+    trainable = sum(int(q.get("numel", 0)) for q in m.get("parameters", []) or [] if q.get("requires_grad", True))
+    n, how = _train_samples(run)
+    if n == 0 or trainable < n:
+        return []
+    val = _scalar(run, "val/accuracy")
+    val_note = (f"; validation accuracy {val['value'].iloc[-1]:.1%} against a majority share of {p.max():.1%}"
+                if not val.empty else "")
+    return [_finding(
+        "labels_unlearnable", "warning", None, (s0, s1),
+        f"The training loss {value:.3g} (steps {s0}-{s1}) stays at {value / entropy:.0%} of the label entropy "
+        f"({entropy:.3g} nats) although every weight matrix moves (median update ratios "
+        f"{min(ratios.values()):.2g}-{max(ratios.values()):.2g}) and the model has {trainable:,} trainable "
+        f"parameters for {n:,} {how}, enough to memorise them{val_note}: the labels look unrelated to the inputs.",
+        "Check that inputs and labels stay paired: shuffle them together (one index, or a Dataset that returns "
+        "(x, y)), never separately; check joins and sort orders between input files and label files; look at a "
+        "few inputs with their labels; and make sure the inputs are not constant (an all-zero or cached tensor).",
+        {"last_loss": value, "label_entropy": entropy, "ratio": value / entropy, "trainable_params": trainable,
+         "train_samples": n, "samples_counted_as": how, "update_ratio_min": min(ratios.values()),
+         "update_ratio_max": max(ratios.values()), "near_fraction": BASELINE_NEAR_FRACTION,
+         "val_accuracy": float(val["value"].iloc[-1]) if not val.empty else None},
+        "Zhang et al. 2017, Understanding deep learning requires rethinking generalization; "
+        "Karpathy 2019, A Recipe for Training Neural Networks",
+    )]
+
+
+def _unit_embeddings(samples: pd.DataFrame, limit: int) -> tuple[pd.DataFrame, np.ndarray]:
+    """At most `limit` samples (evenly spaced, so the choice is fixed) with a non-zero
+    embedding, and their embeddings scaled to unit length."""
+    s = samples[samples["embedding"].map(lambda e: e is not None and len(e) > 0)]
+    if len(s) > limit:
+        s = s.iloc[np.linspace(0, len(s) - 1, limit).astype(int)]
+    if s.empty:
+        return s, np.zeros((0, 0))
+    emb = np.stack(s["embedding"].map(lambda e: np.asarray(e, dtype=np.float64)).to_numpy())
+    norms = np.linalg.norm(emb, axis=1)
+    keep = norms > 0
+    return s[keep].reset_index(drop=True), emb[keep] / norms[keep, None]
+
+
+def _nearest(query: np.ndarray, base: np.ndarray, chunk: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """Cosine similarity of each unit row of `query` to its nearest unit row of `base`, and which."""
+    best, where = np.empty(len(query)), np.empty(len(query), dtype=np.int64)
+    for i in range(0, len(query), chunk):
+        sims = query[i:i + chunk] @ base.T
+        where[i:i + chunk] = sims.argmax(axis=1)
+        best[i:i + chunk] = sims[np.arange(len(sims)), where[i:i + chunk]]
+    return best, where
+
+
+def _same_inputs(val: pd.DataFrame, train: pd.DataFrame, vi: np.ndarray, ti: np.ndarray) -> np.ndarray:
+    """Whether the paired samples also agree on every recorded input statistic (input_*)."""
+    cols = [c for c in val.columns if c.startswith("input_") and c in train.columns]
+    same = np.ones(len(vi), dtype=bool)
+    for c in cols:
+        a, b = val[c].to_numpy(float)[vi], train[c].to_numpy(float)[ti]
+        same &= np.isclose(a, b, rtol=INPUT_STAT_RTOL, atol=1e-6) | (np.isnan(a) & np.isnan(b))
+    return same
+
+
+def rule_split_leakage(run) -> list[Finding]:
+    """Train/validation leakage: validation samples whose embedding (from the same
+    evaluation step for both splits) has cosine similarity ≥ 0.9999 with a training
+    sample's, and whose recorded input statistics (input_*, required) agree within 0.1%: copies or
+    near-copies of training samples, when they are ≥ 1% of the validation samples (and
+    ≥ 3). Needs both splits evaluated (`run.evaluate(..., split="train")`); at most 4,000
+    validation against 50,000 training samples. Validation metrics on such a split
+    measure memorisation. Reference: Kaufman et al. 2012, "Leakage in data mining";
+    Barz & Denzler 2020, "Do we train on test data? Purging CIFAR of near-duplicates"."""
+    try:
+        train = run.samples("train")
+        if train.empty or "embedding" not in train:
+            return []
+        step = int(train["step"].max())
+        val = run.samples("val", step=step)
+    except Exception:
+        return []
+    # penultimate-layer embeddings of a confident model sit at cosines near 1 within a class
+    # (digits: 99th percentile 0.9998): the input statistics are what tells a copy apart
+    if val.empty or "embedding" not in val or not any(c.startswith("input_") and c in train for c in val):
+        return []
+    val, ev = _unit_embeddings(val, LEAK_MAX_VAL)
+    train, et = _unit_embeddings(train, LEAK_MAX_TRAIN)
+    if len(val) == 0 or len(train) == 0 or ev.shape[1] != et.shape[1]:
+        return []
+    best, where = _nearest(ev, et)
+    vi = np.flatnonzero(best >= DUPLICATE_COSINE)
+    vi = vi[_same_inputs(val, train, vi, where[vi])]
+    share = len(vi) / len(val)
+    if len(vi) < LEAK_MIN_COUNT or share < LEAK_MIN_SHARE:
+        return []
+    order = vi[np.argsort(-best[vi], kind="stable")][:10]
+    pairs = [{"val_id": str(val["sample_id"].iloc[i]), "train_id": str(train["sample_id"].iloc[where[i]]),
+              "cosine": float(best[i])} for i in order]
+    shown = ", ".join(f"{q['val_id']}~{q['train_id']}" for q in pairs[:5])
+    return [_finding(
+        "split_leakage", "warning", None, (step, step),
+        f"{len(vi)} of {len(val)} validation samples ({share:.1%}) are copies of training samples at step {step} "
+        f"(embedding cosine ≥ {DUPLICATE_COSINE}, same input statistics), e.g. val~train {shown}: "
+        "validation metrics partly measure memorisation.",
+        "Split before any augmentation or oversampling, deduplicate the dataset (hash the files or the arrays), "
+        "and split by the unit that repeats (patient, recording, scene) with a group split "
+        "(sklearn.model_selection.GroupShuffleSplit); then re-evaluate.",
+        {"duplicates": len(vi), "val_samples": len(val), "train_samples": len(train), "share": share,
+         "cosine_threshold": DUPLICATE_COSINE, "pairs": pairs, "step": step, "min_share": LEAK_MIN_SHARE},
+        "Kaufman et al. 2012, Leakage in data mining; Barz & Denzler 2020, Do we train on test data?",
+    )]
+
+
+def _records(run) -> pd.DataFrame:
+    try:
+        rec = run.records("train")
+    except Exception:
+        return pd.DataFrame()
+    return rec[np.isfinite(rec["label"].astype(float))] if not rec.empty else rec
+
+
+def _class_batches(run) -> tuple[list[int], list[np.ndarray], str]:
+    """Label counts per class of each step's batch: from the per-sample records when the
+    run has them (every step), else from the label histograms (capture steps)."""
+    rec = _records(run)
+    if not rec.empty:
+        rec = rec[rec["label"] >= 0]
+        width = int(rec["label"].max()) + 1 if not rec.empty else 0
+        groups = list(rec.groupby("step")["label"])
+        return ([int(s) for s, _ in groups],
+                [np.bincount(g.to_numpy().astype(int), minlength=width).astype(float) for _, g in groups],
+                "per-sample records")
+    lab = _dist(run, "label")
+    lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
+    rows = [(int(r["step"]), _hist(r)) for _, r in lab.iterrows()]
+    rows = [(s, h) for s, h in rows if h.size]
+    return [s for s, _ in rows], [h for _, h in rows], "label histograms at capture steps"
+
+
+def batch_label_shares(run) -> pd.DataFrame:
+    """Each training batch's class shares (step, label, share), as the shuffling rule sees
+    them: the evidence chart of `unshuffled_batches`.
+
+    Example::
+
+        batch_label_shares(run).pivot(index="label", columns="step", values="share")
+    """
+    steps, counts, _ = _class_batches(run)
+    rows = [(s, c, n / max(h.sum(), 1)) for s, h in zip(steps, counts) for c, n in enumerate(h)]
+    return pd.DataFrame(rows, columns=["step", "label", "share"])
+
+
+def _class_pvalues(counts: list[np.ndarray]) -> np.ndarray:
+    """Pearson chi-square test of each batch's counts against the pooled class shares."""
+    from scipy.special import chdtrc  # scipy.special imports fast; scipy.stats does not
+
+    width = max(c.size for c in counts)
+    counts = [np.pad(c, (0, width - c.size)) for c in counts]
+    pooled = np.sum(counts, axis=0)
+    shares = pooled / pooled.sum()
+    present = shares > 0
+    if present.sum() < 2:
+        return np.full(len(counts), np.nan)
+    pvalues = []
+    for c in counts:
+        n = c.sum()
+        if n < SHUFFLE_MIN_BATCH:
+            pvalues.append(np.nan)
+            continue
+        expected = n * shares[present]
+        stat = float(((c[present] - expected) ** 2 / expected).sum())
+        pvalues.append(float(chdtrc(present.sum() - 1, stat)))
+    return np.asarray(pvalues)
+
+
+def _value_pvalues(run) -> tuple[list[int], np.ndarray, str]:
+    """z-test of each batch's mean label against the pooled mean (regression)."""
+    rec = _records(run)
+    if not rec.empty:
+        groups = rec.groupby("step")["label"]
+        stats = pd.DataFrame({"count": groups.size(), "mean": groups.mean()})
+        mean, std = float(rec["label"].mean()), float(rec["label"].std(ddof=0))
+        how = "per-sample records"
+    else:
+        lab = _dist(run, "label")
+        lab = lab[lab["layer"] == "train/value"] if not lab.empty else lab
+        if lab.empty:
+            return [], np.array([]), ""
+        stats = lab.set_index("step")[["count", "mean"]]
+        mean, std, _ = _pooled_moments(lab)
+        how = "label summaries at capture steps"
+    if not std > 0:
+        return [], np.array([]), ""
+    z = (stats["mean"].to_numpy(float) - mean) / (std / np.sqrt(stats["count"].to_numpy(float)))
+    p = np.where(stats["count"].to_numpy() >= SHUFFLE_MIN_BATCH, np.array([math.erfc(abs(v) / math.sqrt(2)) for v in z]),
+                 np.nan)
+    return [int(s) for s in stats.index], p, how
+
+
+def _holm_rejected(pvalues: np.ndarray, alpha: float) -> np.ndarray:
+    """Which tests Holm's step-down procedure rejects at family-wise level `alpha`."""
+    rejected = np.zeros(len(pvalues), dtype=bool)
+    idx = np.flatnonzero(np.isfinite(pvalues))
+    order = idx[np.argsort(pvalues[idx], kind="stable")]
+    for k, i in enumerate(order):
+        if pvalues[i] > alpha / (len(order) - k):
+            break
+        rejected[i] = True
+    return rejected
+
+
+def rule_unshuffled_batches(run) -> list[Finding]:
+    """Training data not shuffled: each batch's labels tested against the labels of all
+    batches pooled (classification: Pearson chi-square of the class counts; regression:
+    z-test of the batch's mean label), batches of ≥ 16 samples, with Holm's correction
+    for the many batches at family-wise α = 0.01; a finding when ≥ 25% of ≥ 5 tested
+    batches reject. A shuffled loader's batches are random draws, so almost none does;
+    a loader over class- or target-sorted data (shuffle=False) makes nearly every batch
+    one-sided. Reference: Holm 1979, "A simple sequentially rejective multiple test
+    procedure"; PyTorch docs, torch.utils.data.DataLoader (shuffle=True for training);
+    Bengio 2012, "Practical recommendations for gradient-based training" (§ shuffling)."""
+    task = run.manifest.get("task")
+    if task == "classification":
+        steps, counts, how = _class_batches(run)
+        pvalues, layer = (_class_pvalues(counts) if counts else np.array([])), "train/class"
+    elif task == "regression":
+        (steps, pvalues, how), layer = _value_pvalues(run), "train/value"
+    else:
+        return []
+    tested = int(np.isfinite(pvalues).sum())
+    if tested < SHUFFLE_MIN_BATCHES:
+        return []
+    rejected = _holm_rejected(pvalues, SHUFFLE_ALPHA)
+    share = rejected.sum() / tested
+    if share < SHUFFLE_REJECT_SHARE:
+        return []
+    bad = [s for s, r in zip(steps, rejected) if r]
+    what = "class mix" if task == "classification" else "mean label"
+    return [_finding(
+        "unshuffled_batches", "warning", layer, (bad[0], bad[-1]),
+        f"{int(rejected.sum())} of {tested} training batches ({share:.0%}, steps {bad[0]}-{bad[-1]}) have a {what} "
+        f"far from the whole training stream's (Holm-corrected p < {SHUFFLE_ALPHA:g}; from {how}): "
+        "the data looks unshuffled (sorted by label).",
+        "Shuffle the training data every epoch (DataLoader(..., shuffle=True) or a RandomSampler / "
+        "DistributedSampler with set_epoch); a dataset stored sorted by class or target otherwise feeds "
+        "one-sided batches, and the model chases the latest class.",
+        {"rejected": int(rejected.sum()), "tested": tested, "share": share, "alpha": SHUFFLE_ALPHA,
+         "source": how, "first_steps": bad[:20], "min_share": SHUFFLE_REJECT_SHARE,
+         "median_p": float(np.nanmedian(pvalues))},
+        "Holm 1979; PyTorch docs, torch.utils.data.DataLoader; Bengio 2012, Practical recommendations "
+        "for gradient-based training of deep architectures",
+    )]
+
+
+DATA_RULES = (
+    rule_labels_unlearnable,
+    rule_split_leakage,
+    rule_unshuffled_batches,
+    *LOSS_RULES,
+)
+
+# At the bottom: diagnostics.health imports this module to register DATA_RULES, so its
+# helpers are bound here once the rules above exist (either module may be imported first).
+from diagnostics.health import (  # noqa: E402
+    BASELINE_NEAR_FRACTION, MIN_POOLED_LABELS, Finding, _BINARY_LOSSES, _CE_LOSSES, _class_counts, _dist,
+    _finding, _hist, _last_loss, _pooled_moments, _scalar,
+)

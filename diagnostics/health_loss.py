@@ -1,0 +1,297 @@
+"""Health rules for loss bugs, read from the loss-input probes that `hooks/probes.py`
+records at capture steps (`schema.PROBE_FIELDS`): a regression loss on class ids,
+softmax or log-softmax over the batch dimension, NLLLoss on what is not a
+log-probability, probabilities into CrossEntropyLoss, and a sigmoid applied twice.
+
+Registered with the data rules through `diagnostics.health_data.DATA_RULES`. This module
+reads the run directly and imports `diagnostics.health` only when a rule makes a
+finding: health imports the rule lists at its end, so a module-level import of it here
+would be circular.
+
+Example::
+
+    from diagnostics import health_loss
+    health_loss.rule_softmax_wrong_dim(diagnostics.open_run("runs/exp1"))
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+import pandas as pd
+
+from diagnostics import schema
+
+if TYPE_CHECKING:
+    from diagnostics.health import Finding
+
+CLASS_ID_MAX = 20
+MIN_PROBES = 2
+# Loss-input probes: "sums to 1" within SUM_TOL; "does not" beyond SUM_OFF.
+SUM_TOL = 1e-2
+SUM_OFF = 0.1
+DOUBLE_SIGMOID_RANGE = (0.5, 1 / (1 + math.exp(-1)))  # sigmoid(sigmoid(x)) lies in (0.5, 0.731)
+
+_REGRESSION_LOSSES = {"MSELoss", "L1Loss", "SmoothL1Loss", "HuberLoss", "mse_loss", "l1_loss", "smooth_l1_loss",
+                      "huber_loss"}
+_LOGIT_BINARY = {"BCEWithLogitsLoss", "binary_cross_entropy_with_logits"}
+_PROB_BINARY = {"BCELoss", "binary_cross_entropy"}
+_NLL = {"NLLLoss", "nll_loss"}
+_CE = {"CrossEntropyLoss", "cross_entropy"}
+
+
+# ---------------------------------------------------------------------------------
+# Reading helpers
+
+
+def _finding(*args):
+    from diagnostics.health import _finding as make  # see the module docstring: not at import time
+
+    return make(*args)
+
+
+def _dist(run, kind: str) -> pd.DataFrame:
+    try:
+        d = run.distributions(kind)
+    except Exception:
+        return pd.DataFrame(columns=["step", "layer", "count", "min", "max", "hist_counts"])
+    if "rank" in d and d["rank"].nunique() > 1:
+        d = d[d["rank"] == d["rank"].min()]
+    return d.sort_values(["layer", "step"]) if not d.empty else d
+
+
+def _scalar(run, name: str) -> pd.DataFrame:
+    try:
+        s = run.scalars(names=[name])
+    except Exception:
+        return pd.DataFrame(columns=["step", "value"])
+    if s.empty:
+        return pd.DataFrame(columns=["step", "value"])
+    return s.groupby("step", as_index=False)["value"].mean().sort_values("step")
+
+
+def _probe(run, field: str, split: str = "train") -> pd.DataFrame:
+    """One probe's values by capture step (finite only)."""
+    s = _scalar(run, f"{schema.PROBE_PREFIX}{split}/{field}")
+    return s[np.isfinite(s["value"].astype(float))]
+
+
+def _probe_frame(run, fields: tuple[str, ...]) -> pd.DataFrame:
+    """The probes `fields` side by side, one row per capture step that has all of them."""
+    cols = [_probe(run, f).set_index("step")["value"].rename(f) for f in fields]
+    if any(c.empty for c in cols):
+        return pd.DataFrame(columns=list(fields))
+    return pd.concat(cols, axis=1, join="inner").sort_index()
+
+
+def _steps(frame: pd.DataFrame) -> tuple[int, int]:
+    return int(frame.index.min()), int(frame.index.max())
+
+
+def _logits(run) -> pd.DataFrame:
+    """Summaries of what the loss was given (`train/logits`, classification runs)."""
+    d = _dist(run, "output")
+    return d[d["layer"] == "train/logits"] if not d.empty else d
+
+def _label_range(run) -> tuple[float, float]:
+    lab = _dist(run, "label")
+    lab = lab[lab["layer"].isin(["train/value", "train/class"]) & (lab["count"] > 0)] if not lab.empty else lab
+    if lab.empty:
+        return math.nan, math.nan
+    return float(lab["min"].min()), float(lab["max"].max())
+
+
+def rule_regression_loss_on_class_ids(run) -> list[Finding]:
+    """A regression loss (MSELoss, L1Loss, SmoothL1Loss, HuberLoss) on class ids: at every
+    probed capture (≥ 2) the labels are integers, spanning 0..K-1 with 2 ≤ K ≤ 20, against
+    one output per sample (or K > 2 outputs the ids broadcast against). The loss then
+    treats class 3 as nearer to 2 than to 7; a warning for K ≥ 3, info for 0/1 targets
+    (BCEWithLogitsLoss fits them better). Reference: PyTorch docs, torch.nn.CrossEntropyLoss
+    (class-index targets) and torch.nn.MSELoss (same-shape real targets); Bishop 2006,
+    Pattern Recognition and Machine Learning §4.1.3 (least squares for classification)."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn not in _REGRESSION_LOSSES:
+        return []
+    probes = _probe_frame(run, ("label_integer_frac", "label_distinct", "output_columns"))
+    if len(probes) < MIN_PROBES or (probes["label_integer_frac"] < 1).any():
+        return []
+    lo, hi = _label_range(run)
+    if not (lo == 0 and 1 <= hi < CLASS_ID_MAX and hi == round(hi)):
+        return []
+    k, columns, distinct = int(hi) + 1, int(probes["output_columns"].median()), int(probes["label_distinct"].max())
+    if distinct < 2 or (columns > 1 and k == 2):  # 0/1 targets against several outputs: one-hot
+        return []
+    s0, s1 = _steps(probes)
+    severity = "warning" if k >= 3 else "info"
+    target = "one output per sample" if columns == 1 else f"{columns} outputs per sample (broadcast against the ids)"
+    return [_finding(
+        "regression_loss_on_class_ids", severity, None, (s0, s1),
+        f"{loss_fn} is given integer labels 0..{k - 1} (up to {distinct} distinct in a batch, steps {s0}-{s1}) "
+        f"against {target}: the labels look like class ids, which a regression loss orders and spaces.",
+        "For K classes, output K logits and use nn.CrossEntropyLoss with the integer labels (0/1 targets: one "
+        "logit with nn.BCEWithLogitsLoss); if the integers really are quantities (counts, grades), ignore this.",
+        {"loss_fn": loss_fn, "classes": k, "max_distinct_in_batch": distinct, "output_columns": columns,
+         "label_min": lo, "label_max": hi, "captures": len(probes)},
+        "PyTorch docs: torch.nn.CrossEntropyLoss, torch.nn.MSELoss; Bishop 2006, PRML §4.1.3",
+    )]
+
+
+def _sum_probes(run) -> pd.Series | None:
+    probes = _probe_frame(run, schema.PROBE_FIELDS[:4])
+    if len(probes) < MIN_PROBES:
+        return None
+    med = probes.median()
+    med["first_step"], med["last_step"] = _steps(probes)
+    med["captures"] = len(probes)
+    return med
+
+
+def rule_softmax_wrong_dim(run) -> list[Finding]:
+    """Softmax or log-softmax taken over the batch dimension (dim=0) instead of the class
+    dimension: the loss's inputs sum to 1 (log-sum-exp to 0) over the batch within 0.01
+    (median over ≥ 2 probed captures) but not over the classes (off by > 0.1). Each class's
+    scores are then normalised across samples, so a sample's prediction depends on its
+    batch-mates: an error. Reference: PyTorch docs, torch.nn.functional.softmax /
+    log_softmax (`dim`: "A dimension along which softmax will be computed"), and
+    torch.nn.NLLLoss (input: log-probabilities of shape (N, C))."""
+    if run.manifest.get("task") != "classification":
+        return []
+    med = _sum_probes(run)
+    if med is None:
+        return []
+    if med["prob_sum_dev_batch"] < SUM_TOL and med["prob_sum_dev_class"] > SUM_OFF:
+        fn, dev_batch, dev_class, what = "softmax", med["prob_sum_dev_batch"], med["prob_sum_dev_class"], "sum"
+    elif med["logprob_sum_dev_batch"] < SUM_TOL and med["logprob_sum_dev_class"] > SUM_OFF:
+        fn, dev_batch, dev_class, what = ("log_softmax", med["logprob_sum_dev_batch"], med["logprob_sum_dev_class"],
+                                          "log-sum-exp")
+    else:
+        return []
+    steps = (int(med["first_step"]), int(med["last_step"]))
+    return [_finding(
+        "softmax_wrong_dim", "error", None, steps,
+        f"The loss is given a {fn} over the batch dimension: its values' {what} over the batch is off "
+        f"{'1' if fn == 'softmax' else '0'} by {dev_batch:.2g}, over the classes by {dev_class:.2g} "
+        f"(median of {int(med['captures'])} captures, steps {steps[0]}-{steps[1]}).",
+        f"Take the {fn} over the class dimension: torch.{fn}(logits, dim=1) (dim=-1 for (N, C) outputs), or give "
+        "nn.CrossEntropyLoss the raw logits and drop the softmax from the model.",
+        {"function": fn, "dev_over_batch": dev_batch, "dev_over_classes": dev_class, "tolerance": SUM_TOL,
+         "captures": int(med["captures"])},
+        "PyTorch docs: torch.nn.functional.softmax, torch.nn.functional.log_softmax, torch.nn.NLLLoss",
+    )]
+
+
+def rule_nll_input(run) -> list[Finding]:
+    """NLLLoss on what is not a log-probability: the inputs' log-sum-exp over the classes
+    is off 0 by > 0.1 (median over ≥ 2 probed captures), i.e. no log_softmax before the
+    loss; named "probabilities" when they sum to 1 over the classes (softmax, not
+    log_softmax), "raw scores" otherwise. NLLLoss only picks -input[label], so raw scores
+    are pushed to +inf (the loss runs below 0) and probabilities barely learn: an error.
+    The batch-dimension case belongs to `softmax_wrong_dim`. Reference: PyTorch docs,
+    torch.nn.NLLLoss ("The input given through a forward call is expected to contain
+    log-probabilities of each class")."""
+    if run.manifest.get("loss_fn") not in _NLL:
+        return []
+    med = _sum_probes(run)
+    if med is None or not med["logprob_sum_dev_class"] > SUM_OFF or med["logprob_sum_dev_batch"] < SUM_TOL:
+        return []
+    probs = med["prob_sum_dev_class"] < SUM_TOL
+    steps = (int(med["first_step"]), int(med["last_step"]))
+    loss = _scalar(run, "loss")
+    lowest = float(loss["value"].min()) if not loss.empty else math.nan
+    note = f"; the loss went down to {lowest:.3g}, below 0, which a log-probability never allows" if lowest < 0 else ""
+    kind = "probabilities (they sum to 1 over the classes)" if probs else "raw scores"
+    return [_finding(
+        "nll_input", "error", None, steps,
+        f"NLLLoss is given {kind}, not log-probabilities: their log-sum-exp over the classes is off 0 by "
+        f"{med['logprob_sum_dev_class']:.3g} (median of {int(med['captures'])} captures, steps "
+        f"{steps[0]}-{steps[1]}){note}.",
+        "Apply torch.log_softmax(logits, dim=1) before nn.NLLLoss (not softmax), or give the raw logits to "
+        "nn.CrossEntropyLoss, which does both.",
+        {"logsumexp_dev_over_classes": med["logprob_sum_dev_class"], "sum_dev_over_classes": med["prob_sum_dev_class"],
+         "input_kind": "probabilities" if probs else "raw scores", "lowest_loss": lowest, "tolerance": SUM_OFF},
+        "PyTorch docs: torch.nn.NLLLoss",
+    )]
+
+
+def _both_classes(run) -> bool:
+    """Whether at least two classes occur among the labels at the captures."""
+    lab = _dist(run, "label")
+    lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
+    hists = [np.asarray(h, dtype=float) for h in lab.get("hist_counts", []) if h is not None and len(h)]
+    if not hists:
+        return False
+    width = max(h.size for h in hists)
+    return int((np.sum([np.pad(h, (0, width - h.size)) for h in hists], axis=0) > 0).sum()) >= 2
+
+
+def rule_double_sigmoid(run) -> list[Finding]:
+    """A sigmoid applied twice. BCEWithLogitsLoss applies its own sigmoid: given outputs
+    that lie in [0, 1] at every capture (≥ 2, with both classes among the labels), the
+    model's probabilities are sigmoid(p) ∈ (0.5, 0.73), so it can never predict the
+    negative class. BCELoss given outputs all within (0.5, 0.731) (sigmoid of a sigmoid)
+    has the same ceiling. An error either way. Reference: PyTorch docs,
+    torch.nn.BCEWithLogitsLoss ("combines a Sigmoid layer and the BCELoss in one single
+    class") and torch.nn.BCELoss."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn not in _LOGIT_BINARY | _PROB_BINARY:
+        return []
+    d = _logits(run)
+    d = d[d["count"] > 0] if not d.empty else d
+    if len(d) < MIN_PROBES or not _both_classes(run):
+        return []
+    lo, hi = float(d["min"].min()), float(d["max"].max())
+    bounds = (0.0, 1.0) if loss_fn in _LOGIT_BINARY else DOUBLE_SIGMOID_RANGE
+    if not (lo >= bounds[0] - 1e-6 and hi <= bounds[1] + 1e-6):
+        return []
+    steps = (int(d["step"].min()), int(d["step"].max()))
+    where = ("BCEWithLogitsLoss (which applies a sigmoid itself) is given outputs in [0, 1]"
+             if loss_fn in _LOGIT_BINARY else "BCELoss is given outputs confined to (0.5, 0.731), a sigmoid of a sigmoid")
+    return [_finding(
+        "double_sigmoid", "error", None, steps,
+        f"{where}: min {lo:.3g}, max {hi:.3g} over {len(d)} captures (steps {steps[0]}-{steps[1]}). The predicted "
+        "probability stays within (0.5, 0.73), so the negative class is never predicted.",
+        "Apply the sigmoid once: drop nn.Sigmoid from the model and keep nn.BCEWithLogitsLoss on the raw logits "
+        "(numerically stabler), and take torch.sigmoid only for predictions.",
+        {"loss_fn": loss_fn, "output_min": lo, "output_max": hi, "captures": len(d), "bounds": list(bounds)},
+        "PyTorch docs: torch.nn.BCEWithLogitsLoss, torch.nn.BCELoss",
+    )]
+
+
+def rule_softmax_before_cross_entropy(run) -> list[Finding]:
+    """CrossEntropyLoss given probabilities: its inputs are in [0, 1] and sum to 1 over the
+    classes within 0.01 (median over ≥ 2 probed captures). The loss applies log_softmax
+    itself, so the model's scores are squashed twice: the loss cannot fall below
+    -log(e / (e + C - 1)) and gradients shrink. A warning (training runs, badly).
+    Reference: PyTorch docs, torch.nn.CrossEntropyLoss ("The input is expected to contain
+    the unnormalized logits for each class")."""
+    if run.manifest.get("loss_fn") not in _CE:
+        return []
+    med = _sum_probes(run)
+    d = _logits(run)
+    if med is None or d.empty or not med["prob_sum_dev_class"] < SUM_TOL or float(d["min"].min()) < 0:
+        return []
+    steps = (int(med["first_step"]), int(med["last_step"]))
+    c = int(run.manifest.get("num_classes") or 0)
+    floor = -math.log(math.e / (math.e + c - 1)) if c > 1 else math.nan
+    return [_finding(
+        "softmax_before_cross_entropy", "warning", None, steps,
+        f"CrossEntropyLoss is given probabilities (they sum to 1 over the classes within "
+        f"{med['prob_sum_dev_class']:.2g}, steps {steps[0]}-{steps[1]}); it applies log_softmax itself, so the "
+        f"loss cannot go below {floor:.3g} and its gradients shrink.",
+        "Remove the softmax (nn.Softmax / torch.softmax) before nn.CrossEntropyLoss and pass the raw logits; "
+        "apply softmax only to report probabilities.",
+        {"sum_dev_over_classes": med["prob_sum_dev_class"], "loss_floor": floor, "num_classes": c},
+        "PyTorch docs: torch.nn.CrossEntropyLoss",
+    )]
+
+
+
+LOSS_RULES = (
+    rule_regression_loss_on_class_ids,
+    rule_softmax_wrong_dim,
+    rule_nll_input,
+    rule_double_sigmoid,
+    rule_softmax_before_cross_entropy,
+)
