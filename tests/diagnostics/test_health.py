@@ -406,7 +406,8 @@ def test_grad_norm_spike_against_running_median():
     assert [(f.severity, f.step_start, f.step_end) for f in found] == [("info", 115, 115)]
     assert found[0].evidence["spikes"][0]["z"] > 3
     from diagnostics.health_figures import evidence_figure
-    marks = [t for t in evidence_figure(FakeRun(scalars=_scal("grad_norm", spiky)), found[0]).data if t.name == "spike"]
+    fig = evidence_figure(FakeRun(scalars=_scal("grad_norm", spiky).assign(rank=0)), found[0])
+    marks = [t for t in fig.data if t.name == "spike"]
     assert len(marks) == 1 and list(marks[0].x) == [115] and marks[0].y[0] == pytest.approx(spiky[115])
     assert health.rule_grad_norm_spikes(FakeRun(scalars=_scal("grad_norm", noise))) == []
     climb = np.geomspace(0.5, 5, 200) * noise  # 10x over training, as in a first epoch
