@@ -80,8 +80,8 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     confidence, margin, correct, loss, residual, ...). Columns: `DYNAMICS_COLUMNS`;
     `label` and `prediction` are the sample's most recent ones (a class index, or a value
     in the target's unit), standard deviations are population ones
-    (ddof=0, as in Dataset Cartography), NaN records (ignored labels) count in
-    `n_records` but not in the means. See the module docstring for the score.
+    (ddof=0, as in Dataset Cartography), NaN records (ignored labels) count in `n_records`
+    but not in the means. See the module docstring for the score; `late_columns` for the late ones.
 
     Example::
 
@@ -128,8 +128,7 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     classification = out["aum"].notna()
     out["label_error_score"] = np.where(classification, -late_margin, late_residual)
     out.loc[classification, ["mean_abs_residual", "abs_residual_std", "residual_std"]] = np.nan
-    late = late_columns(rec).reindex(out.index)
-    out["late_wrong_frac"], out["late_margin"] = late["late_wrong_frac"], late["late_margin"]
+    out[["late_wrong_frac", "late_margin"]] = late_columns(rec).reindex(out.index)
     out = out.reset_index().sort_values(["label_error_score", *_KEYS], ascending=[False, True, True],
                                         na_position="last", kind="stable")
     out["n_records"] = out["n_records"].astype(np.int64)
