@@ -58,8 +58,12 @@ import pandas as pd
 DYNAMICS_COLUMNS = (
     "sample_id", "split", "n_records", "label", "prediction", "confidence", "variability", "correct_frac",
     "aum", "mean_loss", "mean_abs_residual", "abs_residual_std", "residual_std", "label_error_score",
+    "late_wrong_frac", "late_margin",
 )
 REGIONS = ("easy", "ambiguous", "hard-to-learn")
+
+# "Late" records: those of the last third of a split's recorded steps (see `late_columns`).
+LATE_FRACTION = 1 / 3
 
 # Midpoints of the data map's axes: confidence lies in [0, 1]; variability, the standard
 # deviation of a [0, 1]-valued series, in [0, 0.5].
@@ -76,8 +80,8 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     confidence, margin, correct, loss, residual, ...). Columns: `DYNAMICS_COLUMNS`;
     `label` and `prediction` are the sample's most recent ones (a class index, or a value
     in the target's unit), standard deviations are population ones
-    (ddof=0, as in Dataset Cartography), NaN records (ignored labels) count in
-    `n_records` but not in the means. See the module docstring for the score.
+    (ddof=0, as in Dataset Cartography), NaN records (ignored labels) count in `n_records`
+    but not in the means. See the module docstring for the score; `late_columns` for the late ones.
 
     Example::
 
@@ -124,10 +128,29 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     classification = out["aum"].notna()
     out["label_error_score"] = np.where(classification, -late_margin, late_residual)
     out.loc[classification, ["mean_abs_residual", "abs_residual_std", "residual_std"]] = np.nan
+    out[["late_wrong_frac", "late_margin"]] = late_columns(rec).reindex(out.index)
     out = out.reset_index().sort_values(["label_error_score", *_KEYS], ascending=[False, True, True],
                                         na_position="last", kind="stable")
     out["n_records"] = out["n_records"].astype(np.int64)
     return out[list(DYNAMICS_COLUMNS)].reset_index(drop=True)
+
+
+def late_columns(rec: pd.DataFrame) -> pd.DataFrame:
+    """`late_wrong_frac` (share of the sample's late records whose margin is negative: the
+    given label lost) and `late_margin` (their median margin, in logits), indexed by
+    (split, sample_id). Late: the last `LATE_FRACTION` of the split's recorded step range.
+    They tell a mislabeled sample (wrong to the end, another class confidently ahead: a
+    very negative late margin) from a hard one (learned late, then right; or still wrong
+    but with the classes close). NaN for samples without late margins (regression)."""
+    rec = rec[rec["margin"].notna()]
+    if rec.empty:
+        return pd.DataFrame(columns=["late_wrong_frac", "late_margin"], dtype=np.float64,
+                            index=pd.MultiIndex.from_arrays([[], []], names=_KEYS))
+    lo = rec.groupby("split")["step"].transform("min")
+    hi = rec.groupby("split")["step"].transform("max")
+    late = rec[rec["step"] >= hi - (hi - lo) * LATE_FRACTION]
+    g = late.assign(wrong=(late["margin"] < 0).astype(np.float64)).groupby(_KEYS, sort=False)
+    return pd.DataFrame({"late_wrong_frac": g["wrong"].mean(), "late_margin": g["margin"].median()})
 
 
 def share_thresholds(dynamics: pd.DataFrame) -> tuple[float, float]:

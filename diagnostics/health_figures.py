@@ -122,7 +122,12 @@ def evidence_figure(run, finding) -> go.Figure:
     if rule in ("activation_scale_depth", "input_scale"):
         return _across_layers(run, "activation", finding.step_start, "activation std across depth")
     if rule == "grad_norm_spikes":
-        return _scalars(run, ["grad_norm"], "global gradient norm", log_y=True)
+        fig = _scalars(run, ["grad_norm"], "global gradient norm", log_y=True)
+        spikes = (finding.evidence or {}).get("spikes") or []
+        if spikes:
+            fig.add_trace(go.Scatter(x=[s["step"] for s in spikes], y=[s["grad_norm"] for s in spikes],
+                                     mode="markers", name="spike", marker=dict(size=10, symbol="x", color="red")))
+        return fig
     if rule == "update_ratio" and layer:
         return figures.update_ratio_figure(run.update_ratios(layers=[layer]), layer)
     if rule == "output_vs_label":

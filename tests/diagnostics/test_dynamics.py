@@ -91,6 +91,22 @@ def test_late_weighting_ranks_a_late_loser_above_an_early_one():
     assert dyn.loc["late", "label_error_score"] > 0 > dyn.loc["early", "label_error_score"]
 
 
+def test_late_columns_tell_a_late_learner_from_a_late_loser():
+    # steps 0..6: the late records are those of steps >= 6 - 6/3 = 4 (steps 4, 5, 6)
+    margins = {"learner": [-3, -2, -2, -1, 1, 2, 3], "loser": [1, 0, -1, -2, -3, -4, -2],
+               "close": [0, -1, 0, -1, -0.5, 0.5, -1]}
+    rec = _records([(t, sid, 0, NAN, m, NAN, NAN, NAN) for sid, ms in margins.items() for t, m in enumerate(ms)])
+    dyn = sample_dynamics(rec).set_index("sample_id")
+    for sid, ms in margins.items():
+        late = np.array(ms[4:], dtype=float)
+        assert dyn.loc[sid, "late_wrong_frac"] == pytest.approx(np.mean(late < 0))
+        assert dyn.loc[sid, "late_margin"] == pytest.approx(np.median(late))
+    assert dyn.loc["learner", "late_wrong_frac"] == 0 and dyn.loc["loser", "late_margin"] == -3
+    # regression records carry no margin: NaN
+    reg = sample_dynamics(_records([(t, 0, 1.0, NAN, NAN, NAN, NAN, 0.5) for t in range(3)]))
+    assert reg["late_wrong_frac"].isna().all() and reg["late_margin"].isna().all()
+
+
 def test_splits_and_ignored_records():
     train = _classification_records(n_samples=3, n_steps=4)
     val = _classification_records(seed=1, n_samples=3, n_steps=2).assign(split="val", step=lambda f: f["step"] + 10)

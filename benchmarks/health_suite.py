@@ -1,0 +1,394 @@
+"""Planted-bug suite for the health rules: does each rule fire on its bug, and stay quiet
+on healthy runs that look like real training?
+
+A case trains one tiny run into a folder (seeded, CPU, seconds) and names what
+`diagnostics.health.check` should say about it:
+
+    Case(name, train, rule, layer, steps)
+        train(folder) -> run path      trains the run with `hooks.watch` attached
+        rule                           the rule expected to fire (warning or error);
+                                       None: a healthy control, where no warning or error may appear
+        layer                          the layer the finding must name (None: any, or a run-level finding)
+        steps                          (first, last) step range the finding must overlap (None: any)
+
+`CASES` holds them all, planted bugs first; rule modules written elsewhere
+(diagnostics/health_loop.py, diagnostics/health_data.py) add theirs by appending to it
+(`CASES.append(Case(...))` or extending the list below). `run_suite(cases)` trains and
+checks each, `summarise(results)` gives recall (planted cases whose rule fired at the
+right layer and steps, as a warning or error) and the false-alarm rate (healthy controls
+with any warning or error). tests/diagnostics/test_health_suite.py (marked slow) asserts
+100% recall and no false alarm on the same list.
+
+Usage::
+
+    PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py            # table, ~1-3 min
+    PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py --json benchmarks/results/health_suite.json
+    PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py --only label_noise,oct
+
+Torch runs on one thread (`--threads`): the models are tiny.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+import diagnostics
+import hooks
+from diagnostics.health import check
+
+LOUD = ("error", "warning")
+
+
+@dataclass(frozen=True)
+class Case:
+    """One planted bug (`rule` set) or healthy control (`rule` None); see the module docstring."""
+
+    name: str
+    train: Callable[[Path], Path]
+    rule: str | None = None
+    layer: str | None = None
+    steps: tuple[int, int] | None = None
+
+
+# ---------------------------------------------------------------------------------
+# Data and a training loop that looks like real training (epochs, shuffled batches)
+
+
+def blobs(n=256, d=10, c=3, seed=0):
+    """A learnable c-class problem: the label is the argmax of a random linear map."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, d, generator=g)
+    return x, (x @ torch.randn(d, c, generator=g)).argmax(1)
+
+
+def digits(standardise=True, seed=0):
+    from hooks.demo import digits_tensors
+    return digits_tensors(seed, standardise)
+
+
+def fit(model, x, y, folder, name, epochs=3, lr=0.05, adam=False, crit=None, batch=64, every=1, ids=False,
+        val=None, patience=None, seed=0, batch_hook=None, max_steps=None) -> Path:
+    """Train `model` on (x, y) with hooks attached; `val`: (x, y) for val/loss each epoch;
+    `patience`: early stopping on it; `batch_hook(step, xb)`: replaces a batch (planted bugs)."""
+    torch.manual_seed(seed)
+    crit = crit or nn.CrossEntropyLoss()
+    opt = (torch.optim.Adam(model.parameters(), lr=lr) if adam
+           else torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9))
+    task = "regression" if isinstance(crit, nn.MSELoss) else "classification"
+    gen, step, best, bad = torch.Generator().manual_seed(seed), 0, float("inf"), 0
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name=name, every=every, task=task) as run:
+        for _ in range(epochs):
+            model.train()
+            for idx in torch.randperm(len(x), generator=gen).split(batch):
+                xb = x[idx] if batch_hook is None else batch_hook(step, x[idx])
+                opt.zero_grad()
+                out = model(xb)
+                loss = crit(out, y[idx])
+                if ids:
+                    run.log_batch(out, y[idx], ids=idx, loss=loss)
+                loss.backward()
+                opt.step()
+                step += 1
+                if max_steps and step >= max_steps:
+                    return Path(run.path)
+            if val is not None:
+                model.eval()
+                with torch.no_grad():
+                    v = float(crit(model(val[0]), val[1]))
+                run.log_scalar("val/loss", v)
+                best, bad = (v, 0) if v < best else (best, bad + 1)
+                if patience is not None and bad >= patience:
+                    break
+    return Path(run.path)
+
+
+def deep(act, n_layers=8, width=32, std=0.01, d_in=10, zero_bias=False, seed=0):
+    torch.manual_seed(seed)
+    layers, d = [], d_in
+    for _ in range(n_layers):
+        lin = nn.Linear(d, width)
+        nn.init.normal_(lin.weight, std=std)
+        if zero_bias:
+            nn.init.zeros_(lin.bias)
+        layers += [lin, act()]
+        d = width
+    return nn.Sequential(*layers, nn.Linear(width, 3))
+
+
+def mlp(d_in=10, hidden=32, d_out=3, dropout=0.0, seed=0):
+    torch.manual_seed(seed)
+    extra = [nn.Dropout(dropout)] if dropout else []
+    return nn.Sequential(nn.Linear(d_in, hidden), nn.ReLU(), *extra, nn.Linear(hidden, d_out))
+
+
+def small_cnn(seed=0):
+    from hooks.demo import small_cnn as cnn
+    torch.manual_seed(seed)
+    return cnn()
+
+
+# ---------------------------------------------------------------------------------
+# Planted bugs: one per rule of diagnostics/health.py
+
+
+def _nonfinite(f):
+    x, y = blobs()
+    return fit(mlp(), x * 1e3, y, f, "nan", epochs=2, lr=1e30, max_steps=8)
+
+
+def _dead(f):
+    x, y = blobs()
+    model = mlp(hidden=64)
+    nn.init.constant_(model[0].bias, -10.0)
+    return fit(model, x, y, f, "dead", epochs=5)
+
+
+def _saturated(f):
+    x, y = blobs()
+    return fit(deep(nn.Tanh, n_layers=3, std=2.0), x, y, f, "saturated", epochs=2, lr=0.01)
+
+
+def _vanishing(f):
+    x, y = blobs()
+    return fit(deep(nn.Sigmoid), x, y, f, "sigmoid", epochs=5, lr=0.1)
+
+
+def _exploding(f):
+    x, y = blobs()
+    model = deep(nn.ReLU, n_layers=8, std=3 * (2 / 32) ** 0.5, zero_bias=True)  # 3x the He gain per layer
+    nn.init.normal_(model[0].weight, std=3 * (2 / 10) ** 0.5)
+    return fit(model, x, y, f, "exploding", epochs=2, lr=1e-6)
+
+
+def _spike(f):
+    x, y, _, _ = digits()
+    flat = x.flatten(1)
+    plant = lambda step, xb: xb * 30 if step == 60 else xb  # one corrupted batch (a unit bug in a loader)
+    return fit(mlp(64, 64, 10), flat, y, f, "spike", epochs=3, lr=0.02, batch_hook=plant)
+
+
+def _tanh_shrinks(f):
+    x, y = blobs()
+    return fit(deep(nn.Tanh, n_layers=6, zero_bias=True), x, y, f, "tanh", epochs=2, lr=0.1, max_steps=6)
+
+
+def _lr_tiny(f):
+    x, y = blobs()
+    return fit(mlp(), x, y, f, "lr_tiny", epochs=5, lr=1e-7)
+
+
+def _imbalance(f):
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(512, 10, generator=g)
+    y = torch.zeros(512, dtype=torch.long)
+    y[torch.rand(512, generator=g) < 0.10] = 1
+    y[torch.rand(512, generator=g) < 0.05] = 2
+    return fit(mlp(hidden=16), x, y, f, "imbalance", epochs=4)
+
+
+def _random_labels(f):
+    x, _ = blobs(n=1024)
+    y = torch.randint(0, 3, (1024,), generator=torch.Generator().manual_seed(3))
+    return fit(mlp(), x, y, f, "random_labels", epochs=2, lr=0.01)
+
+
+def _overfit(f):
+    x, _ = blobs(n=32, d=20, seed=3)
+    y = torch.randint(0, 3, (32,), generator=torch.Generator().manual_seed(5))  # nothing to generalise
+    return fit(mlp(20, 256), x, y, f, "overfit", epochs=80, lr=0.01, adam=True, batch=32, every=10,
+               val=blobs(n=256, d=20, seed=4))
+
+
+def _flipped_digits(f):
+    x, y, _, _ = digits()
+    rng = np.random.default_rng(0)
+    flip = rng.choice(len(y), size=len(y) // 10, replace=False)  # 10% to another class
+    y = y.clone()
+    y[flip] = torch.from_numpy((y[flip].numpy() + rng.integers(1, 10, len(flip))) % 10)
+    return fit(small_cnn(), x, y, f, "flipped", epochs=12, lr=0.05, batch=32, every=100, ids=True)
+
+
+def _raw_digits(f):
+    x, y, _, _ = digits(standardise=False)
+    return fit(small_cnn(), x, y, f, "raw_digits", epochs=2, lr=0.05, batch=32, every=5)
+
+
+PLANTED = [
+    Case("nan_from_huge_lr", _nonfinite, "nonfinite", "2"),
+    Case("dead_relu_negative_bias", _dead, "dead_units", "1"),
+    Case("tanh_saturated_large_init", _saturated, "saturation", "1"),
+    Case("deep_sigmoid_small_init", _vanishing, "vanishing_gradients", "0"),
+    Case("relu_thrice_he_gain", _exploding, "exploding_gradients", "0"),
+    Case("one_batch_scaled_30x", _spike, "grad_norm_spikes", None, (60, 60)),
+    Case("deep_tanh_small_init", _tanh_shrinks, "activation_scale_depth", "10"),
+    Case("lr_1e-7", _lr_tiny, "update_ratio", "0.weight"),
+    Case("class_imbalance", _imbalance, "output_vs_label", "train/class"),
+    Case("random_labels", _random_labels, "loss_vs_baseline"),
+    Case("tiny_train_set", _overfit, "overfitting"),
+    Case("digits_10pct_flipped", _flipped_digits, "label_noise"),
+    Case("raw_digit_pixels", _raw_digits, "input_scale", "0"),
+]
+
+
+# ---------------------------------------------------------------------------------
+# Healthy controls: real-looking training, hard-but-clean data; no warning may appear
+
+
+def _digits_bn_cnn_adam(f):
+    x, y, xv, yv = digits()
+    return fit(small_cnn(), x, y, f, "digits_bn_adam", epochs=6, lr=1e-3, adam=True, batch=32, every=20,
+               ids=True, val=(xv, yv))
+
+
+def _digits_dropout_mlp(f):
+    x, y, xv, yv = digits()
+    return fit(mlp(64, 128, 10, dropout=0.3), x.flatten(1), y, f, "digits_dropout", epochs=10, lr=0.02,
+               batch=32, every=20, ids=True, val=(xv.flatten(1), yv))
+
+
+def _regression_mlp(f):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1024, 5, generator=g)
+    y = 2 * x[:, :1] - x[:, 1:2] + 0.5 * x[:, 2:3] ** 2 + 0.1 * torch.randn(1024, 1, generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 32), nn.Tanh(), nn.Linear(32, 32), nn.Tanh(), nn.Linear(32, 1))
+    return fit(model, x, y, f, "regression", epochs=8, lr=3e-3, adam=True, crit=nn.MSELoss(), every=10)
+
+
+def _early_stopping(f):
+    x, y, xv, yv = digits()
+    x, y = x[:300].flatten(1), y[:300]  # a small training set: val loss turns up after a few epochs
+    return fit(mlp(64, 256, 10), x, y, f, "early_stop", epochs=60, lr=3e-3, adam=True, batch=32, every=10,
+               ids=True, val=(xv.flatten(1), yv), patience=3)
+
+
+def _quiet(fn, *args, **kwargs):
+    with contextlib.redirect_stdout(io.StringIO()):
+        return Path(fn(*args, **kwargs))
+
+
+def _oct(f):
+    from examples.oct_cnn import train
+    return _quiet(train, runs_dir=f, name="oct", n=1200, epochs=6)
+
+
+def _radar(f):
+    from examples.radar_cnn import train
+    return _quiet(train, runs_dir=f, name="radar", n=800, epochs=10)
+
+
+CONTROLS = [
+    Case("digits_bn_cnn_adam", _digits_bn_cnn_adam),
+    Case("digits_dropout_mlp", _digits_dropout_mlp),
+    Case("regression_mlp", _regression_mlp),
+    Case("early_stopping_small_set", _early_stopping),
+    Case("oct_simulator_cnn", _oct),
+    Case("radar_simulator_cnn", _radar),
+]
+
+CASES: list[Case] = [*PLANTED, *CONTROLS]
+
+
+# ---------------------------------------------------------------------------------
+# Running and scoring
+
+
+def _overlaps(f, steps) -> bool:
+    if steps is None:
+        return True
+    if f.step_start is None:
+        return False
+    end = f.step_end if f.step_end is not None else f.step_start
+    return f.step_start <= steps[1] and end >= steps[0]
+
+
+def judge(case: Case, findings) -> dict:
+    """The verdict on one case: for a planted bug, whether its rule fired loud at the right
+    layer and steps; for a control, the loud findings (each a false alarm)."""
+    loud = [f for f in findings if f.severity in LOUD]
+    out = {"case": case.name, "kind": "control" if case.rule is None else "planted", "rule": case.rule,
+           "layer": case.layer, "findings": [f"{f.severity} {f.rule} {f.layer}" for f in findings]}
+    if case.rule is None:
+        out.update(passed=not loud, false_alarms=[f"{f.rule} {f.layer}: {f.message}" for f in loud])
+    else:
+        hit = [f for f in loud if f.rule == case.rule and (case.layer is None or f.layer == case.layer)
+               and _overlaps(f, case.steps)]
+        out.update(passed=bool(hit), fired=bool(hit), message=hit[0].message if hit else "")
+    return out
+
+
+def run_case(case: Case, folder: Path) -> dict:
+    t0 = time.perf_counter()
+    path = case.train(folder)
+    train_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    findings = check(diagnostics.open_run(path))
+    return {**judge(case, findings), "train_s": round(train_s, 2), "check_s": round(time.perf_counter() - t1, 3)}
+
+
+def run_suite(cases: list[Case] | None = None, folder: Path | None = None) -> list[dict]:
+    """Train and check every case (in `folder`, or a temporary one); one result dict each."""
+    cases = CASES if cases is None else cases
+    with contextlib.ExitStack() as stack:
+        root = Path(folder) if folder else Path(stack.enter_context(tempfile.TemporaryDirectory()))
+        return [run_case(c, root / c.name) for c in cases]
+
+
+def summarise(results: list[dict]) -> dict:
+    planted = [r for r in results if r["kind"] == "planted"]
+    controls = [r for r in results if r["kind"] == "control"]
+    return {"planted": len(planted), "fired": sum(r["fired"] for r in planted),
+            "recall": sum(r["fired"] for r in planted) / len(planted) if planted else None,
+            "controls": len(controls), "controls_with_alarm": sum(not r["passed"] for r in controls),
+            "false_alarm_rate": (sum(not r["passed"] for r in controls) / len(controls)) if controls else None,
+            "false_alarms": sum(len(r["false_alarms"]) for r in controls),
+            "total_s": round(sum(r["train_s"] + r["check_s"] for r in results), 1)}
+
+
+def format_table(results: list[dict]) -> str:
+    lines = [f"{'case':28} {'kind':8} {'expected':24} {'result':8} {'train s':>8}  findings (warnings/errors)"]
+    for r in results:
+        expected = f"{r['rule']}@{r['layer']}" if r["rule"] and r["layer"] else (r["rule"] or "quiet")
+        result = ("fired" if r.get("fired") else "MISSED") if r["kind"] == "planted" else (
+            "quiet" if r["passed"] else "ALARM")
+        loud = [f for f in r["findings"] if f.split()[0] in LOUD]
+        lines.append(f"{r['case']:28} {r['kind']:8} {expected:24} {result:8} {r['train_s']:8.1f}  {'; '.join(loud)}")
+    s = summarise(results)
+    lines.append(f"recall {s['fired']}/{s['planted']} = {s['recall']:.0%}; false alarms: "
+                 f"{s['controls_with_alarm']}/{s['controls']} controls ({s['false_alarms']} findings); "
+                 f"total {s['total_s']} s")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--only", help="comma-separated substrings of case names to run")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cases = [c for c in CASES if not args.only or any(k in c.name for k in args.only.split(","))]
+    results = run_suite(cases)
+    print(format_table(results))
+    if args.json:
+        payload = {"summary": summarise(results), "results": results, "threads": args.threads,
+                   "machine": platform.platform(), "torch": torch.__version__}
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(payload, indent=2))
+
+
+if __name__ == "__main__":
+    main()
