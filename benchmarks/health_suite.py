@@ -35,10 +35,13 @@ import contextlib
 import io
 import json
 import platform
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/ from a checkout
 from typing import Callable
 
 import numpy as np
