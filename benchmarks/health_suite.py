@@ -254,9 +254,11 @@ PLANTED = [
 def loop(model, x, y, folder, name, opt=None, steps=60, batch=30, crit=None, head=None, zero_grad=True,
          sched=None, clip=None, validate=None, shuffle=False, ids=False, evaluate=None, every="auto", task=None):
     """A plain step loop (the planted bug in its arguments): `head` between model and loss,
-    `validate(model, run)` every 10 steps, `evaluate` {split: (x, y, ids)} after the last step."""
+    `sched(opt)` a scheduler stepped every batch, `validate(model, run)` every 10 steps,
+    `evaluate` {split: (x, y, ids)} after the last step."""
     crit = crit or nn.CrossEntropyLoss()
     opt = opt or torch.optim.Adam(model.parameters(), lr=1e-3)
+    sched = sched(opt) if sched else None
     gen = torch.Generator().manual_seed(0)
     order = torch.randperm(len(x), generator=gen) if shuffle else torch.arange(len(x))
     with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name=name, every=every, task=task) as run:
@@ -294,52 +296,27 @@ def _dmlp(bn=False, dropout=0.0, d_out=10, seed=0):
     return nn.Sequential(nn.Linear(64, 64), *mid, nn.ReLU(), nn.Dropout(dropout), nn.Linear(64, d_out))
 
 
-def _no_zero_grad(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp()
-    return loop(model, x, y, f, "no_zero_grad", opt=torch.optim.Adam(model.parameters(), lr=1e-4), steps=120,
-                zero_grad=False)
+def _case(name, model=_dmlp, opt=None, prep=None, **kw):
+    """train(folder) for a planted loop/data/loss bug on flat digits: `opt(model)` builds the
+    optimizer (and may plant the bug), `prep(x, y)` the data."""
+    def train(f):
+        x, y, _, _ = flat_digits()
+        x, y = prep(x, y) if prep else (x, y)
+        m = model()
+        return loop(m, x, y, f, name, opt=opt(m) if opt else None, **kw)
+    return train
 
 
-def _head_replaced(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp()
-    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
-    model[-1] = nn.Linear(64, 10)  # a new head after the optimizer was built
-    return loop(model, x, y, f, "new_head", opt=opt)
+def _head_replaced(m):
+    opt = torch.optim.Adam(m.parameters(), lr=1e-3)
+    m[-1] = nn.Linear(64, 10)  # a new head after the optimizer was built
+    return opt
 
 
-def _clipped_to_zero(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp()
-    return loop(model, x, y, f, "clip0", opt=torch.optim.SGD(model.parameters(), lr=0.05), clip=0.0, every=5)
-
-
-def _frozen_but_bn(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp(bn=True)
-    for name, p in model.named_parameters():
-        p.requires_grad = name.startswith("1.")  # only the BatchNorm's affine parameters train
-    return loop(model, x, y, f, "frozen", opt=torch.optim.Adam([p for p in model.parameters() if p.requires_grad]))
-
-
-def _steplr_per_batch(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp()
-    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
-    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=5, gamma=0.3)  # meant: every 5 epochs
-    return loop(model, x, y, f, "steplr", opt=opt, sched=sched)
-
-
-def _adamw_wd20(f):
-    x, y, _, _ = flat_digits()
-    model = _dmlp()
-    return loop(model, x, y, f, "wd", opt=torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=20.0), every=3)
-
-
-def _bn_batch4(f):
-    x, y, _, _ = flat_digits()
-    return loop(_dmlp(bn=True), x, y, f, "bn4", batch=4, steps=40)
+def _only_bn_trains(m):
+    for name, p in m.named_parameters():
+        p.requires_grad = name.startswith("1.")  # only the BatchNorm's affine parameters
+    return torch.optim.Adam([p for p in m.parameters() if p.requires_grad])
 
 
 def _val_dropout_on(f):
@@ -351,12 +328,6 @@ def _val_dropout_on(f):
     return loop(_dmlp(dropout=0.5), x, y, f, "dropout_on", validate=validate)
 
 
-def _shuffled_labels(f):
-    x, y, _, _ = flat_digits()
-    y = y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))]
-    return loop(_dmlp(), x, y, f, "shuffled_labels", steps=150, batch=32, shuffle=True, ids=True, every=5)
-
-
 def _val_copies_train(f):
     x, y, xv, yv = flat_digits()
     xv, yv = torch.cat([xv, x[:60]]), torch.cat([yv, y[:60]])  # 60 training images in the validation set
@@ -364,44 +335,41 @@ def _val_copies_train(f):
     return loop(_dmlp(), x, y, f, "leak", batch=32, shuffle=True, evaluate=ev, every=5)
 
 
-def _sorted_unshuffled(f):
-    x, y, _, _ = flat_digits()
-    order = torch.argsort(y, stable=True)
-    return loop(_dmlp(), x[order], y[order], f, "sorted", steps=112, batch=32, ids=True, every=2)
+def _loss_case(name, d_out=10, prep=None, **kw):
+    return _case(name, lambda: _dmlp(d_out=d_out), prep=prep, steps=40, batch=32, shuffle=True, ids=True, every=5,
+                 **kw)
 
 
-def _data_case(name, d_out=10, head=None, crit=None, binary=False, float_ids=False):
-    def train(f):
-        x, y, _, _ = flat_digits()
-        if binary:
-            y = (y >= 5).float().unsqueeze(1)
-        if float_ids:
-            y = y.float().unsqueeze(1)
-        return loop(_dmlp(d_out=d_out), x, y, f, name, opt=None, steps=40, batch=32, crit=crit, head=head,
-                    shuffle=True, ids=True, every=5)
-    return train
-
-
+_shuffle_labels = lambda x, y: (x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(1))])
+_sort_by_label = lambda x, y: (x[torch.argsort(y, stable=True)], y[torch.argsort(y, stable=True)])
+_SGD = lambda m: torch.optim.SGD(m.parameters(), lr=0.05)
 LOOP_DATA_PLANTED = [
-    Case("no_zero_grad", _no_zero_grad, "gradients_not_reset"),
-    Case("head_replaced_after_optimizer", _head_replaced, "not_in_optimizer", "3.weight"),
-    Case("grad_clipped_to_zero", _clipped_to_zero, "stuck_parameters", "0.weight"),
-    Case("all_frozen_but_batchnorm", _frozen_but_bn, "frozen_model", "4"),
-    Case("steplr_stepped_per_batch", _steplr_per_batch, "lr_collapse", "lr"),
-    Case("adamw_weight_decay_20", _adamw_wd20, "weight_decay_dominates", "0.weight"),
-    Case("batchnorm_batch_4", _bn_batch4, "batchnorm_small_batch", "1"),
+    Case("no_zero_grad", _case("no_zero_grad", opt=lambda m: torch.optim.Adam(m.parameters(), lr=1e-4), steps=120,
+                               zero_grad=False), "gradients_not_reset"),
+    Case("head_replaced_after_optimizer", _case("new_head", opt=_head_replaced), "not_in_optimizer", "3.weight"),
+    Case("grad_clipped_to_zero", _case("clip0", opt=_SGD, clip=0.0, every=5), "stuck_parameters", "0.weight"),
+    Case("all_frozen_but_batchnorm", _case("frozen", lambda: _dmlp(bn=True), _only_bn_trains), "frozen_model", "4"),
+    Case("steplr_stepped_per_batch", _case("steplr", opt=lambda m: torch.optim.SGD(m.parameters(), 0.1, momentum=0.9),
+                                           sched=lambda o: torch.optim.lr_scheduler.StepLR(o, 5, gamma=0.3)),
+         "lr_collapse", "lr"),  # StepLR(step_size=5) meant per epoch, stepped per batch
+    Case("adamw_weight_decay_20", _case("wd", opt=lambda m: torch.optim.AdamW(m.parameters(), lr=1e-2,
+                                                                              weight_decay=20.0), every=3),
+         "weight_decay_dominates", "0.weight"),
+    Case("batchnorm_batch_4", _case("bn4", lambda: _dmlp(bn=True), batch=4, steps=40), "batchnorm_small_batch", "1"),
     Case("validation_dropout_on", _val_dropout_on, "eval_in_train_mode", "2"),
-    Case("labels_shuffled", _shuffled_labels, "labels_unlearnable"),
+    Case("labels_shuffled", _case("shuffled_labels", prep=_shuffle_labels, steps=150, batch=32, shuffle=True, ids=True,
+                                  every=5), "labels_unlearnable"),
     Case("val_copies_of_train", _val_copies_train, "split_leakage"),
-    Case("class_sorted_unshuffled", _sorted_unshuffled, "unshuffled_batches", "train/class"),
-    Case("mse_on_class_ids", _data_case("mse_ids", d_out=1, crit=nn.MSELoss(), float_ids=True),
+    Case("class_sorted_unshuffled", _case("sorted", prep=_sort_by_label, steps=112, batch=32, ids=True, every=2),
+         "unshuffled_batches", "train/class"),
+    Case("mse_on_class_ids", _loss_case("mse_ids", 1, lambda x, y: (x, y.float().unsqueeze(1)), crit=nn.MSELoss()),
          "regression_loss_on_class_ids"),
-    Case("softmax_dim0", _data_case("softmax_dim0", head=lambda o: torch.softmax(o, dim=0)), "softmax_wrong_dim"),
-    Case("nll_on_logits", _data_case("nll_logits", crit=nn.NLLLoss()), "nll_input"),
-    Case("softmax_into_cross_entropy", _data_case("ce_softmax", head=lambda o: torch.softmax(o, 1)),
+    Case("softmax_dim0", _loss_case("softmax_dim0", head=lambda o: torch.softmax(o, dim=0)), "softmax_wrong_dim"),
+    Case("nll_on_logits", _loss_case("nll_logits", crit=nn.NLLLoss()), "nll_input"),
+    Case("softmax_into_cross_entropy", _loss_case("ce_softmax", head=lambda o: torch.softmax(o, 1)),
          "softmax_before_cross_entropy"),
-    Case("sigmoid_into_bce_with_logits", _data_case("double_sigmoid", d_out=1, head=torch.sigmoid,
-                                                    crit=nn.BCEWithLogitsLoss(), binary=True), "double_sigmoid"),
+    Case("sigmoid_into_bce_with_logits", _loss_case("double_sigmoid", 1, lambda x, y: (x, (y >= 5).float()[:, None]),
+                                                    head=torch.sigmoid, crit=nn.BCEWithLogitsLoss()), "double_sigmoid"),
 ]
 PLANTED += LOOP_DATA_PLANTED
 
