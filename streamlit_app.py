@@ -26,14 +26,14 @@ def _list_runs(folder: str):
 @st.cache_resource(show_spinner=False)
 def _warm_up_umap() -> threading.Thread:
     """UMAP's first fit compiles with numba (20-40 s once per machine, then a few seconds from
-    numba's disk cache): pay it in the background at start; maps meanwhile show a PCA preview."""
+    numba's disk cache): pay it in the background once the first page has run (started at the
+    server's start, its child process took a CPU from the first page: 1-2 s later on 2 cores);
+    maps meanwhile show a PCA preview."""
     thread = threading.Thread(target=embedding.warm_up, name="umap-warm-up", daemon=True)
     thread.start()
     return thread
 
 
-if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
-    _warm_up_umap()
 
 def _badge(known, earlier) -> str:
     """A run's health in the picker: '⛔1 ⚠2', '✓', '?' if it cannot be checked; '…' while
@@ -135,3 +135,5 @@ try:
 finally:  # also when the page stops early: the badges' computation starts once the page has run
     if unknown_badges:
         badges.shared_board().request(unknown_badges)
+    if os.environ.get("DIAGNOSTICS_WARM_UP") == "1":  # set by `diagnostics dashboard`
+        _warm_up_umap()

@@ -17,6 +17,8 @@ Scenarios, in order (each depends on what the one before left on disk):
     map cached           a restart after the map was computed: read from RUN/cache/
     blocking project()   for reference: import + `project()` in a fresh process, numba cache
                          filled (what the page made users wait for before the preview)
+    browser, restart     the server restart again, served by `diagnostics dashboard` and opened
+                         in headless Chromium: server start to the map drawn (--no-browser skips)
 
 Each row gives wall seconds and the process's CPU seconds; the machine's load average is
 printed with the table (numbers from a busy machine run long).
@@ -128,6 +130,43 @@ def _fresh(phase: str, runs_dir: Path, numba_dir: Path, timeout_s: float) -> dic
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
+def _browser_scenario(runs_dir: Path, numba_dir: Path, timeout_s: float) -> dict:
+    """A real browser: `diagnostics dashboard` started, then /embedding?run=bench opened in
+    headless Chromium (an empty profile); seconds from the server's start until the page has
+    drawn its first map (the chart's title says which) and until it shows the UMAP map."""
+    from playwright.sync_api import sync_playwright
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import dashboard_latency as latency
+
+    title = """() => [...document.querySelectorAll('[data-testid="stPlotlyChart"] .gtitle')]
+                     .map(t => t.textContent).join(' | ')"""
+    os.environ["NUMBA_CACHE_DIR"] = str(numba_dir)  # the server inherits it
+    with sync_playwright() as pw, tempfile.TemporaryDirectory() as profile:
+        browser = pw.chromium.launch_persistent_context(profile, executable_path=shutil.which("chromium"),
+                                                        args=latency.CHROMIUM_ARGS, headless=True,
+                                                        viewport={"width": 1400, "height": 1000})
+        port = latency._free_port()
+        started = time.perf_counter()
+        proc, _ = latency.start_dashboard(runs_dir, port)
+        try:
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/embedding?run=bench", wait_until="commit")
+            page.wait_for_function(f"() => ({title})().length > 0", timeout=timeout_s * 1000, polling=100)
+            first, first_title = time.perf_counter() - started, page.evaluate(title)
+            try:
+                page.wait_for_function(f"() => ({title})().startsWith('UMAP')", timeout=timeout_s * 1000,
+                                       polling=250)
+                umap_s = time.perf_counter() - started
+            except Exception:  # noqa: BLE001 -- reported as not shown
+                umap_s = None
+        finally:
+            browser.close()
+            latency.stop(proc)
+    return {"first_map_s": first, "first_map": first_title.split(":")[0].split(" of ")[0][:17],
+            "umap_map_s": umap_s, "cpu_s": float("nan"), "progress_messages": [], "errors": []}
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -135,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dims", type=int, default=128, help="embedding dimensions (default 128)")
     ap.add_argument("--timeout", type=float, default=400.0, help="seconds a scenario may take (default 400)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--no-browser", action="store_true", help="skip the real-browser scenario (needs chromium)")
     ap.add_argument("--phase", default=None, help=argparse.SUPPRESS)   # internal: one scenario
     ap.add_argument("--started-at", type=float, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", default=None, help=argparse.SUPPRESS)
@@ -158,6 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                 shutil.rmtree(run / "cache", ignore_errors=True)
             rows.append({"scenario": name, **_fresh(phase, runs_dir, numba_dir, args.timeout)})
             print(f"  {name} done", file=sys.stderr, flush=True)
+        if not args.no_browser:  # the restart again, as a person sees it: server start to a drawn map
+            shutil.rmtree(run / "cache", ignore_errors=True)
+            rows.append({"scenario": "browser, restart", **_browser_scenario(runs_dir, numba_dir, args.timeout)})
+            print("  browser, restart done", file=sys.stderr, flush=True)
     load_after = os.getloadavg()
 
     print(f"\nEmbedding map of {args.n:,} points x {args.dims} dims, fresh process each "
@@ -166,7 +210,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         first = "-" if r["first_map_s"] is None else f"{r['first_map_s']:.1f}"
         umap_s = "not shown" if r["umap_map_s"] is None else f"{r['umap_map_s']:.1f}"
-        print(f"{r['scenario']:<22}{r['first_map']:<18}{first:>8}{umap_s:>12}{r['cpu_s']:>8.1f}")
+        cpu = "-" if r["cpu_s"] != r["cpu_s"] else f"{r['cpu_s']:.1f}"
+        print(f"{r['scenario']:<22}{r['first_map']:<18}{first:>8}{umap_s:>12}{cpu:>8}")
     for r in rows:
         for message in r["progress_messages"]:
             print(f"  [{r['scenario']}] {message[:150]}")

@@ -27,10 +27,28 @@ try:
     PagesManager.uses_pages_directory = False
 except ImportError:
     pass
+try:  # the pages' analysis modules (0.6 s), before the first visitor rather than during her first page
+    from diagnostics.cli import preload_analysis
+    preload_analysis()
+except ImportError:
+    pass
 from streamlit.web.cli import main
 sys.argv[0] = "streamlit"
 sys.exit(main())
 """
+
+
+def preload_analysis() -> None:
+    """Import every `diagnostics` module (pandas, pyarrow, duckdb, plotly with them): the
+    server's boot calls it, so that the first page a person opens does not pay the imports.
+    Not `pages` (their caches bind to the runtime streamlit starts later), nor umap or torch."""
+    import importlib
+    import pkgutil
+
+    import diagnostics
+
+    for module in pkgutil.iter_modules(diagnostics.__path__):
+        importlib.import_module(f"diagnostics.{module.name}")
 
 
 def _app_path() -> str:

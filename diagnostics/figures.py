@@ -98,6 +98,59 @@ def runs_scalar_figure(frames: dict[str, pd.DataFrame], name: str, title: str = 
     return fig
 
 
+def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: str = "step",
+                        starts: dict[str, float] | None = None, columns: int = 2) -> go.Figure:
+    """Several scalars of several runs as small multiples in one chart: a panel per name, each
+    with its own y axis (a gradient norm of 5 would flatten an accuracy of 0.97), x axes
+    linked (zoom one, all follow), one colour per run across panels, one legend entry per run
+    (a click hides that run everywhere). One chart, not one per scalar: a browser draws one
+    plotly chart of four panels in about the time of one chart, four charts in four times.
+
+        runs_scalars_figure({"base": a.scalars(), "norm": b.scalars()}, ["val/accuracy", "grad_norm"])
+    """
+    if x not in ("step", "time"):
+        raise ValueError(f"x must be 'step' or 'time', got {x!r}")
+    if not names:
+        return empty_figure("no scalars picked")
+    starts = starts or {}
+    found = {name: _run_series(frames, name, x, starts) for name in names}
+    longest = [float(np.max(xs)) for series, _ in found.values() for *_, xs, _ in series]
+    if not longest:
+        return empty_figure(f"no finite values of {', '.join(names)} in {', '.join(frames)}")
+    unit, scale = _time_unit(max(longest)) if x == "time" else ("", 1.0)
+    columns = max(1, min(columns, len(names)))
+    rows = math.ceil(len(names) / columns)
+    titles = [name + (f" (not logged in: {', '.join(missing)})" if missing and len(missing) < len(frames) else "")
+              for name, (_, missing) in found.items()]
+    fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, shared_xaxes="all",
+                        vertical_spacing=min(0.3, 0.45 / rows), horizontal_spacing=0.08)
+    several, legended = len(frames) > 1, set()
+    for i, (name, (series, _)) in enumerate(found.items()):
+        row, col = i // columns + 1, i % columns + 1
+        if not series:
+            fig.add_annotation(text="no finite values", showarrow=False, row=row, col=col,
+                               xref="x domain", yref="y domain", x=0.5, y=0.5)
+            continue
+        for run, j, rank, ranks, xs, ys in series:
+            label = run + (f" (rank {rank})" if ranks > 1 else "")
+            fig.add_scatter(x=xs / scale, y=ys, mode="lines" if len(ys) > 3 else "lines+markers", name=label,
+                            legendgroup=label, showlegend=several and label not in legended,
+                            line=dict(color=_CURVE_COLORS[j % len(_CURVE_COLORS)], width=2,
+                                      dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1 else "solid"),
+                            hovertemplate=f"{label}<br>{name} %{{y:.4g}}<br>{x} %{{x:.4g}}<extra></extra>",
+                            row=row, col=col)
+            legended.add(label)
+        values = np.concatenate([ys for *_, ys in series])
+        finite = values[np.isfinite(values)]
+        if len(finite) and finite.min() == finite.max() and finite[0] != 0:
+            fig.update_yaxes(range=sorted([0.0, 2 * float(finite[0])]), row=row, col=col)
+    fig.update_xaxes(title_text="step" if x == "step" else f"time since the run started ({unit})", row=rows)
+    fig.update_layout(margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.12 - 0.1 / rows),
+                      height=60 + 260 * rows + (30 if several else 0))
+    fig.update_annotations(font_size=13)
+    return fig
+
+
 _CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f")
 _RANK_DASHES = ("solid", "dash", "dot", "dashdot")

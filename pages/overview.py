@@ -71,17 +71,21 @@ else:
         # by default: the user's own scalars (evaluation metrics) first, then the gradient
         # norm; grad_clipped only once clipping engaged (NaN under DDP: unknown)
         values = {n: scalars.loc[scalars["name"] == n, "value"] for n in others}
-        own = [n for n in others if n not in ("grad_norm", "grad_clipped") and values[n].notna().any()
-               and not n.startswith(schema.PROBE_PREFIX)]  # the health rules' loss-input probes
+        # not the scalars recorded for the health rules (loss-input probes, loop checks); the
+        # training split's end-of-run evaluation after the others (one point each)
+        own = [n for n in others if n not in ("grad_norm", "grad_clipped", *schema.LOOP_SCALARS)
+               and values[n].notna().any() and not n.startswith(schema.PROBE_PREFIX)]
+        own.sort(key=lambda n: n.startswith("train/"))
         tool = [n for n in ("grad_norm", "grad_clipped") if n in values and (values[n].fillna(0) != 0).any()]
         picked = st.multiselect("Other scalars", others, default=(own + tool)[:4],
-                                help="One chart each: a gradient norm of 5 would flatten an accuracy of 0.97")
-        columns = st.columns(2)
-        for i, name in enumerate(picked):
-            columns[i % 2].plotly_chart(figures.runs_scalar_figure(frames, name, name, x=x, starts=starts),
-                                        width="stretch", key=f"scalar_{name}")
+                                help="A panel each, with its own y axis: a gradient norm of 5 would flatten an "
+                                     "accuracy of 0.97; the x axes move together")
+        if picked:
+            st.plotly_chart(figures.runs_scalars_figure(frames, picked, x=x, starts=starts), width="stretch",
+                            key="overview_scalars")
 
-with st.expander("Model and configuration"):
+
+def _model_and_configuration(m: dict) -> None:
     modules = pd.DataFrame(m.get("modules", []))
     if not modules.empty:
         # `params` counts a module's own parameters (a container's are its children's):
@@ -97,4 +101,13 @@ with st.expander("Model and configuration"):
         if shapes:
             modules["output shape"] = modules["name"].map(lambda n: str(shapes[n]) if n in shapes else "")
         st.dataframe(modules, hide_index=True, width="stretch")
-    st.json({k: m.get(k) for k in ("watch", "config", "optimizer", "loss_fn", "torch_version", "python_version", "class_names")})
+    st.json({k: m.get(k) for k in ("watch", "config", "optimizer", "loss_fn", "torch_version", "python_version",
+                                   "class_names")})
+
+
+# filled only when opened (it reruns the page): a table and a JSON tree drawn closed cost
+# the browser about half a second of the first paint
+config = st.expander("Model and configuration", key="overview_config", on_change="rerun")
+with config:
+    if config.open:
+        _model_and_configuration(m)

@@ -130,3 +130,31 @@ def test_many_runs_make_the_chart_taller_not_the_plot_smaller():
     frames = {f"run{i}": _frame([(s, "loss", 1.0 / (s + 1), 0, float(s)) for s in range(5)]) for i in range(7)}
     assert figures.runs_scalar_figure(dict(list(frames.items())[:3]), "loss").layout.height == 320
     assert figures.runs_scalar_figure(frames, "loss").layout.height == 320 + 2 * 22  # 7 entries: 3 rows
+
+
+def test_small_multiples_put_each_scalar_in_its_panel_with_one_legend_entry_per_run(two_runs):
+    extra = {run: pd.concat([frame, pd.DataFrame({"step": [3, 6], "name": "grad_norm", "value": [5.0, 4.0],
+                                                   "rank": 0, "wall_time_s": [1003.0, 1006.0]})])
+             for run, frame in two_runs.items()}
+    fig = figures.runs_scalars_figure(extra, ["loss", "grad_norm", "val/missing"])
+    names = [a.text for a in fig.layout.annotations]
+    assert names[:3] == ["loss", "grad_norm", "val/missing"] and "no finite values" in names
+    by_axis = {}
+    for trace in fig.data:
+        by_axis.setdefault(trace.yaxis, []).append(trace)
+    assert sorted(by_axis) == ["y", "y2"]  # the third panel has nothing to draw
+    for run, trace in zip(two_runs, by_axis["y"]):  # loss panel: each run's own loss, in order
+        part = two_runs[run][two_runs[run]["name"] == "loss"].sort_values("step")
+        np.testing.assert_allclose(trace.y, part["value"])
+    np.testing.assert_allclose(by_axis["y2"][0].y, [5.0, 4.0])
+    assert [t.showlegend for t in fig.data] == [True, True, False, False]  # one legend entry per run
+    assert by_axis["y"][0].line.color == by_axis["y2"][0].line.color  # a run keeps its colour across panels
+    links = [fig.layout[f"xaxis{i or ''}"].matches for i in range(4) if i != 1]
+    assert len(set(links) - {None}) == 1 and links.count(None) == 1  # all follow one: zoom one, all zoom
+
+
+def test_small_multiples_say_when_nothing_is_picked_or_drawable(two_runs):
+    assert figures.runs_scalars_figure(two_runs, []).layout.annotations[0].text == "no scalars picked"
+    assert "no finite values" in figures.runs_scalars_figure(two_runs, ["nope"]).layout.annotations[0].text
+    with pytest.raises(ValueError, match="x must be"):
+        figures.runs_scalars_figure(two_runs, ["loss"], x="wall")

@@ -31,8 +31,9 @@ def _values(value) -> np.ndarray:
 
 
 def _charts(at: AppTest) -> dict[str, dict]:
+    """Charts by title; the small multiples of the other scalars (no title) as "scalars"."""
     specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    return {spec["layout"]["title"]["text"]: spec for spec in specs}
+    return {spec["layout"].get("title", {}).get("text", "scalars"): spec for spec in specs}
 
 
 def _folder(tmp_path):
@@ -62,9 +63,11 @@ def test_overview_overlays_the_picked_runs_one_colour_each(monkeypatch, tmp_path
     assert [t["name"] for t in lr["data"]] == ["base"]
     assert lr["layout"]["annotations"][0]["text"] == "not logged under this name in: norm, wide"
     # the scalar base logged as val/acc: wide's val/acc drawn with it, norm's val/accuracy not merged in
-    acc = charts["val/acc"]
-    assert [t["name"] for t in acc["data"]] == ["base", "wide"]
-    assert acc["layout"]["annotations"][0]["text"] == "not logged under this name in: norm"
+    panels = charts["scalars"]  # one chart, a panel per scalar: here val/acc alone
+    assert [t["name"] for t in panels["data"]] == ["base", "wide"]
+    assert [t["showlegend"] for t in panels["data"]] == [True, True]
+    np.testing.assert_allclose(_values(panels["data"][1]["y"]), [0.9])
+    assert panels["layout"]["annotations"][0]["text"] == "val/acc (not logged in: norm)"
 
 
 def test_overview_x_axis_switches_to_time_since_each_start(monkeypatch, tmp_path):
@@ -77,3 +80,18 @@ def test_overview_x_axis_switches_to_time_since_each_start(monkeypatch, tmp_path
     for trace in loss["data"]:  # seconds after each run's own created_at, not epoch seconds
         x = _values(trace["x"])
         assert 0 <= x.min() and x.max() < 60
+
+
+def test_overview_picks_the_users_metrics_by_default_not_the_health_rules_scalars(monkeypatch, tmp_path):
+    """The demo's digits run showed batchnorm_batch_size and grad_carried (recorded for the loop
+    rules) and the one-point train/ evaluation by default, and not val/accuracy."""
+    tool = [(s, name, 1.0) for s in range(0, 10, 5) for name in ("grad_carried", "batchnorm_batch_size",
+                                                                  "no_grad_forward_train_mode", "probe/val/max")]
+    write_run(tmp_path, "run", LABELS, PRED_A, LOSS_A,
+              scalars=[(s, "loss", 2.0 - 0.1 * s) for s in range(10)] + tool
+              + [(9, "train/accuracy", 0.99), (9, "train/loss", 0.1), (4, "val/accuracy", 0.7), (9, "val/accuracy", 0.8),
+                 (9, "val/loss", 0.5), (4, "grad_norm", 2.0)])
+    at = _open(monkeypatch, tmp_path, "run")
+    picker = next(w for w in at.multiselect if w.label == "Other scalars")
+    assert picker.value == ["val/accuracy", "val/loss", "train/accuracy", "train/loss"]
+    assert "grad_carried" in picker.options  # still there to pick

@@ -176,19 +176,22 @@ def test_pages_show_one_rank_of_a_distributed_run(monkeypatch, two_rank_run):
     assert "on rank 0" in at.caption[-1].value
 
 
-def test_overview_draws_each_other_scalar_on_its_own_chart(monkeypatch, recorded_runs):
-    """A gradient norm of 5 on the axis of an accuracy of 0.97 flattens the accuracy; a
-    grad_clipped that never left 0 is not picked by default."""
+def test_overview_draws_each_other_scalar_in_its_own_panel(monkeypatch, recorded_runs):
+    """A gradient norm of 5 on the axis of an accuracy of 0.97 flattens the accuracy: one
+    panel (own y axis) per scalar; a grad_clipped that never left 0 is not picked by default."""
     at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
     picker = next(w for w in at.multiselect if w.label == "Other scalars")  # after "Overlay other runs"
     assert "grad_norm" in picker.value and "grad_clipped" not in picker.value
-    titles = [c["layout"]["title"]["text"] for c in _charts(at)]
-    for name in picker.value:
-        assert name in titles
+    panels = next(c for c in _charts(at) if "title" not in c["layout"])
+    assert [a["text"] for a in panels["layout"]["annotations"]][:len(picker.value)] == picker.value
+    assert len({t.get("yaxis", "y") for t in panels["data"]}) == len(picker.value)
 
 
 def test_overview_model_table_counts_parameters_with_children(monkeypatch, recorded_runs):
     at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
+    assert not any("params (own)" in d.value.columns for d in at.dataframe)  # filled once opened
+    at.session_state["overview_config"] = True
+    at.run()
     table = next(d.value for d in at.dataframe if "params (own)" in d.value.columns)
     import diagnostics
 
