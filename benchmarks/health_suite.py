@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # examples/ from a checkout
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import torch

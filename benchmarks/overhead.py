@@ -443,7 +443,7 @@ def _busy_ticks() -> tuple[int, int, int]:
 class OtherCPU:
     """Cores' worth of CPU that other processes used between start() and stop()."""
 
-    def start(self) -> "OtherCPU":
+    def start(self) -> OtherCPU:
         self._t, self._b = time.perf_counter(), _busy_ticks()
         return self
 
@@ -1050,7 +1050,7 @@ def main(argv=None) -> int:
                 "other_cpu_cores_range": [min(others), max(others)], "windows_redone": redone,
             }
             print_table(model_name, results["models"][model_name])
-            del template, data
+            template = data = None  # free the model and data before the next one
             gc.collect()
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

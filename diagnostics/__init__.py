@@ -7,9 +7,9 @@
     diagnostics.compare("runs/exp1", "runs/exp2").summary    # fixed, broken, p_value, ...
 """
 
+from diagnostics.compare import Comparison, compare
 from diagnostics.exceptions import ComparisonError, DiagnosticsError, RunFormatError, RunNotFoundError
 from diagnostics.store import Run, list_runs, open_run
-from diagnostics.compare import Comparison, compare
 
 __all__ = ["open_run", "list_runs", "Run", "compare", "Comparison", "DiagnosticsError", "RunNotFoundError",
            "RunFormatError", "ComparisonError"]

@@ -15,7 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 # Streamlit (1.67) runs a `pages/` folder beside the entry file the legacy way until the
 # entry has called st.navigation once in the process, so a deep link opened first after
 # a start (/distributions) would skip the entry and its run picker. The child process

@@ -258,7 +258,7 @@ def selection_ids(points: pd.DataFrame, selected: Iterable[Any] | Mapping[str, A
 
 # -- internals --------------------------------------------------------------------------------
 
-def _fit_and_save(job: "_Job") -> pd.DataFrame:
+def _fit_and_save(job: _Job) -> pd.DataFrame:
     """Fit `job`'s map under the fit lock (unless another caller cached it meanwhile) and cache it."""
     global _warmed_up
     with _FIT_LOCK:
@@ -288,7 +288,7 @@ def _fit_umap(matrix: np.ndarray, n_neighbors: int, min_dist: float, seed: int |
 class _Background:
     """One map asked for by `project_or_preview`: its job until it is done, and how it went."""
 
-    def __init__(self, job: "_Job") -> None:
+    def __init__(self, job: _Job) -> None:
         self.job: _Job | None = job
         self.n_points = len(job.rows)
         self.state = "queued"
@@ -304,7 +304,7 @@ _queue: queue.Queue[_Background] = queue.Queue()
 _worker: list[threading.Thread] = []
 
 
-def _submit(job: "_Job") -> str:
+def _submit(job: _Job) -> str:
     """Queue `job` for the background worker unless it is queued or running already; its ticket."""
     ticket = f"{job.key}@{job.path}"
     with _JOBS_LOCK:

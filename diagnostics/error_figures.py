@@ -14,7 +14,6 @@ from collections.abc import Sequence
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
-
 from plotly.subplots import make_subplots
 
 from diagnostics.figures import empty_figure

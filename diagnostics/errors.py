@@ -13,7 +13,6 @@ from collections.abc import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-
 TASKS = ("classification", "regression")
 
 

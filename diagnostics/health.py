@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -848,8 +849,8 @@ def rule_input_scale(run) -> list[Finding]:
     )]
 
 
-from diagnostics.health_loop import RULES as LOOP_RULES  # noqa: E402  (training-loop bugs; imports this module)
 from diagnostics.health_data import DATA_RULES  # noqa: E402  (data and loss bugs)
+from diagnostics.health_loop import RULES as LOOP_RULES  # noqa: E402  (training-loop bugs; imports this module)
 
 RULES: tuple[Callable[[Any], list[Finding]], ...] = (
     rule_nonfinite,

@@ -369,6 +369,16 @@ DATA_RULES = (
 # At the bottom: diagnostics.health imports this module to register DATA_RULES, so its
 # helpers are bound here once the rules above exist (either module may be imported first).
 from diagnostics.health import (  # noqa: E402
-    BASELINE_NEAR_FRACTION, MIN_POOLED_LABELS, Finding, _BINARY_LOSSES, _CE_LOSSES, _class_counts, _dist,
-    _finding, _hist, _last_loss, _pooled_moments, _scalar,
+    _BINARY_LOSSES,
+    _CE_LOSSES,
+    BASELINE_NEAR_FRACTION,
+    MIN_POOLED_LABELS,
+    Finding,
+    _class_counts,
+    _dist,
+    _finding,
+    _hist,
+    _last_loss,
+    _pooled_moments,
+    _scalar,
 )

@@ -29,7 +29,6 @@ import math
 import numpy as np
 import pandas as pd
 
-
 # Gradients not reset: share of capture steps (after the first) whose probe gradient was carried.
 CARRIED_SHARE = 0.5
 # Fallback without the probe: grad_norm growth (late median over early median) and its monotonicity.
@@ -430,5 +429,12 @@ RULES = (rule_gradients_not_reset, rule_not_in_optimizer, rule_stuck_parameters,
 
 # helpers are bound here once the rules above exist (either module may be imported first).
 from diagnostics.health import (  # noqa: E402
-    _NORM_TYPES, Finding, _dist, _finding, _last_loss, _module_types, _scalar, rule_loss_vs_baseline,
+    _NORM_TYPES,
+    Finding,
+    _dist,
+    _finding,
+    _last_loss,
+    _module_types,
+    _scalar,
+    rule_loss_vs_baseline,
 )

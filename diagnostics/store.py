@@ -19,8 +19,9 @@ import threading
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import duckdb
 import numpy as np

@@ -7,11 +7,10 @@ Called through `WatchedRun.evaluate`. The model runs in eval mode under `torch.n
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import heapq
 import math
-from typing import Any, Iterable
+from collections.abc import Iterable, Mapping
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,7 +19,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnostics import schema
-from hooks.records import per_sample
 
 PREVIEW_PIXELS = 64    # images are pooled to at most 64 × 64
 PREVIEW_POINTS = 512   # signals, vectors and token lists to at most 512 values

@@ -22,7 +22,7 @@ import math
 import statistics
 import warnings
 from collections import deque
-from typing import Callable
+from collections.abc import Callable
 
 
 class EverySchedule:

@@ -14,8 +14,9 @@ import importlib.util
 import numbers
 import os
 import warnings
+from collections.abc import Iterable, Iterator
 from functools import partial
-from typing import Any, Iterable, Iterator
+from typing import Any
 
 if importlib.util.find_spec("transformers") is None:
     raise ImportError('hooks.transformers needs Hugging Face transformers: pip install "hookscope[transformers]"')
@@ -150,7 +151,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         if self._recording:
             self._close(failed=True)
 
-    def __enter__(self) -> "DiagnosticsCallback":
+    def __enter__(self) -> DiagnosticsCallback:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:

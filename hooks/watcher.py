@@ -18,8 +18,8 @@ module used twice, or gradient accumulation): the first call of a step is record
 from __future__ import annotations
 
 import atexit
-import math
 import dataclasses
+import math
 import os
 import platform
 import subprocess
@@ -28,10 +28,11 @@ import time
 import uuid
 import warnings
 import weakref
+from collections.abc import Callable, Iterable
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -46,7 +47,7 @@ from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule, SyncedAutoSchedule
 from hooks.summarize import _fixed_sample, _native_sumsq, class_summary, summarize, unit_activity
 
-_WATCHED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
+_WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 _LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches (one sync each)
 # Updates are summarised on this many fixed positions of each weight (copied before the
 # step): the norm of the update, hence the update ratio, is estimated within ~1-2% for
@@ -722,7 +723,7 @@ class WatchedRun:
                 except Exception:  # e.g. the default group is gone already, and its subgroups with it
                     pass
 
-    def __enter__(self) -> "WatchedRun":
+    def __enter__(self) -> WatchedRun:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> None:
@@ -747,7 +748,7 @@ def _note_crash(exc_type, exc, tb) -> None:
 sys.excepthook = _note_crash
 
 
-def _close_at_exit(ref: "weakref.ref[WatchedRun]") -> None:
+def _close_at_exit(ref: weakref.ref[WatchedRun]) -> None:
     run = ref()
     if run is not None:
         run._finish("failed" if _CRASHED else "finished")

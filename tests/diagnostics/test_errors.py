@@ -8,8 +8,14 @@ import pandas as pd
 import pytest
 from sklearn import metrics as skm
 
-from diagnostics.errors import (calibration, class_metrics, confusion_cell, confusion_matrix,
-                                regression_summary, worst_cases)
+from diagnostics.errors import (
+    calibration,
+    class_metrics,
+    confusion_cell,
+    confusion_matrix,
+    regression_summary,
+    worst_cases,
+)
 
 
 def classification_frame(n: int = 400, k: int = 5, seed: int = 0) -> pd.DataFrame:

@@ -15,7 +15,7 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics import health, health_data
+from diagnostics import health_data
 from diagnostics.health import check
 from hooks.probes import loss_input_probe
 

@@ -8,7 +8,6 @@ import pytest
 
 from diagnostics.histograms import common_grid, rebin
 
-
 # -- rebin -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("seed", range(4))

@@ -6,7 +6,7 @@ import importlib
 import runpy
 import subprocess
 import sys
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +33,7 @@ def test_importing_hooks_does_not_import_lightning():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@lru_cache(maxsize=None)
+@cache
 def boring_model_class():
     """A BoringModel-like classifier that remembers the losses its training_step returned."""
     pl = pytest.importorskip("lightning.pytorch")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import importlib
-import runpy
 import os
+import runpy
 import subprocess
 import sys
 import textwrap
