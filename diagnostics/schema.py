@@ -33,6 +33,47 @@ HIST_BINS = 64
 
 KINDS = ("activation", "gradient", "weight", "param_grad", "update", "output", "label")
 
+# The "layers" of the output and label kinds: one per split and what is summarised there.
+# Classification: the predicted class and the label (`class`, counts per class) and the raw
+# outputs (`logits`); regression: the outputs and the targets (`value`).
+OUTPUT_LAYER_KINDS = ("class", "logits", "value", "outputs")
+
+
+def output_layer(split: str, what: str) -> str:
+    """The layer name output and label summaries of `split` are stored under.
+
+        output_layer("train", "class")   # "train/class"
+    """
+    if what not in OUTPUT_LAYER_KINDS:
+        raise ValueError(f"unknown output layer kind {what!r} — use one of {', '.join(OUTPUT_LAYER_KINDS)}")
+    return f"{split}/{what}"
+
+
+def class_layer(split: str = "train") -> str:
+    """Predicted-class and label counts of `split` (classification)."""
+    return output_layer(split, "class")
+
+
+def value_layer(split: str = "train") -> str:
+    """Output and target values of `split` (regression)."""
+    return output_layer(split, "value")
+
+
+def dataset_key(split: str, sample_ids, labels) -> str:
+    """Identifies a set of samples (same ids and labels → same key), so that review tags
+    written on one run show on every run of the same data: `run.evaluate` stores it with
+    each evaluation, and the data map derives it from the training records.
+
+        dataset_key("val", ["a", "b"], [0, 1])   # "val:" + 12 hex digits
+    """
+    import hashlib
+
+    h = hashlib.sha1()
+    for i, label in sorted(zip(map(str, sample_ids), (float(v) for v in labels))):
+        h.update(f"{i}:{label};".encode())
+    return f"{split}:{h.hexdigest()[:12]}"
+
+
 # Loss-input probes (hooks/probes.py), scalars at capture steps named PROBE_PREFIX + split/field:
 # mean |sum - 1| and mean |logsumexp| of the loss's inputs over the class (dim 1) and batch
 # (dim 0) dimensions, the share of integer labels, the number of distinct labels in the batch,

@@ -14,7 +14,6 @@ nothing (a run directory may be read-only).
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 import sqlite3
 import threading
@@ -374,16 +373,6 @@ def folder_notes(runs_folder: str | os.PathLike, dataset: str) -> pd.DataFrame:
                            "WHERE dataset = ? ORDER BY sample_id", _NOTE_COLUMNS)
     frame = frame.sort_values(["sample_id", "updated_at"], kind="stable").reset_index(drop=True)
     return frame[["sample_id", "note", "run", "updated_at"]]
-
-
-def dataset_key(split: str, sample_ids: Iterable, labels: Iterable) -> str:
-    """Identifies a set of samples (same ids and labels → same key), so that review tags
-    written on one run show on every run of the same data: `run.evaluate` stores it with
-    each evaluation, and the data map derives it from the training records."""
-    h = hashlib.sha1()
-    for i, label in sorted(zip(map(str, sample_ids), (float(v) for v in labels))):
-        h.update(f"{i}:{label};".encode())
-    return f"{split}:{h.hexdigest()[:12]}"
 
 
 def export_tagged(samples: pd.DataFrame, tags: pd.DataFrame, notes: pd.DataFrame,

@@ -40,8 +40,8 @@ import torch
 from torch import nn
 
 from diagnostics import schema
+from diagnostics.schema import dataset_key
 from diagnostics.store import RunWriter
-from diagnostics.tags import dataset_key
 from hooks.probes import loss_input_probe
 from hooks.records import per_sample
 from hooks.schedule import AutoSchedule, EverySchedule, SyncedAutoSchedule

@@ -5,8 +5,7 @@ mislabeled, and a grid of their inputs."""
 import streamlit as st
 
 from diagnostics import dynamics as dyn
-from diagnostics import errors, figures, sample_figures
-from diagnostics import tags as tag_store
+from diagnostics import errors, figures, sample_figures, schema
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
@@ -80,7 +79,7 @@ event = st.dataframe(
                    "mean_abs_residual": value(f"mean |residual|{in_unit}", format="%.2f"),
                    "residual_std": value(f"residual std{in_unit}", format="%.2f")})
 picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
-_shared.tagging_form(run, tag_store.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
+_shared.tagging_form(run, schema.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
 if regression:
     st.caption(f"Score: the mean |residual| over training{in_unit}, weighted with the step so late records count "
                "most: a wrong target stays far from the prediction after the model has fitted the rest.")

@@ -19,7 +19,7 @@ import diagnostics
 from diagnostics import schema
 from diagnostics.compare import MAX_LABEL_MISMATCH_SHARE, comparable_runs, compare, config_diff, mcnemar_p, same_data
 from diagnostics.store import RunWriter
-from diagnostics.tags import dataset_key
+from diagnostics.schema import dataset_key
 
 NAMES = ["cat", "dog", "eel"]
 # Twelve samples, four per class. Hand count of (A right?, B right?):

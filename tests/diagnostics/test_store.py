@@ -618,3 +618,10 @@ def test_import_diagnostics_is_torch_and_streamlit_free():
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_output_layer_names_come_from_the_schema():
+    assert schema.class_layer("train") == "train/class" and schema.value_layer("val") == "val/value"
+    assert schema.output_layer("val", "logits") == "val/logits"
+    with pytest.raises(ValueError, match="unknown output layer kind 'klass'"):
+        schema.output_layer("val", "klass")
