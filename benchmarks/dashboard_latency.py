@@ -94,10 +94,12 @@ const __marks = {
   first_paint: () => document.querySelector('[data-testid="stSidebar"] [data-testid="stSelectbox"]'),
   first_chart: () => document.querySelector('[data-testid="stPlotlyChart"] .main-svg'),
   badges: () => { const s = document.querySelector('[data-testid="stSidebar"] [data-testid="stSelectbox"]');
-    return s && /[\u26d4\u26a0\u2713]/.test(s.textContent + [...s.querySelectorAll('input')].map(i => i.value).join(' ')); },
+    const shown = s && s.textContent + [...s.querySelectorAll('input')].map(i => i.value).join(' ');
+    return s && /[\u26d4\u26a0\u2713]/.test(shown); },
 };
 new MutationObserver(() => {
-  for (const [k, seen] of Object.entries(__marks)) if (!(k in window.__seen) && seen()) window.__seen[k] = performance.now();
+  for (const [k, seen] of Object.entries(__marks))
+    if (!(k in window.__seen) && seen()) window.__seen[k] = performance.now();
 }).observe(document, {subtree: true, childList: true, attributes: true, characterData: true});
 """
 _BADGES = """() => { const s = document.querySelector('[data-testid="stSidebar"] [data-testid="stSelectbox"]');
@@ -293,7 +295,8 @@ _OPEN_KEYS = {"open -> app loaded, connected to the server": "connected", "open 
 
 
 def print_table(result: dict) -> None:
-    each = lambda key: "  (" + ", ".join("—" if o[key] is None else f"{o[key]:.2f}" for o in result["open_s_each_trial"]) + ")"
+    def each(key: str) -> str:
+        return "  (" + ", ".join("—" if o[key] is None else f"{o[key]:.2f}" for o in result["open_s_each_trial"]) + ")"
     print(f"first opens: median of {result['trials']} fresh servers; each trial in brackets")
     rows = [("server start -> health answers", result["server_start_s"], None),
             ("open -> app loaded, connected to the server", result["open_s"]["connected"], None),
@@ -332,7 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(runs, args.shots, args.cold_browser, args.trials)
     result.update(runs=n_runs, targets_s=TARGETS_S, met=verdicts(result), machine={
         "python": platform.python_version(), "cpus": os.cpu_count(), "load_avg_1m": os.getloadavg()[0]})
-    print(f"{n_runs} runs, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, browser cache {result['browser_cache']}")
+    print(f"{n_runs} runs, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
+          f"browser cache {result['browser_cache']}")
     print_table(result)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

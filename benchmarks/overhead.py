@@ -36,7 +36,8 @@ Timing (one process, interleaved): `--rounds` rounds; in each round every mode g
 copy of the same initial model and optimizer, runs `--warmup` untimed steps with its hooks
 on, then `--steps` timed steps; modes other than none, watch-default and watch-nocapture
 (their cost is the same every step; tensorboard's is ~2 s) warm up `--capped-warmup` steps
-and stop timing once their window passes `--max-window-s` (at least 3 steps). Mode order rotates from round to round. Per round and mode:
+and stop timing once their window passes `--max-window-s` (at least 3 steps). Mode order rotates from round
+to round. Per round and mode:
 ms/step = wall time of the timed steps / steps (a mean, so the rare capture steps of a
 sparse schedule count in full), and ratio = that / `none`'s ms/step in the same round.
 The table shows the median over rounds of both (and the min-max range of the ratio). Setup
@@ -160,7 +161,8 @@ MODEL_DEFAULTS = {  # timed steps per round (a plain step takes ~0.11 s for both
     "resnet": {"steps": 20},
     "mlp": {"steps": 20},
 }
-UNCAPPED = ("none", "watch-default", "watch-nocapture")  # always run all --steps (a sparse schedule must not be cut short)
+# always run all --steps (a sparse schedule must not be cut short)
+UNCAPPED = ("none", "watch-default", "watch-nocapture")
 MIN_CAPPED_STEPS = 3
 NOISY_SPREAD = 0.10  # none's ms/step varying more than this across rounds flags the results as noisy
 SEED = 0
@@ -590,7 +592,8 @@ def paired(mode: str, template: nn.Module, data, pairs: int, warmup: int, tmp: P
     # see a cost that lands on fewer than half the steps (the batched loss flush, the writer)
     neighbours = [(a + b) / 2 for a, b in zip(plain_s, plain_s[1:])]
     return {"ratio": sum(mode_s) / sum(neighbours), "median": statistics.median(ratios),
-            "pairs": pairs, "none_ms": 1000 * statistics.median(plain_s), "ms_per_step": 1000 * statistics.median(mode_s),
+            "pairs": pairs, "none_ms": 1000 * statistics.median(plain_s),
+            "ms_per_step": 1000 * statistics.median(mode_s),
             "other_cpu_cores": other_cores, "helper_cpu_cores": others.helpers}
 
 
@@ -671,7 +674,7 @@ def undisturbed(args, measure, disturbance):
     than --quiet-cores during it (at most --retries times); keep the least disturbed result."""
     best = None
     waited_total = 0.0
-    for attempt in range(1, args.retries + 2):
+    for attempt in range(1, args.retries + 2):  # noqa: B007 -- read after the loop
         waited, _ = wait_quiet(args.quiet_cores, args.quiet_wait_s)
         waited_total += waited
         res = measure()
@@ -1058,7 +1061,8 @@ def main(argv=None) -> int:
 
     results["elapsed_s"] = time.time() - t_begin
     results["host"]["loadavg_end"] = os.getloadavg()
-    print(f"\nelapsed {results['elapsed_s']:.0f} s; loadavg (1 min) at start {results['host']['loadavg_start'][0]:.2f}, "
+    print(f"\nelapsed {results['elapsed_s']:.0f} s; "
+          f"loadavg (1 min) at start {results['host']['loadavg_start'][0]:.2f}, "
           f"at end {results['host']['loadavg_end'][0]:.2f}, on {os.cpu_count()} CPUs")
     if args.json:
         path = Path(args.json)

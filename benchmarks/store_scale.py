@@ -200,7 +200,7 @@ def time_page(path: Path, kind: str) -> dict:
     samples: dict[str, list[float]] = {k: [] for k in (*names, "page")}
     rows: dict[str, int] = {}
     picked: dict = {}
-    for rep in range(1 + WARM_REPS):
+    for _rep in range(1 + WARM_REPS):
         t: dict[str, float] = {}
         t0 = time.perf_counter()
         r = diagnostics.open_run(path)

@@ -74,7 +74,8 @@ def train(
               "epochs": epochs, "batch_size": batch_size, "lr": lr, "val_fraction": val_fraction, "seed": seed}
     val_batches = [(x[ids], y[ids], ids) for ids in val_ids.split(256)]
     # what the simulator knows about each sample, for the error review's slices
-    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()] for k in ("severity", "quality", "brightness") if k in meta},
+    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()]
+                             for k in ("severity", "quality", "brightness") if k in meta},
                             index=val_ids.numpy())
     with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, config=config,
                      class_names=list(CLASSES), seed=seed) as run:
@@ -115,7 +116,8 @@ def _print_confusions(pred: np.ndarray, true: np.ndarray, severity: np.ndarray, 
         print(f"  {c:>8}" + "".join(f"{v:8d}" for v in row))
     right = pred == true
     sick = true != CLASSES.index("NORMAL")
-    for label, mask in (("sick, severity < 0.3", sick & (severity < 0.3)), ("sick, severity >= 0.3", sick & (severity >= 0.3)),
+    for label, mask in (("sick, severity < 0.3", sick & (severity < 0.3)),
+                        ("sick, severity >= 0.3", sick & (severity >= 0.3)),
                         ("quality < 0.45", quality < 0.45), ("quality >= 0.45", quality >= 0.45)):
         if mask.any():
             print(f"  accuracy on {label:<22} {right[mask].mean():.3f}  (n={mask.sum()})")

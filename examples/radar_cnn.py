@@ -95,7 +95,8 @@ def train(
               "seed": seed, "target": "breaths/min", "rate_mean_bpm": mean, "rate_std_bpm": std}
     val_batches = [(x[ids], y[ids], ids) for ids in val_ids.split(256)]
     # what the simulator knows about each sample, for the error review's slices
-    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()] for k in ("snr_db", "motion", "heartbeat_amp", "range_m") if k in meta},
+    val_meta = pd.DataFrame({k: np.asarray(meta[k])[val_ids.numpy()]
+                             for k in ("snr_db", "motion", "heartbeat_amp", "range_m") if k in meta},
                             index=val_ids.numpy())
     with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, config=config,
                      seed=seed) as run:

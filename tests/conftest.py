@@ -70,7 +70,7 @@ def review_run(folder, name="review"):
     x[y == 1] += 0.5  # something to learn
     with hooks.watch(model, optimizer=opt, run_dir=folder, name=name, every=5,
                      class_names=["cat", "dog", "eel"]) as run:
-        for epoch in range(4):
+        for _epoch in range(4):
             for i in range(0, 96, 16):
                 idx = torch.arange(i, i + 16)
                 opt.zero_grad()

@@ -229,7 +229,8 @@ def test_folder_tags_merge_runs_of_the_same_dataset(tmp_path):
     assert len(tags.drop_duplicates(["sample_id", "tag"])) == 3
 
     notes = folder_notes(tmp_path, DS)
-    assert notes[["sample_id", "note", "run"]].values.tolist() == [["2", "old note", "run-a"], ["2", "new note", "run-b"]]
+    assert notes[["sample_id", "note", "run"]].values.tolist() == [["2", "old note", "run-a"],
+                                                                   ["2", "new note", "run-b"]]
     assert folder_tags(tmp_path, "digits/train")["run"].tolist() == ["run-c"]
 
 

@@ -89,7 +89,7 @@ def test_oct_severity_zero_looks_normal(cls):
     sick0, _, m0 = make_oct_dataset(n, seed=11, class_probs=_only(cls), severity=0.0, quality=1.0)
     sick1, _, m1 = make_oct_dataset(n, seed=11, class_probs=_only(cls), severity=1.0, quality=1.0)
     for feature in (_dark_fraction, _rpe_irregularity):
-        ref, f0, f1 = feature(normal, m_normal), feature(sick0, m0), feature(sick1, m1)
+        ref, f0, _f1 = feature(normal, m_normal), feature(sick0, m0), feature(sick1, m1)
         se = np.sqrt(ref.var() / n + f0.var() / n)
         assert abs(f0.mean() - ref.mean()) < 4 * se, feature.__name__  # two-sample z below 4
     assert abs(normal.mean() - sick0.mean()) < 0.01
