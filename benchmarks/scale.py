@@ -1,0 +1,192 @@
+"""Scale benchmark: a 300-layer model captured at every step, and an evaluation of 100,000
+samples — what they cost on disk, to open, to draw and in memory.
+
+Two runs are recorded with the public API (`hooks.watch`, `run.evaluate`) in a child process
+each (its peak RSS is the training side's memory), then read back in this process:
+
+    deep      nn.Sequential of 150 × (Linear(32, 32), ReLU) = 300 layers, every=1 (a capture
+              at every step), STEPS steps of a 64-sample batch
+    wide      a small MLP, trained a few steps, then `run.evaluate` on N samples (ids 0..N-1)
+
+Reported: training ms/step with and without `watch` (the same process, alternating) and the
+ratio; bytes on disk per layer per capture (distributions table / (layers × kinds × captures))
+and per evaluated sample (samples table / N); open_run, the Distributions page's reader calls
+and the Error review page (Streamlit AppTest, first and second run) in seconds; the peak RSS
+of the training and reading sides. Timings are noisy on a shared machine: look at the load
+average printed with the table.
+
+Usage::
+
+    .venv/bin/python benchmarks/scale.py                         # 300 layers × 60 steps; 100,000 samples
+    .venv/bin/python benchmarks/scale.py --steps 20 --samples 20000 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+DEEP = textwrap.dedent("""
+    import json, resource, sys, time, torch, hooks
+    from torch import nn
+    torch.manual_seed(0)
+    runs, steps = sys.argv[1], int(sys.argv[2])
+    model = nn.Sequential(*[m for _ in range(150) for m in (nn.Linear(32, 32), nn.ReLU())], nn.Linear(32, 4))
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(64, 32), torch.randint(0, 4, (64,))
+    def step():
+        opt.zero_grad(); crit(model(x), y).backward(); opt.step()
+    for _ in range(5): step()
+    t = time.perf_counter()
+    for _ in range(steps): step()
+    plain = (time.perf_counter() - t) / steps
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=runs, name="deep", every=1) as run:
+        t = time.perf_counter()
+        for _ in range(steps): step()
+        watched = (time.perf_counter() - t) / steps
+    print(json.dumps({"plain_ms": 1000 * plain, "watched_ms": 1000 * watched,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+WIDE = textwrap.dedent("""
+    import json, resource, sys, time, torch, hooks
+    from torch import nn
+    torch.manual_seed(0)
+    runs, n = sys.argv[1], int(sys.argv[2])
+    model = nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 10))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(n, 32), torch.randint(0, 10, (n,))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=runs, name="wide", every=10) as run:
+        for i in range(20):
+            opt.zero_grad(); crit(model(x[:256]), y[:256]).backward(); opt.step()
+        t = time.perf_counter()
+        run.evaluate([(x[i:i + 1000], y[i:i + 1000], list(range(i, min(i + 1000, n)))) for i in range(0, n, 1000)],
+                     split="val", progress=False)
+        seconds = time.perf_counter() - t
+    print(json.dumps({"evaluate_s": seconds, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+""")
+
+
+def _child(script: str, *args: str) -> dict:
+    out = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                         env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=1800)
+    if out.returncode != 0:
+        raise SystemExit(f"the recording process failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def _bytes(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*.parquet"))
+
+
+def _timed(fn):
+    t = time.perf_counter()
+    value = fn()
+    return value, time.perf_counter() - t
+
+
+def _page(page: str, runs: Path, run: str) -> tuple[float, float, list[str]]:
+    from streamlit.testing.v1 import AppTest
+
+    os.environ["DIAGNOSTICS_RUNS"] = str(runs)
+    at = AppTest.from_file(str(ROOT / "streamlit_app.py"), default_timeout=600)
+    at.query_params["run"] = run
+    at.run()
+    at.switch_page(page)
+    _, first = _timed(at.run)
+    _, second = _timed(at.run)
+    return first, second, [e.value for e in at.exception]
+
+
+def read_deep(runs: Path) -> dict:
+    import diagnostics
+
+    run, open_s = _timed(lambda: diagnostics.open_run(runs / "deep"))
+    layers, layers_s = _timed(lambda: run.layers("activation"))
+    one, one_s = _timed(lambda: run.distributions("activation", layers=[layers[len(layers) // 2]]))
+    steps = run.steps("activation")
+    every, step_s = _timed(lambda: run.distributions("activation", steps=[steps[-1]]))
+    kinds = run.kinds()
+    n_rows = sum(len(run.distributions(kind)) for kind in kinds)
+    first, second, errors = _page("pages/distributions.py", runs, "deep")
+    return {"layers": len(layers), "captures": len(steps), "kinds": len(kinds),
+            "distribution_rows": n_rows, "distributions_bytes": _bytes(runs / "deep" / "distributions"),
+            "bytes_per_layer_per_capture": _bytes(runs / "deep" / "distributions") / max(n_rows, 1),
+            "open_s": open_s, "layers_s": layers_s, "one_layer_s": one_s, "one_layer_rows": len(one),
+            "one_step_s": step_s, "one_step_rows": len(every), "page_first_s": first, "page_second_s": second,
+            "page_errors": errors}
+
+
+def read_wide(runs: Path, n: int) -> dict:
+    import diagnostics
+
+    run, open_s = _timed(lambda: diagnostics.open_run(runs / "wide"))
+    samples, samples_s = _timed(lambda: run.samples("val"))
+    first, second, errors = _page("pages/errors.py", runs, "wide")
+    return {"samples": len(samples), "samples_bytes": _bytes(runs / "wide" / "samples"),
+            "bytes_per_sample": _bytes(runs / "wide" / "samples") / max(n, 1), "open_s": open_s,
+            "samples_s": samples_s, "page_first_s": first, "page_second_s": second, "page_errors": errors}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=60, help="steps of the 300-layer run (a capture each)")
+    ap.add_argument("--samples", type=int, default=100_000, help="samples of the evaluation")
+    ap.add_argument("--json", type=Path, help="write the results here")
+    args = ap.parse_args(argv)
+    load = os.getloadavg()[0]
+    with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
+        runs = Path(tmp)
+        deep_train = _child(DEEP, str(runs), str(args.steps))
+        wide_train = _child(WIDE, str(runs), str(args.samples))
+        deep, wide = read_deep(runs), read_wide(runs, args.samples)
+    reader_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    result = {"deep": {**deep_train, **deep}, "wide": {**wide_train, **wide}, "reader_peak_rss_mb": reader_rss,
+              "machine": {"cpus": os.cpu_count(), "load_avg_1m": load, "python": platform.python_version()}}
+    d, w = result["deep"], result["wide"]
+    print(f"\n{os.cpu_count()} CPUs, load average {load:.1f} at start\n")
+    rows = [
+        ("300-layer run", f"{d['layers']} layers × {d['kinds']} kinds × {d['captures']} captures"),
+        ("  training ms/step, plain → watched", f"{d['plain_ms']:.1f} → {d['watched_ms']:.1f} "
+                                               f"({d['watched_ms'] / d['plain_ms']:.2f}×)"),
+        ("  bytes per layer per capture", f"{d['bytes_per_layer_per_capture']:.0f} "
+                                         f"({d['distributions_bytes'] / 1e6:.1f} MB in all)"),
+        ("  open / layers / one layer / one step", f"{d['open_s']:.2f} / {d['layers_s']:.2f} / "
+                                                   f"{d['one_layer_s']:.2f} / {d['one_step_s']:.2f} s"),
+        ("  Distributions page, first / again", f"{d['page_first_s']:.1f} / {d['page_second_s']:.1f} s"),
+        ("  training peak RSS", f"{d['peak_rss_mb']:.0f} MB"),
+        (f"evaluation of {w['samples']:,} samples", f"{w['evaluate_s']:.1f} s to evaluate"),
+        ("  bytes per sample", f"{w['bytes_per_sample']:.0f} ({w['samples_bytes'] / 1e6:.1f} MB in all)"),
+        ("  open / samples()", f"{w['open_s']:.2f} / {w['samples_s']:.2f} s"),
+        ("  Error review page, first / again", f"{w['page_first_s']:.1f} / {w['page_second_s']:.1f} s"),
+        ("  training peak RSS", f"{w['peak_rss_mb']:.0f} MB"),
+        ("reading side peak RSS (both runs, pages)", f"{reader_rss:.0f} MB"),
+    ]
+    for what, value in rows:
+        print(f"{what:<44} {value}")
+    for name in ("deep", "wide"):
+        if result[name]["page_errors"]:
+            print(f"page errors ({name}): {result[name]['page_errors']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
