@@ -12,7 +12,7 @@ from torch import nn
 
 import diagnostics
 import hooks
-import hooks.watcher as watch_module
+import hooks.capture as capture_module
 from tests.conftest import tiny_cnn, train_tiny
 
 
@@ -132,8 +132,8 @@ def test_gradient_summary_matches_plain_torch(tmp_path):
 
 def test_no_tensor_work_between_captures(tmp_path, monkeypatch):
     calls = []
-    real = watch_module.summarize
-    monkeypatch.setattr(watch_module, "summarize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = capture_module.summarize
+    monkeypatch.setattr(capture_module, "summarize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     model = tiny_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     crit = nn.CrossEntropyLoss()
@@ -295,7 +295,7 @@ def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path, mak
     """Above UPDATE_SAMPLE elements the update is summarised on a fixed sample of positions
     (a full copy of every weight would double the parameters' memory): its norm, hence
     the update ratio, is then an estimate; here within 3% of the exact one."""
-    from hooks.watcher import UPDATE_SAMPLE
+    from hooks.capture import UPDATE_SAMPLE
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
