@@ -34,7 +34,8 @@ def implementation(request, monkeypatch):
         monkeypatch.setattr(summarize_module, "_fused", None)
     if request.param == "device":
         monkeypatch.setattr(summarize_module, "_summarize_cpu",
-                            lambda flat, span, bins, sampled=False: summarize_module._summarize_torch(flat, span, bins).double().numpy())
+                            lambda flat, span, bins, sampled=False:
+                            summarize_module._summarize_torch(flat, span, bins).double().numpy())
     return request.param
 
 

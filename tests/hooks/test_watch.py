@@ -355,6 +355,25 @@ def test_a_run_left_open_by_a_crash_is_marked_failed(tmp_path):
     assert diagnostics.open_run(tmp_path / "ok").status()["state"] == "finished"
 
 
+def test_the_crash_handler_is_installed_by_the_first_watch_not_by_import(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "original = sys.excepthook\n"
+        "import hooks\n"
+        "assert sys.excepthook is original, 'import hooks replaced sys.excepthook'\n"
+        f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='a')\n"
+        "installed = sys.excepthook\n"
+        "assert installed is not original\n"
+        "run.close()\n"
+        f"hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='b').close()\n"
+        "assert sys.excepthook is installed, 'a second watch() chained another handler'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
+
+
 def test_sparse_updates_missed_by_the_sample_raise_no_false_health_finding(tmp_path):
     """An embedding table whose steps touch a few rows: the 4,096 sampled positions often
     see no change. Those captures are marked sampled and the update-ratio rule does not
@@ -445,3 +464,14 @@ def test_each_step_s_loss_and_grad_norm_carry_the_time_of_their_own_step(tmp_pat
         assert len(t) == 6
         gaps = np.diff(t)
         assert (gaps > 0.03).all(), (name, gaps)  # one sleep apart, not one flush
+
+
+def test_watch_options_are_checked_once_for_watch_and_the_callbacks():
+    from hooks.options import WatchOptions
+
+    WatchOptions().validate()
+    for bad, message in (({"every": 0}, "every must be"), ({"budget": 1.5}, "budget is a fraction"),
+                         ({"task": "ranking"}, "task must be")):
+        with pytest.raises(ValueError, match=message):
+            WatchOptions(**bad).validate()
+    assert WatchOptions(every=5).manifest_entry() == {"every": 5, "budget": None, "flush_every_s": 5.0}
