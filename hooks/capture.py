@@ -32,11 +32,10 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
-from hooks.handover import Handover, write_summaries
+from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
-from hooks.records import per_sample
 from hooks.summarize import class_summary, fixed_sample, summarize, unit_activity
-from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values, was_clipped
+from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
 
 # Updates are summarised on this many fixed positions of each weight (copied before the
 # step): the norm of the update, hence the update ratio, is estimated within ~1-2% for
@@ -112,18 +111,6 @@ class Capture:
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
 
-    def log_batch(self, outputs: torch.Tensor, labels: torch.Tensor, ids: list | None, split: str,
-                  loss: torch.Tensor | float | None) -> None:
-        """`WatchedRun.log_batch` once its arguments are checked."""
-        if ids is not None:
-            task = self.task or infer_task(outputs, labels)
-            self.handover.records.append((self.step, split, ids, per_sample(outputs, labels, task)))
-        if loss is not None and split == "train":
-            self.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
-        if self.capturing and self.first_call(schema.output_layer(split, "outputs"), "output"):
-            with torch.no_grad():
-                self.record_outputs(outputs, labels, split)
-
     def end_step(self, final: bool = False) -> None:
         """Hand this step's summaries to the writer and move to the next step (`final`:
         the run is closing; no schedule decision, which under DDP could start a collective
@@ -140,7 +127,8 @@ class Capture:
         if self.pending:
             write_summaries(self.writer, self.step, self.pending)
             self.pending = []
-        if handover.due(self.capturing):
+        if max(len(handover.losses), len(handover.grad_norms), len(handover.records)) >= LOSS_BATCH or (
+                self.capturing and (handover.waiting() or handover.grad_carried)):  # a capture syncs anyway
             flushing = time.perf_counter()
             handover.flush()
             # not charged to the budget: on a GPU the transfer waits for the queued work
@@ -309,14 +297,10 @@ class Capture:
         small parameters, fixed: choosing by value would sync with the device) whose gradient
         shrank since backward says so, for a few tiny norms instead of a second pass."""
         if self.distributed and not self.norm_recorded:
-            # several ranks: backward's per-parameter hooks would see this rank's own gradient,
-            # before DDP averages it; the norm is read now, from the gradient the optimizer is
-            # given (after any clipping, which is then not detected: grad_clipped is NaN)
-            squares = [squared_norm(p.grad) for p in self.param_names if p.grad is not None]
-            if squares:
+            produced = _rank_norm(self.param_names)
+            if produced is not None:
                 self.norm_recorded = True
-                produced = global_norm(squares)
-                unknown = torch.full((), math.nan, device=produced.device)
+                unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
                 self.handover.grad_norms.append((self.step, produced.float(), unknown))
             return
         if not self.grad_squares or self.norm_recorded:
@@ -325,7 +309,15 @@ class Capture:
         self.grad_squares = {}
         self.norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
         produced = global_norm(list(squares.values()))
-        clipped = was_clipped(squares, self.probes, produced.device)
+        probes = [p for p in self.probes if p in squares and p.grad is not None] or [next(iter(squares))]
+        clipped = None
+        for p in probes:
+            if p.grad is None:
+                continue
+            shrank = squared_norm(p.grad) < squares[p] * (1 - 2e-4)
+            clipped = shrank if clipped is None else clipped | shrank
+        if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
+            clipped = torch.tensor(bool(clipped), device=produced.device)
         self.handover.grad_norms.append((self.step, produced.float(), clipped))
 
     def on_step_post(self, optimizer, args, kwargs) -> None:
@@ -348,6 +340,14 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def _rank_norm(param_names: dict) -> torch.Tensor | None:
+    """Several ranks: backward's per-parameter hooks would see this rank's own gradient,
+    before DDP averages it; the norm is read at the step, from the gradient the optimizer
+    is given (after any clipping, which is then not detected: grad_clipped is NaN)."""
+    squares = [squared_norm(p.grad) for p in param_names if p.grad is not None]
+    return global_norm(squares) if squares else None
 
 
 def _nested_step(optimizer) -> bool:

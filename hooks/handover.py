@@ -55,12 +55,6 @@ class Handover:
         """Whether losses, gradient norms or records wait for a transfer."""
         return bool(self.losses or self.grad_norms or self.records)
 
-    def due(self, capturing: bool) -> bool:
-        """Whether to transfer now: a full batch, or anything at all on a capture step
-        (which syncs anyway)."""
-        return max(len(self.losses), len(self.grad_norms), len(self.records)) >= LOSS_BATCH or (
-            capturing and (self.waiting() or bool(self.grad_carried)))
-
     def flush(self) -> None:
         """Move everything waiting to the CPU (one sync per kind) and to the writer."""
         writer, ended_at = self.writer, self.step_ended_at

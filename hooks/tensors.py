@@ -85,22 +85,6 @@ def global_norm(squares: list) -> torch.Tensor:
 
 
 
-def was_clipped(squares: dict, probes: list, device: torch.device) -> torch.Tensor:
-    """Whether the loop clipped the gradients since backward: a bool tensor on `device`
-    (no sync). `squares` maps parameters to their squared gradient norms as backward left
-    them; a probe (a few small parameters, fixed) whose gradient has shrunk since says so
-    (clip_grad_norm_ scales every gradient by one factor)."""
-    probes = [p for p in probes if p in squares and p.grad is not None] or [next(iter(squares))]
-    clipped = None
-    for p in probes:
-        if p.grad is None:
-            continue
-        shrank = squared_norm(p.grad) < squares[p] * (1 - 2e-4)
-        clipped = shrank if clipped is None else clipped | shrank
-    if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
-        clipped = torch.tensor(bool(clipped), device=device)
-    return clipped
-
 CLASSIFICATION_LOSSES = (nn.CrossEntropyLoss, nn.NLLLoss, nn.BCEWithLogitsLoss, nn.BCELoss)
 REGRESSION_LOSSES = (nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss, nn.HuberLoss)
 

@@ -23,12 +23,14 @@ from typing import Any
 import torch
 from torch import nn
 
+from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks import distributed, runinfo
 from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, evaluate_model
 from hooks.options import WatchOptions
-from hooks.tensors import task_of_loss
+from hooks.records import per_sample
+from hooks.tensors import infer_task, task_of_loss
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -167,7 +169,15 @@ class WatchedRun:
             ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
             if len(ids) != outputs.shape[0]:
                 raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
-        self._capture.log_batch(outputs, labels, ids, split, loss)
+        capture = self._capture
+        if ids is not None:
+            task = capture.task or infer_task(outputs, labels)
+            capture.handover.records.append((capture.step, split, ids, per_sample(outputs, labels, task)))
+        if loss is not None and split == "train":
+            capture.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
+        if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
+            with torch.no_grad():
+                capture.record_outputs(outputs, labels, split)
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Record any scalar worth plotting.
