@@ -275,22 +275,17 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
     return (float(part[0]), float(part[-1])) if exact else (math.nan, math.nan)
 
 
-def _first_pass_cpu(flat: torch.Tensor, small: bool) -> tuple:
-    """(sum, sum of squares, min, max, zero count) from one pass where that is cheap; None
-    for what the pass did not give. A NaN sum says non-finite values are present."""
-    n = flat.numel()
-    if small:  # everything in numpy, float64, exact
-        zero_count = n - np.count_nonzero(flat.numpy())
-        with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
-            s1 = float(flat.numpy().sum(dtype=np.float64))
-        return s1, None, None, None, zero_count
+def _first_pass_large(flat: torch.Tensor, n: int) -> tuple:
+    """(sum, sum of squares, min, max, zero count) of a large CPU tensor: from one native
+    pass where it can read the tensor, else the sum alone (None for the rest; zeros are
+    counted after min/max, which often rule them out). A NaN sum: non-finite values."""
     if address := _native_address(flat):
         # one native pass: sums, extremes, zeros (hooks/_fused.c)
         s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(address, n)
         if non_finite:  # the sums include them: recomputed over the finite values below
             s1 = math.nan
         return s1, s2, lo, hi, zero_count
-    return float(flat.sum()), None, None, None, None  # zeros after min/max, which often rule them out
+    return float(flat.sum()), None, None, None, None
 
 
 def _small_moments_cpu(finite: torch.Tensor, sampled: bool) -> tuple:
@@ -345,7 +340,13 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
     n = flat.numel()
     small = n <= SAMPLE
     vec = np.empty(NF + bins)
-    s1, s2, lo, hi, zero_count = _first_pass_cpu(flat, small)
+    if small:  # everything in numpy, float64, exact
+        zero_count = n - np.count_nonzero(flat.numpy())
+        with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
+            s1 = float(flat.numpy().sum(dtype=np.float64))
+        s2 = lo = hi = None
+    else:
+        s1, s2, lo, hi, zero_count = _first_pass_large(flat, n)
     nan_count = inf_count = 0
     finite = flat
     if not math.isfinite(s1):  # NaN/Inf counted only when the sum says so: rare, so paid rarely
