@@ -18,7 +18,7 @@ def write_summaries(writer: RunWriter, step: int, pending: list[tuple[str, str, 
     matrix (see `schema.SUMMARY_FIELDS`; histograms padded with -1)."""
     layers, kinds, counts, vecs = zip(*pending)
     matrix = np.full((len(vecs), 1 + max(v.numel() for v in vecs)), -1.0)
-    matrix[:, 0] = counts
+    matrix[:, 0] = counts  # schema.SUMMARY_FIELDS[0] is "count"; the vector holds the rest, in order
     devices: dict[torch.device, list[int]] = {}
     for i, v in enumerate(vecs):
         if v.device.type != "cpu":
