@@ -18,6 +18,7 @@ point of view: write the merged file, rename it into place, then delete the part
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pyarrow as pa
 
@@ -222,3 +223,21 @@ PART_RE = re.compile(r"^r(?P<rank>\d+)-(?P<first>\d+)-(?P<last>\d+)\.parquet$")
 
 def part_name(rank: int, first: int, last: int) -> str:
     return f"r{rank}-{first:08d}-{last:08d}.parquet"
+
+
+def live_parts(table_dir: Path) -> list[tuple[int, int, int, Path]]:
+    """Parts of a table as (rank, first, last, path), minus those compacted into another."""
+    parts = []
+    for p in table_dir.glob("r*.parquet"):
+        m = PART_RE.match(p.name)
+        if m:
+            parts.append((int(m["rank"]), int(m["first"]), int(m["last"]), p))
+    live = []
+    for rank, first, last, path in parts:
+        covered = any(
+            r == rank and f <= first and last <= l and (f, l) != (first, last)
+            for r, f, l, _ in parts
+        )
+        if not covered:
+            live.append((rank, first, last, path))
+    return sorted(live, key=lambda x: (x[0], x[1]))

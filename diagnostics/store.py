@@ -1,24 +1,16 @@
-"""The run directory: an append-only, atomic writer and a DuckDB-backed reader.
+"""The run directory: a DuckDB-backed reader, and the writer's public name.
 
-The writer buffers rows in memory and a background thread flushes them every few
-seconds as new Parquet parts (temporary name, then rename), so a training process
-killed at any moment loses at most the rows since its last flush, and a reader
-never sees a half-written file. Small parts are merged in tiers (16 parts of one
-size make one part of the next), sorted by kind, layer and step so that DuckDB
-reads only the row groups a query needs.
+The writer (`RunWriter`, in `diagnostics.writer`, importable from here as before)
+appends atomic Parquet parts; the reader queries the live parts (`schema.live_parts`)
+with DuckDB, so a page reads only the row groups it asks for.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
-import socket
-import threading
 import time
-import uuid
-from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,274 +19,12 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from diagnostics import schema
 from diagnostics.exceptions import RunFormatError, RunNotFoundError
+from diagnostics.writer import RunWriter
 
-_TIER_FANOUT = 16
-# A merge happens in the training process: past this many rows it would cost seconds
-# and gigabytes, while DuckDB reads a few hundred parts in a fraction of a second.
-_MAX_MERGED_ROWS = 250_000
-_ROW_GROUP_ROWS = 4096
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
-def _atomic_write_json(path: Path, obj: dict) -> None:
-    _atomic_write_bytes(path, json.dumps(obj, indent=1, default=str).encode())
-
-
-def _atomic_write_table(path: Path, table: pa.Table) -> None:
-    tmp = path.with_name(f".tmp-{uuid.uuid4().hex}-{path.name}")
-    pq.write_table(table, tmp, row_group_size=_ROW_GROUP_ROWS, compression="zstd")
-    os.replace(tmp, path)
-
-
-def _live_parts(table_dir: Path) -> list[tuple[int, int, int, Path]]:
-    """Parts of a table as (rank, first, last, path), minus those compacted into another."""
-    parts = []
-    for p in table_dir.glob("r*.parquet"):
-        m = schema.PART_RE.match(p.name)
-        if m:
-            parts.append((int(m["rank"]), int(m["first"]), int(m["last"]), p))
-    live = []
-    for rank, first, last, path in parts:
-        covered = any(
-            r == rank and f <= first and last <= l and (f, l) != (first, last)
-            for r, f, l, _ in parts
-        )
-        if not covered:
-            live.append((rank, first, last, path))
-    return sorted(live, key=lambda x: (x[0], x[1]))
-
-
-class RunWriter:
-    """Appends rows to a run directory from any thread; I/O happens on its own thread.
-
-    Example::
-
-        w = RunWriter("runs/exp1", {"name": "exp1"})
-        w.add_scalar(step=0, name="loss", value=2.3)
-        w.close()
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        manifest: dict[str, Any],
-        rank: int = 0,
-        flush_every_s: float = 5.0,
-    ) -> None:
-        self.path = Path(path)
-        self.rank = rank
-        self.flush_every_s = flush_every_s
-        for table in schema.TABLES:
-            (self.path / table).mkdir(parents=True, exist_ok=True)
-        (self.path / schema.STATUS_DIR).mkdir(parents=True, exist_ok=True)
-        self._manifest = {
-            "schema_version": schema.SCHEMA_VERSION,
-            "created_at": time.time(),
-            "host": socket.gethostname(),
-            **manifest,
-        }
-        self._lock = threading.Lock()
-        self._io_lock = threading.Lock()
-        self._buffers: dict[str, list] = defaultdict(list)
-        self._seq = self._next_seq()
-        self._last_step = -1
-        self._closed = False
-        self._error: BaseException | None = None
-        if rank == 0:
-            _atomic_write_json(self.path / schema.MANIFEST_FILE, self._manifest)
-        self._write_status("running")
-        self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="diagnostics-writer", daemon=True)
-        self._thread.start()
-
-    # -- adding rows (any thread, no I/O) ------------------------------------------
-    def add_scalar(self, step: int, name: str, value: float, wall_time_s: float | None = None) -> None:
-        """`wall_time_s`: when the value was produced (default: now), for values handed over
-        in batches after their step."""
-        with self._lock:
-            self._buffers["scalars"].append((step, name, float(value), time.time() if wall_time_s is None
-                                             else float(wall_time_s)))
-            self._last_step = max(self._last_step, step)
-
-    def add_scalars(self, step: int, values: dict[str, float], wall_time_s: float | None = None) -> None:
-        now = time.time() if wall_time_s is None else float(wall_time_s)
-        with self._lock:
-            self._buffers["scalars"].extend((step, k, float(v), now) for k, v in values.items())
-            self._last_step = max(self._last_step, step)
-
-    def add_summaries(
-        self, step: int, layers: Sequence[str], kinds: Sequence[str], matrix: np.ndarray
-    ) -> None:
-        """Add one distribution row per line of `matrix` (see `schema.SUMMARY_FIELDS`)."""
-        if len(layers) != len(matrix) or len(kinds) != len(matrix):
-            raise ValueError("add_summaries: layers, kinds and matrix must have one entry per row")
-        with self._lock:
-            self._buffers["distributions"].append((step, list(layers), list(kinds), matrix))
-            self._last_step = max(self._last_step, step)
-
-    def add_records(self, step: int, split: str, sample_ids: Sequence, values: np.ndarray) -> None:
-        """Per-sample records: `values` has one row per id and the columns `schema.RECORD_FIELDS`."""
-        if len(sample_ids) != len(values):
-            raise ValueError("add_records: one row of values per sample id")
-        with self._lock:
-            self._buffers["records"].append((step, split, sample_ids, values))
-            self._last_step = max(self._last_step, step)
-
-    def add_table(self, table_name: str, table: pa.Table) -> None:
-        """Rows already built as an Arrow table (evaluation results: not on the hot path)."""
-        if table_name not in ("samples", "previews", "attributions"):
-            raise ValueError(f"add_table: unknown table {table_name!r}")
-        with self._lock:
-            self._buffers[table_name].append(table)
-
-    def update_manifest(self, **entries: Any) -> None:
-        """Merge entries into run.json (rank 0 only; other ranks ignore it)."""
-        if self.rank != 0:
-            return
-        with self._io_lock:
-            self._manifest.update(entries)
-            _atomic_write_json(self.path / schema.MANIFEST_FILE, self._manifest)
-
-    # -- flushing -------------------------------------------------------------------
-    def flush(self) -> None:
-        """Write buffered rows as new parts now (also done every `flush_every_s`)."""
-        with self._lock:
-            buffers, self._buffers = self._buffers, defaultdict(list)
-        with self._io_lock:
-            for table_name, items in buffers.items():
-                if not items:
-                    continue
-                table = _build_table(table_name, items, self.rank)
-                seq = self._seq
-                self._seq += 1
-                table_dir = self.path / table_name
-                _atomic_write_table(table_dir / schema.part_name(self.rank, seq, seq), table)
-                self._compact(table_dir)
-            self._write_status("running")
-
-    def close(self, state: str = "finished") -> None:
-        """Flush everything, stop the thread and mark this rank `finished` (or `failed`)."""
-        if self._closed:
-            return
-        self._closed = True
-        self._wake.set()
-        self._thread.join()
-        self.flush()
-        self._write_status(state)
-
-    def _loop(self) -> None:
-        while not self._closed:
-            self._wake.wait(self.flush_every_s)
-            if self._closed:
-                return
-            try:
-                self.flush()
-            except Exception as exc:  # keep training alive; report at close
-                self._error = exc
-
-    def _write_status(self, state: str) -> None:
-        _atomic_write_json(
-            self.path / schema.STATUS_DIR / f"rank{self.rank}.json",
-            {"state": state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid()},
-        )
-
-    def _next_seq(self) -> int:
-        last = -1
-        for table in schema.TABLES:
-            for rank, _, l, _ in _live_parts(self.path / table):
-                if rank == self.rank:
-                    last = max(last, l)
-        return last + 1
-
-    def _compact(self, table_dir: Path) -> None:
-        """Merge the oldest 16 parts of one size tier into one part of the next tier."""
-        while True:
-            mine = [p for p in _live_parts(table_dir) if p[0] == self.rank]
-            tiers: dict[int, list] = defaultdict(list)
-            for part in mine:
-                width = part[2] - part[1] + 1
-                tiers[int(math.log(width, _TIER_FANOUT) + 1e-9)].append(part)
-            groups = [sorted(parts, key=lambda p: p[1])[:_TIER_FANOUT] for _, parts in sorted(tiers.items())
-                      if len(parts) >= _TIER_FANOUT]
-            groups = [g for g in groups
-                      if sum(pq.ParquetFile(p[3]).metadata.num_rows for p in g) <= _MAX_MERGED_ROWS]
-            if not groups:
-                return
-            group = groups[0]
-            merged = pa.concat_tables([pq.read_table(p[3]) for p in group], promote_options="permissive")
-            merged = merged.sort_by([(k, "ascending") for k in schema.SORT_KEYS[table_dir.name]])
-            first, last = group[0][1], max(p[2] for p in group)
-            _atomic_write_table(table_dir / schema.part_name(self.rank, first, last), merged)
-            for p in group:
-                p[3].unlink(missing_ok=True)
-
-
-def _build_table(table_name: str, items: list, rank: int) -> pa.Table:
-    if table_name == "scalars":
-        step, name, value, wall = zip(*items)
-        return pa.table(
-            {
-                "step": pa.array(step, pa.int64()),
-                "name": pa.array(name, pa.string()),
-                "value": pa.array(value, pa.float64()),
-                "rank": pa.array([rank] * len(step), pa.int32()),
-                "wall_time_s": pa.array(wall, pa.float64()),
-            },
-            schema=schema.SCALARS_SCHEMA,
-        )
-    if table_name == "records":
-        return pa.concat_tables([_records_table(*item, rank) for item in items])
-    if table_name in ("samples", "previews", "attributions"):
-        return pa.concat_tables(items, promote_options="permissive")
-    return pa.concat_tables([_summary_table(*item, rank) for item in items])
-
-
-def _records_table(step: int, split: str, sample_ids: Sequence, values: np.ndarray, rank: int) -> pa.Table:
-    n = len(sample_ids)
-    values = np.asarray(values, dtype=np.float64)
-    ids = [str(i.item() if isinstance(i, np.generic) else i) for i in sample_ids]
-    cols: dict[str, Any] = {
-        "step": pa.array(np.full(n, step, np.int64)),
-        "split": pa.array([split] * n, pa.string()),
-        "sample_id": pa.array(ids, pa.string()),
-        "rank": pa.array(np.full(n, rank, np.int32)),
-    }
-    for i, f in enumerate(schema.RECORD_FIELDS):
-        cols[f] = pa.array(values[:, i], pa.float64())
-    return pa.table(cols, schema=schema.RECORDS_SCHEMA)
-
-
-def _summary_table(step: int, layers: list, kinds: list, matrix: np.ndarray, rank: int) -> pa.Table:
-    n = len(layers)
-    fields = schema.SUMMARY_FIELDS
-    matrix = np.asarray(matrix, dtype=np.float64)
-    cols: dict[str, Any] = {
-        "step": pa.array(np.full(n, step, np.int64)),
-        "layer": pa.array(layers, pa.string()),
-        "kind": pa.array(kinds, pa.string()),
-        "rank": pa.array(np.full(n, rank, np.int32)),
-    }
-    for i, f in enumerate(fields):
-        typ = schema.DISTRIBUTIONS_SCHEMA.field(f).type
-        col = matrix[:, i]
-        cols[f] = pa.array(np.rint(col).astype(np.int64) if typ == pa.int64() else col, typ)
-    hist = np.rint(matrix[:, len(fields):]).astype(np.int64)
-    # A row's histogram may be shorter than the matrix (class histograms): trailing -1 pads.
-    cols["hist_counts"] = pa.array([h[h >= 0] for h in hist], pa.list_(pa.int64()))
-    return pa.table(cols, schema=schema.DISTRIBUTIONS_SCHEMA)
-
-
-# ---------------------------------------------------------------------------------
-# Reading
+__all__ = ["Run", "RunWriter", "list_runs", "open_run", "run_version"]
 
 
 def _read_manifest(path: Path) -> dict:
@@ -307,7 +37,8 @@ def _read_manifest(path: Path) -> dict:
     try:
         manifest = json.loads(mf.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunFormatError(f"{mf} is not valid JSON ({exc.msg if hasattr(exc, 'msg') else exc}) — the run's manifest is damaged") from None
+        detail = exc.msg if hasattr(exc, "msg") else exc
+        raise RunFormatError(f"{mf} is not valid JSON ({detail}) — the run's manifest is damaged") from None
     if not isinstance(manifest, dict) or any(k not in manifest for k in schema.MANIFEST_REQUIRED):
         raise RunFormatError(
             f"{mf} lacks {', '.join(schema.MANIFEST_REQUIRED)} — not a run written by this tool"
@@ -368,7 +99,7 @@ class Run:
     # -- queries --------------------------------------------------------------------
     def _query(self, table: str, where: str = "", params: Sequence = (), columns: str = "*",
                order: str = "") -> pd.DataFrame:
-        files = [str(p[3]) for p in _live_parts(self.path / table)]
+        files = [str(p[3]) for p in schema.live_parts(self.path / table)]
         if not files:
             return pd.DataFrame({f.name: pd.Series(dtype=_pandas_dtype(f.type)) for f in schema.SCHEMAS[table]})
         sql = f"SELECT {columns} FROM read_parquet($files, union_by_name=true)"
@@ -383,7 +114,7 @@ class Run:
             except duckdb.IOException:
                 if attempt == 2:
                     raise
-                files = [str(p[3]) for p in _live_parts(self.path / table)]
+                files = [str(p[3]) for p in schema.live_parts(self.path / table)]
             except duckdb.Error as exc:
                 raise RunFormatError(f"cannot read {table} of {self.path}: {str(exc).splitlines()[0]}") from None
         raise AssertionError("unreachable")
@@ -403,7 +134,8 @@ class Run:
         """Summaries of one kind (see DESIGN.md), optionally for some layers, steps or a rank."""
         if kind not in schema.KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(schema.KINDS)}")
-        where, params = _filters(kind=("kind", [kind]), layer=("layer", layers), step=("step", steps), rank=("rank", rank))
+        where, params = _filters(kind=("kind", [kind]), layer=("layer", layers), step=("step", steps),
+                                 rank=("rank", rank))
         return self._query("distributions", where, params, order="layer, step, rank")
 
     def records(self, split: str | None = None, sample_ids: Iterable | None = None,

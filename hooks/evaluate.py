@@ -1,24 +1,28 @@
 """The evaluation pass: one record per sample, with its embedding, a preview of its input,
 simple input statistics, and attributions for the worst cases.
 
-Called through `WatchedRun.evaluate`. The model runs in eval mode under `torch.no_grad()`
-(its mode is restored afterwards); the training capture hooks are paused meanwhile.
+`evaluate_model` runs the whole pass and returns an `Evaluation` (arrays only); the run
+(`WatchedRun.evaluate`) pauses its capture hooks meanwhile and hands the arrays to the
+writer. The model runs in eval mode under `torch.no_grad()` (its mode is restored
+afterwards) and torch's random state is forked, so training goes on bitwise unchanged.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import math
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from diagnostics import schema
+from hooks.records import per_sample
+from hooks.tensors import first_tensor, infer_task
 
 PREVIEW_PIXELS = 64    # images are pooled to at most 64 × 64
 PREVIEW_POINTS = 512   # signals, vectors and token lists to at most 512 values
@@ -235,30 +239,182 @@ class _Worst:
         return sorted(self.heap, reverse=True)
 
 
-def samples_table(step: int, split: str, rank: int, ids: list, rows: np.ndarray, probs: list,
-                  embeddings: list, stats: dict[str, np.ndarray]) -> pa.Table:
-    n = len(ids)
-    cols: dict[str, Any] = {
-        "step": pa.array(np.full(n, step, np.int64)), "split": pa.array([split] * n, pa.string()),
-        "sample_id": pa.array([str(i) for i in ids], pa.string()), "rank": pa.array(np.full(n, rank, np.int32)),
-    }
-    named = dict(zip(schema.RECORD_FIELDS, rows.T))
-    cols["label"], cols["prediction"], cols["loss"] = named["label"], named["prediction"], named["loss"]
-    cols["confidence"] = np.array([p.max() if p is not None and len(p) else np.nan for p in probs])
-    cols["label_prob"], cols["margin"] = named["confidence"], named["margin"]
-    cols["correct"], cols["residual"] = named["correct"], named["residual"]
-    cols["probs"] = pa.array([None if p is None else p.astype(np.float32) for p in probs], pa.list_(pa.float32()))
-    cols["embedding"] = pa.array([e.astype(np.float32) for e in embeddings], pa.list_(pa.float32()))
-    table = pa.table({k: v if isinstance(v, pa.Array) else pa.array(v, schema.SAMPLES_SCHEMA.field(k).type)
-                      for k, v in cols.items()}, schema=schema.SAMPLES_SCHEMA)
-    for name, values in stats.items():
-        values = np.asarray(values)
-        table = table.append_column(name, pa.array(values if values.dtype.kind in "UO" else values.astype(np.float64)))
-    return table
-
-
 def iterate(loader: Iterable) -> tuple[Iterable, int | None]:
     try:
         return loader, len(loader)  # type: ignore[arg-type]
     except TypeError:
         return loader, None
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """One evaluation pass, as the arrays the run writer takes.
+
+    `rows` has one row per sample, columns `schema.RECORD_FIELDS`; `probs` holds each
+    sample's probability vector (None for regression); `columns` the input statistics and
+    metadata columns; `attributed_*` the worst samples' ids, targets and attributions.
+    """
+
+    split: str
+    task: str
+    ids: list
+    rows: np.ndarray
+    probs: list
+    embeddings: list
+    columns: dict[str, np.ndarray]
+    input_kind: str
+    preview_shape: list[int] | None = None
+    preview_values: np.ndarray | None = None
+    attributed_ids: list = dataclasses.field(default_factory=list)
+    attributed_targets: list[int] = dataclasses.field(default_factory=list)
+    attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+    def field(self, name: str) -> np.ndarray:
+        """One column of `rows` by its name in `schema.RECORD_FIELDS`."""
+        return self.rows[:, schema.RECORD_FIELDS.index(name)]
+
+    def metrics(self) -> dict[str, float]:
+        """n, mean loss, and accuracy (classification) or mean absolute error (regression)."""
+        metrics = {"n": float(len(self.ids)), "loss": float(np.nanmean(self.field("loss")))}
+        if self.task == "classification":
+            metrics["accuracy"] = float(np.nanmean(self.field("correct")))
+        else:
+            metrics["mae"] = float(np.nanmean(np.abs(self.field("residual"))))
+        return metrics
+
+    def dataset(self) -> str:
+        """The key of the evaluated samples (`schema.dataset_key`)."""
+        return schema.dataset_key(self.split, self.ids, self.field("label"))
+
+
+class _Collected:
+    """What the batches of one pass add up to."""
+
+    def __init__(self, attribute_worst: int, with_previews: bool) -> None:
+        self.ids: list = []
+        self.rows: list[np.ndarray] = []
+        self.probs: list = []
+        self.embeddings: list = []
+        self.stats: dict[str, list] = {}
+        self.previews: list[np.ndarray] = []
+        self.preview_shape: list[int] | None = None
+        self.with_previews = with_previews
+        self.kind: str | None = None
+        self.out_width = 0  # outputs per sample (a single logit: attribute the logit itself)
+        self.worst = _Worst(attribute_worst)
+
+    def add(self, x: torch.Tensor, y: torch.Tensor, y_dev: torch.Tensor, ids: list, out: torch.Tensor,
+            emb: torch.Tensor, task: str) -> None:
+        rows = per_sample(out, y_dev, task).cpu().double().numpy()
+        self.out_width = out.reshape(out.shape[0], -1).shape[1]
+        if task == "classification":
+            logits = out.reshape(out.shape[0], -1).float()
+            if logits.shape[1] == 1:
+                logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+            self.probs += list(torch.softmax(logits, dim=1).cpu().numpy())
+        else:
+            self.probs += [None] * len(ids)
+        self.embeddings += list(emb.reshape(emb.shape[0], -1).float().cpu().numpy())
+        self.kind = self.kind or input_kind(x)
+        for name, values in input_statistics(x, self.kind).items():
+            self.stats.setdefault(name, []).append(values)
+        if self.with_previews:
+            self.preview_shape, values = previews(x, self.kind)
+            self.previews.append(values)
+        self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")], x, y, ids)
+        self.ids += ids
+        self.rows.append(rows)
+
+
+def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, device: torch.device,
+             captured: dict, collected: _Collected, progress: bool) -> str | None:
+    """Run the model over every batch into `collected`; returns the task (inferred from
+    the first batch when None)."""
+    from tqdm.auto import tqdm
+
+    batches, total = iterate(loader)
+    for batch in tqdm(batches, total=total, desc=f"evaluate {split}", disable=not progress, leave=False):
+        x, y, ids, kwargs = unpack_batch(batch, len(collected.ids))
+        out = first_tensor(forward(model, x, kwargs, device))
+        y_dev = y.to(device)
+        if task is None:
+            task = infer_task(out, y_dev)
+        collected.add(x, y, y_dev, ids, out, captured.pop("embedding", out), task)
+    return task
+
+
+def _attribute_worst(model: nn.Module, collected: _Collected, task: str, conv, device: torch.device,
+                     n_steps: int, progress: bool) -> tuple[list, list[int], dict[str, np.ndarray]]:
+    """(ids, targets, attributions by method) of the samples with the largest loss."""
+    picked = collected.worst.items()
+    if not picked:
+        return [], [], {}
+    xs = torch.stack([item[3] for item in picked]).to(device)
+    by_label = task == "classification" and collected.out_width > 1
+    # classification: attribute the label's logit (a single logit: the logit itself)
+    targets = (torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long().to(device)
+               if by_label else None)
+    if not xs.is_floating_point():
+        return [], [], {}
+    attributions = attribute(model, xs, targets, collected.kind, conv, n_steps=n_steps, progress=progress)
+    ids = [str(item[2]) for item in picked]
+    written = [int(item[4].reshape(-1)[0]) if task == "classification" else -1 for item in picked]
+    return ids, written, attributions
+
+
+def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | None, *, embed_layer: str | None = None,
+                   attribute_worst: int = 32, n_steps: int = 32, progress: bool = True, metadata: Any = None,
+                   with_previews: bool = True) -> Evaluation:
+    """Run the evaluation pass of `model` over `loader` (see `WatchedRun.evaluate`).
+
+    Args:
+        model: the model; put in eval mode and given its mode back.
+        loader: batches of (inputs, labels), (inputs, labels, ids) or dicts (`unpack_batch`).
+        split: the split's name.
+        task: "classification", "regression", or None to infer from the first batch.
+        embed_layer: the module whose output is the embedding (default: the input of the
+            last linear layer).
+        attribute_worst: how many of the largest-loss samples get attributions.
+        n_steps: IntegratedGradients' steps.
+        progress: show progress bars.
+        metadata: per-sample metadata (`metadata_columns`).
+        with_previews: compute the inputs' previews (the first evaluation of a split).
+
+    Returns:
+        The pass's `Evaluation`.
+    """
+    found = _find_module(model, embed_layer, nn.Linear)
+    conv = _find_module(model, None, (nn.Conv2d, nn.Conv1d))
+    device = next(model.parameters(), torch.zeros(())).device
+    captured: dict[str, torch.Tensor] = {}
+
+    def grab(module, args, output):
+        value = args[0] if embed_layer is None and args else first_tensor(output)
+        if isinstance(value, torch.Tensor):
+            captured["embedding"] = value.detach()
+
+    handle = found[1].register_forward_hook(grab) if found else None
+    was_training = model.training
+    collected = _Collected(attribute_worst, with_previews)
+    # A DataLoader draws its base seed from torch's global generator: fork it, so that
+    # training after an evaluation is bitwise what it would have been without one.
+    rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
+    rng.__enter__()
+    try:
+        model.eval()
+        with torch.no_grad():
+            task = _collect(model, loader, split, task, device, captured, collected, progress)
+        if not collected.ids:
+            raise ValueError(f"evaluate: the loader for {split!r} yielded no samples")
+        attributed = _attribute_worst(model, collected, task, conv, device, n_steps, progress)
+    finally:
+        if handle is not None:
+            handle.remove()
+        model.train(was_training)
+        rng.__exit__(None, None, None)
+    columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
+    columns.update(metadata_columns(metadata, collected.ids))
+    previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
+    return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
+                      collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
+                      *attributed)

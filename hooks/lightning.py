@@ -8,6 +8,7 @@ Lightning is imported here only; `import hooks` never imports it.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import os
 import warnings
@@ -22,14 +23,13 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
-import hooks
 from hooks.evaluate import ID_KEYS
-from hooks.watcher import CLASSIFICATION_LOSSES, REGRESSION_LOSSES, WatchedRun
+from hooks.handover import LOSS_BATCH
+from hooks.options import WatchOptions
+from hooks.tensors import task_of_loss
+from hooks.watcher import WatchedRun
 
 __all__ = ["DiagnosticsCallback"]
-
-_LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches of steps (one sync each)
-
 
 class DiagnosticsCallback(pl.Callback):
     """Records `trainer.fit(...)` with `hooks.watch`: one run per fit, in `run_dir/name`.
@@ -86,8 +86,9 @@ class DiagnosticsCallback(pl.Callback):
         evaluate: bool = True,
         loss_key: str = "loss",
     ) -> None:
-        self.watch_options = dict(run_dir=run_dir, name=name, every=every, task=task, config=config,
-                                  flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+        self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
+                                          flush_every_s=flush_every_s, class_names=class_names, seed=seed,
+                                          budget=budget)
         self.evaluate = evaluate
         self.loss_key = loss_key
         self.run: WatchedRun | None = None  # the run of the current (or last) fit
@@ -101,24 +102,23 @@ class DiagnosticsCallback(pl.Callback):
 
     # -- attach and detach --------------------------------------------------------------
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        options = dict(self.watch_options)
+        options = self.watch_options
         losses = [m for m in pl_module.modules() if isinstance(m, nn.modules.loss._Loss)]
         loss_module = losses[0] if len(losses) == 1 else None
-        if options["task"] is None and loss_module is not None:
-            options["task"] = ("classification" if isinstance(loss_module, CLASSIFICATION_LOSSES)
-                               else "regression" if isinstance(loss_module, REGRESSION_LOSSES) else None)
-        if options["config"] is None and pl_module.hparams:
-            options["config"] = dict(pl_module.hparams)
-        if options["seed"] is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
-            options["seed"] = int(os.environ["PL_GLOBAL_SEED"])
+        if options.task is None and loss_module is not None:
+            options = dataclasses.replace(options, task=task_of_loss(loss_module))
+        if options.config is None and pl_module.hparams:
+            options = dataclasses.replace(options, config=dict(pl_module.hparams))
+        if options.seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
+            options = dataclasses.replace(options, seed=int(os.environ["PL_GLOBAL_SEED"]))
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
         self._batch_losses, self._step_losses = [], []
         try:
             # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
-            # hooks run right after it (hooks.watcher._on_step_pre) and see this step's gradients
+            # hooks run right after it (Capture.on_step_pre) and see this step's gradients
             if loss_module is not None:
                 self._handles.append(loss_module.register_forward_hook(partial(_on_loss_module, self)))
-            self.run = hooks.watch(pl_module, optimizer=optimizer, **options)
+            self.run = WatchedRun(pl_module, optimizer, None, options)
             self._recording = True
         except BaseException:
             self._remove_handles()
@@ -151,7 +151,8 @@ class DiagnosticsCallback(pl.Callback):
         self._handles.clear()
 
     # -- the loss, on the step it belongs to -----------------------------------------------
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
+                             batch_idx: int) -> None:
         if self._recording:
             self._step_at_batch_start = self.run.step
             self._batch_ids = _sample_ids(batch)
@@ -171,7 +172,7 @@ class DiagnosticsCallback(pl.Callback):
         if self.run.step > self._step_at_batch_start and self._batch_losses:
             self._step_losses.append((self.run.step - 1, torch.stack(self._batch_losses).mean()))
             self._batch_losses = []
-        if len(self._step_losses) >= _LOSS_BATCH:
+        if len(self._step_losses) >= LOSS_BATCH:
             self._flush_losses()
 
     def _flush_losses(self) -> None:

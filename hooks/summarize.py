@@ -14,7 +14,7 @@ and 99% quantiles 0.22%). Ranking was the dearest part of a capture: np.partitio
 ResNet benchmark: 1.9x with 8,192 ranked values, 1.6x with 2,048). The
 histogram spans [min, max] of the whole tensor in HIST_BINS equal bins and its counts
 sum to the number of elements sampled. A sample is a fixed set of positions (see
-`_fixed_sample`), so a layer is sampled at the same positions at every step.
+`fixed_sample`), so a layer is sampled at the same positions at every step.
 
 With NaN or Inf present, mean, std, min, max, quantiles and histogram describe the
 finite values; `zero_frac` is the share of exact zeros among all elements, like `count`.
@@ -83,7 +83,7 @@ def _plan(n: int, limit: int, device: torch.device) -> torch.Tensor:
     return plan
 
 
-def _fixed_sample(flat: torch.Tensor, limit: int) -> torch.Tensor:
+def fixed_sample(flat: torch.Tensor, limit: int) -> torch.Tensor:
     """At most `limit` elements of the 1-D tensor `flat`, the same ones every time for a
     given size (all of them, in order, when `flat` is no larger); a copy above that.
 
@@ -117,7 +117,7 @@ def _native_address(t: torch.Tensor) -> int:
         return 0
 
 
-def _native_sumsq(t: torch.Tensor) -> float | None:
+def native_sumsq(t: torch.Tensor) -> float | None:
     """Sum of squares of `t` from the native pass, or None where it cannot read `t`."""
     address = _native_address(t)
     return _fused.sumsq_f32(address, t.numel()) if address else None
@@ -275,6 +275,67 @@ def _sample_stats(sample: np.ndarray, lo: float, hi: float, bins: int, vec: np.n
     return (float(part[0]), float(part[-1])) if exact else (math.nan, math.nan)
 
 
+def _first_pass_large(flat: torch.Tensor, n: int) -> tuple:
+    """(sum, sum of squares, min, max, zero count) of a large CPU tensor: from one native
+    pass where it can read the tensor, else the sum alone (None for the rest; zeros are
+    counted after min/max, which often rule them out). A NaN sum: non-finite values."""
+    if address := _native_address(flat):
+        # one native pass: sums, extremes, zeros (hooks/_fused.c)
+        s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(address, n)
+        if non_finite:  # the sums include them: recomputed over the finite values below
+            s1 = math.nan
+        return s1, s2, lo, hi, zero_count
+    return float(flat.sum()), None, None, None, None
+
+
+def _small_moments_cpu(finite: torch.Tensor, sampled: bool) -> tuple:
+    """(mean, std, min or None, max or None, sample) of a tensor of at most SAMPLE finite values."""
+    m = finite.numel()
+    sample = finite.numpy()
+    a = sample.astype(np.float64)
+    scale = 1.0  # float64 values past ~1e154 overflow the squares: divide by a power of two
+    if sample.dtype == np.float64 and (big := float(np.abs(a).max())) > 1e150:
+        scale = math.ldexp(1.0, math.frexp(big)[1] - 1)  # values / scale within ±2 (2.0**1024 raises)
+        a /= scale
+    mean = float(a.sum()) / m
+    a -= mean
+    std = math.sqrt(float(np.dot(a, a)) / m) * scale
+    mean *= scale
+    lo = hi = None  # from the partition in _sample_stats, or:
+    if sampled:
+        lo, hi = float(sample.min()), float(sample.max())
+    return mean, std, lo, hi, sample
+
+
+def _large_moments_cpu(finite: torch.Tensor, s1: float, s2: float | None) -> tuple[float, float]:
+    """(mean, std) of a large tensor of finite values from its raw sums, shifted by a pivot
+    where the raw sums lose the variance."""
+    m = finite.numel()
+    if s2 is None:
+        s2 = float(torch.dot(finite, finite))
+    mean = s1 / m
+    var = s2 / m - mean * mean
+    scale = 1.0  # var and std in units of scale (a power of two past ~1e154)
+    # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
+    # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
+    # they overflow: then shift by a pivot, in float64 if need be.
+    if not (math.isfinite(s2) and mean * mean <= 100.0 * var):
+        pivot = float(fixed_sample(finite, _PIVOT_SAMPLE).double().mean())
+        centred = finite - pivot
+        c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+        if not (math.isfinite(c1) and math.isfinite(c2)):
+            centred = finite.double() - pivot
+            c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+        if not (math.isfinite(c1) and math.isfinite(c2)):  # float64 past ~1e154: squares overflow
+            pivot, centred = 0.0, finite.double()
+            scale = math.ldexp(1.0, math.frexp(float(centred.abs().max()))[1] - 1)
+            centred = centred / scale  # within ±2
+            c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
+        mean = pivot + c1 / m * scale
+        var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
+    return mean, math.sqrt(max(var, 0.0)) * scale
+
+
 def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = False) -> np.ndarray:
     n = flat.numel()
     small = n <= SAMPLE
@@ -283,15 +344,9 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
         zero_count = n - np.count_nonzero(flat.numpy())
         with np.errstate(all="ignore"):  # inf + -inf is NaN: counted below, not warned about
             s1 = float(flat.numpy().sum(dtype=np.float64))
-    elif address := _native_address(flat):
-        # one native pass: sums, extremes, zeros (hooks/_fused.c)
-        s1, s2, lo, hi, zero_count, non_finite = _fused.stats_f32(address, n)
-        if non_finite:  # the sums include them: recomputed over the finite values below
-            s1 = math.nan
-    else:
-        zero_count = None  # after min/max, which often rule zeros out
-        s1 = float(flat.sum())
         s2 = lo = hi = None
+    else:
+        s1, s2, lo, hi, zero_count = _first_pass_large(flat, n)
     nan_count = inf_count = 0
     finite = flat
     if not math.isfinite(s1):  # NaN/Inf counted only when the sum says so: rare, so paid rarely
@@ -303,53 +358,18 @@ def _summarize_cpu(flat: torch.Tensor, hist_range, bins: int, sampled: bool = Fa
             zero_count = int(_zero_count(flat))
         if finite.numel() == 0:
             return _empty_vector(bins, zero_count / n, nan_count, inf_count)
-    m = finite.numel()
     if small:
-        sample = finite.numpy()
-        a = sample.astype(np.float64)
-        scale = 1.0  # float64 values past ~1e154 overflow the squares: divide by a power of two
-        if sample.dtype == np.float64 and (big := float(np.abs(a).max())) > 1e150:
-            scale = math.ldexp(1.0, math.frexp(big)[1] - 1)  # values / scale within ±2 (2.0**1024 raises)
-            a /= scale
-        mean = float(a.sum()) / m
-        a -= mean
-        std = math.sqrt(float(np.dot(a, a)) / m) * scale
-        mean *= scale
-        lo = hi = None  # from the partition below, or:
-        if sampled:
-            lo, hi = float(sample.min()), float(sample.max())
+        mean, std, lo, hi, sample = _small_moments_cpu(finite, sampled)
     else:
         if finite is not flat:
             s1, s2, lo = float(finite.sum()), None, None
-        if s2 is None:
-            s2 = float(torch.dot(finite, finite))
-        mean = s1 / m
-        var = s2 / m - mean * mean
-        scale = 1.0  # var and std in units of scale (a power of two past ~1e154)
-        # Raw float32 sums are exact enough while mean² ≤ 100·var (relative error ≲ 1e-4).
-        # Past that they lose the variance (mean 1000, std 1: 13% off), and past |x| ≈ 1e19
-        # they overflow: then shift by a pivot, in float64 if need be.
-        if not (math.isfinite(s2) and mean * mean <= 100.0 * var):
-            pivot = float(_fixed_sample(finite, _PIVOT_SAMPLE).double().mean())
-            centred = finite - pivot
-            c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
-            if not (math.isfinite(c1) and math.isfinite(c2)):
-                centred = finite.double() - pivot
-                c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
-            if not (math.isfinite(c1) and math.isfinite(c2)):  # float64 past ~1e154: squares overflow
-                pivot, centred = 0.0, finite.double()
-                scale = math.ldexp(1.0, math.frexp(float(centred.abs().max()))[1] - 1)
-                centred = centred / scale  # within ±2
-                c1, c2 = float(centred.sum()), float(torch.dot(centred, centred))
-            mean = pivot + c1 / m * scale
-            var = c2 / m - (c1 / m) * (c1 / m)  # `**` raises OverflowError past 1e154
-        std = math.sqrt(max(var, 0.0)) * scale
+        mean, std = _large_moments_cpu(finite, s1, s2)
         if lo is None:
             extremes = torch.aminmax(finite)
             lo, hi = float(extremes.min), float(extremes.max)
         if zero_count is None:
             zero_count = _zero_count_cpu(flat, lo, hi)
-        sample = _fixed_sample(finite, SAMPLE).numpy()
+        sample = fixed_sample(finite, SAMPLE).numpy()
     if hist_range is None:
         if lo is None:  # small: the partition finds them; the span needs them first
             lo, hi = float(sample.min()), float(sample.max())
@@ -392,6 +412,54 @@ def summarize(
     return n, torch.from_numpy(vec.astype(np.float32))
 
 
+def _moments_torch(finite: torch.Tensor, s1: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mean, std) of finite values on their device, shifted by a pivot where the raw sums
+    lose the variance (see _large_moments_cpu)."""
+    m = finite.numel()
+    dev = finite.device
+    s2 = torch.dot(finite, finite)
+    mean = s1 / m
+    var = s2 / m - mean * mean
+    scale = None  # set when float64 values are divided by a power of two (past ~1e154)
+    if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):
+        pivot = fixed_sample(finite, _PIVOT_SAMPLE).double().mean()
+        centred = finite - pivot.to(finite.dtype)
+        s1, s2 = centred.sum(), torch.dot(centred, centred)
+        if not bool(torch.isfinite(s1) & torch.isfinite(s2)):
+            centred = finite.double() - pivot
+            s1, s2 = centred.sum(), torch.dot(centred, centred)
+        if not bool(torch.isfinite(s1) & torch.isfinite(s2)):  # float64 past ~1e154: squares overflow
+            pivot, centred = torch.zeros((), dtype=torch.float64, device=dev), finite.double()
+            exponent = torch.frexp(centred.abs().amax()).exponent
+            scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=dev), exponent - 1)
+            centred = centred / scale  # within ±2
+            s1, s2 = centred.sum(), torch.dot(centred, centred)
+        mean = pivot + s1 / m if scale is None else pivot + s1 / m * scale
+        var = s2 / m - (s1 / m) ** 2
+    var = torch.clamp(var, min=0.0)
+    return mean, var.sqrt() if scale is None else var.sqrt() * scale
+
+
+def _histogram_torch(sample: torch.Tensor, lo: torch.Tensor, hi: torch.Tensor, hist_range, bins: int) -> tuple:
+    """(span low, span high, counts) of the sample's histogram, on its device."""
+    dev = sample.device
+    if hist_range is None:
+        h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
+    else:
+        h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
+    h_lo, h_hi = h_lo.clamp(-_F32_MAX, _F32_MAX), h_hi.clamp(-_F32_MAX, _F32_MAX)  # float64 beyond float32
+    same = h_hi <= h_lo  # _span, on the device
+    half = torch.clamp(h_lo.abs() * 2.0**-20, min=0.5)
+    h_lo, h_hi = torch.where(same, h_lo - half, h_lo), torch.where(same, h_hi + half, h_hi)
+    hist = torch.zeros(bins, device=dev)
+    if bins:
+        inside = sample if hist_range is None else sample[(sample >= h_lo) & (sample <= h_hi)]
+        lo64, hi64 = h_lo.double(), h_hi.double()
+        idx = ((inside.double() - lo64) * (bins / (hi64 - lo64))).floor().clamp_(0, bins - 1).long()
+        hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
+    return h_lo, h_hi, hist
+
+
 def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
     """The summary vector computed with torch ops on `flat`'s device (no sync except
     two bool checks; one CUDA sync each costs little next to a capture)."""
@@ -418,47 +486,11 @@ def _summarize_torch(flat: torch.Tensor, hist_range, bins: int) -> torch.Tensor:
             vec[NF:] = 0.0
             return vec
         s1 = finite.sum()
-    m = finite.numel()
-    s2 = torch.dot(finite, finite)
-    mean = s1 / m
-    var = s2 / m - mean * mean
-    scale = None  # set when float64 values are divided by a power of two (past ~1e154)
-    if not bool(torch.isfinite(s2) & (mean * mean <= 100.0 * var)):  # see _summarize_cpu
-        pivot = _fixed_sample(finite, _PIVOT_SAMPLE).double().mean()
-        centred = finite - pivot.to(finite.dtype)
-        s1, s2 = centred.sum(), torch.dot(centred, centred)
-        if not bool(torch.isfinite(s1) & torch.isfinite(s2)):
-            centred = finite.double() - pivot
-            s1, s2 = centred.sum(), torch.dot(centred, centred)
-        if not bool(torch.isfinite(s1) & torch.isfinite(s2)):  # float64 past ~1e154: squares overflow
-            pivot, centred = torch.zeros((), dtype=torch.float64, device=dev), finite.double()
-            exponent = torch.frexp(centred.abs().amax()).exponent
-            scale = torch.ldexp(torch.ones((), dtype=torch.float64, device=dev), exponent - 1)
-            centred = centred / scale  # within ±2
-            s1, s2 = centred.sum(), torch.dot(centred, centred)
-        mean = pivot + s1 / m if scale is None else pivot + s1 / m * scale
-        var = s2 / m - (s1 / m) ** 2
-    var = torch.clamp(var, min=0.0)
-    std = var.sqrt() if scale is None else var.sqrt() * scale
+    mean, std = _moments_torch(finite, s1)
     lo, hi = torch.aminmax(finite)
-    sample = _fixed_sample(finite, SAMPLE).to(torch.float32)
+    sample = fixed_sample(finite, SAMPLE).to(torch.float32)
     quantiles = torch.quantile(sample.double(), _QUANTILES.to(dev, torch.float64)).to(torch.float32)
-
-    if hist_range is None:
-        h_lo, h_hi = lo.to(torch.float32), hi.to(torch.float32)
-    else:
-        h_lo, h_hi = (r.detach().to(device=dev, dtype=torch.float32) for r in hist_range)
-    h_lo, h_hi = h_lo.clamp(-_F32_MAX, _F32_MAX), h_hi.clamp(-_F32_MAX, _F32_MAX)  # float64 beyond float32
-    same = h_hi <= h_lo  # _span, on the device
-    half = torch.clamp(h_lo.abs() * 2.0**-20, min=0.5)
-    h_lo, h_hi = torch.where(same, h_lo - half, h_lo), torch.where(same, h_hi + half, h_hi)
-    hist = torch.zeros(bins, device=dev)
-    if bins:
-        inside = sample if hist_range is None else sample[(sample >= h_lo) & (sample <= h_hi)]
-        lo64, hi64 = h_lo.double(), h_hi.double()
-        idx = ((inside.double() - lo64) * (bins / (hi64 - lo64))).floor().clamp_(0, bins - 1).long()
-        hist = torch.bincount(idx, minlength=bins)[:bins].to(torch.float32)
-
+    h_lo, h_hi, hist = _histogram_torch(sample, lo, hi, hist_range, bins)
     head = torch.stack([
         mean.to(torch.float32), std.to(torch.float32), lo.to(torch.float32), hi.to(torch.float32),
         zero_frac, nan_count.to(torch.float32), inf_count.to(torch.float32),
@@ -511,7 +543,6 @@ def class_summary(indices: torch.Tensor, num_classes: int) -> tuple[int, torch.T
     valid = idx[(idx >= 0) & (idx < num_classes)]
     counts = torch.bincount(valid, minlength=num_classes)[:num_classes]
     vec = vec.clone()
-    base = len(VECTOR_FIELDS)
-    vec[base - 2] = -0.5
-    vec[base - 1] = num_classes - 0.5
+    vec[_F["hist_min"]] = -0.5
+    vec[_F["hist_max"]] = num_classes - 0.5
     return n, torch.cat([vec, counts.to(vec.dtype)])

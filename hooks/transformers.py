@@ -10,6 +10,7 @@ transformers is imported here only; `import hooks` never imports it. This module
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import importlib.util
 import numbers
 import os
@@ -25,12 +26,12 @@ import torch
 import transformers
 from torch import nn
 
-import hooks
+from hooks.handover import LOSS_BATCH
+from hooks.options import WatchOptions
 from hooks.watcher import WatchedRun
 
 __all__ = ["DiagnosticsCallback"]
 
-_LOSS_BATCH = 32  # losses stay on device and cross to the CPU in batches of steps (one sync each)
 _PROBLEM_TASKS = {"single_label_classification": "classification", "regression": "regression"}
 _NOT_PLOTTED = ("epoch",)
 _NOT_PLOTTED_SUFFIXES = ("_runtime", "_per_second")
@@ -86,8 +87,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         budget: float = 0.03,
         evaluate: bool = True,
     ) -> None:
-        self.watch_options = dict(run_dir=run_dir, name=name, every=every, task=task, config=config,
-                                  flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+        self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
+                                          flush_every_s=flush_every_s, class_names=class_names, seed=seed,
+                                          budget=budget)
         self.evaluate = evaluate
         self.run: WatchedRun | None = None  # the run of the current (or last) train()
         self._recording = False
@@ -103,20 +105,20 @@ class DiagnosticsCallback(transformers.TrainerCallback):
                        optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
         if self._recording:  # the last train() never reached on_train_end: it crashed
             self._close(failed=True)
-        options = dict(self.watch_options)
+        options = self.watch_options
         model_config = getattr(model, "config", None)
-        if options["task"] is None:
-            options["task"] = _PROBLEM_TASKS.get(getattr(model_config, "problem_type", None))
-        if options["class_names"] is None:
-            options["class_names"] = _class_names(model_config)
-        if options["config"] is None:
-            options["config"] = args.to_sanitized_dict()
-        if options["seed"] is None:
-            options["seed"] = args.seed
+        options = dataclasses.replace(
+            options,
+            task=options.task if options.task is not None else _PROBLEM_TASKS.get(getattr(model_config, "problem_type",
+                                                                                          None)),
+            class_names=options.class_names if options.class_names is not None else _class_names(model_config),
+            config=options.config if options.config is not None else args.to_sanitized_dict(),
+            seed=options.seed if options.seed is not None else args.seed,
+        )
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper runs no step hooks
         self._micro_losses, self._step_losses, self._model_gives_loss = [], [], False
         self._step_at_window_start = 0
-        self.run = hooks.watch(model, optimizer=optimizer, **options)
+        self.run = WatchedRun(model, optimizer, None, options)
         self._recording = True
         self._handles.append(model.register_forward_hook(partial(_on_model_output, self), with_kwargs=True))
         atexit.register(self._close_at_exit)
@@ -170,7 +172,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
                 self._step_losses.append((self.run.step - 1, losses.sum() if self._losses_summed else losses.mean()))
                 self._micro_losses = []
             self._step_at_window_start = self.run.step
-        if len(self._step_losses) >= _LOSS_BATCH:
+        if len(self._step_losses) >= LOSS_BATCH:
             self._flush_losses()
 
     def on_log(self, args, state, control, logs: dict | None = None, **kwargs: Any) -> None:

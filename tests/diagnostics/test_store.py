@@ -41,7 +41,8 @@ def summary_rows(rng: np.random.Generator, hist_lens: list[int]) -> tuple[np.nda
     for i, h in enumerate(hist_lens):
         row = {}
         for j, name in enumerate(schema.SUMMARY_FIELDS):
-            v = float(rng.integers(0, 10**6)) if name in INT_FIELDS else float(rng.normal() * 10.0 ** rng.integers(-3, 6))
+            v = (float(rng.integers(0, 10**6)) if name in INT_FIELDS
+                 else float(rng.normal() * 10.0 ** rng.integers(-3, 6)))
             matrix[i, j] = v
             row[name] = v
         counts = rng.integers(0, 5000, size=h)
@@ -625,3 +626,35 @@ def test_output_layer_names_come_from_the_schema():
     assert schema.output_layer("val", "logits") == "val/logits"
     with pytest.raises(ValueError, match="unknown output layer kind 'klass'"):
         schema.output_layer("val", "klass")
+
+
+def test_evaluation_tables_are_built_by_the_writer_from_arrays(tmp_path):
+    """add_samples / add_previews / add_attributions take arrays and write tables of the
+    schema's types, read back by the reader."""
+    w = writer(tmp_path / "ev")
+    ids = ["a", "b", "c"]
+    rows = np.array([[0, 0, 0.1, 0.9, 2.0, 1, np.nan], [1, 0, 2.3, 0.1, -1.0, 0, np.nan],
+                     [2, 2, 0.2, 0.8, 1.5, 1, np.nan]], dtype=np.float64)
+    probs = [np.array([0.9, 0.05, 0.05]), np.array([0.8, 0.1, 0.1]), np.array([0.1, 0.1, 0.8])]
+    embeddings = [np.arange(4, dtype=np.float32) + i for i in range(3)]
+    w.add_samples(7, "val", ids, rows, probs, embeddings,
+                  {"input_mean": np.array([0.1, 0.2, 0.3]), "meta_site": np.array(["x", "y", "x"])})
+    w.add_previews("val", ids, "vector", [4], np.ones((3, 4)))
+    w.add_attributions(7, "val", ["b"], [1], {"integrated_gradients": np.full((1, 4), 0.5)})
+    w.close()
+    r = diagnostics.open_run(tmp_path / "ev")
+    samples = r.samples(split="val").sort_values("sample_id").reset_index(drop=True)
+    assert samples["sample_id"].tolist() == ids and (samples["step"] == 7).all()
+    assert samples["loss"].tolist() == [0.1, 2.3, 0.2]
+    assert samples["label_prob"].tolist() == [0.9, 0.1, 0.8]           # the record field "confidence"
+    assert np.allclose(samples["confidence"], [0.9, 0.8, 0.8])          # the predicted class's probability
+    assert samples["meta_site"].tolist() == ["x", "y", "x"]
+    assert list(samples.loc[1, "embedding"]) == [1.0, 2.0, 3.0, 4.0]
+    previews = r.previews("val", ids)
+    assert len(previews) == 3 and set(previews["kind"]) == {"vector"}
+    att = r.attributions("val")
+    assert att["sample_id"].tolist() == ["b"] and att["target"].tolist() == [1]
+    assert list(att.iloc[0]["shape"]) == [4]
+    with pytest.raises(ValueError, match="one row of values"):
+        writer(tmp_path / "bad").add_samples(0, "val", ids, rows[:2], probs, embeddings)
+

@@ -16,7 +16,8 @@ import diagnostics
 pytestmark = pytest.mark.slow
 
 
-def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int = 4, watch_kwargs: dict | None = None) -> None:
+def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int = 4,
+            watch_kwargs: dict | None = None) -> None:
     import hooks
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)

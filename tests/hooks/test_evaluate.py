@@ -64,7 +64,7 @@ def test_evaluate_leaves_training_bitwise_unchanged(tmp_path):
         x, y = _data()
         torch.manual_seed(5)
         with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, every=1) as run:
-            for epoch in range(2):
+            for _epoch in range(2):
                 for i in range(0, 40, 10):
                     opt.zero_grad()
                     crit(model(x[i:i + 10]), y[i:i + 10]).backward()
@@ -169,6 +169,7 @@ def test_metadata_becomes_meta_columns(tmp_path):
             run.evaluate([(x, y)], attribute_worst=0, progress=False, metadata=meta)
         with pytest.raises(ValueError, match="one value per sample"):
             run.evaluate([(x, y)], attribute_worst=0, progress=False, metadata={"q": [1, 2]})
-    s = diagnostics.open_run(tmp_path / "m").samples("val").set_index("sample_id").loc[[str(i) for i in range(100, 112)]]
+    samples = diagnostics.open_run(tmp_path / "m").samples("val").set_index("sample_id")
+    s = samples.loc[[str(i) for i in range(100, 112)]]
     assert s["meta_site"].tolist() == ["a", "b", "c"] * 4
     np.testing.assert_allclose(s["meta_quality"], np.linspace(0, 1, 12))

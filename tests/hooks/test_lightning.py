@@ -156,7 +156,8 @@ def test_fit_is_recorded_step_by_step(tmp_path):
 
     # validation metrics after each epoch's 4 steps; training metrics are not validation
     val = scalars[scalars["name"].isin(["val_loss", "val_const", "train_loss"])]
-    assert sorted(zip(val["name"], val["step"])) == [("val_const", 4), ("val_const", 8), ("val_loss", 4), ("val_loss", 8)]
+    assert sorted(zip(val["name"], val["step"])) == [("val_const", 4), ("val_const", 8),
+                                                     ("val_loss", 4), ("val_loss", 8)]
 
     # the per-sample evaluation after fit, with the ids the loader carried
     samples = run.samples(split="val")

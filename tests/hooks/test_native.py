@@ -125,13 +125,13 @@ def test_sum_of_squares_matches_numpy(n):
 
 @needs_native
 def test_gradient_norm_uses_the_native_sum_only_for_dense_cpu_float32():
-    from hooks.watcher import _squared_norm
+    from hooks.tensors import squared_norm
 
     g = torch.randn(1000)
-    assert isinstance(_squared_norm(g), float)
-    assert _squared_norm(g) == pytest.approx(float(g.double().square().sum()), rel=1e-6)
+    assert isinstance(squared_norm(g), float)
+    assert squared_norm(g) == pytest.approx(float(g.double().square().sum()), rel=1e-6)
     for other in (g.double(), g[::2], g.to(torch.bfloat16)):
-        value = _squared_norm(other)
+        value = squared_norm(other)
         assert isinstance(value, torch.Tensor)
         assert float(value) == pytest.approx(float(other.double().square().sum()), rel=1e-2)
 
@@ -140,11 +140,11 @@ def test_gradient_norm_uses_the_native_sum_only_for_dense_cpu_float32():
 def test_tensors_without_memory_behind_them_are_not_read_natively():
     """A ZeroTensor (autograd's gradient of `p * 0`) or storage freed as FSDP does: the
     native pass would read address 0 (a crash); torch's passes answer instead."""
-    from hooks.watcher import _squared_norm
+    from hooks.tensors import squared_norm
 
     zero = torch._efficientzerotensor(10_000)
     assert summarize_module._native_address(zero) == 0
-    assert float(_squared_norm(zero)) == 0.0
+    assert float(squared_norm(zero)) == 0.0
     _, vec = summarize_module.summarize(zero)
     assert float(vec[summarize_module._F["zero_frac"]]) == 1.0
     freed = torch.randn(10_000)

@@ -294,11 +294,13 @@ def _lbfgs(model, watch, tmp_path=None, steps=3, every=1):
         loss = crit(model(x), y)
         loss.backward()
         if len(first_norms) < calls_before_step[-1] + 1:
-            first_norms.append(torch.linalg.vector_norm(torch.cat([p.grad.flatten() for p in model.parameters()])).item())
+            grads = torch.cat([p.grad.flatten() for p in model.parameters()])
+            first_norms.append(torch.linalg.vector_norm(grads).item())
         return loss
 
     calls_before_step = []
-    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="lbfgs", every=every) if watch else None
+    run = (hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="lbfgs", every=every)
+           if watch else None)
     for step in range(steps):
         calls_before_step.append(step)
         opt.step(closure)
@@ -392,7 +394,8 @@ def test_step_arguments_other_than_a_plain_closure_leave_training_unchanged(tmp_
         crit = nn.CrossEntropyLoss()
         g = torch.Generator().manual_seed(1)
         x, y = torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
-        run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name=f"{kind}-{watch}", every=1) if watch else None
+        run = (hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name=f"{kind}-{watch}", every=1)
+               if watch else None)
 
         def closure():
             loss = crit(model(x), y)

@@ -14,7 +14,7 @@ import torch
 
 from diagnostics import schema
 from hooks import summarize as summarize_module
-from hooks.summarize import SAMPLE, VECTOR_FIELDS, _fixed_sample, class_summary, summarize
+from hooks.summarize import SAMPLE, VECTOR_FIELDS, class_summary, fixed_sample, summarize
 
 NF = len(VECTOR_FIELDS)
 Q_COLS = list(schema.QUANTILE_COLUMNS)
@@ -34,7 +34,8 @@ def implementation(request, monkeypatch):
         monkeypatch.setattr(summarize_module, "_fused", None)
     if request.param == "device":
         monkeypatch.setattr(summarize_module, "_summarize_cpu",
-                            lambda flat, span, bins, sampled=False: summarize_module._summarize_torch(flat, span, bins).double().numpy())
+                            lambda flat, span, bins, sampled=False:
+                            summarize_module._summarize_torch(flat, span, bins).double().numpy())
     return request.param
 
 
@@ -67,7 +68,7 @@ def assert_moments(vec: np.ndarray, a: np.ndarray, rtol: float = 1e-5, atol: flo
 
 def sample_size(n: int, limit: int) -> int:
     """How many elements the module's fixed subsample of an n-element tensor holds."""
-    size = _fixed_sample(torch.empty(n), limit).numel()
+    size = fixed_sample(torch.empty(n), limit).numel()
     assert size == min(n, limit) or (n > limit and 0.8 * limit <= size <= limit)
     return size
 
@@ -247,7 +248,7 @@ def test_sample_covers_every_channel_of_nchw_tensors(shape, limit):
     """Regression: blocks a fixed stride apart stepped the channel index by a near-constant
     amount: 24 of 64 channels of a (64, 64, 56, 56) activation were ever sampled."""
     n = int(np.prod(shape))
-    positions = _fixed_sample(torch.arange(n, dtype=torch.float64), limit).numpy().astype(np.int64)
+    positions = fixed_sample(torch.arange(n, dtype=torch.float64), limit).numpy().astype(np.int64)
     assert len(np.unique(positions)) == len(positions) == min(n, limit)
     channels = positions // (shape[2] * shape[3]) % shape[1]
     counts = np.bincount(channels, minlength=shape[1])

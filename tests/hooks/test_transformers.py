@@ -253,7 +253,8 @@ def test_evaluate_passes_hugging_face_dict_batches_as_keyword_arguments(tmp_path
         unmasked = model(input_ids=data.ids).logits
     expected = nn.functional.cross_entropy(masked, data.labels, reduction="none").numpy()
     assert (masked - unmasked).abs().max() > 0.05  # the mask matters here
-    samples = diagnostics.open_run(run.path).samples(split="val").set_index("sample_id").loc[[f"s{i}" for i in range(24)]]
+    samples = diagnostics.open_run(run.path).samples(split="val").set_index("sample_id")
+    samples = samples.loc[[f"s{i}" for i in range(24)]]
     np.testing.assert_allclose(samples["loss"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
     assert metrics["accuracy"] == pytest.approx(float((masked.argmax(1) == data.labels).float().mean()))
 

@@ -12,7 +12,7 @@ from torch import nn
 
 import diagnostics
 import hooks
-import hooks.watcher as watch_module
+import hooks.capture as capture_module
 from tests.conftest import tiny_cnn, train_tiny
 
 
@@ -132,8 +132,8 @@ def test_gradient_summary_matches_plain_torch(tmp_path):
 
 def test_no_tensor_work_between_captures(tmp_path, monkeypatch):
     calls = []
-    real = watch_module.summarize
-    monkeypatch.setattr(watch_module, "summarize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
+    real = capture_module.summarize
+    monkeypatch.setattr(capture_module, "summarize", lambda *a, **k: (calls.append(1), real(*a, **k))[1])
     model = tiny_cnn()
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     crit = nn.CrossEntropyLoss()
@@ -295,7 +295,7 @@ def test_update_of_a_large_tensor_is_estimated_from_a_fixed_sample(tmp_path, mak
     """Above UPDATE_SAMPLE elements the update is summarised on a fixed sample of positions
     (a full copy of every weight would double the parameters' memory): its norm, hence
     the update ratio, is then an estimate; here within 3% of the exact one."""
-    from hooks.watcher import UPDATE_SAMPLE
+    from hooks.capture import UPDATE_SAMPLE
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(300, 300), nn.ReLU(), nn.Linear(300, 4))
@@ -353,6 +353,25 @@ def test_a_run_left_open_by_a_crash_is_marked_failed(tmp_path):
     ok = "import torch, hooks\n" + f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='ok')\n"
     subprocess.run([sys.executable, "-c", ok], check=True, timeout=120)
     assert diagnostics.open_run(tmp_path / "ok").status()["state"] == "finished"
+
+
+def test_the_crash_handler_is_installed_by_the_first_watch_not_by_import(tmp_path):
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, torch\n"
+        "original = sys.excepthook\n"
+        "import hooks\n"
+        "assert sys.excepthook is original, 'import hooks replaced sys.excepthook'\n"
+        f"run = hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='a')\n"
+        "installed = sys.excepthook\n"
+        "assert installed is not original\n"
+        "run.close()\n"
+        f"hooks.watch(torch.nn.Linear(2, 2), run_dir={str(tmp_path)!r}, name='b').close()\n"
+        "assert sys.excepthook is installed, 'a second watch() chained another handler'\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=120)
 
 
 def test_sparse_updates_missed_by_the_sample_raise_no_false_health_finding(tmp_path):
@@ -445,3 +464,14 @@ def test_each_step_s_loss_and_grad_norm_carry_the_time_of_their_own_step(tmp_pat
         assert len(t) == 6
         gaps = np.diff(t)
         assert (gaps > 0.03).all(), (name, gaps)  # one sleep apart, not one flush
+
+
+def test_watch_options_are_checked_once_for_watch_and_the_callbacks():
+    from hooks.options import WatchOptions
+
+    WatchOptions().validate()
+    for bad, message in (({"every": 0}, "every must be"), ({"budget": 1.5}, "budget is a fraction"),
+                         ({"task": "ranking"}, "task must be")):
+        with pytest.raises(ValueError, match=message):
+            WatchOptions(**bad).validate()
+    assert WatchOptions(every=5).manifest_entry() == {"every": 5, "budget": None, "flush_every_s": 5.0}

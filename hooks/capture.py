@@ -1,0 +1,422 @@
+"""The per-step state of a watched run and the hook bodies that fill it.
+
+`Capture` owns what a step collects: it decides nothing about the run's lifecycle
+(hooks/watcher.py registers its methods as hooks and removes them). Its methods are the
+hook bodies, registered through `functools.partial(Capture.method, capture, ...)`:
+
+- `on_forward` on every leaf module: on capture steps, the output's summary
+  (`activation`) and a tensor hook on that output for its gradient (`on_grad`,
+  `gradient`); `Tensor.register_hook` works on in-place modules where full backward hooks fail;
+- `on_loss` on the loss module: the loss every step, and on capture steps the model's
+  outputs and the labels (`output`, `label`);
+- `on_step_pre` / `on_step_post` on the optimizer: parameter values and gradients on
+  capture steps (`weight`, `param_grad`, `update`), the learning rate of each param
+  group, the global gradient norm (`on_grad_accumulated`) and the step count.
+
+A step is one `optimizer.step()`. Forward passes without grad (evaluation inside the
+loop) are ignored, and so are a module's second and later calls within a step (a module
+used twice, or gradient accumulation): the first call of a step is recorded. On a
+non-capture step every hook returns at its first line.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from functools import partial
+from typing import Any
+
+import torch
+from torch import nn
+
+from diagnostics import schema
+from diagnostics.writer import RunWriter
+from hooks.handover import LOSS_BATCH, Handover, write_summaries
+from hooks.probes import loss_input_probe
+from hooks.summarize import class_summary, fixed_sample, summarize, unit_activity
+from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
+
+# Updates are summarised on this many fixed positions of each weight (copied before the
+# step): the norm of the update, hence the update ratio, is estimated within ~1-2% for
+# Gaussian-like updates (0.5·sqrt(2/4096)); a copy of every weight would double memory.
+UPDATE_SAMPLE = 4_096
+
+# Modules that behave differently in train mode: a forward under no_grad with one of these
+# in train mode is an evaluation with dropout on (or BatchNorm updating its running stats).
+_MODE_TYPES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
+
+
+class Capture:
+    """What the hooks collect, step by step, and hand to the writer.
+
+    Args:
+        model: the watched module.
+        writer: the run's writer.
+        schedule: decides the capture steps (hooks/schedule.py).
+        task: "classification", "regression" or None (inferred from the first outputs).
+        distributed: several ranks (gradients are averaged after backward's hooks).
+        started: when the first step began (time.perf_counter()).
+    """
+
+    def __init__(self, model: nn.Module, writer: RunWriter, schedule: Any, task: str | None, *,
+                 distributed: bool, started: float) -> None:
+        self.writer, self.schedule, self.task, self.distributed = writer, schedule, task, distributed
+        self.handover = Handover(writer)
+        self.param_names = {p: n for n, p in model.named_parameters()}
+        self.mode_modules = [(n or type(model).__name__, m) for n, m in model.named_modules()
+                             if isinstance(m, _MODE_TYPES) and getattr(m, "p", 1) != 0]
+        # clipping probes: a few small trainable parameters (reading them again is cheap)
+        trainable = sorted((p for p in model.parameters() if p.requires_grad), key=lambda p: (p.numel() < 8, p.numel()))
+        self.probes = trainable[:4]
+        self.step, self.capturing = 0, True
+        self.step_started, self.own_s = started, 0.0  # own_s: time the always-on hooks took in this step
+        self.pending: list[tuple[str, str, int, torch.Tensor]] = []
+        self.seen: set[tuple[str, str]] = set()
+        self.step_losses: list[torch.Tensor] = []
+        self.grad_squares: dict[torch.Tensor, torch.Tensor | float] = {}
+        self.before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.norm_recorded = False
+        self.num_classes: int | None = None
+        self.forward_seen = False
+        self.output_shapes: dict[str, list[int]] = {}
+        self.mode_noted = False  # a no-grad forward in train mode already recorded this step
+        self.mode_names_written = False
+        self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
+
+    # -- recording ----------------------------------------------------------------------
+    def add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
+        """Queue one summary of this step (handed over at the step's end)."""
+        self.pending.append((layer, kind, count, vec))
+
+    def first_call(self, layer: str, kind: str) -> bool:
+        """True the first time (layer, kind) is seen this step."""
+        key = (layer, kind)
+        if key in self.seen:
+            return False
+        self.seen.add(key)
+        return True
+
+    def record_outputs(self, outputs: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+        """Summaries of a batch's outputs against its labels, and the loss-input probe."""
+        outputs, labels = outputs.detach(), labels.detach()
+        task = self.task or infer_task(outputs, labels)
+        if self.task is None:
+            self.task = task
+            self.writer.update_manifest(task=task)
+        summaries, num_classes = output_summaries(outputs, labels, split, task)
+        if num_classes is not None and self.num_classes != num_classes:
+            self.num_classes = num_classes
+            self.writer.update_manifest(num_classes=num_classes)
+        self.pending.extend(summaries)
+        self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
+
+    def end_step(self, final: bool = False) -> None:
+        """Hand this step's summaries to the writer and move to the next step (`final`:
+        the run is closing; no schedule decision, which under DDP could start a collective
+        on this rank alone)."""
+        started = time.perf_counter()
+        handover = self.handover
+        handover.step_ended_at[self.step] = time.time()  # losses are written in batches: stamp each step now
+        if self.probe_reset is not None:
+            handover.grad_carried.append((self.step, self.probe_reset))
+            self.probe_reset = None
+        if self.step_losses:
+            handover.losses.append((self.step, torch.stack([v.float() for v in self.step_losses]).mean()))
+            self.step_losses = []
+        if self.pending:
+            write_summaries(self.writer, self.step, self.pending)
+            self.pending = []
+        if max(len(handover.losses), len(handover.grad_norms), len(handover.records)) >= LOSS_BATCH or (
+                self.capturing and (handover.waiting() or handover.grad_carried)):  # a capture syncs anyway
+            flushing = time.perf_counter()
+            handover.flush()
+            # not charged to the budget: on a GPU the transfer waits for the queued work
+            # (training's own time), which would read as the tool's
+            started += time.perf_counter() - flushing
+        if self.step == 0 and self.output_shapes:
+            self.writer.update_manifest(output_shapes=self.output_shapes)
+        now = time.perf_counter()
+        if not self.capturing:
+            self.own_s += now - started
+        if not final:
+            self.schedule.record(self.step, self.capturing, now - self.step_started, self.own_s)
+        self.own_s = 0.0
+        self.step_started = now
+        self.step += 1
+        self.norm_recorded = False
+        self.mode_noted = False
+        self.capturing = False if final else self.schedule.should_capture(self.step)
+        self.seen.clear()
+
+    def finish(self) -> None:
+        """The run closes: hand over what this step and the batches hold; drop parameters."""
+        self.param_names = {}
+        self.probes = []
+        if self.pending or self.step_losses:
+            self.end_step(final=True)
+        if self.handover.waiting():
+            self.handover.flush()
+        self.grad_squares.clear()
+        self.before_step = {}
+
+    # -- hook bodies: modules and the loss ----------------------------------------------
+    def on_forward(self, layer: str, module: nn.Module, args, output) -> None:
+        if not self.capturing or not torch.is_grad_enabled():
+            return
+        out = first_tensor(output)
+        if out is None or not self.first_call(layer, "activation"):
+            return
+        count, vec = summarize(out)
+        self.add(layer, "activation", count, unit_activity(out, module, vec))
+        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
+                and self.first_call("batchnorm", "batch_size")):
+            self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
+        if self.step == 0:
+            self.output_shapes[layer] = list(out.shape)
+        if out.requires_grad:
+            out.register_hook(partial(Capture.on_grad, self, layer))
+
+    def on_grad(self, layer: str, grad: torch.Tensor) -> None:
+        if self.first_call(layer, "gradient"):
+            self.add(layer, "gradient", *summarize(grad))
+
+    def on_loss(self, module: nn.Module, args, kwargs, output) -> None:
+        if not torch.is_grad_enabled():
+            return
+        if isinstance(output, torch.Tensor) and output.numel() == 1:
+            self.step_losses.append(output.detach())
+        if not self.capturing:
+            return
+        outputs = args[0] if args else kwargs.get("input")
+        labels = args[1] if len(args) > 1 else kwargs.get("target")
+        if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
+                and self.first_call(schema.output_layer("train", "outputs"), "output")):
+            with torch.no_grad():
+                self.record_outputs(outputs, labels, "train")
+
+    def on_no_grad_forward(self, module: nn.Module, args) -> None:
+        # A forward under no_grad (the user's own validation) while dropout / BatchNorm train:
+        # recorded once per step as the count of such modules, their names once in the manifest.
+        if torch.is_grad_enabled() or self.mode_noted:
+            return
+        on = [name for name, m in self.mode_modules if m.training]
+        if not on:
+            return
+        self.mode_noted = True
+        self.writer.add_scalars(self.step, {"no_grad_forward_train_mode": float(len(on))})
+        if not self.mode_names_written:
+            self.mode_names_written = True
+            self.writer.update_manifest(no_grad_forward_train_mode=on)
+
+    def on_model_forward(self, module: nn.Module, args) -> None:
+        # Without an optimizer a step is one training forward of the whole model.
+        if not torch.is_grad_enabled():
+            return
+        if self.forward_seen:
+            self.end_step()
+        self.forward_seen = True
+
+    # -- hook bodies: gradients and the optimizer ---------------------------------------
+    def on_grad_accumulated(self, param: torch.Tensor) -> None:
+        # The gradient as backward left it (before any clipping), read while it is still in
+        # cache; the last call of a step wins. Always on: its time is charged to the budget.
+        started = time.perf_counter()
+        self.grad_squares[param] = squared_norm(param.grad)
+        self.own_s += time.perf_counter() - started
+
+    def on_probe_grad(self, param: torch.Tensor, grad: torch.Tensor) -> None:
+        """Each backward reaching the probe on a capture step, before its gradient accumulates:
+        was its .grad reset (None or all zero)? A step none of whose backwards found it reset
+        carries the previous step's gradient (no zero_grad). Several backwards per step
+        (micro-batches, a GAN's two losses) count as reset when any one found it so. Kept as
+        a device tensor (no sync); the hook returns None, so the gradient is unchanged."""
+        if not self.capturing or self.probe_reset is True:
+            return None
+        old = param.grad
+        reset = True if old is None else ~(stored_values(old) != 0).any()
+        self.probe_reset = reset if self.probe_reset is None or reset is True else self.probe_reset | reset
+        return None
+
+    def on_step_pre(self, optimizer, args, kwargs) -> tuple[tuple, dict] | None:
+        """Before `optimizer.step()`: the gradient norm and, on capture steps, weights, gradients
+        and the sample of each weight the update is measured against.
+
+        With a closure (`optimizer.step(closure)`: LBFGS, SAM, Lightning) forward and backward
+        run inside `step`, after this hook: the closure is wrapped so that this work happens
+        right after its first call, when this step's gradients exist and before the optimizer
+        has changed anything. The closure itself runs when and as often as the optimizer calls
+        it, so training is unchanged. `args` holds the optimizer itself first.
+        """
+        if _nested_step(optimizer):
+            return None
+        closure = kwargs.get("closure", args[1] if len(args) > 1 else None)
+        if not callable(closure):
+            self.before_update(optimizer)
+            return None
+        called = False
+
+        def closure_then_record() -> Any:
+            nonlocal called
+            result = closure()
+            if not called:
+                called = True
+                self.before_update(optimizer)
+            return result
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": closure_then_record}
+        return (args[0], closure_then_record, *args[2:]), kwargs
+
+    def before_update(self, optimizer) -> None:
+        """The gradient norm; on capture steps weights, gradients and the update's sample."""
+        started = time.perf_counter()
+        with torch.no_grad():
+            self.record_grad_norm()
+            if not self.capturing:
+                self.own_s += time.perf_counter() - started
+                return
+            self.before_step = {}
+            for group in optimizer.param_groups:
+                for p in group["params"]:
+                    name = self.param_names.get(p)
+                    if name is None:
+                        continue
+                    self.add(name, "weight", *summarize(p))
+                    if p.grad is not None:
+                        self.add(name, "param_grad", *summarize(stored_values(p.grad)))
+                        # the update is summarised on a fixed sample of the weight's positions:
+                        # a copy of every weight would double the parameters' memory
+                        flat = p.detach().reshape(-1)
+                        before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
+                        self.before_step[name] = (p, before.clone() if before.numel() == flat.numel() else before)
+
+    def record_grad_norm(self) -> None:
+        """Global L2 norm of the gradients as backward produced them, and whether the loop
+        clipped them: clip_grad_norm_ scales every gradient by one factor, so a probe (a few
+        small parameters, fixed: choosing by value would sync with the device) whose gradient
+        shrank since backward says so, for a few tiny norms instead of a second pass."""
+        if self.distributed and not self.norm_recorded:
+            produced = _rank_norm(self.param_names)
+            if produced is not None:
+                self.norm_recorded = True
+                unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
+                self.handover.grad_norms.append((self.step, produced.float(), unknown))
+            return
+        if not self.grad_squares or self.norm_recorded:
+            return
+        squares = self.grad_squares
+        self.grad_squares = {}
+        self.norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
+        produced = global_norm(list(squares.values()))
+        probes = [p for p in self.probes if p in squares and p.grad is not None] or [next(iter(squares))]
+        clipped = None
+        for p in probes:
+            if p.grad is None:
+                continue
+            shrank = squared_norm(p.grad) < squares[p] * (1 - 2e-4)
+            clipped = shrank if clipped is None else clipped | shrank
+        if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
+            clipped = torch.tensor(bool(clipped), device=produced.device)
+        self.handover.grad_norms.append((self.step, produced.float(), clipped))
+
+    def on_step_post(self, optimizer, args, kwargs) -> None:
+        if _nested_step(optimizer):
+            return
+        started = time.perf_counter()
+        groups = optimizer.param_groups
+        lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
+        self.writer.add_scalars(self.step, {k: float(v) for k, v in lrs.items()})
+        with torch.no_grad():
+            self.record_grad_norm()  # a closure the optimizer never called: the norm lands on this step
+            self.grad_squares = {}
+            for name, (p, before) in self.before_step.items():
+                after = fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE)
+                if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays
+                    after, before = after.float(), before.float()
+                # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
+                self.add(name, "update", p.numel(), summarize(after - before, sampled=True)[1])
+        self.before_step = {}
+        if not self.capturing:
+            self.own_s += time.perf_counter() - started
+        self.end_step()
+
+
+def _rank_norm(param_names: dict) -> torch.Tensor | None:
+    """Several ranks: backward's per-parameter hooks would see this rank's own gradient,
+    before DDP averages it; the norm is read at the step, from the gradient the optimizer
+    is given (after any clipping, which is then not detected: grad_clipped is NaN)."""
+    squares = [squared_norm(p.grad) for p in param_names if p.grad is not None]
+    return global_norm(squares) if squares else None
+
+
+def _nested_step(optimizer) -> bool:
+    """Whether this step() runs inside another step() of the same optimizer: a subclass
+    whose step calls super().step() runs torch's step hooks twice (once per patched
+    class), which must count as one step. The caller's frame is torch's hook wrapper;
+    another frame of the same code for the same optimizer further up means nesting
+    (read from the stack, so an exception inside an earlier step leaves no stale state)."""
+    frame = sys._getframe(2)  # 0: here, 1: the hook (partial adds no frame), 2: torch's wrapper that called it
+    code = frame.f_code
+    frame = frame.f_back
+    while frame is not None:
+        if frame.f_code is code and frame.f_locals.get("self") is optimizer:
+            return True
+        frame = frame.f_back
+    return False
+
+
+def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
+                   module_hooks: bool = True) -> None:
+    """Register every hook of `capture`, appending each handle to `handles` (the caller
+    removes them). The hooks hold the capture strongly; removing them breaks the cycle."""
+    for name, module in model.named_modules() if module_hooks else ():
+        # a loss module inside the model is the loss, not a layer
+        if not any(True for _ in module.children()) and not isinstance(module, nn.modules.loss._Loss):
+            layer = name or type(model).__name__
+            handles.append(module.register_forward_hook(partial(Capture.on_forward, capture, layer)))
+    if isinstance(loss_fn, nn.Module):
+        handles.append(loss_fn.register_forward_hook(partial(Capture.on_loss, capture), with_kwargs=True))
+    if optimizer is not None:
+        for p in model.parameters() if not capture.distributed else ():
+            if p.requires_grad:
+                handles.append(p.register_post_accumulate_grad_hook(partial(Capture.on_grad_accumulated, capture)))
+        held = [p for g in optimizer.param_groups for p in g["params"]
+                if p.requires_grad and p in capture.param_names]  # the optimizer may hold a replaced module's
+        if held and not capture.distributed:  # the smallest held parameter: is its gradient reset?
+            probe = min(held, key=lambda p: p.numel())
+            handles.append(probe.register_hook(partial(Capture.on_probe_grad, capture, probe)))
+        handles.append(optimizer.register_step_pre_hook(partial(Capture.on_step_pre, capture)))
+        handles.append(optimizer.register_step_post_hook(partial(Capture.on_step_post, capture)))
+    else:
+        handles.append(model.register_forward_pre_hook(partial(Capture.on_model_forward, capture)))
+    if capture.mode_modules:
+        handles.append(model.register_forward_pre_hook(partial(Capture.on_no_grad_forward, capture)))
+
+
+def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:
+    """(summaries as (layer, kind, count, vector), number of classes or None) of a batch's
+    outputs and labels: predicted-class and label counts and the logits (classification),
+    or outputs and targets over one shared span (regression)."""
+    if task == "classification":
+        if outputs.ndim >= 2 and outputs.shape[1] > 1:
+            num_classes = outputs.shape[1]
+            pred = outputs.argmax(dim=1)
+        else:  # one logit per sample (binary)
+            num_classes = 2
+            pred = (outputs.reshape(labels.shape[0], -1)[:, 0] > 0).long()
+        soft = labels.is_floating_point() and labels.ndim == outputs.ndim and labels.shape == outputs.shape
+        if soft and num_classes > 2:
+            labels = labels.argmax(dim=1)  # soft / one-hot labels
+        layer = schema.class_layer(split)
+        return [(layer, "output", *class_summary(pred, num_classes)),
+                (layer, "label", *class_summary(labels.reshape(-1).long(), num_classes)),
+                (schema.output_layer(split, "logits"), "output", *summarize(outputs))], num_classes
+    out = outputs.reshape(-1).float()
+    lab = labels.reshape(-1).float()
+    both = torch.cat([out, lab])
+    both = both[torch.isfinite(both)]  # an Inf output must not stretch the shared span
+    span = (both.min(), both.max()) if both.numel() else None
+    layer = schema.value_layer(split)
+    return [(layer, "output", *summarize(out, hist_range=span)),
+            (layer, "label", *summarize(lab, hist_range=span))], None

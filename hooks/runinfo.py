@@ -1,0 +1,120 @@
+"""What a run's manifest says about the training it records: the model, its parameters,
+the optimizer's groups, the code version and the environment. Read once, at `watch()`."""
+
+from __future__ import annotations
+
+import os
+import platform
+import subprocess
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from hooks.options import WatchOptions
+
+
+def git_commit() -> str | None:
+    """The commit checked out in the working directory, or None outside a git repository."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
+def unique_run_path(run_dir: Path, name: str | None) -> Path:
+    """`run_dir/name`, or `name-2`, `name-3`, ... when taken; a time-stamped name for None."""
+    if name is None:
+        name = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
+    path = run_dir / name
+    n = 2
+    while path.exists():  # never write into (and mix with) an earlier run
+        path = run_dir / f"{name}-{n}"
+        n += 1
+    return path
+
+
+def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
+    """(modules, parameters): one dict per module (name, type, params, leaf) and per
+    parameter (name, shape, numel, requires_grad)."""
+    modules = [
+        {
+            "name": name or type(model).__name__,
+            "type": type(m).__name__,
+            "params": sum(p.numel() for p in m.parameters(recurse=False)),
+            "leaf": not any(True for _ in m.children()),
+        }
+        for name, m in model.named_modules()
+    ]
+    params = [
+        {"name": n, "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
+        for n, p in model.named_parameters()
+    ]
+    return modules, params
+
+
+def optimizer_groups(optimizer, names: dict) -> list[dict]:
+    """Each param group's hyperparameters (numbers, bools, strings; betas as a list) and
+    the names of the parameters it holds, as they are when `watch` is called."""
+    groups = []
+    for group in optimizer.param_groups:
+        entry: dict[str, Any] = {"params": [names[p] for p in group["params"] if p in names]}
+        for key, value in group.items():
+            if isinstance(value, (bool, int, float, str)) and key != "params":
+                entry[key] = value
+            elif isinstance(value, tuple) and all(isinstance(v, (int, float)) for v in value):
+                entry[key] = list(value)
+            elif isinstance(value, torch.Tensor) and value.numel() == 1:  # lr as a tensor
+                entry[key] = float(value)
+        groups.append(entry)
+    return groups
+
+
+def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: WatchOptions, *, name: str,
+             task: str | None, wrapped_by: str | None, compiled: bool, world_size: int) -> dict[str, Any]:
+    """The manifest a new run starts with (the writer adds schema version and times).
+
+    Args:
+        model: the watched module (unwrapped: names as the user's model has them).
+        optimizer: the watched optimizer, or None.
+        loss_fn: the loss module or function, or None.
+        options: the watch options.
+        name: the run's name.
+        task: the task, if known yet.
+        wrapped_by: the data-parallel wrapper's class name, or None.
+        compiled: whether the model was torch.compile'd.
+        world_size: the number of ranks.
+    """
+    modules, params = model_summary(model)
+    names = {p: n for n, p in model.named_parameters()}
+    groups = optimizer_groups(optimizer, names) if optimizer is not None else None
+    held = {n for g in groups or () for n in g["params"]}
+    for entry in params:
+        entry["in_optimizer"] = entry["name"] in held if optimizer is not None else None
+    return {
+        "name": name,
+        "model_class": type(model).__name__,
+        "wrapped_by": wrapped_by,
+        "task": task,
+        "modules": modules,
+        "parameters": params,
+        "num_parameters": sum(p["numel"] for p in params),
+        "watch": options.manifest_entry(),
+        "config": options.config or {},
+        "class_names": list(options.class_names) if options.class_names else None,
+        "seed": options.seed,
+        "git_commit": git_commit(),
+        "cwd": os.getcwd(),
+        "torch_version": torch.__version__,
+        "world_size": world_size,
+        "compiled": compiled,
+        "python_version": platform.python_version(),
+        "optimizer": type(optimizer).__name__ if optimizer is not None else None,
+        "optimizer_groups": groups,
+        "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
+    }
