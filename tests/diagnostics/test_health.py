@@ -405,7 +405,7 @@ def test_grad_norm_spike_against_running_median():
     found = health.rule_grad_norm_spikes(FakeRun(scalars=_scal("grad_norm", spiky)))
     assert [(f.severity, f.step_start, f.step_end) for f in found] == [("info", 115, 115)]
     assert found[0].evidence["spikes"][0]["z"] > 3
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
     fig = evidence_figure(FakeRun(scalars=_scal("grad_norm", spiky).assign(rank=0)), found[0])
     marks = [t for t in fig.data if t.name == "spike"]
     assert len(marks) == 1 and list(marks[0].x) == [115] and marks[0].y[0] == pytest.approx(spiky[115])

@@ -1,4 +1,4 @@
-"""Data and loss health rules (diagnostics/health_data.py): each planted bug in a tiny real
+"""Data and loss health rules (diagnostics/health/data.py, diagnostics/health/loss.py): each planted bug in a tiny real
 training run (sklearn's digits, CPU, seconds), its healthy control quiet, and the
 statistics against independent references."""
 
@@ -15,7 +15,7 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics import health_data
+from diagnostics.health import data as health_data
 from diagnostics.health import check
 from hooks.probes import loss_input_probe
 
@@ -240,7 +240,7 @@ def test_mse_on_class_indices(tmp_path, digits):
     assert len(found) == 1 and found[0].severity == "warning"
     assert found[0].evidence["classes"] == 10 and found[0].evidence["output_columns"] == 1
     assert (found[0].step_start, found[0].step_end) == (0, 35)
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     assert evidence_figure(run, found[0]).data  # the outputs' and labels' bands, not an empty chart
 
@@ -331,7 +331,7 @@ def test_double_sigmoid(tmp_path, digits, head, loss):
     found = [f for f in check(run) if f.rule == "double_sigmoid"]
     assert len(found) == 1 and found[0].severity == "error"
     assert found[0].evidence["output_min"] >= 0 and (found[0].step_start, found[0].step_end) == (0, 35)
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     fig = evidence_figure(run, found[0])
     assert len(fig.data) == 2 and max(fig.data[1].y) <= 1 and len(fig.data[0].x) == 8  # captures 0, 5, ..., 35
@@ -394,7 +394,7 @@ def _FakeUnlearnable(trainable, samples, steps=200):
 
 
 def test_batch_label_shares_and_the_evidence_charts(tmp_path, digits):
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     xs, ys = _sorted_by_label(*digits)
     run = _fit(tmp_path, "sorted-chart", _mlp(), xs, ys, nn.CrossEntropyLoss(), steps=20, shuffle=False)
