@@ -56,8 +56,8 @@ class HealthCounts:
 
     def describe(self) -> str:
         """'1 error, 2 warnings' for the caption under the picker."""
-        parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in ((self.errors, "error"), (self.warnings, "warning"))
-                 if n]
+        counted = ((self.errors, "error"), (self.warnings, "warning"))
+        parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in counted if n]
         return ", ".join(parts) or "no error or warning"
 
 

@@ -107,7 +107,8 @@ def test_the_rules_fingerprint_covers_the_health_subpackage(tmp_path):
 
 def test_run_version_is_the_same_in_another_process(runs):
     path = runs / "review"
-    out = subprocess.run([sys.executable, "-c", f"from diagnostics.store import run_version; print(run_version({str(path)!r}))"],
+    code = f"from diagnostics.store import run_version; print(run_version({str(path)!r}))"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
                          env={**os.environ, "PYTHONHASHSEED": "123"})
     assert out.returncode == 0, out.stderr

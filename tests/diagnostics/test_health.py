@@ -18,7 +18,7 @@ from torch import nn
 import diagnostics
 import hooks
 from diagnostics import health
-from diagnostics.health import Finding, check
+from diagnostics.health import Finding, check, registry
 
 # ---------------------------------------------------------------------------------
 # Tiny training runs
@@ -287,6 +287,7 @@ def test_shared_fixture_runs_never_break_a_rule(recorded_runs):
             findings = check(diagnostics.open_run(recorded_runs / name))
         for f in findings:
             assert f.severity in health.SEVERITIES and f.message and f.advice and f.reference
+            assert f.severity in registry.for_finding(f.rule).severities, f
             json.dumps(f.to_dict())
 
 
@@ -443,7 +444,8 @@ def test_output_vs_label_classification_names_classes():
     found = health.rule_output_vs_label(FakeRun(manifest=manifest, dists=d))
     assert len(found) == 1
     assert found[0].evidence["under_predicted"] == ["eel"] and found[0].evidence["over_predicted"] == []
-    assert (found[0].step_start, found[0].step_end) == (6, 8) and "eel (2% predicted vs 20% labelled)" in found[0].message
+    assert (found[0].step_start, found[0].step_end) == (6, 8)
+    assert "eel (2% predicted vs 20% labelled)" in found[0].message
 
 
 def test_output_vs_label_regression_collapsed_and_shifted():

@@ -15,8 +15,8 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics.health import data as health_data
 from diagnostics.health import check
+from diagnostics.health import data as health_data
 from hooks.probes import loss_input_probe
 
 DATA_RULE_NAMES = {"labels_unlearnable", "split_leakage", "unshuffled_batches", "regression_loss_on_class_ids",
@@ -271,7 +271,8 @@ def test_normalised_over_the_batch(tmp_path, digits, head, loss, fn):
     assert "nll_input" not in _rules(findings)  # one cause, one finding
 
 
-@pytest.mark.parametrize("head, kind", [(lambda o: o, "raw scores"), (lambda o: torch.softmax(o, dim=1), "probabilities")],
+@pytest.mark.parametrize("head, kind",
+                         [(lambda o: o, "raw scores"), (lambda o: torch.softmax(o, dim=1), "probabilities")],
                          ids=["logits", "softmax"])
 def test_nll_loss_without_log_softmax(tmp_path, digits, head, kind):
     x, y = digits
@@ -404,4 +405,5 @@ def test_batch_label_shares_and_the_evidence_charts(tmp_path, digits):
     assert np.allclose(shares.groupby("step")["share"].sum(), 1.0)
     found = [f for f in check(run) if f.rule == "unshuffled_batches"]
     fig = evidence_figure(run, found[0])
-    assert fig.data and fig.data[0].type == "heatmap" and np.asarray(fig.data[0].z).shape == (int(ys[:640].max()) + 1, 20)
+    assert fig.data and fig.data[0].type == "heatmap"
+    assert np.asarray(fig.data[0].z).shape == (int(ys[:640].max()) + 1, 20)

@@ -39,6 +39,7 @@ def _one_thread():
 def test_planted_bug_is_found(case, tmp_path):
     result = suite.run_case(case, tmp_path)
     assert result["fired"], f"{case.rule}@{case.layer} not among {result['findings']}"
+    _severities_as_registered(result["findings"])
 
 
 @pytest.mark.slow
@@ -46,6 +47,15 @@ def test_planted_bug_is_found(case, tmp_path):
 def test_healthy_control_stays_quiet(case, tmp_path):
     result = suite.run_case(case, tmp_path)
     assert result["passed"], result["false_alarms"]
+    _severities_as_registered(result["findings"])
+
+
+def _severities_as_registered(findings: list[str]) -> None:
+    """Each finding ("severity rule layer") has a severity its rule registered."""
+    from diagnostics.health import registry
+    for text in findings:
+        severity, rule = text.split()[:2]
+        assert severity in registry.for_finding(rule).severities, text
 
 
 def test_every_rule_has_a_planted_case():
