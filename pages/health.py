@@ -12,7 +12,7 @@ ICONS = {"error": ":material/error:", "warning": ":material/warning:", "info": "
 def _rules_checked() -> None:
     rules = health.rule_table()
     st.subheader(f"The {len(rules)} rules checked")
-    st.dataframe(rules, hide_index=True, column_config={"description": st.column_config.TextColumn(width="large")})
+    st.table(rules.set_index("rule"))  # a static table: the descriptions wrap
 
 
 run = _shared.current_run()
