@@ -11,9 +11,9 @@ A case trains one tiny run into a folder (seeded, CPU, seconds) and names what
         layer                          the layer the finding must name (None: any, or a run-level finding)
         steps                          (first, last) step range the finding must overlap (None: any)
 
-`CASES` holds them all, planted bugs first; rule modules written elsewhere
-(diagnostics/health_loop.py, diagnostics/health_data.py) add theirs by appending to it
-(`CASES.append(Case(...))` or extending the list below). `run_suite(cases)` trains and
+`CASES` holds them all, planted bugs first; every rule registered in diagnostics/health/
+has one (tests/diagnostics/test_health_suite.py checks it): a new rule adds its case by
+appending to it (`CASES.append(Case(...))` or extending the list below). `run_suite(cases)` trains and
 checks each, `summarise(results)` gives recall (planted cases whose rule fired at the
 right layer and steps, as a warning or error) and the false-alarm rate (healthy controls
 with any warning or error). tests/diagnostics/test_health_suite.py (marked slow) asserts
@@ -144,7 +144,7 @@ def small_cnn(seed=0):
 
 
 # ---------------------------------------------------------------------------------
-# Planted bugs: one per rule of diagnostics/health.py
+# Planted bugs: one per rule of diagnostics/health/activations.py, gradients.py and fit.py
 
 
 def _nonfinite(f):
@@ -247,8 +247,8 @@ PLANTED = [
 
 
 # ---------------------------------------------------------------------------------
-# Planted bugs for the loop, data and loss rules (diagnostics/health_loop.py, health_data.py,
-# health_loss.py), ported from tests/diagnostics/test_health_loop.py and test_health_data.py
+# Planted bugs for the loop, data and loss rules (diagnostics/health/loop.py, data.py,
+# loss.py), ported from tests/diagnostics/test_health_loop.py and test_health_data.py
 
 
 def loop(model, x, y, folder, name, opt=None, steps=60, batch=30, crit=None, head=None, zero_grad=True,

@@ -56,20 +56,25 @@ class HealthCounts:
 
     def describe(self) -> str:
         """'1 error, 2 warnings' for the caption under the picker."""
-        parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in ((self.errors, "error"), (self.warnings, "warning"))
-                 if n]
+        counted = ((self.errors, "error"), (self.warnings, "warning"))
+        parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in counted if n]
         return ", ".join(parts) or "no error or warning"
 
 
 @lru_cache(maxsize=1)
 def rules_fingerprint() -> str:
     """Changes when the health rules, or anything they read through, change: a hash of the
-    package's own sources (rules live in several modules and lean on dynamics, store...)."""
+    package's own sources (the rules live in the `diagnostics.health` subpackage and lean on
+    dynamics, store...)."""
     spec = importlib.util.find_spec("diagnostics")
+    return sources_fingerprint(Path(spec.origin).parent) if spec and spec.origin else ""
+
+
+def sources_fingerprint(package: Path) -> str:
+    """A hash of every .py file under `package`, subpackages included, by path and content."""
     h = hashlib.sha1()
-    if spec and spec.origin:
-        for source in sorted(Path(spec.origin).parent.rglob("*.py")):
-            h.update(source.name.encode() + source.read_bytes())
+    for source in sorted(package.rglob("*.py")):
+        h.update(source.relative_to(package).as_posix().encode() + b"\0" + source.read_bytes())
     return h.hexdigest()[:16]
 
 

@@ -90,9 +90,25 @@ def test_changed_rules_invalidate_the_cache(runs, monkeypatch):
     assert badges.cached_findings(path) is None
 
 
+def test_the_rules_fingerprint_covers_the_health_subpackage(tmp_path):
+    package = Path(badges.__file__).parent
+    assert (package / "health" / "registry.py").exists()
+    copy = tmp_path / "diagnostics"
+    shutil.copytree(package, copy, ignore=shutil.ignore_patterns("__pycache__"))
+    before = badges.sources_fingerprint(copy)
+    assert before == badges.sources_fingerprint(package) == badges.rules_fingerprint()
+    rule_module = copy / "health" / "activations.py"
+    rule_module.write_text(rule_module.read_text() + "\n# a threshold changed\n")
+    edited = badges.sources_fingerprint(copy)
+    assert edited != before
+    (copy / "health" / "activations.py").rename(copy / "activations.py")  # same content, moved
+    assert badges.sources_fingerprint(copy) != edited
+
+
 def test_run_version_is_the_same_in_another_process(runs):
     path = runs / "review"
-    out = subprocess.run([sys.executable, "-c", f"from diagnostics.store import run_version; print(run_version({str(path)!r}))"],
+    code = f"from diagnostics.store import run_version; print(run_version({str(path)!r}))"
+    out = subprocess.run([sys.executable, "-c", code],
                          capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[2],
                          env={**os.environ, "PYTHONHASHSEED": "123"})
     assert out.returncode == 0, out.stderr

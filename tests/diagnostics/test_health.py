@@ -18,7 +18,7 @@ from torch import nn
 import diagnostics
 import hooks
 from diagnostics import health
-from diagnostics.health import Finding, check
+from diagnostics.health import Finding, check, registry
 
 # ---------------------------------------------------------------------------------
 # Tiny training runs
@@ -287,6 +287,7 @@ def test_shared_fixture_runs_never_break_a_rule(recorded_runs):
             findings = check(diagnostics.open_run(recorded_runs / name))
         for f in findings:
             assert f.severity in health.SEVERITIES and f.message and f.advice and f.reference
+            assert f.severity in registry.for_finding(f.rule).severities, f
             json.dumps(f.to_dict())
 
 
@@ -405,7 +406,7 @@ def test_grad_norm_spike_against_running_median():
     found = health.rule_grad_norm_spikes(FakeRun(scalars=_scal("grad_norm", spiky)))
     assert [(f.severity, f.step_start, f.step_end) for f in found] == [("info", 115, 115)]
     assert found[0].evidence["spikes"][0]["z"] > 3
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
     fig = evidence_figure(FakeRun(scalars=_scal("grad_norm", spiky).assign(rank=0)), found[0])
     marks = [t for t in fig.data if t.name == "spike"]
     assert len(marks) == 1 and list(marks[0].x) == [115] and marks[0].y[0] == pytest.approx(spiky[115])
@@ -443,7 +444,8 @@ def test_output_vs_label_classification_names_classes():
     found = health.rule_output_vs_label(FakeRun(manifest=manifest, dists=d))
     assert len(found) == 1
     assert found[0].evidence["under_predicted"] == ["eel"] and found[0].evidence["over_predicted"] == []
-    assert (found[0].step_start, found[0].step_end) == (6, 8) and "eel (2% predicted vs 20% labelled)" in found[0].message
+    assert (found[0].step_start, found[0].step_end) == (6, 8)
+    assert "eel (2% predicted vs 20% labelled)" in found[0].message
 
 
 def test_output_vs_label_regression_collapsed_and_shifted():

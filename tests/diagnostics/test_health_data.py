@@ -1,4 +1,4 @@
-"""Data and loss health rules (diagnostics/health_data.py): each planted bug in a tiny real
+"""Data and loss health rules (diagnostics/health/data.py, diagnostics/health/loss.py): each planted bug in a tiny real
 training run (sklearn's digits, CPU, seconds), its healthy control quiet, and the
 statistics against independent references."""
 
@@ -15,8 +15,8 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics import health_data
 from diagnostics.health import check
+from diagnostics.health import data as health_data
 from hooks.probes import loss_input_probe
 
 DATA_RULE_NAMES = {"labels_unlearnable", "split_leakage", "unshuffled_batches", "regression_loss_on_class_ids",
@@ -240,7 +240,7 @@ def test_mse_on_class_indices(tmp_path, digits):
     assert len(found) == 1 and found[0].severity == "warning"
     assert found[0].evidence["classes"] == 10 and found[0].evidence["output_columns"] == 1
     assert (found[0].step_start, found[0].step_end) == (0, 35)
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     assert evidence_figure(run, found[0]).data  # the outputs' and labels' bands, not an empty chart
 
@@ -271,7 +271,8 @@ def test_normalised_over_the_batch(tmp_path, digits, head, loss, fn):
     assert "nll_input" not in _rules(findings)  # one cause, one finding
 
 
-@pytest.mark.parametrize("head, kind", [(lambda o: o, "raw scores"), (lambda o: torch.softmax(o, dim=1), "probabilities")],
+@pytest.mark.parametrize("head, kind",
+                         [(lambda o: o, "raw scores"), (lambda o: torch.softmax(o, dim=1), "probabilities")],
                          ids=["logits", "softmax"])
 def test_nll_loss_without_log_softmax(tmp_path, digits, head, kind):
     x, y = digits
@@ -331,7 +332,7 @@ def test_double_sigmoid(tmp_path, digits, head, loss):
     found = [f for f in check(run) if f.rule == "double_sigmoid"]
     assert len(found) == 1 and found[0].severity == "error"
     assert found[0].evidence["output_min"] >= 0 and (found[0].step_start, found[0].step_end) == (0, 35)
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     fig = evidence_figure(run, found[0])
     assert len(fig.data) == 2 and max(fig.data[1].y) <= 1 and len(fig.data[0].x) == 8  # captures 0, 5, ..., 35
@@ -394,7 +395,7 @@ def _FakeUnlearnable(trainable, samples, steps=200):
 
 
 def test_batch_label_shares_and_the_evidence_charts(tmp_path, digits):
-    from diagnostics.health_figures import evidence_figure
+    from diagnostics.health import evidence_figure
 
     xs, ys = _sorted_by_label(*digits)
     run = _fit(tmp_path, "sorted-chart", _mlp(), xs, ys, nn.CrossEntropyLoss(), steps=20, shuffle=False)
@@ -404,4 +405,5 @@ def test_batch_label_shares_and_the_evidence_charts(tmp_path, digits):
     assert np.allclose(shares.groupby("step")["share"].sum(), 1.0)
     found = [f for f in check(run) if f.rule == "unshuffled_batches"]
     fig = evidence_figure(run, found[0])
-    assert fig.data and fig.data[0].type == "heatmap" and np.asarray(fig.data[0].z).shape == (int(ys[:640].max()) + 1, 20)
+    assert fig.data and fig.data[0].type == "heatmap"
+    assert np.asarray(fig.data[0].z).shape == (int(ys[:640].max()) + 1, 20)

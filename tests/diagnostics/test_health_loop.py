@@ -1,4 +1,4 @@
-"""Training-loop health rules (diagnostics.health_loop): each silent bug planted in a tiny
+"""Training-loop health rules (diagnostics.health.loop): each silent bug planted in a tiny
 seeded run on real data (sklearn's digits) fires at the right parameter and steps, and
 the healthy loops stay quiet."""
 
@@ -13,9 +13,8 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics.health import check  # first: it registers the loop rules
-from diagnostics.health_figures import evidence_figure
-from diagnostics.health_loop import rule_gradients_not_reset
+from diagnostics.health import check, evidence_figure
+from diagnostics.health.loop import rule_gradients_not_reset
 
 LOOP_RULES = {"gradients_not_reset", "not_in_optimizer", "stuck_parameters", "frozen_model", "lr_collapse",
               "weight_decay_dominates", "batchnorm_small_batch", "eval_in_train_mode"}
@@ -371,10 +370,12 @@ def test_the_loop_probes_are_removed_at_close_and_leave_training_bitwise_unchang
     assert not watched._forward_pre_hooks and all(not p._backward_hooks for p in watched.parameters())
 
 
-@pytest.mark.parametrize("module", ["diagnostics.health_loop", "diagnostics.health_data", "diagnostics.health_loss",
-                                    "diagnostics.health"])
+@pytest.mark.parametrize("module", ["diagnostics.health.loop", "diagnostics.health.data", "diagnostics.health.loss",
+                                    "diagnostics.health.activations", "diagnostics.health.gradients",
+                                    "diagnostics.health.fit", "diagnostics.health.registry",
+                                    "diagnostics.health.common", "diagnostics.health.charts", "diagnostics.health"])
 def test_any_rule_module_can_be_imported_first(module):
-    """The rule modules and health.py import each other: each must import in a fresh process."""
+    """Any module of the health package imports first in a fresh process, and all rules register."""
     import subprocess
     import sys
 

@@ -39,6 +39,7 @@ def _one_thread():
 def test_planted_bug_is_found(case, tmp_path):
     result = suite.run_case(case, tmp_path)
     assert result["fired"], f"{case.rule}@{case.layer} not among {result['findings']}"
+    _severities_as_registered(result["findings"])
 
 
 @pytest.mark.slow
@@ -46,18 +47,22 @@ def test_planted_bug_is_found(case, tmp_path):
 def test_healthy_control_stays_quiet(case, tmp_path):
     result = suite.run_case(case, tmp_path)
     assert result["passed"], result["false_alarms"]
+    _severities_as_registered(result["findings"])
+
+
+def _severities_as_registered(findings: list[str]) -> None:
+    """Each finding ("severity rule layer") has a severity its rule registered."""
+    from diagnostics.health import registry
+    for text in findings:
+        severity, rule = text.split()[:2]
+        assert severity in registry.for_finding(rule).severities, text
 
 
 def test_every_rule_has_a_planted_case():
-    from diagnostics import health
+    from diagnostics.health import registry
     planted = {c.rule for c in suite.PLANTED}
-    # rule functions may emit several rule names (gradient_depth: vanishing or exploding)
-    names = {"gradient_depth": {"vanishing_gradients", "exploding_gradients"}}
-    for rule in health.RULES:
-        short = rule.__name__.removeprefix("rule_")
-        wanted = names.get(short, {short})
-        if rule.__module__ == "diagnostics.health":  # other modules bring their own cases
-            assert wanted <= planted, f"no planted case for {sorted(wanted - planted)}"
+    for rule in registry.RULES:  # a rule may emit several names (gradient_depth: vanishing or exploding)
+        assert set(rule.names) <= planted, f"no planted case for {sorted(set(rule.names) - planted)}"
 
 
 def test_judge_and_summary_count_by_hand():

@@ -4,9 +4,9 @@ Gradients never reset (no `optimizer.zero_grad()`), parameters that never change
 left out of the optimizer, a zero learning rate, gradients clipped to nothing), most of
 the model frozen, a schedule that drives the learning rate to ~0 early, weight decay that
 dominates the update, BatchNorm on tiny batches, and the user's own validation run with
-dropout / BatchNorm in train mode. Same contract as `diagnostics.health`: `rule_xxx(run)
--> list[Finding]`, no finding (never an exception) when the data is missing; registered
-in `health.RULES`.
+dropout / BatchNorm in train mode. Same contract as every health rule: `rule_xxx(run)
+-> list[Finding]`, no finding (never an exception) when the data is missing; each is
+registered with `@rule`, its description and its evidence chart.
 
 The hooks record what these rules read (see `diagnostics.schema.LOOP_SCALARS` and
 `MANIFEST_OPTIONAL`): `grad_carried`, `batchnorm_batch_size`, `no_grad_forward_train_mode`
@@ -28,6 +28,12 @@ import math
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
+
+from diagnostics.health import charts
+from diagnostics.health.common import NORM_TYPES, Finding, dist, last_loss, make_finding, module_types, scalar
+from diagnostics.health.fit import rule_loss_vs_baseline
+from diagnostics.health.registry import rule
 
 # Gradients not reset: share of capture steps (after the first) whose probe gradient was carried.
 CARRIED_SHARE = 0.5
@@ -55,17 +61,17 @@ def _params(run) -> list[dict]:
 
 
 def _last_step(run) -> int | None:
-    s = _scalar(run, "loss")
+    s = scalar(run, "loss")
     if s.empty:
-        s = _scalar(run, "lr")
+        s = scalar(run, "lr")
     return None if s.empty else int(s["step"].max())
 
 
 def _loss_fall(run) -> float | None:
     """1 - (last loss / first loss): the medians of the last 10% and of the first 5 steps."""
-    loss = _scalar(run, "loss")
+    loss = scalar(run, "loss")
     loss = loss[np.isfinite(loss["value"].astype(float))]
-    last = _last_loss(run)
+    last = last_loss(run)
     if last is None:
         return None
     first = float(loss["value"].iloc[:5].median())
@@ -76,6 +82,13 @@ def _names(names: list[str], limit: int = 5) -> str:
     return ", ".join(names[:limit]) + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
+def _grad_norm_chart(run, finding: Finding) -> go.Figure:
+    return charts.scalar_lines(run, ["grad_norm"], "global gradient norm (grows when gradients are never reset)")
+
+
+@rule("Gradients never reset between steps (optimizer.zero_grad() missing): a probe sees the last "
+      "step's gradient at backward (error), or the gradient norm grows steadily 10x.",
+      severities=("error", "warning"), evidence=_grad_norm_chart)
 def rule_gradients_not_reset(run) -> list[Finding]:
     """Gradients never reset between steps (`optimizer.zero_grad()` missing): on ≥ 50% of the
     capture steps after the first, the smallest optimized parameter still held a non-zero
@@ -85,7 +98,7 @@ def rule_gradients_not_reset(run) -> list[Finding]:
     (Spearman ≥ 0.9; warning). Reference: PyTorch docs, "Zeroing out gradients in PyTorch";
     TrainCheck's invariant "zero_grad is called before backward"; the StackOverflow MNIST
     report (Adam lr=1e-4, batch 30, no zero_grad)."""
-    norm = _scalar(run, "grad_norm")
+    norm = scalar(run, "grad_norm")
     norm = norm[np.isfinite(norm["value"].astype(float))]
     growth = None
     if len(norm) >= 10:
@@ -94,7 +107,7 @@ def rule_gradients_not_reset(run) -> list[Finding]:
     advice = ("Call optimizer.zero_grad() (or model.zero_grad()) once per step, before loss.backward(); "
               "for deliberate gradient accumulation, zero after each optimizer.step().")
     ref = "PyTorch docs: Zeroing out gradients in PyTorch; TrainCheck (OSDI 2025) zero_grad invariant"
-    carried = _scalar(run, "grad_carried")
+    carried = scalar(run, "grad_carried")
     carried = carried[carried["step"] > carried["step"].min()] if not carried.empty else carried
     if len(carried) >= 2:
         hit = carried[carried["value"] > 0.5]
@@ -102,7 +115,7 @@ def rule_gradients_not_reset(run) -> list[Finding]:
         if share < CARRIED_SHARE:
             return []
         grow = f"; the gradient norm grew {growth:.3g}x over the run" if growth else ""
-        return [_finding(
+        return [make_finding(
             "gradients_not_reset", "error", None, (hit["step"].min(), hit["step"].max()),
             f"On {len(hit)} of {len(carried)} captured steps (steps {int(hit['step'].min())}-"
             f"{int(hit['step'].max())}) the gradients of the previous step were still there when backward "
@@ -115,13 +128,19 @@ def rule_gradients_not_reset(run) -> list[Finding]:
     if not corr >= GRAD_GROWTH_RANK_CORR:
         return []
     s0, s1 = int(norm["step"].min()), int(norm["step"].max())
-    return [_finding(
+    return [make_finding(
         "gradients_not_reset", "warning", None, (s0, s1),
         f"The gradient norm grew {growth:.3g}x, steadily (rank correlation with the step {corr:.2f}), "
         f"over steps {s0}-{s1}: gradients that are never reset add up like this.",
         advice, {"grad_norm_growth": growth, "rank_corr": corr, "factor": GRAD_GROWTH_FACTOR}, ref)]
 
 
+def _states_chart(run, finding: Finding) -> go.Figure:
+    return charts.parameter_states(run)
+
+
+@rule("Trainable parameters the optimizer does not hold (e.g. a head replaced after building it).",
+      severities=("warning",), evidence=_states_chart)
 def rule_not_in_optimizer(run) -> list[Finding]:
     """Parameters with requires_grad=True that the optimizer does not hold (manifest
     `in_optimizer` False): they get gradients but never change, e.g. a head replaced after
@@ -134,7 +153,7 @@ def rule_not_in_optimizer(run) -> list[Finding]:
     names = [p["name"] for p in left]
     numel = sum(int(p.get("numel", 0)) for p in left)
     total = sum(int(p.get("numel", 0)) for p in _params(run)) or 1
-    return [_finding(
+    return [make_finding(
         "not_in_optimizer", "warning", names[0], (0, _last_step(run)),
         f"{len(names)} trainable parameter(s) ({numel:,} values, {numel / total:.0%} of the model) are not in "
         f"the optimizer and never change: {_names(names)}.",
@@ -157,7 +176,7 @@ def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: 
     if g.empty:
         return "it never gets a gradient (not used in the forward, or cut from the graph by .detach())"
     if (g["min"] == 0).all() and (g["max"] == 0).all():
-        clipped = _scalar(run, "grad_clipped")
+        clipped = scalar(run, "grad_clipped")
         if not clipped.empty and (clipped[clipped["step"].isin(steps)]["value"] > 0.5).all():
             return "its gradients are clipped to zero (clip_grad_norm_ with max_norm 0 or a zero scale)"
         return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
@@ -168,12 +187,18 @@ def _lr_by_param(run) -> dict[str, pd.DataFrame]:
     groups = run.manifest.get("optimizer_groups") or []
     out = {}
     for i, g in enumerate(groups):
-        s = _scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
+        s = scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
         for n in g.get("params", []):
             out[n] = s
     return out
 
 
+def _norm_chart(run, finding: Finding) -> go.Figure | None:
+    return charts.weight_norm(run, finding.layer) if finding.layer else None
+
+
+@rule("Optimized parameters that never change, with the reason (lr 0, no gradient, clipped to zero).",
+      severities=("error", "warning", "info"), evidence=_norm_chart)
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
@@ -182,11 +207,11 @@ def rule_stuck_parameters(run) -> list[Finding]:
     error when no optimized parameter changes at all. Parameters with requires_grad=False
     are left to `rule_frozen_model`. Reference: TrainCheck (OSDI 2025),
     invariant "parameters in the optimizer are updated at every step"."""
-    w, u = _dist(run, "weight"), _dist(run, "update")
+    w, u = dist(run, "weight"), dist(run, "update")
     if w.empty:
         return []
     w = w[w["step"] > w["step"].min()]
-    grads, lr_of = _dist(run, "param_grad"), _lr_by_param(run)
+    grads, lr_of = dist(run, "param_grad"), _lr_by_param(run)
     stuck: dict[str, list[str]] = {}
     frozen = {p["name"] for p in _params(run) if p.get("requires_grad") is False}  # deliberate: frozen_model's
     w = w[~w["layer"].isin(frozen)]
@@ -210,7 +235,7 @@ def rule_stuck_parameters(run) -> list[Finding]:
     for reason, names in stuck.items():
         # a parameter outside the forward is often deliberate (an unused branch): worth a look
         severity = "error" if everything else "info" if reason.startswith("it never gets") else "warning"
-        findings.append(_finding(
+        findings.append(make_finding(
             "stuck_parameters", severity, names[0], (min(span), max(span)),
             f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
             f"(steps {min(span)}-{max(span)}): {_names(names)}; {reason}.",
@@ -225,10 +250,16 @@ def rule_stuck_parameters(run) -> list[Finding]:
 def _head(run) -> str | None:
     """The last module with parameters that is not a normalisation layer."""
     heads = [m["name"] for m in run.manifest.get("modules", []) or []
-             if int(m.get("params", 0) or 0) > 0 and not any(str(m.get("type", "")).startswith(t) for t in _NORM_TYPES)]
+             if int(m.get("params", 0) or 0) > 0 and not any(str(m.get("type", "")).startswith(t) for t in NORM_TYPES)]
     return heads[-1] if heads else None
 
 
+def _loss_chart(run, finding: Finding) -> go.Figure:
+    return charts.loss_curves(run, "training (and validation) loss")
+
+
+@rule("The head frozen, or under 5% of the parameters training, while the loss does not fall.",
+      severities=("warning",), evidence=_loss_chart)
 def rule_frozen_model(run) -> list[Finding]:
     """Most of the model frozen while the loss does not fall: the output head has no trained
     parameter, or < 5% of the parameters (by count) train (requires_grad and in the
@@ -252,10 +283,10 @@ def rule_frozen_model(run) -> list[Finding]:
     base = [f for f in rule_loss_vs_baseline(run) if f.severity == "warning"]
     if not base and (fall is None or fall >= LOSS_FALL_MIN):
         return []
-    last = _last_loss(run)
+    last = last_loss(run)
     where = f"the head {head} is frozen" if head_frozen else f"only {share:.1%} of the parameters train"
     names = [p["name"] for p in trained]
-    return [_finding(
+    return [make_finding(
         "frozen_model", "warning", head, (0, last[2] if last else _last_step(run)),
         f"{1 - share:.0%} of the parameters are frozen (requires_grad=False or not in the optimizer) and {where}; "
         f"training only {_names(names, 4) or 'nothing'}; "
@@ -269,6 +300,15 @@ def rule_frozen_model(run) -> list[Finding]:
         "PyTorch forum: 'everything frozen but BatchNorm'; PyTorch docs, Finetuning Torchvision Models")]
 
 
+def _lr_chart(run, finding: Finding) -> go.Figure:
+    name = finding.layer or "lr"
+    lr = run.scalars(names=[name])
+    return charts.scalar_lines(run, [name], "learning rate", log_y=bool(len(lr)) and bool((lr["value"] > 0).all()))
+
+
+@rule("The learning rate below 1% of its maximum for the last half of the run (a scheduler stepped per "
+      "batch), or 0 throughout (error).",
+      severities=("error", "warning"), evidence=_lr_chart)
 def rule_lr_collapse(run) -> list[Finding]:
     """A learning-rate schedule that reaches ~0 early: the lr (each param group) below 1% of
     its maximum for the last > 50% of the steps (≥ 20 steps), typically a scheduler stepped
@@ -279,13 +319,13 @@ def rule_lr_collapse(run) -> list[Finding]:
     names = ["lr"] if len(groups) == 1 else [f"lr/group{i}" for i in range(len(groups))]
     findings = []
     for name in names:
-        s = _scalar(run, name)
+        s = scalar(run, name)
         v, steps = s["value"].to_numpy(float), s["step"].to_numpy()
         if len(v) < MIN_LR_STEPS or not np.isfinite(v).all():
             continue
         top = v.max()
         if top <= 0:
-            findings.append(_finding(
+            findings.append(make_finding(
                 "lr_collapse", "error", name, (steps[0], steps[-1]),
                 f"The learning rate ({name}) is 0 at every one of {len(v)} steps: nothing trains.",
                 "Set a learning rate above 0 (check the scheduler's start factor and the value read from "
@@ -296,7 +336,7 @@ def rule_lr_collapse(run) -> list[Finding]:
         tail = (len(v) - first_low) / len(v)
         if tail <= LR_COLLAPSE_TAIL:
             continue
-        findings.append(_finding(
+        findings.append(make_finding(
             "lr_collapse", "warning", name, (steps[first_low], steps[-1]),
             f"The learning rate ({name}) falls below {LR_COLLAPSE_FRACTION:.0%} of its maximum {top:.3g} at step "
             f"{steps[first_low]} and stays there for the last {tail:.0%} of the steps (ending at {v[-1]:.3g}): "
@@ -318,7 +358,7 @@ def _decay_share(run, group: dict, lr: pd.DataFrame, names: list[str]) -> pd.Dat
     (AdamW): lr·wd·‖w‖ / ‖Δw‖; coupled (L2 in the gradient: SGD, Adam): wd·‖w‖ / (wd·‖w‖ + ‖g‖)."""
     wd = float(group.get("weight_decay", 0) or 0)
     ratios = run.update_ratios()
-    grads = _dist(run, "param_grad")
+    grads = dist(run, "param_grad")
     if wd <= 0 or ratios.empty or grads.empty:
         return pd.DataFrame()
     d = ratios[ratios["layer"].isin(names)].merge(_norms(grads), on=["step", "layer"])
@@ -336,6 +376,8 @@ def _decay_words(share: float, decoupled: bool) -> str:
     return f"is {share:.0%} of the gradient the optimizer follows"
 
 
+@rule("Weight decay most of the step while the weights shrink (wd far above 1e-2 AdamW / 5e-4 SGD).",
+      severities=("warning",), evidence=_norm_chart)
 def rule_weight_decay_dominates(run) -> list[Finding]:
     """Weight decay that dominates the update: for a weight matrix or kernel, the decay's
     share of the step (see `_decay_share`) above 0.5 (median over the last third of the
@@ -348,7 +390,7 @@ def rule_weight_decay_dominates(run) -> list[Finding]:
     findings = []
     for i, group in enumerate(groups):
         names = [n for n in group.get("params", []) if len(shapes.get(n, [])) >= 2]
-        lr = _scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
+        lr = scalar(run, "lr" if len(groups) == 1 else f"lr/group{i}")
         d = _decay_share(run, group, lr, names) if names else pd.DataFrame()
         if d.empty:
             continue
@@ -357,11 +399,12 @@ def rule_weight_decay_dominates(run) -> list[Finding]:
             if len(rows) < MIN_STUCK_CAPTURES:
                 continue
             tail = rows.iloc[-max(3, math.ceil(len(rows) / 3)):]
-            share, shrink = float(tail["share"].median()), float(rows["weight_norm"].iloc[-1] / rows["weight_norm"].iloc[0])
+            share = float(tail["share"].median())
+            shrink = float(rows["weight_norm"].iloc[-1] / rows["weight_norm"].iloc[0])
             if share <= DECAY_SHARE or shrink >= WEIGHT_SHRINK:
                 continue
             s0, s1 = int(rows["step"].iloc[0]), int(rows["step"].iloc[-1])
-            findings.append(_finding(
+            findings.append(make_finding(
                 "weight_decay_dominates", "warning", name, (s0, s1),
                 f"{name}: weight decay {group.get('weight_decay'):g} {_decay_words(share, rows['decoupled'].iloc[0])} "
                 f"(median of the last {len(tail)} captures; threshold {DECAY_SHARE:g}) and the weight norm shrank to "
@@ -374,21 +417,27 @@ def rule_weight_decay_dominates(run) -> list[Finding]:
     return findings
 
 
+def _batch_chart(run, finding: Finding) -> go.Figure:
+    return charts.scalar_lines(run, ["batchnorm_batch_size"], "batch size BatchNorm normalises over")
+
+
+@rule("BatchNorm in train mode on batches under 8.",
+      severities=("warning",), evidence=_batch_chart)
 def rule_batchnorm_small_batch(run) -> list[Finding]:
     """BatchNorm normalising over tiny batches: the median batch a BatchNorm layer in train
     mode saw at the captures (`batchnorm_batch_size`) below 8 (warning): the batch
     statistics are too noisy and train/eval behaviour diverges. Reference: Ioffe & Szegedy
     2015; Wu & He 2018, "Group Normalization" (BN's error rises quickly below 8-16 per GPU)."""
-    s = _scalar(run, "batchnorm_batch_size")
+    s = scalar(run, "batchnorm_batch_size")
     if s.empty:
         return []
     med = float(s["value"].median())
     if med >= BN_MIN_BATCH:
         return []
-    types = _module_types(run)
+    types = module_types(run)
     bns = [n for n, t in types.items() if str(t).startswith("BatchNorm")]
     small = s[s["value"] < BN_MIN_BATCH]
-    return [_finding(
+    return [make_finding(
         "batchnorm_small_batch", "warning", bns[0] if bns else None,
         (small["step"].min(), small["step"].max()),
         f"BatchNorm layers ({_names(bns, 3) or 'BatchNorm'}) train on batches of {med:g} (median over "
@@ -400,6 +449,8 @@ def rule_batchnorm_small_batch(run) -> list[Finding]:
         "Ioffe & Szegedy 2015; Wu & He 2018, Group Normalization")]
 
 
+@rule("Your own validation ran under no_grad with dropout/BatchNorm in train mode.",
+      severities=("warning",), evidence=_loss_chart)
 def rule_eval_in_train_mode(run) -> list[Finding]:
     """The user's own validation run with dropout / BatchNorm in train mode: a forward
     under torch.no_grad() while such modules were in train mode
@@ -407,13 +458,13 @@ def rule_eval_in_train_mode(run) -> list[Finding]:
     warning (dropout makes the metrics noisy and pessimistic; BatchNorm uses batch
     statistics and updates its running stats with validation data). Reference: PyTorch
     docs, nn.Module.eval ("dropout, BatchNorm ... behave differently in eval mode")."""
-    s = _scalar(run, "no_grad_forward_train_mode")
+    s = scalar(run, "no_grad_forward_train_mode")
     s = s[s["value"] > 0] if not s.empty else s
     if s.empty:
         return []
     names = list(run.manifest.get("no_grad_forward_train_mode") or [])
     s0, s1 = int(s["step"].min()), int(s["step"].max())
-    return [_finding(
+    return [make_finding(
         "eval_in_train_mode", "warning", names[0] if names else None, (s0, s1),
         f"At {len(s)} step(s) (steps {s0}-{s1}) the model ran under no_grad with dropout/BatchNorm modules in "
         f"train mode ({_names(names, 4) or 'unnamed'}): validation with dropout on, or BatchNorm on batch statistics.",
@@ -421,20 +472,3 @@ def rule_eval_in_train_mode(run) -> list[Finding]:
         "train-mode forward is deliberate (Monte-Carlo dropout, an EMA teacher), ignore this.",
         {"steps": s["step"].astype(int).tolist()[:50], "occurrences": len(s), "modules": names},
         "PyTorch docs: torch.nn.Module.eval")]
-
-
-RULES = (rule_gradients_not_reset, rule_not_in_optimizer, rule_stuck_parameters, rule_frozen_model,
-         rule_lr_collapse, rule_weight_decay_dominates, rule_batchnorm_small_batch, rule_eval_in_train_mode)
-
-
-# helpers are bound here once the rules above exist (either module may be imported first).
-from diagnostics.health import (  # noqa: E402
-    _NORM_TYPES,
-    Finding,
-    _dist,
-    _finding,
-    _last_loss,
-    _module_types,
-    _scalar,
-    rule_loss_vs_baseline,
-)

@@ -2,30 +2,26 @@
 records at capture steps (`schema.PROBE_FIELDS`): a regression loss on class ids,
 softmax or log-softmax over the batch dimension, NLLLoss on what is not a
 log-probability, probabilities into CrossEntropyLoss, and a sigmoid applied twice.
-
-Registered with the data rules through `diagnostics.health_data.DATA_RULES`. This module
-reads the run directly and imports `diagnostics.health` only when a rule makes a
-finding: health imports the rule lists at its end, so a module-level import of it here
-would be circular.
+Each is registered with `@rule`, its description and its evidence chart beside it.
 
 Example::
 
-    from diagnostics import health_loss
-    health_loss.rule_softmax_wrong_dim(diagnostics.open_run("runs/exp1"))
+    from diagnostics.health import loss
+    loss.rule_softmax_wrong_dim(diagnostics.open_run("runs/exp1"))
 """
 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
-from diagnostics import schema
-
-if TYPE_CHECKING:
-    from diagnostics.health import Finding
+from diagnostics import figures, schema
+from diagnostics.health import charts
+from diagnostics.health.common import Finding, dist, make_finding, scalar
+from diagnostics.health.registry import rule
 
 CLASS_ID_MAX = 20
 MIN_PROBES = 2
@@ -46,35 +42,9 @@ _CE = {"CrossEntropyLoss", "cross_entropy"}
 # Reading helpers
 
 
-def _finding(*args):
-    from diagnostics.health import _finding as make  # see the module docstring: not at import time
-
-    return make(*args)
-
-
-def _dist(run, kind: str) -> pd.DataFrame:
-    try:
-        d = run.distributions(kind)
-    except Exception:
-        return pd.DataFrame(columns=["step", "layer", "count", "min", "max", "hist_counts"])
-    if "rank" in d and d["rank"].nunique() > 1:
-        d = d[d["rank"] == d["rank"].min()]
-    return d.sort_values(["layer", "step"]) if not d.empty else d
-
-
-def _scalar(run, name: str) -> pd.DataFrame:
-    try:
-        s = run.scalars(names=[name])
-    except Exception:
-        return pd.DataFrame(columns=["step", "value"])
-    if s.empty:
-        return pd.DataFrame(columns=["step", "value"])
-    return s.groupby("step", as_index=False)["value"].mean().sort_values("step")
-
-
 def _probe(run, field: str, split: str = "train") -> pd.DataFrame:
     """One probe's values by capture step (finite only)."""
-    s = _scalar(run, f"{schema.PROBE_PREFIX}{split}/{field}")
+    s = scalar(run, f"{schema.PROBE_PREFIX}{split}/{field}")
     return s[np.isfinite(s["value"].astype(float))]
 
 
@@ -92,17 +62,24 @@ def _steps(frame: pd.DataFrame) -> tuple[int, int]:
 
 def _logits(run) -> pd.DataFrame:
     """Summaries of what the loss was given (`train/logits`, classification runs)."""
-    d = _dist(run, "output")
+    d = dist(run, "output")
     return d[d["layer"] == "train/logits"] if not d.empty else d
 
 def _label_range(run) -> tuple[float, float]:
-    lab = _dist(run, "label")
+    lab = dist(run, "label")
     lab = lab[lab["layer"].isin(["train/value", "train/class"]) & (lab["count"] > 0)] if not lab.empty else lab
     if lab.empty:
         return math.nan, math.nan
     return float(lab["min"].min()), float(lab["max"].max())
 
 
+def _bands_chart(run, finding: Finding) -> go.Figure:
+    return figures.value_bands_figure(run.distributions("output", layers=["train/value"]),
+                                      run.distributions("label", layers=["train/value"]))
+
+
+@rule("A regression loss (MSELoss, L1Loss...) on integer labels 0..K-1: class ids.",
+      severities=("warning", "info"), evidence=_bands_chart)
 def rule_regression_loss_on_class_ids(run) -> list[Finding]:
     """A regression loss (MSELoss, L1Loss, SmoothL1Loss, HuberLoss) on class ids: at every
     probed capture (≥ 2) the labels are integers, spanning 0..K-1 with 2 ≤ K ≤ 20, against
@@ -126,7 +103,7 @@ def rule_regression_loss_on_class_ids(run) -> list[Finding]:
     s0, s1 = _steps(probes)
     severity = "warning" if k >= 3 else "info"
     target = "one output per sample" if columns == 1 else f"{columns} outputs per sample (broadcast against the ids)"
-    return [_finding(
+    return [make_finding(
         "regression_loss_on_class_ids", severity, None, (s0, s1),
         f"{loss_fn} is given integer labels 0..{k - 1} (up to {distinct} distinct in a batch, steps {s0}-{s1}) "
         f"against {target}: the labels look like class ids, which a regression loss orders and spaces.",
@@ -148,6 +125,14 @@ def _sum_probes(run) -> pd.Series | None:
     return med
 
 
+def _sums_chart(run, finding: Finding) -> go.Figure:
+    names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
+    return charts.scalar_lines(run, names, "loss inputs: distance from normalised per dimension (0: normalised)",
+                               log_y=True)
+
+
+@rule("Softmax or log-softmax over the batch dimension instead of the classes.", severities=("error",),
+      evidence=_sums_chart)
 def rule_softmax_wrong_dim(run) -> list[Finding]:
     """Softmax or log-softmax taken over the batch dimension (dim=0) instead of the class
     dimension: the loss's inputs sum to 1 (log-sum-exp to 0) over the batch within 0.01
@@ -169,7 +154,7 @@ def rule_softmax_wrong_dim(run) -> list[Finding]:
     else:
         return []
     steps = (int(med["first_step"]), int(med["last_step"]))
-    return [_finding(
+    return [make_finding(
         "softmax_wrong_dim", "error", None, steps,
         f"The loss is given a {fn} over the batch dimension: its values' {what} over the batch is off "
         f"{'1' if fn == 'softmax' else '0'} by {dev_batch:.2g}, over the classes by {dev_class:.2g} "
@@ -182,6 +167,8 @@ def rule_softmax_wrong_dim(run) -> list[Finding]:
     )]
 
 
+@rule("NLLLoss given what is not a log-probability (raw scores or probabilities).", severities=("error",),
+      evidence=_sums_chart)
 def rule_nll_input(run) -> list[Finding]:
     """NLLLoss on what is not a log-probability: the inputs' log-sum-exp over the classes
     is off 0 by > 0.1 (median over ≥ 2 probed captures), i.e. no log_softmax before the
@@ -198,11 +185,11 @@ def rule_nll_input(run) -> list[Finding]:
         return []
     probs = med["prob_sum_dev_class"] < SUM_TOL
     steps = (int(med["first_step"]), int(med["last_step"]))
-    loss = _scalar(run, "loss")
+    loss = scalar(run, "loss")
     lowest = float(loss["value"].min()) if not loss.empty else math.nan
     note = f"; the loss went down to {lowest:.3g}, below 0, which a log-probability never allows" if lowest < 0 else ""
     kind = "probabilities (they sum to 1 over the classes)" if probs else "raw scores"
-    return [_finding(
+    return [make_finding(
         "nll_input", "error", None, steps,
         f"NLLLoss is given {kind}, not log-probabilities: their log-sum-exp over the classes is off 0 by "
         f"{med['logprob_sum_dev_class']:.3g} (median of {int(med['captures'])} captures, steps "
@@ -217,7 +204,7 @@ def rule_nll_input(run) -> list[Finding]:
 
 def _both_classes(run) -> bool:
     """Whether at least two classes occur among the labels at the captures."""
-    lab = _dist(run, "label")
+    lab = dist(run, "label")
     lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
     hists = [np.asarray(h, dtype=float) for h in lab.get("hist_counts", []) if h is not None and len(h)]
     if not hists:
@@ -226,6 +213,18 @@ def _both_classes(run) -> bool:
     return int((np.sum([np.pad(h, (0, width - h.size)) for h in hists], axis=0) > 0).sum()) >= 2
 
 
+def _range_chart(run, finding: Finding) -> go.Figure:
+    out = run.distributions("output", layers=["train/logits"]).sort_values("step")
+    fig = go.Figure([go.Scatter(x=out["step"], y=out[c], name=f"{c} of the loss input", mode="lines+markers")
+                     for c in ("min", "max")])
+    for y, text in ((0, "0"), (1, "1")):
+        fig.add_hline(y=y, line_dash="dash", annotation_text=text)
+    fig.update_layout(title="range of what the loss is given (logits would leave [0, 1])", xaxis_title="step")
+    return fig
+
+
+@rule("A sigmoid applied twice: outputs in [0, 1] into BCEWithLogitsLoss, or a sigmoid of a sigmoid into BCELoss.",
+      severities=("error",), evidence=_range_chart)
 def rule_double_sigmoid(run) -> list[Finding]:
     """A sigmoid applied twice. BCEWithLogitsLoss applies its own sigmoid: given outputs
     that lie in [0, 1] at every capture (≥ 2, with both classes among the labels), the
@@ -247,8 +246,9 @@ def rule_double_sigmoid(run) -> list[Finding]:
         return []
     steps = (int(d["step"].min()), int(d["step"].max()))
     where = ("BCEWithLogitsLoss (which applies a sigmoid itself) is given outputs in [0, 1]"
-             if loss_fn in _LOGIT_BINARY else "BCELoss is given outputs confined to (0.5, 0.731), a sigmoid of a sigmoid")
-    return [_finding(
+             if loss_fn in _LOGIT_BINARY
+             else "BCELoss is given outputs confined to (0.5, 0.731), a sigmoid of a sigmoid")
+    return [make_finding(
         "double_sigmoid", "error", None, steps,
         f"{where}: min {lo:.3g}, max {hi:.3g} over {len(d)} captures (steps {steps[0]}-{steps[1]}). The predicted "
         "probability stays within (0.5, 0.73), so the negative class is never predicted.",
@@ -259,6 +259,8 @@ def rule_double_sigmoid(run) -> list[Finding]:
     )]
 
 
+@rule("Probabilities (a softmax) into CrossEntropyLoss, which applies log_softmax itself.",
+      severities=("warning",), evidence=_sums_chart)
 def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     """CrossEntropyLoss given probabilities: its inputs are in [0, 1] and sum to 1 over the
     classes within 0.01 (median over ≥ 2 probed captures). The loss applies log_softmax
@@ -275,7 +277,7 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     steps = (int(med["first_step"]), int(med["last_step"]))
     c = int(run.manifest.get("num_classes") or 0)
     floor = -math.log(math.e / (math.e + c - 1)) if c > 1 else math.nan
-    return [_finding(
+    return [make_finding(
         "softmax_before_cross_entropy", "warning", None, steps,
         f"CrossEntropyLoss is given probabilities (they sum to 1 over the classes within "
         f"{med['prob_sum_dev_class']:.2g}, steps {steps[0]}-{steps[1]}); it applies log_softmax itself, so the "
@@ -285,13 +287,3 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
         {"sum_dev_over_classes": med["prob_sum_dev_class"], "loss_floor": floor, "num_classes": c},
         "PyTorch docs: torch.nn.CrossEntropyLoss",
     )]
-
-
-
-LOSS_RULES = (
-    rule_regression_loss_on_class_ids,
-    rule_softmax_wrong_dim,
-    rule_nll_input,
-    rule_double_sigmoid,
-    rule_softmax_before_cross_entropy,
-)

@@ -1,16 +1,15 @@
 """Health rules for data bugs: labels the inputs cannot predict, validation samples
-duplicated in the training set, batches that were never shuffled. `DATA_RULES` adds the
-loss-input rules of `diagnostics.health_loss` (a regression loss on class ids, softmax
-over the batch, NLLLoss inputs, a sigmoid or softmax applied twice).
+duplicated in the training set, batches that were never shuffled. (The loss-input bugs
+are in `diagnostics.health.loss`.)
 
-Like the rules of `diagnostics.health` (which lists `DATA_RULES` in its `RULES`), each is
-`rule_xxx(run) -> list[Finding]`, reads only what the run recorded and returns no
+Like every health rule, each is `rule_xxx(run) -> list[Finding]`, registered with `@rule`
+(description and evidence chart), reads only what the run recorded and returns no
 finding when its data is missing.
 
 Example::
 
-    from diagnostics import health_data
-    health_data.rule_unshuffled_batches(diagnostics.open_run("runs/exp1"))
+    from diagnostics.health import data
+    data.rule_unshuffled_batches(diagnostics.open_run("runs/exp1"))
 """
 
 from __future__ import annotations
@@ -19,8 +18,25 @@ import math
 
 import numpy as np
 import pandas as pd
+import plotly.graph_objects as go
 
-from diagnostics.health_loss import LOSS_RULES
+from diagnostics.figures import empty_figure
+from diagnostics.health import charts
+from diagnostics.health.common import (
+    BASELINE_NEAR_FRACTION,
+    BINARY_LOSSES,
+    CE_LOSSES,
+    MIN_POOLED_LABELS,
+    Finding,
+    class_counts,
+    dist,
+    histogram,
+    last_loss,
+    make_finding,
+    pooled_moments,
+    scalar,
+)
+from diagnostics.health.registry import rule
 
 # Labels not learnable: training long enough, with the optimizer moving every weight matrix.
 LABELS_MIN_STEPS = 100
@@ -71,7 +87,7 @@ def _train_samples(run) -> tuple[int, str]:
         rec = pd.DataFrame()
     if not rec.empty:
         return int(rec["sample_id"].nunique()), "distinct sample ids"
-    lab = _dist(run, "label")
+    lab = dist(run, "label")
     lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
     if lab.empty:
         return 0, ""
@@ -83,6 +99,14 @@ def _train_samples(run) -> tuple[int, str]:
 # Rules
 
 
+def _entropy_chart(run, finding: Finding) -> go.Figure:
+    return charts.with_line(charts.scalar_lines(run, ["loss"], "training loss against the label entropy"),
+                            (finding.evidence or {}).get("label_entropy"), "label entropy")
+
+
+@rule("Labels the inputs cannot predict: the loss stays at the label entropy although every layer moves and "
+      "the model could memorise the training set (labels shuffled apart from their inputs).",
+      severities=("warning",), evidence=_entropy_chart)
 def rule_labels_unlearnable(run) -> list[Finding]:
     """Labels the inputs cannot predict (labels shuffled apart from their inputs, a
     misaligned join): after ≥ 100 steps the training loss (median of the last 10% of
@@ -94,12 +118,12 @@ def rule_labels_unlearnable(run) -> list[Finding]:
     prior long before. Stronger than `loss_vs_baseline`: that rule says no better than
     the prior, this one rules out a frozen or starved optimizer and a too-small model."""
     m = run.manifest
-    if m.get("task") != "classification" or not (m.get("loss_fn") in _CE_LOSSES or (
-            m.get("loss_fn") in _BINARY_LOSSES and m.get("num_classes") == 2)):
+    if m.get("task") != "classification" or not (m.get("loss_fn") in CE_LOSSES or (
+            m.get("loss_fn") in BINARY_LOSSES and m.get("num_classes") == 2)):
         return []
-    last = _last_loss(run)
-    lab = _dist(run, "label")
-    counts = _class_counts(lab[lab["layer"] == "train/class"]) if not lab.empty else None
+    last = last_loss(run)
+    lab = dist(run, "label")
+    counts = class_counts(lab[lab["layer"] == "train/class"]) if not lab.empty else None
     if last is None or counts is None or counts.sum() < MIN_POOLED_LABELS:
         return []
     value, s0, s1 = last
@@ -114,10 +138,10 @@ def rule_labels_unlearnable(run) -> list[Finding]:
     n, how = _train_samples(run)
     if n == 0 or trainable < n:
         return []
-    val = _scalar(run, "val/accuracy")
+    val = scalar(run, "val/accuracy")
     val_note = (f"; validation accuracy {val['value'].iloc[-1]:.1%} against a majority share of {p.max():.1%}"
                 if not val.empty else "")
-    return [_finding(
+    return [make_finding(
         "labels_unlearnable", "warning", None, (s0, s1),
         f"The training loss {value:.3g} (steps {s0}-{s1}) stays at {value / entropy:.0%} of the label entropy "
         f"({entropy:.3g} nats) although every weight matrix moves (median update ratios "
@@ -169,6 +193,8 @@ def _same_inputs(val: pd.DataFrame, train: pd.DataFrame, vi: np.ndarray, ti: np.
     return same
 
 
+@rule("Train/validation leakage: validation samples that are copies of training samples (same embedding, same "
+      "input statistics; needs run.evaluate(..., split=\"train\") too).", severities=("warning",))
 def rule_split_leakage(run) -> list[Finding]:
     """Train/validation leakage: validation samples whose embedding (from the same
     evaluation step for both splits) has cosine similarity ≥ 0.9999 with a training
@@ -204,7 +230,7 @@ def rule_split_leakage(run) -> list[Finding]:
     pairs = [{"val_id": str(val["sample_id"].iloc[i]), "train_id": str(train["sample_id"].iloc[where[i]]),
               "cosine": float(best[i])} for i in order]
     shown = ", ".join(f"{q['val_id']}~{q['train_id']}" for q in pairs[:5])
-    return [_finding(
+    return [make_finding(
         "split_leakage", "warning", None, (step, step),
         f"{len(vi)} of {len(val)} validation samples ({share:.1%}) are copies of training samples at step {step} "
         f"(embedding cosine ≥ {DUPLICATE_COSINE}, same input statistics), e.g. val~train {shown}: "
@@ -237,9 +263,9 @@ def _class_batches(run) -> tuple[list[int], list[np.ndarray], str]:
         return ([int(s) for s, _ in groups],
                 [np.bincount(g.to_numpy().astype(int), minlength=width).astype(float) for _, g in groups],
                 "per-sample records")
-    lab = _dist(run, "label")
+    lab = dist(run, "label")
     lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
-    rows = [(int(r["step"]), _hist(r)) for _, r in lab.iterrows()]
+    rows = [(int(r["step"]), histogram(r)) for _, r in lab.iterrows()]
     rows = [(s, h) for s, h in rows if h.size]
     return [s for s, _ in rows], [h for _, h in rows], "label histograms at capture steps"
 
@@ -289,18 +315,18 @@ def _value_pvalues(run) -> tuple[list[int], np.ndarray, str]:
         mean, std = float(rec["label"].mean()), float(rec["label"].std(ddof=0))
         how = "per-sample records"
     else:
-        lab = _dist(run, "label")
+        lab = dist(run, "label")
         lab = lab[lab["layer"] == "train/value"] if not lab.empty else lab
         if lab.empty:
             return [], np.array([]), ""
         stats = lab.set_index("step")[["count", "mean"]]
-        mean, std, _ = _pooled_moments(lab)
+        mean, std, _ = pooled_moments(lab)
         how = "label summaries at capture steps"
     if not std > 0:
         return [], np.array([]), ""
     z = (stats["mean"].to_numpy(float) - mean) / (std / np.sqrt(stats["count"].to_numpy(float)))
-    p = np.where(stats["count"].to_numpy() >= SHUFFLE_MIN_BATCH, np.array([math.erfc(abs(v) / math.sqrt(2)) for v in z]),
-                 np.nan)
+    two_sided = np.array([math.erfc(abs(v) / math.sqrt(2)) for v in z])
+    p = np.where(stats["count"].to_numpy() >= SHUFFLE_MIN_BATCH, two_sided, np.nan)
     return [int(s) for s in stats.index], p, how
 
 
@@ -316,6 +342,22 @@ def _holm_rejected(pvalues: np.ndarray, alpha: float) -> np.ndarray:
     return rejected
 
 
+def _batch_shares_chart(run, finding: Finding) -> go.Figure | None:
+    if finding.layer != "train/class":
+        return None
+    shares = batch_label_shares(run)
+    if shares.empty:
+        return empty_figure("no per-batch labels recorded")
+    grid = shares.pivot(index="label", columns="step", values="share")
+    fig = go.Figure(go.Heatmap(z=grid.to_numpy(), x=grid.columns, y=[str(c) for c in grid.index],
+                               colorscale="Blues", colorbar={"title": "share"}))
+    fig.update_layout(title="class shares of each training batch (shuffled: every column alike)",
+                      xaxis_title="step", yaxis_title="label")
+    return fig
+
+
+@rule("Unshuffled training data: per-batch label mix (or mean target) far from the whole stream's, chi-square / "
+      "z-test with Holm's correction.", severities=("warning",), evidence=_batch_shares_chart)
 def rule_unshuffled_batches(run) -> list[Finding]:
     """Training data not shuffled: each batch's labels tested against the labels of all
     batches pooled (classification: Pearson chi-square of the class counts; regression:
@@ -343,7 +385,7 @@ def rule_unshuffled_batches(run) -> list[Finding]:
         return []
     bad = [s for s, r in zip(steps, rejected) if r]
     what = "class mix" if task == "classification" else "mean label"
-    return [_finding(
+    return [make_finding(
         "unshuffled_batches", "warning", layer, (bad[0], bad[-1]),
         f"{int(rejected.sum())} of {tested} training batches ({share:.0%}, steps {bad[0]}-{bad[-1]}) have a {what} "
         f"far from the whole training stream's (Holm-corrected p < {SHUFFLE_ALPHA:g}; from {how}): "
@@ -357,28 +399,3 @@ def rule_unshuffled_batches(run) -> list[Finding]:
         "Holm 1979; PyTorch docs, torch.utils.data.DataLoader; Bengio 2012, Practical recommendations "
         "for gradient-based training of deep architectures",
     )]
-
-
-DATA_RULES = (
-    rule_labels_unlearnable,
-    rule_split_leakage,
-    rule_unshuffled_batches,
-    *LOSS_RULES,
-)
-
-# At the bottom: diagnostics.health imports this module to register DATA_RULES, so its
-# helpers are bound here once the rules above exist (either module may be imported first).
-from diagnostics.health import (  # noqa: E402
-    _BINARY_LOSSES,
-    _CE_LOSSES,
-    BASELINE_NEAR_FRACTION,
-    MIN_POOLED_LABELS,
-    Finding,
-    _class_counts,
-    _dist,
-    _finding,
-    _hist,
-    _last_loss,
-    _pooled_moments,
-    _scalar,
-)

@@ -1,0 +1,96 @@
+"""Health checks: rules that read a recorded run and say what looks wrong, where, and what to try.
+
+Each rule is a function `rule_xxx(run) -> list[Finding]` registered once, with its
+description and its evidence chart, by `@rule` (`diagnostics.health.registry`) in the
+module of its topic: `activations`, `gradients`, `fit` (outputs, loss, overfitting, label
+noise), `loop` (training-loop bugs), `data` (data bugs) and `loss` (loss-input bugs). A rule
+reads only what the run recorded; when its data is missing (no activations captured, no
+`val/loss` logged, a regression run for a classification rule) it returns no finding,
+never an exception. Thresholds are module constants named after what they bound, and
+each rule's docstring gives its threshold and where it comes from.
+
+Example::
+
+    import diagnostics
+    from diagnostics.health import check, evidence_figure
+    for f in check(diagnostics.open_run("runs/exp1")):
+        print(f.severity, f.rule, f.layer, f.step_start, f.message)
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import plotly.graph_objects as go
+
+from diagnostics.figures import empty_figure
+from diagnostics.health import registry
+from diagnostics.health.common import SEVERITIES, Finding
+
+# each rule module registers its rules when imported: this is their order
+# isort: off
+from diagnostics.health import activations, gradients, fit, loop, data, loss  # noqa: F401
+# isort: on
+from diagnostics.health.activations import (
+    rule_activation_scale_depth,
+    rule_dead_units,
+    rule_input_scale,
+    rule_saturation,
+)
+from diagnostics.health.fit import rule_label_noise, rule_loss_vs_baseline, rule_output_vs_label, rule_overfitting
+from diagnostics.health.gradients import rule_grad_norm_spikes, rule_gradient_depth, rule_nonfinite, rule_update_ratio
+
+# What `check` runs: the registered rules' functions, in registration order.
+RULES: tuple[Callable[[Any], list[Finding]], ...] = tuple(r.check for r in registry.RULES)
+
+__all__ = ["Finding", "SEVERITIES", "RULES", "check", "evidence_figure", "rule_table",
+           "rule_nonfinite", "rule_dead_units", "rule_saturation", "rule_gradient_depth", "rule_grad_norm_spikes",
+           "rule_activation_scale_depth", "rule_update_ratio", "rule_output_vs_label", "rule_loss_vs_baseline",
+           "rule_overfitting", "rule_label_noise", "rule_input_scale"]
+
+
+def check(run) -> list[Finding]:
+    """Run every rule in `RULES` over `run`; findings sorted by severity (errors first),
+    then step. A rule that fails on an unexpected run is skipped with a warning, so the
+    dashboard never shows a traceback.
+
+    Example::
+
+        findings = check(diagnostics.open_run("runs/exp1"))
+        [f.to_dict() for f in findings if f.severity != "info"]
+    """
+    findings: list[Finding] = []
+    for rule in RULES:
+        try:
+            findings.extend(rule(run))
+        except Exception as exc:  # a rule's bug must not hide the other rules' findings
+            warnings.warn(f"health rule {rule.__name__} failed on {getattr(run, 'path', run)}: {exc!r}",
+                          RuntimeWarning, stacklevel=2)
+    rank = {s: i for i, s in enumerate(SEVERITIES)}
+    return sorted(findings, key=lambda f: (rank.get(f.severity, len(rank)),
+                                           math.inf if f.step_start is None else f.step_start, f.rule,
+                                           f.layer or ""))
+
+
+def evidence_figure(run, finding: Finding) -> go.Figure:
+    """The chart that shows why `finding` fired: its rule's registered evidence.
+
+    Example::
+
+        evidence_figure(run, check(run)[0])
+    """
+    entry = registry.for_finding(finding.rule)
+    fig = entry.evidence(run, finding) if entry is not None and entry.evidence is not None else None
+    return fig if fig is not None else empty_figure("no chart for this finding")
+
+
+def rule_table() -> pd.DataFrame:
+    """One row per registered rule: `rule` (the finding names it emits, comma-separated),
+    `topic`, `severities` and `description`, in registration order (the Health page's list)."""
+    return pd.DataFrame([{"rule": ", ".join(r.names), "topic": r.topic, "severities": ", ".join(r.severities),
+                          "description": r.description} for r in registry.RULES],
+                        columns=["rule", "topic", "severities", "description"])

@@ -1,0 +1,249 @@
+"""Health rules on the activations: dead ReLU units, saturated tanh/sigmoid units, the
+activation scale drifting across depth at initialisation, and unnormalised inputs.
+
+Each rule is registered with `@rule` (its description and evidence chart beside it); it
+reads only what the run recorded and returns no finding when that is missing.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import plotly.graph_objects as go
+
+from diagnostics.health import charts
+from diagnostics.health.common import (
+    NORM_TYPES,
+    Finding,
+    dist,
+    layer_order,
+    make_finding,
+    module_params,
+    module_types,
+    runs_of_true,
+)
+from diagnostics.health.registry import rule
+
+# Dead units and saturation: share of units / values, held on this many consecutive captures.
+DEAD_FRAC_THRESHOLD = 0.5
+SATURATED_FRAC_THRESHOLD = 0.5
+MIN_CONSECUTIVE_CAPTURES = 3
+# Activation std of the last parametrised layer over the first one, at the first capture.
+ACTIVATION_DEPTH_RATIO = 10.0
+MIN_DEPTH_LAYERS = 3
+# Inputs left unnormalised: first module's output (or the input itself) at the first capture.
+INPUT_SCALE_THRESHOLD = 10.0
+INPUT_RMS_THRESHOLD = 3.0
+
+
+def _share_chart(column: str, threshold: float, what: str):
+    """Evidence of dead_units / saturation: the layer's share `column` over the steps."""
+
+    def chart(run, finding: Finding) -> go.Figure | None:
+        if not finding.layer:
+            return None
+        return charts.fraction_over_steps(run, finding.layer, column, threshold, f"{finding.layer}: {what}")
+
+    return chart
+
+
+def _depth_chart(run, finding: Finding) -> go.Figure:
+    return charts.across_layers(run, "activation", finding.step_start, "activation std across depth")
+
+
+def _sustained(run, column: str, threshold: float, rule_name: str, what: str, advice: str,
+               reference: str) -> list[Finding]:
+    d = dist(run, "activation")
+    if d.empty or column not in d:
+        return []
+    findings = []
+    for layer in layer_order(run, "activation", d["layer"].unique()):
+        rows = d[d["layer"] == layer].sort_values("step")
+        values = rows[column].to_numpy(dtype=np.float64)
+        if np.isnan(values).all():
+            continue
+        # captures holding NaN/Inf belong to the nonfinite rule (ReLU(NaN) is never positive)
+        finite = (rows["nan_count"].fillna(0) + rows["inf_count"].fillna(0)).to_numpy() == 0
+        runs = [r for r in runs_of_true((np.nan_to_num(values, nan=-1.0) >= threshold) & finite)
+                if r[1] - r[0] + 1 >= MIN_CONSECUTIVE_CAPTURES]
+        if not runs:
+            continue
+        i, j = max(runs, key=lambda r: (r[1] - r[0], -r[0]))
+        seg = values[i:j + 1]
+        steps = rows["step"].to_numpy()
+        severity = "error" if rule_name == "dead_units" and seg.min() >= 0.99 else "warning"
+        findings.append(make_finding(
+            rule_name, severity, layer, (steps[i], steps[j]),
+            f"{layer}: {seg.mean():.0%} of {what} on average (min {seg.min():.0%}, max {seg.max():.0%}) "
+            f"on {j - i + 1} consecutive captures, steps {steps[i]}-{steps[j]} (threshold {threshold:.0%}).",
+            advice,
+            {column + "_mean": seg.mean(), column + "_min": seg.min(), column + "_max": seg.max(),
+             "captures": j - i + 1, "steps": steps[i:j + 1].tolist(), "threshold": threshold},
+            reference,
+        ))
+    return findings
+
+
+@rule("Dead ReLU units: a layer's units never positive over the batch on 3+ consecutive captures "
+      "(error when all are).", severities=("warning", "error"),
+      evidence=_share_chart("dead_frac", DEAD_FRAC_THRESHOLD, "share of units never active"))
+def rule_dead_units(run) -> list[Finding]:
+    """ReLU-family layers whose units never fire: `dead_frac` ≥ 0.5 on ≥ 3 consecutive
+    captures (error when every unit is dead). A dead unit passes no gradient, so it never
+    recovers. Reference: Lu et al. 2019, "Dying ReLU and Initialization"; cs231n notes
+    ("as much as 40% of your network can be dead")."""
+    return _sustained(
+        run, "dead_frac", DEAD_FRAC_THRESHOLD, "dead_units", "units never positive over the batch",
+        "Check the initialisation (He/Kaiming for ReLU, biases at zero or small positive), lower the "
+        "learning rate or warm it up, add normalisation (BatchNorm/LayerNorm) before the activation, "
+        "or use LeakyReLU/GELU so that units can recover.",
+        "Lu et al. 2019, Dying ReLU and Initialization (arXiv:1903.06733); cs231n, Neural Networks Part 1",
+    )
+
+
+@rule("Saturated tanh/sigmoid units: most values within 1% of the bounds on 3+ consecutive captures.",
+      severities=("warning",),
+      evidence=_share_chart("saturated_frac", SATURATED_FRAC_THRESHOLD, "share of values at the bounds"))
+def rule_saturation(run) -> list[Finding]:
+    """tanh/sigmoid-family layers stuck at their bounds: `saturated_frac` ≥ 0.5 on ≥ 3
+    consecutive captures. Saturated units have a near-zero derivative and stop learning.
+    Reference: Glorot & Bengio 2010, "Understanding the difficulty of training deep
+    feedforward neural networks" (saturation of sigmoid layers)."""
+    return _sustained(
+        run, "saturated_frac", SATURATED_FRAC_THRESHOLD, "saturation", "values within 1% of the bounds",
+        "Use Xavier/Glorot initialisation for tanh/sigmoid, normalise the inputs and add normalisation "
+        "before the activation, lower the learning rate, or switch hidden layers to ReLU/GELU "
+        "(keep sigmoid only at the output, with a logits-based loss).",
+        "Glorot & Bengio 2010, Understanding the difficulty of training deep feedforward neural networks",
+    )
+
+
+@rule("Activation scale drifting across depth at initialisation: the last hidden layer's std over the "
+      "first's beyond 10x either way.", severities=("warning", "info"), evidence=_depth_chart)
+def rule_activation_scale_depth(run) -> list[Finding]:
+    """Activation scale drifting across depth at initialisation: the std of the last hidden
+    parametrised layer's output over the first one's, at the first capture, below 1/10 or
+    above 10 (with ≥ 3 parametrised layers; the output head is left out, since small logits
+    at initialisation are a deliberate choice). A good initialisation keeps the variance of
+    activations constant across layers. Reference: Glorot & Bengio 2010 (Xavier);
+    He et al. 2015 (Kaiming)."""
+    d = dist(run, "activation")
+    if d.empty:
+        return []
+    step0 = int(d["step"].min())
+    at = d[(d["step"] == step0) & np.isfinite(d["std"])].set_index("layer")["std"]
+    params = module_params(run)
+    layers = [l for l in layer_order(run, "activation", at.index) if params.get(l, 0) > 0]
+    if len(layers) < MIN_DEPTH_LAYERS:
+        return []
+    layers = layers[:-1]
+    first, last = layers[0], layers[-1]
+    if at[first] <= 0:
+        return []
+    ratio = float(at[last] / at[first])
+    evidence = {"ratio_last_to_first": ratio, "std_by_layer": {l: float(at[l]) for l in layers},
+                "step": step0, "threshold": ACTIVATION_DEPTH_RATIO}
+    ref = "Glorot & Bengio 2010; He et al. 2015, Delving Deep into Rectifiers"
+    if ratio < 1 / ACTIVATION_DEPTH_RATIO or ratio > ACTIVATION_DEPTH_RATIO:
+        verb = "shrinks" if ratio < 1 else "grows"
+        factor = 1 / ratio if ratio < 1 else ratio
+        if not math.isfinite(factor):
+            return []
+        return defer_to_input_scale(run, make_finding(
+            "activation_scale_depth", "warning", last, (step0, step0),
+            f"At step {step0} the activation std {verb} {factor:.3g}x from {first} ({at[first]:.3g}) "
+            f"to {last} ({at[last]:.3g}) across {len(layers)} layers (threshold {ACTIVATION_DEPTH_RATIO:.0f}x).",
+            "Initialise for the activation: He/Kaiming (nn.init.kaiming_normal_) for ReLU, Xavier/Glorot "
+            "for tanh/sigmoid; or add normalisation (BatchNorm/LayerNorm) between layers.",
+            evidence, ref))
+    return []
+
+
+def defer_to_input_scale(run, finding: Finding) -> list[Finding]:
+    """A depth/initialisation finding on a run whose inputs are unnormalised: the input
+    scale explains it (a BatchNorm after a first layer fed raw pixels divides its gradient
+    by the pre-norm std), so it becomes info and points at the input_scale finding."""
+    scale = rule_input_scale(run)
+    if not scale:
+        return [finding]
+    return [replace(
+        finding, severity="info",
+        message=finding.message + f" The unnormalised inputs at {scale[0].layer} explain this (see input_scale).",
+        advice="Normalise the inputs first (input_scale finding) and check again; change the initialisation "
+               "or the architecture only if this persists.",
+        evidence={**finding.evidence, "deferred_to": "input_scale"})]
+
+
+def _second_moment(row) -> float:
+    return float(row["std"]) ** 2 + float(row["mean"]) ** 2
+
+
+def _input_rms(run, layer: str, step: int, out_row) -> float | None:
+    """The RMS of a Linear/Conv layer's input, estimated from its output and its weights at
+    the first capture: E[out²] ≈ fan_in · E[w²] · E[x²] + E[b²] (zero-mean random weights
+    independent of the input, as at initialisation). None when the weights are missing."""
+    params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
+    shape = (params.get(f"{layer}.weight") or {}).get("shape") or []
+    if len(shape) < 2 or not module_types(run).get(layer, "").startswith(("Linear", "Conv1d", "Conv2d", "Conv3d")):
+        return None
+    w = dist(run, "weight")
+    if w.empty:
+        return None
+    w = w[w["step"] == w["step"].min()].set_index("layer")
+    if f"{layer}.weight" not in w.index:
+        return None
+    fan_in = int(np.prod(shape[1:]))
+    w2 = _second_moment(w.loc[f"{layer}.weight"])
+    b2 = _second_moment(w.loc[f"{layer}.bias"]) if f"{layer}.bias" in w.index else 0.0
+    x2 = (_second_moment(out_row) - b2) / (fan_in * w2) if fan_in * w2 > 0 else math.nan
+    return math.sqrt(x2) if math.isfinite(x2) and x2 > 0 else None
+
+
+@rule("Unnormalised inputs: the first module's input RMS (estimated from its output and weights) above 3, "
+      "or its output std above 10.", severities=("warning",), evidence=_depth_chart)
+def rule_input_scale(run) -> list[Finding]:
+    """Inputs left unnormalised, judged at the first capture on the first leaf module:
+    a parameter-free one (Flatten, Identity) shows the input itself: std or |mean| > 10;
+    a Linear/Conv one: its input's RMS, estimated from its output and weights
+    (E[out²] ≈ fan_in·E[w²]·E[x²] + E[b²]), above 3 — standardised inputs have RMS 1,
+    raw 0..16 digits 7.7, 0..255 pixels ~150 — or its output std above 10. Inputs in
+    0..1 (RMS ~0.3-0.6) are not flagged: they train well with a standard initialisation.
+    Reference: LeCun et al. 1998, "Efficient BackProp" (§4.3, normalising the inputs)."""
+    d = dist(run, "activation")
+    if d.empty:
+        return []
+    step0 = int(d["step"].min())
+    at = d[(d["step"] == step0)].set_index("layer")
+    layers = layer_order(run, "activation", at.index)
+    if not layers:
+        return []
+    first = layers[0]
+    row = at.loc[first]
+    std, mean = float(row["std"]), float(row["mean"])
+    if not (math.isfinite(std) and math.isfinite(mean)):
+        return []
+    kind = module_types(run).get(first, "")
+    if any(kind.startswith(t) for t in NORM_TYPES):
+        return []
+    # a parametrised layer's mean is mostly its bias (a planted -10 bias is not an input
+    # problem); a parameter-free first module (Flatten, Identity, Dropout) shows the input itself
+    parametrised = module_params(run).get(first, 0) > 0
+    rms = _input_rms(run, first, step0, row) if parametrised else None
+    high_rms = rms is not None and rms > INPUT_RMS_THRESHOLD
+    if not high_rms and std <= INPUT_SCALE_THRESHOLD and (parametrised or abs(mean) <= INPUT_SCALE_THRESHOLD):
+        return []
+    what = (f"its inputs have an estimated RMS of {rms:.3g} (threshold {INPUT_RMS_THRESHOLD:g}; 1 when "
+            f"standardised) and it outputs std {std:.3g}" if rms is not None else
+            f"it outputs values with std {std:.3g} and mean {mean:.3g} (threshold {INPUT_SCALE_THRESHOLD:g})")
+    return [make_finding(
+        "input_scale", "warning", first, (step0, step0),
+        f"At step {step0} the first module {first} ({kind or 'module'}): {what}. The inputs look unnormalised.",
+        "Normalise the inputs to zero mean and unit variance per channel (e.g. transforms.Normalize with the "
+        "training set's mean and std, or divide pixels by 255 and standardise), or start with a "
+        "normalisation layer.",
+        {"std": std, "mean": mean, "input_rms": rms, "module_type": kind, "threshold": INPUT_SCALE_THRESHOLD,
+         "rms_threshold": INPUT_RMS_THRESHOLD},
+        "LeCun et al. 1998, Efficient BackProp, §4.3",
+    )]

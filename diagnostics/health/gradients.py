@@ -1,0 +1,239 @@
+"""Health rules on the gradients and the updates: NaN/Inf anywhere, vanishing or exploding
+gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import plotly.graph_objects as go
+
+from diagnostics import figures
+from diagnostics.health import charts
+from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale
+from diagnostics.health.common import Finding, dist, layer_order, make_finding, scalar
+from diagnostics.health.registry import rule
+
+# Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
+GRADIENT_DEPTH_RATIO = 100.0
+EARLY_CAPTURES = 3
+# Global gradient norm: a spike stands GRAD_SPIKE_Z robust stds (of log norm) above its
+# neighbours' median and at least GRAD_SPIKE_MIN_FACTOR times it; warning from GRAD_SPIKE_FACTOR.
+GRAD_SPIKE_FACTOR = 10.0
+GRAD_SPIKE_MIN_FACTOR = 3.0
+GRAD_SPIKE_Z = 3.0
+GRAD_SPIKE_MAD_FLOOR = 0.05
+GRAD_SPIKE_WARMUP_STEPS = 10
+GRAD_SPIKE_WINDOW = 50
+# Update-to-weight ratio: healthy around 1e-3 (cs231n).
+UPDATE_RATIO_LOW = 1e-5
+UPDATE_RATIO_HIGH = 1e-1
+
+
+@rule("NaN/Inf in the loss, a gradient or any captured summary, with the first step and layer that held one.",
+      severities=("error",), evidence=charts.loss_with_baseline)
+def rule_nonfinite(run) -> list[Finding]:
+    """NaN or Inf anywhere (loss, gradient norm, any captured summary): always an error.
+
+    Threshold: any non-finite value. Where: `Run.first_nonfinite()`, the first step and,
+    in forward order, the first module or parameter that held one.
+    """
+    try:
+        first = run.first_nonfinite()
+    except Exception:
+        return []
+    if not first:
+        return []
+    where = (f"{first['kind']} of {first['layer']}" if "layer" in first else f"the {first.get('scalar', 'loss')}")
+    counts = (f" ({first.get('nan_count', 0)} NaN, {first.get('inf_count', 0)} Inf)" if "layer" in first else "")
+    step = first.get("step")
+    return [make_finding(
+        "nonfinite", "error", first.get("layer"), (step, first.get("capture_step", step)),
+        f"NaN/Inf first appears at step {step} in {where}{counts}.",
+        "Lower the learning rate (or add warm-up), clip gradients (torch.nn.utils.clip_grad_norm_), "
+        "normalise the inputs, and compute the loss from logits (CrossEntropyLoss, BCEWithLogitsLoss) "
+        "rather than log(softmax) by hand; with AMP, use a GradScaler.",
+        dict(first), "PyTorch docs: torch.autograd.detect_anomaly; Goodfellow et al. 2016, Deep Learning §4.1",
+    )]
+
+
+def _depth_chart(run, finding: Finding) -> go.Figure:
+    return charts.across_layers(run, "gradient", finding.step_start, "gradient std across depth")
+
+
+@rule("Vanishing or exploding gradients across depth: the first layer's gradient norm 100x below or above "
+      "the last's at the first captures.", severities=("warning", "info"),
+      names=("vanishing_gradients", "exploding_gradients"), evidence=_depth_chart)
+def rule_gradient_depth(run) -> list[Finding]:
+    """Vanishing or exploding gradients across depth: the norm of the gradient w.r.t. the
+    first module's output over that of the last module (per sample: same batch), median
+    over the first 3 captures,
+    below 1/100 (vanishing) or above 100 (exploding). Reference: Glorot & Bengio 2010;
+    He et al. 2015 (backward-propagation case of their initialisation); Bengio et al. 1994."""
+    d = dist(run, "gradient")
+    if d.empty:
+        return []
+    d = d[np.isfinite(d["std"]) & np.isfinite(d["mean"]) & (d["count"] > 0)]
+    # the whole tensor's norm (the batch is the same at one step, so: the per-sample norm);
+    # an element's RMS would also shrink with the layer's width (a conv map vs 10 logits)
+    d = d.assign(rms=np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2)))
+    d = d[d["rms"] > 0]
+    layers = layer_order(run, "gradient", d["layer"].unique())
+    if len(layers) < MIN_DEPTH_LAYERS:
+        return []
+    first, last = layers[0], layers[-1]
+    ratios, steps = [], []
+    for step in sorted(d["step"].unique())[:EARLY_CAPTURES]:
+        at = d[d["step"] == step].set_index("layer")["rms"]
+        if first in at and last in at:
+            ratios.append(float(at[first] / at[last]))
+            steps.append(int(step))
+    if not ratios:
+        return []
+    ratio = float(np.median(ratios))
+    at0 = d[d["step"] == steps[0]].set_index("layer")["rms"]
+    evidence = {"ratio_first_to_last": ratio, "ratios": ratios, "steps": steps,
+                "norm_by_layer": {l: float(at0[l]) for l in layers if l in at0}, "threshold": GRADIENT_DEPTH_RATIO}
+    ref = "Glorot & Bengio 2010; He et al. 2015, Delving Deep into Rectifiers; Bengio et al. 1994"
+    if ratio < 1 / GRADIENT_DEPTH_RATIO:
+        return defer_to_input_scale(run, make_finding(
+            "vanishing_gradients", "warning", first, (steps[0], steps[-1]),
+            f"The gradient reaching {first} is {1 / ratio:.3g}x smaller (norm) than at {last} "
+            f"at the first captures (steps {steps[0]}-{steps[-1]}; threshold {GRADIENT_DEPTH_RATIO:.0f}x): "
+            "the early layers barely learn.",
+            "Use He/Kaiming initialisation for ReLU layers (Xavier for tanh), replace sigmoid/tanh hidden "
+            "activations by ReLU/GELU, add normalisation (BatchNorm/LayerNorm) or residual connections.",
+            evidence, ref))
+    if ratio > GRADIENT_DEPTH_RATIO:
+        return defer_to_input_scale(run, make_finding(
+            "exploding_gradients", "warning", first, (steps[0], steps[-1]),
+            f"The gradient reaching {first} is {ratio:.3g}x larger (norm) than at {last} "
+            f"at the first captures (steps {steps[0]}-{steps[-1]}; threshold {GRADIENT_DEPTH_RATIO:.0f}x).",
+            "Check the initialisation (He/Kaiming scaled to fan-in, not larger), add normalisation, clip "
+            "gradients (clip_grad_norm_) and lower the learning rate.",
+            evidence, ref))
+    return []
+
+
+def _grad_spikes(values: np.ndarray, steps: np.ndarray) -> list[tuple[int, float, float, float]]:
+    """(step, norm, local median, robust z) of each step that stands out from its neighbours."""
+    logv = np.log(np.maximum(values, 1e-30))
+    h = GRAD_SPIKE_WINDOW // 2
+    spikes = []
+    for i in range(GRAD_SPIKE_WARMUP_STEPS, len(values)):
+        w = np.r_[logv[max(0, i - h):i], logv[i + 1:i + 1 + h]]
+        med = float(np.median(w))
+        mad = max(1.4826 * float(np.median(np.abs(w - med))), GRAD_SPIKE_MAD_FLOOR)
+        z = (logv[i] - med) / mad
+        if z >= GRAD_SPIKE_Z and values[i] >= GRAD_SPIKE_MIN_FACTOR * math.exp(med):
+            spikes.append((int(steps[i]), float(values[i]), math.exp(med), float(z)))
+    return spikes
+
+
+def _spikes_chart(run, finding: Finding) -> go.Figure:
+    fig = charts.scalar_lines(run, ["grad_norm"], "global gradient norm", log_y=True)
+    spikes = (finding.evidence or {}).get("spikes") or []
+    if spikes:
+        fig.add_trace(go.Scatter(x=[s["step"] for s in spikes], y=[s["grad_norm"] for s in spikes],
+                                 mode="markers", name="spike", marker=dict(size=10, symbol="x", color="red")))
+    return fig
+
+
+@rule("Gradient-norm spikes: steps 3x above their neighbours' median and 3 robust stds out (warning from 10x).",
+      severities=("info", "warning"), evidence=_spikes_chart)
+def rule_grad_norm_spikes(run) -> list[Finding]:
+    """Global gradient-norm spikes against the run's own noise: a step (after 10 of warm-up)
+    whose log norm lies ≥ 3 robust standard deviations (1.4826·MAD, floored at 0.05) above
+    the median of its neighbours (25 steps either side, the step left out) AND ≥ 3x that
+    median. Info from 3x; warning when one reaches 10x. Neighbours on both sides: a norm
+    that climbs steadily while the model learns (every healthy run's first epoch) is no
+    spike. Measured on the demo runs (examples/oct_cnn.py: its 4x spike at step 115 has
+    z = 3.5; healthy digits runs peak at z = 2.6, 3.3x). References: Hampel 1974 and Leys
+    et al. 2013 (median ± 3·MAD outlier rule); Pascanu et al. 2013 (gradient clipping)."""
+    s = scalar(run, "grad_norm")
+    s = s[np.isfinite(s["value"].astype(float))]
+    if len(s) <= GRAD_SPIKE_WARMUP_STEPS:
+        return []
+    spikes = _grad_spikes(s["value"].to_numpy(float), s["step"].to_numpy())
+    if not spikes:
+        return []
+    clipped = scalar(run, "grad_clipped")
+    clipped_steps = set(clipped.loc[clipped["value"] > 0.5, "step"].astype(int)) if not clipped.empty else set()
+    worst = max(spikes, key=lambda x: x[1] / x[2])
+    n_clipped = sum(st in clipped_steps for st, *_ in spikes)
+    # NaN: not detectable (several ranks: averaging changes gradients as clipping would)
+    clip_note = ("clipping unknown" if clipped.empty or clipped["value"].isna().all()
+                 else f"{n_clipped} of them clipped")
+    severe = worst[1] / worst[2] >= GRAD_SPIKE_FACTOR
+    return [make_finding(
+        "grad_norm_spikes", "warning" if severe else "info", None, (spikes[0][0], spikes[-1][0]),
+        f"{len(spikes)} step(s) with a gradient norm far above its neighbours' median "
+        f"(≥ {GRAD_SPIKE_MIN_FACTOR:g}x and ≥ {GRAD_SPIKE_Z:g} robust stds); the worst at step {worst[0]}: "
+        f"{worst[1]:.3g} vs median {worst[2]:.3g} ({worst[1] / worst[2]:.1f}x; {clip_note}).",
+        ("Clip gradients (torch.nn.utils.clip_grad_norm_, max_norm around the median norm), lower the "
+         "learning rate or add warm-up, and look for outlier batches or labels at those steps." if severe else
+         "Look at the batches of those steps (outliers, wrong labels); if spikes recur or grow, clip gradients "
+         "(torch.nn.utils.clip_grad_norm_) or lower the learning rate."),
+        {"spikes": [{"step": st, "grad_norm": v, "running_median": m, "z": z} for st, v, m, z in spikes[:20]],
+         "count": len(spikes), "clipped": n_clipped, "factor": GRAD_SPIKE_FACTOR,
+         "min_factor": GRAD_SPIKE_MIN_FACTOR, "z_threshold": GRAD_SPIKE_Z},
+        "Hampel 1974; Leys et al. 2013, Detecting outliers (median absolute deviation); Pascanu et al. 2013",
+    )]
+
+
+def _ratio_chart(run, finding: Finding) -> go.Figure | None:
+    if not finding.layer:
+        return None
+    return figures.update_ratio_figure(run.update_ratios(layers=[finding.layer]), finding.layer)
+
+
+@rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
+      "learning rate).", severities=("warning",), evidence=_ratio_chart)
+def rule_update_ratio(run) -> list[Finding]:
+    """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
+    (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for
+    trainable weight matrices and kernels (biases and norm scales left out: their norms
+    start at 0 or 1). Reference: Karpathy's rule of thumb, cs231n, Neural Networks Part 3."""
+    try:
+        ratios = run.update_ratios()
+    except Exception:
+        return []
+    if ratios.empty:
+        return []
+    params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
+    findings = []
+    for layer in layer_order(run, "update", ratios["layer"].unique()):
+        p = params.get(layer)
+        if p is not None and (len(p.get("shape", [])) < 2 or p.get("requires_grad") is False):
+            continue
+        if p is None and not layer.endswith("weight"):
+            continue
+        rows = ratios[(ratios["layer"] == layer) & np.isfinite(ratios["ratio"])].sort_values("step")
+        if "sampled" in rows:  # a zero measured on a sample says nothing (sparse updates miss it)
+            rows = rows[~(rows["sampled"].astype(bool) & (rows["ratio"] == 0))]
+        if len(rows) < 2:
+            continue
+        med = float(rows["ratio"].median())
+        steps = rows["step"].astype(int)
+        ev = {"median_ratio": med, "min_ratio": rows["ratio"].min(), "max_ratio": rows["ratio"].max(),
+              "captures": len(rows), "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH}
+        ref = "Karpathy, cs231n Neural Networks Part 3 (update/weight ratio ~1e-3)"
+        change = "nothing (the ratio is 0)" if med == 0 else f"only {med:.2g} of their norm"
+        if med > UPDATE_RATIO_HIGH:
+            findings.append(make_finding(
+                "update_ratio", "warning", layer, (steps.min(), steps.max()),
+                f"{layer}: each optimizer step changes the weights by {med:.2g} of their norm (median over "
+                f"{len(rows)} captures), far above the healthy ~1e-3 (threshold {UPDATE_RATIO_HIGH:g}).",
+                "Lower the learning rate (or this layer's, with a parameter group), add warm-up and a decay "
+                "schedule, and check that weight decay is not fighting a too-small initialisation.",
+                ev, ref))
+        elif med < UPDATE_RATIO_LOW:
+            findings.append(make_finding(
+                "update_ratio", "warning", layer, (steps.min(), steps.max()),
+                f"{layer}: each optimizer step changes the weights by {change} (median over "
+                f"{len(rows)} captures), far below the healthy ~1e-3 (threshold {UPDATE_RATIO_LOW:g}).",
+                "Raise the learning rate or use an adaptive optimizer (Adam); check for vanishing gradients "
+                "(initialisation, saturating activations) and for a schedule that decayed too early.",
+                ev, ref))
+    return findings
