@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-from diagnostics import figures, health_data, sample_figures, schema
+from diagnostics import figures, health_data, schema
 from diagnostics.figures import empty_figure
 
 
@@ -150,7 +150,7 @@ def evidence_figure(run, finding) -> go.Figure:
         names = ["loss"] + sorted(n for n in s["name"].unique() if n.endswith("/loss") and n != "loss")
         return figures.scalar_figure(s, names, "training vs validation loss", smooth=0.6)
     if rule == "label_noise":
-        return sample_figures.data_map_figure(run.sample_dynamics("train"))
+        return figures.data_map_figure(run.sample_dynamics("train"))
     if (fig := _data_rule_figure(run, finding)) is not None:
         return fig
     return empty_figure("no chart for this finding")

@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import compare_figures
+from diagnostics import figures
 from diagnostics.compare import ALPHA
 from pages import _shared
 
@@ -92,10 +92,10 @@ else:
 # -- charts -------------------------------------------------------------------------------
 if classification:
     chart_left, chart_right = st.columns(2)
-    chart_left.plotly_chart(compare_figures.class_delta_figure(c.per_class), key="compare_classes")
-    chart_right.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+    chart_left.plotly_chart(figures.class_delta_figure(c.per_class), key="compare_classes")
+    chart_right.plotly_chart(figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
 else:
-    st.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+    st.plotly_chart(figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
 
 # -- the samples that changed -------------------------------------------------------------
 st.subheader(f"{good.capitalize()} and {bad} samples")

@@ -5,7 +5,7 @@ mislabeled, and a grid of their inputs."""
 import streamlit as st
 
 from diagnostics import dynamics as dyn
-from diagnostics import errors, figures, sample_figures, schema
+from diagnostics import errors, figures, schema
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
@@ -51,7 +51,7 @@ else:
                "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
                "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
                "and which region its class or tag falls in, is the finding.")
-    st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
+    st.plotly_chart(figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
 top = d.sort_values("label_error_score", ascending=False).head(100)

@@ -6,7 +6,7 @@ same points is shown, labelled as such, with the UMAP's progress; the page then 
 import streamlit as st
 
 from diagnostics import embedding
-from diagnostics.embedding_figures import embedding_figure
+from diagnostics import figures
 from pages import _shared
 
 N_EPOCHS = 200  # as separated as umap's default 500 on our checks, in half the time
@@ -67,7 +67,7 @@ how = {"direct": " (shown as it is)", "pca": " mapped to 2-D with PCA (too few p
        "umap": " mapped to 2-D with UMAP", "pca preview": " — PCA preview (UMAP on its way)"}[status.method]
 st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions{how}. Draw a lasso or box to select.")
 label = {"umap": "UMAP", "pca preview": "PCA preview", "pca": "PCA", "direct": None}[status.method]
-event = st.plotly_chart(embedding_figure(points, samples, color_by=color_by, class_names=class_names, method=label),
+event = st.plotly_chart(figures.embedding_figure(points, samples, color_by=color_by, class_names=class_names, method=label),
                         on_select="rerun", selection_mode=("points", "box", "lasso"),
                         key="emb_preview" if preview else "emb_map")
 picked = embedding.selection_ids(points, event.selection) if event and event.selection else []

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import streamlit as st
 
-from diagnostics import error_figures, errors, slices
+from diagnostics import errors, figures, slices
 from diagnostics import tags as tag_store
 from pages import _shared
 
@@ -117,7 +117,7 @@ if classification:
     with confusion_tab:
         matrix = errors.confusion_matrix(samples, num_classes)
         names = [name(i) for i in range(num_classes)]
-        st.plotly_chart(error_figures.confusion_figure(matrix, names), key="err_confusion")
+        st.plotly_chart(figures.confusion_figure(matrix, names), key="err_confusion")
         c1, c2 = st.columns(2)
         # opens on the largest confusion (off the diagonal), not on class 0 and its worst
         off = np.where(np.eye(num_classes, dtype=bool), -1, matrix)
@@ -135,18 +135,18 @@ if classification:
                                     "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
     with class_tab:
         metrics = errors.class_metrics(samples, num_classes, class_names)
-        st.plotly_chart(error_figures.class_metrics_figure(metrics), key="err_metrics")
+        st.plotly_chart(figures.class_metrics_figure(metrics), key="err_metrics")
         st.dataframe(metrics.drop(columns="class").rename(columns={"name": "class"}), hide_index=True)
     with calib_tab:
         frame, ece = errors.calibration(samples)
-        st.plotly_chart(error_figures.reliability_figure(frame, ece), key="err_reliability")
+        st.plotly_chart(figures.reliability_figure(frame, ece), key="err_reliability")
 else:
     with scatter_tab:
-        st.plotly_chart(error_figures.prediction_figure(samples, unit), key="err_predicted_true")
+        st.plotly_chart(figures.prediction_figure(samples, unit), key="err_predicted_true")
         st.caption(f"One point per evaluated sample{in_unit}; on the dashed line y = x the prediction is exact, "
                    "above it the model overestimates. A cloud flatter than the line is regression to the mean.")
     with calib_tab:
-        st.plotly_chart(error_figures.residual_figure(samples, unit), key="err_residuals")
+        st.plotly_chart(figures.residual_figure(samples, unit), key="err_residuals")
         st.caption(f"Residuals by label range (equal-width bins){in_unit}:")
         st.dataframe(by_label.rename(columns={"mean_residual": f"mean residual{in_unit}", "mae": f"MAE{in_unit}",
                                               "label_lo": f"label from{in_unit}", "label_hi": f"label to{in_unit}"}),
@@ -162,7 +162,7 @@ with slice_tab:
                 "(single features and pairs of them, at least 20 samples, tested with a Bonferroni-corrected "
                 "binomial test).")
     else:
-        st.plotly_chart(error_figures.slices_figure(found), key="err_slices")
+        st.plotly_chart(figures.slices_figure(found), key="err_slices")
         for _, row in found.iterrows():
             text = slices.describe_slice(row)
             st.markdown(f"- {text if classification else text.replace(' wrong', ' with a large error')}")

@@ -3,7 +3,7 @@ its history over training, and its tags and note."""
 
 import streamlit as st
 
-from diagnostics import sample_figures
+from diagnostics import figures
 from pages import _shared
 
 run = _shared.current_run()
@@ -39,18 +39,18 @@ with left:
                       help="Attributions are computed for the worst cases of each evaluation (run.evaluate("
                            "attribute_worst=...)).")
     att = attributions[attributions["method"] == method].iloc[0] if method != "none" else None
-    st.plotly_chart(sample_figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
+    st.plotly_chart(figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
                                                   title=f"sample {sample_id}"), key="sample_preview")
     if not methods:
         st.caption("No attribution for this sample: only the worst cases of an evaluation get them.")
 with right:
     if task == "classification":
-        st.plotly_chart(sample_figures.probability_figure(row["probs"], row["label"], row["prediction"],
+        st.plotly_chart(figures.probability_figure(row["probs"], row["label"], row["prediction"],
                                                           class_names), key="sample_probs")
     inputs = {c.removeprefix("input_"): f"{row[c]:.4g}" for c in samples.columns if c.startswith("input_")}
     if inputs:
         st.caption("Input statistics: " + ", ".join(f"{k} {v}" for k, v in inputs.items()))
-st.plotly_chart(sample_figures.sample_history_figure(records, history, task), key="sample_history")
+st.plotly_chart(figures.sample_history_figure(records, history, task), key="sample_history")
 st.caption(f"History within split **{split}**: its evaluations and, when `run.log_batch(..., ids=, split="
            f"{split!r})` logged it, its per-step records. Ids name samples of one split: training records of "
            "another split with the same id are a different sample and are not shown."

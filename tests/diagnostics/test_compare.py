@@ -324,7 +324,7 @@ def test_comparable_runs_are_the_other_evaluated_runs_of_the_task(tmp_path, pair
 
 
 def test_compare_imports_neither_torch_nor_streamlit():
-    code = ("import sys, diagnostics.compare, diagnostics.compare_figures\n"
+    code = ("import sys, diagnostics.compare, diagnostics.figures.compare\n"
             "print(sorted(m for m in ('torch', 'streamlit', 'hooks', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2])
@@ -338,7 +338,7 @@ def test_loss_scatter_keeps_log_axes_when_some_losses_are_exactly_zero():
     import numpy as np
     import pandas as pd
 
-    from diagnostics.compare_figures import loss_scatter_figure
+    from diagnostics.figures.compare import loss_scatter_figure
 
     samples = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "loss_a": [0.0, 1e-4, 2.0, 0.5],
                             "loss_b": [0.0, 0.0, 0.1, 3.0],

@@ -1,5 +1,5 @@
 """Embedding maps (diagnostics.embedding): pass-through, PCA fallback, UMAP, the cache in the
-run directory, the fit lock, selections; and the map's figure (diagnostics.embedding_figures).
+run directory, the fit lock, selections; and the map's figure (diagnostics.figures.embedding).
 
 Most tests replace the UMAP fit with a fake (`fake_fit`) to test the caching and locking logic
 in milliseconds; the real fits are on a few hundred points, or marked slow.
@@ -20,7 +20,7 @@ import pytest
 
 from diagnostics import embedding
 from diagnostics.embedding import embedding_matrix, is_cached, project, selection_ids, warm_up
-from diagnostics.embedding_figures import embedding_figure
+from diagnostics.figures.embedding import embedding_figure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,7 +102,7 @@ def test_importing_and_2d_maps_never_import_umap_torch_or_streamlit(tmp_path):
     code = f"""
 import sys, numpy as np, pandas as pd
 from diagnostics.embedding import project
-from diagnostics.embedding_figures import embedding_figure
+from diagnostics.figures.embedding import embedding_figure
 s = pd.DataFrame({{"sample_id": ["a", "b", "c"], "embedding": [np.float32([1, 2]), np.float32([3, 4]), np.float32([5, 6])]}})
 p = project({str(tmp_path)!r}, s)
 embedding_figure(p, s)
@@ -465,7 +465,7 @@ def test_selection_ids_from_indices_points_and_streamlit_selections():
         selection_ids(points, [{"point_index": 0}])
 
 
-# -- the figure (diagnostics.embedding_figures) ---------------------------------------------------
+# -- the figure (diagnostics.figures.embedding) ---------------------------------------------------
 
 def review_samples(n: int = 12) -> pd.DataFrame:
     rng = np.random.default_rng(6)
