@@ -19,6 +19,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diagnostics.errors import class_name
 from diagnostics.exceptions import ComparisonError, DiagnosticsError
 from diagnostics.store import Run, list_runs, open_run
 
@@ -93,6 +95,33 @@ class Comparison:
         rows = rows.sort_values(key, ascending=change in ("fixed", "improved", "still_right"), kind="stable")
         rows = rows.reset_index(drop=True)
         return rows if limit is None else rows.head(int(limit))
+
+    @property
+    def outcomes(self) -> tuple[str, str]:
+        """The two changes that count: ("fixed", "broken") or ("improved", "worsened")."""
+        return ("fixed", "broken") if self.task == "classification" else ("improved", "worsened")
+
+    def changed(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+        """The samples that changed, as a review lists them: those B fixed (improved), then
+        those it broke (worsened), each group by how much it moved: sample_id, change, label,
+        prediction_a, prediction_b (class names for classification), and loss_a, loss_b or
+        abs_error_a, abs_error_b.
+
+            c.changed(["CNV", "DME", "DRUSEN", "NORMAL"]).head(20)
+        """
+        good, bad = self.outcomes
+        rows = pd.concat([self.top(good, limit=None), self.top(bad, limit=None)], ignore_index=True)
+        classification = self.task == "classification"
+        shown = (lambda v: class_name(class_names, v)) if classification else (lambda v: v)  # noqa: E731
+        what = "loss" if classification else "abs_error"
+        return rows[["sample_id", "change"]].assign(
+            label=rows["label"].map(shown), prediction_a=rows["prediction_a"].map(shown),
+            prediction_b=rows["prediction_b"].map(shown),
+            **{f"{what}_a": rows[f"{what}_a"], f"{what}_b": rows[f"{what}_b"]})
+
+    def per_class_points(self) -> pd.DataFrame:
+        """`per_class` with recall_a, recall_b and delta in percent (points for the delta)."""
+        return self.per_class.assign(**{col: 100 * self.per_class[col] for col in ("recall_a", "recall_b", "delta")})
 
     def verdict(self, alpha: float = ALPHA) -> str:
         """One sentence: did B fix more than it broke, beyond chance?"""

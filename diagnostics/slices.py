@@ -104,6 +104,17 @@ def _default_features(samples: pd.DataFrame) -> list[str]:
     return features
 
 
+def review_features(samples: pd.DataFrame, task: str) -> list[str]:
+    """The features an error review searches for slices: the input statistics and metadata,
+    the label, the review tags (a `tags` column of lists) and, for classification, the
+    confidence.
+
+        find_slices(samples, "classification", features=review_features(samples, "classification"))
+    """
+    features = [c for c in samples.columns if str(c).startswith(("input_", "meta_"))] + ["label", "tags"]
+    return features + (["confidence"] if task == "classification" else [])
+
+
 def _predicates_for(samples: pd.DataFrame, feature: str, task: str, bins: int) -> list[Predicate]:
     col = samples[feature]
     non_null = col.dropna()
