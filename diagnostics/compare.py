@@ -233,13 +233,15 @@ def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> 
     """The other runs of `folder` that `run` can be compared with: readable, with an evaluation,
     of the same task when both say. One row per run (name, path, created_at, splits,
     same_data): runs evaluated on the same data as `run` (see `same_data`; on `val` when both
-    evaluated it, else their first common split) first, each group most recent first.
+    evaluated it, else their first common split) first, each group most recent first. A run
+    that turns out unreadable while being checked is left out, with why in
+    `frame.attrs["skipped"]` (folder name → message).
 
         comparable_runs("runs", "runs/baseline").query("same_data")["name"]
     """
     me = run if isinstance(run, Run) else open_run(run)
     my_splits = _splits(me)
-    rows = []
+    rows, skipped = [], {}
     for row in list_runs(folder).itertuples():
         if row.state == "broken" or Path(row.path).resolve() == me.path.resolve():
             continue
@@ -252,14 +254,17 @@ def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> 
             common = [s for s in my_splits if s in splits]
             split = "val" if "val" in common else (common[0] if common else None)
             same = split is not None and same_data(me, other, split)
-        except DiagnosticsError:  # broken since it was listed
+        except DiagnosticsError as exc:  # broken since it was listed
+            skipped[Path(row.path).name] = str(exc)
             continue
         rows.append({"name": row.name, "path": row.path, "created_at": row.created_at, "splits": splits,
                      "same_data": same})
     frame = pd.DataFrame(rows, columns=["name", "path", "created_at", "splits", "same_data"])
     frame = frame.astype({"same_data": bool})
     frame = frame.sort_values("created_at", ascending=False, kind="stable")
-    return frame.sort_values("same_data", ascending=False, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values("same_data", ascending=False, kind="stable").reset_index(drop=True)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:

@@ -3,6 +3,7 @@ page's evaluation, samples and tags: `review`), and the cached loaders the pages
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -128,8 +129,23 @@ def pick_evaluation(run: diagnostics.Run, key: str) -> tuple[str, int, str]:
 
 
 def sample_tags(runs_dir: str, dataset: str) -> pd.DataFrame:
-    """Tags of the evaluated data from every run in the folder (read fresh: other tabs write)."""
-    return tag_store.folder_tags(runs_dir, dataset)
+    """Tags of the evaluated data from every run in the folder (read fresh: other tabs write);
+    a run whose review store cannot be read is left out, in one line under the page's title."""
+    return _saying_what_was_skipped(tag_store.folder_tags, runs_dir, dataset)
+
+
+def sample_notes(runs_dir: str, dataset: str) -> pd.DataFrame:
+    """Notes on the evaluated data from every run in the folder, as `sample_tags` reads tags."""
+    return _saying_what_was_skipped(tag_store.folder_notes, runs_dir, dataset)
+
+
+def _saying_what_was_skipped(read, runs_dir: str, dataset: str) -> pd.DataFrame:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        frame = read(runs_dir, dataset)
+    for warning in caught:  # "skipping review tags of RUN: why"
+        st.caption(str(warning.message))
+    return frame
 
 
 def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key: str) -> None:
@@ -174,8 +190,6 @@ def comparable_runs(runs_dir: str, path: str):
 @st.cache_data(show_spinner=False, max_entries=16, ttl=60)
 def comparison(path_a: str, version_a: str, path_b: str, version_b: str, split: str):
     """`diagnostics.compare` of two runs; its warnings are on the result (the page shows them)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return diagnostics.compare(path_a, path_b, split=split)

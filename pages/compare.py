@@ -19,6 +19,8 @@ if not evaluated:
             "evaluated run in the sidebar.")
     st.stop()
 others = _shared.comparable_runs(runs_dir, str(run.path))
+for name, why in others.attrs.get("skipped", {}).items():
+    st.caption(f"{name} is left out: {why}")
 if others.empty:
     st.info(f"Nothing to compare {run.name} with: comparing needs a second run of the same task with an "
             f"evaluation in `{runs_dir}`. Train the changed model with `hooks.watch(..., run_dir=...)` and call "

@@ -96,7 +96,7 @@ with worst_tab:
             st.switch_page("pages/sample.py")
         if len(picked) != 1:
             st.caption(f"Select exactly one row to open it in Sample detail ({len(picked)} selected).")
-        notes = tag_store.folder_notes(r.runs_dir, dataset)
+        notes = _shared.sample_notes(r.runs_dir, dataset)
         if not tags.empty or not notes.empty:
             with tempfile.TemporaryDirectory() as tmp:
                 files = tag_store.export_tagged(samples, tags, notes, Path(tmp) / f"{run.name}-{split}-review")
