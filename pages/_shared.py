@@ -130,7 +130,7 @@ def pick_evaluation(run: diagnostics.Run, key: str) -> tuple[str, int, str]:
 
 def sample_tags(runs_dir: str, dataset: str) -> pd.DataFrame:
     """Tags of the evaluated data from every run in the folder (read fresh: other tabs write);
-    a run whose review store cannot be read is left out, in one line under the page's title."""
+    a run whose review store cannot be read is left out, with why in one line on the page."""
     return _saying_what_was_skipped(tag_store.folder_tags, runs_dir, dataset)
 
 
