@@ -19,6 +19,7 @@ import json
 import math
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diagnostics.errors import class_name
 from diagnostics.exceptions import ComparisonError, DiagnosticsError
 from diagnostics.store import Run, list_runs, open_run
 
@@ -93,6 +95,33 @@ class Comparison:
         rows = rows.sort_values(key, ascending=change in ("fixed", "improved", "still_right"), kind="stable")
         rows = rows.reset_index(drop=True)
         return rows if limit is None else rows.head(int(limit))
+
+    @property
+    def outcomes(self) -> tuple[str, str]:
+        """The two changes that count: ("fixed", "broken") or ("improved", "worsened")."""
+        return ("fixed", "broken") if self.task == "classification" else ("improved", "worsened")
+
+    def changed(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
+        """The samples that changed, as a review lists them: those B fixed (improved), then
+        those it broke (worsened), each group by how much it moved: sample_id, change, label,
+        prediction_a, prediction_b (class names for classification), and loss_a, loss_b or
+        abs_error_a, abs_error_b.
+
+            c.changed(["CNV", "DME", "DRUSEN", "NORMAL"]).head(20)
+        """
+        good, bad = self.outcomes
+        rows = pd.concat([self.top(good, limit=None), self.top(bad, limit=None)], ignore_index=True)
+        classification = self.task == "classification"
+        shown = (lambda v: class_name(class_names, v)) if classification else (lambda v: v)  # noqa: E731
+        what = "loss" if classification else "abs_error"
+        return rows[["sample_id", "change"]].assign(
+            label=rows["label"].map(shown), prediction_a=rows["prediction_a"].map(shown),
+            prediction_b=rows["prediction_b"].map(shown),
+            **{f"{what}_a": rows[f"{what}_a"], f"{what}_b": rows[f"{what}_b"]})
+
+    def per_class_points(self) -> pd.DataFrame:
+        """`per_class` with recall_a, recall_b and delta in percent (points for the delta)."""
+        return self.per_class.assign(**{col: 100 * self.per_class[col] for col in ("recall_a", "recall_b", "delta")})
 
     def verdict(self, alpha: float = ALPHA) -> str:
         """One sentence: did B fix more than it broke, beyond chance?"""
@@ -204,13 +233,15 @@ def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> 
     """The other runs of `folder` that `run` can be compared with: readable, with an evaluation,
     of the same task when both say. One row per run (name, path, created_at, splits,
     same_data): runs evaluated on the same data as `run` (see `same_data`; on `val` when both
-    evaluated it, else their first common split) first, each group most recent first.
+    evaluated it, else their first common split) first, each group most recent first. A run
+    that turns out unreadable while being checked is left out, with why in
+    `frame.attrs["skipped"]` (folder name → message).
 
         comparable_runs("runs", "runs/baseline").query("same_data")["name"]
     """
     me = run if isinstance(run, Run) else open_run(run)
     my_splits = _splits(me)
-    rows = []
+    rows, skipped = [], {}
     for row in list_runs(folder).itertuples():
         if row.state == "broken" or Path(row.path).resolve() == me.path.resolve():
             continue
@@ -223,14 +254,17 @@ def comparable_runs(folder: str | os.PathLike, run: Run | str | os.PathLike) -> 
             common = [s for s in my_splits if s in splits]
             split = "val" if "val" in common else (common[0] if common else None)
             same = split is not None and same_data(me, other, split)
-        except DiagnosticsError:  # broken since it was listed
+        except DiagnosticsError as exc:  # broken since it was listed
+            skipped[Path(row.path).name] = str(exc)
             continue
         rows.append({"name": row.name, "path": row.path, "created_at": row.created_at, "splits": splits,
                      "same_data": same})
     frame = pd.DataFrame(rows, columns=["name", "path", "created_at", "splits", "same_data"])
     frame = frame.astype({"same_data": bool})
     frame = frame.sort_values("created_at", ascending=False, kind="stable")
-    return frame.sort_values("same_data", ascending=False, kind="stable").reset_index(drop=True)
+    frame = frame.sort_values("same_data", ascending=False, kind="stable").reset_index(drop=True)
+    frame.attrs["skipped"] = skipped
+    return frame
 
 
 def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:

@@ -52,8 +52,13 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import dataclass
+
 import numpy as np
 import pandas as pd
+
+from diagnostics.errors import class_name
 
 DYNAMICS_COLUMNS = (
     "sample_id", "split", "n_records", "label", "prediction", "confidence", "variability", "correct_frac",
@@ -229,6 +234,60 @@ def residual_map_regions(dynamics: pd.DataFrame, error_threshold: float, variabi
                       np.where(err > error_threshold, "hard-to-learn", "easy")).astype(object)
     region[np.isnan(err) | np.isnan(var)] = None
     return pd.Series(pd.Categorical(region, categories=list(REGIONS)), index=dynamics.index, name="region")
+
+
+@dataclass(frozen=True)
+class DataMap:
+    """What a data map page shows of `sample_dynamics`: whether it is a regression map, each
+    sample's region, the thresholds used (classification: confidence, variability;
+    regression: error, variability), the region counts and the median records per sample."""
+
+    regression: bool
+    regions: pd.Series
+    thresholds: tuple[float, float]
+    counts: dict[str, int]
+    median_records: int
+
+
+def data_map(dynamics: pd.DataFrame, task: str | None = None) -> DataMap:
+    """Regions by shares, as Swayamdipta et al. 2020 split theirs (midpoint thresholds put
+    nearly all of a short run from scratch in "ambiguous"): `share_thresholds` for
+    classification, `residual_share_thresholds` for regression, which `task` names or, when
+    the manifest does not say, the dynamics show (residuals without confidences).
+
+        m = data_map(run.sample_dynamics("train"), run.manifest.get("task"))
+        m.counts["hard-to-learn"]
+    """
+    regression = task == "regression" or (len(dynamics) > 0 and bool(
+        dynamics["confidence"].isna().all() and dynamics["mean_abs_residual"].notna().any()))
+    if regression:
+        cut = residual_share_thresholds(dynamics)
+        regions = residual_map_regions(dynamics, *cut)
+    else:
+        cut = share_thresholds(dynamics)
+        regions = data_map_regions(dynamics, *cut)
+    counts = regions.value_counts()
+    median = dynamics["n_records"].median() if len(dynamics) else 0
+    return DataMap(regression, regions, cut, {r: int(counts.get(r, 0)) for r in REGIONS},
+                   int(median) if median == median else 0)
+
+
+def label_error_suspects(dynamics: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None = None,
+                         limit: int = 100) -> pd.DataFrame:
+    """The `limit` samples most likely mislabeled (highest `label_error_score` first), as a
+    review lists them: sample_id, label, prediction (class names for classification), score,
+    then confidence, variability, aum and correct (the share of records predicted right), or
+    mean_abs_residual and residual_std (regression), and region."""
+    top = dynamics.sort_values("label_error_score", ascending=False).head(limit)
+    name = (lambda v: v) if data_map.regression else (lambda v: class_name(class_names, v))  # noqa: E731
+    table = top[["sample_id"]].assign(label=top["label"].map(name), prediction=top["prediction"].map(name),
+                                      score=top["label_error_score"])
+    if data_map.regression:
+        table = table.assign(mean_abs_residual=top["mean_abs_residual"], residual_std=top["residual_std"])
+    else:
+        table = table.assign(confidence=top["confidence"], variability=top["variability"], aum=top["aum"],
+                             correct=top["correct_frac"])
+    return table.assign(region=data_map.regions.loc[top.index])
 
 
 def _empty() -> pd.DataFrame:

@@ -175,6 +175,44 @@ def calibration(samples: pd.DataFrame, bins: int = 10) -> tuple[pd.DataFrame, fl
     return table, ece
 
 
+def class_count(manifest: dict, samples: pd.DataFrame) -> int:
+    """How many classes a classification run has: the manifest's `num_classes`, else the
+    length of the evaluated samples' probability vectors (0 without samples)."""
+    if manifest.get("num_classes"):
+        return int(manifest["num_classes"])
+    return len(samples["probs"].iloc[0]) if len(samples) and "probs" in samples else 0
+
+
+def most_confused(matrix: np.ndarray, true_class: int | None = None) -> tuple[int, int]:
+    """The largest off-diagonal cell of a confusion matrix as (true, predicted): where a
+    review opens the drill-down, rather than on class 0. With `true_class`, the class that
+    true class is most often mistaken for (its row's largest off-diagonal cell). Ties go to
+    the first cell; a matrix without errors gives the first off-diagonal one.
+
+        most_confused(np.array([[5, 1], [4, 3]]))      # (1, 0): four 1s predicted as 0
+    """
+    m = np.asarray(matrix)
+    if m.ndim != 2 or m.size == 0:
+        return 0, 0
+    off = np.where(np.eye(m.shape[0], m.shape[1], dtype=bool), -1, m)
+    true = int(np.unravel_index(np.argmax(off), off.shape)[0]) if true_class is None else int(true_class)
+    return true, int(np.argmax(off[true]))
+
+
+def error_headline(samples: pd.DataFrame, task: str) -> dict[str, float]:
+    """The numbers an error review leads with: `samples`, and `accuracy`, `wrong` and `ece`
+    (classification) or `mae`, `rmse` and `bias` (regression, in the target's unit).
+
+        error_headline(run.samples("val"), "classification")["accuracy"]
+    """
+    _check_task(task)
+    if task == "classification":
+        return {"samples": len(samples), "accuracy": float(samples["correct"].mean()),
+                "wrong": int((samples["correct"] == 0).sum()), "ece": calibration(samples)[1]}
+    summary, _ = regression_summary(samples)
+    return {"samples": len(samples), **{k: summary[k] for k in ("mae", "rmse", "bias")}}
+
+
 # -- regression -------------------------------------------------------------------------------
 
 def regression_summary(samples: pd.DataFrame, bins: int = 10) -> tuple[dict[str, float], pd.DataFrame]:

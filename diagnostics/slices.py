@@ -59,7 +59,7 @@ def slice_mask(samples: pd.DataFrame, predicates: Sequence[Predicate]) -> pd.Ser
         elif op == "=":
             mask &= col == value
         elif op == "has":
-            mask &= col.map(lambda v: _is_listlike(v) and value in list(v)).astype(bool)
+            mask &= col.map(lambda v, wanted=value: _is_listlike(v) and wanted in list(v)).astype(bool)
         else:
             raise ValueError(f"unknown slice op {op!r} — use one of {', '.join(_OPS)}")
     return mask.fillna(False).astype(bool)
@@ -102,6 +102,17 @@ def _default_features(samples: pd.DataFrame) -> list[str]:
     features = [c for c in samples.columns if str(c).startswith(("input_", "meta_"))]
     features += [c for c in ("confidence", "label", "tag", "tags") if c in samples]
     return features
+
+
+def review_features(samples: pd.DataFrame, task: str) -> list[str]:
+    """The features an error review searches for slices: the input statistics and metadata,
+    the label, the review tags (a `tags` column of lists) and, for classification, the
+    confidence.
+
+        find_slices(samples, "classification", features=review_features(samples, "classification"))
+    """
+    features = [c for c in samples.columns if str(c).startswith(("input_", "meta_"))] + ["label", "tags"]
+    return features + (["confidence"] if task == "classification" else [])
 
 
 def _predicates_for(samples: pd.DataFrame, feature: str, task: str, bins: int) -> list[Predicate]:
@@ -171,12 +182,7 @@ def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None
         describe_slice(table.iloc[0])   # 'brightness < 0.21: 41% wrong vs 7% overall, 96 samples'
         samples[slice_mask(samples, table.iloc[0]["predicates"])]
     """
-    if task not in ("classification", "regression"):
-        raise ValueError(f"unknown task {task!r} — pass task='classification' or task='regression'")
-    if max_depth not in (1, 2):
-        raise ValueError(f"max_depth={max_depth} — find_slices searches single predicates (1) or pairs (2)")
-    if min_size < 1 or bins < 2:
-        raise ValueError(f"min_size={min_size}, bins={bins} — pass min_size >= 1 and bins >= 2")
+    _check_search(task, max_depth, min_size, bins)
     empty = pd.DataFrame(columns=COLUMNS)
     e_all = _error_indicator(samples, task, error)
     known = np.isfinite(e_all)
@@ -191,28 +197,65 @@ def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None
     missing = [f for f in features if f not in data]
     if missing:
         raise ValueError(f"features {missing} are not columns of the samples — pick from {list(data.columns)}")
+    preds, columns = _single_predicates(data, features, task, bins, min_size)
+    if not preds:
+        return empty
+    found = _Candidates(preds, columns, e, overall, min_size, max_depth)
+    rows = found.report(alpha, top, class_names)
+    return pd.DataFrame(rows, columns=COLUMNS) if rows else empty
 
+
+def _check_search(task: str, max_depth: int, min_size: int, bins: int) -> None:
+    if task not in ("classification", "regression"):
+        raise ValueError(f"unknown task {task!r} — pass task='classification' or task='regression'")
+    if max_depth not in (1, 2):
+        raise ValueError(f"max_depth={max_depth} — find_slices searches single predicates (1) or pairs (2)")
+    if min_size < 1 or bins < 2:
+        raise ValueError(f"min_size={min_size}, bins={bins} — pass min_size >= 1 and bins >= 2")
+
+
+def _single_predicates(data: pd.DataFrame, features: list[str], task: str, bins: int,
+                       min_size: int) -> tuple[list[Predicate], list[np.ndarray]]:
+    """The predicates of each feature that keep at least `min_size` samples and not all, with their masks."""
     preds: list[Predicate] = []
     columns: list[np.ndarray] = []
     for feature in features:
         for p in _predicates_for(data, feature, task, bins):
             m = slice_mask(data, [p]).to_numpy()
-            if min_size <= m.sum() < n:
+            if min_size <= m.sum() < len(data):
                 preds.append(p)
                 columns.append(m)
-    if not preds:
-        return empty
-    member = np.column_stack(columns).astype(np.float32)          # n × candidates
-    size1 = member.sum(axis=0).astype(np.int64)
-    err1 = np.rint(e.astype(np.float32) @ member).astype(np.int64)
-    score1 = (err1 / size1 - overall) * np.sqrt(size1)
+    return preds, columns
 
-    # candidates as (predicate indices, size, errors); the masks are rebuilt only when reported
-    cand_idx: list[tuple[int, ...]] = [(i,) for i in range(len(preds))]
-    sizes, errs = [size1], [err1]
-    if max_depth == 2 and len(preds) > 1:
+
+class _Candidates:
+    """The slices tested: single predicates and (max_depth=2) the pairs that beat both parts,
+    as (predicate indices, size, errors); masks are rebuilt only for the slices reported."""
+
+    def __init__(self, preds: list[Predicate], columns: list[np.ndarray], e: np.ndarray, overall: float,
+                 min_size: int, max_depth: int):
+        self.preds, self.columns, self.e, self.overall, self.min_size = preds, columns, e, overall, min_size
+        member = np.column_stack(columns).astype(np.float32)          # n × candidates
+        size1 = member.sum(axis=0).astype(np.int64)
+        err1 = np.rint(e.astype(np.float32) @ member).astype(np.int64)
+        self.index: list[tuple[int, ...]] = [(i,) for i in range(len(preds))]
+        sizes, errs = [size1], [err1]
+        self.n_tested = len(preds)
+        if max_depth == 2 and len(preds) > 1:
+            pairs, s2, e2, n_pairs = self._pairs(member, size1, err1)
+            self.index += pairs
+            sizes.append(s2)
+            errs.append(e2)
+            self.n_tested += n_pairs
+        self.size, self.errors = np.concatenate(sizes), np.concatenate(errs)
+
+    def _pairs(self, member: np.ndarray, size1: np.ndarray, err1: np.ndarray):
+        """Conjunctions of two predicates (two features, or an interval of one) that beat
+        both their parts' scores by 10%, and how many pairs were tested."""
+        overall, min_size, preds = self.overall, self.min_size, self.preds
+        score1 = (err1 / size1 - overall) * np.sqrt(size1)
         size2 = np.rint(member.T @ member).astype(np.int64)
-        wrong = member[e > 0.5]
+        wrong = member[self.e > 0.5]
         err2 = np.rint(wrong.T @ wrong).astype(np.int64)
         i, j = np.triu_indices(len(preds), k=1)
         feat = np.array([p[0] for p in preds], dtype=object)
@@ -222,35 +265,35 @@ def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None
         ok = distinct & (s2 >= min_size) & (s2 < size1[i]) & (s2 < size1[j])
         i, j, s2, e2 = i[ok], j[ok], s2[ok], e2[ok]
         sc2 = (e2 / s2 - overall) * np.sqrt(s2)
-        n_tested = len(preds) + len(i)
-        gain = (sc2 > _CONJUNCTION_GAIN * np.maximum(score1[i], 0)) & (sc2 > _CONJUNCTION_GAIN * np.maximum(score1[j], 0))
-        cand_idx += list(zip(i[gain].tolist(), j[gain].tolist()))
-        sizes.append(s2[gain])
-        errs.append(e2[gain])
-    else:
-        n_tested = len(preds)
-    size, errors = np.concatenate(sizes), np.concatenate(errs)
-    rate = errors / size
-    score = (rate - overall) * np.sqrt(size)
-    p_value = np.minimum(_binomial_tail(errors, size, overall) * n_tested, 1.0)
-    keep = np.flatnonzero((score > 0) & (p_value < alpha))
-    keep = keep[np.argsort(-score[keep], kind="stable")]
+        best_part = np.maximum(np.maximum(score1[i], 0), np.maximum(score1[j], 0))
+        gain = sc2 > _CONJUNCTION_GAIN * best_part
+        return list(zip(i[gain].tolist(), j[gain].tolist())), s2[gain], e2[gain], len(i)
 
-    rows, covered = [], np.zeros(n, dtype=bool)
-    for k in keep:
-        mask = columns[cand_idx[k][0]]
-        for extra in cand_idx[k][1:]:
-            mask = mask & columns[extra]
-        fresh = mask & ~covered
-        fresh_size = int(fresh.sum())
-        if fresh_size < min_size or _binomial_tail(e[fresh].sum(), fresh_size, overall) * n_tested >= alpha:
-            continue
-        covered |= mask
-        predicates = [preds[i] for i in cand_idx[k]]
-        rows.append({"description": _describe(predicates, class_names), "size": int(size[k]),
-                     "errors": int(errors[k]), "error_rate": float(rate[k]), "overall_rate": overall,
-                     "lift": float(rate[k] / overall), "score": float(score[k]),
-                     "p_value": float(p_value[k]), "predicates": predicates})
-        if len(rows) >= top:
-            break
-    return pd.DataFrame(rows, columns=COLUMNS) if rows else empty
+    def report(self, alpha: float, top: int, class_names: Sequence[str] | None) -> list[dict]:
+        """Significant slices best first, each only if its samples outside those already
+        reported still number `min_size` and pass the same test."""
+        size, errors, overall, n_tested = self.size, self.errors, self.overall, self.n_tested
+        rate = errors / size
+        score = (rate - overall) * np.sqrt(size)
+        p_value = np.minimum(_binomial_tail(errors, size, overall) * n_tested, 1.0)
+        keep = np.flatnonzero((score > 0) & (p_value < alpha))
+        keep = keep[np.argsort(-score[keep], kind="stable")]
+        rows, covered = [], np.zeros(len(self.e), dtype=bool)
+        for k in keep:
+            mask = self.columns[self.index[k][0]]
+            for extra in self.index[k][1:]:
+                mask = mask & self.columns[extra]
+            fresh = mask & ~covered
+            fresh_size = int(fresh.sum())
+            if fresh_size < self.min_size or \
+                    _binomial_tail(self.e[fresh].sum(), fresh_size, overall) * n_tested >= alpha:
+                continue
+            covered |= mask
+            predicates = [self.preds[i] for i in self.index[k]]
+            rows.append({"description": _describe(predicates, class_names), "size": int(size[k]),
+                         "errors": int(errors[k]), "error_rate": float(rate[k]), "overall_rate": overall,
+                         "lift": float(rate[k] / overall), "score": float(score[k]),
+                         "p_value": float(p_value[k]), "predicates": predicates})
+            if len(rows) >= top:
+                break
+        return rows

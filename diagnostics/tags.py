@@ -82,7 +82,8 @@ def _clean_tag(tag: str) -> str:
     if not text:
         raise TagError("empty tag — type a word or pick one of the suggested tags")
     if len(text) > MAX_TAG_LENGTH:
-        raise TagError(f"tag is {len(text)} characters long; the limit is {MAX_TAG_LENGTH} (write longer text as a note)")
+        raise TagError(f"tag is {len(text)} characters long; the limit is {MAX_TAG_LENGTH} "
+                       "(write longer text as a note)")
     if ";" in text:
         raise TagError(f"tag {text!r} contains ';', which separates tags in the CSV export")
     return text
@@ -306,7 +307,8 @@ class TagStore:
             if note:
                 con.execute(
                     "INSERT INTO notes (dataset, sample_id, note, updated_at) VALUES (?, ?, ?, ?) "
-                    "ON CONFLICT (dataset, sample_id) DO UPDATE SET note = excluded.note, updated_at = excluded.updated_at",
+                    "ON CONFLICT (dataset, sample_id) DO UPDATE SET note = excluded.note, "
+                    "updated_at = excluded.updated_at",
                     (dataset, sample_id, note, time.time()),
                 )
             else:
@@ -373,6 +375,18 @@ def folder_notes(runs_folder: str | os.PathLike, dataset: str) -> pd.DataFrame:
                            "WHERE dataset = ? ORDER BY sample_id", _NOTE_COLUMNS)
     frame = frame.sort_values(["sample_id", "updated_at"], kind="stable").reset_index(drop=True)
     return frame[["sample_id", "note", "run", "updated_at"]]
+
+
+def with_tag_lists(samples: pd.DataFrame, tags: pd.DataFrame) -> pd.DataFrame:
+    """`samples` with a `tags` column: the sorted tags of each sample (from `folder_tags`),
+    an empty list for an untagged one.
+
+        with_tag_lists(run.samples("val"), folder_tags("runs", dataset))["tags"]
+    """
+    lists = tags.groupby("sample_id")["tag"].apply(lambda t: sorted(set(t))) if not tags.empty else None
+    out = samples.assign(tags=samples["sample_id"].map(lists) if lists is not None else None)
+    out["tags"] = out["tags"].apply(lambda t: t if isinstance(t, list) else [])
+    return out
 
 
 def export_tagged(samples: pd.DataFrame, tags: pd.DataFrame, notes: pd.DataFrame,

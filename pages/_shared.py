@@ -1,12 +1,18 @@
-"""What every page does first: get the picked run, or explain why there is none."""
+"""What every page does first (get the picked run, or explain why there is none; a review
+page's evaluation, samples and tags: `review`), and the cached loaders the pages read through."""
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
 import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import badges
+from diagnostics import badges, errors, overview
+from diagnostics import dynamics as dyn
 from diagnostics import tags as tag_store
 
 
@@ -123,15 +129,23 @@ def pick_evaluation(run: diagnostics.Run, key: str) -> tuple[str, int, str]:
 
 
 def sample_tags(runs_dir: str, dataset: str) -> pd.DataFrame:
-    """Tags of the evaluated data from every run in the folder (read fresh: other tabs write)."""
-    return tag_store.folder_tags(runs_dir, dataset)
+    """Tags of the evaluated data from every run in the folder (read fresh: other tabs write);
+    a run whose review store cannot be read is left out, with why in one line on the page."""
+    return _saying_what_was_skipped(tag_store.folder_tags, runs_dir, dataset)
 
 
-def class_label(class_names, value) -> str:
-    if pd.isna(value):
-        return "—"
-    i = int(value)
-    return class_names[i] if class_names and 0 <= i < len(class_names) else str(i)
+def sample_notes(runs_dir: str, dataset: str) -> pd.DataFrame:
+    """Notes on the evaluated data from every run in the folder, as `sample_tags` reads tags."""
+    return _saying_what_was_skipped(tag_store.folder_notes, runs_dir, dataset)
+
+
+def _saying_what_was_skipped(read, runs_dir: str, dataset: str) -> pd.DataFrame:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        frame = read(runs_dir, dataset)
+    for warning in caught:  # "skipping review tags of RUN: why"
+        st.caption(str(warning.message))
+    return frame
 
 
 def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key: str) -> None:
@@ -176,8 +190,75 @@ def comparable_runs(runs_dir: str, path: str):
 @st.cache_data(show_spinner=False, max_entries=16, ttl=60)
 def comparison(path_a: str, version_a: str, path_b: str, version_b: str, split: str):
     """`diagnostics.compare` of two runs; its warnings are on the result (the page shows them)."""
-    import warnings
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return diagnostics.compare(path_a, path_b, split=split)
+
+
+@st.cache_data(ttl=5, show_spinner=False)
+def run_list(folder: str) -> pd.DataFrame:
+    return diagnostics.list_runs(folder)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def module_table(path: str, version: str) -> pd.DataFrame:
+    return overview.module_table(diagnostics.open_run(path).manifest)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def error_headline(path: str, version: str, split: str, step: int, task: str) -> dict:
+    return errors.error_headline(samples(path, version, split, step), task)
+
+
+@st.cache_data(show_spinner=False, max_entries=32)
+def confusion(path: str, version: str, split: str, step: int, num_classes: int) -> np.ndarray:
+    return errors.confusion_matrix(samples(path, version, split, step), num_classes)
+
+
+@st.cache_data(show_spinner=False, max_entries=16)
+def data_map(path: str, version: str, task: str | None) -> dyn.DataMap:
+    return dyn.data_map(dynamics(path, version, "train"), task)
+
+
+@dataclass(frozen=True)
+class Review:
+    """What a review page starts from: the run picked in the sidebar, its task and class
+    names, the runs folder and, when the page picks an evaluation, its split, step, dataset
+    key, samples and the folder's tags of that dataset."""
+
+    run: diagnostics.Run
+    path: str
+    version: str
+    runs_dir: str
+    task: str
+    class_names: list[str] | None
+    split: str = ""
+    step: int = -1
+    dataset: str = ""
+    samples: pd.DataFrame | None = None
+    tags: pd.DataFrame | None = None
+
+    @property
+    def classification(self) -> bool:
+        return self.task == "classification"
+
+    def class_label(self, value) -> str:
+        """A class index as its name ("—" when missing)."""
+        return errors.class_name(self.class_names, value)
+
+
+def review(title: str, key: str | None = None) -> Review:
+    """The picked run under the page's `title`; with `key`, also the split and evaluation
+    pickers (stopping the page when the run has no evaluation), that evaluation's samples
+    and the tags of its data from every run in the folder (read fresh: other tabs write)."""
+    run = current_run()
+    path, version = str(run.path), run.data_version()
+    st.title(title)
+    found = Review(run=run, path=path, version=version,
+                   runs_dir=st.session_state.get("runs_dir", str(run.path.parent)),
+                   task=run.manifest.get("task") or "classification", class_names=run.manifest.get("class_names"))
+    if key is None:
+        return found
+    split, step, dataset = pick_evaluation(run, key)
+    return replace(found, split=split, step=step, dataset=dataset, samples=samples(path, version, split, step),
+                   tags=sample_tags(found.runs_dir, dataset))

@@ -3,17 +3,15 @@ the sidebar), whether that is more than chance, per class, and what else differs
 
 from pathlib import Path
 
-import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import compare_figures
+from diagnostics import figures
 from diagnostics.compare import ALPHA
 from pages import _shared
 
-run = _shared.current_run()
-st.title("Compare runs")
-runs_dir = st.session_state.get("runs_dir", str(run.path.parent))
+r = _shared.review("Compare runs")
+run, runs_dir = r.run, r.runs_dir
 evaluated = list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or []))
 if not evaluated:
     st.info(f"Run A ({run.name}, picked in the sidebar) has no evaluation to compare. Add "
@@ -21,6 +19,8 @@ if not evaluated:
             "evaluated run in the sidebar.")
     st.stop()
 others = _shared.comparable_runs(runs_dir, str(run.path))
+for name, why in others.attrs.get("skipped", {}).items():
+    st.caption(f"{name} is left out: {why}")
 if others.empty:
     st.info(f"Nothing to compare {run.name} with: comparing needs a second run of the same task with an "
             f"evaluation in `{runs_dir}`. Train the changed model with `hooks.watch(..., run_dir=...)` and call "
@@ -69,14 +69,13 @@ for note in c.warnings:
 cols = st.columns(6)
 cols[0].metric("Samples in both", f"{s['shared']:,}",
                help=f"{s['only_a']} only in A, {s['only_b']} only in B: every number here covers the shared ones")
+good, bad = c.outcomes
 if classification:
     cols[1].metric("Accuracy A", f"{s['accuracy_a']:.1%}")
     cols[2].metric("Accuracy B", f"{s['accuracy_b']:.1%}", delta=f"{100 * s['accuracy_delta']:+.1f} points")
-    good, bad = "fixed", "broken"
 else:
     cols[1].metric("MAE A", f"{s['mae_a']:.4g}")
     cols[2].metric("MAE B", f"{s['mae_b']:.4g}", delta=f"{s['mae_delta']:+.3g}", delta_color="inverse")
-    good, bad = "improved", "worsened"
 cols[3].metric(good.capitalize(), f"{s[good]:,}", help="wrong in A, right in B" if classification else
                f"|error| fell by more than {s['tolerance']:.3g} (10% of A's median |error|)")
 cols[4].metric(bad.capitalize(), f"{s[bad]:,}", help="right in A, wrong in B" if classification else
@@ -92,25 +91,19 @@ else:
 # -- charts -------------------------------------------------------------------------------
 if classification:
     chart_left, chart_right = st.columns(2)
-    chart_left.plotly_chart(compare_figures.class_delta_figure(c.per_class), key="compare_classes")
-    chart_right.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+    chart_left.plotly_chart(figures.class_delta_figure(c.per_class), key="compare_classes")
+    chart_right.plotly_chart(figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
 else:
-    st.plotly_chart(compare_figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
+    st.plotly_chart(figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
 
 # -- the samples that changed -------------------------------------------------------------
 st.subheader(f"{good.capitalize()} and {bad} samples")
-changed = pd.concat([c.top(good, limit=None), c.top(bad, limit=None)], ignore_index=True)
-if changed.empty:
+table = c.changed(r.class_names)
+if table.empty:
     st.info(f"No shared sample was {good} or {bad}.")
 else:
-    class_names = run.manifest.get("class_names")
-    shown = (lambda v: _shared.class_label(class_names, v)) if classification else (lambda v: v)  # noqa: E731
     what = "loss" if classification else "abs_error"
-    table = changed[["sample_id", "change"]].assign(
-        label=changed["label"].map(shown), prediction_a=changed["prediction_a"].map(shown),
-        prediction_b=changed["prediction_b"].map(shown), **{f"{what}_a": changed[f"{what}_a"],
-                                                            f"{what}_b": changed[f"{what}_b"]})
-    st.caption(f"{len(changed):,} samples{' (the first 1,000 shown)' if len(changed) > 1000 else ''}, {good} first, "
+    st.caption(f"{len(table):,} samples{' (the first 1,000 shown)' if len(table) > 1000 else ''}, {good} first, "
                f"each group by how much the {'loss' if classification else '|error|'} moved. Select a row to open it "
                "in Sample detail.")
     number = st.column_config.NumberColumn(format="%.3f")
@@ -130,8 +123,7 @@ tabs = st.tabs((["Per class"] if classification else []) + ["Configuration", "Fi
 config_tab, scalar_tab, health_tab = tabs[-3:]
 if classification:
     with tabs[0]:
-        percent = {col: 100 * c.per_class[col] for col in ("recall_a", "recall_b", "delta")}
-        st.dataframe(c.per_class.assign(**percent), hide_index=True, key="compare_classes_table",
+        st.dataframe(c.per_class_points(), hide_index=True, key="compare_classes_table",
                      column_config={"recall_a": st.column_config.NumberColumn("recall A", format="%.1f%%"),
                                     "recall_b": st.column_config.NumberColumn("recall B", format="%.1f%%"),
                                     "delta": st.column_config.NumberColumn("B − A (points)", format="%+.1f")})

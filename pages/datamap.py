@@ -5,39 +5,30 @@ mislabeled, and a grid of their inputs."""
 import streamlit as st
 
 from diagnostics import dynamics as dyn
-from diagnostics import errors, figures, sample_figures, schema
+from diagnostics import errors, figures, schema
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
 
-run = _shared.current_run()
-path, version = str(run.path), run.data_version()
-st.title("Data map")
+r = _shared.review("Data map")
+path, version = r.path, r.version
 d = _shared.dynamics(path, version, "train")
 if d.empty:
     st.info("No training dynamics in this run. Pass sample ids when logging batches — "
             "`run.log_batch(outputs, labels, ids=batch_indices, loss=loss)` — to record every sample "
             "on every step.")
     st.stop()
-regression = (run.manifest.get("task") == "regression"
-              or (d["confidence"].isna().all() and d["mean_abs_residual"].notna().any()))
-class_names = None if regression else run.manifest.get("class_names")
-unit = errors.target_unit(run.manifest) if regression else None
+found = _shared.data_map(path, version, r.run.manifest.get("task"))
+regression, regions, cut = found.regression, found.regions, found.thresholds
+class_names = None if regression else r.class_names
+unit = errors.target_unit(r.run.manifest) if regression else None
 in_unit = f" ({unit})" if unit else ""
-if regression:
-    cut = dyn.residual_share_thresholds(d)
-    regions = dyn.residual_map_regions(d, *cut)
-else:
-    # the paper's split by shares (midpoint thresholds put nearly all of a short run from
-    # scratch in "ambiguous")
-    regions = dyn.data_map_regions(d, *dyn.share_thresholds(d))
-counts = regions.value_counts()
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
-for col, region in zip(cols[1:], ("easy", "ambiguous", "hard-to-learn")):
-    col.metric(region.capitalize(), f"{int(counts.get(region, 0)):,}")
+for col, region in zip(cols[1:], dyn.REGIONS):
+    col.metric(region.capitalize(), f"{found.counts[region]:,}")
 if regression:
-    records = int(d["n_records"].median())
+    records = found.median_records
     st.caption(f"Each point is a training sample over its training records (median {records}). x: the standard "
                f"deviation of its residual (prediction − target) over those records, y: its mean |residual|, both "
                f"in {unit or 'the target unit'}. Regions by shares, as in Swayamdipta et al. 2020: the most variable "
@@ -51,20 +42,11 @@ else:
                "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
                "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
                "and which region its class or tag falls in, is the finding.")
-    st.plotly_chart(sample_figures.data_map_figure(d, regions), key="datamap_scatter")
+    st.plotly_chart(figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
-top = d.sort_values("label_error_score", ascending=False).head(100)
-thumbs = _shared.thumbnails(path, version, "train", tuple(top["sample_id"]))
-name = (lambda v: v) if regression else (lambda v: errors.class_name(class_names, v))  # noqa: E731
-table = top[["sample_id"]].assign(label=top["label"].map(name), prediction=top["prediction"].map(name),
-                                  score=top["label_error_score"])
-if regression:
-    table = table.assign(mean_abs_residual=top["mean_abs_residual"], residual_std=top["residual_std"])
-else:
-    table = table.assign(confidence=top["confidence"], variability=top["variability"], aum=top["aum"],
-                         correct=top["correct_frac"])
-table = table.assign(region=regions.loc[top.index])
+table = dyn.label_error_suspects(d, found, class_names)
+thumbs = _shared.thumbnails(path, version, "train", tuple(table["sample_id"]))
 if thumbs.notna().any():
     table = table.assign(input=table["sample_id"].map(thumbs))[["input", *table.columns]]
 value = st.column_config.NumberColumn
@@ -79,7 +61,7 @@ event = st.dataframe(
                    "mean_abs_residual": value(f"mean |residual|{in_unit}", format="%.2f"),
                    "residual_std": value(f"residual std{in_unit}", format="%.2f")})
 picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
-_shared.tagging_form(run, schema.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
+_shared.tagging_form(r.run, schema.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
 if regression:
     st.caption(f"Score: the mean |residual| over training{in_unit}, weighted with the step so late records count "
                "most: a wrong target stays far from the prediction after the model has fitted the rest.")

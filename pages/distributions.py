@@ -3,7 +3,7 @@ layers side by side at one step."""
 
 import streamlit as st
 
-from diagnostics import figures, schema
+from diagnostics import figures, overview, schema
 from pages import _shared
 
 run = _shared.current_run()
@@ -26,7 +26,7 @@ several = int(run.manifest.get("world_size") or 1) > 1
 left, right, *rest = st.columns([1.4, 3, 0.8] if several else [1.4, 3])
 kind = left.selectbox("Kind", available, format_func=lambda k: f"{k} — {DESCRIPTIONS[k]}", key="dist_kind")
 layer_names = _shared.layers(path, version, kind)
-types = {m["name"]: m["type"] for m in run.manifest.get("modules", [])}
+types = overview.module_types(run.manifest)
 layer = right.selectbox("Layer", layer_names, key=f"dist_layer_{kind}",
                         format_func=lambda n: figures.layer_label(n, types))
 if several:
@@ -54,7 +54,8 @@ if kind == "update":
 
 st.subheader("All layers at one step")
 step_list = _shared.steps(path, version, kind)
-step = st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1 else step_list[0]
+step = (st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1
+        else step_list[0])
 at_step = _shared.distributions(path, version, kind, steps=(step,), rank=rank)
 st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}",
-                                             layer_types=types), width="stretch")
+                                              layer_types=types), width="stretch")

@@ -5,31 +5,23 @@ same points is shown, labelled as such, with the UMAP's progress; the page then 
 
 import streamlit as st
 
-from diagnostics import embedding
-from diagnostics.embedding_figures import embedding_figure
+from diagnostics import embedding, figures
 from pages import _shared
 
 N_EPOCHS = 200  # as separated as umap's default 500 on our checks, in half the time
 
-run = _shared.current_run()
-path, version = str(run.path), run.data_version()
-st.title("Embedding map")
-split, step, dataset = _shared.pick_evaluation(run, "emb")
-task = run.manifest.get("task") or "classification"
-class_names = run.manifest.get("class_names")
-samples = _shared.samples(path, version, split, step)
-tags = _shared.sample_tags(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
+r = _shared.review("Embedding map", "emb")
+samples, tags = r.samples, r.tags
 
 left, mid, right = st.columns(3)
-if task == "classification":
+if r.classification:
     classes = sorted(samples["label"].dropna().astype(int).unique())
-    keep = left.multiselect("True class", classes, format_func=lambda v: _shared.class_label(class_names, v),
-                            key="emb_classes")
+    keep = left.multiselect("True class", classes, format_func=r.class_label, key="emb_classes")
     if keep:
         samples = samples[samples["label"].isin(keep)]
     if mid.toggle("Only wrong predictions", key="emb_wrong"):
         samples = samples[samples["correct"] == 0]
-options = (["correct", "label", "prediction", "loss"] if task == "classification" else ["loss", "label", "prediction"])
+options = (["correct", "label", "prediction", "loss"] if r.classification else ["loss", "label", "prediction"])
 tag_names = sorted(tags["tag"].unique()) if not tags.empty else []
 color_by = right.selectbox("Colour by", options + [f"tag: {t}" for t in tag_names], key="emb_color")
 if color_by.startswith("tag: "):
@@ -40,7 +32,7 @@ if samples.empty:
     st.info("No sample matches the filters.")
     st.stop()
 try:
-    points, status = embedding.project_or_preview(path, samples, n_epochs=N_EPOCHS)
+    points, status = embedding.project_or_preview(r.path, samples, n_epochs=N_EPOCHS)
 except ValueError as exc:
     st.warning(f"No map: {exc}")
     st.stop()
@@ -67,11 +59,11 @@ how = {"direct": " (shown as it is)", "pca": " mapped to 2-D with PCA (too few p
        "umap": " mapped to 2-D with UMAP", "pca preview": " — PCA preview (UMAP on its way)"}[status.method]
 st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions{how}. Draw a lasso or box to select.")
 label = {"umap": "UMAP", "pca preview": "PCA preview", "pca": "PCA", "direct": None}[status.method]
-event = st.plotly_chart(embedding_figure(points, samples, color_by=color_by, class_names=class_names, method=label),
-                        on_select="rerun", selection_mode=("points", "box", "lasso"),
+figure = figures.embedding_figure(points, samples, color_by=color_by, class_names=r.class_names, method=label)
+event = st.plotly_chart(figure, on_select="rerun", selection_mode=("points", "box", "lasso"),
                         key="emb_preview" if preview else "emb_map")
 picked = embedding.selection_ids(points, event.selection) if event and event.selection else []
 if picked:
     chosen = samples[samples["sample_id"].isin(picked)]
     st.dataframe(chosen[["sample_id", "label", "prediction", "loss"]], hide_index=True, key="emb_picked")
-_shared.tagging_form(run, dataset, picked, "embedding")
+_shared.tagging_form(r.run, r.dataset, picked, "embedding")

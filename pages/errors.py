@@ -4,43 +4,34 @@ drill-down, calibration or residuals, where errors concentrate, tagging and expo
 import tempfile
 from pathlib import Path
 
-import numpy as np
 import streamlit as st
 
-from diagnostics import error_figures, errors, slices
+from diagnostics import errors, figures, slices
 from diagnostics import tags as tag_store
 from pages import _shared
 
-run = _shared.current_run()
-path, version = str(run.path), run.data_version()
-st.title("Error review")
-split, step, dataset = _shared.pick_evaluation(run, "errors")
-task = run.manifest.get("task") or "classification"
-class_names = run.manifest.get("class_names")
-samples = _shared.samples(path, version, split, step)
-tags = _shared.sample_tags(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
-tag_lists = tags.groupby("sample_id")["tag"].apply(lambda t: sorted(set(t))) if not tags.empty else None
-samples = samples.assign(tags=samples["sample_id"].map(tag_lists) if tag_lists is not None else None)
-samples["tags"] = samples["tags"].apply(lambda t: t if isinstance(t, list) else [])
-classification = task == "classification"
-num_classes = int(run.manifest.get("num_classes") or (len(samples["probs"].iloc[0]) if classification else 0))
-name = lambda v: _shared.class_label(class_names, v)  # noqa: E731
+r = _shared.review("Error review", "errors")
+run, path, version, split, dataset = r.run, r.path, r.version, r.split, r.dataset
+task, class_names, tags = r.task, r.class_names, r.tags
+samples = tag_store.with_tag_lists(r.samples, tags)
+classification = r.classification
+num_classes = errors.class_count(run.manifest, samples) if classification else 0
+name = r.class_label
 unit = None if classification else errors.target_unit(run.manifest)
 in_unit = f" ({unit})" if unit else ""
 
 # -- headline -----------------------------------------------------------------------------
+head = _shared.error_headline(path, version, split, r.step, task)
 cols = st.columns(4)
-cols[0].metric("Samples", f"{len(samples):,}")
+cols[0].metric("Samples", f"{head['samples']:,}")
 if classification:
-    wrong = int((samples["correct"] == 0).sum())
-    cols[1].metric("Accuracy", f"{samples['correct'].mean():.1%}")
-    cols[2].metric("Wrong", f"{wrong:,}")
-    cols[3].metric("Calibration error (ECE)", f"{errors.calibration(samples)[1]:.3f}")
+    cols[1].metric("Accuracy", f"{head['accuracy']:.1%}")
+    cols[2].metric("Wrong", f"{head['wrong']:,}")
+    cols[3].metric("Calibration error (ECE)", f"{head['ece']:.3f}")
 else:
-    summary, by_label = errors.regression_summary(samples)
-    cols[1].metric(f"MAE{in_unit}", f"{summary['mae']:.3g}")
-    cols[2].metric(f"RMSE{in_unit}", f"{summary['rmse']:.3g}")
-    cols[3].metric(f"Bias{in_unit}", f"{summary['bias']:+.3g}", help="mean residual (prediction − label)")
+    cols[1].metric(f"MAE{in_unit}", f"{head['mae']:.3g}")
+    cols[2].metric(f"RMSE{in_unit}", f"{head['rmse']:.3g}")
+    cols[3].metric(f"Bias{in_unit}", f"{head['bias']:+.3g}", help="mean residual (prediction − label)")
     st.caption(errors.regression_loss_note(unit, run.manifest.get("loss_fn")))
 
 # -- filters ------------------------------------------------------------------------------
@@ -105,7 +96,7 @@ with worst_tab:
             st.switch_page("pages/sample.py")
         if len(picked) != 1:
             st.caption(f"Select exactly one row to open it in Sample detail ({len(picked)} selected).")
-        notes = tag_store.folder_notes(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
+        notes = _shared.sample_notes(r.runs_dir, dataset)
         if not tags.empty or not notes.empty:
             with tempfile.TemporaryDirectory() as tmp:
                 files = tag_store.export_tagged(samples, tags, notes, Path(tmp) / f"{run.name}-{split}-review")
@@ -115,16 +106,15 @@ with worst_tab:
 
 if classification:
     with confusion_tab:
-        matrix = errors.confusion_matrix(samples, num_classes)
+        matrix = _shared.confusion(path, version, split, r.step, num_classes)
         names = [name(i) for i in range(num_classes)]
-        st.plotly_chart(error_figures.confusion_figure(matrix, names), key="err_confusion")
+        st.plotly_chart(figures.confusion_figure(matrix, names), key="err_confusion")
         c1, c2 = st.columns(2)
         # opens on the largest confusion (off the diagonal), not on class 0 and its worst
-        off = np.where(np.eye(num_classes, dtype=bool), -1, matrix)
-        worst_true = int(np.unravel_index(np.argmax(off), off.shape)[0]) if off.size else 0
+        worst_true, _ = errors.most_confused(matrix)
         t = c1.selectbox("True class", range(num_classes), format_func=name, key="cell_true", index=worst_true)
         p = c2.selectbox("Predicted class", range(num_classes), format_func=name, key="cell_pred",
-                         index=int(np.argmax(np.where(np.eye(num_classes, dtype=bool), -1, matrix)[t])))
+                         index=errors.most_confused(matrix, t)[1])
         cell = errors.confusion_cell(samples, t, p)
         st.caption(f"{len(cell)} samples labelled {name(t)} and predicted {name(p)}")
         cell_table = _with_thumbnails(errors.review_table(cell, task, class_names)[
@@ -135,34 +125,32 @@ if classification:
                                     "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
     with class_tab:
         metrics = errors.class_metrics(samples, num_classes, class_names)
-        st.plotly_chart(error_figures.class_metrics_figure(metrics), key="err_metrics")
+        st.plotly_chart(figures.class_metrics_figure(metrics), key="err_metrics")
         st.dataframe(metrics.drop(columns="class").rename(columns={"name": "class"}), hide_index=True)
     with calib_tab:
         frame, ece = errors.calibration(samples)
-        st.plotly_chart(error_figures.reliability_figure(frame, ece), key="err_reliability")
+        st.plotly_chart(figures.reliability_figure(frame, ece), key="err_reliability")
 else:
     with scatter_tab:
-        st.plotly_chart(error_figures.prediction_figure(samples, unit), key="err_predicted_true")
+        st.plotly_chart(figures.prediction_figure(samples, unit), key="err_predicted_true")
         st.caption(f"One point per evaluated sample{in_unit}; on the dashed line y = x the prediction is exact, "
                    "above it the model overestimates. A cloud flatter than the line is regression to the mean.")
     with calib_tab:
-        st.plotly_chart(error_figures.residual_figure(samples, unit), key="err_residuals")
+        st.plotly_chart(figures.residual_figure(samples, unit), key="err_residuals")
+        _, by_label = errors.regression_summary(samples)
         st.caption(f"Residuals by label range (equal-width bins){in_unit}:")
         st.dataframe(by_label.rename(columns={"mean_residual": f"mean residual{in_unit}", "mae": f"MAE{in_unit}",
                                               "label_lo": f"label from{in_unit}", "label_hi": f"label to{in_unit}"}),
                      hide_index=True, key="err_by_label")
 
 with slice_tab:
-    features = [c for c in samples.columns if c.startswith(("input_", "meta_"))] + ["label", "tags"]
-    if classification:
-        features.append("confidence")
-    found = slices.find_slices(samples, task, features=features, class_names=class_names)
+    found = slices.find_slices(samples, task, features=slices.review_features(samples, task), class_names=class_names)
     if found.empty:
         st.info("No slice of the data has an error rate significantly above the overall rate "
                 "(single features and pairs of them, at least 20 samples, tested with a Bonferroni-corrected "
                 "binomial test).")
     else:
-        st.plotly_chart(error_figures.slices_figure(found), key="err_slices")
+        st.plotly_chart(figures.slices_figure(found), key="err_slices")
         for _, row in found.iterrows():
             text = slices.describe_slice(row)
             st.markdown(f"- {text if classification else text.replace(' wrong', ' with a large error')}")

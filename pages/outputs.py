@@ -4,6 +4,7 @@ at one step and over steps — the first check after a baseline run."""
 import streamlit as st
 
 from diagnostics import errors, figures
+from diagnostics import outputs as outputs_of
 from pages import _shared
 
 run = _shared.current_run()
@@ -18,19 +19,11 @@ if outputs.empty or labels.empty:
             "`run.log_batch(outputs, labels)` in your loop.")
     st.stop()
 
-splits = sorted({layer.split("/")[0] for layer in labels["layer"]})
+splits = outputs_of.output_splits(labels)
 split = st.selectbox("Split", splits, key="outputs_split") if len(splits) > 1 else splits[0]
 class_names = run.manifest.get("class_names")
-
-if f"{split}/class" in set(labels["layer"]):
-    out = outputs[outputs["layer"] == f"{split}/class"]
-    lab = labels[labels["layer"] == f"{split}/class"]
-else:
-    out = outputs[outputs["layer"] == f"{split}/value"]
-    lab = labels[labels["layer"] == f"{split}/value"]
-classification = f"{split}/class" in set(labels["layer"])
-
-step_list = sorted(set(out["step"]) & set(lab["step"]))
+chosen = outputs_of.split_outputs(outputs, labels, split)
+out, lab, classification, step_list = chosen.outputs, chosen.labels, chosen.classification, chosen.steps
 pooled = classification and st.toggle(
     "Pool every captured step", value=False, key="outputs_pool",
     help="One captured batch is small; pooling sums the class counts of all captures")
@@ -38,7 +31,8 @@ if pooled:
     o, l = figures.pooled_class_counts(out), figures.pooled_class_counts(lab)
     title = f"class shares, {len(step_list)} captures pooled"
 else:
-    step = st.select_slider("Step", step_list, value=step_list[-1], key="outputs_step") if len(step_list) > 1 else step_list[0]
+    step = (st.select_slider("Step", step_list, value=step_list[-1], key="outputs_step") if len(step_list) > 1
+            else step_list[0])
     o = out[out["step"] == step].iloc[0]
     l = lab[lab["step"] == step].iloc[0]
     title = f"class shares at step {step}" if classification else f"values at step {step}"

@@ -1,19 +1,10 @@
 """Overview: what the run is, and its loss and learning-rate curves (other runs overlaid)."""
 
-from pathlib import Path
-
-import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import figures, schema
+from diagnostics import figures, overview
 from pages import _shared
-
-
-@st.cache_data(ttl=5, show_spinner=False)
-def _run_list(folder: str) -> pd.DataFrame:
-    return diagnostics.list_runs(folder)
-
 
 run = _shared.current_run()
 m = run.manifest
@@ -21,12 +12,13 @@ status = run.status()
 version = run.data_version()
 
 st.title(f"Run {run.name}")
+head = overview.headline(m, status)
 cols = st.columns([1, 1, 1.5, 1.5, 1])
-cols[0].metric("State", status["state"])
-cols[1].metric("Steps", max(status["last_step"], int(m.get("steps", 0) or 0)))
-cols[2].metric("Task", m.get("task") or "—")
-cols[3].metric("Model", m.get("model_class") or "—")
-cols[4].metric("Parameters", f"{m.get('num_parameters', 0):,}")
+cols[0].metric("State", head["state"])
+cols[1].metric("Steps", head["steps"])
+cols[2].metric("Task", head["task"])
+cols[3].metric("Model", head["model"])
+cols[4].metric("Parameters", head["parameters"])
 if status["state"] == "stopped":
     st.warning("This run's writer stopped without closing it (the process ended or was killed): "
                "it is shown as recorded up to its last flush.")
@@ -35,9 +27,8 @@ scalars = _shared.scalars(str(run.path), version)
 if scalars.empty:
     st.info("No scalars recorded yet (the loss is recorded once the first optimizer step ends).")
 else:
-    listed = _run_list(st.session_state.get("runs_dir", str(run.path.parent)))
-    itself = listed["path"].map(lambda path: Path(path).resolve() == run.path.resolve())
-    listed = listed[(listed["state"] != "broken") & ~itself.astype(bool)]
+    listed = overview.overlay_candidates(_shared.run_list(st.session_state.get("runs_dir", str(run.path.parent))),
+                                         run.path)
     pick, axis, smoothing = st.columns([3, 1.2, 1.5])
     overlay = pick.multiselect("Overlay other runs", listed["name"].tolist(), key=f"overlay_{run.name}",
                                placeholder="runs of this folder to draw on the same charts",
@@ -60,24 +51,15 @@ else:
     left, right = st.columns(2)
     left.plotly_chart(figures.runs_scalar_figure(frames, "loss", "loss", x=x, smooth=smooth, starts=starts),
                       width="stretch", key="overview_loss")
-    lr_names = sorted(n for n in scalars["name"].unique() if n == "lr" or n.startswith("lr/"))
+    lr_names = overview.learning_rate_names(scalars)
     if lr_names == ["lr"]:  # one learning rate: other runs' schedules beside it, on the same x
         right.plotly_chart(figures.runs_scalar_figure(frames, "lr", "learning rate", x=x, starts=starts),
                            width="stretch", key="overview_lr")
     else:  # one per parameter group: this run's alone
         right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
-    others = sorted(set(scalars["name"]) - {"loss", *lr_names})
+    others = overview.other_scalars(scalars)
     if others:
-        # by default: the user's own scalars (evaluation metrics) first, then the gradient
-        # norm; grad_clipped only once clipping engaged (NaN under DDP: unknown)
-        values = {n: scalars.loc[scalars["name"] == n, "value"] for n in others}
-        # not the scalars recorded for the health rules (loss-input probes, loop checks); the
-        # training split's end-of-run evaluation after the others (one point each)
-        own = [n for n in others if n not in ("grad_norm", "grad_clipped", *schema.LOOP_SCALARS)
-               and values[n].notna().any() and not n.startswith(schema.PROBE_PREFIX)]
-        own.sort(key=lambda n: n.startswith("train/"))
-        tool = [n for n in ("grad_norm", "grad_clipped") if n in values and (values[n].fillna(0) != 0).any()]
-        picked = st.multiselect("Other scalars", others, default=(own + tool)[:4],
+        picked = st.multiselect("Other scalars", others, default=overview.default_scalars(scalars),
                                 help="A panel each, with its own y axis: a gradient norm of 5 would flatten an "
                                      "accuracy of 0.97; the x axes move together")
         if picked:
@@ -86,20 +68,8 @@ else:
 
 
 def _model_and_configuration(m: dict) -> None:
-    modules = pd.DataFrame(m.get("modules", []))
+    modules = _shared.module_table(str(run.path), version)
     if not modules.empty:
-        # `params` counts a module's own parameters (a container's are its children's):
-        # the root read 0 next to the run's total; show both
-        root = modules["name"].iloc[0]
-        names = modules["name"].tolist()
-        modules.insert(3, "params (with children)", [
-            int(modules["params"].sum()) if n == root else
-            int(sum(p for other, p in zip(names, modules["params"]) if other == n or other.startswith(n + ".")))
-            for n in names])
-        modules = modules.rename(columns={"params": "params (own)"})
-        shapes = m.get("output_shapes") or {}
-        if shapes:
-            modules["output shape"] = modules["name"].map(lambda n: str(shapes[n]) if n in shapes else "")
         st.dataframe(modules, hide_index=True, width="stretch")
     st.json({k: m.get(k) for k in ("watch", "config", "optimizer", "loss_fn", "torch_version", "python_version",
                                    "class_names")})

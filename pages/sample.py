@@ -3,16 +3,12 @@ its history over training, and its tags and note."""
 
 import streamlit as st
 
-from diagnostics import sample_figures
+from diagnostics import figures
 from pages import _shared
 
-run = _shared.current_run()
-path, version = str(run.path), run.data_version()
-st.title("Sample detail")
-split, step, dataset = _shared.pick_evaluation(run, "sample")
-task = run.manifest.get("task") or "classification"
-class_names = run.manifest.get("class_names")
-samples = _shared.samples(path, version, split, step).sort_values("loss", ascending=False)
+r = _shared.review("Sample detail", "sample")
+path, version, split, step = r.path, r.version, r.split, r.step
+samples = r.samples.sort_values("loss", ascending=False)
 ids = samples["sample_id"].tolist()
 wanted = st.session_state.get("sample_id")
 sample_id = st.selectbox("Sample (worst first)", ids, index=ids.index(wanted) if wanted in ids else 0,
@@ -20,13 +16,13 @@ sample_id = st.selectbox("Sample (worst first)", ids, index=ids.index(wanted) if
 st.session_state["sample_id"] = sample_id
 row = samples.set_index("sample_id").loc[sample_id]
 history, records, preview, attributions = _shared.sample_detail(path, version, split, sample_id)
-name = lambda v: _shared.class_label(class_names, v) if task == "classification" else f"{v:.4g}"  # noqa: E731
+name = r.class_label if r.classification else (lambda v: f"{v:.4g}")  # noqa: E731
 
 cols = st.columns(4)
 cols[0].metric("Label", name(row["label"]))
 cols[1].metric("Prediction", name(row["prediction"]))
 cols[2].metric("Loss", f"{row['loss']:.3f}")
-if task == "classification":
+if r.classification:
     cols[3].metric("Confidence", f"{row['confidence']:.1%}")
 else:
     cols[3].metric("Residual", f"{row['residual']:+.3g}")
@@ -39,18 +35,18 @@ with left:
                       help="Attributions are computed for the worst cases of each evaluation (run.evaluate("
                            "attribute_worst=...)).")
     att = attributions[attributions["method"] == method].iloc[0] if method != "none" else None
-    st.plotly_chart(sample_figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
-                                                  title=f"sample {sample_id}"), key="sample_preview")
+    st.plotly_chart(figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
+                                           title=f"sample {sample_id}"), key="sample_preview")
     if not methods:
         st.caption("No attribution for this sample: only the worst cases of an evaluation get them.")
 with right:
-    if task == "classification":
-        st.plotly_chart(sample_figures.probability_figure(row["probs"], row["label"], row["prediction"],
-                                                          class_names), key="sample_probs")
+    if r.classification:
+        st.plotly_chart(figures.probability_figure(row["probs"], row["label"], row["prediction"], r.class_names),
+                        key="sample_probs")
     inputs = {c.removeprefix("input_"): f"{row[c]:.4g}" for c in samples.columns if c.startswith("input_")}
     if inputs:
         st.caption("Input statistics: " + ", ".join(f"{k} {v}" for k, v in inputs.items()))
-st.plotly_chart(sample_figures.sample_history_figure(records, history, task), key="sample_history")
+st.plotly_chart(figures.sample_history_figure(records, history, r.task), key="sample_history")
 st.caption(f"History within split **{split}**: its evaluations and, when `run.log_batch(..., ids=, split="
            f"{split!r})` logged it, its per-step records. Ids name samples of one split: training records of "
            "another split with the same id are a different sample and are not shown."
@@ -58,10 +54,9 @@ st.caption(f"History within split **{split}**: its evaluations and, when `run.lo
 
 st.subheader("Tags and note")
 store = _shared.tags_of(path)
-current = _shared.sample_tags(st.session_state.get("runs_dir", str(run.path.parent)), dataset)
-current = current[current["sample_id"] == str(sample_id)]
+current = r.tags[r.tags["sample_id"] == str(sample_id)]
 st.write("Tags: " + (", ".join(sorted(set(current["tag"]))) if not current.empty else "none yet"))
-note = store.notes(dataset, [sample_id])
+note = store.notes(r.dataset, [sample_id])
 if not note.empty:
     st.write(f"Note: {note['note'].iloc[-1]}")
-_shared.tagging_form(run, dataset, [str(sample_id)], "sample")
+_shared.tagging_form(r.run, r.dataset, [str(sample_id)], "sample")

@@ -18,8 +18,8 @@ from scipy.stats import binomtest
 import diagnostics
 from diagnostics import schema
 from diagnostics.compare import MAX_LABEL_MISMATCH_SHARE, comparable_runs, compare, config_diff, mcnemar_p, same_data
-from diagnostics.store import RunWriter
 from diagnostics.schema import dataset_key
+from diagnostics.store import RunWriter
 
 NAMES = ["cat", "dog", "eel"]
 # Twelve samples, four per class. Hand count of (A right?, B right?):
@@ -324,7 +324,7 @@ def test_comparable_runs_are_the_other_evaluated_runs_of_the_task(tmp_path, pair
 
 
 def test_compare_imports_neither_torch_nor_streamlit():
-    code = ("import sys, diagnostics.compare, diagnostics.compare_figures\n"
+    code = ("import sys, diagnostics.compare, diagnostics.figures.compare\n"
             "print(sorted(m for m in ('torch', 'streamlit', 'hooks', 'scipy.stats') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
                          cwd=Path(__file__).resolve().parents[2])
@@ -338,7 +338,7 @@ def test_loss_scatter_keeps_log_axes_when_some_losses_are_exactly_zero():
     import numpy as np
     import pandas as pd
 
-    from diagnostics.compare_figures import loss_scatter_figure
+    from diagnostics.figures.compare import loss_scatter_figure
 
     samples = pd.DataFrame({"sample_id": ["a", "b", "c", "d"], "loss_a": [0.0, 1e-4, 2.0, 0.5],
                             "loss_b": [0.0, 0.0, 0.1, 3.0],
@@ -348,3 +348,30 @@ def test_loss_scatter_keeps_log_axes_when_some_losses_are_exactly_zero():
     drawn = np.concatenate([np.asarray(t.x, dtype=float) for t in fig.data[1:]])
     assert drawn.min() == 5e-5 and "exactly 0 drawn at 5.0e-05" in fig.layout.annotations[0].text
     assert samples["loss_a"].iloc[0] == 0.0  # the caller's frame is left as it was
+
+
+def test_changed_lists_fixed_then_broken_with_class_names(pair):
+    c = compare(*pair)
+    assert c.outcomes == ("fixed", "broken")
+    table = c.changed(NAMES)
+    assert table["sample_id"].tolist() == c.top("fixed", limit=None)["sample_id"].tolist() + ["s7", "s1"]
+    assert table["change"].tolist() == ["fixed"] * 4 + ["broken"] * 2
+    assert list(table.columns) == ["sample_id", "change", "label", "prediction_a", "prediction_b", "loss_a", "loss_b"]
+    row = table.set_index("sample_id").loc["s1"]
+    assert (row["label"], row["prediction_a"], row["prediction_b"]) == ("cat", "cat", "dog")
+    points = c.per_class_points()
+    np.testing.assert_allclose(points["recall_a"], [50, 75, 50])
+    np.testing.assert_allclose(points["delta"], [25, 0, 25])
+
+
+def test_comparable_runs_say_which_run_they_left_out_and_why(tmp_path, pair, monkeypatch):
+    compare_module = sys.modules["diagnostics.compare"]  # diagnostics.compare is also the function
+
+    def damaged(*args, **kwargs):
+        raise diagnostics.DiagnosticsError("samples/part-0.parquet is damaged")
+
+    monkeypatch.setattr(compare_module, "same_data", damaged)
+    found = comparable_runs(tmp_path, pair[0])
+    assert found.empty and found.attrs["skipped"] == {"better": "samples/part-0.parquet is damaged"}
+    monkeypatch.undo()
+    assert comparable_runs(tmp_path, pair[0]).attrs["skipped"] == {}

@@ -241,3 +241,33 @@ def test_residual_share_thresholds_split_a_third_then_a_third_of_the_rest():
     # a classification frame (no residuals) gets no region rather than an arbitrary one
     cls = sample_dynamics(_classification_records())
     assert residual_map_regions(cls, *residual_share_thresholds(cls)).isna().all()
+
+
+def test_data_map_splits_by_shares_and_counts_the_regions():
+    from diagnostics.dynamics import data_map, label_error_suspects, share_thresholds
+
+    dyn = sample_dynamics(_classification_records(n_samples=30, n_steps=8))
+    found = data_map(dyn, "classification")
+    assert not found.regression and found.thresholds == share_thresholds(dyn)
+    assert found.counts == {r: int((found.regions == r).sum()) for r in REGIONS}
+    assert sum(found.counts.values()) == 30 and found.median_records == 8
+    table = label_error_suspects(dyn, found, ["a", "b", "c"], limit=5)
+    worst = dyn.sort_values("label_error_score", ascending=False)["sample_id"]
+    assert table["sample_id"].tolist() == worst[:5].tolist()
+    assert set(table["label"]) <= {"a", "b", "c"}
+    assert list(table.columns) == ["sample_id", "label", "prediction", "score", "confidence", "variability", "aum",
+                                   "correct", "region"]
+
+
+def test_data_map_of_residuals_is_a_regression_map_even_without_the_task():
+    from diagnostics.dynamics import data_map, label_error_suspects, residual_share_thresholds
+
+    rng = np.random.default_rng(1)
+    rows = [(step, sid, float(sid), NAN, NAN, NAN, 0.0, float(rng.normal(scale=1 + sid)))
+            for step in range(5) for sid in range(12)]
+    dyn = sample_dynamics(_records(rows))
+    found = data_map(dyn)
+    assert found.regression and found.thresholds == residual_share_thresholds(dyn)
+    table = label_error_suspects(dyn, found)
+    assert list(table.columns) == ["sample_id", "label", "prediction", "score", "mean_abs_residual", "residual_std",
+                                   "region"]

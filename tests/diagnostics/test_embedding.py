@@ -1,5 +1,5 @@
 """Embedding maps (diagnostics.embedding): pass-through, PCA fallback, UMAP, the cache in the
-run directory, the fit lock, selections; and the map's figure (diagnostics.embedding_figures).
+run directory, the fit lock, selections; and the map's figure (diagnostics.figures.embedding).
 
 Most tests replace the UMAP fit with a fake (`fake_fit`) to test the caching and locking logic
 in milliseconds; the real fits are on a few hundred points, or marked slow.
@@ -20,7 +20,7 @@ import pytest
 
 from diagnostics import embedding
 from diagnostics.embedding import embedding_matrix, is_cached, project, selection_ids, warm_up
-from diagnostics.embedding_figures import embedding_figure
+from diagnostics.figures.embedding import embedding_figure
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -102,8 +102,9 @@ def test_importing_and_2d_maps_never_import_umap_torch_or_streamlit(tmp_path):
     code = f"""
 import sys, numpy as np, pandas as pd
 from diagnostics.embedding import project
-from diagnostics.embedding_figures import embedding_figure
-s = pd.DataFrame({{"sample_id": ["a", "b", "c"], "embedding": [np.float32([1, 2]), np.float32([3, 4]), np.float32([5, 6])]}})
+from diagnostics.figures.embedding import embedding_figure
+s = pd.DataFrame({{"sample_id": ["a", "b", "c"],
+                   "embedding": [np.float32([1, 2]), np.float32([3, 4]), np.float32([5, 6])]}})
 p = project({str(tmp_path)!r}, s)
 embedding_figure(p, s)
 heavy = [m for m in ("umap", "numba", "torch", "streamlit", "hooks") if m in sys.modules]
@@ -465,7 +466,7 @@ def test_selection_ids_from_indices_points_and_streamlit_selections():
         selection_ids(points, [{"point_index": 0}])
 
 
-# -- the figure (diagnostics.embedding_figures) ---------------------------------------------------
+# -- the figure (diagnostics.figures.embedding) ---------------------------------------------------
 
 def review_samples(n: int = 12) -> pd.DataFrame:
     rng = np.random.default_rng(6)
@@ -532,8 +533,8 @@ def cielab(hex_colour: str) -> np.ndarray:
     rgb = np.array([int(hex_colour.lstrip("#")[i:i + 2], 16) for i in (0, 2, 4)]) / 255.0
     linear = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
     xyz = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]) @ linear
-    f = np.cbrt(xyz / np.array([0.95047, 1.0, 1.08883]))
-    f = np.where(xyz / np.array([0.95047, 1.0, 1.08883]) > 0.008856, f, 7.787 * xyz / np.array([0.95047, 1.0, 1.08883]) + 16 / 116)
+    scaled = xyz / np.array([0.95047, 1.0, 1.08883])  # by the D65 white point
+    f = np.where(scaled > 0.008856, np.cbrt(scaled), 7.787 * scaled + 16 / 116)
     return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
 
 
@@ -552,7 +553,7 @@ def test_twelve_classes_get_twelve_distinct_colours_named_in_legend_and_hover():
     lab = [cielab(c) for c in colour.values()] + [cielab("#7f7f7f")]   # and apart from n/a's grey
     closest = min(np.linalg.norm(a - b) for i, a in enumerate(lab) for b in lab[i + 1:])
     assert closest > 20, closest                                        # plotly's Plotly + Dark24: 14.9
-    hover_names = {row[1] for t in fig.data for row in t.customdata} | {row[2] for t in fig.data for row in t.customdata}
+    hover_names = {name for t in fig.data for row in t.customdata for name in (row[1], row[2])}
     assert hover_names == set(names)                                    # label and prediction by name
     assert fig.layout.title.text.startswith("UMAP: 240 samples")
     # a class keeps its colour when others are filtered out, and between label and prediction

@@ -8,8 +8,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from diagnostics import error_figures as ef
 from diagnostics.errors import calibration, class_metrics, confusion_matrix
+from diagnostics.figures import errors as ef
 from diagnostics.slices import COLUMNS
 
 

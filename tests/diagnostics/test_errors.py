@@ -235,7 +235,8 @@ def test_review_table_names_classes_and_keeps_inputs():
                          "confidence": [0.9, 0.5], "residual": [np.nan, np.nan], "tags": [["dark"], []],
                          "input_brightness": [0.1, 0.2], "meta_site": ["a", "b"]})
     table = review_table(view, "classification", ["CNV", "DME", "DRUSEN"])
-    assert list(table.columns) == ["sample_id", "label", "prediction", "loss", "confidence", "tags", "brightness", "site"]
+    assert list(table.columns) == ["sample_id", "label", "prediction", "loss", "confidence", "tags", "brightness",
+                                   "site"]
     assert table["label"].tolist() == ["DME", "—"] and table["prediction"].tolist() == ["CNV", "DRUSEN"]
     assert table["sample_id"].tolist() == ["3", "1"] and table["tags"].tolist() == ["dark", ""]
     assert review_table(view, "classification")["label"].tolist() == ["1", "—"]  # no names: the index
@@ -249,3 +250,40 @@ def test_review_table_for_regression_has_residual_and_absolute_error():
     table = review_table(view, "regression")
     assert table["residual"].tolist() == [3.0, -1.5] and table["abs_error"].tolist() == [3.0, 1.5]
     assert table["label"].tolist() == [10.0, 20.0] and "confidence" not in table
+
+
+# -- what an error review leads with --------------------------------------------------------
+
+def test_most_confused_is_the_largest_off_diagonal_cell():
+    from diagnostics.errors import most_confused
+
+    m = np.array([[9, 1, 0], [4, 7, 2], [0, 3, 8]])
+    assert most_confused(m) == (1, 0)  # four 1s predicted as 0; the diagonal never counts
+    assert most_confused(m, true_class=2) == (2, 1)
+    assert most_confused(np.diag([3, 4])) == (0, 1)  # no errors: the first off-diagonal cell
+    assert most_confused(np.zeros((0, 0))) == (0, 0)
+
+
+def test_error_headline_matches_hand_counts_and_the_regression_summary():
+    from diagnostics.errors import error_headline
+
+    samples = hand_frame()
+    head = error_headline(samples, "classification")
+    assert head["samples"] == 8 and head["wrong"] == 4 and head["accuracy"] == pytest.approx(0.5)
+    assert head["ece"] == pytest.approx(calibration(samples)[1])
+    reg = pd.DataFrame({"label": [1.0, 2.0, 4.0], "prediction": [1.5, 1.0, 4.5]})
+    head = error_headline(reg, "regression")
+    assert head["samples"] == 3
+    assert head["mae"] == pytest.approx(2 / 3) and head["bias"] == pytest.approx(0.0)
+    assert head["rmse"] == pytest.approx(np.sqrt((0.25 + 1 + 0.25) / 3))
+    with pytest.raises(ValueError):
+        error_headline(samples, "segmentation")
+
+
+def test_class_count_from_the_manifest_or_the_probabilities():
+    from diagnostics.errors import class_count
+
+    samples = pd.DataFrame({"probs": [np.array([0.2, 0.3, 0.5])]})
+    assert class_count({"num_classes": 4}, samples) == 4
+    assert class_count({}, samples) == 3
+    assert class_count({}, samples.iloc[:0]) == 0

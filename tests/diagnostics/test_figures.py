@@ -66,7 +66,7 @@ def test_heavy_tailed_bands_are_framed_on_the_1_to_99_percent_band():
 
 
 def test_an_image_preview_has_no_grid_or_ticks_over_it():
-    from diagnostics import sample_figures
+    from diagnostics.figures import sample as sample_figures
 
     row = pd.Series({"kind": "image", "values": np.arange(64, dtype=np.float32).tolist(), "shape": [8, 8, 1]})
     fig = sample_figures.preview_figure(row)

@@ -130,3 +130,11 @@ def test_slice_mask_and_find_slices_reject_bad_input():
     all_right = df.assign(correct=1.0)
     assert find_slices(all_right, "classification").empty
     assert list(find_slices(df.iloc[:0], "classification").columns) == COLUMNS
+
+
+def test_review_features_are_the_inputs_label_tags_and_the_confidence_of_a_classifier():
+    from diagnostics.slices import review_features
+
+    samples = pd.DataFrame(columns=["sample_id", "input_mean", "label", "meta_site", "confidence", "loss"])
+    assert review_features(samples, "classification") == ["input_mean", "meta_site", "label", "tags", "confidence"]
+    assert review_features(samples, "regression") == ["input_mean", "meta_site", "label", "tags"]

@@ -341,3 +341,17 @@ def test_import_is_torch_and_streamlit_free():
                          cwd=Path(__file__).resolve().parents[2])
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
+
+
+def test_with_tag_lists_gives_each_sample_its_sorted_tags():
+    import pandas as pd
+
+    from diagnostics.tags import with_tag_lists
+
+    samples = pd.DataFrame({"sample_id": ["a", "b", "c"], "loss": [1.0, 2.0, 3.0]})
+    tags = pd.DataFrame({"sample_id": ["b", "a", "b", "b"], "tag": ["noisy", "blur", "blur", "noisy"]})
+    out = with_tag_lists(samples, tags)
+    assert out["tags"].tolist() == [["blur"], ["blur", "noisy"], []]
+    assert "tags" not in samples  # the caller's frame is left as it was
+    empty = with_tag_lists(samples, tags.iloc[:0])
+    assert empty["tags"].tolist() == [[], [], []]

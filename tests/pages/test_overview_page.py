@@ -89,8 +89,8 @@ def test_overview_picks_the_users_metrics_by_default_not_the_health_rules_scalar
                                                                   "no_grad_forward_train_mode", "probe/val/max")]
     write_run(tmp_path, "run", LABELS, PRED_A, LOSS_A,
               scalars=[(s, "loss", 2.0 - 0.1 * s) for s in range(10)] + tool
-              + [(9, "train/accuracy", 0.99), (9, "train/loss", 0.1), (4, "val/accuracy", 0.7), (9, "val/accuracy", 0.8),
-                 (9, "val/loss", 0.5), (4, "grad_norm", 2.0)])
+              + [(9, "train/accuracy", 0.99), (9, "train/loss", 0.1), (4, "val/accuracy", 0.7),
+                 (9, "val/accuracy", 0.8), (9, "val/loss", 0.5), (4, "grad_norm", 2.0)])
     at = _open(monkeypatch, tmp_path, "run")
     picker = next(w for w in at.multiselect if w.label == "Other scalars")
     assert picker.value == ["val/accuracy", "val/loss", "train/accuracy", "train/loss"]

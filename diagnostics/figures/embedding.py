@@ -15,11 +15,9 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics.figures import empty_figure
+from diagnostics.figures.common import BLUE, GREY, RED, WEBGL_POINTS, empty_figure
 
-_CORRECT = "#1f77b4"
-_WRONG = "#d62728"
-_UNKNOWN = "#7f7f7f"
+_CORRECT, _WRONG, _UNKNOWN = BLUE, RED, GREY
 # One colour per class, 20 distinct ones: Tableau 10 without its grey (grey means n/a here), then
 # colours picked greedily for the largest CIELAB distance to all before them and to grey, among
 # Kelly's, Trubetskoy's and plotly's qualitative sets (L* < 80, visible on white). Any two are
@@ -27,8 +25,6 @@ _UNKNOWN = "#7f7f7f"
 _PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#bcbd22",
             "#17becf", "#511cfb", "#fe00fa", "#000075", "#620042", "#fc0080", "#6c7c32", "#222a2a",
             "#f99379", "#b10da1", "#0d2a63", "#3283fe")
-# Above this many points a scatter switches to WebGL, which stays responsive (lasso included).
-_WEBGL_POINTS = 5000
 # An integer-valued numeric column with at most this many values is drawn as categories.
 _MAX_CATEGORIES = 30
 _HOVER_COLUMNS = ("label", "prediction", "loss")
@@ -62,37 +58,15 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
     wrong = rows["correct"].eq(0).to_numpy() if "correct" in rows else np.zeros(len(rows), bool)
     values = rows[color_by] if color_by in rows else pd.Series(np.nan, index=rows.index)
     custom, hover = _hover(rows, color_by, names)
-    scatter = go.Scattergl if len(rows) > _WEBGL_POINTS else go.Scatter
+    scatter = go.Scattergl if len(rows) > WEBGL_POINTS else go.Scatter
 
     fig = go.Figure()
     if _is_continuous(values, color_by, names):
-        order = np.lexsort((values.to_numpy(dtype=float), wrong))   # wrong last, then by value
-        v = values.to_numpy(dtype=float)[order]
-        finite = v[np.isfinite(v)]
-        # 99th percentile: one huge loss would otherwise paint every other point the same colour
-        top = float(np.percentile(finite, 99)) if finite.size else None
-        fig.add_trace(scatter(
-            x=rows["x"].to_numpy()[order], y=rows["y"].to_numpy()[order], mode="markers", name=color_by,
-            customdata=custom[order], hovertemplate=hover, showlegend=False,
-            marker=dict(color=v, colorscale="Viridis", cmin=float(finite.min()) if finite.size else None,
-                        cmax=top, colorbar=dict(title=color_by), size=np.where(wrong[order], 8, 6),
-                        symbol=np.where(wrong[order], "x", "circle"), opacity=0.8)))
+        _add_scale(fig, scatter, rows, values, wrong, custom, hover, color_by)
     else:
         categories = _categories(values, color_by, names)
         colours = _category_colours([name for name, _ in categories], color_by, names)
-        for layer_wrong in (False, True):
-            for name, mask in categories:
-                keep = mask & (wrong == layer_wrong)
-                if not keep.any():
-                    continue
-                color = colours[name]
-                first = not (layer_wrong and (mask & ~wrong).any())
-                fig.add_trace(scatter(
-                    x=rows["x"].to_numpy()[keep], y=rows["y"].to_numpy()[keep], mode="markers",
-                    name=name, legendgroup=name, showlegend=first, customdata=custom[keep],
-                    hovertemplate=hover, marker=dict(color=color, size=8 if layer_wrong else 6,
-                                                     symbol="x" if layer_wrong else "circle",
-                                                     opacity=0.9 if layer_wrong else 0.6)))
+        _add_categories(fig, scatter, rows, categories, wrong, custom, hover, colours)
     n_wrong = int(wrong.sum())
     title = f"{method or 'embedding map'}: {len(rows):,} samples" + (f", {n_wrong:,} wrong (×)" if n_wrong else "")
     fig.update_layout(title=title, dragmode="lasso", height=560, margin=dict(l=20, r=20, t=50, b=20),
@@ -102,6 +76,40 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title=None,
                      scaleanchor="x", scaleratio=1)
     return fig
+
+
+def _add_scale(fig: go.Figure, scatter, rows: pd.DataFrame, values: pd.Series, wrong: np.ndarray,
+               custom: np.ndarray, hover: str, color_by: str) -> None:
+    """One trace on a colour scale, wrong predictions last (on top) as crosses."""
+    order = np.lexsort((values.to_numpy(dtype=float), wrong))   # wrong last, then by value
+    v = values.to_numpy(dtype=float)[order]
+    finite = v[np.isfinite(v)]
+    # 99th percentile: one huge loss would otherwise paint every other point the same colour
+    top = float(np.percentile(finite, 99)) if finite.size else None
+    fig.add_trace(scatter(
+        x=rows["x"].to_numpy()[order], y=rows["y"].to_numpy()[order], mode="markers", name=color_by,
+        customdata=custom[order], hovertemplate=hover, showlegend=False,
+        marker=dict(color=v, colorscale="Viridis", cmin=float(finite.min()) if finite.size else None,
+                    cmax=top, colorbar=dict(title=color_by), size=np.where(wrong[order], 8, 6),
+                    symbol=np.where(wrong[order], "x", "circle"), opacity=0.8)))
+
+
+def _add_categories(fig: go.Figure, scatter, rows: pd.DataFrame, categories: list[tuple[str, np.ndarray]],
+                    wrong: np.ndarray, custom: np.ndarray, hover: str, colours: dict[str, str]) -> None:
+    """A trace per category, the right predictions first and the wrong ones over them as
+    crosses of the same colour (one legend entry for both)."""
+    for layer_wrong in (False, True):
+        for name, mask in categories:
+            keep = mask & (wrong == layer_wrong)
+            if not keep.any():
+                continue
+            first = not (layer_wrong and (mask & ~wrong).any())
+            fig.add_trace(scatter(
+                x=rows["x"].to_numpy()[keep], y=rows["y"].to_numpy()[keep], mode="markers",
+                name=name, legendgroup=name, showlegend=first, customdata=custom[keep],
+                hovertemplate=hover, marker=dict(color=colours[name], size=8 if layer_wrong else 6,
+                                                 symbol="x" if layer_wrong else "circle",
+                                                 opacity=0.9 if layer_wrong else 0.6)))
 
 
 def _category_colours(categories: list[str], color_by: str, names: list[str] | None) -> dict[str, str]:

@@ -7,14 +7,11 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics.figures import empty_figure
+from diagnostics.figures.common import GREY, MARGIN, WEBGL_POINTS, empty_figure
 
-_MARGIN = dict(l=40, r=20, t=50, b=40)
-_REFERENCE = "#7f7f7f"
 _CHANGE_COLORS = {"fixed": "#2ca02c", "improved": "#2ca02c", "broken": "#d62728", "worsened": "#d62728",
                   "still_wrong": "#ff7f0e", "still_right": "#c7c7c7", "same": "#c7c7c7"}
 _CHANGE_ORDER = ("still_right", "same", "still_wrong", "fixed", "improved", "broken", "worsened")  # drawn last on top
-_WEBGL_POINTS = 5000
 
 
 def class_delta_figure(per_class: pd.DataFrame) -> go.Figure:
@@ -34,11 +31,11 @@ def class_delta_figure(per_class: pd.DataFrame) -> go.Figure:
         customdata=np.column_stack([t["recall_a"], t["recall_b"], t["support"], t["fixed"], t["broken"]]),
         hovertemplate="%{x}<br>recall A %{customdata[0]:.1%} → B %{customdata[1]:.1%} (%{y:+.1f} points)"
                       "<br>%{customdata[3]} fixed, %{customdata[4]} broken of %{customdata[2]}<extra></extra>"))
-    fig.add_hline(y=0, line=dict(color=_REFERENCE))
+    fig.add_hline(y=0, line=dict(color=GREY))
     reach = max(5.0, float(np.nanmax(np.abs(delta))) if np.isfinite(delta).any() else 0.0) * 1.25
     fig.update_yaxes(title_text="recall B − A (points)", range=[-reach, reach], zeroline=False)
     fig.update_xaxes(type="category")
-    fig.update_layout(title="recall per class, B − A (labels: +fixed / −broken)", height=380, margin=_MARGIN,
+    fig.update_layout(title="recall per class, B − A (labels: +fixed / −broken)", height=380, margin=MARGIN,
                       showlegend=False)
     return fig
 
@@ -69,24 +66,24 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
         samples = samples.assign(**{c: samples[c].where(samples[c] != 0, floor) for c in (x_col, y_col)})
         x, y = samples[x_col].to_numpy(dtype=float), samples[y_col].to_numpy(dtype=float)
     lo, hi = float(min(x[finite].min(), y[finite].min())), float(max(x[finite].max(), y[finite].max()))
-    scatter = go.Scattergl if len(samples) > _WEBGL_POINTS else go.Scatter
+    scatter = go.Scattergl if len(samples) > WEBGL_POINTS else go.Scatter
     fig = go.Figure()
     fig.add_scatter(x=[lo, hi], y=[lo, hi], mode="lines", name="same in A and B", hoverinfo="skip",
-                    line=dict(color=_REFERENCE, dash="dash", width=1))
+                    line=dict(color=GREY, dash="dash", width=1))
     present = set(samples["change"])
     for change in [c for c in _CHANGE_ORDER if c in present] + sorted(present - set(_CHANGE_ORDER)):
         part = samples[samples["change"] == change]
         fig.add_trace(scatter(
             x=part[x_col], y=part[y_col], mode="markers", name=f"{change.replace('_', ' ')} ({len(part)})",
             customdata=part["sample_id"].astype(str),
-            marker=dict(color=_CHANGE_COLORS.get(change, _REFERENCE), size=6,
+            marker=dict(color=_CHANGE_COLORS.get(change, GREY), size=6,
                         opacity=0.5 if change in ("still_right", "same") else 0.85),
             hovertemplate=f"%{{customdata}}<br>{what} A %{{x:.3g}}<br>{what} B %{{y:.3g}}<extra>{change}</extra>"))
     axis = dict(type="log", exponentformat="power") if log else {}
     fig.update_xaxes(title_text=f"{what} in A", **axis)
     fig.update_yaxes(title_text=f"{what} in B", **axis)
     fig.update_layout(title=f"per-sample {what}, A vs B (below the diagonal: B does better)", height=420,
-                      margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
+                      margin=MARGIN, legend=dict(orientation="h", y=-0.2))
     if floor is not None:
         fig.add_annotation(text=f"{what} of exactly 0 drawn at {floor:.1e}", xref="paper", yref="paper", x=0.0,
                            y=1.0, xanchor="left", yanchor="top", showarrow=False, font=dict(size=11))

@@ -16,14 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from diagnostics.figures import empty_figure
-
-_MARGIN = dict(l=40, r=20, t=50, b=40)
-_ACCENT = "#1f77b4"
-_REFERENCE = "#7f7f7f"
-_BAD = "#d62728"
-# Above this many points a scatter switches to WebGL, which stays responsive.
-_WEBGL_POINTS = 5000
+from diagnostics.figures.common import BLUE, GREY, MARGIN, RED, WEBGL_POINTS, empty_figure
 
 
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> go.Figure:
@@ -47,7 +40,7 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] | None = Non
         colorbar=dict(title="row share"),
         hovertemplate="true %{y}<br>predicted %{x}<br>%{text} samples (%{z:.1%} of the row)<extra></extra>"))
     fig.update_layout(title="confusion matrix", xaxis_title="predicted", yaxis_title="true",
-                      height=max(320, 60 * k + 120), margin=_MARGIN)
+                      height=max(320, 60 * k + 120), margin=MARGIN)
     fig.update_xaxes(type="category", side="bottom")
     fig.update_yaxes(type="category", autorange="reversed")
     return fig
@@ -66,18 +59,18 @@ def reliability_figure(calibration_frame: pd.DataFrame, ece: float) -> go.Figure
     width = cal["bin_hi"] - cal["bin_lo"]
     hover = np.column_stack([cal["count"], cal["mean_confidence"], cal["bin_lo"], cal["bin_hi"]])
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.72, 0.28], vertical_spacing=0.06)
-    fig.add_bar(x=centre, y=cal["accuracy"], width=width, name="accuracy", marker_color=_ACCENT,
+    fig.add_bar(x=centre, y=cal["accuracy"], width=width, name="accuracy", marker_color=BLUE,
                 customdata=hover, row=1, col=1,
                 hovertemplate="confidence %{customdata[2]:.2f}–%{customdata[3]:.2f}<br>accuracy %{y:.1%}"
                               "<br>mean confidence %{customdata[1]:.1%}<br>%{customdata[0]} samples<extra></extra>")
     fig.add_scatter(x=[0, 1], y=[0, 1], mode="lines", name="perfect calibration",
-                    line=dict(color=_REFERENCE, dash="dash"), row=1, col=1)
-    fig.add_bar(x=centre, y=cal["count"], width=width, name="samples", marker_color=_REFERENCE,
+                    line=dict(color=GREY, dash="dash"), row=1, col=1)
+    fig.add_bar(x=centre, y=cal["count"], width=width, name="samples", marker_color=GREY,
                 showlegend=False, row=2, col=1, hovertemplate="%{y} samples<extra></extra>")
     fig.update_yaxes(title_text="accuracy", range=[0, 1], row=1, col=1)
     fig.update_yaxes(title_text="samples", row=2, col=1)
     fig.update_xaxes(title_text="confidence", range=[0, 1], row=2, col=1)
-    fig.update_layout(title=f"reliability (ECE {ece:.3f})", height=460, margin=_MARGIN, bargap=0.05,
+    fig.update_layout(title=f"reliability (ECE {ece:.3f})", height=460, margin=MARGIN, bargap=0.05,
                       legend=dict(orientation="h", y=-0.2))
     return fig
 
@@ -92,7 +85,7 @@ def class_metrics_figure(metrics_frame: pd.DataFrame) -> go.Figure:
         fig.add_bar(x=names, y=metrics_frame[metric], name=metric, customdata=metrics_frame["support"],
                     hovertemplate=f"%{{x}}<br>{metric} %{{y:.3f}}<br>support %{{customdata}}<extra></extra>")
     fig.update_layout(title="per-class metrics", barmode="group", yaxis=dict(range=[0, 1]), height=340,
-                      margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
+                      margin=MARGIN, legend=dict(orientation="h", y=-0.2))
     fig.update_xaxes(type="category")
     return fig
 
@@ -111,13 +104,13 @@ def residual_figure(samples: pd.DataFrame, unit: str | None = None) -> go.Figure
     resid = samples["residual"].to_numpy(dtype=float) if "residual" in samples \
         else samples["prediction"].to_numpy(dtype=float) - label
     ids = samples["sample_id"].astype(str) if "sample_id" in samples else pd.Series(samples.index.astype(str))
-    scatter = go.Scattergl if len(samples) > _WEBGL_POINTS else go.Scatter
+    scatter = go.Scattergl if len(samples) > WEBGL_POINTS else go.Scatter
     fig = go.Figure(scatter(x=label, y=resid, mode="markers", name="samples", customdata=ids,
-                            marker=dict(color=_ACCENT, size=5, opacity=0.6),
+                            marker=dict(color=BLUE, size=5, opacity=0.6),
                             hovertemplate="%{customdata}<br>label %{x:.3g}<br>residual %{y:+.3g}<extra></extra>"))
-    fig.add_hline(y=0, line=dict(color=_REFERENCE, dash="dash"))
+    fig.add_hline(y=0, line=dict(color=GREY, dash="dash"))
     fig.update_layout(title="residuals by label", xaxis_title=_axis("label", unit),
-                      yaxis_title=_axis("prediction − label", unit), height=360, margin=_MARGIN)
+                      yaxis_title=_axis("prediction − label", unit), height=360, margin=MARGIN)
     return fig
 
 
@@ -138,18 +131,18 @@ def prediction_figure(samples: pd.DataFrame, unit: str | None = None) -> go.Figu
     ids = (samples["sample_id"].astype(str) if "sample_id" in samples else pd.Series(samples.index.astype(str)))
     lo, hi = float(min(true[ok].min(), pred[ok].min())), float(max(true[ok].max(), pred[ok].max()))
     pad = 0.03 * (hi - lo) if hi > lo else 0.5
-    scatter = go.Scattergl if ok.sum() > _WEBGL_POINTS else go.Scatter
+    scatter = go.Scattergl if ok.sum() > WEBGL_POINTS else go.Scatter
     fig = go.Figure(scatter(x=true[ok], y=pred[ok], mode="markers", name="samples",
                             customdata=np.column_stack([ids.to_numpy()[ok], pred[ok] - true[ok]]),
-                            marker=dict(color=_ACCENT, size=5, opacity=0.6),
+                            marker=dict(color=BLUE, size=5, opacity=0.6),
                             hovertemplate="%{customdata[0]}<br>true %{x:.3g}<br>predicted %{y:.3g}"
                                           "<br>residual %{customdata[1]:+.3g}<extra></extra>"))
     fig.add_scatter(x=[lo - pad, hi + pad], y=[lo - pad, hi + pad], mode="lines", name="y = x (perfect)",
-                    line=dict(color=_REFERENCE, dash="dash"), hoverinfo="skip")
+                    line=dict(color=GREY, dash="dash"), hoverinfo="skip")
     # equal scales shrink the plot to a square rather than widen the x range past the data
     fig.update_xaxes(title_text=_axis("true", unit), range=[lo - pad, hi + pad], constrain="domain")
     fig.update_yaxes(title_text=_axis("predicted", unit), range=[lo - pad, hi + pad], scaleanchor="x")
-    fig.update_layout(title="predicted vs true", height=460, margin=_MARGIN, legend=dict(orientation="h", y=-0.2))
+    fig.update_layout(title="predicted vs true", height=460, margin=MARGIN, legend=dict(orientation="h", y=-0.2))
     return fig
 
 
@@ -161,14 +154,15 @@ def slices_figure(slices_frame: pd.DataFrame) -> go.Figure:
     labels = [re.sub(r"\b(input|meta)_", "", str(d)) for d in slices_frame["description"]]
     overall = float(slices_frame["overall_rate"].iloc[0])
     fig = go.Figure(go.Bar(
-        x=slices_frame["error_rate"], y=labels, orientation="h", marker_color=_BAD, name="error rate",
+        x=slices_frame["error_rate"], y=labels, orientation="h", marker_color=RED, name="error rate",
         customdata=np.column_stack([slices_frame["size"], slices_frame["errors"], slices_frame["lift"]]),
         hovertemplate="%{y}<br>%{x:.0%} wrong<br>%{customdata[1]} of %{customdata[0]} samples"
                       "<br>lift %{customdata[2]:.2f}<extra></extra>"))
-    fig.add_vline(x=overall, line=dict(color=_REFERENCE, dash="dash"), annotation_text=f"overall {overall:.0%}",
+    fig.add_vline(x=overall, line=dict(color=GREY, dash="dash"), annotation_text=f"overall {overall:.0%}",
                   annotation_position="top")
     fig.update_yaxes(type="category", autorange="reversed")
-    fig.update_xaxes(title_text="error rate", tickformat=".0%", range=[0, max(1e-9, float(slices_frame["error_rate"].max())) * 1.1])
+    reach = max(1e-9, float(slices_frame["error_rate"].max())) * 1.1
+    fig.update_xaxes(title_text="error rate", tickformat=".0%", range=[0, reach])
     fig.update_layout(title="where errors concentrate", height=max(260, 40 * len(labels) + 120),
-                      margin=_MARGIN, showlegend=False)
+                      margin=MARGIN, showlegend=False)
     return fig

@@ -1,5 +1,5 @@
-"""Figures of one sample (its input, attribution, probabilities, history) and of the
-training-dynamics data map. Plotly only: the dashboard lays them out."""
+"""Figures of one sample: its input (with an attribution over it), its probabilities, its
+history over training."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics.figures import empty_figure
+from diagnostics.figures.common import empty_figure
 
 _MARGIN = dict(l=30, r=20, t=50, b=30)
 
@@ -28,7 +28,8 @@ def preview_figure(preview: pd.Series | None, attribution: pd.Series | None = No
     fig = go.Figure()
     if kind == "image":
         grey = x.mean(axis=-1)
-        fig.add_heatmap(z=grey, colorscale="gray", showscale=False, hovertemplate="(%{x}, %{y}) %{z:.3g}<extra></extra>")
+        fig.add_heatmap(z=grey, colorscale="gray", showscale=False,
+                        hovertemplate="(%{x}, %{y}) %{z:.3g}<extra></extra>")
         if att is not None and att.shape == grey.shape and att.max() > 0:
             fig.add_heatmap(z=att / att.max(), colorscale=[[0, "rgba(255,0,0,0)"], [1, "rgba(255,0,0,1)"]],
                             opacity=opacity, showscale=True, colorbar=dict(title="|attr|"),
@@ -93,27 +94,4 @@ def sample_history_figure(records: pd.DataFrame, evaluations: pd.DataFrame, task
                       margin=_MARGIN, legend=dict(orientation="h", y=-0.3))
     if task == "classification":
         fig.update_yaxes(range=[-0.03, 1.03])  # a probability: its whole range, even for one point
-    return fig
-
-
-def data_map_figure(dynamics: pd.DataFrame, regions: pd.Series | None = None) -> go.Figure:
-    """Dataset cartography (Swayamdipta et al. 2020): variability against confidence, one
-    point per training sample, coloured by how often it was predicted correctly."""
-    if dynamics.empty:
-        return empty_figure("no training dynamics: pass ids to run.log_batch(outputs, labels, ids=...)")
-    d = dynamics
-    fig = go.Figure(go.Scattergl(
-        x=d["variability"], y=d["confidence"], mode="markers",
-        marker=dict(color=d["correct_frac"], colorscale="RdYlGn", cmin=0, cmax=1, size=5, opacity=0.75,
-                    colorbar=dict(title="correct")),
-        customdata=np.stack([d["sample_id"], regions if regions is not None else [""] * len(d)], axis=1),
-        hovertemplate="sample %{customdata[0]} %{customdata[1]}<br>variability %{x:.3f}<br>"
-                      "confidence %{y:.3f}<extra></extra>",
-    ))
-    for text, x, y in (("easy to learn", 0.02, 0.97), ("ambiguous", 0.45, 0.55), ("hard to learn", 0.02, 0.05)):
-        fig.add_annotation(text=text, x=x, y=y, xref="paper", yref="paper", showarrow=False,
-                           font=dict(color="#555"), xanchor="left")
-    fig.update_layout(title="data map: confidence vs variability over training", xaxis_title="variability",
-                      yaxis_title="confidence (mean probability of the label)", yaxis_range=[0, 1],
-                      height=460, margin=_MARGIN, dragmode="lasso")
     return fig

@@ -1,0 +1,86 @@
+"""The model's outputs against the labels: class shares or value histograms at one step (or
+pooled), and their gap over steps."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from diagnostics.figures.common import GREY, RED, empty_figure
+
+
+def pooled_class_counts(rows: pd.DataFrame) -> pd.Series:
+    """Class histograms of several steps summed into one (a row with `hist_counts`)."""
+    counts = np.sum([np.asarray(c, dtype=np.int64) for c in rows["hist_counts"]], axis=0)
+    return pd.Series({"hist_counts": counts, "count": int(counts.sum())})
+
+
+def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,
+                              class_names: list[str] | None = None, title: str = "") -> go.Figure:
+    """Predicted-class shares next to label shares for one step (or summed steps)."""
+    pred = np.asarray(output_row["hist_counts"], dtype=float)
+    lab = np.asarray(label_row["hist_counts"], dtype=float)
+    n = max(len(pred), len(lab))
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    fig = go.Figure()
+    fig.add_bar(x=names, y=lab / max(lab.sum(), 1), name="labels", marker_color=GREY)
+    fig.add_bar(x=names, y=pred / max(pred.sum(), 1), name="predictions", marker_color=RED)
+    fig.update_layout(barmode="group", title=title or "predicted vs label class shares", xaxis_title="class",
+                      yaxis_title="share of samples", height=360, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2), xaxis_type="category")
+    return fig
+
+
+def value_distribution_figure(output_row: pd.Series, label_row: pd.Series, title: str = "") -> go.Figure:
+    """The model's output values overlaid on the labels' (same bins, recorded together)."""
+    fig = go.Figure()
+    for row, name, color in ((label_row, "labels", GREY), (output_row, "outputs", RED)):
+        counts = np.asarray(row["hist_counts"], dtype=float)
+        edges = np.linspace(row["hist_min"], row["hist_max"], len(counts) + 1)
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=counts / max(counts.sum(), 1), width=np.diff(edges),
+                    name=name, marker_color=color, opacity=0.55)
+    fig.update_layout(barmode="overlay", title=title or "output vs label values", xaxis_title="value",
+                      yaxis_title="share of samples", height=360, margin=dict(l=40, r=20, t=50, b=40),
+                      legend=dict(orientation="h", y=-0.2))
+    return fig
+
+
+def class_share_gap_figure(outputs: pd.DataFrame, labels: pd.DataFrame,
+                           class_names: list[str] | None = None) -> go.Figure:
+    """Over steps: predicted share minus label share per class (red: over-predicted,
+    blue: under-predicted)."""
+    if outputs.empty or labels.empty:
+        return empty_figure("no class histograms recorded")
+    merged = outputs[["step", "hist_counts"]].merge(labels[["step", "hist_counts"]], on="step",
+                                                    suffixes=("_out", "_lab")).sort_values("step")
+    pred = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_out"]])
+    lab = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_lab"]])
+    gap = (pred - lab).T
+    n = gap.shape[0]
+    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    lim = max(float(np.abs(gap).max()), 1e-3)
+    fig = go.Figure(go.Heatmap(
+        x=merged["step"], y=names, z=gap, colorscale="RdBu_r", zmin=-lim, zmax=lim,
+        colorbar=dict(title="pred − label"),
+        hovertemplate="step %{x}<br>class %{y}<br>pred − label share %{z:+.3f}<extra></extra>",
+    ))
+    fig.update_layout(title="predicted minus label share, per class over steps", xaxis_title="step",
+                      yaxis_title="class", yaxis_type="category", height=360, margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+def value_bands_figure(outputs: pd.DataFrame, labels: pd.DataFrame) -> go.Figure:
+    """Over steps: 5–95% band and median of the outputs against those of the labels."""
+    if outputs.empty or labels.empty:
+        return empty_figure("no output values recorded")
+    fig = go.Figure()
+    for d, name, rgb in ((labels, "labels", "127,127,127"), (outputs, "outputs", "214,39,40")):
+        d = d.sort_values("step")
+        fig.add_scatter(x=d["step"], y=d["q05"], mode="lines", line=dict(width=0), showlegend=False, hoverinfo="skip")
+        fig.add_scatter(x=d["step"], y=d["q95"], mode="lines", line=dict(width=0), fill="tonexty",
+                        fillcolor=f"rgba({rgb},0.25)", name=f"{name} 5–95%")
+        fig.add_scatter(x=d["step"], y=d["q50"], mode="lines", line=dict(color=f"rgb({rgb})"), name=f"{name} median")
+    fig.update_layout(title="outputs vs labels over steps", xaxis_title="step", yaxis_title="value", height=360,
+                      margin=dict(l=40, r=20, t=50, b=40), legend=dict(orientation="h", y=-0.2))
+    return fig

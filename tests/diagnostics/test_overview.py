@@ -1,0 +1,53 @@
+"""What the Overview shows, without Streamlit: the headline, the module table, the default scalars."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from diagnostics import overview, schema
+
+MANIFEST = {
+    "task": "classification", "model_class": "Net", "num_parameters": 1234, "steps": 7,
+    "modules": [{"name": "", "type": "Net", "leaf": False, "params": 0},
+                {"name": "body", "type": "Sequential", "leaf": False, "params": 0},
+                {"name": "body.0", "type": "Conv2d", "leaf": True, "params": 100},
+                {"name": "body.1", "type": "ReLU", "leaf": True, "params": 0},
+                {"name": "head", "type": "Linear", "leaf": True, "params": 34}],
+    "output_shapes": {"body.0": [8, 4, 4], "head": [10]},
+}
+
+
+def test_module_table_counts_parameters_with_children():
+    table = overview.module_table(MANIFEST).set_index("name")
+    assert table["params (with children)"].to_dict() == {"": 134, "body": 100, "body.0": 100, "body.1": 0, "head": 34}
+    assert table["params (own)"].tolist() == [0, 0, 100, 0, 34]
+    assert table.loc["head", "output shape"] == "[10]" and table.loc["body", "output shape"] == ""
+    assert overview.module_table({}).empty
+    assert overview.module_types(MANIFEST)["body.0"] == "Conv2d"
+
+
+def test_headline_takes_the_larger_step_count_and_names_what_is_missing():
+    head = overview.headline(MANIFEST, {"state": "finished", "last_step": 5})
+    assert head == {"state": "finished", "steps": 7, "task": "classification", "model": "Net", "parameters": "1,234"}
+    assert overview.headline({}, {"state": "running", "last_step": 9})["task"] == "—"
+
+
+def _scalars(values: dict[str, list[float]]) -> pd.DataFrame:
+    return pd.DataFrame([{"step": i, "name": name, "value": v, "rank": 0}
+                         for name, vs in values.items() for i, v in enumerate(vs)])
+
+
+def test_default_scalars_are_the_users_metrics_first_never_the_health_rules_scalars():
+    scalars = _scalars({"loss": [1.0], "lr": [0.1], "lr/head": [0.1], "val/acc": [0.5], "train/acc": [0.6],
+                        "grad_norm": [2.0], "grad_clipped": [0.0], f"{schema.PROBE_PREFIX}x": [1.0],
+                        schema.LOOP_SCALARS[0]: [1.0], "empty": [np.nan]})
+    assert overview.learning_rate_names(scalars) == ["lr", "lr/head"]
+    assert "loss" not in overview.other_scalars(scalars) and "lr" not in overview.other_scalars(scalars)
+    assert overview.default_scalars(scalars) == ["val/acc", "train/acc", "grad_norm"]  # clipping never engaged
+
+
+def test_overlay_candidates_leave_out_the_run_itself_and_broken_runs(tmp_path):
+    runs = pd.DataFrame({"name": ["me", "other", "bad"], "state": ["finished", "running", "broken"],
+                         "path": [str(tmp_path / "me"), str(tmp_path / "other"), str(tmp_path / "bad")]})
+    assert overview.overlay_candidates(runs, tmp_path / "me")["name"].tolist() == ["other"]
