@@ -1,6 +1,6 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo    # venv + install, train the digits demo, serve the dashboard on 127.0.0.1:8501
-#   make test    # venv + install (+ Chromium for the browser test), run the whole suite
+#   make test    # venv + install (+ Chromium for the browser test), ruff, then the whole suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
@@ -25,4 +25,5 @@ demo: setup
 	$(VENV)/bin/diagnostics demo
 
 test: setup chromium
+	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -2,7 +2,7 @@
 probabilities or log-probabilities, and over which dimension; do the labels look like
 class ids. A handful of numbers per capture (scalars named `probe/{split}/{field}`,
 fields in `diagnostics.schema.PROBE_FIELDS`), read by the data and loss rules of
-`diagnostics.health_data`.
+`diagnostics.health.data`.
 
 Costs one reduction of the (batch × classes) outputs per dimension and one transfer of
 a few floats, at capture steps only; no RNG, nothing written to the observed tensors.

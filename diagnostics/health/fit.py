@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics import figures, sample_figures
+from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.common import (
     BASELINE_NEAR_FRACTION,
@@ -269,7 +269,7 @@ def _label_noise_frame(run) -> pd.DataFrame:
 
 
 def _label_noise_chart(run, finding: Finding) -> go.Figure:
-    return sample_figures.data_map_figure(run.sample_dynamics("train"))
+    return figures.data_map_figure(run.sample_dynamics("train"))
 
 
 @rule("Suspected label noise: training samples still misclassified late with another class confidently ahead "
