@@ -34,6 +34,14 @@ __all__ = ["DiagnosticsCallback"]
 class DiagnosticsCallback(pl.Callback):
     """Records `trainer.fit(...)` with `hooks.watch`: one run per fit, in `run_dir/name`.
 
+    Args:
+        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget: as for
+            `hooks.watch` (one `hooks.options.WatchOptions` holds them).
+        evaluate: after fit, `run.evaluate` on the validation dataloader (split "val").
+        loss_key: the key of `training_step`'s returned dict that holds the loss.
+
+    The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
+
     The LightningModule is the watched model and `trainer.optimizers[0]` the watched
     optimizer: a step is one `optimizer.step()`, whatever Lightning's batch count says.
     Every rank records its own stream into the same run (DDP).

@@ -40,6 +40,13 @@ _NOT_PLOTTED_SUFFIXES = ("_runtime", "_per_second")
 class DiagnosticsCallback(transformers.TrainerCallback):
     """Records `trainer.train()` with `hooks.watch`: one run per call, in `run_dir/name`.
 
+    Args:
+        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget: as for
+            `hooks.watch` (one `hooks.options.WatchOptions` holds them).
+        evaluate: at the end of training, `run.evaluate` on the last evaluation's dataloader (split "val").
+
+    The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
+
     The watched model is the Trainer's model and the watched optimizer the one inside
     Accelerate's wrapper: a step is one optimizer update that was applied (an fp16 step
     skipped on overflow is not one, though the Trainer's `global_step` counts it).
