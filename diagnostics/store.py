@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import socket
 import time
+import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ import duckdb
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from diagnostics import schema
 from diagnostics.exceptions import RunFormatError, RunNotFoundError
@@ -50,6 +53,40 @@ def _read_manifest(path: Path) -> dict:
             "— upgrade hookscope (pip install -U hookscope)"
         )
     return manifest
+
+
+# Whether a part's Parquet footer reads, by (path, size, mtime): parts never change once
+# written, so each is checked once per process.
+_PART_OK: dict[tuple[str, int, int], bool] = {}
+_WARNED: set[str] = set()
+
+
+def _part_ok(path: Path) -> bool:
+    """Whether the part at `path` is a readable Parquet file (FileNotFoundError: compacted away)."""
+    st = path.stat()
+    key = (str(path), st.st_size, st.st_mtime_ns)
+    if key not in _PART_OK:
+        try:
+            pq.read_metadata(path)
+            _PART_OK[key] = True
+        except (OSError, pa.ArrowException):
+            _PART_OK[key] = False
+    return _PART_OK[key]
+
+
+def _writer_gone(status: dict) -> bool:
+    """Whether a status file's writer process is known to be dead: it ran on this host and its
+    PID is gone (a writer on another host is judged by its heartbeat alone)."""
+    pid = status.get("pid")
+    if status.get("host") != socket.gethostname() or not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:  # exists, not ours to signal
+        return False
+    return False
 
 
 class Run:
@@ -86,7 +123,7 @@ class Run:
                 continue
             state = s.get("state")
             beat = float(s.get("heartbeat", 0.0))
-            if state == "running" and now - beat > schema.STALE_AFTER_S:
+            if state == "running" and (now - beat > schema.STALE_AFTER_S or _writer_gone(s)):
                 state = "stopped"  # this rank's writer died without closing
             states.append(state)
             last_step = max(last_step, int(s.get("last_step", -1)))
@@ -97,9 +134,32 @@ class Run:
         return {"state": state, "last_step": last_step, "ranks": len(states), "heartbeat": heartbeat}
 
     # -- queries --------------------------------------------------------------------
+    def _parts(self, table: str) -> tuple[list[str], list[Path]]:
+        """The table's live parts that read, and those that do not (truncated, garbage)."""
+        for _ in range(3):  # a compaction may delete a listed part while it is checked
+            good, bad = [], []
+            try:
+                for *_, path in schema.live_parts(self.path / table):
+                    (good if _part_ok(path) else bad).append(path)
+                return [str(p) for p in good], bad
+            except FileNotFoundError:
+                continue
+        return [str(p) for p in good], bad
+
+    def damaged_parts(self) -> list[Path]:
+        """Parts of this run that cannot be read (a truncated copy, a disk error): skipped by
+        every query, with a warning; never deleted."""
+        return sorted(p for table in schema.TABLES for p in self._parts(table)[1])
+
     def _query(self, table: str, where: str = "", params: Sequence = (), columns: str = "*",
                order: str = "") -> pd.DataFrame:
-        files = [str(p[3]) for p in schema.live_parts(self.path / table)]
+        files, damaged = self._parts(table)
+        for path in damaged:
+            if str(path) not in _WARNED:
+                _WARNED.add(str(path))
+                warnings.warn(f"{path.name} of run {self.path.name} is damaged and skipped (not a readable "
+                              f"Parquet file) — the rest of {table} reads as usual; move the file out of "
+                              f"{path.parent} to silence this", UserWarning, stacklevel=3)
         if not files:
             return pd.DataFrame({f.name: pd.Series(dtype=_pandas_dtype(f.type)) for f in schema.SCHEMAS[table]})
         sql = f"SELECT {columns} FROM read_parquet($files, union_by_name=true)"
@@ -114,7 +174,7 @@ class Run:
             except duckdb.IOException:
                 if attempt == 2:
                     raise
-                files = [str(p[3]) for p in schema.live_parts(self.path / table)]
+                files = self._parts(table)[0]
             except duckdb.Error as exc:
                 raise RunFormatError(f"cannot read {table} of {self.path}: {str(exc).splitlines()[0]}") from None
         raise AssertionError("unreachable")

@@ -18,6 +18,7 @@ import socket
 import threading
 import time
 import uuid
+import warnings
 from collections import defaultdict
 from collections.abc import Sequence
 from pathlib import Path
@@ -88,6 +89,8 @@ class RunWriter:
         self._last_step = -1
         self._closed = False
         self._error: BaseException | None = None
+        self.fault: str | None = None  # the first write that failed, in words (None: all written)
+        self.dropped_rows = 0          # rows lost to write faults
         if rank == 0:
             _atomic_write_json(self.path / schema.MANIFEST_FILE, self._manifest)
         self._write_status("running")
@@ -216,9 +219,34 @@ class RunWriter:
 
     # -- flushing -------------------------------------------------------------------
     def flush(self) -> None:
-        """Write buffered rows as new parts now (also done every `flush_every_s`)."""
+        """Write buffered rows as new parts now (also done every `flush_every_s`).
+
+        A write that fails (a full disk, a directory made read-only) never raises: the first
+        one warns once and is recorded in the manifest and the status file where they can
+        still be written (`writer_error`); the rows of a failed flush are dropped, later
+        flushes try again."""
         with self._lock:
             buffers, self._buffers = self._buffers, defaultdict(list)
+        try:
+            self._write(buffers)
+        except Exception as exc:  # the user's training must never die of diagnostics
+            self._fault(exc, sum(len(items) for items in buffers.values()))
+
+    def _fault(self, exc: BaseException, rows: int) -> None:
+        self.dropped_rows += rows
+        if self.fault is not None:
+            return
+        self.fault = f"{type(exc).__name__}: {exc}"
+        warnings.warn(f"hookscope could not write the run {self.path} ({self.fault}) — training goes on; "
+                      "what it records meanwhile is lost until the disk takes writes again", RuntimeWarning,
+                      stacklevel=3)
+        for write in (lambda: self.update_manifest(writer_error=self.fault), lambda: self._write_status("running")):
+            try:
+                write()
+            except Exception:  # noqa: BLE001 -- the fault was reported above; this is a best effort
+                pass
+
+    def _write(self, buffers: dict[str, list]) -> None:
         with self._io_lock:
             for table_name, items in buffers.items():
                 if not items:
@@ -239,22 +267,23 @@ class RunWriter:
         self._wake.set()
         self._thread.join()
         self.flush()
-        self._write_status(state)
+        try:
+            self._write_status(state)
+        except Exception as exc:  # noqa: BLE001 -- a fault at the very end: warned once, never raised
+            self._fault(exc, 0)
 
     def _loop(self) -> None:
         while not self._closed:
             self._wake.wait(self.flush_every_s)
             if self._closed:
                 return
-            try:
-                self.flush()
-            except Exception as exc:  # keep training alive; report at close
-                self._error = exc
+            self.flush()  # never raises: a fault is warned about once and recorded
 
     def _write_status(self, state: str) -> None:
         _atomic_write_json(
             self.path / schema.STATUS_DIR / f"rank{self.rank}.json",
-            {"state": state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid()},
+            {"state": state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid(),
+             "host": socket.gethostname(), **({"writer_error": self.fault} if self.fault else {})},
         )
 
     def _next_seq(self) -> int:

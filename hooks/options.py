@@ -48,6 +48,11 @@ class WatchOptions:
             raise ValueError(f"watch: every must be a positive int (capture every N steps) or 'auto', got {every!r}")
         if not 0 < self.budget < 1:
             raise ValueError(f"watch: budget is a fraction of training time, e.g. 0.03 for 3%; got {self.budget!r}")
+        name = self.name
+        if name is not None and (not isinstance(name, str) or name.strip() in ("", ".", "..")
+                                 or any(c in name for c in "/\\\0")):
+            raise ValueError(f"watch: name must be one folder name inside run_dir (no '/', '\\' or '..'), got "
+                             f"{name!r} — pass name='exp1' and run_dir for the folder")
         if self.task not in (None, "classification", "regression"):
             raise ValueError(
                 f"watch: task must be 'classification', 'regression' or None (infer), got {self.task!r}")

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
 import weakref
@@ -268,10 +270,10 @@ class WatchedRun:
         for name, value in metrics.items():
             if name != "n":
                 writer.add_scalar(step, f"{split}/{name}", value)
+        writer.flush()  # the samples on disk before the manifest lists them: a kill in between loses both
         self._evaluations.append({"split": split, "step": step, **metrics, "dataset": result.dataset(),
                                   "input_kind": result.input_kind})
         writer.update_manifest(evaluations=self._evaluations, task=result.task)
-        writer.flush()
         return metrics
 
     def close(self) -> None:
@@ -330,6 +332,15 @@ def _install_crash_handler() -> None:
         previous(exc_type, exc, tb)
 
     sys.excepthook = note_crash
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)  # a handler of the user's own is left alone
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM (kill, a job scheduler's stop) unwinds like Ctrl-C: `with` blocks and atexit
+    close the open runs, flushed and marked failed, and the process exits with 143."""
+    _crash["crashed"] = True
+    raise SystemExit(128 + signum)
 
 
 def _close_at_exit(ref: weakref.ref[WatchedRun]) -> None:

@@ -28,10 +28,16 @@ def current_run() -> diagnostics.Run:
         )
         st.stop()
     try:
-        return diagnostics.open_run(path)
+        run = diagnostics.open_run(path)
     except diagnostics.DiagnosticsError as exc:
         st.error(f"This run cannot be shown: {exc}")
         st.stop()
+    damaged = run.damaged_parts()
+    if damaged:
+        st.warning(f"{len(damaged)} file{'s' if len(damaged) > 1 else ''} of this run cannot be read and "
+                   f"{'are' if len(damaged) > 1 else 'is'} skipped (first: `{damaged[0].relative_to(run.path)}`); "
+                   "the rest is shown as recorded. Move damaged files out of the run to silence this.")
+    return run
 
 
 @st.cache_data(show_spinner=False, max_entries=64)

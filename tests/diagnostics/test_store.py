@@ -393,14 +393,16 @@ def test_data_version_changes_when_data_lands(tmp_path):
     w.close()
 
 
-def test_corrupt_part_raises_run_format_error(tmp_path):
+def test_corrupt_part_is_skipped_with_one_line(tmp_path):
+    """Reported, not raised (issue #15): the run's other parts still read (tests/diagnostics/test_bad_files.py)."""
     w = writer(tmp_path)
     write_steps(w, [0])
     w.close()
     (tmp_path / "distributions" / schema.part_name(0, 50, 50)).write_bytes(b"not parquet")
-    with pytest.raises(RunFormatError) as info:
-        diagnostics.open_run(tmp_path).distributions("activation")
-    assert "\n" not in str(info.value)
+    with pytest.warns(UserWarning) as caught:
+        dists = diagnostics.open_run(tmp_path).distributions("activation")
+    assert not dists.empty and set(dists["step"]) == {0}
+    assert "\n" not in str(caught[0].message) and "r0-00000050-00000050.parquet" in str(caught[0].message)
 
 
 # -- status ----------------------------------------------------------------------------------
