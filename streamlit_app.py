@@ -10,17 +10,12 @@ from pathlib import Path
 
 import streamlit as st
 
-import diagnostics
 from diagnostics import badges, embedding
+from pages import _shared  # noqa: PLC2701 -- the router and its pages share one cached listing
 
 st.set_page_config(page_title="hookscope", layout="wide")
 
 RUNS_DIR = os.environ.get("DIAGNOSTICS_RUNS", "runs")
-
-
-@st.cache_data(ttl=5, show_spinner=False)
-def _list_runs(folder: str):
-    return diagnostics.list_runs(folder)
 
 
 @st.cache_resource(show_spinner=False)
@@ -109,7 +104,7 @@ def _badge_watch(pending: list[str], chosen: str) -> None:
     st.caption(f"checking the runs' health: {len(pending) - len(left)} of {len(pending)} done")
 
 
-runs = _list_runs(RUNS_DIR)
+runs = _shared.run_list(RUNS_DIR)  # the same cached listing the pages read
 st.session_state["runs_dir"] = RUNS_DIR
 unknown_badges: list[str] = []
 with st.sidebar:

@@ -169,8 +169,8 @@ def write_run(path: Path, n_layers: int, n_steps: int, kinds: list[str], flush_e
     if sys.stderr.isatty():
         print(file=sys.stderr)
     total = time.perf_counter() - t_start
-    if writer._error is not None:  # the background thread's error, if any
-        raise RuntimeError(f"writer failed: {writer._error!r}")
+    if writer.fault is not None:  # a flush that failed (the writer warns and goes on)
+        raise RuntimeError(f"writer failed: {writer.fault}")
 
     parts = {t: sorted((path / t).glob("r*.parquet")) for t in schema.TABLES}
     n_rows = row_groups = 0

@@ -88,7 +88,6 @@ class RunWriter:
         self._seq = self._next_seq()
         self._last_step = -1
         self._closed = False
-        self._error: BaseException | None = None
         self.fault: str | None = None  # the first write that failed, in words (None: all written)
         self.dropped_rows = 0          # rows lost to write faults
         if rank == 0:
@@ -283,7 +282,7 @@ class RunWriter:
         _atomic_write_json(
             self.path / schema.STATUS_DIR / f"rank{self.rank}.json",
             {"state": state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid(),
-             "host": socket.gethostname(), **({"writer_error": self.fault} if self.fault else {})},
+             "host": self._manifest["host"], **({"writer_error": self.fault} if self.fault else {})},
         )
 
     def _next_seq(self) -> int:
