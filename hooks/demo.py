@@ -1,7 +1,15 @@
-"""The built-in demo: a small CNN on scikit-learn's bundled digits (8×8 images, 10
-classes, no download), trained twice with `hooks.watch` attached — once on standardised
-pixels and once on raw 0..16 pixels — so the dashboard has two runs to tell apart; then
-the seed's two example problems from examples/ (simulated OCT B-scans, simulated FMCW
+"""The built-in demo tells the loop the dashboard serves, on scikit-learn's bundled digits
+(8×8 images, 10 classes, no download), with `hooks.watch` attached:
+
+1. `digits-baseline` has a bug practitioners really make: the model ends in a softmax and
+   its probabilities go into CrossEntropyLoss, which applies log_softmax itself (gradients
+   shrink, training crawls). The Health page finds it.
+2. `digits-raw-pixels`: the fixed model on raw 0..16 pixels (a preprocessing variant:
+   the Health page flags the input scale; the Ensemble page's third member).
+3. `digits-fixed`: the softmax removed. Compare runs (A = baseline, B = fixed) shows
+   which validation samples the fix fixed and which it broke, on the same samples.
+
+Then the seed's two example problems from examples/ (simulated OCT B-scans, simulated FMCW
 radar breathing), when the package runs from a checkout.
 
     python -m hooks.demo --runs-dir runs
@@ -40,8 +48,9 @@ def digits_tensors(seed: int = 0, standardise: bool = True):
     return torch.from_numpy(x[tr]), torch.from_numpy(y[tr]), torch.from_numpy(x[va]), torch.from_numpy(y[va])
 
 
-def small_cnn() -> nn.Module:
-    return nn.Sequential(
+def small_cnn(softmax_head: bool = False) -> nn.Module:
+    """The demo's CNN; `softmax_head` appends the baseline's bug (a softmax before CrossEntropyLoss)."""
+    layers = [
         nn.Conv2d(1, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(inplace=True),
         nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(inplace=True),
         nn.MaxPool2d(2),
@@ -49,22 +58,25 @@ def small_cnn() -> nn.Module:
         nn.AdaptiveAvgPool2d(1), nn.Flatten(),
         nn.Linear(32, 64), nn.ReLU(), nn.Dropout(0.2),
         nn.Linear(64, 10),
-    )
+    ]
+    return nn.Sequential(*layers, *([nn.Softmax(dim=1)] if softmax_head else []))
 
 
 def train_digits(runs_dir: str | Path, name: str, epochs: int = 8, standardise: bool = True,
-                 lr: float = 0.05, every: int = 5, seed: int = 0, batch_size: int = 32) -> Path:
+                 lr: float = 0.05, every: int = 5, seed: int = 0, batch_size: int = 32,
+                 softmax_head: bool = False) -> Path:
     """Train the small CNN on digits with hooks attached; returns the run's path."""
     torch.manual_seed(seed)
     x_tr, y_tr, x_va, y_va = digits_tensors(seed, standardise)
     ids_tr, ids_va = (torch.from_numpy(i) for i in digits_split(seed))  # dataset indices: unique across splits
-    model = small_cnn()
+    model = small_cnn(softmax_head)
     opt = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs * (len(x_tr) // batch_size + 1))
     criterion = nn.CrossEntropyLoss()
     gen = torch.Generator().manual_seed(seed)
     config = {"dataset": "sklearn digits", "epochs": epochs, "lr": lr, "standardise": standardise,
-              "batch_size": batch_size, "seed": seed}
+              "batch_size": batch_size, "seed": seed,
+              "softmax_head": softmax_head}
     with hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=runs_dir, name=name, every=every,
                      config=config, class_names=[str(i) for i in range(10)]) as run:
         for epoch in range(epochs):
@@ -97,15 +109,41 @@ def main(argv: list[str] | None = None) -> None:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # models this small only wait on a second thread
     try:
-        for name, standardise in (("digits-cnn", True), ("digits-cnn-raw-pixels", False)):
+        for name, standardise, softmax_head in DIGITS_RUNS:
             print(f"training {name} ...", flush=True)
-            path = train_digits(args.runs_dir, name, epochs=args.epochs, standardise=standardise)
+            path = train_digits(args.runs_dir, name, epochs=args.epochs, standardise=standardise,
+                                softmax_head=softmax_head)
             print(f"  recorded {path}", flush=True)
         for example in _seed_examples():
             print(f"training {example.__name__} ...", flush=True)
             print(f"  recorded {example.train(args.runs_dir)}", flush=True)
     finally:
         torch.set_num_threads(threads)
+    print(story(args.runs_dir), flush=True)
+
+
+def story(runs_dir: str | Path) -> str:
+    """What the digits runs show, read off the runs themselves: the baseline's health
+    finding, and what the fix changed on the same validation samples."""
+    import diagnostics
+
+    runs_dir = Path(runs_dir)
+    baseline, fixed = runs_dir / DIGITS_RUNS[0][0], runs_dir / DIGITS_RUNS[2][0]
+    found = [f for f in diagnostics.open_run(baseline).health() if f.rule == "softmax_before_cross_entropy"]
+    c = diagnostics.compare(baseline, fixed)
+    s = c.summary
+    lines = ["", "The story of the digits runs (open them in the dashboard):",
+             f"  1. Health of {baseline.name}: " + (found[0].message if found else "no finding on its loss input."),
+             f"  2. {fixed.name} removes the softmax. Compare runs, A = {baseline.name}, B = {fixed.name}: "
+             f"val accuracy {s['accuracy_a']:.1%} -> {s['accuracy_b']:.1%}, {s['fixed']} samples fixed, "
+             f"{s['broken']} broken (p = {s['p_value']:.2g}), on the same {s['shared']} samples."]
+    return "\n".join(lines)
+
+
+# name, standardised pixels, softmax before CrossEntropyLoss (the baseline's bug); trained
+# in this order, so that the Compare page's default B for the baseline is the fixed run
+# (the most recent run on the same samples)
+DIGITS_RUNS = (("digits-baseline", True, True), ("digits-raw-pixels", False, False), ("digits-fixed", True, False))
 
 
 def _seed_examples() -> list:

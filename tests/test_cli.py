@@ -31,7 +31,11 @@ def test_demo_trains_every_example_into_readable_runs(tmp_path):
     out = _cli("demo", "--runs-dir", str(tmp_path), "--epochs", "1", "--no-serve", timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     runs = diagnostics.list_runs(tmp_path)
-    assert set(runs["name"]) == {"digits-cnn", "digits-cnn-raw-pixels", "oct-cnn", "radar-cnn"}
+    assert set(runs["name"]) == {"digits-baseline", "digits-raw-pixels", "digits-fixed", "oct-cnn", "radar-cnn"}
+    # the story it prints is read off the runs: the baseline's bug found, the fix compared on the same samples
+    assert "Health of digits-baseline: CrossEntropyLoss is given probabilities" in out.stdout
+    c = diagnostics.compare(tmp_path / "digits-baseline", tmp_path / "digits-fixed")
+    assert f"{c.summary['fixed']} samples fixed, {c.summary['broken']} broken" in out.stdout
     assert (runs["state"] == "finished").all()
     for path in runs["path"]:
         r = diagnostics.open_run(path)
