@@ -98,6 +98,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.no_serve:
         print(f"diagnostics: runs written to {runs_dir}; serve them with: diagnostics dashboard {runs_dir}")
         return 0
+    print(f"diagnostics: start with the baseline's health: http://{args.host}:{args.port}/health?run=digits-baseline",
+          flush=True)
     return serve(runs_dir, args.host, args.port)
 
 

@@ -48,23 +48,19 @@ else:
         except diagnostics.DiagnosticsError as exc:
             st.warning(f"Run {row.name} is not drawn: {exc}")
     starts = {k: v for k, v in starts.items() if v == v}
-    left, right = st.columns(2)
-    left.plotly_chart(figures.runs_scalar_figure(frames, "loss", "loss", x=x, smooth=smooth, starts=starts),
-                      width="stretch", key="overview_loss")
-    lr_names = overview.learning_rate_names(scalars)
-    if lr_names == ["lr"]:  # one learning rate: other runs' schedules beside it, on the same x
-        right.plotly_chart(figures.runs_scalar_figure(frames, "lr", "learning rate", x=x, starts=starts),
-                           width="stretch", key="overview_lr")
-    else:  # one per parameter group: this run's alone
-        right.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
     others = overview.other_scalars(scalars)
-    if others:
-        picked = st.multiselect("Other scalars", others, default=overview.default_scalars(scalars),
-                                help="A panel each, with its own y axis: a gradient norm of 5 would flatten an "
-                                     "accuracy of 0.97; the x axes move together")
-        if picked:
-            st.plotly_chart(figures.runs_scalars_figure(frames, picked, x=x, starts=starts), width="stretch",
-                            key="overview_scalars")
+    picked = st.multiselect("Other scalars", others, default=overview.default_scalars(scalars),
+                            help="A panel each, with its own y axis: a gradient norm of 5 would flatten an "
+                                 "accuracy of 0.97; the x axes move together") if others else []
+    lr_names = overview.learning_rate_names(scalars)
+    one_lr = lr_names == ["lr"]  # one learning rate: other runs' schedules beside it, on the same x
+    # one chart of panels, not a chart each: the browser draws the charts of a page in one go,
+    # so the first appears only when all are drawn (about 0.3 s a chart on two cores)
+    st.plotly_chart(figures.runs_scalars_figure(frames, ["loss", *(["lr"] if one_lr else []), *picked], x=x,
+                                                starts=starts, smooth=smooth),
+                    width="stretch", key="overview_curves")
+    if lr_names and not one_lr:  # one per parameter group: this run's alone
+        st.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
 
 
 def _model_and_configuration(m: dict) -> None:

@@ -35,7 +35,7 @@ def dashboard(recorded_runs):
 
 @pytest.fixture(scope="module")
 def demo_runs(tmp_path_factory):
-    """The runs `diagnostics demo` records (digits twice, OCT, radar), with short digits training."""
+    """The runs `diagnostics demo` records (digits three times, OCT, radar), with short digits training."""
     folder = tmp_path_factory.mktemp("demo")
     subprocess.run([sys.executable, "-m", "diagnostics.cli", "demo", "--no-serve", "--epochs", "3",
                     "--runs-dir", str(folder)], check=True, capture_output=True, timeout=600)
@@ -182,7 +182,7 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
     shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     runs = sorted(p.name for p in demo_runs.iterdir() if (p / "run.json").exists())
-    assert len(runs) == 4, runs
+    assert len(runs) == 5, runs
     problems = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(

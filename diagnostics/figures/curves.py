@@ -89,14 +89,17 @@ def runs_scalar_figure(frames: dict[str, pd.DataFrame], name: str, title: str = 
 
 
 def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: str = "step",
-                        starts: dict[str, float] | None = None, columns: int = 2) -> go.Figure:
+                        starts: dict[str, float] | None = None, columns: int = 2, smooth: float = 0.0,
+                        smoothed: tuple[str, ...] = ("loss",)) -> go.Figure:
     """Several scalars of several runs as small multiples in one chart: a panel per name, each
     with its own y axis (a gradient norm of 5 would flatten an accuracy of 0.97), x axes
     linked (zoom one, all follow), one colour per run across panels, one legend entry per run
     (a click hides that run everywhere). One chart, not one per scalar: a browser draws one
     plotly chart of four panels in about the time of one chart, four charts in four times.
+    With `smooth`, the panels of `smoothed` names draw each run's exponential moving average
+    over its raw values, faint (TensorBoard's smoothing).
 
-        runs_scalars_figure({"base": a.scalars(), "norm": b.scalars()}, ["val/accuracy", "grad_norm"])
+        runs_scalars_figure({"base": a.scalars(), "norm": b.scalars()}, ["loss", "val/accuracy"], smooth=0.6)
     """
     if x not in ("step", "time"):
         raise ValueError(f"x must be 'step' or 'time', got {x!r}")
@@ -110,7 +113,8 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
     unit, scale = _time_unit(max(longest)) if x == "time" else ("", 1.0)
     columns = max(1, min(columns, len(names)))
     rows = math.ceil(len(names) / columns)
-    titles = [name + (f" (not logged in: {', '.join(missing)})" if missing and len(missing) < len(frames) else "")
+    titles = [name + (f" (smoothed {smooth:g}; faint: raw)" if smooth > 0 and name in smoothed else "")
+              + (f" (not logged in: {', '.join(missing)})" if missing and len(missing) < len(frames) else "")
               for name, (_, missing) in found.items()]
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, shared_xaxes="all",
                         vertical_spacing=min(0.3, 0.45 / rows), horizontal_spacing=0.08)
@@ -123,10 +127,17 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
             continue
         for run, j, rank, ranks, xs, ys in series:
             label = run + (f" (rank {rank})" if ranks > 1 else "")
-            fig.add_scatter(x=xs / scale, y=ys, mode="lines" if len(ys) > 3 else "lines+markers", name=label,
-                            legendgroup=label, showlegend=several and label not in legended,
-                            line=dict(color=_CURVE_COLORS[j % len(_CURVE_COLORS)], width=2,
-                                      dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1 else "solid"),
+            color = _CURVE_COLORS[j % len(_CURVE_COLORS)]
+            line = dict(color=color, width=2, dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1
+                        else "solid")
+            mode = "lines" if len(ys) > 3 else "lines+markers"
+            if smooth > 0 and name in smoothed:
+                fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=f"{label} · raw", legendgroup=label,
+                                showlegend=False, line={**line, "color": rgba(color, 0.3), "width": 1},
+                                marker=dict(color=rgba(color, 0.3)), hoverinfo="skip", row=row, col=col)
+                ys = ema(ys, smooth)
+            fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=label, legendgroup=label,
+                            showlegend=several and label not in legended, line=line,
                             hovertemplate=f"{label}<br>{name} %{{y:.4g}}<br>{x} %{{x:.4g}}<extra></extra>",
                             row=row, col=col)
             legended.add(label)
@@ -134,6 +145,7 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
         finite = values[np.isfinite(values)]
         if len(finite) and finite.min() == finite.max() and finite[0] != 0:
             fig.update_yaxes(range=sorted([0.0, 2 * float(finite[0])]), row=row, col=col)
+    fig.update_xaxes(showticklabels=True)  # every panel its steps, not the bottom row alone
     fig.update_xaxes(title_text="step" if x == "step" else f"time since the run started ({unit})", row=rows)
     fig.update_layout(margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.12 - 0.1 / rows),
                       height=60 + 260 * rows + (30 if several else 0))

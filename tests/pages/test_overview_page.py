@@ -30,10 +30,20 @@ def _values(value) -> np.ndarray:
     return np.asarray(value, dtype=float)
 
 
-def _charts(at: AppTest) -> dict[str, dict]:
-    """Charts by title; the small multiples of the other scalars (no title) as "scalars"."""
+def _panels(at: AppTest) -> dict[str, tuple[str, list[dict]]]:
+    """The Overview's one chart of curves, by panel: the first word of each panel's title ->
+    (the whole title, its traces)."""
     specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    return {spec["layout"].get("title", {}).get("text", "scalars"): spec for spec in specs}
+    assert len(specs) == 1  # loss, lr and the other scalars: one chart of panels
+    titles = [a["text"] for a in specs[0]["layout"]["annotations"]]
+    by_axis = {}
+    for trace in specs[0]["data"]:
+        by_axis.setdefault(trace.get("xaxis", "x"), []).append(trace)
+    return {t.split(" ")[0]: (t, by_axis.get("x" if i == 0 else f"x{i + 1}", [])) for i, t in enumerate(titles)}
+
+
+def _layout(at: AppTest) -> dict:
+    return json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
 
 
 def _folder(tmp_path):
@@ -50,24 +60,25 @@ def test_overview_overlays_the_picked_runs_one_colour_each(monkeypatch, tmp_path
     at = _open(monkeypatch, _folder(tmp_path), "base")
     overlay = at.multiselect(key="overlay_base")
     assert overlay.options == ["norm", "wide"] and overlay.value == []  # not itself; none by default
-    loss = _charts(at)["loss"]
-    assert [t["name"] for t in loss["data"]] == ["loss · raw", "loss · smoothed (0.6)"]
+    title, loss = _panels(at)["loss"]
+    assert title == "loss (smoothed 0.6; faint: raw)"
+    assert [t["name"] for t in loss] == ["base · raw", "base"] and loss[0]["showlegend"] is False
     overlay.set_value(["norm", "wide"]).run()
     assert not at.exception and not at.error
-    charts = _charts(at)
-    loss = charts["loss"]
-    assert [t["name"] for t in loss["data"]] == ["base · raw", "base", "norm · raw", "norm", "wide · raw", "wide"]
-    np.testing.assert_allclose(_values(loss["data"][2]["y"]), [1.5 - 0.1 * s for s in range(8)])
-    assert len({t["line"]["color"] for t in loss["data"][1::2]}) == 3  # one colour per run
-    lr = charts["learning rate"]  # base alone logged a learning rate
-    assert [t["name"] for t in lr["data"]] == ["base"]
-    assert lr["layout"]["annotations"][0]["text"] == "not logged under this name in: norm, wide"
+    panels = _panels(at)
+    _, loss = panels["loss"]
+    assert [t["name"] for t in loss] == ["base · raw", "base", "norm · raw", "norm", "wide · raw", "wide"]
+    np.testing.assert_allclose(_values(loss[2]["y"]), [1.5 - 0.1 * s for s in range(8)])
+    assert len({t["line"]["color"] for t in loss[1::2]}) == 3  # one colour per run
+    assert [t["showlegend"] for t in loss[1::2]] == [True, True, True]  # one legend entry per run
+    title, lr = panels["lr"]  # base alone logged a learning rate
+    assert [t["name"] for t in lr] == ["base"] and title == "lr (not logged in: norm, wide)"
     # the scalar base logged as val/acc: wide's val/acc drawn with it, norm's val/accuracy not merged in
-    panels = charts["scalars"]  # one chart, a panel per scalar: here val/acc alone
-    assert [t["name"] for t in panels["data"]] == ["base", "wide"]
-    assert [t["showlegend"] for t in panels["data"]] == [True, True]
-    np.testing.assert_allclose(_values(panels["data"][1]["y"]), [0.9])
-    assert panels["layout"]["annotations"][0]["text"] == "val/acc (not logged in: norm)"
+    title, acc = panels["val/acc"]
+    assert [t["name"] for t in acc] == ["base", "wide"]
+    assert [t["showlegend"] for t in acc] == [False, False]  # named once, in the loss panel
+    np.testing.assert_allclose(_values(acc[1]["y"]), [0.9])
+    assert title == "val/acc (not logged in: norm)"
 
 
 def test_overview_x_axis_switches_to_time_since_each_start(monkeypatch, tmp_path):
@@ -75,9 +86,10 @@ def test_overview_x_axis_switches_to_time_since_each_start(monkeypatch, tmp_path
     at.multiselect(key="overlay_base").set_value(["norm"]).run()
     at.radio(key="overview_x").set_value("time").run()
     assert not at.exception
-    loss = _charts(at)["loss"]
-    assert loss["layout"]["xaxis"]["title"]["text"].startswith("time since the run started")
-    for trace in loss["data"]:  # seconds after each run's own created_at, not epoch seconds
+    _, loss = _panels(at)["loss"]
+    bottom = [v for k, v in _layout(at).items() if k.startswith("xaxis") and v.get("title")]
+    assert bottom and all(v["title"]["text"].startswith("time since the run started") for v in bottom)
+    for trace in loss:  # seconds after each run's own created_at, not epoch seconds
         x = _values(trace["x"])
         assert 0 <= x.min() and x.max() < 60
 

@@ -44,7 +44,9 @@ def test_page_shows_charts_with_data_for_a_recorded_run(monkeypatch, recorded_ru
     at = _open(monkeypatch, recorded_runs, page, run_name)
     assert not at.error, [e.value for e in at.error]
     charts = _charts(at)
-    single = page in ("pages/datamap.py", "pages/embedding.py") or run_name == "reg" and page != "pages/errors.py"
+    # the Overview's loss, learning rate and other scalars are panels of one chart
+    single = (page in ("pages/datamap.py", "pages/embedding.py", "pages/overview.py")
+              or run_name == "reg" and page != "pages/errors.py")
     assert len(charts) >= (1 if single else 2), [i.value for i in at.info]
     for spec in charts:  # no chart is empty: each has a trace with data
         assert any(t.get("x") is not None or t.get("z") is not None or t.get("y") is not None
@@ -182,9 +184,10 @@ def test_overview_draws_each_other_scalar_in_its_own_panel(monkeypatch, recorded
     at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
     picker = next(w for w in at.multiselect if w.label == "Other scalars")  # after "Overlay other runs"
     assert "grad_norm" in picker.value and "grad_clipped" not in picker.value
-    panels = next(c for c in _charts(at) if "title" not in c["layout"])
-    assert [a["text"] for a in panels["layout"]["annotations"]][:len(picker.value)] == picker.value
-    assert len({t.get("yaxis", "y") for t in panels["data"]}) == len(picker.value)
+    (panels,) = _charts(at)  # loss, lr, then a panel per picked scalar
+    titles = [a["text"] for a in panels["layout"]["annotations"]]
+    assert titles[0].startswith("loss") and titles[1] == "lr" and titles[2:] == picker.value
+    assert len({t.get("yaxis", "y") for t in panels["data"]}) == 2 + len(picker.value)
 
 
 def test_overview_model_table_counts_parameters_with_children(monkeypatch, recorded_runs):
