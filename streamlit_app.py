@@ -124,6 +124,7 @@ page = st.navigation([
     st.Page("pages/sample.py", title="Sample detail", icon=":material/image_search:"),
     st.Page("pages/datamap.py", title="Data map", icon=":material/scatter_plot:"),
     st.Page("pages/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
+    st.Page("pages/ensemble.py", title="Ensemble", icon=":material/join_inner:"),
 ])
 try:
     page.run()

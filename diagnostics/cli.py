@@ -4,6 +4,7 @@
     diagnostics dashboard [RUNS] [--port N] [--host H]
     diagnostics health RUN [--json] [--fail-on error|warning|info]
     diagnostics compare RUN_A RUN_B [--split val] [--json] [--limit N]
+    diagnostics ensemble RUN RUN [RUN...] [--split val] [--json] [--limit N]
 """
 
 from __future__ import annotations
@@ -213,6 +214,54 @@ def _compare_text(c, limit: int | None) -> str:
     return "\n".join(out)
 
 
+def _cmd_ensemble(args: argparse.Namespace) -> int:
+    import json
+    import warnings
+
+    import diagnostics
+
+    runs = [_open(path) for path in args.runs]
+    if any(run is None for run in runs):
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # printed below, once, with the result
+            result = diagnostics.ensemble(runs, split=args.split)
+    except diagnostics.DiagnosticsError as exc:
+        print(f"diagnostics: {exc}", file=sys.stderr)
+        return 2
+    for note in result.warnings:
+        print(f"diagnostics: warning: {note}", file=sys.stderr)
+    limit = args.limit or None
+    if args.json:
+        print(json.dumps(result.to_dict(limit=limit), indent=1, allow_nan=False))
+    else:
+        print(_ensemble_text(result, limit))
+    return 0
+
+
+def _ensemble_text(e, limit: int | None) -> str:
+    """The ensemble as a person reads it in a terminal."""
+    from diagnostics.ensemble import TIE_BREAK
+
+    out = [f"{len(e.members)} members, on the {e.shared} samples of split {e.split} that all of them evaluated"]
+    out += [f"WARNING: {note}" for note in e.warnings]
+    out += ["", "accuracy on the shared samples:"]
+    out += [f"  {name:<30} {e.accuracy[name]:.1%}" for name in e.members]
+    average = "—  " + e.probability_note if e.probability_accuracy is None else f"{e.probability_accuracy:.1%}"
+    out += [f"  {'majority vote':<30} {e.majority_accuracy:.1%}  ({e.majority_ties} tied; {TIE_BREAK})",
+            f"  {'probability average':<30} {average}",
+            f"  {'oracle (any member right)':<30} {e.oracle_accuracy:.1%}",
+            "", "error correlation (phi of the wrong indicators):",
+            e.phi.to_string(float_format=lambda v: f"{v:.2f}", na_rep="—"), *e.phi_notes, e.reading()]
+    named = e.only_one_right_named(e.class_names)
+    rows = named if limit is None else named.head(limit)
+    counts = ", ".join(f"{m} {int((named['member'] == m).sum())}" for m in e.members)
+    out += ["", f"samples only one member gets right: {len(e.only_one_right)} ({counts})",
+            rows.to_string(index=False) if not rows.empty else "  (none)"]
+    return "\n".join(out)
+
+
 def _count(value: str) -> int:
     count = int(value)
     if count < 0:
@@ -259,6 +308,13 @@ def build_parser() -> argparse.ArgumentParser:
     comp.add_argument("--limit", type=_count, default=10,
                       help="samples listed per change, largest moves first (default: 10; 0: all)")
     comp.set_defaults(func=_cmd_compare)
+    ens = sub.add_parser("ensemble", help="whether several runs, combined, would beat the best of them")
+    ens.add_argument("runs", nargs="+", metavar="RUN", help="two or more run directories evaluated on the same samples")
+    ens.add_argument("--split", default="val", help="evaluated split (default: val)")
+    ens.add_argument("--json", action="store_true", help="print everything as JSON")
+    ens.add_argument("--limit", type=_count, default=10,
+                     help="samples only one member gets right to list (default: 10; 0: all)")
+    ens.set_defaults(func=_cmd_ensemble)
     return parser
 
 

@@ -201,6 +201,15 @@ def comparison(path_a: str, version_a: str, path_b: str, version_b: str, split: 
         return diagnostics.compare(path_a, path_b, split=split)
 
 
+@st.cache_data(show_spinner=False, max_entries=16, ttl=60)
+def ensemble_of(paths: tuple[str, ...], versions: tuple[str, ...], split: str):
+    """`diagnostics.ensemble` of runs, keyed by their paths and data versions; its warnings are
+    on the result (the page shows them)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return diagnostics.ensemble(list(paths), split=split)
+
+
 @st.cache_data(ttl=5, show_spinner=False)
 def run_list(folder: str) -> pd.DataFrame:
     return diagnostics.list_runs(folder)

@@ -162,7 +162,7 @@ def test_a_tag_saved_in_review_is_there_after_a_reload(dashboard, tmp_path):
             browser.close()
 
 
-PAGES = ["", "distributions", "outputs", "health", "errors", "embedding", "sample", "datamap", "compare"]
+PAGES = ["", "distributions", "outputs", "health", "errors", "embedding", "sample", "datamap", "compare", "ensemble"]
 # Every drawn chart's traces, as plotly.js holds them: a chart is empty when no trace has data
 # (our figure builders' "nothing to show" figures are text without traces).
 _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).map(el => {
@@ -182,7 +182,7 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
     shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
     runs = sorted(p.name for p in demo_runs.iterdir() if (p / "run.json").exists())
-    assert len(runs) == 5, runs
+    assert len(runs) == 5, runs  # three digits runs on the same samples, OCT, radar
     problems = []
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
@@ -209,6 +209,8 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
                     problems += [f"{where}: empty chart {c['title']!r}" for c in charts if not c["data"]]
                     if name in ("", "distributions", "outputs", "errors", "sample") and not charts:
                         problems.append(f"{where}: no chart at all")
+                    if name == "ensemble" and run.startswith("digits") and len(charts) < 2:
+                        problems.append(f"{where}: the digits runs share their samples, yet no phi heatmap")
         finally:
             browser.close()
     assert not problems, "\n".join(problems)

@@ -5,7 +5,8 @@ a figure that says why it is blank.
 
 One module per view: `curves` (scalars over steps), `distributions` (one layer over steps, all
 layers at one step), `outputs` (outputs vs labels), `errors` (error review), `embedding` (the
-embedding map), `sample` (one sample), `dynamics` (the data maps), `compare` (two runs);
+embedding map), `sample` (one sample), `dynamics` (the data maps), `compare` (two runs), `ensemble`
+(several runs as one);
 `common` holds what they share. Every builder is re-exported here:
 
     from diagnostics import figures
@@ -24,6 +25,7 @@ from diagnostics.figures.distributions import (
 )
 from diagnostics.figures.dynamics import data_map_figure, residual_map_figure
 from diagnostics.figures.embedding import embedding_figure
+from diagnostics.figures.ensemble import ensemble_accuracy_figure, phi_heatmap_figure
 from diagnostics.figures.errors import (
     class_metrics_figure,
     confusion_figure,
@@ -48,4 +50,5 @@ __all__ = [
     "prediction_figure", "preview_figure", "probability_figure", "quantile_bands_figure", "reliability_figure",
     "residual_figure", "residual_map_figure", "runs_scalar_figure", "runs_scalars_figure", "sample_history_figure",
     "scalar_figure", "slices_figure", "update_ratio_figure", "value_bands_figure", "value_distribution_figure",
+    "ensemble_accuracy_figure", "phi_heatmap_figure",
 ]

@@ -1,0 +1,115 @@
+"""Ensemble: would the run picked in the sidebar and the folder's other runs on the same data,
+combined, beat the best of them? Their error correlation, the majority vote, the probability
+average, the oracle, and the samples only one member gets right."""
+
+from pathlib import Path
+
+import streamlit as st
+
+import diagnostics
+from diagnostics import figures
+from diagnostics.ensemble import MIN_MEMBERS, TIE_BREAK, WEAK_PHI
+from pages import _shared
+
+MOST_MEMBERS = 8
+
+r = _shared.review("Ensemble")
+run = r.run
+evaluated = list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or []))
+if not r.classification:
+    st.info(f"{run.name} is a {r.task} run: the ensemble view combines classification runs (votes, right or "
+            "wrong per sample). Compare regression runs on the Compare runs page.")
+    st.stop()
+if not evaluated:
+    st.info(f"{run.name} (picked in the sidebar) has no evaluation. Add `run.evaluate(val_loader, split=\"val\")` "
+            "after training to each run you want to combine, on the same samples, or pick an evaluated run.")
+    st.stop()
+others = _shared.comparable_runs(r.runs_dir, r.path)
+for name, why in others.attrs.get("skipped", {}).items():
+    st.caption(f"{name} is left out: {why}")
+others = others[others["same_data"]]
+# members are named by folder, as in the sidebar: copies of a run share their manifest's name
+paths = {run.path.name: r.path, **{Path(p).name: str(p) for p in others["path"]}}
+splits_of = {run.path.name: evaluated, **{Path(p).name: list(s) for p, s in zip(others["path"], others["splits"])}}
+if len(paths) < MIN_MEMBERS:
+    st.info(f"Nothing to combine {run.name} with: an ensemble needs at least {MIN_MEMBERS} evaluated classification "
+            f"runs on the same data (the same sample ids with the same labels) in `{r.runs_dir}`. Train another "
+            "model (another seed, architecture or preprocessing) and call `run.evaluate(val_loader, split=\"val\")` "
+            "on the same samples.")
+    st.stop()
+
+left, right = st.columns([3, 1])
+names = list(paths)
+picked = left.multiselect(
+    f"Members (at most {MOST_MEMBERS})", names, default=names[:MOST_MEMBERS], max_selections=MOST_MEMBERS,
+    key=f"ensemble_members_{run.path.name}",
+    help="The sidebar run and the folder's other runs evaluated on the same data, most recent first.")
+if len(picked) < MIN_MEMBERS:
+    st.info(f"Pick at least {MIN_MEMBERS} members.")
+    st.stop()
+splits = [s for s in evaluated if all(s in splits_of[n] for n in picked)]
+if not splits:
+    st.info("The picked members have no evaluated split in common. Evaluate them all on the same split.")
+    st.stop()
+split = right.selectbox("Split", splits, index=splits.index("val") if "val" in splits else 0,
+                        key="ensemble_split")
+member_paths = tuple(paths[n] for n in picked)
+try:
+    e = _shared.ensemble_of(member_paths, tuple(diagnostics.open_run(p).data_version() for p in member_paths), split)
+except diagnostics.DiagnosticsError as exc:
+    st.error(f"These runs cannot be combined: {exc}")
+    st.stop()
+st.caption(f"{len(e.members)} members, on the {e.shared:,} samples of split {split} that all of them evaluated "
+           "(each member's latest evaluation).")
+for note in e.warnings:
+    st.warning(note, icon=":material/warning:")
+
+# -- headline -----------------------------------------------------------------------------
+best, best_accuracy = e.best_member
+gain = e.gain()
+cols = st.columns(4)
+cols[0].metric("Best member", f"{best_accuracy:.1%}", help=best)
+cols[0].caption(best)
+cols[1].metric("Majority vote", f"{e.majority_accuracy:.1%}", delta=f"{100 * gain['majority vote']:+.1f} points",
+               help=f"each member votes its prediction; {e.majority_ties} tied vote(s): {TIE_BREAK}")
+if e.probability_accuracy is None:
+    cols[2].metric("Probability average", "—", help=e.probability_note)
+else:
+    cols[2].metric("Probability average", f"{e.probability_accuracy:.1%}",
+                   delta=f"{100 * gain['probability average']:+.1f} points",
+                   help="the class of highest mean probability over the members")
+cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", delta=f"{100 * gain['oracle']:+.1f} points",
+               help="a sample counts when any member gets it right: the most a combination of these predictions "
+                    "can reach")
+(st.success if e.mean_phi < WEAK_PHI else st.info)(e.reading()[0].upper() + e.reading()[1:] + ".")
+
+# -- charts -------------------------------------------------------------------------------
+chart_left, chart_right = st.columns(2)
+chart_left.plotly_chart(figures.phi_heatmap_figure(e.phi), key="ensemble_phi")
+chart_right.plotly_chart(figures.ensemble_accuracy_figure(e.accuracy, e.combined()), key="ensemble_accuracy")
+st.caption("Phi is the correlation of two members' wrong/right indicators over the shared samples: 1, wrong on "
+           "the same samples; 0, errors unrelated; below 0, one tends to be right where the other is wrong.")
+for note in e.phi_notes:
+    st.caption(note)
+
+# -- the samples only one member gets right -----------------------------------------------
+st.subheader("Samples only one member gets right")
+table = e.only_one_right_named(r.class_names)
+if table.empty:
+    st.info("No shared sample is right in exactly one member.")
+    st.stop()
+by_member = table["member"].value_counts()
+st.caption(", ".join(f"{m}: {int(by_member.get(m, 0))}" for m in e.members) + ". What a vote can lose: the other "
+           f"members outvote the one right answer. {'The first 1,000 shown. ' if len(table) > 1000 else ''}"
+           "Select a row to open it in Sample detail as that member saw it.")
+event = st.dataframe(table.head(1000), hide_index=True, on_select="rerun", selection_mode="single-row",
+                     key="ensemble_table",
+                     column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
+chosen = table.iloc[event.selection.rows] if event.selection.rows else None
+member = None if chosen is None else str(chosen["member"].iloc[0])
+if st.button(f"Open in Sample detail, as {member or 'its member'} saw it", disabled=chosen is None,
+             key="ensemble_open"):
+    path = e.paths[e.members.index(member)]
+    st.session_state["sample_id"], st.session_state["sample_split"] = str(chosen["sample_id"].iloc[0]), split
+    st.session_state["run_path"] = path  # the sidebar picker follows
+    st.switch_page("pages/sample.py", query_params={"run": Path(path).name})
