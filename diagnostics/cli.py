@@ -253,7 +253,7 @@ def _ensemble_text(e, limit: int | None) -> str:
             f"  {'probability average':<30} {average}",
             f"  {'oracle (any member right)':<30} {e.oracle_accuracy:.1%}",
             "", "error correlation (phi of the wrong indicators):",
-            e.phi.to_string(float_format=lambda v: f"{v:.2f}", na_rep="—"), *e.phi_notes, e.reading()]
+            e.phi.to_string(float_format=lambda v: f"{v:.2f}", na_rep="—"), *e.phi_notes, e.reading(), e.outcome()]
     named = e.only_one_right_named(e.class_names)
     rows = named if limit is None else named.head(limit)
     counts = ", ".join(f"{m} {int((named['member'] == m).sum())}" for m in e.members)

@@ -112,6 +112,19 @@ class Ensemble:
         return (f"errors strongly correlated (mean phi {phi:.2f}): the members fail on the same samples, "
                 "an ensemble will help little")
 
+    def outcome(self) -> str:
+        """One sentence on what combining did here, measured: the better of majority vote and
+        probability average against the best member (the phi reading says what to expect; a
+        weak member can still drag a vote below the best member)."""
+        best, best_accuracy = self.best_member
+        ways = {w: v for w, v in self.combined().items() if w != "oracle" and v is not None}
+        way = max(ways, key=ways.get)
+        points = 100 * (ways[way] - best_accuracy)
+        verb = "beats" if points > 0 else "matches" if points == 0 else "falls short of"
+        by = "" if points == 0 else f", by {abs(points):.1f} points"
+        return (f"measured: the {way} ({ways[way]:.1%}) {verb} the best member, {best} ({best_accuracy:.1%})"
+                f"{by}; any member right (the oracle): {self.oracle_accuracy:.1%}")
+
     def only_one_right_named(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
         """`only_one_right` with class names for the labels, as a page lists it."""
         return self.only_one_right.assign(label=self.only_one_right["label"].map(lambda v: class_name(class_names, v)))
@@ -125,7 +138,7 @@ class Ensemble:
             "accuracy": {m: _finite(a) for m, a in self.accuracy.items()},
             "best_member": self.best_member[0],
             "phi": json.loads(self.phi.to_json(orient="index")), "phi_notes": list(self.phi_notes),
-            "mean_phi": _finite(self.mean_phi), "reading": self.reading(),
+            "mean_phi": _finite(self.mean_phi), "reading": self.reading(), "outcome": self.outcome(),
             "majority_accuracy": _finite(self.majority_accuracy), "majority_ties": self.majority_ties,
             "tie_break": TIE_BREAK, "probability_accuracy": _finite(self.probability_accuracy),
             "probability_note": self.probability_note, "oracle_accuracy": _finite(self.oracle_accuracy),

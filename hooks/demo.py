@@ -132,11 +132,13 @@ def story(runs_dir: str | Path) -> str:
     found = [f for f in diagnostics.open_run(baseline).health() if f.rule == "softmax_before_cross_entropy"]
     c = diagnostics.compare(baseline, fixed)
     s = c.summary
+    e = diagnostics.ensemble([runs_dir / name for name, *_ in DIGITS_RUNS])
     lines = ["", "The story of the digits runs (open them in the dashboard):",
              f"  1. Health of {baseline.name}: " + (found[0].message if found else "no finding on its loss input."),
              f"  2. {fixed.name} removes the softmax. Compare runs, A = {baseline.name}, B = {fixed.name}: "
              f"val accuracy {s['accuracy_a']:.1%} -> {s['accuracy_b']:.1%}, {s['fixed']} samples fixed, "
-             f"{s['broken']} broken (p = {s['p_value']:.2g}), on the same {s['shared']} samples."]
+             f"{s['broken']} broken (p = {s['p_value']:.2g}), on the same {s['shared']} samples.",
+             f"  3. Ensemble of the three digits runs: {e.reading()}; {e.outcome()}."]
     return "\n".join(lines)
 
 

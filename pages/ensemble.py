@@ -81,7 +81,8 @@ else:
 cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", delta=f"{100 * gain['oracle']:+.1f} points",
                help="a sample counts when any member gets it right: the most a combination of these predictions "
                     "can reach")
-(st.success if e.mean_phi < WEAK_PHI else st.info)(e.reading()[0].upper() + e.reading()[1:] + ".")
+helps = e.mean_phi < WEAK_PHI and max(v for w, v in gain.items() if w != "oracle" and v is not None) > 0
+(st.success if helps else st.info)(f"{e.reading()[0].upper()}{e.reading()[1:]}; {e.outcome()}.")
 
 # -- charts -------------------------------------------------------------------------------
 chart_left, chart_right = st.columns(2)

@@ -125,22 +125,8 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
             fig.add_annotation(text="no finite values", showarrow=False, row=row, col=col,
                                xref="x domain", yref="y domain", x=0.5, y=0.5)
             continue
-        for run, j, rank, ranks, xs, ys in series:
-            label = run + (f" (rank {rank})" if ranks > 1 else "")
-            color = _CURVE_COLORS[j % len(_CURVE_COLORS)]
-            line = dict(color=color, width=2, dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1
-                        else "solid")
-            mode = "lines" if len(ys) > 3 else "lines+markers"
-            if smooth > 0 and name in smoothed:
-                fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=f"{label} · raw", legendgroup=label,
-                                showlegend=False, line={**line, "color": rgba(color, 0.3), "width": 1},
-                                marker=dict(color=rgba(color, 0.3)), hoverinfo="skip", row=row, col=col)
-                ys = ema(ys, smooth)
-            fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=label, legendgroup=label,
-                            showlegend=several and label not in legended, line=line,
-                            hovertemplate=f"{label}<br>{name} %{{y:.4g}}<br>{x} %{{x:.4g}}<extra></extra>",
-                            row=row, col=col)
-            legended.add(label)
+        _add_panel(fig, name, series, (row, col), x, scale, smooth if name in smoothed else 0.0,
+                   several, legended)
         values = np.concatenate([ys for *_, ys in series])
         finite = values[np.isfinite(values)]
         if len(finite) and finite.min() == finite.max() and finite[0] != 0:
@@ -151,6 +137,29 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
                       height=60 + 260 * rows + (30 if several else 0))
     fig.update_annotations(font_size=13)
     return fig
+
+
+def _add_panel(fig: go.Figure, name: str, series: list, at: tuple[int, int], x: str, scale: float, smooth: float,
+               several: bool, legended: set) -> None:
+    """One panel of `runs_scalars_figure`: a line per run (and rank), a run named in the legend
+    once across panels; with `smooth`, its moving average over its raw values drawn faint."""
+    row, col = at
+    for run, j, rank, ranks, xs, ys in series:
+        label = run + (f" (rank {rank})" if ranks > 1 else "")
+        color = _CURVE_COLORS[j % len(_CURVE_COLORS)]
+        line = dict(color=color, width=2, dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1
+                    else "solid")
+        mode = "lines" if len(ys) > 3 else "lines+markers"
+        if smooth > 0:
+            fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=f"{label} · raw", legendgroup=label,
+                            showlegend=False, line={**line, "color": rgba(color, 0.3), "width": 1},
+                            marker=dict(color=rgba(color, 0.3)), hoverinfo="skip", row=row, col=col)
+            ys = ema(ys, smooth)
+        fig.add_scatter(x=xs / scale, y=ys, mode=mode, name=label, legendgroup=label,
+                        showlegend=several and label not in legended, line=line,
+                        hovertemplate=f"{label}<br>{name} %{{y:.4g}}<br>{x} %{{x:.4g}}<extra></extra>",
+                        row=row, col=col)
+        legended.add(label)
 
 
 def _run_series(frames: dict[str, pd.DataFrame], name: str, x: str, starts: dict[str, float]) -> tuple[list, list]:

@@ -98,6 +98,10 @@ def test_numbers_match_hand_counts(trio):
     assert e.warnings == () and e.phi_notes == ()
     assert e.gain() == pytest.approx({"majority vote": 0.2, "probability average": 0.1, "oracle": 0.3})
     assert e.reading() == "errors weakly correlated (mean phi 0.03): an ensemble can help"
+    best = e.best_member[0]
+    assert e.accuracy[best] == pytest.approx(0.6)
+    assert e.outcome() == (f"measured: the majority vote (80.0%) beats the best member, {best} (60.0%), by 20.0 "
+                           "points; any member right (the oracle): 90.0%")
 
 
 def test_phi_is_the_correlation_of_the_wrong_indicators(trio):
