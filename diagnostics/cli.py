@@ -193,6 +193,9 @@ def _compare_text(c, limit: int | None) -> str:
                                           for col in ("recall_a", "recall_b")},
                                        delta=c.per_class["delta"].map(lambda v: f"{100 * v:+.1f}" if v == v else "—"))
         table("per class (recall in %, delta in points):", per_class.drop(columns="class"))
+    out.extend(["", "by review tag (the tags on A's evaluated data, from every run in A's folder):"])
+    out.extend(f"  {line}" for line in c.tag_sentences() or
+               ["(none: tag samples on the Error review page of A, then compare again)"])
     good, bad = ("fixed", "broken") if classification else ("improved", "worsened")
     columns = ["sample_id", "label", "prediction_a", "prediction_b", "loss_a", "loss_b"]
     if not classification:

@@ -10,12 +10,12 @@ findings). Run A is the reference ("before"), run B the candidate ("after").
     c = diagnostics.compare("runs/baseline", "runs/normalised")
     c.summary["fixed"], c.summary["broken"], c.summary["p_value"]
     c.top("broken", limit=10)          # the samples B gets wrong that A got right, worst first
+    c.per_tag()                        # per review tag: how many tagged samples B fixed, broke, left wrong
 """
 
 from __future__ import annotations
 
 import functools
-import json
 import math
 import os
 import warnings
@@ -27,9 +27,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diagnostics.across_runs import config_diff, health_diff, scalar_diff
 from diagnostics.errors import class_name
 from diagnostics.exceptions import ComparisonError, DiagnosticsError
 from diagnostics.store import Run, list_runs, open_run
+from diagnostics.tags import folder_tags
 
 # Regression: a sample counts as improved or worsened when its |error| moves by more than
 # this fraction of run A's median |error| on the shared samples (smaller moves are noise).
@@ -37,6 +39,8 @@ REGRESSION_TOLERANCE = 0.1
 ALPHA = 0.05
 CLASSIFICATION_CHANGES = ("fixed", "broken", "still_wrong", "still_right")
 REGRESSION_CHANGES = ("improved", "worsened", "same")
+_CHANGE_WORDS = {"fixed": "fixed", "broken": "broken", "still_wrong": "still wrong", "still_right": "still right",
+                 "improved": "improved", "worsened": "worsened", "same": "about the same"}
 # Different data: more than this share of the shared ids carry different labels in the two
 # runs. Label fixes between runs (the loop this tool serves: tag label noise, relabel,
 # retrain) touch a few percent of a set: Northcutt et al. (2021) estimate 3.4% label errors
@@ -44,8 +48,6 @@ REGRESSION_CHANGES = ("improved", "worsened", "same")
 # agree by chance on about 1/K of the ids (K balanced classes): 50% mismatches for two
 # classes, 90% for ten, nearly all for real-valued targets. A quarter sits well between.
 MAX_LABEL_MISMATCH_SHARE = 0.25
-# Manifest entries besides `config` that say what a run was (its model, optimiser, loss, seed).
-_MANIFEST_KEYS = ("model_class", "num_parameters", "optimizer", "loss_fn", "seed", "class_names", "git_commit")
 _SAMPLE_COLUMNS = ("step", "label", "prediction", "loss", "correct", "confidence", "residual")
 
 
@@ -69,6 +71,8 @@ class Comparison:
       the other has not, matched by rule and layer.
     - `warnings`: what makes the comparison less than like for like (different evaluation
       sets, labels that differ for one id), said in full sentences.
+    - `path_a`, `dataset_a`: run A's directory and the dataset key of its evaluation (where
+      its review tags are found); `only_a_ids`: the ids A evaluated and B did not.
     """
 
     run_a: str
@@ -82,6 +86,9 @@ class Comparison:
     scalars: pd.DataFrame
     health: pd.DataFrame
     warnings: tuple[str, ...] = ()
+    path_a: str = ""
+    dataset_a: str = ""
+    only_a_ids: tuple[str, ...] = ()
 
     def top(self, change: str, limit: int | None = 10) -> pd.DataFrame:
         """Samples with one `change`, the largest moves first: `fixed`/`improved` by how much
@@ -123,6 +130,46 @@ class Comparison:
         """`per_class` with recall_a, recall_b and delta in percent (points for the delta)."""
         return self.per_class.assign(**{col: 100 * self.per_class[col] for col in ("recall_a", "recall_b", "delta")})
 
+    def review_tags(self) -> pd.DataFrame:
+        """The review tags on A's evaluated data (its dataset key) from every run in A's folder,
+        as the Error review page of A shows them and writes them: sample_id, tag, run,
+        created_at. A tag made while reviewing a later run on the same data counts too."""
+        if not self.path_a or not self.dataset_a:
+            return pd.DataFrame(columns=["sample_id", "tag", "run", "created_at"])
+        return folder_tags(Path(self.path_a).parent, self.dataset_a)
+
+    def per_tag(self, tags: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Per review tag, what B did to the samples tagged in A: one row per tag with `tag`,
+        `tagged` (tagged samples both runs evaluated), the counts of each change among them
+        (fixed, broken, still_wrong, still_right; or improved, worsened, same) and `not_in_b`
+        (tagged samples A evaluated and B did not). Most tagged first.
+
+        `tags` is a frame with sample_id and tag (a pair listed twice counts once; ids A did
+        not evaluate are left out); None reads `review_tags()`.
+
+            c.per_tag()                    # tag, tagged, fixed, broken, still_wrong, still_right, not_in_b
+            c.per_tag(pd.DataFrame({"sample_id": ["s1", "s2"], "tag": "too dark"}))
+        """
+        return tag_outcomes(self.samples, self.only_a_ids, self.review_tags() if tags is None else tags,
+                            self.task)
+
+    def tag_sentences(self, table: pd.DataFrame | None = None) -> list[str]:
+        """One sentence per row of `per_tag()` (or of `table`): "Of the 40 samples tagged 'too
+        dark', 31 fixed, 2 broken, 7 still wrong, 0 still right." """
+        table = self.per_tag() if table is None else table
+        changes = CLASSIFICATION_CHANGES if self.task == "classification" else REGRESSION_CHANGES
+        out = []
+        for row in table.to_dict("records"):
+            if not row["tagged"]:
+                out.append(f"None of the {row['not_in_b']} sample(s) tagged '{row['tag']}' is in B's evaluation.")
+                continue
+            missing = f"{row['not_in_b']} more B did not evaluate" if row["not_in_b"] else ""
+            counts = ", ".join(f"{row[c]} {_CHANGE_WORDS[c]}" for c in changes)
+            noun = "sample" if row["tagged"] == 1 else "samples"
+            out.append(f"Of the {row['tagged']} {noun} tagged '{row['tag']}', {counts}"
+                       f"{f'; {missing}' if missing else ''}.")
+        return out
+
     def verdict(self, alpha: float = ALPHA) -> str:
         """One sentence: did B fix more than it broke, beyond chance?"""
         s = self.summary
@@ -142,8 +189,8 @@ class Comparison:
 
     def to_dict(self, limit: int | None = 10) -> dict[str, Any]:
         """JSON-ready: summary, verdict, warnings, per-class table, the top `limit` fixed and
-        broken (improved and worsened) samples, all of them with `limit=None`, and the config,
-        scalar and health differences."""
+        broken (improved and worsened) samples, all of them with `limit=None`, the config,
+        scalar and health differences, and `per_tag` (A's review tags, see `per_tag`)."""
         changes = CLASSIFICATION_CHANGES[:2] if self.task == "classification" else REGRESSION_CHANGES[:2]
         return _jsonable({
             "run_a": self.run_a, "run_b": self.run_b, "split": self.split, "task": self.task,
@@ -152,6 +199,7 @@ class Comparison:
             **{change: self.top(change, limit).to_dict("records") for change in changes},
             "config": self.config.to_dict("records"), "scalars": self.scalars.to_dict("records"),
             "health": self.health.to_dict("records"),
+            "per_tag": self.per_tag().to_dict("records"),
         })
 
 
@@ -213,7 +261,8 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
     return Comparison(run_a=a.name, run_b=b.name, split=split, task=task_a, samples=samples, summary=summary,
                       per_class=per_class, config=config_diff(a.manifest, b.manifest),
                       scalars=scalar_diff(a, b, split), health=health_diff(a.health(), b.health()),
-                      warnings=tuple(notes))
+                      warnings=tuple(notes), path_a=str(a.path), only_a_ids=tuple(sorted(ids_a - shared)),
+                      dataset_a=_evaluated_dataset(a, split, summary["step_a"]))
 
 
 def mcnemar_p(fixed: int, broken: int) -> float:
@@ -308,6 +357,38 @@ def _labels_differ(labels_a: pd.Series, labels_b: pd.Series) -> np.ndarray:
     a, b = labels_a.to_numpy(dtype=float), labels_b.to_numpy(dtype=float)
     known = np.isfinite(a) & np.isfinite(b)
     return known & ~np.isclose(a, b, rtol=1e-6, atol=0.0)
+
+
+def tag_outcomes(samples: pd.DataFrame, only_a_ids: Sequence[str], tags: pd.DataFrame, task: str) -> pd.DataFrame:
+    """`Comparison.per_tag` from its parts: `samples` (sample_id, change), the ids only A
+    evaluated, and the (sample_id, tag) pairs. A tag none of whose samples A evaluated gets
+    no row."""
+    changes = CLASSIFICATION_CHANGES if task == "classification" else REGRESSION_CHANGES
+    columns = ["tag", "tagged", *changes, "not_in_b"]
+    missing = {"sample_id", "tag"} - set(tags.columns)
+    if missing:
+        raise ComparisonError(f"the tags frame lacks column(s) {', '.join(sorted(missing))} — pass one with "
+                              "sample_id and tag, such as TagStore(run_dir).tags(dataset)")
+    pairs = tags[["sample_id", "tag"]].astype(str).drop_duplicates()
+    change_of = pd.Series(samples["change"].to_numpy(), index=samples["sample_id"].astype(str))
+    pairs = pairs.assign(change=pairs["sample_id"].map(change_of), not_in_b=pairs["sample_id"].isin(set(only_a_ids)))
+    rows = []
+    for tag, group in pairs.groupby("tag", sort=True):
+        counts = group["change"].value_counts()
+        row = {"tag": tag, "tagged": int(group["change"].notna().sum()),
+               **{c: int(counts.get(c, 0)) for c in changes}, "not_in_b": int(group["not_in_b"].sum())}
+        if row["tagged"] or row["not_in_b"]:
+            rows.append(row)
+    frame = pd.DataFrame(rows, columns=columns).astype({c: "int64" for c in columns[1:]})
+    return frame.sort_values(["tagged", "not_in_b"], ascending=False, kind="stable").reset_index(drop=True)
+
+
+def _evaluated_dataset(run: Run, split: str, step: int) -> str:
+    """The dataset key of the evaluation of `split` at `step`, under which the Error review
+    page keeps its tags (the split's name for runs recorded before keys existed)."""
+    keys = [e.get("dataset") for e in run.manifest.get("evaluations") or []
+            if e.get("split") == split and e.get("step") == step]
+    return str(keys[-1]) if keys and keys[-1] else split
 
 
 # -- the per-sample diff ----------------------------------------------------------------------
@@ -416,69 +497,6 @@ def _regression(joined: pd.DataFrame, summary: dict, tolerance: float) -> pd.Dat
                    tolerance=tol, **counts, test="exact sign test",
                    p_value=mcnemar_p(counts["improved"], counts["worsened"]))
     return samples
-
-
-# -- what else differs ------------------------------------------------------------------------
-
-def _flatten(d: dict, prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in d.items():
-        if isinstance(value, dict) and value:
-            out.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def config_diff(manifest_a: dict, manifest_b: dict) -> pd.DataFrame:
-    """Manifest entries that differ: every key of `config` (nested dicts as dotted keys), then
-    the model class, parameter count, optimiser, loss, seed, class names and git commit."""
-    rows = []
-    for source, a, b in (("config", _flatten(manifest_a.get("config") or {}), _flatten(manifest_b.get("config") or {})),
-                         ("run", {k: manifest_a.get(k) for k in _MANIFEST_KEYS if k in manifest_a},
-                          {k: manifest_b.get(k) for k in _MANIFEST_KEYS if k in manifest_b})):
-        for key in dict.fromkeys([*a, *b]):
-            if key in a and key in b:
-                if _canonical(a[key]) == _canonical(b[key]):
-                    continue
-                change = "changed"
-            else:
-                change = "only in A" if key in a else "only in B"
-            rows.append({"key": key, "value_a": a.get(key), "value_b": b.get(key), "change": change, "source": source})
-    return pd.DataFrame(rows, columns=["key", "value_a", "value_b", "change", "source"])
-
-
-def _canonical(value: Any) -> str:
-    return json.dumps(value, sort_keys=True, default=str)
-
-
-def scalar_diff(run_a: Run, run_b: Run, split: str = "val") -> pd.DataFrame:
-    """The last value of `loss` and of every `val/...` and `<split>/...` scalar in each run."""
-    def last(run: Run) -> pd.DataFrame:
-        s = run.scalars()
-        s = s[(s["name"] == "loss") | s["name"].str.startswith(("val/", f"{split}/"))]
-        s = s[s["rank"] == s["rank"].min()] if not s.empty else s
-        return s.sort_values("step").groupby("name").tail(1).set_index("name")[["value", "step"]]
-
-    la, lb = last(run_a), last(run_b)
-    names = sorted(set(la.index) | set(lb.index), key=lambda n: (n != "loss", n))
-    la, lb = la.reindex(names), lb.reindex(names)
-    return pd.DataFrame({"name": names, "value_a": la["value"].to_numpy(dtype=float),
-                         "value_b": lb["value"].to_numpy(dtype=float),
-                         "delta": (lb["value"] - la["value"]).to_numpy(dtype=float),
-                         "step_a": la["step"].astype("Int64").to_numpy(),
-                         "step_b": lb["step"].astype("Int64").to_numpy()})
-
-
-def health_diff(findings_a: list, findings_b: list) -> pd.DataFrame:
-    """Health findings (from `Run.health()`) that one run has and the other has not, matched
-    by rule and layer: a fix that cured dead units shows as `only_in` A."""
-    keys_a = {(f.rule, f.layer) for f in findings_a}
-    keys_b = {(f.rule, f.layer) for f in findings_b}
-    rows = [{"rule": f.rule, "layer": f.layer, "severity": f.severity, "only_in": side, "message": f.message}
-            for side, findings, other in (("A", findings_a, keys_b), ("B", findings_b, keys_a))
-            for f in findings if (f.rule, f.layer) not in other]
-    return pd.DataFrame(rows, columns=["rule", "layer", "severity", "only_in", "message"])
 
 
 def _jsonable(obj: Any) -> Any:

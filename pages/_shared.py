@@ -193,6 +193,13 @@ def comparable_runs(runs_dir: str, path: str):
     return find(runs_dir, path)
 
 
+@st.cache_data(show_spinner=False, ttl=5)
+def runs_recording(runs_dir: str, path: str, kind: str, layer: str):
+    from diagnostics.across_runs import runs_recording as find
+
+    return find(runs_dir, path, kind, layer)
+
+
 @st.cache_data(show_spinner=False, max_entries=16, ttl=60)
 def comparison(path_a: str, version_a: str, path_b: str, version_b: str, split: str):
     """`diagnostics.compare` of two runs; its warnings are on the result (the page shows them)."""

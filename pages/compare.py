@@ -118,6 +118,23 @@ else:
             st.session_state["run_path"] = path  # the sidebar picker follows
             st.switch_page("pages/sample.py", query_params={"run": Path(path).name})
 
+# -- by review tag -----------------------------------------------------------------------
+st.subheader("By review tag")
+# the tags Error review shows for A's evaluation: A's data, from every run of the folder
+per_tag = c.per_tag(_shared.sample_tags(runs_dir, c.dataset_a))
+if per_tag.empty:
+    st.info(f"No sample of {c.run_a}'s {split} evaluation is tagged yet. Tag the failures on the Error review page "
+            f"(with {c.run_a} picked in the sidebar: select rows, pick or type a tag such as 'too dark', Save), then "
+            f"come back here to see how many of each tag {c.run_b} fixed and broke.")
+else:
+    st.markdown("\n".join(f"- {line}" for line in c.tag_sentences(per_tag)))
+    st.dataframe(per_tag, hide_index=True, key="compare_tags",
+                 column_config={**{col: col.replace("_", " ") for col in per_tag.columns},
+                                "tagged": st.column_config.NumberColumn(help="tagged samples both runs evaluated"),
+                                "not_in_b": st.column_config.NumberColumn(
+                                    "not in B", help=f"tagged samples {c.run_b} did not evaluate")})
+    st.caption(f"Tags on {c.run_a}'s evaluated data from every run in the folder, as Error review shows them.")
+
 # -- what else differs --------------------------------------------------------------------
 tabs = st.tabs((["Per class"] if classification else []) + ["Configuration", "Final scalars", "Health findings"])
 config_tab, scalar_tab, health_tab = tabs[-3:]

@@ -1,8 +1,9 @@
-"""Distributions: one layer over steps (quantile bands, histogram heatmap) and all
-layers side by side at one step."""
+"""Distributions: one layer over steps (quantile bands, histogram heatmap), the same layer
+of other runs on one step axis, and all layers side by side at one step."""
 
 import streamlit as st
 
+import diagnostics
 from diagnostics import figures, overview, schema
 from pages import _shared
 
@@ -45,6 +46,38 @@ if len(one):
         f"Last capture (step {int(last['step'])}): mean {last['mean']:.4g}, std {last['std']:.4g}, "
         f"zeros {last['zero_frac']:.1%}, NaN {int(last['nan_count'])}, Inf {int(last['inf_count'])}."
     )
+
+st.subheader("Compare with other runs")
+peers = _shared.runs_recording(st.session_state.get("runs_dir", str(run.path.parent)), path, kind, layer)
+if peers.empty:
+    st.caption(f"No other run of this folder recorded the {kind} of `{layer}`: runs of the same model, recorded with "
+               "`hooks.watch`, show here to compare this layer across changes.")
+else:
+    options = peers["name"].tolist()
+    # the picks carry over to other layers and kinds wherever the picked runs recorded them
+    remembered = st.session_state.get("dist_compare_runs", [])
+    picked = st.multiselect("Compare with other runs", options, key=f"dist_compare_{kind}_{layer}",
+                            default=[n for n in remembered if n in options],
+                            placeholder="pick runs to draw beside this one",
+                            help="Runs of this folder that recorded the same kind for a layer of the same name, "
+                                 "most recent first: drawn on one step axis, step by step.")
+    st.session_state["dist_compare_runs"] = picked + [n for n in remembered if n not in options]
+    frames = {run.path.name: one}
+    for row in peers.set_index("name").loc[picked].reset_index().itertuples():
+        try:
+            version = diagnostics.open_run(row.path).data_version()
+        except diagnostics.DiagnosticsError as exc:
+            st.caption(f"{row.name} is left out: {exc}")
+            continue
+        same_rank = rank if rank is not None and rank < row.world_size else None
+        frames[row.name] = _shared.distributions(row.path, version, kind, layers=(layer,), rank=same_rank)
+    if len(frames) > 1:
+        st.plotly_chart(figures.runs_quantiles_figure(frames, f"{kind} of {layer}: median and band, run by run"),
+                        width="stretch", key="dist_runs_quantiles")
+        if st.toggle("Histograms side by side", key="dist_runs_histograms",
+                     help="Each run's histogram heatmap on one value grid and colour scale, axes shared."):
+            st.plotly_chart(figures.runs_histograms_figure(frames, f"{kind} of {layer}: histograms over steps"),
+                            width="stretch", key="dist_runs_histograms_chart")
 
 if kind == "update":
     ratios = _shared.update_ratios(path, version, layer)

@@ -124,3 +124,26 @@ def test_compare_of_runs_on_different_data_exits_2_with_one_line(tmp_path):
             "diagnostics: runs digits and oct share 12 ids on split 'val' but 8 carry different labels: they were "
             "evaluated on different data — compare runs evaluated on the same samples (the same ids and labels "
             "passed to run.evaluate)"]
+
+
+def test_compare_reports_per_review_tag_as_text_and_json(tmp_path):
+    import json
+
+    from diagnostics.schema import dataset_key
+    from diagnostics.tags import TagStore
+    from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, NAMES, PRED_A, PRED_B, write_run
+
+    a = write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A, class_names=NAMES)
+    b = write_run(tmp_path, "better", LABELS, PRED_B, LOSS_B, class_names=NAMES)
+    untagged = _cli("compare", str(a), str(b))
+    assert "(none: tag samples on the Error review page of A" in untagged.stdout
+    assert json.loads(_cli("compare", str(a), str(b), "--json").stdout)["per_tag"] == []
+    # s2 s3 s6 fixed, s1 broken, s10 still wrong (hand count in tests/diagnostics/test_compare.py)
+    TagStore(a).add_tags(dataset_key("val", [f"s{i}" for i in range(12)], LABELS), ["s1", "s2", "s3", "s6", "s10"],
+                         "too dark")
+    text = _cli("compare", str(a), str(b))
+    assert text.returncode == 0, text.stderr
+    assert "  Of the 5 samples tagged 'too dark', 3 fixed, 1 broken, 1 still wrong, 0 still right." in text.stdout
+    report = json.loads(_cli("compare", str(a), str(b), "--json").stdout)
+    assert report["per_tag"] == [{"tag": "too dark", "tagged": 5, "fixed": 3, "broken": 1, "still_wrong": 1,
+                                  "still_right": 0, "not_in_b": 0}]

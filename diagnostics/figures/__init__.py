@@ -21,6 +21,8 @@ from diagnostics.figures.distributions import (
     layer_label,
     layers_at_step_figure,
     quantile_bands_figure,
+    runs_histograms_figure,
+    runs_quantiles_figure,
     update_ratio_figure,
 )
 from diagnostics.figures.dynamics import data_map_figure, residual_map_figure
@@ -48,7 +50,8 @@ __all__ = [
     "confusion_figure", "data_map_figure", "ema", "embedding_figure", "empty_figure", "histogram_heatmap_figure",
     "layer_label", "layers_at_step_figure", "log_ticks", "loss_scatter_figure", "pooled_class_counts",
     "prediction_figure", "preview_figure", "probability_figure", "quantile_bands_figure", "reliability_figure",
-    "residual_figure", "residual_map_figure", "runs_scalar_figure", "runs_scalars_figure", "sample_history_figure",
+    "residual_figure", "residual_map_figure", "runs_histograms_figure", "runs_quantiles_figure", "runs_scalar_figure",
+    "runs_scalars_figure", "sample_history_figure",
     "scalar_figure", "slices_figure", "update_ratio_figure", "value_bands_figure", "value_distribution_figure",
     "ensemble_accuracy_figure", "phi_heatmap_figure",
 ]

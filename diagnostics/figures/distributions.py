@@ -1,14 +1,16 @@
 """Distributions of one layer over steps (quantile bands, histogram heatmap), of every layer
-at one step, and a parameter's update-to-weight ratio."""
+at one step, a parameter's update-to-weight ratio, and one layer of several runs side by
+side (`runs_quantiles_figure`, `runs_histograms_figure`)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from diagnostics.figures.common import BLUE, empty_figure, log_ticks
+from diagnostics.figures.common import BLUE, empty_figure, log_ticks, rgba
 from diagnostics.histograms import common_grid
 
 _BAND_FILL = "rgba(31, 119, 180, {a})"
@@ -148,4 +150,102 @@ def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
     fig.update_yaxes(type="log", title_text="‖update‖ / ‖weight‖", dtick=1, tickformat=".0e")
     fig.update_layout(title=f"update-to-weight ratio of {layer}", xaxis_title="step", height=320,
                       margin=dict(l=40, r=20, t=50, b=40))
+    return fig
+
+
+# -- one layer of several runs ----------------------------------------------------------------
+
+RUN_COLORS = tuple(plotly.colors.qualitative.D3)  # the Overview's overlay order: the run looked at first
+# The band drawn around each run's median, the first pair every run recorded: the 5–95% band
+# of the single-run chart, narrower or wider quantiles for summaries that lack it.
+_BANDS = (("q05", "q95", "5–95%"), ("q25", "q75", "25–75%"), ("q01", "q99", "1–99%"), ("min", "max", "min–max"))
+
+
+def _per_step(dist: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """One row per step: the mean over ranks (as the single-run chart pools them)."""
+    finite = dist[columns].apply(pd.to_numeric, errors="coerce")
+    return finite.assign(step=dist["step"].to_numpy()).groupby("step", as_index=False).mean().sort_values("step")
+
+
+def _band_of(frames: list[pd.DataFrame]) -> tuple[str, str, str] | None:
+    for lo, hi, label in _BANDS:
+        if all({lo, hi} <= set(f.columns) and np.isfinite(f[[lo, hi]].to_numpy(dtype=float)).any() for f in frames):
+            return lo, hi, label
+    return None
+
+
+def runs_quantiles_figure(frames: dict[str, pd.DataFrame], title: str = "") -> go.Figure:
+    """One layer of several runs on one chart: each run's median over steps with its 5–95%
+    band (or the widest quantiles every run has), one colour per run in the order given (the
+    run being looked at first), on one step axis, so step 500 of each run lines up.
+    `frames` maps a run's name to its `Run.distributions(kind, layers=[layer])`; a run
+    without captures is left out, and said in the legend title.
+
+        runs_quantiles_figure({"base": a.distributions("gradient", ["conv1"]),
+                               "norm": b.distributions("gradient", ["conv1"])})
+    """
+    drawn = {name: f for name, f in frames.items() if not f.empty}
+    if not drawn:
+        return empty_figure("no run recorded this layer")
+    band = _band_of(list(drawn.values()))
+    fig = go.Figure()
+    for i, (name, dist) in enumerate(drawn.items()):
+        color = RUN_COLORS[i % len(RUN_COLORS)]
+        d = _per_step(dist, ["q50", *band[:2]] if band else ["q50"])
+        if band:
+            lo, hi, label = band
+            # faint edges in the run's colour: where bands overlap, each one's extent still shows
+            edge = dict(width=1, color=rgba(color, 0.55))
+            fig.add_scatter(x=d["step"], y=d[lo], mode="lines", line=edge, legendgroup=name,
+                            showlegend=False, hoverinfo="skip")
+            fig.add_scatter(x=d["step"], y=d[hi], mode="lines", line=edge, fill="tonexty",
+                            fillcolor=rgba(color, 0.15), legendgroup=name, showlegend=False, name=f"{name} {label}",
+                            hovertemplate=f"{name}<br>step %{{x}}<br>{hi} %{{y:.4g}}<extra></extra>")
+        fig.add_scatter(x=d["step"], y=d["q50"], mode="lines+markers" if len(d) <= 40 else "lines", marker=dict(size=4),
+                        line=dict(color=color, width=2), name=name, legendgroup=name,
+                        hovertemplate=f"{name}<br>step %{{x}}<br>median %{{y:.4g}}<extra></extra>")
+    missing = [name for name in frames if name not in drawn]
+    legend_title = f"median{f' and {band[2]} band' if band else ''}" + (
+        f" (no captures: {', '.join(missing)})" if missing else "")
+    steps = pd.concat([f["step"] for f in drawn.values()])
+    fig.update_layout(title=title or "one layer of several runs", xaxis_title="step", yaxis_title="value",
+                      height=380, margin=_OVER_STEPS_MARGIN,
+                      legend=dict(orientation="h", y=-0.22, title_text=legend_title))
+    fig.update_xaxes(range=_step_range(steps))
+    return fig
+
+
+def runs_histograms_figure(frames: dict[str, pd.DataFrame], title: str = "", bins: int = 64,
+                           columns: int = 3) -> go.Figure:
+    """One layer's histogram heatmap per run, side by side (at most `columns` a row) on one
+    value grid and one colour scale, with the step and value axes shared: where a run's
+    values spread or collapse shows at the same height and step in each panel."""
+    drawn = {name: (f[f["rank"] == f["rank"].min()] if "rank" in f else f).sort_values("step")
+             for name, f in frames.items() if not f.empty}
+    if not drawn:
+        return empty_figure("no run recorded this layer")
+    edges, frac = common_grid(pd.concat(drawn.values(), ignore_index=True), bins)
+    centres = (edges[:-1] + edges[1:]) / 2
+    rows = -(-len(drawn) // max(1, columns))
+    cols = -(-len(drawn) // rows)  # balanced: 4 runs as 2 × 2, not 3 + 1
+    fig = make_subplots(rows=rows, cols=cols, shared_xaxes="all", shared_yaxes="all", subplot_titles=list(drawn),
+                        horizontal_spacing=0.03, vertical_spacing=0.12 if rows > 1 else 0.0)
+    start = 0
+    for i, (name, d) in enumerate(drawn.items()):
+        with np.errstate(divide="ignore"):
+            z = np.log10(frac[start:start + len(d)].T + 1e-6)
+        start += len(d)
+        fig.add_trace(go.Heatmap(
+            x=d["step"].to_numpy(), y=centres, z=z, colorscale="Viridis", zmin=-6, zmax=0, showscale=i == 0,
+            colorbar=dict(title="log10 share", tickvals=[-6, -4, -2, 0], ticktext=["≤1e-6", "1e-4", "1e-2", "1"],
+                          thickness=14),
+            name=name, hovertemplate=f"{name}<br>step %{{x}}<br>value %{{y:.3g}}<br>log10 share %{{z:.2f}}"
+                                     "<extra></extra>"), row=i // cols + 1, col=i % cols + 1)
+    # both ranges set: plotly's autorange of matched axes under heatmaps falls back to −1..4
+    fig.update_xaxes(range=_step_range(pd.concat([d["step"] for d in drawn.values()])))
+    fig.update_yaxes(range=[float(edges[0]), float(edges[-1])])
+    fig.update_xaxes(title_text="step", row=rows)
+    fig.update_yaxes(title_text="value", col=1)
+    fig.update_layout(title=title or "histograms over steps, run by run", height=120 + 260 * rows,
+                      margin=dict(l=70, r=20, t=70, b=40))
     return fig

@@ -375,3 +375,71 @@ def test_comparable_runs_say_which_run_they_left_out_and_why(tmp_path, pair, mon
     assert found.empty and found.attrs["skipped"] == {"better": "samples/part-0.parquet is damaged"}
     monkeypatch.undo()
     assert comparable_runs(tmp_path, pair[0]).attrs["skipped"] == {}
+
+
+# -- per review tag ---------------------------------------------------------------------------
+# With B evaluating s0..s9 only, the hand count of (A right?, B right?) above gives:
+#   'too dark' on s1 s2 s3 s6 s10: s2 s3 s6 fixed, s1 broken, s10 not in B   -> 4 tagged
+#   'blurry' on s0 s9: s0 still right, s9 fixed                              -> 2 tagged
+#   'label noise' on s7, tagged while reviewing B (same data): broken       -> 1 tagged
+#   'gone' on s11 only: not in B                                             -> 0 tagged, 1 not in B
+
+
+@pytest.fixture()
+def tagged_pair(tmp_path):
+    from diagnostics.tags import TagStore
+
+    a = write_run(tmp_path, "base", LABELS, PRED_A, LOSS_A, class_names=NAMES)
+    b = write_run(tmp_path, "better", LABELS[:10], PRED_B[:10], LOSS_B[:10], ids=[f"s{i}" for i in range(10)],
+                  class_names=NAMES)
+    key_a = dataset_key("val", [f"s{i}" for i in range(12)], LABELS)  # what Error review of A writes under
+    TagStore(a).add_tags(key_a, ["s1", "s2", "s3", "s6", "s10"], "too dark")
+    TagStore(a).add_tags(key_a, ["s0", "s9"], ["blurry"])
+    TagStore(a).add_tags(key_a, ["s11"], ["gone"])
+    TagStore(b).add_tags(key_a, ["s7"], ["label noise"])  # B's store, A's data: Error review of A shows it
+    TagStore(a).add_tags("val:000000000000", ["s2", "s3"], ["other data"])  # another dataset: not counted
+    return a, b
+
+
+def test_per_tag_counts_what_b_did_to_the_samples_tagged_in_a(tagged_pair):
+    with pytest.warns(UserWarning, match="Different evaluation sets"):
+        c = compare(*tagged_pair)
+    t = c.per_tag()
+    assert list(t.columns) == ["tag", "tagged", "fixed", "broken", "still_wrong", "still_right", "not_in_b"]
+    assert t.to_dict("records") == [
+        {"tag": "too dark", "tagged": 4, "fixed": 3, "broken": 1, "still_wrong": 0, "still_right": 0, "not_in_b": 1},
+        {"tag": "blurry", "tagged": 2, "fixed": 1, "broken": 0, "still_wrong": 0, "still_right": 1, "not_in_b": 0},
+        {"tag": "label noise", "tagged": 1, "fixed": 0, "broken": 1, "still_wrong": 0, "still_right": 0,
+         "not_in_b": 0},
+        {"tag": "gone", "tagged": 0, "fixed": 0, "broken": 0, "still_wrong": 0, "still_right": 0, "not_in_b": 1}]
+    assert c.tag_sentences(t) == [
+        "Of the 4 samples tagged 'too dark', 3 fixed, 1 broken, 0 still wrong, 0 still right; 1 more B did not "
+        "evaluate.",
+        "Of the 2 samples tagged 'blurry', 1 fixed, 0 broken, 0 still wrong, 1 still right.",
+        "Of the 1 sample tagged 'label noise', 0 fixed, 1 broken, 0 still wrong, 0 still right.",
+        "None of the 1 sample(s) tagged 'gone' is in B's evaluation."]
+    assert c.to_dict()["per_tag"] == t.to_dict("records")
+
+
+def test_per_tag_of_a_given_frame_counts_each_pair_once(pair):
+    c = compare(*pair)
+    tags = pd.DataFrame({"sample_id": ["s10", "s10", "s1", "s7", "s4", "nowhere"],
+                         "tag": ["dim", "dim", "dim", "dim", "dim", "dim"]})
+    row = c.per_tag(tags).iloc[0].to_dict()
+    assert row == {"tag": "dim", "tagged": 4, "fixed": 0, "broken": 2, "still_wrong": 1, "still_right": 1,
+                   "not_in_b": 0}
+    assert c.per_tag().empty and c.tag_sentences() == []  # nothing tagged in the folder
+    assert c.per_tag(tags.iloc[:0]).empty
+    with pytest.raises(diagnostics.ComparisonError, match="lacks column.*tag"):
+        c.per_tag(pd.DataFrame({"sample_id": ["s1"]}))
+
+
+def test_per_tag_of_a_regression_comparison(tmp_path):
+    labels = [1.0, 2.0, 3.0, 4.0]  # |error| A 0.5 each; B 0.1 0.9 0.5 0: improved, worsened, same, improved
+    a = write_run(tmp_path, "a", labels, [1.5, 2.5, 3.5, 4.5], [0.25] * 4, task="regression")
+    b = write_run(tmp_path, "b", labels, [1.1, 2.9, 3.5, 4.0], [0.01, 0.81, 0.25, 0.0], task="regression")
+    c = compare(a, b)
+    t = c.per_tag(pd.DataFrame({"sample_id": ["s0", "s1", "s2", "s3", "s3"], "tag": ["x", "x", "x", "y", "y"]}))
+    assert t.to_dict("records") == [{"tag": "x", "tagged": 3, "improved": 1, "worsened": 1, "same": 1, "not_in_b": 0},
+                                    {"tag": "y", "tagged": 1, "improved": 1, "worsened": 0, "same": 0, "not_in_b": 0}]
+    assert c.tag_sentences(t)[0] == "Of the 3 samples tagged 'x', 1 improved, 1 worsened, 1 about the same."

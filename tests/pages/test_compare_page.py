@@ -191,3 +191,24 @@ def test_copies_of_a_run_are_told_apart_by_folder(monkeypatch, folder):
     picker.set_value("better-copy").run()
     assert not at.exception and not at.error, [e.value for e in at.error]
     assert picker.value == "better-copy"
+
+
+def test_by_review_tag_counts_what_b_did_to_the_tagged_samples(monkeypatch, folder):
+    from diagnostics.schema import dataset_key
+    from diagnostics.tags import TagStore
+
+    at = _open(monkeypatch, folder, "base")
+    assert any("Tag the failures on the Error review page" in i.value for i in at.info)  # nothing tagged yet
+    key = dataset_key("val", [f"s{i}" for i in range(12)], LABELS)
+    # hand count (tests/diagnostics/test_compare.py): s2 s3 s6 fixed, s1 broken, s10 still wrong, s0 still right
+    TagStore(folder / "base").add_tags(key, ["s1", "s2", "s3", "s6", "s10"], "too dark")
+    TagStore(folder / "old").add_tags(key, ["s0", "s9"], "blurry")  # tagged while reviewing another run
+    at.run()
+    assert not at.exception, [e.value for e in at.exception]
+    table = next(d.value for d in at.dataframe if "tag" in d.value)
+    assert table.set_index("tag")[["tagged", "fixed", "broken", "still_wrong", "still_right"]].to_dict("index") == {
+        "too dark": {"tagged": 5, "fixed": 3, "broken": 1, "still_wrong": 1, "still_right": 0},
+        "blurry": {"tagged": 2, "fixed": 1, "broken": 0, "still_wrong": 0, "still_right": 1}}
+    text = "\n".join(m.value for m in at.markdown)
+    assert "Of the 5 samples tagged 'too dark', 3 fixed, 1 broken, 1 still wrong, 0 still right." in text
+    assert not any("Tag the failures" in i.value for i in at.info)

@@ -1,0 +1,75 @@
+"""The Distributions page's "Compare with other runs" through Streamlit's AppTest, over
+hand-built runs whose medians are known."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import numpy as np
+from streamlit.testing.v1 import AppTest
+
+from tests.diagnostics.test_across_runs import write_dist_run
+
+APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+
+
+def _open(monkeypatch, runs_dir, run_name: str) -> AppTest:
+    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
+    at = AppTest.from_file(APP, default_timeout=60)
+    at.query_params["run"] = run_name
+    at.run()
+    at.switch_page("pages/distributions.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    return at
+
+
+def _values(value) -> list:
+    """A trace's array as plotly writes it: a list, or typed bytes ({"dtype", "bdata"})."""
+    if isinstance(value, dict) and "bdata" in value:
+        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
+    return list(value)
+
+
+def _chart(at: AppTest, words: str) -> dict | None:
+    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    return next((s for s in specs if words in s["layout"]["title"]["text"]), None)
+
+
+def test_picking_a_second_run_draws_both_on_one_step_axis(monkeypatch, tmp_path):
+    write_dist_run(tmp_path, "base", {("activation", "conv1"): {0: 0.0, 2: 1.0, 4: 2.0}})
+    write_dist_run(tmp_path, "norm", {("activation", "conv1"): {0: 5.0, 3: 6.0, 6: 7.0},
+                                      ("activation", "conv2"): {0: 0.0}})
+    write_dist_run(tmp_path, "other", {("gradient", "conv1"): {0: 0.0}})  # another kind: not offered
+    at = _open(monkeypatch, tmp_path, "base")
+    pick = at.multiselect(key="dist_compare_activation_conv1")
+    assert pick.options == ["norm"] and pick.value == []
+    assert _chart(at, "run by run") is None  # nothing picked: only the run's own charts
+    pick.set_value(["norm"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = _chart(at, "median and band, run by run")
+    medians = {t["name"]: t for t in spec["data"] if t.get("showlegend") is not False}
+    assert list(medians) == ["base", "norm"]
+    assert _values(medians["base"]["x"]) == [0, 2, 4] and _values(medians["norm"]["x"]) == [0, 3, 6]
+    np.testing.assert_allclose(_values(medians["norm"]["y"]), [5.0, 6.0, 7.0])
+    assert spec["layout"]["xaxis"]["range"] == [-0.5, 6.5]
+    assert _chart(at, "conv1: histogram over steps") is not None  # the run's own heatmap stays
+    assert _chart(at, "histograms over steps") is None  # side by side only when asked for
+    at.toggle(key="dist_runs_histograms").set_value(True).run()
+    heatmaps = [t for t in _chart(at, "conv1: histograms over steps")["data"] if t["type"] == "heatmap"]
+    assert [t["name"] for t in heatmaps] == ["base", "norm"]
+
+
+def test_the_picks_follow_to_other_layers_and_runs_without_peers_say_so(monkeypatch, tmp_path):
+    write_dist_run(tmp_path, "base", {("activation", "conv1"): {0: 0.0}, ("activation", "conv2"): {0: 0.0}})
+    write_dist_run(tmp_path, "norm", {("activation", "conv1"): {0: 1.0}, ("activation", "conv2"): {0: 1.0}})
+    write_dist_run(tmp_path, "solo", {("weight", "w"): {0: 1.0}})
+    at = _open(monkeypatch, tmp_path, "base")
+    at.multiselect(key="dist_compare_activation_conv1").set_value(["norm"]).run()
+    at.selectbox(key="dist_layer_activation").set_value("conv2").run()
+    assert at.multiselect(key="dist_compare_activation_conv2").value == ["norm"]
+    assert _chart(at, "activation of conv2: median and band") is not None
+    at = _open(monkeypatch, tmp_path, "solo")
+    assert not at.multiselect and any("No other run of this folder recorded the weight of `w`" in c.value
+                                      for c in at.caption)
