@@ -150,11 +150,20 @@ def runs_of_true(mask: np.ndarray) -> list[tuple[int, int]]:
     return runs
 
 
-def last_captures(d: pd.DataFrame) -> pd.DataFrame:
-    """Rows of the last third of the capture steps (at least 3, or all there are)."""
+def last_captures(d: pd.DataFrame, min_count: int = MIN_POOLED_LABELS) -> pd.DataFrame:
+    """Rows of the captures in the last third of the captured step range, reaching back one
+    capture at a time until they pool `min_count` values. By steps, not by the number of
+    captures: the automatic schedule captures at powers of two, so the last third of the
+    captures of a 90-step run would reach back to step 16, long before the model settled."""
     steps = sorted(d["step"].unique())
-    keep = steps[-max(3, math.ceil(len(steps) / 3)):]
-    return d[d["step"].isin(keep)]
+    if not steps:
+        return d
+    late_from = steps[0] + 2 * (steps[-1] - steps[0]) / 3
+    first = next(i for i, s in enumerate(steps) if s >= late_from)
+    counts = d.groupby("step")["count"].sum() if "count" in d else pd.Series(1, index=steps)
+    while first > 0 and counts.loc[steps[first:]].sum() < min_count:
+        first -= 1
+    return d[d["step"].isin(steps[first:])]
 
 
 def histogram(row) -> np.ndarray:

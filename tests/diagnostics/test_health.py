@@ -448,6 +448,27 @@ def test_output_vs_label_classification_names_classes():
     assert "eel (2% predicted vs 20% labelled)" in found[0].message
 
 
+def test_output_vs_label_judges_the_late_steps_not_the_late_captures():
+    # The automatic schedule captures at powers of two: the last third of 8 captures of a
+    # 90-step run would reach back to step 16, while the model still under-predicted "eel".
+    manifest = {"task": "classification", "class_names": ["cat", "dog", "eel"]}
+    steps = [0, 1, 2, 4, 8, 16, 32, 64]
+    early, settled = [60, 38, 2], [50, 32, 18]
+    d = pd.concat([_rows("label", "train/class", steps, count=64, hist_counts=[[32, 16, 16]] * 8),
+                   _rows("output", "train/class", steps, hist_counts=[early] * 7 + [settled])])
+    assert health.rule_output_vs_label(FakeRun(manifest=manifest, dists=d)) == []
+    # Still wrong at the end: found, over the late step only.
+    d = pd.concat([_rows("label", "train/class", steps, count=64, hist_counts=[[32, 16, 16]] * 8),
+                   _rows("output", "train/class", steps, hist_counts=[early] * 8)])
+    found = health.rule_output_vs_label(FakeRun(manifest=manifest, dists=d))
+    assert found[0].evidence["under_predicted"] == ["eel"] and (found[0].step_start, found[0].step_end) == (64, 64)
+    # A late capture of fewer labels than the rule needs reaches back until it has them.
+    d = pd.concat([_rows("label", "train/class", steps, count=[64] * 7 + [10], hist_counts=[[32, 16, 16]] * 8),
+                   _rows("output", "train/class", steps, hist_counts=[early] * 8)])
+    found = health.rule_output_vs_label(FakeRun(manifest=manifest, dists=d))
+    assert (found[0].step_start, found[0].step_end) == (32, 64)
+
+
 def test_output_vs_label_regression_collapsed_and_shifted():
     manifest = {"task": "regression"}
     lab = _rows("label", "train/value", [0, 1, 2], mean=5.0, std=2.0)
