@@ -40,6 +40,50 @@ def current_run() -> diagnostics.Run:
     return run
 
 
+REFRESH_EVERY_S = 5
+
+
+def live_refresh(run: diagnostics.Run, version: str, state: str, every_s: float = REFRESH_EVERY_S) -> None:
+    """The auto-refresh toggle of a page that shows a run being written (off by default).
+
+    `version` and `state` are what the page read (`run.data_version()`, `run.status()`).
+    When on, the page looks at the run every `every_s` seconds (a listing of its parts and
+    its status files) and reruns the whole app only when new data landed or the state
+    changed: the loaders, keyed by the data version, read again just then, and the picker
+    shows the new state. A run no longer running shows no toggle: nothing new comes.
+    """
+    if state != "running":
+        if st.session_state.get("live_refresh_kept"):
+            st.caption(f"Auto-refresh stopped: this run is {state}, nothing new will arrive.")
+        return
+    # a widget's state ends with its page: the choice is kept apart and carried to the next page
+    st.session_state["live_refresh"] = bool(st.session_state.get("live_refresh_kept", False))
+    on = st.toggle(f"Auto-refresh every {every_s:g} s", key="live_refresh", on_change=_keep_live_choice,
+                   help="While the run trains: redraw this page when a new flush lands (the picker's state too). "
+                        "Data that did not change is not read again.")
+    if on:
+        st.fragment(_rerun_on_new_data, run_every=every_s)(str(run.path), (version, state))
+
+
+def _keep_live_choice() -> None:
+    st.session_state["live_refresh_kept"] = st.session_state["live_refresh"]
+
+
+def live_fingerprint(path: str) -> tuple[str, str]:
+    """What a refresh compares: the run's data version and its state."""
+    try:
+        run = diagnostics.open_run(path)
+        return run.data_version(), run.status()["state"]
+    except diagnostics.DiagnosticsError as exc:  # the page, rerun, says why
+        return "", f"unreadable: {exc}"
+
+
+def _rerun_on_new_data(path: str, seen: tuple[str, str]) -> None:
+    if live_fingerprint(path) != seen:
+        run_list.clear()  # the picker's state and last step, not up to 5 s old
+        st.rerun()
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def scalars(path: str, version: str):
     return diagnostics.open_run(path).scalars()

@@ -10,6 +10,7 @@ from pages import _shared
 run = _shared.current_run()
 path, version = str(run.path), run.data_version()
 st.title("Distributions")
+_shared.live_refresh(run, version, run.status()["state"])
 
 LAYER_KINDS = [k for k in schema.KINDS if k not in ("output", "label")]
 available = [k for k in _shared.kinds(path, version) if k in LAYER_KINDS]
