@@ -208,6 +208,55 @@ def test_two_processes_lose_no_tag(tmp_path):
     assert not tags.duplicated(["sample_id", "tag"]).any()
 
 
+def _review_many(run_dir: str, worker: str, n: int, start) -> None:
+    """One reviewer, as a dashboard process does it: each click one transaction. Per sample
+    i: a tag, a note (rewritten once), and every 10th a tag added then removed; besides,
+    every click also tags the one sample both reviewers work on."""
+    store = TagStore(run_dir)
+    start.wait(timeout=60)
+    for i in range(n):
+        sid = f"{worker}-{i}"
+        store.add_tags(DS, [sid, "both"], [f"{worker}-tag", f"{worker}-{i}"] if i % 2 else f"{worker}-tag")
+        store.set_note(DS, sid, f"draft by {worker}")
+        if i % 10 == 0:
+            store.add_tags(DS, sid, "oops")
+            store.remove_tag(DS, sid, "oops")
+        store.set_note(DS, sid, f"note {i} by {worker}")
+    store.close()
+
+
+def test_two_processes_writing_tags_and_notes_lose_nothing_while_a_third_reads(tmp_path):
+    run = make_run(tmp_path, "a")
+    n = 150
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_review_many, args=(str(run), w, n, start)) for w in ("p0", "p1")]
+    for p in procs:
+        p.start()
+    start.wait(timeout=60)
+    reads, reader = 0, TagStore(run)
+    while any(p.is_alive() for p in procs):  # the dashboard's reads meanwhile: never an error
+        tags, notes = reader.tags(DS), folder_notes(tmp_path, DS)
+        assert not tags.duplicated(["sample_id", "tag"]).any() and not notes.duplicated("sample_id").any()
+        reader.known_tags(DS)
+        reads += 1
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0] and reads > 0
+    tags, notes = reader.tags(DS), reader.notes(DS)
+    for w in ("p0", "p1"):
+        own = tags[tags["sample_id"].str.startswith(f"{w}-")]
+        assert (own["tag"] == f"{w}-tag").sum() == n and (own["tag"] != f"{w}-tag").sum() == n // 2
+        assert not (own["tag"] == "oops").any()
+        both = set(tags.loc[tags["sample_id"] == "both", "tag"])
+        assert {f"{w}-tag", *(f"{w}-{i}" for i in range(1, n, 2))} <= both
+        mine = notes[notes["sample_id"].str.startswith(f"{w}-")].set_index("sample_id")["note"]
+        assert mine.to_dict() == {f"{w}-{i}": f"note {i} by {w}" for i in range(n)}
+    assert len(tags) == 2 * (n + n // 2) + 2 + n  # both: 2 worker tags + n per-sample tags
+    with sqlite3.connect(run / "review.sqlite") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
 # -- several runs ----------------------------------------------------------------------
 
 def test_folder_tags_merge_runs_of_the_same_dataset(tmp_path):
