@@ -21,6 +21,7 @@ import pytest
 from diagnostics.exceptions import RunFormatError, RunNotFoundError
 from diagnostics.tags import (
     SUGGESTED_TAGS,
+    NoteConflictError,
     TagError,
     TagStore,
     export_tagged,
@@ -96,6 +97,24 @@ def test_notes_replace_and_delete(tmp_path):
     store.set_note(DS, "8", "")
     assert store.notes(DS).empty
     assert store.notes(DS, sample_ids=["8"]).empty
+
+
+def test_a_note_with_expected_replaces_only_what_the_writer_saw(tmp_path):
+    store = TagStore(make_run(tmp_path, "a"))
+    store.set_note(DS, "1", "first", expected=None)  # none seen, none there
+    with pytest.raises(NoteConflictError) as conflict:
+        store.set_note(DS, "1", "second", expected=None)  # another session wrote "first" meanwhile
+    assert conflict.value.current == "first" and conflict.value.note == "second"
+    assert "'first'" in str(conflict.value) and "'second'" in str(conflict.value) and "\n" not in str(conflict.value)
+    assert store.notes(DS)["note"].tolist() == ["first"]
+    store.set_note(DS, "1", "second", expected="first")
+    store.set_note(DS, "1", "second", expected="stale")  # already reads so: nothing to lose
+    with pytest.raises(NoteConflictError):
+        store.set_note(DS, "1", "", expected="first")  # a delete is checked too
+    store.set_note(DS, "1", "", expected="second")
+    assert store.notes(DS).empty
+    store.set_note(DS, "1", "unchecked")  # without expected: replaces whatever is there
+    assert store.notes(DS)["note"].tolist() == ["unchecked"]
 
 
 def test_survives_restart_and_known_tags(tmp_path):

@@ -38,11 +38,12 @@ def _ok(at: AppTest) -> None:
     assert not at.error, [e.value for e in at.error]
 
 
-def _save(at: AppTest, tags: list[str], note: str = "") -> None:
+def _save(at: AppTest, tags: list[str], note: str = "", refused: bool = False) -> None:
     at.multiselect(key="tags_sample").set_value(tags)
     at.text_input(key="note_sample").set_value(note)
     next(b for b in at.button if b.label == "Save").click().run()
-    _ok(at)
+    assert not at.exception, [e.value for e in at.exception]
+    assert bool(at.error) == refused, [e.value for e in at.error]
 
 
 def _shown_tags(at: AppTest) -> str:
@@ -67,6 +68,24 @@ def test_two_sessions_tagging_one_sample_both_keep_their_tags(monkeypatch, tmp_p
     assert TagStore(run).notes(dataset)["note"].tolist() == ["first look"]  # a save without a note keeps it
     with sqlite3.connect(run / "review.sqlite") as con:
         assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_a_note_saved_meanwhile_in_another_session_is_not_replaced_unseen(monkeypatch, tmp_path):
+    run = write_run(tmp_path, "run", LABELS, PRED_A, LOSS_A)
+    first, second = (_sample_page(monkeypatch, tmp_path, "s0") for _ in range(2))
+    _save(first, [], note="a 7 written like a 1")
+    _save(second, ["blurry"], note="looks fine to me", refused=True)  # typed while the page showed no note
+    notes = lambda: TagStore(run).notes(run_dataset(run))["note"].tolist()  # noqa: E731
+    assert notes() == ["a 7 written like a 1"]
+    shown = [e.value for e in second.error]
+    assert len(shown) == 1 and "“a 7 written like a 1”" in shown[0] and "sample s0" in shown[0]
+    assert second.text_input(key="note_sample").value == "looks fine to me"  # back in the box, not lost
+    assert "Note: a 7 written like a 1" in [m.value for m in second.markdown]  # the page shows it now
+    assert _shown_tags(second) == "Tags: blurry"  # the tag of the same save is kept
+    _save(second, [], note="looks fine to me")  # seen now: saving again replaces it
+    assert notes() == ["looks fine to me"]
+    _save(first, [], note="a 7 written like a 1, surely", refused=True)  # first's page still showed its own note
+    assert "“looks fine to me”" in first.error[0].value and notes() == ["looks fine to me"]
 
 
 def test_two_sessions_tagging_different_samples_interleaved(monkeypatch, tmp_path):
