@@ -139,7 +139,13 @@ def test_the_choice_carries_over_to_distributions_and_health(monkeypatch, live):
     _train(live, range(10, 12))
     at.run()  # a refresh: the new steps are there, the step slider follows
     _ok(at)
-    assert at.select_slider(key="dist_step_activation").options[-1] == "11"
+    steps = at.select_slider(key="dist_step_activation")
+    assert steps.options[-1] == "11" and steps.value == 11  # left at the newest step, it follows
+    steps.set_value(4).run()
+    _train(live, range(12, 13))
+    at.run()
+    steps = at.select_slider(key="dist_step_activation")
+    assert steps.options[-1] == "12" and steps.value == 4  # a step picked by hand stays
     at.switch_page("pages/health.py").run()
     _ok(at)
     assert _toggle(at).label == "Auto-refresh every 30 s" and _toggle(at).value is True
