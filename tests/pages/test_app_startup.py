@@ -157,3 +157,4 @@ def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, se
     after = _expected(path)
     assert after.errors > before.errors
     assert at.sidebar.selectbox[0].value == f"{after.badge} a-cls"
+    assert not any("checking the runs' health" in c.value for c in at.sidebar.caption)  # known: the watch ends
