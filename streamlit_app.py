@@ -52,8 +52,9 @@ def _run_picker(runs) -> list[str]:
     a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
     state, step and findings in words go in the caption under it. Returns the runs whose
     badge is out of date, to check once the page has run; when the badges of runs never
-    checked arrive, `_badge_watch` reruns the app (a live run's re-checks wait for the
-    next rerun: no rerun loop while it trains)."""
+    checked arrive, `_badge_watch` reruns the app, and so when a run that stopped changing
+    (finished, stopped) is checked again (a running run's re-checks wait for the next
+    rerun: no rerun loop while it trains)."""
     board = badges.shared_board()
     folder_names = {row.path: Path(row.path).name for row in runs.itertuples()}
     current = _picked_run(runs, folder_names)
@@ -74,9 +75,10 @@ def _run_picker(runs) -> list[str]:
     st.query_params["run"] = folder_names[chosen]
     row = runs[runs["path"] == chosen].iloc[0]
     st.caption(_run_caption(row, known.get(chosen), earlier.get(chosen)))
-    never_checked = [p for p, e in earlier.items() if e is None]
-    if never_checked:
-        st.fragment(_badge_watch, run_every=1.5)(never_checked, chosen)
+    state = dict(zip(runs["path"], runs["state"]))
+    awaited = [p for p, e in earlier.items() if e is None or state[p] != "running"]
+    if awaited:
+        st.fragment(_badge_watch, run_every=1.5)(awaited, chosen)
     return sorted(earlier, key=lambda p: p != chosen)  # the run being looked at first
 
 

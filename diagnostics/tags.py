@@ -75,6 +75,20 @@ class TagError(DiagnosticsError, ValueError):
     """A tag, note, dataset key or sample id that cannot be stored."""
 
 
+class NoteConflictError(TagError):
+    """A note was not saved: the sample's note changed since the writer read it (another tab
+    saved one meanwhile). `current` is what it reads now, `note` the one not saved."""
+
+    def __init__(self, dataset: str, sample_id: str, current: str | None, note: str) -> None:
+        self.dataset, self.sample_id, self.current, self.note = dataset, sample_id, current, note
+        now = f"it now reads {current!r}" if current is not None else "it was deleted"
+        super().__init__(f"Note of sample {sample_id} not saved: it changed in another session meanwhile ({now}); "
+                         f"yours was {note!r} — save it again to replace it")
+
+
+_UNCHECKED = object()  # set_note without `expected`: replace whatever is there
+
+
 def _clean_tag(tag: str) -> str:
     if not isinstance(tag, str):
         raise TagError(f"a tag must be text, got {type(tag).__name__} {tag!r}")
@@ -297,13 +311,25 @@ class TagStore:
                             [(dataset, s, tag) for s in ids])
             return con.total_changes - before
 
-    def set_note(self, dataset: str, sample_id: str | int, note: str) -> None:
-        """Replace the sample's note; an empty (or blank) note deletes it."""
+    def set_note(self, dataset: str, sample_id: str | int, note: str, expected: str | None | object = _UNCHECKED,
+                 ) -> None:
+        """Replace the sample's note; an empty (or blank) note deletes it.
+
+        With `expected`, the note the caller last read (None: none), the note is replaced
+        only while it still reads so (or already reads `note`): a note another session saved
+        meanwhile is never replaced unseen; `NoteConflictError` says what it reads now.
+        """
         dataset, (sample_id,) = _clean_dataset(dataset), _as_ids([sample_id])
         note = (note or "").strip()
         if not note and not self.path.is_file():
             return
         with self._write() as con:
+            if expected is not _UNCHECKED:
+                row = con.execute("SELECT note FROM notes WHERE dataset = ? AND sample_id = ?",
+                                  (dataset, sample_id)).fetchone()
+                current = row[0] if row else None
+                if current not in (expected, note or None):
+                    raise NoteConflictError(dataset, sample_id, current, note)
             if note:
                 con.execute(
                     "INSERT INTO notes (dataset, sample_id, note, updated_at) VALUES (?, ?, ?, ?) "

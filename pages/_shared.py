@@ -40,6 +40,50 @@ def current_run() -> diagnostics.Run:
     return run
 
 
+REFRESH_EVERY_S = 5
+
+
+def live_refresh(run: diagnostics.Run, version: str, state: str, every_s: float = REFRESH_EVERY_S) -> None:
+    """The auto-refresh toggle of a page that shows a run being written (off by default).
+
+    `version` and `state` are what the page read (`run.data_version()`, `run.status()`).
+    When on, the page looks at the run every `every_s` seconds (a listing of its parts and
+    its status files) and reruns the whole app only when new data landed or the state
+    changed: the loaders, keyed by the data version, read again just then, and the picker
+    shows the new state. A run no longer running shows no toggle: nothing new comes.
+    """
+    if state != "running":
+        if st.session_state.get("live_refresh_kept"):
+            st.caption(f"Auto-refresh stopped: this run is {state}, nothing new will arrive.")
+        return
+    # a widget's state ends with its page: the choice is kept apart and carried to the next page
+    st.session_state["live_refresh"] = bool(st.session_state.get("live_refresh_kept", False))
+    on = st.toggle(f"Auto-refresh every {every_s:g} s", key="live_refresh", on_change=_keep_live_choice,
+                   help="While the run trains: redraw this page when a new flush lands (the picker's state too). "
+                        "Data that did not change is not read again.")
+    if on:
+        st.fragment(_rerun_on_new_data, run_every=every_s)(str(run.path), (version, state))
+
+
+def _keep_live_choice() -> None:
+    st.session_state["live_refresh_kept"] = st.session_state["live_refresh"]
+
+
+def live_fingerprint(path: str) -> tuple[str, str]:
+    """What a refresh compares: the run's data version and its state."""
+    try:
+        run = diagnostics.open_run(path)
+        return run.data_version(), run.status()["state"]
+    except diagnostics.DiagnosticsError as exc:  # the page, rerun, says why
+        return "", f"unreadable: {exc}"
+
+
+def _rerun_on_new_data(path: str, seen: tuple[str, str]) -> None:
+    if live_fingerprint(path) != seen:
+        run_list.clear()  # the picker's state and last step, not up to 5 s old
+        st.rerun()
+
+
 @st.cache_data(show_spinner=False, max_entries=64)
 def scalars(path: str, version: str):
     return diagnostics.open_run(path).scalars()
@@ -155,10 +199,19 @@ def _saying_what_was_skipped(read, runs_dir: str, dataset: str) -> pd.DataFrame:
 
 
 def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key: str) -> None:
-    """Tag and annotate the given samples; saved at once to the run's review store."""
+    """Tag and annotate the given samples; saved at once to the run's review store. A note
+    replaces only the note this page showed: one another session saved meanwhile is kept,
+    and the page says so, with the text that was not saved."""
     store = tags_of(str(run.path))
     if saved := st.session_state.pop(f"tag_saved_{key}", None):
         st.toast(saved)
+    if conflict := st.session_state.pop(f"note_conflict_{key}", None):
+        message, st.session_state[f"note_{key}"] = conflict  # the note not saved, back in its box
+        st.error(message)
+    # the notes as this draw shows them; a save compares with those of the draw the user typed in
+    shown = st.session_state.get(f"notes_shown_{key}", {})
+    now = store.notes(dataset, sample_ids).set_index("sample_id")["note"].to_dict() if sample_ids else {}
+    st.session_state[f"notes_shown_{key}"] = {sid: now.get(sid) for sid in sample_ids}
     with st.form(key=f"tag_form_{key}", clear_on_submit=True):
         st.caption(f"Tag {len(sample_ids)} selected sample(s)")
         chosen = st.multiselect("Tags", store.known_tags(dataset), accept_new_options=True, key=f"tags_{key}",
@@ -168,16 +221,37 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
             try:
                 if chosen:
                     store.add_tags(dataset, sample_ids, chosen)
-                if note.strip():
-                    for sid in sample_ids:
-                        store.set_note(dataset, sid, note.strip())
+                conflicts = _save_notes(store, dataset, sample_ids, note.strip(), shown, now)
             except diagnostics.DiagnosticsError as exc:
                 st.error(str(exc))
                 return
-            if chosen or note.strip():
-                # the page drew its tags before this save: run it again so they show now
-                st.session_state[f"tag_saved_{key}"] = f"Saved for {len(sample_ids)} sample(s)"
+            if conflicts:
+                st.session_state[f"note_conflict_{key}"] = (_conflict_message(conflicts), note.strip())
+            saved = len(sample_ids) if chosen else len(sample_ids) - len(conflicts) if note.strip() else 0
+            if saved:
+                st.session_state[f"tag_saved_{key}"] = f"Saved for {saved} sample(s)"
+            if chosen or note.strip():  # the page drew its tags before this save: run it again so they show now
                 st.rerun()
+
+
+def _conflict_message(conflicts: list[tag_store.NoteConflictError]) -> str:
+    first = conflicts[0]
+    now = f"it now reads “{first.current}”" if first.current is not None else "it was deleted"
+    which = f"sample {first.sample_id}" + (f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else "")
+    return (f"Your note was not saved for {which}: another session changed it meanwhile ({now}). "
+            "Yours is back in the box: Save replaces it.")
+
+
+def _save_notes(store: tag_store.TagStore, dataset: str, sample_ids: list[str], note: str, shown: dict,
+                now: dict) -> list[tag_store.NoteConflictError]:
+    """Each sample's note, where it still reads as shown; the conflicts, not saved."""
+    conflicts = []
+    for sid in sample_ids if note else []:
+        try:
+            store.set_note(dataset, sid, note, expected=shown.get(sid, now.get(sid)))
+        except tag_store.NoteConflictError as exc:
+            conflicts.append(exc)
+    return conflicts
 
 
 @st.cache_data(show_spinner=False, max_entries=64, ttl=60)

@@ -10,6 +10,7 @@ from pages import _shared
 run = _shared.current_run()
 path, version = str(run.path), run.data_version()
 st.title("Distributions")
+_shared.live_refresh(run, version, run.status()["state"])
 
 LAYER_KINDS = [k for k in schema.KINDS if k not in ("output", "label")]
 available = [k for k in _shared.kinds(path, version) if k in LAYER_KINDS]
@@ -87,8 +88,12 @@ if kind == "update":
 
 st.subheader("All layers at one step")
 step_list = _shared.steps(path, version, kind)
-step = (st.select_slider("Step", step_list, value=step_list[-1], key=f"dist_step_{kind}") if len(step_list) > 1
-        else step_list[0])
+step_key = f"dist_step_{kind}"
+picked = st.session_state.get(step_key)
+if picked not in step_list or picked == st.session_state.get(f"{step_key}_newest"):
+    st.session_state[step_key] = step_list[-1]  # left at the newest step: a live run's new captures move it on
+st.session_state[f"{step_key}_newest"] = step_list[-1]
+step = st.select_slider("Step", step_list, key=step_key) if len(step_list) > 1 else step_list[0]
 at_step = _shared.distributions(path, version, kind, steps=(step,), rank=rank)
 st.plotly_chart(figures.layers_at_step_figure(at_step, layer_names, f"{kind}, every layer at step {step}",
                                               layer_types=types), width="stretch")

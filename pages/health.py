@@ -18,6 +18,8 @@ def _rules_checked() -> None:
 run = _shared.current_run()
 path, version = str(run.path), run.data_version()
 st.title("Health")
+# a check takes seconds on a large run: not on every flush
+_shared.live_refresh(run, version, run.status()["state"], every_s=30)
 findings = _shared.health(path, version)
 counts = {s: sum(f.severity == s for f in findings) for s in ("error", "warning", "info")}
 cols = st.columns(3)

@@ -12,6 +12,7 @@ status = run.status()
 version = run.data_version()
 
 st.title(f"Run {run.name}")
+_shared.live_refresh(run, version, status["state"])
 head = overview.headline(m, status)
 cols = st.columns([1, 1, 1.5, 1.5, 1])
 cols[0].metric("State", head["state"])

@@ -21,6 +21,7 @@ import pytest
 from diagnostics.exceptions import RunFormatError, RunNotFoundError
 from diagnostics.tags import (
     SUGGESTED_TAGS,
+    NoteConflictError,
     TagError,
     TagStore,
     export_tagged,
@@ -96,6 +97,24 @@ def test_notes_replace_and_delete(tmp_path):
     store.set_note(DS, "8", "")
     assert store.notes(DS).empty
     assert store.notes(DS, sample_ids=["8"]).empty
+
+
+def test_a_note_with_expected_replaces_only_what_the_writer_saw(tmp_path):
+    store = TagStore(make_run(tmp_path, "a"))
+    store.set_note(DS, "1", "first", expected=None)  # none seen, none there
+    with pytest.raises(NoteConflictError) as conflict:
+        store.set_note(DS, "1", "second", expected=None)  # another session wrote "first" meanwhile
+    assert conflict.value.current == "first" and conflict.value.note == "second"
+    assert "'first'" in str(conflict.value) and "'second'" in str(conflict.value) and "\n" not in str(conflict.value)
+    assert store.notes(DS)["note"].tolist() == ["first"]
+    store.set_note(DS, "1", "second", expected="first")
+    store.set_note(DS, "1", "second", expected="stale")  # already reads so: nothing to lose
+    with pytest.raises(NoteConflictError):
+        store.set_note(DS, "1", "", expected="first")  # a delete is checked too
+    store.set_note(DS, "1", "", expected="second")
+    assert store.notes(DS).empty
+    store.set_note(DS, "1", "unchecked")  # without expected: replaces whatever is there
+    assert store.notes(DS)["note"].tolist() == ["unchecked"]
 
 
 def test_survives_restart_and_known_tags(tmp_path):
@@ -206,6 +225,55 @@ def test_two_processes_lose_no_tag(tmp_path):
     assert sorted(tags.loc[tags["tag"] == "shared", "sample_id"]) == ["p0-0", "p1-0"]
     assert len(tags) == 402
     assert not tags.duplicated(["sample_id", "tag"]).any()
+
+
+def _review_many(run_dir: str, worker: str, n: int, start) -> None:
+    """One reviewer, as a dashboard process does it: each click one transaction. Per sample
+    i: a tag, a note (rewritten once), and every 10th a tag added then removed; besides,
+    every click also tags the one sample both reviewers work on."""
+    store = TagStore(run_dir)
+    start.wait(timeout=60)
+    for i in range(n):
+        sid = f"{worker}-{i}"
+        store.add_tags(DS, [sid, "both"], [f"{worker}-tag", f"{worker}-{i}"] if i % 2 else f"{worker}-tag")
+        store.set_note(DS, sid, f"draft by {worker}")
+        if i % 10 == 0:
+            store.add_tags(DS, sid, "oops")
+            store.remove_tag(DS, sid, "oops")
+        store.set_note(DS, sid, f"note {i} by {worker}")
+    store.close()
+
+
+def test_two_processes_writing_tags_and_notes_lose_nothing_while_a_third_reads(tmp_path):
+    run = make_run(tmp_path, "a")
+    n = 150
+    ctx = multiprocessing.get_context("spawn")
+    start = ctx.Barrier(3)
+    procs = [ctx.Process(target=_review_many, args=(str(run), w, n, start)) for w in ("p0", "p1")]
+    for p in procs:
+        p.start()
+    start.wait(timeout=60)
+    reads, reader = 0, TagStore(run)
+    while any(p.is_alive() for p in procs):  # the dashboard's reads meanwhile: never an error
+        tags, notes = reader.tags(DS), folder_notes(tmp_path, DS)
+        assert not tags.duplicated(["sample_id", "tag"]).any() and not notes.duplicated("sample_id").any()
+        reader.known_tags(DS)
+        reads += 1
+    for p in procs:
+        p.join(timeout=120)
+    assert [p.exitcode for p in procs] == [0, 0] and reads > 0
+    tags, notes = reader.tags(DS), reader.notes(DS)
+    for w in ("p0", "p1"):
+        own = tags[tags["sample_id"].str.startswith(f"{w}-")]
+        assert (own["tag"] == f"{w}-tag").sum() == n and (own["tag"] != f"{w}-tag").sum() == n // 2
+        assert not (own["tag"] == "oops").any()
+        both = set(tags.loc[tags["sample_id"] == "both", "tag"])
+        assert {f"{w}-tag", *(f"{w}-{i}" for i in range(1, n, 2))} <= both
+        mine = notes[notes["sample_id"].str.startswith(f"{w}-")].set_index("sample_id")["note"]
+        assert mine.to_dict() == {f"{w}-{i}": f"note {i} by {w}" for i in range(n)}
+    assert len(tags) == 2 * (n + n // 2) + 2 + n  # both: 2 worker tags + n per-sample tags
+    with sqlite3.connect(run / "review.sqlite") as con:
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 
 
 # -- several runs ----------------------------------------------------------------------

@@ -149,9 +149,12 @@ def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, se
     assert at.sidebar.selectbox[0].value == f"{before.badge}{badges.PENDING} a-cls"  # never shown as current
     captions = [c.value for c in at.sidebar.caption]
     assert any("before the latest data" in c for c in captions)
-    assert not any("checking the runs' health" in c for c in captions)  # no rerun loop for a live run
+    # finished: its re-check ends once, so the picker watches for it (a running run's would wait
+    # for the next rerun: no rerun loop while it trains)
+    assert any("checking the runs' health" in c for c in captions)
     assert fresh.wait(timeout=300)
     at.run()
     after = _expected(path)
     assert after.errors > before.errors
     assert at.sidebar.selectbox[0].value == f"{after.badge} a-cls"
+    assert not any("checking the runs' health" in c.value for c in at.sidebar.caption)  # known: the watch ends
