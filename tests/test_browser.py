@@ -173,6 +173,18 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).m
 })"""
 
 
+# Done drawing: no skeleton and no running-script widget for 1.5 s on end. Streamlit shows its
+# running widget only a moment after a script starts, so one look can fall in that moment
+# and catch a page half drawn (on a loaded machine, Compare runs still computing).
+_QUIET_JS = """() => {
+  const busy = document.querySelector('[data-testid="stSkeleton"]') ||
+               document.querySelector('[data-testid="stStatusWidget"]');
+  const now = Date.now();
+  if (busy || window.__quietSince === undefined) { window.__quietSince = busy ? undefined : now; return false; }
+  return now - window.__quietSince > 1500;
+}"""
+
+
 def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs, tmp_path):
     """A new user's first look: each demo run on each page, with no exception, no error box
     and no empty chart."""
@@ -195,10 +207,7 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
                 for name in PAGES:
                     page.goto(f"{demo_dashboard}/{name}?run={run}")
                     page.wait_for_selector('[data-testid="stMain"] h1', timeout=90_000)
-                    page.wait_for_function(
-                        "() => !document.querySelector('[data-testid=\"stSkeleton\"]') && "
-                        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
-                    page.wait_for_timeout(500)
+                    page.wait_for_function(_QUIET_JS, polling=200, timeout=180_000)
                     where = f"{run} / {name or 'overview'}"
                     page.screenshot(path=str(shots / f"{run}-{name or 'overview'}.png"), full_page=True)
                     if page.locator('[data-testid="stException"]').count():

@@ -51,14 +51,14 @@ def ensemble_accuracy_figure(accuracy: dict[str, float], combined: dict[str, flo
         text=[f"{v:.1f}%" for v in values], textposition="top center", cliponaxis=False,
         hovertemplate="%{x}: %{y:.2f}%<extra></extra>"))
     best = 100 * max(accuracy.values())
-    fig.add_hline(y=best, line=dict(color=BLUE, dash="dot"), annotation_text=f"best member {best:.1f}%",
-                  annotation_position="bottom left", annotation_font=dict(size=11, color=BLUE))
+    fig.add_hline(y=best, line=dict(color=BLUE, dash="dot"))
     pad = max(1.0, 0.15 * float(np.nanmax(values) - np.nanmin(values)))
     fig.update_yaxes(title_text="accuracy on the shared samples (%)",
                      range=[max(0.0, float(np.nanmin(values)) - pad), min(100.0, float(np.nanmax(values)) + pad) + 0.5])
     fig.update_xaxes(type="category")
     if len(shown) > len(accuracy):  # members left of the line, their combinations right of it
         fig.add_vline(x=len(accuracy) - 0.5, line=dict(color=GREY, width=1))
-    fig.update_layout(title="accuracy: members (blue), combined (grey)",
-                      margin=MARGIN, height=380, showlegend=False)
+    title = f"accuracy: members (blue), combined (grey)<br><sup>dotted: the best member's {best:.1f}%</sup>"
+    # room above the plot for the subtitle and the top dots' labels
+    fig.update_layout(title=title, margin={**MARGIN, "t": 90}, height=400, showlegend=False)
     return fig
