@@ -63,15 +63,16 @@ else:
                             help="Runs of this folder that recorded the same kind for a layer of the same name, "
                                  "most recent first: drawn on one step axis, step by step.")
     st.session_state["dist_compare_runs"] = picked + [n for n in remembered if n not in options]
-    frames = {run.path.name: one}
+    frames, versions = {run.path.name: one}, {run.path.name: (path, version)}
     for row in peers.set_index("name").loc[picked].reset_index().itertuples():
         try:
-            version = diagnostics.open_run(row.path).data_version()
+            peer_version = diagnostics.open_run(row.path).data_version()
         except diagnostics.DiagnosticsError as exc:
             st.caption(f"{row.name} is left out: {exc}")
             continue
         same_rank = rank if rank is not None and rank < row.world_size else None
-        frames[row.name] = _shared.distributions(row.path, version, kind, layers=(layer,), rank=same_rank)
+        frames[row.name] = _shared.distributions(row.path, peer_version, kind, layers=(layer,), rank=same_rank)
+        versions[row.name] = (row.path, peer_version)
     if len(frames) > 1:
         st.plotly_chart(figures.runs_quantiles_figure(frames, f"{kind} of {layer}: median and band, run by run"),
                         width="stretch", key="dist_runs_quantiles")
@@ -79,6 +80,13 @@ else:
                      help="Each run's histogram heatmap on one value grid and colour scale, axes shared."):
             st.plotly_chart(figures.runs_histograms_figure(frames, f"{kind} of {layer}: histograms over steps"),
                             width="stretch", key="dist_runs_histograms_chart")
+        # what the layer's change did to training: the same runs' loss and metrics, same colours
+        curves = {name: _shared.scalars(*at) for name, at in versions.items()}
+        names = ["loss", *overview.default_scalars(curves[run.path.name], most=2)]
+        if any((c["name"] == "loss").any() for c in curves.values() if not c.empty):
+            st.caption("Their loss and metrics, in the same colours (the Overview overlays any scalar):")
+            st.plotly_chart(figures.runs_scalars_figure(curves, names, columns=len(names), smooth=0.6),
+                            width="stretch", key="dist_runs_curves")
 
 if kind == "update":
     ratios = _shared.update_ratios(path, version, layer)

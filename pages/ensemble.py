@@ -67,18 +67,28 @@ for note in e.warnings:
 # -- headline -----------------------------------------------------------------------------
 best, best_accuracy = e.best_member
 gain = e.gain()
+
+
+def against_best(way: str) -> dict:
+    """The metric's delta against the best member: grey and without an arrow when it rounds to 0."""
+    points = round(100 * gain[way], 1)
+    if points == 0:
+        return {"delta": "0.0 points", "delta_color": "off", "delta_arrow": "off"}
+    return {"delta": f"{points:+.1f} points"}
+
+
 cols = st.columns(4)
 cols[0].metric("Best member", f"{best_accuracy:.1%}", help=best)
 cols[0].caption(best)
-cols[1].metric("Majority vote", f"{e.majority_accuracy:.1%}", delta=f"{100 * gain['majority vote']:+.1f} points",
+cols[1].metric("Majority vote", f"{e.majority_accuracy:.1%}", **against_best("majority vote"),
                help=f"each member votes its prediction; {e.majority_ties} tied vote(s): {TIE_BREAK}")
 if e.probability_accuracy is None:
     cols[2].metric("Probability average", "—", help=e.probability_note)
 else:
     cols[2].metric("Probability average", f"{e.probability_accuracy:.1%}",
-                   delta=f"{100 * gain['probability average']:+.1f} points",
+                   **against_best("probability average"),
                    help="the class of highest mean probability over the members")
-cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", delta=f"{100 * gain['oracle']:+.1f} points",
+cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", **against_best("oracle"),
                help="a sample counts when any member gets it right: the most a combination of these predictions "
                     "can reach")
 helps = e.mean_phi < WEAK_PHI and max(v for w, v in gain.items() if w != "oracle" and v is not None) > 0

@@ -173,6 +173,18 @@ _CHARTS_JS = """() => Array.from(document.querySelectorAll('.js-plotly-plot')).m
 })"""
 
 
+# Done drawing: no skeleton and no running-script widget for 1.5 s on end. Streamlit shows its
+# running widget only a moment after a script starts, so one look can fall in that moment
+# and catch a page half drawn (on a loaded machine, Compare runs still computing).
+_QUIET_JS = """() => {
+  const busy = document.querySelector('[data-testid="stSkeleton"]') ||
+               document.querySelector('[data-testid="stStatusWidget"]');
+  const now = Date.now();
+  if (busy || window.__quietSince === undefined) { window.__quietSince = busy ? undefined : now; return false; }
+  return now - window.__quietSince > 1500;
+}"""
+
+
 def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs, tmp_path):
     """A new user's first look: each demo run on each page, with no exception, no error box
     and no empty chart."""
@@ -195,10 +207,7 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
                 for name in PAGES:
                     page.goto(f"{demo_dashboard}/{name}?run={run}")
                     page.wait_for_selector('[data-testid="stMain"] h1', timeout=90_000)
-                    page.wait_for_function(
-                        "() => !document.querySelector('[data-testid=\"stSkeleton\"]') && "
-                        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=120_000)
-                    page.wait_for_timeout(500)
+                    page.wait_for_function(_QUIET_JS, polling=200, timeout=180_000)
                     where = f"{run} / {name or 'overview'}"
                     page.screenshot(path=str(shots / f"{run}-{name or 'overview'}.png"), full_page=True)
                     if page.locator('[data-testid="stException"]').count():
@@ -211,6 +220,48 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
                         problems.append(f"{where}: no chart at all")
                     if name == "ensemble" and run.startswith("digits") and len(charts) < 2:
                         problems.append(f"{where}: the digits runs share their samples, yet no phi heatmap")
+                    if run == "digits-baseline" and name in ("compare", "ensemble"):
+                        problems += _the_story_checks(page, name, demo_runs)
         finally:
             browser.close()
     assert not problems, "\n".join(problems)
+
+
+_METRICS_JS = """() => Object.fromEntries(Array.from(document.querySelectorAll('[data-testid="stMetric"]')).map(m => [
+  m.querySelector('[data-testid="stMetricLabel"]').innerText.trim(),
+  m.querySelector('[data-testid="stMetricValue"]').innerText.trim()]))"""
+_PHI_JS = """() => { const el = Array.from(document.querySelectorAll('.js-plotly-plot')).find(
+  e => e.layout && e.layout.title && String(e.layout.title.text || '').includes('error correlation'));
+  return el ? {x: Array.from(el.data[0].x), text: el.data[0].text.map(r => Array.from(r))} : null; }"""
+
+
+def _the_story_checks(page, name: str, demo_runs: Path) -> list[str]:
+    """The demo's story as the pages tell it, against diagnostics' own numbers: Compare runs of
+    the baseline shows the fix (B = digits-fixed by default) with its fixed and broken counts;
+    Ensemble shows the three digits runs' phi matrix."""
+    import diagnostics
+
+    where, shown = f"digits-baseline / {name}", page.evaluate(_METRICS_JS)
+    digits = [demo_runs / n for n in ("digits-baseline", "digits-fixed", "digits-raw-pixels")]
+    if name == "compare":
+        s = diagnostics.compare(digits[0], digits[1]).summary
+        expected = {"Samples in both": f"{s['shared']:,}", "Fixed": str(s["fixed"]), "Broken": str(s["broken"])}
+        problems = [f"{where}: {label} shows {shown.get(label)!r}, compare() says {value!r}"
+                    for label, value in expected.items() if shown.get(label) != value]
+        if not s["fixed"] > 5 * max(s["broken"], 1):
+            problems.append(f"{where}: the fix should fix far more than it breaks: {s['fixed']} vs {s['broken']}")
+        text = page.locator('[data-testid="stMain"]').inner_text()
+        if "A = digits-baseline" not in text or "B = digits-fixed" not in text:
+            problems.append(f"{where}: B is not digits-fixed by default")
+        return problems
+    e = diagnostics.ensemble(digits)
+    phi = page.evaluate(_PHI_JS)
+    order = list(e.phi.columns)
+    if phi is None or sorted(phi["x"]) != sorted(order):
+        return [f"{where}: no phi heatmap of the three digits runs: {phi}"]
+    cells = {(a, b): phi["text"][i][j] for i, a in enumerate(phi["x"]) for j, b in enumerate(phi["x"])}
+    wrong = [f"{a}/{b}: {cells[a, b]} vs {e.phi.loc[a, b]:.2f}" for a in order for b in order
+             if cells[a, b] != f"{e.phi.loc[a, b]:.2f}"]
+    if shown.get("Oracle") != f"{e.oracle_accuracy:.1%}":
+        wrong.append(f"oracle {shown.get('Oracle')!r} vs {e.oracle_accuracy:.1%}")
+    return [f"{where}: {w}" for w in wrong]

@@ -33,8 +33,10 @@ def phi_heatmap_figure(phi: pd.DataFrame) -> go.Figure:
 
 
 def ensemble_accuracy_figure(accuracy: dict[str, float], combined: dict[str, float | None]) -> go.Figure:
-    """Bars: each member's accuracy (blue), then the combinations (majority vote, probability
-    average, oracle; grey; a None is left out), with a dotted line at the best member's.
+    """Dots: each member's accuracy (blue), then the combinations (majority vote, probability
+    average, oracle; grey; a None is left out), with a dotted line at the best member's. Dots,
+    not bars: the axis starts near the lowest value, so that tenths of a point show, and a bar
+    cut off above zero would draw a 53% member as a sliver beside a 99% one.
 
         e = ensemble(runs)
         ensemble_accuracy_figure(e.accuracy, e.combined())
@@ -44,12 +46,19 @@ def ensemble_accuracy_figure(accuracy: dict[str, float], combined: dict[str, flo
     shown = {**accuracy, **{k: v for k, v in combined.items() if v is not None}}
     values = 100 * np.array(list(shown.values()), dtype=float)
     colors = [BLUE] * len(accuracy) + [GREY] * (len(shown) - len(accuracy))
-    fig = go.Figure(go.Bar(x=list(shown), y=values, marker_color=colors, text=[f"{v:.1f}%" for v in values],
-                           textposition="outside", hovertemplate="%{x}: %{y:.2f}%<extra></extra>"))
-    fig.add_hline(y=100 * max(accuracy.values()), line=dict(color=BLUE, dash="dot"))
-    low = max(0.0, float(np.nanmin(values)) - 10)
-    fig.update_yaxes(title_text="accuracy on the shared samples (%)", range=[low, 105])
+    fig = go.Figure(go.Scatter(
+        x=list(shown), y=values, mode="markers+text", marker=dict(color=colors, size=14, symbol="diamond"),
+        text=[f"{v:.1f}%" for v in values], textposition="top center", cliponaxis=False,
+        hovertemplate="%{x}: %{y:.2f}%<extra></extra>"))
+    best = 100 * max(accuracy.values())
+    fig.add_hline(y=best, line=dict(color=BLUE, dash="dot"))
+    pad = max(1.0, 0.15 * float(np.nanmax(values) - np.nanmin(values)))
+    fig.update_yaxes(title_text="accuracy on the shared samples (%)",
+                     range=[max(0.0, float(np.nanmin(values)) - pad), min(100.0, float(np.nanmax(values)) + pad) + 0.5])
     fig.update_xaxes(type="category")
-    fig.update_layout(title="accuracy: members (blue), combined (grey)",
-                      margin=MARGIN, height=380, showlegend=False)
+    if len(shown) > len(accuracy):  # members left of the line, their combinations right of it
+        fig.add_vline(x=len(accuracy) - 0.5, line=dict(color=GREY, width=1))
+    title = f"accuracy: members (blue), combined (grey)<br><sup>dotted: the best member's {best:.1f}%</sup>"
+    # room above the plot for the subtitle and the top dots' labels
+    fig.update_layout(title=title, margin={**MARGIN, "t": 90}, height=400, showlegend=False)
     return fig

@@ -23,11 +23,15 @@ def summary_row(centre: float, spread: float = 1.0, bins: int = 4) -> list[float
     return [float(fields[f]) for f in schema.SUMMARY_FIELDS] + [25.0] * bins
 
 
-def write_dist_run(folder, name: str, captures: dict[tuple[str, str], dict[int, float]], world_size: int = 1):
+def write_dist_run(folder, name: str, captures: dict[tuple[str, str], dict[int, float]], world_size: int = 1,
+                   scalars: dict[str, dict[int, float]] | None = None):
     """A run whose distributions hold, for each (kind, layer), one capture per step: a
-    summary centred at the given value (the same on every rank)."""
+    summary centred at the given value (the same on every rank); and `scalars` by name and step."""
     writer = RunWriter(folder / name, {"name": name, "task": "classification", "world_size": world_size},
                        flush_every_s=3600)
+    for scalar, by_step in (scalars or {}).items():
+        for step, value in by_step.items():
+            writer.add_scalar(step, scalar, value)
     steps = sorted({s for by_step in captures.values() for s in by_step})
     for step in steps:
         keys = [k for k, by_step in captures.items() if step in by_step]

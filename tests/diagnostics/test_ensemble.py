@@ -225,10 +225,14 @@ def test_figures_draw_the_matrix_and_the_bars(trio):
     undefined = e.phi.copy()
     undefined.loc["a", "a"] = np.nan
     assert figures.phi_heatmap_figure(undefined).data[0].text[0][0] == "—"
-    bars = figures.ensemble_accuracy_figure(e.accuracy, {"majority vote": e.majority_accuracy,
+    dots = figures.ensemble_accuracy_figure(e.accuracy, {"majority vote": e.majority_accuracy,
                                                          "probability average": None, "oracle": e.oracle_accuracy})
-    assert list(bars.data[0].x) == ["a", "b", "c", "majority vote", "oracle"]
-    np.testing.assert_allclose(bars.data[0].y, [60, 60, 60, 80, 90])
+    assert list(dots.data[0].x) == ["a", "b", "c", "majority vote", "oracle"]
+    np.testing.assert_allclose(dots.data[0].y, [60, 60, 60, 80, 90])
+    assert dots.data[0].type == "scatter" and dots.data[0].mode == "markers+text"  # dots: the axis is cut
+    low, high = dots.layout.yaxis.range
+    assert 50 < low < 60 and 90 < high <= 100.5  # every dot inside, its text too
+    assert [shape.y0 for shape in dots.layout.shapes if shape.type == "line" and shape.y0 == shape.y1] == [60]
     assert not figures.phi_heatmap_figure(e.phi.iloc[:0, :0]).data  # empty: a message, no trace
     assert not figures.ensemble_accuracy_figure({}, {}).data
 

@@ -73,3 +73,23 @@ def test_the_picks_follow_to_other_layers_and_runs_without_peers_say_so(monkeypa
     at = _open(monkeypatch, tmp_path, "solo")
     assert not at.multiselect and any("No other run of this folder recorded the weight of `w`" in c.value
                                       for c in at.caption)
+
+
+def test_the_compared_runs_loss_and_metrics_share_one_chart(monkeypatch, tmp_path):
+    write_dist_run(tmp_path, "base", {("activation", "conv1"): {0: 0.0, 2: 1.0}},
+                   scalars={"loss": {0: 2.0, 1: 1.5, 2: 1.0}, "val/acc": {2: 0.5}, "lr": {0: 0.1}})
+    write_dist_run(tmp_path, "norm", {("activation", "conv1"): {0: 5.0, 2: 6.0}},
+                   scalars={"loss": {0: 2.0, 1: 0.5, 2: 0.25}, "val/acc": {2: 0.9}})
+    at = _open(monkeypatch, tmp_path, "base")
+    curves = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    assert not any("val/acc" in json.dumps(c["layout"].get("annotations", [])) for c in curves)  # nothing picked
+    at.multiselect(key="dist_compare_activation_conv1").set_value(["norm"]).run()
+    assert not at.exception, [e.value for e in at.exception]
+    spec = next(json.loads(el.proto.spec) for el in at.get("plotly_chart")
+                if "val/acc" in json.dumps(json.loads(el.proto.spec)["layout"].get("annotations", [])))
+    titles = [a["text"] for a in spec["layout"]["annotations"]]
+    assert titles[0].startswith("loss") and titles[1] == "val/acc"  # loss and the run's metric, not lr
+    lines = {(t["name"], t["xaxis"]): t for t in spec["data"] if t.get("name") in ("base", "norm")}
+    np.testing.assert_allclose(_values(lines[("norm", "x2")]["y"]), [0.9])
+    assert _values(lines[("base", "x2")]["y"]) == [0.5]
+    assert any("Their loss and metrics" in c.value for c in at.caption)

@@ -125,3 +125,16 @@ def test_page_explains_an_empty_folder_and_a_broken_run(monkeypatch, tmp_path, f
     at = _open(monkeypatch, folder, "broken")
     assert any("cannot be shown" in e.value for e in at.error)
     assert not at.get("plotly_chart")
+
+
+
+def test_a_combination_no_better_than_the_best_member_shows_no_arrow(monkeypatch, tmp_path):
+    from streamlit.proto.Metric_pb2 import Metric
+
+    write_member(tmp_path, "a", LABELS, PRED["a"])
+    write_member(tmp_path, "twin", LABELS, PRED["a"])  # the same predictions: every way of combining gives 60%
+    metrics = {m.label: m.proto for m in _open(monkeypatch, tmp_path, "a").metric}
+    for label in ("Majority vote", "Probability average", "Oracle"):
+        shown = metrics[label]
+        assert (shown.body, shown.delta) == ("60.0%", "0.0 points"), label
+        assert (shown.direction, shown.color) == (Metric.MetricDirection.NONE, Metric.MetricColor.GRAY), label
