@@ -19,6 +19,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import warnings
 from collections.abc import Callable
@@ -47,7 +48,7 @@ from diagnostics.health.gradients import rule_grad_norm_spikes, rule_gradient_de
 # What `check` runs: the registered rules' functions, in registration order.
 RULES: tuple[Callable[[Any], list[Finding]], ...] = tuple(r.check for r in registry.RULES)
 
-__all__ = ["Finding", "SEVERITIES", "RULES", "check", "evidence_figure", "rule_table",
+__all__ = ["Finding", "SEVERITIES", "RULES", "check", "defer_to_root_cause", "evidence_figure", "rule_table",
            "rule_nonfinite", "rule_dead_units", "rule_saturation", "rule_gradient_depth", "rule_grad_norm_spikes",
            "rule_activation_scale_depth", "rule_update_ratio", "rule_output_vs_label", "rule_loss_vs_baseline",
            "rule_overfitting", "rule_label_noise", "rule_input_scale"]
@@ -70,10 +71,36 @@ def check(run) -> list[Finding]:
         except Exception as exc:  # a rule's bug must not hide the other rules' findings
             warnings.warn(f"health rule {rule.__name__} failed on {getattr(run, 'path', run)}: {exc!r}",
                           RuntimeWarning, stacklevel=2)
+    findings = defer_to_root_cause(findings)
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(findings, key=lambda f: (rank.get(f.severity, len(rank)),
                                            math.inf if f.step_start is None else f.step_start, f.rule,
                                            f.layer or ""))
+
+
+# A bug in what the loss is given shapes everything downstream of it: gradients shrink
+# (probabilities into CrossEntropyLoss bound the loss below and squash its gradient), the
+# outputs cannot match the labels, the loss stays near its baseline. Those symptoms are
+# real but their own advice (He init, class weights) sends the user the wrong way.
+ROOT_CAUSES = ("softmax_before_cross_entropy", "softmax_wrong_dim", "nll_input", "double_sigmoid",
+               "regression_loss_on_class_ids")
+SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "activation_scale_depth", "update_ratio",
+            "output_vs_label", "loss_vs_baseline")
+
+
+def defer_to_root_cause(findings: list[Finding]) -> list[Finding]:
+    """Where a loss-input bug fired (warning or error), its symptoms become info that names
+    it, with the advice to fix it first: the baseline of the demo read 'vanishing gradients:
+    use He init' beside the softmax it came from."""
+    causes = [f.rule for f in findings if f.rule in ROOT_CAUSES and f.severity in ("warning", "error")]
+    if not causes:
+        return findings
+    cause = causes[0]
+    return [dataclasses.replace(
+        f, severity="info", message=f"{f.message} Likely a consequence of {cause} (see that finding).",
+        advice=f"Fix {cause} first and check again; if this stays, then: {f.advice}",
+        evidence={**f.evidence, "deferred_to": cause})
+        if f.rule in SYMPTOMS and f.severity in ("warning", "error") else f for f in findings]
 
 
 def evidence_figure(run, finding: Finding) -> go.Figure:

@@ -554,3 +554,20 @@ def test_check_sorts_errors_first_then_by_step_and_serialises():
 def test_health_does_not_import_torch():
     code = "import sys, diagnostics.health; assert not {'torch', 'hooks', 'streamlit'} & set(sys.modules)"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_symptoms_of_a_loss_input_bug_defer_to_it():
+    def finding(rule, severity="warning"):
+        return health.Finding(rule=rule, severity=severity, layer=None, step_start=0, step_end=9,
+                              message=f"{rule} fired.", advice="Use He init.")
+    cause, vanishing = finding("softmax_before_cross_entropy"), finding("vanishing_gradients")
+    dead = finding("dead_units")
+    out = {f.rule: f for f in health.defer_to_root_cause([vanishing, cause, dead])}
+    assert out["softmax_before_cross_entropy"] == cause and out["dead_units"] == dead  # not a symptom of it
+    v = out["vanishing_gradients"]
+    assert v.severity == "info" and v.evidence["deferred_to"] == "softmax_before_cross_entropy"
+    assert "consequence of softmax_before_cross_entropy" in v.message and v.advice.startswith("Fix softmax")
+    # no loss-input bug, or only as info: the symptoms stand as they are
+    assert health.defer_to_root_cause([vanishing, dead]) == [vanishing, dead]
+    quiet = finding("softmax_before_cross_entropy", "info")
+    assert health.defer_to_root_cause([quiet, vanishing])[1] == vanishing
