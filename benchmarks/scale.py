@@ -100,7 +100,8 @@ def _timed(fn):
     return value, time.perf_counter() - t
 
 
-def _page(page: str, runs: Path, run: str) -> tuple[float, float, list[str]]:
+def _page(page: str, runs: Path, run: str) -> tuple[float, float, list[str], int]:
+    """First and second run of a page (s), its exceptions, and the bytes its tables send."""
     from streamlit.testing.v1 import AppTest
 
     os.environ["DIAGNOSTICS_RUNS"] = str(runs)
@@ -110,7 +111,8 @@ def _page(page: str, runs: Path, run: str) -> tuple[float, float, list[str]]:
     at.switch_page(page)
     _, first = _timed(at.run)
     _, second = _timed(at.run)
-    return first, second, [e.value for e in at.exception]
+    table_bytes = sum(len(df.proto.arrow_data.data) for df in at.dataframe)
+    return first, second, [e.value for e in at.exception], table_bytes
 
 
 def read_deep(runs: Path) -> dict:
@@ -123,7 +125,7 @@ def read_deep(runs: Path) -> dict:
     every, step_s = _timed(lambda: run.distributions("activation", steps=[steps[-1]]))
     kinds = run.kinds()
     n_rows = sum(len(run.distributions(kind)) for kind in kinds)
-    first, second, errors = _page("pages/distributions.py", runs, "deep")
+    first, second, errors, _ = _page("pages/distributions.py", runs, "deep")
     return {"layers": len(layers), "captures": len(steps), "kinds": len(kinds),
             "distribution_rows": n_rows, "distributions_bytes": _bytes(runs / "deep" / "distributions"),
             "bytes_per_layer_per_capture": _bytes(runs / "deep" / "distributions") / max(n_rows, 1),
@@ -137,10 +139,11 @@ def read_wide(runs: Path, n: int) -> dict:
 
     run, open_s = _timed(lambda: diagnostics.open_run(runs / "wide"))
     samples, samples_s = _timed(lambda: run.samples("val"))
-    first, second, errors = _page("pages/errors.py", runs, "wide")
+    first, second, errors, table_bytes = _page("pages/errors.py", runs, "wide")
     return {"samples": len(samples), "samples_bytes": _bytes(runs / "wide" / "samples"),
             "bytes_per_sample": _bytes(runs / "wide" / "samples") / max(n, 1), "open_s": open_s,
-            "samples_s": samples_s, "page_first_s": first, "page_second_s": second, "page_errors": errors}
+            "samples_s": samples_s, "page_first_s": first, "page_second_s": second, "page_errors": errors,
+            "page_table_bytes": table_bytes}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,19 +151,39 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=60, help="steps of the 300-layer run (a capture each)")
     ap.add_argument("--samples", type=int, default=100_000, help="samples of the evaluation")
     ap.add_argument("--json", type=Path, help="write the results here")
+    ap.add_argument("--only", choices=("deep", "wide"), help="record and read one of the two runs only")
+    ap.add_argument("--keep", type=Path, help="record the runs into this folder and keep them (default: a "
+                                               "temporary folder)")
     args = ap.parse_args(argv)
     load = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="scale-") as tmp:
-        runs = Path(tmp)
-        deep_train = _child(DEEP, str(runs), str(args.steps))
-        wide_train = _child(WIDE, str(runs), str(args.samples))
-        deep, wide = read_deep(runs), read_wide(runs, args.samples)
+        runs = args.keep or Path(tmp)
+        runs.mkdir(parents=True, exist_ok=True)
+        result = {}
+        if args.only != "wide":
+            result["deep"] = {**_child(DEEP, str(runs), str(args.steps)), **read_deep(runs)}
+        if args.only != "deep":
+            result["wide"] = {**_child(WIDE, str(runs), str(args.samples)), **read_wide(runs, args.samples)}
     reader_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    result = {"deep": {**deep_train, **deep}, "wide": {**wide_train, **wide}, "reader_peak_rss_mb": reader_rss,
-              "machine": {"cpus": os.cpu_count(), "load_avg_1m": load, "python": platform.python_version()}}
-    d, w = result["deep"], result["wide"]
+    result.update(reader_peak_rss_mb=reader_rss, machine={"cpus": os.cpu_count(), "load_avg_1m": load,
+                                                          "python": platform.python_version()})
     print(f"\n{os.cpu_count()} CPUs, load average {load:.1f} at start\n")
-    rows = [
+    for what, value in _report_rows(result):
+        print(f"{what:<44} {value}")
+    for name in ("deep", "wide"):
+        if result.get(name, {}).get("page_errors"):
+            print(f"page errors ({name}): {result[name]['page_errors']}")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+    return 0
+
+
+def _report_rows(result: dict) -> list[tuple[str, str]]:
+    rows = []
+    if "deep" in result:
+        d = result["deep"]
+        rows += [
         ("300-layer run", f"{d['layers']} layers × {d['kinds']} kinds × {d['captures']} captures"),
         ("  training ms/step, plain → watched", f"{d['plain_ms']:.1f} → {d['watched_ms']:.1f} "
                                                f"({d['watched_ms'] / d['plain_ms']:.2f}×)"),
@@ -169,23 +192,16 @@ def main(argv: list[str] | None = None) -> int:
         ("  open / layers / one layer / one step", f"{d['open_s']:.2f} / {d['layers_s']:.2f} / "
                                                    f"{d['one_layer_s']:.2f} / {d['one_step_s']:.2f} s"),
         ("  Distributions page, first / again", f"{d['page_first_s']:.1f} / {d['page_second_s']:.1f} s"),
-        ("  training peak RSS", f"{d['peak_rss_mb']:.0f} MB"),
+        ("  training peak RSS", f"{d['peak_rss_mb']:.0f} MB")]
+    if "wide" in result:
+        w = result["wide"]
+        rows += [
         (f"evaluation of {w['samples']:,} samples", f"{w['evaluate_s']:.1f} s to evaluate"),
         ("  bytes per sample", f"{w['bytes_per_sample']:.0f} ({w['samples_bytes'] / 1e6:.1f} MB in all)"),
         ("  open / samples()", f"{w['open_s']:.2f} / {w['samples_s']:.2f} s"),
         ("  Error review page, first / again", f"{w['page_first_s']:.1f} / {w['page_second_s']:.1f} s"),
-        ("  training peak RSS", f"{w['peak_rss_mb']:.0f} MB"),
-        ("reading side peak RSS (both runs, pages)", f"{reader_rss:.0f} MB"),
-    ]
-    for what, value in rows:
-        print(f"{what:<44} {value}")
-    for name in ("deep", "wide"):
-        if result[name]["page_errors"]:
-            print(f"page errors ({name}): {result[name]['page_errors']}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=1))
-    return 0
+        ("  training peak RSS", f"{w['peak_rss_mb']:.0f} MB")]
+    return rows + [("reading side peak RSS (runs read, pages)", f"{result['reader_peak_rss_mb']:.0f} MB")]
 
 
 if __name__ == "__main__":
