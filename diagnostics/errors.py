@@ -167,6 +167,18 @@ def review_order(samples: pd.DataFrame, task: str, filters: ReviewFilter = Revie
     return keep[order.to_numpy()]
 
 
+def review_orders(task: str) -> dict[str, tuple[str | None, bool]]:
+    """The orders a review table offers, by their label: (sort_by, ascending) for `review_order`."""
+    _check_task(task)
+    if task == "classification":
+        return {"worst first, by loss": (None, False), "least confident first": ("confidence", True),
+                "most confident first": ("confidence", False), "lowest loss first": (None, True),
+                "by sample id": ("sample_id", True)}
+    return {"worst first, by |residual|": (None, False), "most overestimated first": ("residual", False),
+            "most underestimated first": ("residual", True), "smallest |residual| first": (None, True),
+            "by sample id": ("sample_id", True)}
+
+
 SORTABLE = ("sample_id", "loss", "confidence", "margin", "label", "prediction", "residual", "abs_error")
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import badges, errors, overview
+from diagnostics import badges, errors, overview, paging
 from diagnostics import dynamics as dyn
 from diagnostics import tags as tag_store
 
@@ -111,6 +111,31 @@ def thumbnails(path: str, version: str, split: str, sample_ids: tuple) -> pd.Ser
 @st.cache_data(show_spinner=False, max_entries=16)
 def dynamics(path: str, version: str, split: str = "train"):
     return diagnostics.open_run(path).sample_dynamics(split)
+
+
+def pager(key: str, selection_key: str, filters: object = None) -> tuple[int, int]:
+    """The page number and page size of table `key`, read before the table is cut. A new filter
+    goes back to page 1; any change of page, size or filter clears the table's row selection
+    (`selection_key`), so a selected row always names the sample shown."""
+    st.session_state.setdefault(f"{key}_size", paging.PAGE_SIZE)
+    page, size = int(st.session_state.get(f"{key}_page", 1)), int(st.session_state[f"{key}_size"])
+    seen = st.session_state.get(f"{key}_seen")
+    if seen is not None and seen[0] != repr(filters):
+        page = st.session_state[f"{key}_page"] = 1
+    if seen is not None and seen != (repr(filters), page, size):
+        st.session_state.pop(selection_key, None)
+    st.session_state[f"{key}_seen"] = (repr(filters), page, size)
+    return page, size
+
+
+def page_controls(key: str, page: paging.Page, what: str = "") -> None:
+    """What the page shows ("rows 201–400 of 8,312"), the page size and the page number; the
+    page was cut already (`pager`), with its number clamped to the pages there are."""
+    st.session_state[f"{key}_page"] = page.page
+    left, middle, right = st.columns([4, 1, 1], vertical_alignment="bottom")
+    left.caption(f"{page.label[0].upper()}{page.label[1:]}{what}")
+    middle.selectbox("Rows per page", paging.PAGE_SIZES, key=f"{key}_size")
+    right.number_input(f"Page (of {page.pages:,})", min_value=1, max_value=page.pages, step=1, key=f"{key}_page")
 
 
 @st.cache_resource(show_spinner=False)
