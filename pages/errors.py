@@ -164,7 +164,8 @@ else:
                      hide_index=True, key="err_by_label")
 
 with slice_tab:
-    found = slices.find_slices(samples, task, features=slices.review_features(samples, task), class_names=class_names)
+    found = _shared.error_slices(path, version, split, r.step, task, tags,
+                                 None if class_names is None else tuple(class_names))
     if found.empty:
         st.info("No slice of the data has an error rate significantly above the overall rate "
                 "(single features and pairs of them, at least 20 samples, tested with a Bonferroni-corrected "
