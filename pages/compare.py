@@ -103,7 +103,7 @@ if table.empty:
     st.info(f"No shared sample was {good} or {bad}.")
 else:
     what = "loss" if classification else "abs_error"
-    id_text = st.text_input("Sample id contains", key="compare_id", placeholder="e.g. 123")
+    id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="compare_id", placeholder="e.g. 123")
     page = paging.page_of(paging.search_ids(table, id_text), *_shared.pager("compare_pages", "compare_table", id_text))
     _shared.page_controls("compare_pages", page, f", {good} first, each group by how much the "
                           f"{'loss' if classification else '|error|'} moved. Select a row to open it in Sample detail.")

@@ -46,7 +46,7 @@ else:
     st.plotly_chart(figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
-id_text = st.text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
+id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
 page = dyn.suspects_page(d, found, class_names, *_shared.pager("datamap_pages", "datamap_table", id_text),
                          id_contains=id_text)
 _shared.page_controls("datamap_pages", page, ", highest score first")

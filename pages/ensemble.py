@@ -102,7 +102,7 @@ if table.empty:
 by_member = table["member"].value_counts()
 st.caption(", ".join(f"{m}: {int(by_member.get(m, 0))}" for m in e.members) + ". What a vote can lose: the other "
            "members outvote the one right answer. Select a row to open it in Sample detail as that member saw it.")
-id_text = st.text_input("Sample id contains", key="ensemble_id", placeholder="e.g. 123")
+id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="ensemble_id", placeholder="e.g. 123")
 page = paging.page_of(paging.search_ids(table, id_text), *_shared.pager("ensemble_pages", "ensemble_table", id_text))
 _shared.page_controls("ensemble_pages", page)
 event = st.dataframe(page.rows, hide_index=True, on_select="rerun", selection_mode="single-row",
