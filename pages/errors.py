@@ -52,7 +52,7 @@ with st.expander("Filters and order of the worst cases", expanded=False):
     h1, h2 = st.columns([2, 1])
     tag_filter = h1.multiselect("Tag", sorted(tags["tag"].unique()) if not tags.empty else [], key="err_tags") or None
     orders = errors.review_orders(task)
-    order = h2.selectbox("Order", list(orders), key="err_order")
+    order = h2.selectbox("Order", list(orders), key=f"err_order_{task}")
     only_wrong = classification and st.toggle("Only wrong predictions", value=True, key="err_only_wrong")
 loss_range = None
 if loss_lo is not None or loss_hi is not None:
