@@ -278,3 +278,16 @@ def test_error_review_pages_and_filters_on_the_server(monkeypatch, long_run):
     at.button(key="err_open").click().run()
     assert not at.exception and [t.value for t in at.title] == ["Sample detail"]
     assert at.session_state["sample_id"] == second["sample_id"].iloc[3]
+
+
+def test_datamap_suspects_page_and_search_on_the_server(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls")
+    assert len(at.dataframe(key="datamap_table").value) == 64
+    assert any(c.value.startswith("Rows 1–64 of 64, highest score first") for c in at.caption)
+    at.selectbox(key="datamap_pages_size").set_value(50).run()
+    at.number_input(key="datamap_pages_page").set_value(2).run()
+    assert len(at.dataframe(key="datamap_table").value) == 14
+    at.text_input(key="datamap_id").input("1").run()
+    found = at.dataframe(key="datamap_table").value
+    assert sorted(found["sample_id"], key=int) == [str(i) for i in range(64) if "1" in str(i)]  # 16 ids
+    assert at.number_input(key="datamap_pages_page").value == 1 and found["input"].map(_is_png).all()
