@@ -59,6 +59,7 @@ import numpy as np
 import pandas as pd
 
 from diagnostics.errors import class_name
+from diagnostics.paging import PAGE_SIZE, Page, id_matches, page_span
 
 DYNAMICS_COLUMNS = (
     "sample_id", "split", "n_records", "label", "prediction", "confidence", "variability", "correct_frac",
@@ -279,6 +280,26 @@ def label_error_suspects(dynamics: pd.DataFrame, data_map: DataMap, class_names:
     then confidence, variability, aum and correct (the share of records predicted right), or
     mean_abs_residual and residual_std (regression), and region."""
     top = dynamics.sort_values("label_error_score", ascending=False).head(limit)
+    return _suspect_rows(top, data_map, class_names)
+
+
+def suspects_page(dynamics: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None = None,
+                  page: int = 1, page_size: int = PAGE_SIZE, id_contains: str | None = None) -> Page:
+    """One page of every sample ordered as `label_error_suspects` orders them (highest score
+    first), after an optional case-insensitive search in the sample ids; only the page's rows
+    are formatted, so 100,000 training samples cost one page.
+
+        suspects_page(d, found, page=2, page_size=100).label    # "rows 101–200 of 100,000"
+    """
+    keep = np.flatnonzero(id_matches(dynamics["sample_id"], id_contains))
+    score = pd.Series(dynamics["label_error_score"].to_numpy(dtype=float)[keep])
+    order = keep[score.sort_values(ascending=False, kind="stable", na_position="last").index.to_numpy()]
+    page, start, stop = page_span(len(order), page, page_size)
+    rows = _suspect_rows(dynamics.iloc[order[start:stop]], data_map, class_names)
+    return Page(rows.reset_index(drop=True), len(order), page, int(page_size))
+
+
+def _suspect_rows(top: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None) -> pd.DataFrame:
     name = (lambda v: v) if data_map.regression else (lambda v: class_name(class_names, v))  # noqa: E731
     table = top[["sample_id"]].assign(label=top["label"].map(name), prediction=top["prediction"].map(name),
                                       score=top["label_error_score"])

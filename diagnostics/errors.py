@@ -9,9 +9,12 @@ plain pandas/numpy, so a page only lays the result out and a test can check it b
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
+
+from diagnostics.paging import PAGE_SIZE, Page, id_matches, page_span
 
 TASKS = ("classification", "regression")
 
@@ -55,39 +58,143 @@ def worst_cases(samples: pd.DataFrame, task: str, true_class: int | Sequence[int
         worst_cases(samples, "classification", true_class=1, predicted_class=[0, 2],
                     confidence_range=(0.8, 1.0), limit=20)   # confidently wrong DMEs
     """
-    _check_task(task)
+    found = ReviewFilter(true_class=true_class, predicted_class=predicted_class,
+                         confidence_range=confidence_range, tags=tags)
+    order = review_order(samples, task, found, tag_frame=tag_frame)
+    if limit is not None:
+        order = order[:int(limit)]
+    return samples.iloc[order].reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ReviewFilter:
+    """What an error review keeps (all given filters combine with AND; None keeps everything):
+    `true_class`/`predicted_class` (an index or indices), `confidence_range` and `loss_range`
+    (lo, hi; inclusive), `outcome` ("wrong" or "right"), `tags` (samples that carry any of
+    them) and `id_contains` (a case-insensitive part of the sample id).
+
+        ReviewFilter(true_class=1, outcome="wrong", loss_range=(2.0, float("inf")))
+    """
+
+    true_class: int | Sequence[int] | None = None
+    predicted_class: int | Sequence[int] | None = None
+    confidence_range: tuple[float, float] | None = None
+    loss_range: tuple[float, float] | None = None
+    outcome: str | None = None
+    tags: Sequence[str] | None = None
+    id_contains: str | None = None
+
+
+OUTCOMES = ("wrong", "right")
+
+
+def _range(value, name: str, example: str) -> tuple[float, float]:
+    try:
+        lo, hi = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} is not a pair of numbers — pass (lo, hi), e.g. {example}") from None
+    if np.isnan(lo) or np.isnan(hi) or lo > hi:
+        raise ValueError(f"{name}=({lo}, {hi}) is empty or not a number — pass (lo, hi) with lo <= hi")
+    return lo, hi
+
+
+def _class_filters(samples: pd.DataFrame, f: ReviewFilter) -> np.ndarray:
     keep = np.ones(len(samples), dtype=bool)
-    if (true_class is not None or predicted_class is not None or confidence_range is not None) \
-            and task != "classification":
-        raise ValueError("class and confidence filters need classification samples — "
-                         "drop true_class/predicted_class/confidence_range for a regression run")
-    if true_class is not None:
-        keep &= np.isin(samples["label"].to_numpy(dtype=float), _class_list(true_class, "true_class"))
-    if predicted_class is not None:
+    if f.true_class is not None:
+        keep &= np.isin(samples["label"].to_numpy(dtype=float), _class_list(f.true_class, "true_class"))
+    if f.predicted_class is not None:
         keep &= np.isin(samples["prediction"].to_numpy(dtype=float),
-                        _class_list(predicted_class, "predicted_class"))
-    if confidence_range is not None:
-        try:
-            lo, hi = (float(v) for v in confidence_range)
-        except (TypeError, ValueError):
-            raise ValueError(f"confidence_range={confidence_range!r} is not a pair of numbers — "
-                             "pass (lo, hi), e.g. (0.8, 1.0)") from None
-        if not (np.isfinite(lo) and np.isfinite(hi) and lo <= hi):
-            raise ValueError(f"confidence_range=({lo}, {hi}) is empty or not finite — pass (lo, hi) with lo <= hi")
+                        _class_list(f.predicted_class, "predicted_class"))
+    if f.confidence_range is not None:
+        lo, hi = _range(f.confidence_range, "confidence_range", "(0.8, 1.0)")
+        if not (np.isfinite(lo) and np.isfinite(hi)):
+            raise ValueError(f"confidence_range=({lo}, {hi}) is not finite — pass (lo, hi) within 0..1")
         conf = samples["confidence"].to_numpy(dtype=float)
         keep &= (conf >= lo) & (conf <= hi)
-    if tags is not None:
+    if f.outcome is not None:
+        if f.outcome not in OUTCOMES:
+            raise ValueError(f"outcome={f.outcome!r} — pass 'wrong', 'right' or None")
+        keep &= samples["correct"].to_numpy(dtype=float) == (1.0 if f.outcome == "right" else 0.0)
+    return keep
+
+
+def _keep(samples: pd.DataFrame, task: str, f: ReviewFilter, tag_frame: pd.DataFrame | None) -> np.ndarray:
+    """Which samples pass the filter `f` (a boolean array in the frame's row order)."""
+    _check_task(task)
+    by_class = (f.true_class, f.predicted_class, f.confidence_range, f.outcome)
+    if any(v is not None for v in by_class) and task != "classification":
+        raise ValueError("class, confidence and outcome filters need classification samples — "
+                         "drop true_class/predicted_class/confidence_range/outcome for a regression run")
+    keep = _class_filters(samples, f)
+    if f.loss_range is not None:
+        lo, hi = _range(f.loss_range, "loss_range", "(1.0, inf)")
+        loss = samples["loss"].to_numpy(dtype=float)
+        keep &= (loss >= lo) & (loss <= hi)
+    if f.tags is not None:
         if tag_frame is None:
             raise ValueError("tags given without tag_frame — pass tag_frame=<the run's sample_id, tag frame>")
-        tags = [tags] if isinstance(tags, str) else list(tags)
+        tags = [f.tags] if isinstance(f.tags, str) else list(f.tags)
         tagged = tag_frame.loc[tag_frame["tag"].isin(tags), "sample_id"].astype(str).unique()
         keep &= samples["sample_id"].astype(str).isin(tagged).to_numpy()
-    out = samples.loc[keep]
+    if f.id_contains:
+        keep &= id_matches(samples["sample_id"], f.id_contains)
+    return keep
+
+
+def review_order(samples: pd.DataFrame, task: str, filters: ReviewFilter = ReviewFilter(),
+                 sort_by: str | None = None, ascending: bool = False,
+                 tag_frame: pd.DataFrame | None = None) -> np.ndarray:
+    """Row positions of the samples that pass `filters`, in review order: by how wrong they are
+    (loss, or |residual| for regression) worst first with `sort_by=None`, else by the column
+    `sort_by` (`ascending` or not). Missing values go last; ties keep the frame's order.
+
+        samples.iloc[review_order(samples, "classification", ReviewFilter(outcome="wrong"))]
+    """
+    keep = np.flatnonzero(_keep(samples, task, filters, tag_frame))
+    if sort_by is None:
+        key = error_size(samples, task).to_numpy()
+    elif sort_by not in samples.columns:
+        raise ValueError(f"sort_by={sort_by!r} is not a column of the samples — pass one of "
+                         f"{', '.join(c for c in samples.columns if c in SORTABLE)} (or None: worst first)")
+    elif sort_by == "sample_id":
+        ids = samples["sample_id"]
+        numeric = pd.to_numeric(ids, errors="coerce")
+        key = (numeric if numeric.notna().all() else ids.astype(str)).to_numpy()
+    else:
+        key = samples[sort_by].to_numpy(dtype=float)
     # positions, not labels: a frame concatenated from several splits may repeat index labels
-    key = pd.Series(error_size(out, task).to_numpy())
-    order = key.sort_values(ascending=False, kind="stable", na_position="last").index
-    out = out.iloc[order].reset_index(drop=True)
-    return out if limit is None else out.head(int(limit))
+    order = pd.Series(key[keep]).sort_values(ascending=ascending, kind="stable", na_position="last").index
+    return keep[order.to_numpy()]
+
+
+def review_orders(task: str) -> dict[str, tuple[str | None, bool]]:
+    """The orders a review table offers, by their label: (sort_by, ascending) for `review_order`."""
+    _check_task(task)
+    if task == "classification":
+        return {"worst first, by loss": (None, False), "least confident first": ("confidence", True),
+                "most confident first": ("confidence", False), "lowest loss first": (None, True),
+                "by sample id": ("sample_id", True)}
+    return {"worst first, by |residual|": (None, False), "most overestimated first": ("residual", False),
+            "most underestimated first": ("residual", True), "smallest |residual| first": (None, True),
+            "by sample id": ("sample_id", True)}
+
+
+SORTABLE = ("sample_id", "loss", "confidence", "margin", "label", "prediction", "residual", "abs_error")
+
+
+def page_table(samples: pd.DataFrame, task: str, filters: ReviewFilter = ReviewFilter(), sort_by: str | None = None,
+               ascending: bool = False, page: int = 1, page_size: int = PAGE_SIZE,
+               tag_frame: pd.DataFrame | None = None) -> Page:
+    """One page of the filtered, sorted samples (as `review_order` orders them): the page's
+    rows, the filtered total, the clamped page number. Only the page's rows are copied, so a
+    review of 100,000 samples sends the browser `page_size` rows.
+
+        p = page_table(samples, "classification", ReviewFilter(outcome="wrong"), page=2, page_size=200)
+        p.rows, p.total, p.label     # 200 rows, 8312, "rows 201–400 of 8,312"
+    """
+    order = review_order(samples, task, filters, sort_by, ascending, tag_frame)
+    page, start, stop = page_span(len(order), page, page_size)
+    return Page(samples.iloc[order[start:stop]].reset_index(drop=True), len(order), page, int(page_size))
 
 
 # -- classification ---------------------------------------------------------------------------

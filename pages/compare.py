@@ -6,7 +6,7 @@ from pathlib import Path
 import streamlit as st
 
 import diagnostics
-from diagnostics import figures
+from diagnostics import figures, paging
 from diagnostics.compare import ALPHA
 from pages import _shared
 
@@ -103,14 +103,15 @@ if table.empty:
     st.info(f"No shared sample was {good} or {bad}.")
 else:
     what = "loss" if classification else "abs_error"
-    st.caption(f"{len(table):,} samples{' (the first 1,000 shown)' if len(table) > 1000 else ''}, {good} first, "
-               f"each group by how much the {'loss' if classification else '|error|'} moved. Select a row to open it "
-               "in Sample detail.")
+    id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="compare_id", placeholder="e.g. 123")
+    page = paging.page_of(paging.search_ids(table, id_text), *_shared.pager("compare_pages", "compare_table", id_text))
+    _shared.page_controls("compare_pages", page, f", {good} first, each group by how much the "
+                          f"{'loss' if classification else '|error|'} moved. Select a row to open it in Sample detail.")
     number = st.column_config.NumberColumn(format="%.3f")
     numbers = [f"{what}_a", f"{what}_b"] + ([] if classification else ["label", "prediction_a", "prediction_b"])
-    event = st.dataframe(table.head(1000), hide_index=True, on_select="rerun", selection_mode="single-row",
+    event = st.dataframe(page.rows, hide_index=True, on_select="rerun", selection_mode="single-row",
                          key="compare_table", column_config=dict.fromkeys(numbers, number))
-    picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
+    picked = page.rows["sample_id"].iloc[[i for i in event.selection.rows if i < len(page.rows)]].tolist()
     for col, (label, path, name) in zip(st.columns(2), (("A", path_a, c.run_a), ("B", path_b, c.run_b))):
         if col.button(f"Open in Sample detail, as run {label} ({name}) saw it", disabled=not picked,
                       key=f"compare_open_{label}"):

@@ -9,6 +9,7 @@ from diagnostics import errors, figures, schema
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
+GRID_SEARCH = 100  # the grid shows the best-scored of this many suspects that have a stored input
 
 r = _shared.review("Data map")
 path, version = r.path, r.version
@@ -45,7 +46,11 @@ else:
     st.plotly_chart(figures.data_map_figure(d, regions), key="datamap_scatter")
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
-table = dyn.label_error_suspects(d, found, class_names)
+id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
+page = dyn.suspects_page(d, found, class_names, *_shared.pager("datamap_pages", "datamap_table", id_text),
+                         id_contains=id_text)
+_shared.page_controls("datamap_pages", page, ", highest score first")
+table = page.rows
 thumbs = _shared.thumbnails(path, version, "train", tuple(table["sample_id"]))
 if thumbs.notna().any():
     table = table.assign(input=table["sample_id"].map(thumbs))[["input", *table.columns]]
@@ -60,7 +65,7 @@ event = st.dataframe(
                    "score": value(f"score{in_unit}" if regression else "score", format="%.3f"),
                    "mean_abs_residual": value(f"mean |residual|{in_unit}", format="%.2f"),
                    "residual_std": value(f"residual std{in_unit}", format="%.2f")})
-picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
+picked = table["sample_id"].iloc[[i for i in event.selection.rows if i < len(table)]].tolist()
 _shared.tagging_form(r.run, schema.dataset_key("train", d["sample_id"], d["label"]), picked, "datamap")
 if regression:
     st.caption(f"Score: the mean |residual| over training{in_unit}, weighted with the step so late records count "
@@ -72,11 +77,13 @@ else:
                "flipped labels its precision among the top k is 0.98 (benchmarks/label_noise.py).")
 
 st.subheader("The suspects' inputs")
+top = dyn.label_error_suspects(d, found, class_names, limit=GRID_SEARCH)
+thumbs = _shared.thumbnails(path, version, "train", tuple(top["sample_id"]))
 if not thumbs.notna().any():
     st.info("No previews of training samples in this run, so their inputs cannot be shown: evaluate the train "
             "split too — `run.evaluate(train_loader, split=\"train\")` — to record them.")
     st.stop()
-suspects = table[table["sample_id"].isin(thumbs.dropna().index)].head(GRID_COLUMNS * GRID_ROWS)
+suspects = top[top["sample_id"].isin(thumbs.dropna().index)].head(GRID_COLUMNS * GRID_ROWS)
 st.caption(f"The {len(suspects)} highest-scored training samples with a stored input, highest first, with the "
            "label and the latest prediction in training. Open one to see it in Sample detail.")
 for start in range(0, len(suspects), GRID_COLUMNS):

@@ -7,7 +7,7 @@ from pathlib import Path
 import streamlit as st
 
 import diagnostics
-from diagnostics import figures
+from diagnostics import figures, paging
 from diagnostics.ensemble import MIN_MEMBERS, TIE_BREAK, WEAK_PHI
 from pages import _shared
 
@@ -111,12 +111,15 @@ if table.empty:
     st.stop()
 by_member = table["member"].value_counts()
 st.caption(", ".join(f"{m}: {int(by_member.get(m, 0))}" for m in e.members) + ". What a vote can lose: the other "
-           f"members outvote the one right answer. {'The first 1,000 shown. ' if len(table) > 1000 else ''}"
-           "Select a row to open it in Sample detail as that member saw it.")
-event = st.dataframe(table.head(1000), hide_index=True, on_select="rerun", selection_mode="single-row",
+           "members outvote the one right answer. Select a row to open it in Sample detail as that member saw it.")
+id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="ensemble_id", placeholder="e.g. 123")
+page = paging.page_of(paging.search_ids(table, id_text), *_shared.pager("ensemble_pages", "ensemble_table", id_text))
+_shared.page_controls("ensemble_pages", page)
+event = st.dataframe(page.rows, hide_index=True, on_select="rerun", selection_mode="single-row",
                      key="ensemble_table",
                      column_config={"confidence": st.column_config.NumberColumn(format="%.3f")})
-chosen = table.iloc[event.selection.rows] if event.selection.rows else None
+rows = [i for i in event.selection.rows if i < len(page.rows)]
+chosen = page.rows.iloc[rows] if rows else None
 member = None if chosen is None else str(chosen["member"].iloc[0])
 if st.button(f"Open in Sample detail, as {member or 'its member'} saw it", disabled=chosen is None,
              key="ensemble_open"):

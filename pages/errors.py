@@ -35,7 +35,7 @@ else:
     st.caption(errors.regression_loss_note(unit, run.manifest.get("loss_fn")))
 
 # -- filters ------------------------------------------------------------------------------
-with st.expander("Filters for the worst cases", expanded=False):
+with st.expander("Filters and order of the worst cases", expanded=False):
     f1, f2, f3 = st.columns(3)
     true_class = pred_class = conf = None
     if classification:
@@ -44,12 +44,26 @@ with st.expander("Filters for the worst cases", expanded=False):
         pred_class = f2.multiselect("Predicted class", classes, format_func=name, key="err_pred") or None
         lo, hi = f3.slider("Confidence", 0.0, 1.0, (0.0, 1.0), 0.01, key="err_conf")
         conf = (lo, hi) if (lo, hi) != (0.0, 1.0) else None
-    tag_filter = st.multiselect("Tag", sorted(tags["tag"].unique()) if not tags.empty else [], key="err_tags") or None
+    g1, g2, g3 = st.columns(3)
+    loss_label = "Loss" if classification else f"Loss{' (' + unit + ')²' if unit else ''}"
+    loss_lo = g1.number_input(f"{loss_label} at least", min_value=0.0, value=None, key="err_loss_lo")
+    loss_hi = g2.number_input(f"{loss_label} at most", min_value=0.0, value=None, key="err_loss_hi")
+    id_text = g3.text_input("Sample id contains", key="err_id", placeholder="e.g. 123")
+    h1, h2 = st.columns([2, 1])
+    tag_filter = h1.multiselect("Tag", sorted(tags["tag"].unique()) if not tags.empty else [], key="err_tags") or None
+    orders = errors.review_orders(task)
+    order = h2.selectbox("Order", list(orders), key=f"err_order_{task}")
     only_wrong = classification and st.toggle("Only wrong predictions", value=True, key="err_only_wrong")
-view = errors.worst_cases(samples, task, true_class=true_class, predicted_class=pred_class, confidence_range=conf,
-                          tags=tag_filter, tag_frame=tags if tag_filter else None)
-if only_wrong:
-    view = view[view["correct"] == 0]
+loss_range = None
+if loss_lo is not None or loss_hi is not None:
+    loss_range = (loss_lo or 0.0, float("inf") if loss_hi is None else loss_hi)
+    if loss_range[0] > loss_range[1]:
+        st.error(f"The loss filter from {loss_range[0]:g} to {loss_range[1]:g} is empty: it is left out. "
+                 "Make 'at least' no larger than 'at most'.")
+        loss_range = None
+review_filter = errors.ReviewFilter(true_class=true_class, predicted_class=pred_class, confidence_range=conf,
+                                    loss_range=loss_range, outcome="wrong" if only_wrong else None, tags=tag_filter,
+                                    id_contains=id_text)
 
 if classification:
     worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
@@ -69,9 +83,12 @@ def _with_thumbnails(table):
 
 
 with worst_tab:
-    st.caption(f"{len(view):,} samples, worst first (by {'loss' if classification else '|residual|'}). "
-               "Select rows to tag them or to open one in Sample detail.")
-    table = _with_thumbnails(errors.review_table(view.head(500), task, class_names))
+    number, size = _shared.pager("err_pages", "err_table", (review_filter, order))
+    sort_by, ascending = orders[order]
+    page = errors.page_table(samples, task, review_filter, sort_by, ascending, number, size,
+                             tag_frame=tags if tag_filter else None)
+    _shared.page_controls("err_pages", page, f" ({order}). Select rows to tag them or to open one in Sample detail.")
+    table = _with_thumbnails(errors.review_table(page.rows, task, class_names))
     numbers = {"loss": st.column_config.NumberColumn(
         "loss" if classification else f"loss{' (' + unit + ')²' if unit else ''}", format="%.3f",
         help="cross-entropy of the label" if classification else "squared error (prediction − label)²")}
@@ -85,7 +102,7 @@ with worst_tab:
                          row_height=48 if "input" in table else None, height=520,
                          column_config={"input": st.column_config.ImageColumn("input", width="small"), **numbers,
                                         "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
-    picked = table.iloc[event.selection.rows]["sample_id"].tolist() if event.selection.rows else []
+    picked = table["sample_id"].iloc[[i for i in event.selection.rows if i < len(table)]].tolist()
     left, right = st.columns([2, 1])
     with left:
         _shared.tagging_form(run, dataset, picked, "errors")
@@ -115,9 +132,12 @@ if classification:
         t = c1.selectbox("True class", range(num_classes), format_func=name, key="cell_true", index=worst_true)
         p = c2.selectbox("Predicted class", range(num_classes), format_func=name, key="cell_pred",
                          index=errors.most_confused(matrix, t)[1])
-        cell = errors.confusion_cell(samples, t, p)
-        st.caption(f"{len(cell)} samples labelled {name(t)} and predicted {name(p)}")
-        cell_table = _with_thumbnails(errors.review_table(cell, task, class_names)[
+        in_cell = errors.ReviewFilter(true_class=t, predicted_class=p)
+        cell_page, cell_size = _shared.pager("err_cell_pages", "err_cell", in_cell)
+        cell = errors.page_table(samples, task, in_cell, page=cell_page, page_size=cell_size)
+        _shared.page_controls("err_cell_pages", cell,
+                              f" labelled {name(t)} and predicted {name(p)}, highest loss first")
+        cell_table = _with_thumbnails(errors.review_table(cell.rows, task, class_names)[
             ["sample_id", "label", "prediction", "loss", "confidence"]])
         st.dataframe(cell_table, hide_index=True, key="err_cell", row_height=48 if "input" in cell_table else None,
                      column_config={"input": st.column_config.ImageColumn("input", width="small"),
@@ -144,7 +164,8 @@ else:
                      hide_index=True, key="err_by_label")
 
 with slice_tab:
-    found = slices.find_slices(samples, task, features=slices.review_features(samples, task), class_names=class_names)
+    found = _shared.error_slices(path, version, split, r.step, task, tags,
+                                 None if class_names is None else tuple(class_names))
     if found.empty:
         st.info("No slice of the data has an error rate significantly above the overall rate "
                 "(single features and pairs of them, at least 20 samples, tested with a Bonferroni-corrected "

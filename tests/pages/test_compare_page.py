@@ -212,3 +212,19 @@ def test_by_review_tag_counts_what_b_did_to_the_tagged_samples(monkeypatch, fold
     text = "\n".join(m.value for m in at.markdown)
     assert "Of the 5 samples tagged 'too dark', 3 fixed, 1 broken, 1 still wrong, 0 still right." in text
     assert not any("Tag the failures" in i.value for i in at.info)
+
+
+def test_the_changed_samples_are_searched_by_id_and_open_from_the_search(monkeypatch, folder):
+    at = _open(monkeypatch, folder, "base")
+    every = at.dataframe(key="compare_table").value
+    assert any(c.value.startswith("Rows 1–6 of 6, fixed first") for c in at.caption)
+    wanted = every["sample_id"].iloc[4]  # a broken one
+    at.text_input(key="compare_id").input(wanted).run()
+    found = at.dataframe(key="compare_table").value
+    assert wanted in found["sample_id"].tolist()
+    assert found["sample_id"].tolist() == [s for s in every["sample_id"] if wanted.lower() in s.lower()]
+    row = found["sample_id"].tolist().index(wanted)
+    at.session_state["compare_table"] = {"selection": {"rows": [row], "columns": [], "cells": []}}
+    at.run()
+    at.button(key="compare_open_A").click().run()
+    assert at.session_state["sample_id"] == wanted and [t.value for t in at.title] == ["Sample detail"]

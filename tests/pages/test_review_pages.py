@@ -225,3 +225,69 @@ def test_outputs_page_of_a_regression_run_names_the_unit(monkeypatch, review_run
                .get("text")) for c in _charts(at).values()]
     assert ("value (breaths/min)", "share of samples") in titles
     assert any(y == "value (breaths/min)" for _, y in titles)
+
+
+@pytest.fixture(scope="module")
+def long_run(tmp_path_factory):
+    """A 4-class linear model evaluated on 130 samples: enough for three pages of 50."""
+    folder = tmp_path_factory.mktemp("long_run")
+    torch.manual_seed(5)
+    g = torch.Generator().manual_seed(5)
+    x, y = torch.randn(130, 6, generator=g), torch.randint(0, 4, (130,), generator=g)
+    model = nn.Linear(6, 4)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name="long", every=5) as run:
+        for _ in range(3):
+            opt.zero_grad()
+            crit(model(x), y).backward()
+            opt.step()
+        run.evaluate([(x, y, torch.arange(130))], split="val", progress=False)
+    return folder
+
+
+def test_error_review_pages_and_filters_on_the_server(monkeypatch, long_run):
+    import diagnostics
+    from diagnostics import errors
+
+    samples = diagnostics.open_run(long_run / "long").samples("val")
+    at = _open(monkeypatch, long_run, "pages/errors.py", "long")
+    at.toggle(key="err_only_wrong").set_value(False).run()
+    at.selectbox(key="err_pages_size").set_value(50).run()
+    assert len(at.dataframe(key="err_table").value) == 50
+    assert any(c.value.startswith("Rows 1–50 of 130") for c in at.caption)
+    at.number_input(key="err_pages_page").set_value(3).run()
+    last = at.dataframe(key="err_table").value
+    assert any(c.value.startswith("Rows 101–130 of 130") for c in at.caption)
+    expected = errors.page_table(samples, "classification", page=3, page_size=50).rows
+    assert last["sample_id"].tolist() == expected["sample_id"].astype(str).tolist()
+    at.text_input(key="err_id").input("1").run()  # a new filter goes back to page 1
+    total = int(samples["sample_id"].astype(str).str.contains("1").sum())
+    assert at.number_input(key="err_pages_page").value == 1
+    assert total == 49 and any(c.value.startswith("Rows 1–49 of 49") for c in at.caption)
+    at.number_input(key="err_pages_page").set_value(2).run()  # one page only: stays on it
+    assert any(c.value.startswith("Rows 1–49 of 49") for c in at.caption)
+    at.selectbox(key="err_pages_size").set_value(100).run()
+    at.text_input(key="err_id").input("").run()
+    at.number_input(key="err_pages_page").set_value(2).run()
+    second = at.dataframe(key="err_table").value
+    assert any(c.value.startswith("Rows 101–130 of 130") for c in at.caption)
+    expected = errors.page_table(samples, "classification", page=2, page_size=100).rows
+    assert second["sample_id"].tolist() == expected["sample_id"].astype(str).tolist()
+    _select(at, "err_table", [3])
+    at.button(key="err_open").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["Sample detail"]
+    assert at.session_state["sample_id"] == second["sample_id"].iloc[3]
+
+
+def test_datamap_suspects_page_and_search_on_the_server(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls")
+    assert len(at.dataframe(key="datamap_table").value) == 64
+    assert any(c.value.startswith("Rows 1–64 of 64, highest score first") for c in at.caption)
+    at.selectbox(key="datamap_pages_size").set_value(50).run()
+    at.number_input(key="datamap_pages_page").set_value(2).run()
+    assert len(at.dataframe(key="datamap_table").value) == 14
+    at.text_input(key="datamap_id").input("1").run()
+    found = at.dataframe(key="datamap_table").value
+    assert sorted(found["sample_id"], key=int) == [str(i) for i in range(64) if "1" in str(i)]  # 16 ids
+    assert at.number_input(key="datamap_pages_page").value == 1 and found["input"].map(_is_png).all()
