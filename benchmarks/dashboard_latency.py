@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.shots:
         args.shots.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="latency_runs_") as tmp:
+    # a badge child killed with the server may write its cache while the folder is removed
+    with tempfile.TemporaryDirectory(prefix="latency_runs_", ignore_cleanup_errors=True) as tmp:
         runs = args.runs or make_runs_folder(args.source, args.copies, Path(tmp))
         n_runs = sum(1 for p in runs.iterdir() if (p / "run.json").is_file())
         result = measure(runs, args.shots, args.cold_browser, args.trials)
