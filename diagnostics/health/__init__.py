@@ -48,7 +48,8 @@ from diagnostics.health.gradients import rule_grad_norm_spikes, rule_gradient_de
 # What `check` runs: the registered rules' functions, in registration order.
 RULES: tuple[Callable[[Any], list[Finding]], ...] = tuple(r.check for r in registry.RULES)
 
-__all__ = ["Finding", "SEVERITIES", "RULES", "check", "defer_to_root_cause", "evidence_figure", "rule_table",
+__all__ = ["Finding", "SEVERITIES", "RULES", "ROOT_CAUSES", "SYMPTOMS", "check", "defer_to_root_cause",
+           "evidence_figure", "rule_table",
            "rule_nonfinite", "rule_dead_units", "rule_saturation", "rule_gradient_depth", "rule_grad_norm_spikes",
            "rule_activation_scale_depth", "rule_update_ratio", "rule_output_vs_label", "rule_loss_vs_baseline",
            "rule_overfitting", "rule_label_noise", "rule_input_scale"]

@@ -125,7 +125,7 @@ def _regression_moments(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> 
 
 
 @rule("Outputs against labels: a class predicted at under 1/3 or over 3x its label share; regression outputs "
-      "collapsed (std under 0.1x the labels') or shifted (over 1 label std).", severities=("warning",),
+      "collapsed (std under 0.1x the labels') or shifted (over 1 label std).", severities=("warning", "info"),
       evidence=_output_chart)
 def rule_output_vs_label(run) -> list[Finding]:
     """The model's outputs against the labels, pooled over the last third of the captures.

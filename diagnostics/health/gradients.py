@@ -189,7 +189,7 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
-      "learning rate).", severities=("warning",), evidence=_ratio_chart)
+      "learning rate).", severities=("warning", "info"), evidence=_ratio_chart)
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
     (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for

@@ -571,3 +571,10 @@ def test_symptoms_of_a_loss_input_bug_defer_to_it():
     assert health.defer_to_root_cause([vanishing, dead]) == [vanishing, dead]
     quiet = finding("softmax_before_cross_entropy", "info")
     assert health.defer_to_root_cause([quiet, vanishing])[1] == vanishing
+
+
+def test_every_symptom_may_be_info():
+    # a deferred symptom is shown as info: its rule must register that severity (the Health page's table)
+    from diagnostics.health import registry
+    for name in health.SYMPTOMS:
+        assert "info" in registry.for_finding(name).severities, name
