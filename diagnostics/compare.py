@@ -396,13 +396,18 @@ def _evaluated_dataset(run: Run, split: str, step: int) -> str:
 _PER_CLASS_COLUMNS = ["class", "name", "support", "recall_a", "recall_b", "delta", "fixed", "broken"]
 
 
+def no_evaluation_error(run: Run, name: str, split: str, instead: str) -> ComparisonError:
+    """The one line for a run without an evaluation of `split`: the splits it has, and the fix."""
+    splits = sorted({str(e.get("split")) for e in run.manifest.get("evaluations") or []})
+    hint = f"its evaluated splits: {', '.join(splits)}" if splits else "it has no evaluation at all"
+    return ComparisonError(f"run {name} has no evaluation of split {split!r} ({hint}) — record one with "
+                           f"run.evaluate(loader, split={split!r}) or {instead}")
+
+
 def _evaluated(run: Run, split: str) -> pd.DataFrame:
     frame = run.samples(split, columns=_SAMPLE_COLUMNS)
     if frame.empty:
-        splits = sorted({str(e.get("split")) for e in run.manifest.get("evaluations") or []})
-        hint = f"its evaluated splits: {', '.join(splits)}" if splits else "it has no evaluation at all"
-        raise ComparisonError(f"run {run.name} has no evaluation of split {split!r} ({hint}) — record one with "
-                              f"run.evaluate(loader, split={split!r}) or compare another split")
+        raise no_evaluation_error(run, run.name, split, "compare another split")
     return frame.assign(sample_id=frame["sample_id"].astype(str))
 
 

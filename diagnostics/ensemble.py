@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from diagnostics.compare import MAX_LABEL_MISMATCH_SHARE
+from diagnostics.compare import MAX_LABEL_MISMATCH_SHARE, no_evaluation_error
 from diagnostics.errors import class_name
 from diagnostics.exceptions import ComparisonError
 from diagnostics.store import Run, open_run
@@ -204,10 +204,7 @@ def _member_frame(run: Run, name: str, split: str, notes: list[str]) -> pd.DataF
     """The latest evaluation of `split` by sample_id (first row of a repeated id), classification only."""
     frame = run.samples(split, columns=_COLUMNS)
     if frame.empty:
-        splits = sorted({str(e.get("split")) for e in run.manifest.get("evaluations") or []})
-        hint = f"its evaluated splits: {', '.join(splits)}" if splits else "it has no evaluation at all"
-        raise ComparisonError(f"run {name} has no evaluation of split {split!r} ({hint}) — record one with "
-                              f"run.evaluate(loader, split={split!r}) or pick another split")
+        raise no_evaluation_error(run, name, split, "pick another split")
     task = run.manifest.get("task")
     if task == "regression" or (task is None and frame["residual"].notna().any() and frame["correct"].isna().all()):
         raise ComparisonError(f"run {name} is a regression run — an ensemble view needs classification runs "
