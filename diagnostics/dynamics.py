@@ -279,7 +279,7 @@ def label_error_suspects(dynamics: pd.DataFrame, data_map: DataMap, class_names:
     review lists them: sample_id, label, prediction (class names for classification), score,
     then confidence, variability, aum and correct (the share of records predicted right), or
     mean_abs_residual and residual_std (regression), and region."""
-    top = dynamics.sort_values("label_error_score", ascending=False).head(limit)
+    top = dynamics.sort_values("label_error_score", ascending=False, kind="stable").head(limit)
     return _suspect_rows(top, data_map, class_names)
 
 

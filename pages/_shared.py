@@ -184,7 +184,9 @@ def pager(key: str, selection_key: str, filters: object = None) -> tuple[int, in
     if seen is not None and seen[0] != repr(filters):
         page = st.session_state[f"{key}_page"] = 1
     if seen is not None and seen != (repr(filters), page, size):
-        st.session_state.pop(selection_key, None)
+        # set, not popped: only an assigned selection reaches the browser, which otherwise
+        # keeps the old row numbers and sends them back for rows of the new page
+        st.session_state[selection_key] = {"selection": {"rows": [], "columns": []}}
     st.session_state[f"{key}_seen"] = (repr(filters), page, size)
     return page, size
 
@@ -256,6 +258,10 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
     st.session_state[f"notes_shown_{key}"] = {sid: now.get(sid) for sid in sample_ids}
     with st.form(key=f"tag_form_{key}", clear_on_submit=True):
         st.caption(f"Tag {len(sample_ids)} selected sample(s)")
+        noted = [(sid, now[sid]) for sid in sample_ids if now.get(sid)]
+        if noted:  # what a note would replace, in view: the save's check compares with what was seen
+            more = f" (+{len(noted) - 3} more)" if len(noted) > 3 else ""
+            st.text("Notes now: " + "; ".join(f"{sid}: {n}" for sid, n in noted[:3]) + more)  # text: inert
         chosen = st.multiselect("Tags", store.known_tags(dataset), accept_new_options=True, key=f"tags_{key}",
                                 placeholder="pick or type a tag")
         note = st.text_input("Note (optional; replaces the sample's note)", key=f"note_{key}")
