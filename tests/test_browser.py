@@ -148,7 +148,7 @@ def test_a_tag_saved_in_review_is_there_after_a_reload(dashboard, tmp_path):
             box.press("Enter")
             page.keyboard.press("Escape")
             page.get_by_role("button", name="Save").click()
-            page.wait_for_timeout(1500)
+            page.get_by_text(f"Tags: {tag}").wait_for(timeout=30_000)  # saved: the rerun shows it
             page.reload()
             _settle(page)
             page.get_by_text(f"Tags: {tag}").wait_for(timeout=30_000)
