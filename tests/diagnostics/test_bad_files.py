@@ -116,13 +116,11 @@ def test_a_garbage_review_database_is_reported_and_kept(tmp_path):
 
 
 def test_the_pages_show_a_run_with_a_damaged_part_and_say_so(tmp_path, monkeypatch):
-    from streamlit.testing.v1 import AppTest
+    from tests.pages._app import run_app
 
     path = _run(tmp_path, "r", steps=5)
     _damage(sorted((path / "scalars").glob("r*.parquet"))[2], "truncated")
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(tmp_path))
-    at = AppTest.from_file(str(Path(__file__).resolve().parents[2] / "streamlit_app.py"), default_timeout=60)
-    at.run()
+    at = run_app(monkeypatch, tmp_path)
     assert not at.exception
     assert any("cannot be read and is skipped" in w.value for w in at.warning)
     assert [t.value for t in at.title] == ["Run r"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.runtime import pages_manager
@@ -12,8 +11,7 @@ from streamlit.testing.v1 import AppTest
 import diagnostics
 from diagnostics import badges, health
 from diagnostics.badges import HealthCounts
-
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+from tests.pages._app import open_app, run_app
 
 
 @pytest.fixture()
@@ -59,11 +57,7 @@ def _expected(path) -> HealthCounts:
 
 
 def _app(monkeypatch, runs) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app(monkeypatch, runs, timeout=120)
 
 
 def test_first_run_does_not_wait_for_health_yet_badges_appear(monkeypatch, served_like_the_cli, folder,
@@ -109,20 +103,14 @@ def test_a_new_server_reads_the_badges_from_the_runs(monkeypatch, served_like_th
 
 
 def test_a_copy_is_opened_by_its_folder_name(monkeypatch, folder):
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["run"] = "b-review"  # both copies are named "review" in their manifest
-    at.run()
+    at = run_app(monkeypatch, folder, "b-review", timeout=120)  # both copies are named "review" in their manifest
     assert at.session_state["run_path"] == str(folder / "b-review")
     assert len(at.sidebar.selectbox[0].options) == 6
 
 
 def test_a_broken_run_is_marked_and_explained(monkeypatch, folder):
     (folder / "a-cls" / "run.json").write_text("{not json")
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["run"] = "a-cls"
-    at.run()
+    at = run_app(monkeypatch, folder, "a-cls", timeout=120)
     assert at.sidebar.selectbox[0].value == "✗ a-cls · broken"
     assert any(c.value.startswith("broken:") and "run.json" in c.value for c in at.sidebar.caption)
     assert not at.exception
@@ -142,10 +130,7 @@ def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, se
     w.close()
     fresh = badges.BadgeBoard()
     monkeypatch.setattr(badges, "shared_board", lambda: fresh)
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
-    at = AppTest.from_file(APP, default_timeout=120)
-    at.query_params["run"] = "a-cls"
-    at.run()
+    at = run_app(monkeypatch, folder, "a-cls", timeout=120)
     assert at.sidebar.selectbox[0].value == f"{before.badge}{badges.PENDING} a-cls"  # never shown as current
     captions = [c.value for c in at.sidebar.caption]
     assert any("before the latest data" in c for c in captions)

@@ -2,33 +2,20 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from diagnostics.store import RunWriter
 from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, NAMES, PRED_A, PRED_B, write_run
+from tests.pages._app import open_app, plotly_charts
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 PAGE = "pages/compare.py"
 
 
 def _open(monkeypatch, runs_dir, run_name: str | None = None) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    if run_name is not None:
-        at.query_params["run"] = run_name
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    return open_app(monkeypatch, runs_dir, PAGE, run_name)
 
 
 def _metrics(at: AppTest) -> dict[str, tuple[str, str]]:
@@ -55,7 +42,7 @@ def test_page_compares_the_sidebar_run_with_the_most_recent_other_one(monkeypatc
     assert metrics["Fixed"][0] == "4" and metrics["Broken"][0] == "2"
     assert metrics["p-value"][0] == "0.688"
     assert any("could be chance" in i.value for i in at.info)
-    charts = _charts(at)
+    charts = plotly_charts(at)
     assert len(charts) == 2
     for spec in charts:  # no empty chart
         assert any(t.get("y") is not None for t in spec["data"]), spec["layout"]["title"]
@@ -97,7 +84,7 @@ def test_page_compares_regression_runs(monkeypatch, tmp_path):
     metrics = _metrics(at)
     assert metrics["MAE A"][0] == "0.5" and metrics["MAE B"][0] == "0.375"
     assert metrics["Improved"][0] == "2" and metrics["Worsened"][0] == "1"
-    charts = _charts(at)
+    charts = plotly_charts(at)
     assert len(charts) == 1 and "|error|" in charts[0]["layout"]["title"]["text"]
 
 

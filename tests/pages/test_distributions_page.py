@@ -3,38 +3,28 @@ hand-built runs whose medians are known."""
 
 from __future__ import annotations
 
-import base64
 import json
-from pathlib import Path
 
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from tests.diagnostics.test_across_runs import write_dist_run
+from tests.pages._app import open_app, plotly_charts, plotly_values
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+PAGE = "pages/distributions.py"
 
 
 def _open(monkeypatch, runs_dir, run_name: str) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = run_name
-    at.run()
-    at.switch_page("pages/distributions.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app(monkeypatch, runs_dir, PAGE, run_name)
 
 
 def _values(value) -> list:
-    """A trace's array as plotly writes it: a list, or typed bytes ({"dtype", "bdata"})."""
-    if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"])).tolist()
-    return list(value)
+    """A trace's array as a list, to compare with ==."""
+    return plotly_values(value).tolist()
 
 
 def _chart(at: AppTest, words: str) -> dict | None:
-    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    return next((s for s in specs if words in s["layout"]["title"]["text"]), None)
+    return next((s for s in plotly_charts(at) if words in s["layout"]["title"]["text"]), None)
 
 
 def test_picking_a_second_run_draws_both_on_one_step_axis(monkeypatch, tmp_path):
@@ -81,12 +71,11 @@ def test_the_compared_runs_loss_and_metrics_share_one_chart(monkeypatch, tmp_pat
     write_dist_run(tmp_path, "norm", {("activation", "conv1"): {0: 5.0, 2: 6.0}},
                    scalars={"loss": {0: 2.0, 1: 0.5, 2: 0.25}, "val/acc": {2: 0.9}})
     at = _open(monkeypatch, tmp_path, "base")
-    curves = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    curves = plotly_charts(at)
     assert not any("val/acc" in json.dumps(c["layout"].get("annotations", [])) for c in curves)  # nothing picked
     at.multiselect(key="dist_compare_activation_conv1").set_value(["norm"]).run()
     assert not at.exception, [e.value for e in at.exception]
-    spec = next(json.loads(el.proto.spec) for el in at.get("plotly_chart")
-                if "val/acc" in json.dumps(json.loads(el.proto.spec)["layout"].get("annotations", [])))
+    spec = next(s for s in plotly_charts(at) if "val/acc" in json.dumps(s["layout"].get("annotations", [])))
     titles = [a["text"] for a in spec["layout"]["annotations"]]
     assert titles[0].startswith("loss") and titles[1] == "val/acc"  # loss and the run's metric, not lr
     lines = {(t["name"], t["xaxis"]): t for t in spec["data"] if t.get("name") in ("base", "norm")}

@@ -7,8 +7,6 @@ can be looked at; the background thread and the page's cache are the real ones.
 
 from __future__ import annotations
 
-import base64
-import json
 import threading
 import time
 from pathlib import Path
@@ -20,8 +18,8 @@ from streamlit.testing.v1 import AppTest
 
 from diagnostics import embedding, schema
 from diagnostics.store import RunWriter
+from tests.pages._app import open_app, plotly_charts, plotly_values
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 PAGE = "pages/embedding.py"
 NAMES = ["CNV", "DME", "DRUSEN"]
 
@@ -73,25 +71,13 @@ def gated(monkeypatch):
 
 
 def open_page(monkeypatch, runs: Path) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs))
     monkeypatch.delenv("DIAGNOSTICS_WARM_UP", raising=False)
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app(monkeypatch, runs, PAGE)
 
 
 def chart(at: AppTest) -> dict:
-    (spec,) = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    (spec,) = plotly_charts(at)
     return spec
-
-
-def values(array) -> np.ndarray:
-    """Plotly JSON holds arrays as lists or as base64 typed arrays."""
-    if isinstance(array, dict) and "bdata" in array:
-        return np.frombuffer(base64.b64decode(array["bdata"]), dtype=np.dtype(array["dtype"]))
-    return np.asarray(array, dtype=float)
 
 
 def wait_until(condition, timeout_s: float = 30.0) -> None:
@@ -106,7 +92,7 @@ def test_page_shows_a_labelled_pca_preview_with_progress_then_the_umap_map(monke
     at = open_page(monkeypatch, tmp_path)
     spec = chart(at)
     assert spec["layout"]["title"]["text"].startswith("PCA preview: 60 samples")
-    assert sum(len(values(t["x"])) for t in spec["data"]) == 60
+    assert sum(len(plotly_values(t["x"])) for t in spec["data"]) == 60
     assert any("PCA preview" in c.value for c in at.caption)
     (progress,) = [i.value for i in at.info]
     assert "UMAP of 60 points" in progress and "PCA preview" in progress
@@ -126,7 +112,8 @@ def test_page_shows_a_labelled_pca_preview_with_progress_then_the_umap_map(monke
     samples = diagnostics.open_run(run).samples("val").set_index("sample_id")
     for trace in spec["data"]:
         ids = [row[0] for row in trace["customdata"]]
-        np.testing.assert_allclose(values(trace["x"]), [2 * samples.loc[i, "embedding"][0] for i in ids], rtol=1e-6)
+        np.testing.assert_allclose(plotly_values(trace["x"]), [2 * samples.loc[i, "embedding"][0] for i in ids],
+                                   rtol=1e-6)
 
     again = open_page(monkeypatch, tmp_path)                      # a new session: the cached map at once
     assert chart(again)["layout"]["title"]["text"].startswith("UMAP") and gated.calls == 1

@@ -3,29 +3,20 @@
 
 from __future__ import annotations
 
-import json
 import shutil
-from pathlib import Path
 
 import pytest
 from streamlit.testing.v1 import AppTest
 
 from diagnostics.store import RunWriter
 from tests.diagnostics.test_ensemble import LABELS, PRED, confidences, write_member
+from tests.pages._app import open_app, plotly_charts
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 PAGE = "pages/ensemble.py"
 
 
 def _open(monkeypatch, runs_dir, run_name: str | None = None) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    if run_name is not None:
-        at.query_params["run"] = run_name
-    at.run()
-    at.switch_page(PAGE).run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
+    return open_app(monkeypatch, runs_dir, PAGE, run_name)
 
 
 def _metrics(at: AppTest) -> dict[str, tuple[str, str]]:
@@ -55,7 +46,7 @@ def test_page_combines_the_sidebar_run_with_the_runs_on_the_same_data(monkeypatc
     assert [s.value for s in at.success] == [
         "Errors weakly correlated (mean phi 0.03): an ensemble can help; measured: the majority vote (80.0%) "
         "beats the best member, a (60.0%), by 20.0 points; any member right (the oracle): 90.0%."]
-    charts = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    charts = plotly_charts(at)
     assert len(charts) == 2
     heat = next(c for c in charts if c["data"][0]["type"] == "heatmap")
     assert "error correlation" in heat["layout"]["title"]["text"]

@@ -6,10 +6,6 @@ a flush interval long enough that only the test's own `flush()` calls land data.
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
-
 import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
@@ -18,10 +14,10 @@ import diagnostics
 from diagnostics import badges, schema
 from diagnostics.store import RunWriter
 from pages import _shared
+from tests.pages._app import assert_ok, open_app, plotly_charts, plotly_values
 from tests.pages.test_app_startup import served_like_the_cli  # noqa: F401 -- the fixture, used below
 
 pytestmark = pytest.mark.usefixtures("served_like_the_cli")  # each rerun runs the picker too, as served
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 TOGGLE = "Auto-refresh every 5 s"
 
 
@@ -42,19 +38,11 @@ def _train(writer: RunWriter, steps) -> None:
 
 
 def _open(monkeypatch, writer: RunWriter, page: str | None = None) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(writer.path.parent))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = writer.path.name
-    at.run()
-    if page:
-        at.switch_page(page).run()
-    _ok(at)
-    return at
+    return open_app(monkeypatch, writer.path.parent, page, writer.path.name, check_errors=True)
 
 
 def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    assert_ok(at, check_errors=True)
 
 
 def _toggle(at: AppTest):
@@ -62,12 +50,8 @@ def _toggle(at: AppTest):
 
 
 def _loss_steps(at: AppTest) -> list[int]:
-    spec = json.loads(at.get("plotly_chart")[0].proto.spec)
-    raw = next(t for t in spec["data"] if t["name"].endswith("raw"))
-    x = raw["x"]
-    if isinstance(x, dict):
-        x = np.frombuffer(base64.b64decode(x["bdata"]), dtype=np.dtype(x["dtype"]))
-    return [int(v) for v in x]
+    raw = next(t for t in plotly_charts(at)[0]["data"] if t["name"].endswith("raw"))
+    return [int(v) for v in plotly_values(raw["x"])]
 
 
 def _picker_label(at: AppTest) -> str:

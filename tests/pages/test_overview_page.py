@@ -2,38 +2,21 @@
 
 from __future__ import annotations
 
-import base64
-import json
-from pathlib import Path
-
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
 from tests.diagnostics.test_compare import LABELS, LOSS_A, LOSS_B, PRED_A, PRED_B, write_run
-
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+from tests.pages._app import open_app, plotly_charts, plotly_values
 
 
 def _open(monkeypatch, runs_dir, run_name: str) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = run_name
-    at.run()
-    assert not at.exception, [e.value for e in at.exception]
-    return at
-
-
-def _values(value) -> np.ndarray:
-    """Plotly JSON holds arrays as lists or as base64 typed arrays."""
-    if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-    return np.asarray(value, dtype=float)
+    return open_app(monkeypatch, runs_dir, run_name=run_name)
 
 
 def _panels(at: AppTest) -> dict[str, tuple[str, list[dict]]]:
     """The Overview's one chart of curves, by panel: the first word of each panel's title ->
     (the whole title, its traces)."""
-    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
+    specs = plotly_charts(at)
     assert len(specs) == 1  # loss, lr and the other scalars: one chart of panels
     titles = [a["text"] for a in specs[0]["layout"]["annotations"]]
     by_axis = {}
@@ -43,7 +26,7 @@ def _panels(at: AppTest) -> dict[str, tuple[str, list[dict]]]:
 
 
 def _layout(at: AppTest) -> dict:
-    return json.loads(at.get("plotly_chart")[0].proto.spec)["layout"]
+    return plotly_charts(at)[0]["layout"]
 
 
 def _folder(tmp_path):
@@ -68,7 +51,7 @@ def test_overview_overlays_the_picked_runs_one_colour_each(monkeypatch, tmp_path
     panels = _panels(at)
     _, loss = panels["loss"]
     assert [t["name"] for t in loss] == ["base · raw", "base", "norm · raw", "norm", "wide · raw", "wide"]
-    np.testing.assert_allclose(_values(loss[2]["y"]), [1.5 - 0.1 * s for s in range(8)])
+    np.testing.assert_allclose(plotly_values(loss[2]["y"]), [1.5 - 0.1 * s for s in range(8)])
     assert len({t["line"]["color"] for t in loss[1::2]}) == 3  # one colour per run
     assert [t["showlegend"] for t in loss[1::2]] == [True, True, True]  # one legend entry per run
     title, lr = panels["lr"]  # base alone logged a learning rate
@@ -77,7 +60,7 @@ def test_overview_overlays_the_picked_runs_one_colour_each(monkeypatch, tmp_path
     title, acc = panels["val/acc"]
     assert [t["name"] for t in acc] == ["base", "wide"]
     assert [t["showlegend"] for t in acc] == [False, False]  # named once, in the loss panel
-    np.testing.assert_allclose(_values(acc[1]["y"]), [0.9])
+    np.testing.assert_allclose(plotly_values(acc[1]["y"]), [0.9])
     assert title == "val/acc (not logged in: norm)"
 
 
@@ -90,7 +73,7 @@ def test_overview_x_axis_switches_to_time_since_each_start(monkeypatch, tmp_path
     bottom = [v for k, v in _layout(at).items() if k.startswith("xaxis") and v.get("title")]
     assert bottom and all(v["title"]["text"].startswith("time since the run started") for v in bottom)
     for trace in loss:  # seconds after each run's own created_at, not epoch seconds
-        x = _values(trace["x"])
+        x = plotly_values(trace["x"])
         assert 0 <= x.min() and x.max() < 60
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import shutil
 from pathlib import Path
@@ -11,30 +10,23 @@ import numpy as np
 import pytest
 from streamlit.testing.v1 import AppTest
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+from tests.pages._app import assert_ok, plotly_charts, plotly_values, run_app
+
 TRAINING_PAGES = ["pages/overview.py", "pages/distributions.py", "pages/outputs.py"]
 REVIEW_PAGES = ["pages/errors.py", "pages/embedding.py", "pages/sample.py", "pages/datamap.py"]
 PAGES = TRAINING_PAGES + REVIEW_PAGES
 
 
 def _open(monkeypatch, runs_dir, page: str, run_name: str | None = None) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    if run_name is not None:
-        at.query_params["run"] = run_name  # the address ?run=NAME opens a run
-    at.run()
+    at = run_app(monkeypatch, runs_dir, run_name)
     if run_name is not None:
         assert at.session_state["run_path"] == str(Path(runs_dir) / run_name)
         label = at.selectbox[0].value  # "BADGE folder[ · state]": the health badge first
         assert label.split(" · ")[0].endswith(f" {run_name}")
     if page != "pages/overview.py":
         at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
+    assert_ok(at)
     return at
-
-
-def _charts(at: AppTest) -> list[dict]:
-    return [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
 
 
 @pytest.mark.parametrize("page,run_name", [(p, r) for p in TRAINING_PAGES for r in ("cls", "reg")]
@@ -43,7 +35,7 @@ def _charts(at: AppTest) -> list[dict]:
 def test_page_shows_charts_with_data_for_a_recorded_run(monkeypatch, recorded_runs, page, run_name):
     at = _open(monkeypatch, recorded_runs, page, run_name)
     assert not at.error, [e.value for e in at.error]
-    charts = _charts(at)
+    charts = plotly_charts(at)
     # the Overview's loss, learning rate and other scalars are panels of one chart
     single = (page in ("pages/datamap.py", "pages/embedding.py", "pages/overview.py")
               or run_name == "reg" and page != "pages/errors.py")
@@ -58,7 +50,7 @@ def test_distributions_page_switches_kind_and_layer(monkeypatch, recorded_runs):
     at.selectbox(key="dist_kind").set_value("param_grad").run()
     at.selectbox(key="dist_layer_param_grad").set_value("3.weight").run()
     assert not at.exception
-    titles = [c["layout"]["title"]["text"] for c in _charts(at)]
+    titles = [c["layout"]["title"]["text"] for c in plotly_charts(at)]
     assert any("param_grad of 3.weight" in t for t in titles)
 
 
@@ -83,18 +75,11 @@ def test_outputs_page_pools_class_counts_over_captures(monkeypatch, recorded_run
     at = _open(monkeypatch, recorded_runs, "pages/outputs.py", "cls")
     at.toggle(key="outputs_pool").set_value(True).run()
     assert not at.exception
-    chart = _charts(at)[0]
+    chart = plotly_charts(at)[0]
     assert "4 captures pooled" in chart["layout"]["title"]["text"]
-    labels = _array([t for t in chart["data"] if t.get("name") == "labels"][0]["y"])
+    labels = plotly_values([t for t in chart["data"] if t.get("name") == "labels"][0]["y"])
     # 4 captures of 16 labels each, pooled: shares over 64 labels
     assert labels.sum() == pytest.approx(1.0) and np.allclose(labels * 64, np.round(labels * 64))
-
-
-def _array(value) -> np.ndarray:
-    """Plotly JSON holds arrays as lists or as base64 typed arrays."""
-    if isinstance(value, dict) and "bdata" in value:
-        return np.frombuffer(base64.b64decode(value["bdata"]), dtype=np.dtype(value["dtype"]))
-    return np.asarray(value, dtype=float)
 
 
 def test_distributions_page_shows_update_to_weight_ratio(monkeypatch, recorded_runs):
@@ -102,8 +87,8 @@ def test_distributions_page_shows_update_to_weight_ratio(monkeypatch, recorded_r
     at.selectbox(key="dist_kind").set_value("update").run()
     at.selectbox(key="dist_layer_update").set_value("3.weight").run()
     assert not at.exception
-    ratio = [c for c in _charts(at) if "update-to-weight ratio of 3.weight" in c["layout"]["title"]["text"]]
-    assert ratio and _array(ratio[0]["data"][0]["y"]).min() > 0
+    ratio = [c for c in plotly_charts(at) if "update-to-weight ratio of 3.weight" in c["layout"]["title"]["text"]]
+    assert ratio and plotly_values(ratio[0]["data"][0]["y"]).min() > 0
 
 
 @pytest.mark.parametrize("page", REVIEW_PAGES)
@@ -121,7 +106,7 @@ def test_health_page_lists_findings_with_evidence_or_says_all_clear(monkeypatch,
     findings = diagnostics.open_run(recorded_runs / run_name).health()
     if findings:
         assert len(at.expander) == len(findings)
-        assert len(_charts(at)) == len(findings)
+        assert len(plotly_charts(at)) == len(findings)
     else:
         assert any("No finding" in s.value for s in at.success)
 
@@ -184,7 +169,7 @@ def test_overview_draws_each_other_scalar_in_its_own_panel(monkeypatch, recorded
     at = _open(monkeypatch, recorded_runs, "pages/overview.py", "cls")
     picker = next(w for w in at.multiselect if w.label == "Other scalars")  # after "Overlay other runs"
     assert "grad_norm" in picker.value and "grad_clipped" not in picker.value
-    (panels,) = _charts(at)  # loss, lr, then a panel per picked scalar
+    (panels,) = plotly_charts(at)  # loss, lr, then a panel per picked scalar
     titles = [a["text"] for a in panels["layout"]["annotations"]]
     assert titles[0].startswith("loss") and titles[1] == "lr" and titles[2:] == picker.value
     assert len({t.get("yaxis", "y") for t in panels["data"]}) == 2 + len(picker.value)

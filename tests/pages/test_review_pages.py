@@ -6,9 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from streamlit.testing.v1 import AppTest
@@ -16,8 +14,8 @@ from torch import nn
 
 import hooks
 from tests.conftest import tiny_cnn
+from tests.pages._app import open_app, plotly_charts, plotly_values
 
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
 CLASSES = ["cat", "dog", "eel"]
 
 
@@ -83,27 +81,12 @@ def review_runs(tmp_path_factory):
 
 
 def _open(monkeypatch, runs_dir, page: str, run_name: str) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs_dir))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = run_name
-    at.run()
-    at.switch_page(page).run()
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
-    return at
+    return open_app(monkeypatch, runs_dir, page, run_name, check_errors=True)
 
 
 def _charts(at: AppTest) -> dict[str, dict]:
-    specs = [json.loads(el.proto.spec) for el in at.get("plotly_chart")]
-    return {s["layout"]["title"]["text"]: s for s in specs}
-
-
-def _values(trace: dict, axis: str) -> np.ndarray:
-    """A trace's values, whether plotly wrote them as a list or as a typed array."""
-    v = trace[axis]
-    if isinstance(v, dict) and "bdata" in v:
-        return np.frombuffer(base64.b64decode(v["bdata"]), dtype=np.dtype(v["dtype"]))
-    return np.asarray(v, dtype=float)
+    """The page's charts by title."""
+    return {s["layout"]["title"]["text"]: s for s in plotly_charts(at)}
 
 
 def _metrics(at: AppTest) -> dict[str, str]:
@@ -125,7 +108,7 @@ def test_datamap_of_a_regression_run_draws_residual_dynamics_with_units(monkeypa
     (chart,) = _charts(at).values()
     assert "breaths/min" in chart["layout"]["xaxis"]["title"]["text"]
     assert "breaths/min" in chart["layout"]["yaxis"]["title"]["text"]
-    points = sum(len(_values(t, "x")) for t in chart["data"])
+    points = sum(len(plotly_values(t["x"])) for t in chart["data"])
     assert points == 80
     assert any("standard deviation of its residual" in c.value and "breaths/min" in c.value for c in at.caption)
     table = at.dataframe[0].value
@@ -143,8 +126,8 @@ def test_error_review_of_a_regression_run_shows_predicted_vs_true_and_no_classif
     charts = _charts(at)
     scatter = charts["predicted vs true"]
     points, identity = scatter["data"]
-    assert len(_values(points, "x")) == 16
-    assert list(_values(identity, "x")) == list(_values(identity, "y"))
+    assert len(plotly_values(points["x"])) == 16
+    assert list(plotly_values(identity["x"])) == list(plotly_values(identity["y"]))
     assert scatter["layout"]["xaxis"]["title"]["text"] == "true (breaths/min)"
     assert "prediction − label (breaths/min)" in charts["residuals by label"]["layout"]["yaxis"]["title"]["text"]
     assert "MAE (breaths/min)" in _metrics(at)

@@ -3,14 +3,10 @@ path outside it, or anything not listed, shows the folder's own run instead."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-from streamlit.testing.v1 import AppTest
 
 from tests.diagnostics.test_compare import LABELS, LOSS_A, PRED_A, write_run
-
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+from tests.pages._app import run_app
 
 
 @pytest.mark.parametrize("address", ["../secret", "/tmp/../secret", "secret", "..", "a/../../secret", "%2e%2e/secret"])
@@ -18,10 +14,7 @@ def test_a_run_address_outside_the_folder_opens_nothing_outside(monkeypatch, tmp
     runs = tmp_path / "runs"
     write_run(runs, "a", LABELS, PRED_A, LOSS_A)
     write_run(tmp_path, "secret", LABELS, PRED_A, LOSS_A)  # beside the runs folder, not in it
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(runs))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = address
-    at.run()
+    at = run_app(monkeypatch, runs, address)
     assert not at.exception
     assert [t.value for t in at.title] == ["Run a"]
     assert at.session_state["run_path"] == str(runs / "a")

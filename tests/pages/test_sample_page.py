@@ -2,18 +2,13 @@
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pytest
 import torch
-from streamlit.testing.v1 import AppTest
 from torch import nn
 
 import hooks
 from tests.conftest import tiny_cnn
-
-APP = str(Path(__file__).resolve().parents[2] / "streamlit_app.py")
+from tests.pages._app import assert_ok, plotly_charts, run_app
 
 
 @pytest.fixture(scope="module")
@@ -43,16 +38,12 @@ def overlapping_ids(tmp_path_factory):
 
 
 def _history_traces(monkeypatch, folder, split: str, sample_id: str) -> list[str]:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = "overlap"
-    at.run()
+    at = run_app(monkeypatch, folder, "overlap")
     at.session_state["sample_id"] = sample_id
     at.session_state["sample_split"] = split
     at.switch_page("pages/sample.py").run()
-    assert not at.exception, [e.value for e in at.exception]
-    spec = next(json.loads(c.proto.spec) for c in at.get("plotly_chart")
-                if "history" in json.loads(c.proto.spec)["layout"].get("title", {}).get("text", ""))
+    assert_ok(at)
+    spec = next(s for s in plotly_charts(at) if "history" in s["layout"].get("title", {}).get("text", ""))
     return [t["name"] for t in spec["data"]], at
 
 

@@ -11,17 +11,14 @@ from streamlit.testing.v1 import AppTest
 import diagnostics
 from diagnostics.tags import TagStore
 from tests.diagnostics.test_compare import LABELS, LOSS_A, PRED_A, write_run
+from tests.pages._app import assert_ok, run_app
 from tests.pages.test_app_startup import served_like_the_cli  # noqa: F401 -- the fixture, used below
-from tests.pages.test_overview_page import APP
 
 pytestmark = pytest.mark.usefixtures("served_like_the_cli")
 
 
 def _sample_page(monkeypatch, folder, sample_id: str) -> AppTest:
-    monkeypatch.setenv("DIAGNOSTICS_RUNS", str(folder))
-    at = AppTest.from_file(APP, default_timeout=60)
-    at.query_params["run"] = "run"
-    at.run()
+    at = run_app(monkeypatch, folder, "run")
     at.session_state["sample_id"] = sample_id
     at.switch_page("pages/sample.py").run()
     _ok(at)
@@ -34,8 +31,7 @@ def run_dataset(run) -> str:
 
 
 def _ok(at: AppTest) -> None:
-    assert not at.exception, [e.value for e in at.exception]
-    assert not at.error, [e.value for e in at.error]
+    assert_ok(at, check_errors=True)
 
 
 def _save(at: AppTest, tags: list[str], note: str = "", refused: bool = False) -> None:
