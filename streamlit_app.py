@@ -6,6 +6,7 @@ DIAGNOSTICS_RUNS environment variable.
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -16,15 +17,23 @@ from pages import _shared  # noqa: PLC2701 -- the router and its pages share one
 st.set_page_config(page_title="hookscope", layout="wide")
 
 RUNS_DIR = os.environ.get("DIAGNOSTICS_RUNS", "runs")
+WARM_UP_AFTER_S = 5.0
 
 
 @st.cache_resource(show_spinner=False)
 def _warm_up_umap() -> threading.Thread:
     """UMAP's first fit compiles with numba (20-40 s once per machine, then a few seconds from
     numba's disk cache): pay it in the background once the first page has run (started at the
-    server's start, its child process took a CPU from the first page: 1-2 s later on 2 cores);
-    maps meanwhile show a PCA preview."""
-    thread = threading.Thread(target=embedding.warm_up, name="umap-warm-up", daemon=True)
+    server's start, its child process took a CPU from the first page: 1-2 s later on 2 cores),
+    and WARM_UP_AFTER_S later: the server has run the page 0.7-0.9 s after the browser opened
+    it, but the browser draws the first chart 1.5-2 s after that, on the same two cores (A/B,
+    nine first opens each: median 2.47 s, at most 2.85 s, against 2.62 s and 3.22 s started at
+    once). Maps meanwhile show a PCA preview; a map asked for before the warm-up starts is
+    fitted at once and the warm-up then has nothing to do."""
+    def after_the_first_chart() -> None:
+        time.sleep(WARM_UP_AFTER_S)
+        embedding.warm_up()  # returns at once if a user's map was fitted meanwhile
+    thread = threading.Thread(target=after_the_first_chart, name="umap-warm-up", daemon=True)
     thread.start()
     return thread
 
