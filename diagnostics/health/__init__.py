@@ -86,13 +86,23 @@ def check(run) -> list[Finding]:
 ROOT_CAUSES = ("softmax_before_cross_entropy", "softmax_wrong_dim", "nll_input", "double_sigmoid",
                "regression_loss_on_class_ids")
 SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "activation_scale_depth", "update_ratio",
-            "output_vs_label", "loss_vs_baseline")
+            "output_vs_label", "loss_vs_baseline", "labels_unlearnable", "stuck_parameters")
+# a stuck parameter follows from a loss-input bug only when it has a gradient too small to move
+# it (softmax before CE: the conv biases of the demo's baseline never changed in float32);
+# a zero learning rate, no gradient or a clipped one are bugs of their own
+
+
+def _is_symptom(f: Finding) -> bool:
+    if f.rule == "stuck_parameters":
+        return f.evidence.get("reason") == loop.MOVES_TOO_LITTLE and not f.evidence.get("all_parameters_stuck")
+    return f.rule in SYMPTOMS
 
 
 def defer_to_root_cause(findings: list[Finding]) -> list[Finding]:
     """Where a loss-input bug fired (warning or error), its symptoms become info that names
     it, with the advice to fix it first: the baseline of the demo read 'vanishing gradients:
-    use He init' beside the softmax it came from."""
+    use He init' beside the softmax it came from, and, trained for fewer epochs, 'the labels
+    look unrelated to the inputs' and 'parameters stuck', both from the same softmax."""
     causes = [f.rule for f in findings if f.rule in ROOT_CAUSES and f.severity in ("warning", "error")]
     if not causes:
         return findings
@@ -101,7 +111,7 @@ def defer_to_root_cause(findings: list[Finding]) -> list[Finding]:
         f, severity="info", message=f"{f.message} Likely a consequence of {cause} (see that finding).",
         advice=f"Fix {cause} first and check again; if this stays, then: {f.advice}",
         evidence={**f.evidence, "deferred_to": cause})
-        if f.rule in SYMPTOMS and f.severity in ("warning", "error") else f for f in findings]
+        if _is_symptom(f) and f.severity in ("warning", "error") else f for f in findings]
 
 
 def evidence_figure(run, finding: Finding) -> go.Figure:

@@ -106,7 +106,7 @@ def _entropy_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Labels the inputs cannot predict: the loss stays at the label entropy although every layer moves and "
       "the model could memorise the training set (labels shuffled apart from their inputs).",
-      severities=("warning",), evidence=_entropy_chart)
+      severities=("warning", "info"), evidence=_entropy_chart)
 def rule_labels_unlearnable(run) -> list[Finding]:
     """Labels the inputs cannot predict (labels shuffled apart from their inputs, a
     misaligned join): after ≥ 100 steps the training loss (median of the last 10% of

@@ -168,6 +168,11 @@ def _constant(rows: pd.DataFrame) -> bool:
     return bool(len(v) >= 2 and np.all(v == v[0]))
 
 
+# the reason when a parameter has a gradient and still never changes: too small to move it
+# in its dtype (softmax before cross entropy shrinks every gradient), or an optimizer bug
+MOVES_TOO_LITTLE = "the optimizer does not change it although it has a gradient"
+
+
 def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: dict) -> str:
     g = grads[grads["layer"] == name]
     lr = lr_of.get(name)
@@ -180,7 +185,7 @@ def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: 
         if not clipped.empty and (clipped[clipped["step"].isin(steps)]["value"] > 0.5).all():
             return "its gradients are clipped to zero (clip_grad_norm_ with max_norm 0 or a zero scale)"
         return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
-    return "the optimizer does not change it although it has a gradient"
+    return MOVES_TOO_LITTLE
 
 
 def _lr_by_param(run) -> dict[str, pd.DataFrame]:

@@ -18,7 +18,7 @@ from torch import nn
 import diagnostics
 import hooks
 from diagnostics import health
-from diagnostics.health import Finding, check, registry
+from diagnostics.health import Finding, check, loop, registry
 
 # ---------------------------------------------------------------------------------
 # Tiny training runs
@@ -571,6 +571,36 @@ def test_symptoms_of_a_loss_input_bug_defer_to_it():
     assert health.defer_to_root_cause([vanishing, dead]) == [vanishing, dead]
     quiet = finding("softmax_before_cross_entropy", "info")
     assert health.defer_to_root_cause([quiet, vanishing])[1] == vanishing
+
+
+def test_a_stuck_parameter_defers_only_when_a_gradient_too_small_could_explain_it():
+    def stuck(reason, everything=False):
+        return health.Finding(rule="stuck_parameters", severity="error" if everything else "warning", layer="0.bias",
+                              step_start=5, step_end=130, message="stuck.", advice="Check the lr.",
+                              evidence={"reason": reason, "all_parameters_stuck": everything})
+    cause = health.Finding(rule="softmax_before_cross_entropy", severity="warning", layer=None, step_start=0,
+                           step_end=130, message="softmax.", advice="Remove it.")
+    tiny = stuck(loop.MOVES_TOO_LITTLE)
+    lr_zero, no_grad = stuck("its learning rate is 0"), stuck("it never gets a gradient (not used in the forward)")
+    frozen_all = stuck(loop.MOVES_TOO_LITTLE, everything=True)  # nothing moves at all: an error of its own
+    out = health.defer_to_root_cause([cause, tiny, lr_zero, no_grad, frozen_all])
+    assert [f.severity for f in out] == ["warning", "info", "warning", "warning", "error"]
+    assert out[1].evidence["deferred_to"] == "softmax_before_cross_entropy"
+
+
+@pytest.mark.slow
+def test_the_demo_baseline_warns_of_its_softmax_alone(tmp_path):
+    """The demo's baseline (softmax before CrossEntropyLoss), trained for 3 epochs as the
+    browser test's demo is: the softmax is its one warning. Before, the same run also warned
+    'stuck parameters' (its conv biases never moved in float32) and 'the labels look unrelated
+    to the inputs', both sending the user after the wrong bug."""
+    from hooks import demo
+
+    run = diagnostics.open_run(demo.train_digits(tmp_path, "baseline", epochs=3, softmax_head=True))
+    findings = health.check(run)
+    assert [f.rule for f in findings if f.severity != "info"] == ["softmax_before_cross_entropy"]
+    deferred = {f.rule for f in findings if f.evidence.get("deferred_to") == "softmax_before_cross_entropy"}
+    assert {"stuck_parameters", "labels_unlearnable"} <= deferred
 
 
 def test_every_symptom_may_be_info():
