@@ -38,6 +38,14 @@ def _train(steps, run=None, on_step=None):
     return losses, watched
 
 
+def _flushed_up_to(path, step: int) -> bool:
+    try:
+        scalars = diagnostics.open_run(path).scalars()
+    except diagnostics.DiagnosticsError:  # not written yet
+        return False
+    return not scalars.empty and scalars["step"].max() >= step
+
+
 @pytest.mark.parametrize("fault", [errno.ENOSPC, errno.EROFS], ids=["disk full", "read-only"])
 def test_a_writer_fault_warns_once_and_training_goes_on(tmp_path, monkeypatch, fault):
     reference, _ = _train(30)
@@ -48,8 +56,10 @@ def test_a_writer_fault_warns_once_and_training_goes_on(tmp_path, monkeypatch, f
                                               else "Read-only file system"))
 
     def break_disk(step, run):
-        if step == 10:
-            time.sleep(0.3)  # the writer's thread flushes what was recorded before the fault
+        if step == 10:  # the writer's thread flushes what was recorded before the fault
+            deadline = time.monotonic() + 60  # a loaded machine: not a fixed sleep
+            while not _flushed_up_to(tmp_path / "f", 9) and time.monotonic() < deadline:
+                time.sleep(0.02)
             monkeypatch.setattr(pq, "write_table", failing)
         if step > 10:
             time.sleep(0.03)  # each flush meets the fault again: one warning all the same
