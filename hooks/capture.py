@@ -34,13 +34,16 @@ from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
-from hooks.summarize import class_summary, fixed_sample, summarize, unit_activity
+from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
 
 # Updates are summarised on this many fixed positions of each weight (copied before the
 # step): the norm of the update, hence the update ratio, is estimated within ~1-2% for
 # Gaussian-like updates (0.5·sqrt(2/4096)); a copy of every weight would double memory.
 UPDATE_SAMPLE = 4_096
+# small tensors' values held for the step's one batch of summaries (summarize_batch): past
+# this, the batch runs at once (a step of 300 layers of 2,048 values holds 5 MB)
+DEFER_BYTES = 32 << 20
 
 # Modules that behave differently in train mode: a forward under no_grad with one of these
 # in train mode is an evaluation with dropout on (or BatchNorm updating its running stats).
@@ -72,6 +75,8 @@ class Capture:
         self.step, self.capturing = 0, True
         self.step_started, self.own_s = started, 0.0  # own_s: time the always-on hooks took in this step
         self.pending: list[tuple[str, str, int, torch.Tensor]] = []
+        self.deferred: list[tuple] = []  # small tensors' (layer, kind, values, fill, count, sampled), for one batch
+        self.deferred_bytes = 0
         self.seen: set[tuple[str, str]] = set()
         self.step_losses: list[torch.Tensor] = []
         self.grad_squares: dict[torch.Tensor, torch.Tensor | float] = {}
@@ -88,6 +93,33 @@ class Capture:
     def add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
         """Queue one summary of this step (handed over at the step's end)."""
         self.pending.append((layer, kind, count, vec))
+
+    def add_tensor(self, layer: str, kind: str, t: torch.Tensor, fill: tuple | None = None,
+                   count: int | None = None, sampled: bool = False) -> None:
+        """Queue the summary of `t`: a small CPU tensor's values are copied and summarised
+        with the step's others in one batch at the step's end (`summarize_batch`), anything
+        else at once. `fill`: (field, value) to set in the vector (`unit_fraction`);
+        `count`: the count to record if not t's size; `sampled`: as `summarize`'s."""
+        values = small_values(t)
+        if values is None:
+            n, vec = summarize(t, sampled=sampled)
+            if fill is not None:
+                vec[fill[0]] = fill[1]
+            self.add(layer, kind, n if count is None else count, vec)
+            return
+        self.deferred.append((layer, kind, values, fill, values.size if count is None else count, sampled))
+        self.deferred_bytes += values.nbytes
+        if self.deferred_bytes > DEFER_BYTES:
+            self.summarize_deferred()
+
+    def summarize_deferred(self) -> None:
+        """Summarise the queued small tensors in one batch into this step's summaries."""
+        items, self.deferred, self.deferred_bytes = self.deferred, [], 0
+        vecs = summarize_batch([i[2] for i in items], sampled=[i[5] for i in items])
+        for (layer, kind, _, fill, count, _), vec in zip(items, vecs):
+            if fill is not None:
+                vec.numpy()[fill[0]] = float(fill[1])
+            self.pending.append((layer, kind, count, vec))
 
     def first_call(self, layer: str, kind: str) -> bool:
         """True the first time (layer, kind) is seen this step."""
@@ -124,6 +156,8 @@ class Capture:
         if self.step_losses:
             handover.losses.append((self.step, torch.stack([v.float() for v in self.step_losses]).mean()))
             self.step_losses = []
+        if self.deferred:
+            self.summarize_deferred()
         if self.pending:
             write_summaries(self.writer, self.step, self.pending)
             self.pending = []
@@ -153,7 +187,7 @@ class Capture:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
         self.param_names = {}
         self.probes = []
-        if self.pending or self.step_losses:
+        if self.pending or self.deferred or self.step_losses:
             self.end_step(final=True)
         if self.handover.waiting():
             self.handover.flush()
@@ -167,8 +201,7 @@ class Capture:
         out = first_tensor(output)
         if out is None or not self.first_call(layer, "activation"):
             return
-        count, vec = summarize(out)
-        self.add(layer, "activation", count, unit_activity(out, module, vec))
+        self.add_tensor(layer, "activation", out, unit_fraction(out, module))
         if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
                 and self.first_call("batchnorm", "batch_size")):
             self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
@@ -179,7 +212,7 @@ class Capture:
 
     def on_grad(self, layer: str, grad: torch.Tensor) -> None:
         if self.first_call(layer, "gradient"):
-            self.add(layer, "gradient", *summarize(grad))
+            self.add_tensor(layer, "gradient", grad)
 
     def on_loss(self, module: nn.Module, args, kwargs, output) -> None:
         if not torch.is_grad_enabled():
@@ -282,9 +315,9 @@ class Capture:
                     name = self.param_names.get(p)
                     if name is None:
                         continue
-                    self.add(name, "weight", *summarize(p))
+                    self.add_tensor(name, "weight", p)
                     if p.grad is not None:
-                        self.add(name, "param_grad", *summarize(stored_values(p.grad)))
+                        self.add_tensor(name, "param_grad", stored_values(p.grad))
                         # the update is summarised on a fixed sample of the weight's positions:
                         # a copy of every weight would double the parameters' memory
                         flat = p.detach().reshape(-1)
@@ -335,7 +368,7 @@ class Capture:
                 if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays
                     after, before = after.float(), before.float()
                 # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
-                self.add(name, "update", p.numel(), summarize(after - before, sampled=True)[1])
+                self.add_tensor(name, "update", after - before, count=p.numel(), sampled=True)
         self.before_step = {}
         if not self.capturing:
             self.own_s += time.perf_counter() - started

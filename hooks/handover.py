@@ -30,9 +30,12 @@ def write_summaries(writer: RunWriter, step: int, pending: list[tuple[str, str, 
             width = vecs[i].numel()
             matrix[i, 1:1 + width] = moved[start:start + width]
             start += width
+    widths: dict[int, list[int]] = {}
     for i, v in enumerate(vecs):
         if v.device.type == "cpu":
-            matrix[i, 1:1 + v.numel()] = v.numpy()
+            widths.setdefault(v.numel(), []).append(i)
+    for width, rows in widths.items():  # one assignment per width: a deep model has 1,500 rows a step
+        matrix[rows, 1:1 + width] = np.stack([vecs[i].numpy() for i in rows])
     writer.add_summaries(step, layers, kinds, matrix)
 
 
