@@ -50,6 +50,43 @@ DEFER_BYTES = 32 << 20
 _MODE_TYPES = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._BatchNorm)
 
 
+class SmallTensors:
+    """A capture step's small CPU tensors (`small_values`: copies), summarised in one batch
+    (`summarize_batch`) when the step ends, or sooner past DEFER_BYTES."""
+
+    def __init__(self) -> None:
+        self.items: list[tuple] = []  # (layer, kind, values, fill, count, sampled)
+        self.nbytes = 0
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    def take(self, layer: str, kind: str, t: torch.Tensor, fill: tuple | None, count: int | None,
+             sampled: bool) -> list[tuple[str, str, int, torch.Tensor]]:
+        """Hold a small CPU tensor's values for the batch; summarise anything else at once.
+        Returns the summaries ready now: that one, or the whole batch past DEFER_BYTES.
+        `fill`: (field, value) to set in the vector (`unit_fraction`); `count`: the count to
+        record if not t's size; `sampled`: as `summarize`'s."""
+        values = small_values(t)
+        if values is None:
+            n, vec = summarize(t, sampled=sampled)
+            if fill is not None:
+                vec[fill[0]] = fill[1]
+            return [(layer, kind, n if count is None else count, vec)]
+        self.items.append((layer, kind, values, fill, values.size if count is None else count, sampled))
+        self.nbytes += values.nbytes
+        return self.summarize() if self.nbytes > DEFER_BYTES else []
+
+    def summarize(self) -> list[tuple[str, str, int, torch.Tensor]]:
+        """(layer, kind, count, vector) of every tensor held, in the order held; empties the batch."""
+        items, self.items, self.nbytes = self.items, [], 0
+        vecs = summarize_batch([i[2] for i in items], sampled=[i[5] for i in items])
+        for (_, _, _, fill, _, _), vec in zip(items, vecs):
+            if fill is not None:
+                vec.numpy()[fill[0]] = float(fill[1])
+        return [(layer, kind, count, vec) for (layer, kind, _, _, count, _), vec in zip(items, vecs)]
+
+
 class Capture:
     """What the hooks collect, step by step, and hand to the writer.
 
@@ -75,8 +112,7 @@ class Capture:
         self.step, self.capturing = 0, True
         self.step_started, self.own_s = started, 0.0  # own_s: time the always-on hooks took in this step
         self.pending: list[tuple[str, str, int, torch.Tensor]] = []
-        self.deferred: list[tuple] = []  # small tensors' (layer, kind, values, fill, count, sampled), for one batch
-        self.deferred_bytes = 0
+        self.deferred = SmallTensors()
         self.seen: set[tuple[str, str]] = set()
         self.step_losses: list[torch.Tensor] = []
         self.grad_squares: dict[torch.Tensor, torch.Tensor | float] = {}
@@ -96,30 +132,8 @@ class Capture:
 
     def add_tensor(self, layer: str, kind: str, t: torch.Tensor, fill: tuple | None = None,
                    count: int | None = None, sampled: bool = False) -> None:
-        """Queue the summary of `t`: a small CPU tensor's values are copied and summarised
-        with the step's others in one batch at the step's end (`summarize_batch`), anything
-        else at once. `fill`: (field, value) to set in the vector (`unit_fraction`);
-        `count`: the count to record if not t's size; `sampled`: as `summarize`'s."""
-        values = small_values(t)
-        if values is None:
-            n, vec = summarize(t, sampled=sampled)
-            if fill is not None:
-                vec[fill[0]] = fill[1]
-            self.add(layer, kind, n if count is None else count, vec)
-            return
-        self.deferred.append((layer, kind, values, fill, values.size if count is None else count, sampled))
-        self.deferred_bytes += values.nbytes
-        if self.deferred_bytes > DEFER_BYTES:
-            self.summarize_deferred()
-
-    def summarize_deferred(self) -> None:
-        """Summarise the queued small tensors in one batch into this step's summaries."""
-        items, self.deferred, self.deferred_bytes = self.deferred, [], 0
-        vecs = summarize_batch([i[2] for i in items], sampled=[i[5] for i in items])
-        for (layer, kind, _, fill, count, _), vec in zip(items, vecs):
-            if fill is not None:
-                vec.numpy()[fill[0]] = float(fill[1])
-            self.pending.append((layer, kind, count, vec))
+        """Queue the summary of `t` (see `SmallTensors.take`)."""
+        self.pending += self.deferred.take(layer, kind, t, fill, count, sampled)
 
     def first_call(self, layer: str, kind: str) -> bool:
         """True the first time (layer, kind) is seen this step."""
@@ -157,7 +171,7 @@ class Capture:
             handover.losses.append((self.step, torch.stack([v.float() for v in self.step_losses]).mean()))
             self.step_losses = []
         if self.deferred:
-            self.summarize_deferred()
+            self.pending += self.deferred.summarize()
         if self.pending:
             write_summaries(self.writer, self.step, self.pending)
             self.pending = []
