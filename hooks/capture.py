@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import sys
+import threading
 import time
 from functools import partial
 from typing import Any
@@ -42,7 +43,8 @@ from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, s
 # Gaussian-like updates (0.5·sqrt(2/4096)); a copy of every weight would double memory.
 UPDATE_SAMPLE = 4_096
 # small tensors' values held for the step's one batch of summaries (summarize_batch): past
-# this, the batch runs at once (a step of 300 layers of 2,048 values holds 5 MB)
+# this, the batch runs at once (a step of 300 layers of 2,048 values holds 5 MB); summarising
+# a full batch takes about four times as much again for a moment (a stacked copy, float64, sorted)
 DEFER_BYTES = 32 << 20
 
 # Modules that behave differently in train mode: a forward under no_grad with one of these
@@ -57,6 +59,7 @@ class SmallTensors:
     def __init__(self) -> None:
         self.items: list[tuple] = []  # (layer, kind, values, fill, count, sampled)
         self.nbytes = 0
+        self.lock = threading.Lock()  # backward hooks of several threads (a threaded backward, hogwild)
 
     def __bool__(self) -> bool:
         return bool(self.items)
@@ -73,13 +76,16 @@ class SmallTensors:
             if fill is not None:
                 vec[fill[0]] = fill[1]
             return [(layer, kind, n if count is None else count, vec)]
-        self.items.append((layer, kind, values, fill, values.size if count is None else count, sampled))
-        self.nbytes += values.nbytes
-        return self.summarize() if self.nbytes > DEFER_BYTES else []
+        with self.lock:
+            self.items.append((layer, kind, values, fill, values.size if count is None else count, sampled))
+            self.nbytes += values.nbytes
+            full = self.nbytes > DEFER_BYTES
+        return self.summarize() if full else []
 
     def summarize(self) -> list[tuple[str, str, int, torch.Tensor]]:
         """(layer, kind, count, vector) of every tensor held, in the order held; empties the batch."""
-        items, self.items, self.nbytes = self.items, [], 0
+        with self.lock:
+            items, self.items, self.nbytes = self.items, [], 0
         vecs = summarize_batch([i[2] for i in items], sampled=[i[5] for i in items])
         for (_, _, _, fill, _, _), vec in zip(items, vecs):
             if fill is not None:
