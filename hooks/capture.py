@@ -73,9 +73,7 @@ class SmallTensors:
         values = small_values(t)
         if values is None:
             n, vec = summarize(t, sampled=sampled)
-            if fill is not None:
-                vec[fill[0]] = fill[1]
-            return [(layer, kind, n if count is None else count, vec)]
+            return [(layer, kind, n if count is None else count, _filled(vec, fill))]
         with self.lock:
             self.items.append((layer, kind, values, fill, values.size if count is None else count, sampled))
             self.nbytes += values.nbytes
@@ -87,10 +85,15 @@ class SmallTensors:
         with self.lock:
             items, self.items, self.nbytes = self.items, [], 0
         vecs = summarize_batch([i[2] for i in items], sampled=[i[5] for i in items])
-        for (_, _, _, fill, _, _), vec in zip(items, vecs):
-            if fill is not None:
-                vec.numpy()[fill[0]] = float(fill[1])
-        return [(layer, kind, count, vec) for (layer, kind, _, _, count, _), vec in zip(items, vecs)]
+        return [(layer, kind, count, _filled(vec, fill)) for (layer, kind, _, fill, count, _), vec in zip(items, vecs)]
+
+
+def _filled(vec: torch.Tensor, fill: tuple | None) -> torch.Tensor:
+    """`vec` with (field, value) of `unit_fraction` set, in place (a 0-d tensor on a device:
+    no sync)."""
+    if fill is not None:
+        vec[fill[0]] = fill[1]
+    return vec
 
 
 class Capture:

@@ -602,23 +602,11 @@ SATURATING = {nn.Tanh: (-1.0, 1.0), nn.Hardtanh: (-1.0, 1.0), nn.Sigmoid: (0.0, 
               nn.Softsign: (-1.0, 1.0)}
 
 
-def unit_activity(out: torch.Tensor, module: nn.Module, vec: torch.Tensor) -> torch.Tensor:
-    """Fill `dead_frac` or `saturated_frac` of an activation's summary vector (in place:
-    `vec` is the fresh vector `summarize` returned), by module type; returns it."""
-    found = unit_fraction(out, module)
-    if found is not None:
-        field, value = found
-        if vec.is_cpu and isinstance(value, float):
-            vec.numpy()[field] = value
-        else:
-            vec[field] = value
-    return vec
-
-
 def unit_fraction(out: torch.Tensor, module: nn.Module) -> tuple[int, float | torch.Tensor] | None:
     """(the vector's index of `dead_frac` or `saturated_frac`, its value) for an activation
-    of `module`'s type, None for other types; the value a float on the CPU, a 0-d tensor on
-    other devices (no sync). Reads `out` detached (no graph, no no_grad context needed)."""
+    of `module`'s type, which a module hook sets in the activation's summary; None for other
+    types. The value is a float on the CPU, a 0-d tensor on other devices (no sync). Reads
+    `out` detached (no graph, no no_grad context needed)."""
     x = out.detach()
     if x.numel() == 0 or not x.is_floating_point():
         return None

@@ -87,12 +87,12 @@ ROOT_CAUSES = ("softmax_before_cross_entropy", "softmax_wrong_dim", "nll_input",
                "regression_loss_on_class_ids")
 SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "activation_scale_depth", "update_ratio",
             "output_vs_label", "loss_vs_baseline", "labels_unlearnable", "stuck_parameters")
-# a stuck parameter follows from a loss-input bug only when it has a gradient too small to move
-# it (softmax before CE: the conv biases of the demo's baseline never changed in float32);
-# a zero learning rate, no gradient or a clipped one are bugs of their own
 
 
 def _is_symptom(f: Finding) -> bool:
+    """A finding a loss-input bug may explain. A stuck parameter only when it has a gradient
+    too small to move it (softmax before CE: the conv biases of the demo's baseline never
+    changed in float32); a zero learning rate, no gradient or a clipped one are bugs of their own."""
     if f.rule == "stuck_parameters":
         return f.evidence.get("reason") == loop.MOVES_TOO_LITTLE and not f.evidence.get("all_parameters_stuck")
     return f.rule in SYMPTOMS

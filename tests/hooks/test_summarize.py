@@ -91,7 +91,7 @@ def test_vector_layout_is_summary_fields_without_count():
     n, vec = run(torch.randn(100, generator=torch.Generator().manual_seed(0)))
     assert n == 100
     assert vec.shape == (NF + BINS,)
-    # fields that only a module hook can fill (unit_activity) are NaN in a plain summary
+    # fields that only a module hook can fill (unit_fraction) are NaN in a plain summary
     for name in ("dead_frac", "saturated_frac"):
         if name in VECTOR_FIELDS:
             assert math.isnan(f(vec, name)), name
