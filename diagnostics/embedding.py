@@ -137,8 +137,8 @@ class MapStatus:
 
 
 def project_or_preview(run_path: str | os.PathLike | None, samples: pd.DataFrame, n_neighbors: int = 15,
-                       min_dist: float = 0.1, seed: int | None = 42, *,
-                       n_epochs: int | None = None) -> tuple[pd.DataFrame, MapStatus]:
+                       min_dist: float = 0.1, seed: int | None = 42, *, n_epochs: int | None = None,
+                       retry: bool = False) -> tuple[pd.DataFrame, MapStatus]:
     """`project`'s points if they are ready at once, else a PCA preview while UMAP runs in the background.
 
     Returns (points, status) like `project`'s frame (sample_id, x, y in the order of `samples`).
@@ -146,7 +146,8 @@ def project_or_preview(run_path: str | os.PathLike | None, samples: pd.DataFrame
     the points are the map. Otherwise the points are the exact PCA of the same embeddings
     (milliseconds), status.method is "pca preview", and one background thread computes the
     UMAP and caches it as `project` would; follow it with `map_status(status.ticket)`, then
-    call this again. Asking again while it runs starts nothing new.
+    call this again. Asking again while it runs starts nothing new; a map that failed stays
+    failed (the same status, so a page's reruns do not refit it) until asked with retry=True.
 
         points, status = project_or_preview(run.path, samples)
         while status.state in ("queued", "running"):
@@ -160,7 +161,7 @@ def project_or_preview(run_path: str | os.PathLike | None, samples: pd.DataFrame
     found = job.cached()
     if found is not None:
         return job.output(found), MapStatus("ready", "umap", len(job.rows))
-    ticket = _submit(job)
+    ticket = _submit(job, retry)
     return job.output(job.frame(projections.pca_2d(job.matrix))), map_status(ticket)
 
 
@@ -304,12 +305,13 @@ _queue: queue.Queue[_Background] = queue.Queue()
 _worker: list[threading.Thread] = []
 
 
-def _submit(job: _Job) -> str:
-    """Queue `job` for the background worker unless it is queued or running already; its ticket."""
+def _submit(job: _Job, retry: bool = False) -> str:
+    """Queue `job` for the background worker unless it is queued or running already, or failed
+    and not `retry`; its ticket."""
     ticket = f"{job.key}@{job.path}"
     with _JOBS_LOCK:
         entry = _jobs.get(ticket)
-        if entry is None or entry.state in ("ready", "failed"):
+        if entry is None or entry.state == "ready" or (entry.state == "failed" and retry):
             entry = _jobs[ticket] = _Background(job)
             _jobs.move_to_end(ticket)
             _queue.put(entry)
@@ -340,7 +342,7 @@ def _message(entry: _Background, ahead: int, elapsed_s: float) -> str:
     if entry.state == "ready":
         return f"UMAP of {n} ready after {elapsed_s:.0f} s"
     if entry.state == "failed":
-        return f"UMAP of {n} failed ({entry.error}) — the PCA preview stays; reload the page to try again"
+        return f"UMAP of {n} failed ({entry.error}) — the PCA preview stays"
     busy = _activity.get("what")
     if busy == "warm-up":
         since = time.monotonic() - _activity["since"]

@@ -42,17 +42,20 @@ except ValueError as exc:
 def _umap_progress(ticket: str) -> None:
     """Polls the background UMAP; reruns the page (preview → map) as soon as it is ready."""
     now = embedding.map_status(ticket)
-    if now.state == "ready":
+    if now.state in ("ready", "failed"):
         st.rerun()
-    elif now.state == "failed":
-        st.warning(now.message)
     else:
         st.info(f"{now.message}. Shown meanwhile: a PCA preview of the same points; the UMAP map "
                 "replaces it by itself and is kept in the run for the next visit.")
 
 
 preview = status.method == "pca preview"
-if preview:
+if status.state == "failed":
+    st.warning(status.message)
+    if st.button("Try UMAP again", key="emb_retry"):
+        embedding.project_or_preview(r.path, samples, n_epochs=N_EPOCHS, retry=True)
+        st.rerun()
+elif preview:
     _umap_progress(status.ticket)
 dims = len(samples["embedding"].iloc[0])
 how = {"direct": " (shown as it is)", "pca": " mapped to 2-D with PCA (too few points for UMAP)",

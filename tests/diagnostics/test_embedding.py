@@ -348,7 +348,7 @@ def test_preview_is_the_exact_pca_then_the_umap_map_once_the_background_fit_is_d
     np.testing.assert_array_equal(umap_points[["x", "y"]].to_numpy(), np.stack(shuffled["embedding"])[:, :2] * 2)
 
 
-def test_a_failed_background_fit_says_why_and_is_retried_when_asked_again(tmp_path, monkeypatch):
+def test_a_failed_background_fit_says_why_and_is_retried_only_when_asked_to(tmp_path, monkeypatch):
     fit = GatedFit(error=MemoryError("10,000 points"))
     monkeypatch.setattr(embedding, "_fit_umap", fit)
     samples, _ = clusters(10, 8)
@@ -358,7 +358,9 @@ def test_a_failed_background_fit_says_why_and_is_retried_when_asked_again(tmp_pa
     assert failed.state == "failed" and failed.method == "pca preview"
     assert "MemoryError: 10,000 points" in failed.message and "PCA preview stays" in failed.message
     fit.error = None
-    _, retry = embedding.project_or_preview(tmp_path, samples)
+    _, again = embedding.project_or_preview(tmp_path, samples)       # a page's rerun: still failed, no refit
+    assert again.state == "failed" and again.message == failed.message and fit.attempts == 1
+    _, retry = embedding.project_or_preview(tmp_path, samples, retry=True)
     assert wait_for(retry.ticket).state == "ready" and fit.attempts == 2
 
 

@@ -130,6 +130,14 @@ def test_a_failed_umap_leaves_the_preview_and_says_why(monkeypatch, tmp_path, ga
     assert chart(at)["layout"]["title"]["text"].startswith("PCA preview")
     (warning,) = [w.value for w in at.warning]
     assert "MemoryError: out of memory" in warning and "PCA preview stays" in warning
+    at.run()                                                         # a rerun neither refits nor hides it
+    assert [w.value for w in at.warning] == [warning] and gated.calls == 1
+    gated.error = None
+    at.button(key="emb_retry").click().run()
+    wait_until(lambda: list((tmp_path / "emb" / "cache").glob("umap-*.parquet")))
+    at.run()
+    assert not at.exception and not at.warning and gated.calls == 2
+    assert chart(at)["layout"]["title"]["text"].startswith("UMAP")
 
 
 def test_colour_by_class_names_the_classes_in_legend_and_hover(monkeypatch, tmp_path, gated):
