@@ -60,20 +60,34 @@ def _every_part_reads(run_dir: Path) -> int:
     return len(parts)
 
 
+def _kill(proc: subprocess.Popen, delay: float, after_step: int | None) -> list[int]:
+    """SIGKILL `proc` `delay` seconds after its start, or after it printed step `after_step`;
+    the steps it printed."""
+    out = []
+    while after_step is not None and not (out and out[-1] == f"step {after_step}\n"):
+        out.append(proc.stdout.readline())
+        if not out[-1]:  # it ended before that step
+            break
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    out.append(proc.stdout.read())  # through stdout's own buffer, which readline() may have filled
+    proc.communicate(timeout=60)
+    return [int(line.split()[1]) for line in "".join(out).splitlines() if line.startswith("step ")]
+
+
 @pytest.mark.slow
 def test_sigkill_at_twenty_random_moments_leaves_runs_that_open(tmp_path):
     """Read at once after each kill: the writer's process is gone, so the run reads "stopped"
-    without waiting for its heartbeat to go stale."""
+    without waiting for its heartbeat to go stale. Half the kills fall at random times after
+    the start (start-up: the torch import), half at random moments after a random step (deep
+    in training however long the start-up took: 3 s here, 10-20 s on a loaded machine)."""
     rng = random.Random(15)
-    delays = sorted(rng.uniform(0.2, 6.0) for _ in range(20))  # start-up (torch import) to deep in training
+    moments = ([(rng.uniform(0.2, 6.0), None) for _ in range(10)]
+               + [(rng.uniform(0.0, 0.3), rng.randrange(80)) for _ in range(10)])
     seen_steps = []
-    for i, delay in enumerate(delays):
+    for i, (delay, after_step) in enumerate(moments):
         folder = tmp_path / f"kill{i}"
-        proc = _start(folder)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        out, _ = proc.communicate(timeout=60)
-        printed = [int(line.split()[1]) for line in out.splitlines() if line.startswith("step ")]
+        printed = _kill(_start(folder), delay, after_step)
         seen_steps.append(printed[-1] if printed else -1)
         run_dir = folder / "crash"
         if not (run_dir / "run.json").is_file():
