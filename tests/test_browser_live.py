@@ -17,13 +17,15 @@ from tests.test_browser import CHROMIUM, CHROMIUM_ARGS, _need_chromium, _serve
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 ROOT = Path(__file__).resolve().parents[1]
 
-# a training loop's writer, torch-free: a loss every 0.1 s, flushed every second
+# a training loop's writer, torch-free: a loss every 0.1 s, flushed every second, until the
+# file argv[2] exists (the test has seen the curve grow; not a fixed time: on a loaded machine
+# the dashboard's start alone can outlast it, and a finished run shows no auto-refresh toggle)
 WRITER = textwrap.dedent("""
-    import sys, time
+    import os, sys, time
     from diagnostics.store import RunWriter
     w = RunWriter(sys.argv[1], {"name": "live", "task": "classification"}, flush_every_s=1.0)
-    end, step = time.time() + float(sys.argv[2]), 0
-    while time.time() < end:
+    end, step = time.time() + 600, 0
+    while time.time() < end and not os.path.exists(sys.argv[2]):
         w.add_scalar(step, "loss", 1.0 / (step + 1))
         step += 1
         time.sleep(0.1)
@@ -38,13 +40,14 @@ _POINTS_JS = """() => { const el = document.querySelector('.js-plotly-plot');
 def training(tmp_path):
     runs = tmp_path / "runs"
     runs.mkdir()
-    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(runs / "live"), "25"],
+    stop = tmp_path / "stop-training"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(runs / "live"), str(stop)],
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 30
+    deadline = time.time() + 60
     while not (runs / "live" / "scalars").is_dir() or not any((runs / "live" / "scalars").iterdir()):
         assert proc.poll() is None and time.time() < deadline, "the writer did not start"
         time.sleep(0.2)
-    yield runs, proc
+    yield runs, proc, stop
     if proc.poll() is None:
         proc.kill()
 
@@ -60,7 +63,7 @@ def test_auto_refresh_grows_the_curve_and_follows_the_run_to_finished(training, 
 
     shots = Path(os.environ.get("DIAGNOSTICS_SCREENSHOTS", tmp_path))
     shots.mkdir(parents=True, exist_ok=True)
-    _, proc = training
+    _, proc, stop = training
     with sync_playwright() as pw:
         browser = pw.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
@@ -73,14 +76,16 @@ def test_auto_refresh_grows_the_curve_and_follows_the_run_to_finished(training, 
             page.wait_for_timeout(1000)
             before = page.evaluate(_POINTS_JS)
             page.screenshot(path=str(shots / "live-before.png"))
-            page.wait_for_function(f"() => ({_POINTS_JS})() > {before}", timeout=20_000)  # no click meanwhile
+            # no click meanwhile; a refresh every 5 s, each a rerun that may take seconds under load
+            page.wait_for_function(f"() => ({_POINTS_JS})() > {before}", timeout=60_000)
             page.screenshot(path=str(shots / "live-later.png"))
+            stop.touch()
             assert proc.wait(timeout=60) == 0
             sidebar = page.locator('[data-testid="stSidebar"]')
-            sidebar.get_by_text("finished · step").wait_for(timeout=20_000)
-            page.get_by_text("Auto-refresh stopped: this run is finished").wait_for(timeout=10_000)
+            sidebar.get_by_text("finished · step").wait_for(timeout=60_000)
+            page.get_by_text("Auto-refresh stopped: this run is finished").wait_for(timeout=60_000)
             # the rerun draws the caption before it ends; the last run's toggle goes when it does
-            page.get_by_text("Auto-refresh every 5 s").wait_for(state="detached", timeout=20_000)
+            page.get_by_text("Auto-refresh every 5 s").wait_for(state="detached", timeout=60_000)
             assert page.locator('[data-testid="stException"]').count() == 0
             page.screenshot(path=str(shots / "live-finished.png"))
         finally:
