@@ -77,11 +77,9 @@ def _serve(runs_folder):
 
 
 def _settle(page) -> None:
+    """A chart drawn, then the page quiet (see _QUIET_JS: no running widget does not mean done)."""
     page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', timeout=60_000)
-    page.wait_for_function(
-        "() => !document.querySelector('[data-testid=\"stSkeleton\"]') && "
-        "!document.querySelector('[data-testid=\"stStatusWidget\"]')", timeout=60_000)
-    page.wait_for_timeout(300)
+    page.wait_for_function(_QUIET_JS, polling=200, timeout=120_000)
 
 
 def _need_chromium() -> None:
@@ -107,11 +105,14 @@ def test_distributions_page_renders_a_chart_in_chromium(dashboard, tmp_path):
             page.goto(f"{dashboard}/distributions")
             _settle(page)
             assert page.locator('[data-testid="stException"]').count() == 0
-            assert page.get_by_text("Distributions", exact=True).first.is_visible()
-            # the chart holds data: the heatmap and band traces drew something
-            assert page.locator('[data-testid="stPlotlyChart"]').count() >= 3
-            assert page.locator('[data-testid="stPlotlyChart"] g.trace.scatter path.js-line').count() > 0
-            assert page.locator('[data-testid="stPlotlyChart"] g.hm image').count() > 0  # heatmap drawn
+            page.get_by_text("Distributions", exact=True).first.wait_for(timeout=60_000)
+            # the chart holds data: the heatmap and band traces drew something (plotly draws after
+            # the element arrives: waited for, as counted at once they raced the drawing)
+            page.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for(timeout=60_000)  # 3 or more
+            page.locator('[data-testid="stPlotlyChart"] g.trace.scatter path.js-line').first.wait_for(
+                state="attached", timeout=60_000)
+            page.locator('[data-testid="stPlotlyChart"] g.hm image').first.wait_for(
+                state="attached", timeout=60_000)  # heatmap drawn
             page.screenshot(path=str(shots / "distributions.png"), full_page=True)
             page.goto(f"{dashboard}/")
             _settle(page)
@@ -141,17 +142,17 @@ def test_a_tag_saved_in_review_is_there_after_a_reload(dashboard, tmp_path):
             page = browser.new_page()
             page.goto(f"{dashboard}/sample?run=review")
             _settle(page)
-            assert page.get_by_text("Tags: none yet").is_visible()
+            page.get_by_text("Tags: none yet").wait_for(timeout=60_000)
             box = page.locator('[data-testid="stForm"] [data-testid="stMultiSelect"] input').first
             box.click()
             box.fill(tag)
             box.press("Enter")
             page.keyboard.press("Escape")
             page.get_by_role("button", name="Save").click()
-            page.get_by_text(f"Tags: {tag}").wait_for(timeout=30_000)  # saved: the rerun shows it
+            page.get_by_text(f"Tags: {tag}").wait_for(timeout=60_000)  # saved: the rerun shows it
             page.reload()
             _settle(page)
-            page.get_by_text(f"Tags: {tag}").wait_for(timeout=30_000)
+            page.get_by_text(f"Tags: {tag}").wait_for(timeout=60_000)
             page.screenshot(path=str(shots / "sample.png"), full_page=True)
             # and the error review lists it for that sample
             page.goto(f"{dashboard}/errors?run=review")
