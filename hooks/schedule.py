@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import time
 import warnings
 from collections import deque
 from collections.abc import Callable
@@ -100,9 +101,13 @@ class SyncedAutoSchedule(AutoSchedule):
     once every rank has sent its values, None before. The result is read at the next sync
     step (by then long complete; nobody ever waits for it) and every rank derives the same
     period P = ceil(cost / (budget × step − always-on)): between powers of two, the
-    multiples of P are captured. If a result is missing or failed at the next sync step (a
-    rank stopped stepping: uneven inputs), the rank warns once and keeps its own schedule.
+    multiples of P are captured. A result not complete at the next sync step (a slow link
+    and very fast steps: 8 steps can take milliseconds) is waited for, up to SYNC_WAIT_S; if
+    it is still missing then (a rank stopped stepping: uneven inputs) or failed, the rank
+    warns once and keeps its own schedule.
     """
+
+    SYNC_WAIT_S = 5.0
 
     def __init__(self, budget: float, agree: Callable[[list[float]], Callable[[], list[float] | None]] | None,
                  window: int = 32) -> None:
@@ -146,12 +151,21 @@ class SyncedAutoSchedule(AutoSchedule):
             statistics.fmean(self._own) if self._own else 0.0,
         ]
 
+    def _wait_for_agreement(self) -> list[float]:
+        """The last agreement's result, waited for up to SYNC_WAIT_S (polls 1-10 ms apart)."""
+        deadline, pause = time.monotonic() + self.SYNC_WAIT_S, 0.001
+        while (agreed := self._poll()) is None:
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"another rank did not take part in the last agreement within "
+                                   f"{self.SYNC_WAIT_S:g} s")
+            time.sleep(pause)
+            pause = min(2 * pause, 0.01)
+        return agreed
+
     def _sync(self) -> None:
         try:
             if self._poll is not None:
-                agreed = self._poll()
-                if agreed is None:
-                    raise TimeoutError("another rank did not take part in the last agreement")
+                agreed = self._wait_for_agreement()
                 self.agreed = agreed
                 cost, plain, own = agreed
                 spare = self.budget * plain - own  # capture time one plain step pays for

@@ -1,6 +1,9 @@
-"""The capture schedules, on simulated step durations (no clock involved)."""
+"""The capture schedules, on simulated step durations (no clock, but for the wait for a slow agreement)."""
 
 from __future__ import annotations
+
+import time
+import warnings
 
 import pytest
 
@@ -137,9 +140,26 @@ def test_synced_schedule_follows_a_change_in_cost_within_1024_steps():
     assert [s for s in captured if 5_120 < s < 5_300] == [s for s in range(5_121, 5_300) if s % 9 == 0]
 
 
-@pytest.mark.parametrize("failure", ["raises", "never answers"])
-def test_synced_schedule_falls_back_to_its_own_when_ranks_cannot_agree(failure):
+def test_a_slow_agreement_is_waited_for_not_taken_for_a_rank_that_stopped(monkeypatch):
+    """Steps of a millisecond finish 8 steps before a slow link's all-reduce: not a failure."""
     from hooks.schedule import SyncedAutoSchedule
+
+    def slow(values):  # completes 20 ms after it was started, whenever that is asked
+        done_at = time.monotonic() + 0.02
+        return lambda: list(values) if time.monotonic() >= done_at else None
+
+    schedule = SyncedAutoSchedule(0.03, slow)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        simulate(schedule, 2_000, 1.0, 3.0)
+    assert schedule.describe()["synchronized"] is True and schedule.period == 100  # 3.0 / (3% of 1.0 s)
+
+
+@pytest.mark.parametrize("failure", ["raises", "never answers"])
+def test_synced_schedule_falls_back_to_its_own_when_ranks_cannot_agree(failure, monkeypatch):
+    from hooks.schedule import SyncedAutoSchedule
+
+    monkeypatch.setattr(SyncedAutoSchedule, "SYNC_WAIT_S", 0.05)
 
     def broken(values):
         raise RuntimeError("Connection closed by peer")
