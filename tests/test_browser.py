@@ -216,6 +216,11 @@ def test_every_page_of_every_demo_run_draws_its_charts(demo_dashboard, demo_runs
                     for box in page.locator('[data-testid="stAlertContentError"]').all():
                         problems.append(f"{where}: error box: {box.inner_text()[:120]}")
                     charts = page.evaluate(_CHARTS_JS)
+                    if any(not c["data"] for c in charts):  # a rerun (the embedding's UMAP map) redrawing it?
+                        page.evaluate("() => { window.__quietSince = undefined; }")
+                        page.wait_for_timeout(1000)
+                        page.wait_for_function(_QUIET_JS, polling=200, timeout=180_000)
+                        charts = page.evaluate(_CHARTS_JS)
                     problems += [f"{where}: empty chart {c['title']!r}" for c in charts if not c["data"]]
                     if name in ("", "distributions", "outputs", "errors", "sample") and not charts:
                         problems.append(f"{where}: no chart at all")
