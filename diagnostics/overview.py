@@ -2,7 +2,7 @@
 module table, the other runs it can overlay and which scalars it draws by default.
 
     run = diagnostics.open_run("runs/exp1")
-    headline(run.manifest, run.status())["steps"]
+    headline(run.manifest, run.status())["last_step"]
     module_table(run.manifest)                # one row per module, parameters with children
     default_scalars(run.scalars())            # the user's own metrics first
 """
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from diagnostics import schema
+from diagnostics import errors, schema
 
 # Scalars the tool records for itself; drawn by default only once they say something.
 TOOL_SCALARS = ("grad_norm", "grad_clipped")
@@ -21,11 +21,31 @@ DEFAULT_PANELS = 4
 
 
 def headline(manifest: dict, status: dict) -> dict:
-    """state, steps (the last step seen or the manifest's count, whichever is larger), task,
-    model and parameters (with thousands separators) of a run."""
-    return {"state": status["state"], "steps": max(status["last_step"], int(manifest.get("steps", 0) or 0)),
+    """state, last step (as the run picker says it; the manifest's count − 1 when no step was
+    read), task, model and parameters (with thousands separators; "—" when not recorded, as
+    for a run written by RunWriter without a model) of a run."""
+    counted = int(manifest.get("steps", 0) or 0)
+    last = status["last_step"] if status["last_step"] >= 0 else counted - 1
+    params = manifest.get("num_parameters")
+    return {"state": status["state"], "last_step": f"{last:,}" if last >= 0 else "—",
             "task": manifest.get("task") or "—", "model": manifest.get("model_class") or "—",
-            "parameters": f"{manifest.get('num_parameters', 0):,}"}
+            "parameters": f"{params:,}" if isinstance(params, int) else "—"}
+
+
+def loss_note(manifest: dict, names) -> str | None:
+    """One sentence when `loss` and `val/loss` (or any `<split>/loss`) of a regression run are
+    different quantities: `loss` is the training criterion per batch, an evaluation's loss the
+    mean squared error per sample (a SmoothL1Loss of 0.2 beside a val/loss of 4.7 is not a
+    20× gap). None for classification (both cross-entropy) or an MSELoss run."""
+    evaluated = sorted(n for n in names if n.endswith("/loss") and not n.startswith(schema.PROBE_PREFIX))
+    loss_fn = manifest.get("loss_fn")
+    if manifest.get("task") != "regression" or not evaluated or loss_fn == "MSELoss":
+        return None
+    unit = errors.target_unit(manifest)
+    squared = f"({unit})²" if unit else "the target's unit squared"
+    trained = f"the training criterion ({loss_fn})" if loss_fn else "the training criterion"
+    return (f"loss is {trained} per batch; {', '.join(evaluated)} is the evaluation's mean squared error "
+            f"per sample, in {squared}: different quantities, so compare each with itself, not with the other.")
 
 
 def module_table(manifest: dict) -> pd.DataFrame:
@@ -75,11 +95,19 @@ def default_scalars(scalars: pd.DataFrame, most: int = DEFAULT_PANELS) -> list[s
     """The other scalars drawn before anyone picks: the user's own (evaluation metrics, the
     training split's end-of-run evaluation after the others), then the gradient norm, and
     grad_clipped only once clipping engaged (NaN under DDP: unknown); never those recorded
-    for the health rules (loss-input probes, loop checks)."""
+    for the health rules (loss-input probes, loop checks), and a series identical to one
+    chosen already (the same metric logged twice: the first name stands for both)."""
     others = other_scalars(scalars)
     values = {n: scalars.loc[scalars["name"] == n, "value"] for n in others}
     own = [n for n in others if n not in (*TOOL_SCALARS, *schema.LOOP_SCALARS)
            and values[n].notna().any() and not n.startswith(schema.PROBE_PREFIX)]
     own.sort(key=lambda n: n.startswith("train/"))
     tool = [n for n in TOOL_SCALARS if n in values and (values[n].fillna(0) != 0).any()]
-    return (own + tool)[:most]
+    chosen, seen = [], set()
+    for n in own + tool:  # a metric logged under two names (val/acc, val/accuracy): one panel
+        series = scalars.loc[scalars["name"] == n, ["step", "rank", "value"]].sort_values(["rank", "step"])
+        key = tuple(map(tuple, series.to_numpy().tolist()))
+        if key not in seen:
+            seen.add(key)
+            chosen.append(n)
+    return chosen[:most]

@@ -16,7 +16,7 @@ _shared.live_refresh(run, version, status["state"])
 head = overview.headline(m, status)
 cols = st.columns([1, 1, 1.5, 1.5, 1])
 cols[0].metric("State", head["state"])
-cols[1].metric("Steps", head["steps"])
+cols[1].metric("Last step", head["last_step"])
 cols[2].metric("Task", head["task"])
 cols[3].metric("Model", head["model"])
 cols[4].metric("Parameters", head["parameters"])
@@ -60,6 +60,9 @@ else:
     st.plotly_chart(figures.runs_scalars_figure(frames, ["loss", *(["lr"] if one_lr else []), *picked], x=x,
                                                 starts=starts, smooth=smooth),
                     width="stretch", key="overview_curves")
+    note = overview.loss_note(m, ["loss", *picked])
+    if note:
+        st.caption(note)
     if lr_names and not one_lr:  # one per parameter group: this run's alone
         st.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
 

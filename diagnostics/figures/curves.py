@@ -129,8 +129,8 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
                    several, legended)
         values = np.concatenate([ys for *_, ys in series])
         finite = values[np.isfinite(values)]
-        if len(finite) and finite.min() == finite.max() and finite[0] != 0:
-            fig.update_yaxes(range=sorted([0.0, 2 * float(finite[0])]), row=row, col=col)
+        if len(finite) and finite.min() == finite.max() and finite[0] != 0:  # one value: ±10% around it
+            fig.update_yaxes(range=sorted([0.9 * float(finite[0]), 1.1 * float(finite[0])]), row=row, col=col)
     fig.update_xaxes(showticklabels=True)  # every panel its steps, not the bottom row alone
     fig.update_xaxes(title_text="step" if x == "step" else f"time since the run started ({unit})", row=rows)
     fig.update_layout(margin=dict(l=40, r=20, t=40, b=40), legend=dict(orientation="h", y=-0.12 - 0.1 / rows),

@@ -158,3 +158,14 @@ def test_small_multiples_say_when_nothing_is_picked_or_drawable(two_runs):
     assert "no finite values" in figures.runs_scalars_figure(two_runs, ["nope"]).layout.annotations[0].text
     with pytest.raises(ValueError, match="x must be"):
         figures.runs_scalars_figure(two_runs, ["loss"], x="wall")
+
+
+def test_a_panel_of_one_value_is_framed_around_it_not_from_zero_to_twice_it():
+    """An end-of-run train/accuracy of 0.9 drew on an axis from 0 to 1.8: an accuracy of 1.8 is
+    not a thing; ±10% around the value keeps it readable and in range."""
+    frames = {"run": _frame([(s, "loss", 1.0 / (s + 1), 0, float(s)) for s in range(5)]
+                            + [(4, "train/accuracy", 0.9, 0, 4.0), (4, "val/loss", -2.0, 0, 4.0)])}
+    fig = figures.runs_scalars_figure(frames, ["loss", "train/accuracy", "val/loss"], smooth=0.0)
+    np.testing.assert_allclose(fig.layout.yaxis2.range, [0.81, 0.99])
+    np.testing.assert_allclose(fig.layout.yaxis3.range, [-2.2, -1.8])
+    assert fig.layout.yaxis.range is None  # a varying panel keeps plotly's own range

@@ -27,10 +27,31 @@ def test_module_table_counts_parameters_with_children():
     assert overview.module_types(MANIFEST)["body.0"] == "Conv2d"
 
 
-def test_headline_takes_the_larger_step_count_and_names_what_is_missing():
+def test_headline_says_the_last_step_as_the_picker_does_and_names_what_is_missing():
     head = overview.headline(MANIFEST, {"state": "finished", "last_step": 5})
-    assert head == {"state": "finished", "steps": 7, "task": "classification", "model": "Net", "parameters": "1,234"}
-    assert overview.headline({}, {"state": "running", "last_step": 9})["task"] == "—"
+    assert head == {"state": "finished", "last_step": "5", "task": "classification", "model": "Net",
+                    "parameters": "1,234"}
+    assert overview.headline(MANIFEST, {"state": "finished", "last_step": -1})["last_step"] == "6"  # 7 steps: 0-6
+    bare = overview.headline({}, {"state": "running", "last_step": 1234})  # a RunWriter run: no model recorded
+    assert bare == {"state": "running", "last_step": "1,234", "task": "—", "model": "—", "parameters": "—"}
+    assert overview.headline({}, {"state": "running", "last_step": -1})["last_step"] == "—"
+
+
+def test_a_metric_logged_under_two_names_gets_one_default_panel():
+    scalars = _scalars({"val/acc": [0.5, 0.7], "val/accuracy": [0.5, 0.7], "val/top5": [0.5, 0.8],
+                        "val/mae": [2.0, 1.0], "val/mae_bpm": [2.0, 1.0]})
+    assert overview.default_scalars(scalars) == ["val/acc", "val/mae", "val/top5"]
+    assert "val/accuracy" in overview.other_scalars(scalars)  # still there to pick: the names are the user's
+
+
+def test_loss_note_says_when_loss_and_val_loss_are_different_quantities():
+    radar = {"task": "regression", "loss_fn": "SmoothL1Loss", "config": {"target": "breaths/min"}}
+    note = overview.loss_note(radar, ["loss", "val/loss", "val/mae"])
+    assert "SmoothL1Loss" in note and "val/loss" in note and "(breaths/min)²" in note and "val/mae" not in note
+    assert overview.loss_note(radar, ["loss", "val/mae"]) is None                  # no evaluation loss drawn
+    assert overview.loss_note({**radar, "loss_fn": "MSELoss"}, ["loss", "val/loss"]) is None  # the same quantity
+    assert overview.loss_note({**radar, "task": "classification"}, ["loss", "val/loss"]) is None
+    assert "the target's unit squared" in overview.loss_note({"task": "regression"}, ["loss", "test/loss"])
 
 
 def _scalars(values: dict[str, list[float]]) -> pd.DataFrame:

@@ -84,7 +84,7 @@ def test_a_refresh_reads_new_data_and_an_unchanged_run_is_not_read_again(monkeyp
     _ok(at)
     assert _loss_steps(at) == list(range(15)) and len(reads) == 2
     assert _toggle(at).value is True
-    assert {m.label: m.value for m in at.metric}["Steps"] == "14"  # the last step
+    assert {m.label: m.value for m in at.metric}["Last step"] == "14"  # the last step
 
 
 def test_the_picker_shows_the_run_finished_after_a_refresh(monkeypatch, live):

@@ -90,3 +90,20 @@ def test_overview_picks_the_users_metrics_by_default_not_the_health_rules_scalar
     picker = next(w for w in at.multiselect if w.label == "Other scalars")
     assert picker.value == ["val/accuracy", "val/loss", "train/accuracy", "train/loss"]
     assert "grad_carried" in picker.options  # still there to pick
+
+
+def test_a_regression_run_says_its_loss_and_val_loss_are_different_quantities(monkeypatch, tmp_path):
+    """The radar demo trains with SmoothL1Loss (0.2 at the end) and evaluates the squared error
+    (val/loss 4.7): side by side they read as a 20× overfitting gap."""
+    labels = np.linspace(10, 30, 12)
+    write_run(tmp_path, "radar", labels, labels + 2.0, np.full(12, 4.0), task="regression",
+              config={"target": "breaths/min"},
+              scalars=[(s, "loss", 1.0 / (s + 1)) for s in range(10)] + [(9, "val/loss", 4.0), (9, "val/mae", 2.0)])
+    at = _open(monkeypatch, tmp_path, "radar")
+    assert "val/loss" in next(w for w in at.multiselect if w.label == "Other scalars").value
+    (note,) = [c.value for c in at.caption if "different quantities" in c.value]
+    assert "val/loss is the evaluation's mean squared error" in note and "(breaths/min)²" in note
+    write_run(tmp_path / "other", "cls", [0, 1], [0, 1], [0.1, 0.2], scalars=[(0, "loss", 1.0), (0, "val/loss", 0.5)])
+    at = _open(monkeypatch, tmp_path / "other", "cls")
+    assert "val/loss" in next(w for w in at.multiselect if w.label == "Other scalars").value
+    assert not [c for c in at.caption if "different quantities" in c.value]  # cross-entropy both
