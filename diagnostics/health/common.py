@@ -20,6 +20,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from diagnostics import schema
+
 SEVERITIES = ("error", "warning", "info")
 
 # Pooled labels needed before a label distribution is trusted (outputs vs labels, baselines).
@@ -57,10 +59,15 @@ class Finding:
     reference: str = ""
 
     def location(self) -> str:
-        """Where, in words: 'layer fc1, steps 0–8', 'step 3', '' when neither is known."""
+        """Where, in words: 'layer fc1, steps 0–8', 'step 3', '' when neither is known; an
+        output stream ('train/class': the outputs and labels of a split, not a layer) reads
+        'train outputs (class)'."""
         steps = ("" if self.step_start is None else f"step {self.step_start}"
                  if self.step_end in (None, self.step_start) else f"steps {self.step_start}–{self.step_end}")
-        return ", ".join(x for x in (f"layer {self.layer}" if self.layer else "", steps) if x)
+        split, _, what = (self.layer or "").partition("/")
+        where = (f"{split} outputs ({what})" if what in schema.OUTPUT_LAYER_KINDS else
+                 f"layer {self.layer}" if self.layer else "")
+        return ", ".join(x for x in (where, steps) if x)
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (numpy numbers become Python numbers, non-finite ones None)."""

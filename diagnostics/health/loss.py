@@ -19,7 +19,6 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics import figures, schema
-from diagnostics.health import charts
 from diagnostics.health.common import Finding, dist, make_finding, scalar
 from diagnostics.health.registry import rule
 
@@ -125,10 +124,26 @@ def _sum_probes(run) -> pd.Series | None:
     return med
 
 
+# The probes of `_sums_chart` in words (the legend): near 0, the loss's inputs are normalised that way.
+_SUM_LABELS = {
+    "prob_sum_dev_class": "|sum over the classes − 1|: probabilities?",
+    "prob_sum_dev_batch": "|sum over the batch − 1|",
+    "logprob_sum_dev_class": "|log-sum-exp over the classes|: log-probabilities?",
+    "logprob_sum_dev_batch": "|log-sum-exp over the batch|",
+}
+
+
 def _sums_chart(run, finding: Finding) -> go.Figure:
-    names = [f"{schema.PROBE_PREFIX}train/{f}" for f in schema.PROBE_FIELDS[:4]]
-    return charts.scalar_lines(run, names, "loss inputs: distance from normalised per dimension (0: normalised)",
-                               log_y=True)
+    """The four normalisation probes of the loss's inputs over the steps, named in words, each
+    in its own dash (two may lie on one another), on a log axis with its title."""
+    names = {f"{schema.PROBE_PREFIX}train/{f}": label for f, label in _SUM_LABELS.items()}
+    scalars = run.scalars(names=list(names))
+    scalars = scalars.assign(name=scalars["name"].map(names))
+    fig = figures.scalar_figure(scalars, list(names.values()),
+                                "loss inputs: how far from normalised (0: normalised)", log_y=True)
+    for trace, dash in zip(fig.data, ("solid", "dash", "dot", "dashdot")):
+        trace.line.dash = dash
+    return fig.update_yaxes(title_text="distance (log)").update_layout(height=max(fig.layout.height or 0, 400))
 
 
 @rule("Softmax or log-softmax over the batch dimension instead of the classes.", severities=("error",),

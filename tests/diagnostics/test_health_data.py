@@ -296,6 +296,16 @@ def test_softmax_before_cross_entropy(tmp_path, digits):
                steps=40)
     found = [f for f in check(run) if f.rule == "softmax_before_cross_entropy"]
     assert len(found) == 1 and found[0].evidence["loss_floor"] == pytest.approx(-math.log(math.e / (math.e + 9)))
+    from diagnostics.health import evidence_figure
+
+    fig = evidence_figure(run, found[0])  # the probes, named in words, each its own dash, the y axis titled
+    lines = {t.name: t for t in fig.data}
+    assert set(lines) == {"|sum over the classes − 1|: probabilities?", "|sum over the batch − 1|",
+                          "|log-sum-exp over the classes|: log-probabilities?", "|log-sum-exp over the batch|"}
+    assert len({t.line.dash for t in fig.data}) == 4 and fig.layout.yaxis.title.text
+    probe = run.scalars(names=["probe/train/prob_sum_dev_class"])
+    np.testing.assert_allclose(lines["|sum over the classes − 1|: probabilities?"].y, probe["value"])
+    assert max(lines["|sum over the classes − 1|: probabilities?"].y) < 1e-4  # they are probabilities
 
 
 def test_probe_against_numpy():

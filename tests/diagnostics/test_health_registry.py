@@ -89,3 +89,5 @@ def test_finding_location_in_words():
     assert f("fc1", 0, 8) == "layer fc1, steps 0–8"
     assert f(None, 3, 3) == "step 3" == f(None, 3, None)
     assert f("fc1", None, None) == "layer fc1" and f(None, None, None) == ""
+    assert f("train/class", 0, 8) == "train outputs (class), steps 0–8"  # a stream, not a layer
+    assert f("val/value", None, None) == "val outputs (value)" and f("block/0", 1, 1) == "layer block/0, step 1"
