@@ -10,7 +10,7 @@ these predictions can reach) and the samples exactly one member gets right.
     import diagnostics
     e = diagnostics.ensemble(["runs/a", "runs/b", "runs/c"], split="val")
     e.phi                       # members x members
-    e.reading()                 # "errors weakly correlated (mean phi 0.21): an ensemble can help"
+    e.reading()                 # "combining helps; errors weakly correlated (mean phi 0.21): ..."
     e.majority_accuracy, e.probability_accuracy, e.oracle_accuracy
 """
 
@@ -37,6 +37,12 @@ from diagnostics.store import Run, open_run
 # variables, above 0.6 "strong"; Kuncheva & Whitaker (2003, Machine Learning 51) find that
 # ensembles gain most from members whose errors correlate least.
 WEAK_PHI, STRONG_PHI = 0.3, 0.6
+# A member at least this far below the best member's accuracy (20 points) is read apart. Wrong
+# almost everywhere the others are right, its wrong indicator is nearly constant next to
+# theirs, so its phi with them sits near 0 whatever they do and would pull the mean phi down
+# (a broken baseline at chance made three members read "weakly correlated" while the two
+# working ones correlate at 0.61); and a vote counts it as much as the best member.
+WEAK_GAP = 0.2
 MIN_MEMBERS = 2
 # A voter's confidence is the probability it gave its own prediction (the `confidence` column).
 TIE_BREAK = "a tie goes to the tied class whose voters are the most confident in sum, then to the lowest class id"
@@ -61,6 +67,9 @@ class Ensemble:
     - `only_one_right`: samples exactly one member gets right: sample_id, label, member,
       confidence (that member's probability of its prediction, the label).
     - `class_names`: the first member's (None when it recorded none).
+    - `weak_members()`: members at least WEAK_GAP below the best; `phi_without_weak()`: the
+      mean phi of the others, which `reading()` explains with (a member wrong almost
+      everywhere has a phi near 0 with anyone, and would drag `mean_phi` down).
     - `warnings`: what makes the ensemble less than like for like, in full sentences.
     """
 
@@ -99,30 +108,79 @@ class Ensemble:
         best = self.best_member[1]
         return {way: None if value is None else value - best for way, value in self.combined().items()}
 
+    def best_combination(self) -> tuple[str, float]:
+        """The better of majority vote and probability average (the vote among equals) and its accuracy."""
+        ways = {w: v for w, v in self.combined().items() if w != "oracle" and v is not None}
+        way = max(ways, key=ways.get)
+        return way, ways[way]
+
+    def weak_members(self) -> tuple[str, ...]:
+        """Members at least WEAK_GAP (20 points) below the best member's accuracy, in member order."""
+        best = self.best_member[1]
+        return tuple(m for m in self.members if best - self.accuracy[m] >= WEAK_GAP - 1e-9)
+
+    def phi_without_weak(self) -> float:
+        """Mean phi over the pairs of members that are not weak (NaN when fewer than two remain,
+        or no pair's phi is defined): the correlation `reading()` explains with."""
+        rest = [m for m in self.members if m not in self.weak_members()]
+        return _mean_phi(self.phi.loc[rest, rest].to_numpy())
+
     def reading(self) -> str:
-        """One sentence on what the mean phi says about combining these members."""
-        phi = self.mean_phi
+        """One sentence: what combining achieves, measured (the better of majority vote and
+        probability average against the best member; no vote can beat it when the oracle does
+        not), then why: the members far below the best (`weak_members`), and how the errors of
+        the others correlate (`phi_without_weak`).
+
+            "combining only matches the best member; base (11.1%) is far below the best member
+            (91.9%): it can drag the vote down, consider dropping it; among the others, errors
+            strongly correlated (phi 0.61): they fail on largely the same samples"
+        """
+        best_accuracy = self.best_member[1]
+        accuracy = self.best_combination()[1]
+        if accuracy > best_accuracy:
+            verdict = "combining helps"
+        elif self.oracle_accuracy <= best_accuracy:
+            verdict = ("no vote can beat the best member: every sample some member gets right, it gets right "
+                       "too")
+        else:
+            verdict = ("combining only matches the best member" if accuracy == best_accuracy else
+                       "combining falls short of the best member")
+        return "; ".join([verdict, *self._why()])
+
+    def _why(self) -> list[str]:
+        weak = self.weak_members()
+        parts = []
+        if weak:
+            one = len(weak) == 1
+            parts.append(f"{', '.join(f'{m} ({self.accuracy[m]:.1%})' for m in weak)} {'is' if one else 'are'} "
+                         f"far below the best member ({self.best_member[1]:.1%}): {'it' if one else 'they'} can "
+                         f"drag the vote down, consider dropping {'it' if one else 'them'}")
+        rest = len(self.members) - len(weak)
+        if rest < 2:
+            return parts
+        phi, among = self.phi_without_weak(), "among the others, " if weak else ""
+        what = "phi" if rest == 2 else "mean phi"
         if not math.isfinite(phi):
-            return ("error correlation undefined: every member is right (or wrong) on every shared sample, "
-                    "so there is nothing an ensemble could change")
-        if phi < WEAK_PHI:
-            return f"errors weakly correlated (mean phi {phi:.2f}): an ensemble can help"
-        if phi < STRONG_PHI:
-            return f"errors moderately correlated (mean phi {phi:.2f}): an ensemble may help a little"
-        return (f"errors strongly correlated (mean phi {phi:.2f}): the members fail on the same samples, "
-                "an ensemble will help little")
+            parts.append(f"{among}error correlation undefined (a member right or wrong on every shared sample)")
+        elif phi < WEAK_PHI:
+            parts.append(f"{among}errors weakly correlated ({what} {phi:.2f}): they fail on different samples")
+        elif phi < STRONG_PHI:
+            parts.append(f"{among}errors moderately correlated ({what} {phi:.2f}): they share part of their "
+                         "failures")
+        else:
+            parts.append(f"{among}errors strongly correlated ({what} {phi:.2f}): they fail on largely the same "
+                         "samples")
+        return parts
 
     def outcome(self) -> str:
         """One sentence on what combining did here, measured: the better of majority vote and
-        probability average against the best member (the phi reading says what to expect; a
-        weak member can still drag a vote below the best member)."""
+        probability average against the best member, and the oracle (the ceiling)."""
         best, best_accuracy = self.best_member
-        ways = {w: v for w, v in self.combined().items() if w != "oracle" and v is not None}
-        way = max(ways, key=ways.get)
-        points = 100 * (ways[way] - best_accuracy)
+        way, accuracy = self.best_combination()
+        points = 100 * (accuracy - best_accuracy)
         verb = "beats" if points > 0 else "matches" if points == 0 else "falls short of"
         by = "" if points == 0 else f", by {abs(points):.1f} points"
-        return (f"measured: the {way} ({ways[way]:.1%}) {verb} the best member, {best} ({best_accuracy:.1%})"
+        return (f"measured: the {way} ({accuracy:.1%}) {verb} the best member, {best} ({best_accuracy:.1%})"
                 f"{by}; any member right (the oracle): {self.oracle_accuracy:.1%}")
 
     def only_one_right_named(self, class_names: Sequence[str] | None = None) -> pd.DataFrame:
@@ -138,7 +196,8 @@ class Ensemble:
             "accuracy": {m: _finite(a) for m, a in self.accuracy.items()},
             "best_member": self.best_member[0],
             "phi": json.loads(self.phi.to_json(orient="index")), "phi_notes": list(self.phi_notes),
-            "mean_phi": _finite(self.mean_phi), "reading": self.reading(), "outcome": self.outcome(),
+            "mean_phi": _finite(self.mean_phi), "weak_members": list(self.weak_members()),
+            "phi_without_weak": _finite(self.phi_without_weak()), "reading": self.reading(), "outcome": self.outcome(),
             "majority_accuracy": _finite(self.majority_accuracy), "majority_ties": self.majority_ties,
             "tie_break": TIE_BREAK, "probability_accuracy": _finite(self.probability_accuracy),
             "probability_note": self.probability_note, "oracle_accuracy": _finite(self.oracle_accuracy),
@@ -295,8 +354,7 @@ def _combine(frames: list[pd.DataFrame], names: tuple[str, ...], paths: tuple[st
     phi_notes = tuple(f"{name} is {'right' if right[:, i].all() else 'wrong'} on every shared sample: the "
                       "correlation of its errors with another member's is undefined (shown empty)"
                       for i, name in enumerate(names) if right[:, i].all() or not right[:, i].any())
-    upper = phi[np.triu_indices(len(names), k=1)]
-    mean_phi = float(np.mean(upper[np.isfinite(upper)])) if np.isfinite(upper).any() else math.nan
+    mean_phi = _mean_phi(phi)
     vote, tied = majority_vote(preds, conf)
     average, probability_note = _probability_average(frames, names)
     n_right = right.sum(axis=1)
@@ -316,6 +374,12 @@ def _combine(frames: list[pd.DataFrame], names: tuple[str, ...], paths: tuple[st
         probability_accuracy=None if average is None else float(np.mean(average == label)),
         probability_note=probability_note, oracle_accuracy=float(right.any(axis=1).mean()), correct=correct,
         only_one_right=only.drop(columns="order").reset_index(drop=True), warnings=notes)
+
+
+def _mean_phi(phi: np.ndarray) -> float:
+    """The mean over the pairs (upper triangle) where phi is defined; NaN where none is."""
+    upper = phi[np.triu_indices(len(phi), k=1)]
+    return float(np.mean(upper[np.isfinite(upper)])) if np.isfinite(upper).any() else math.nan
 
 
 def _finite(value: float | None) -> float | None:

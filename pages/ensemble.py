@@ -8,7 +8,7 @@ import streamlit as st
 
 import diagnostics
 from diagnostics import figures, paging
-from diagnostics.ensemble import MIN_MEMBERS, TIE_BREAK, WEAK_PHI
+from diagnostics.ensemble import MIN_MEMBERS, TIE_BREAK
 from pages import _shared
 
 MOST_MEMBERS = 8
@@ -91,8 +91,9 @@ else:
 cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", **against_best("oracle"),
                help="a sample counts when any member gets it right: the most a combination of these predictions "
                     "can reach")
-helps = e.mean_phi < WEAK_PHI and max(v for w, v in gain.items() if w != "oracle" and v is not None) > 0
-(st.success if helps else st.info)(f"{e.reading()[0].upper()}{e.reading()[1:]}; {e.outcome()}.")
+reading, outcome = e.reading(), e.outcome()
+(st.success if e.best_combination()[1] > best_accuracy else st.info)(
+    f"{reading[0].upper()}{reading[1:]}. {outcome[0].upper()}{outcome[1:]}.")
 
 # -- charts -------------------------------------------------------------------------------
 chart_left, chart_right = st.columns(2)

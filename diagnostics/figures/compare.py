@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
-from diagnostics.figures.common import GREY, MARGIN, WEBGL_POINTS, empty_figure
+from diagnostics.figures.common import GREY, MARGIN, WEBGL_POINTS, empty_figure, log_ticks
 
 _CHANGE_COLORS = {"fixed": "#2ca02c", "improved": "#2ca02c", "broken": "#d62728", "worsened": "#d62728",
                   "still_wrong": "#ff7f0e", "still_right": "#c7c7c7", "same": "#c7c7c7"}
@@ -43,7 +43,9 @@ def class_delta_figure(per_class: pd.DataFrame) -> go.Figure:
 def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> go.Figure:
     """One point per shared sample: its loss in A (x) against B (y), or its |error| for
     regression, coloured by change. Below the diagonal, B does better on that sample. Log axes
-    when every value is positive (cross-entropy spans decades).
+    when every value is positive (cross-entropy spans decades), ticked by `log_ticks`. Both axes
+    share one range, padded so that points at an end (a run whose losses all sit at one value)
+    are drawn whole, not pressed against the frame.
 
         loss_scatter_figure(c.samples, c.task)
     """
@@ -79,7 +81,7 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
             marker=dict(color=_CHANGE_COLORS.get(change, GREY), size=6,
                         opacity=0.5 if change in ("still_right", "same") else 0.85),
             hovertemplate=f"%{{customdata}}<br>{what} A %{{x:.3g}}<br>{what} B %{{y:.3g}}<extra>{change}</extra>"))
-    axis = dict(type="log", exponentformat="power") if log else {}
+    axis = _axis(np.concatenate([x[finite], y[finite]]), log)
     fig.update_xaxes(title_text=f"{what} in A", **axis)
     fig.update_yaxes(title_text=f"{what} in B", **axis)
     fig.update_layout(title=f"per-sample {what}, A vs B (below the diagonal: B does better)", height=420,
@@ -88,3 +90,14 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
         fig.add_annotation(text=f"{what} of exactly 0 drawn at {floor:.1e}", xref="paper", yref="paper", x=0.0,
                            y=1.0, xanchor="left", yanchor="top", showarrow=False, font=dict(size=11))
     return fig
+
+
+def _axis(drawn: np.ndarray, log: bool) -> dict:
+    """One axis's settings for both axes of the scatter: log_ticks's ticks and padded range on
+    a log axis (plotly's own crowd minor labels in mixed sizes), 5% of the span either side on a
+    linear one (a span of 0: 5% of the value's size, at least 0.05)."""
+    if log:
+        return dict(type="log", **log_ticks(drawn))
+    lo, hi = float(drawn.min()), float(drawn.max())
+    pad = 0.05 * (hi - lo) or 0.05 * max(abs(hi), 1.0)
+    return dict(range=[lo - pad, hi + pad])

@@ -350,6 +350,37 @@ def test_loss_scatter_keeps_log_axes_when_some_losses_are_exactly_zero():
     assert samples["loss_a"].iloc[0] == 0.0  # the caller's frame is left as it was
 
 
+def test_loss_scatter_ticks_whole_decades_and_pads_a_run_stuck_at_one_loss():
+    """The broken baseline's losses all sit at ~2.3: its points form a vertical line at the
+    right end, which the padded range keeps whole; the ticks are log_ticks's (no minor labels
+    "2 5 10⁻² 2 5" in mixed sizes), the same on both axes."""
+    import numpy as np
+    import pandas as pd
+
+    from diagnostics.figures.common import log_ticks
+    from diagnostics.figures.compare import loss_scatter_figure
+
+    loss_a = np.array([2.302, 2.31, 2.316, 2.305])
+    loss_b = np.array([0.006, 0.011, 0.4, 3.1])
+    samples = pd.DataFrame({"sample_id": list("abcd"), "loss_a": loss_a, "loss_b": loss_b,
+                            "change": ["fixed", "fixed", "fixed", "still_wrong"]})
+    fig = loss_scatter_figure(samples)
+    for axis in (fig.layout.xaxis, fig.layout.yaxis):
+        assert axis.type == "log"
+        assert list(axis.tickvals) == [0.01, 0.1, 1.0] and list(axis.ticktext) == ["0.01", "0.1", "1"]
+        assert list(axis.tickvals) == log_ticks(np.concatenate([loss_a, loss_b]))["tickvals"]
+        lo, hi = axis.range
+        # every point inside, at least 0.1 decade (a few marker widths) from either end
+        assert lo < np.log10(0.006) - 0.1 and hi > np.log10(3.1) + 0.1
+    linear = loss_scatter_figure(samples.assign(loss_a=[2.3] * 4, loss_b=[-0.5, 0.0, 1.0, 2.0]))
+    assert linear.layout.xaxis.type != "log"
+    lo, hi = linear.layout.xaxis.range
+    assert lo < -0.5 - 0.1 and hi > 2.3 + 0.1  # 5% of the span, 0.14, either side
+    flat = loss_scatter_figure(samples.assign(loss_a=[-1.0] * 4, loss_b=[-1.0] * 4))
+    lo, hi = flat.layout.yaxis.range
+    assert lo < -1.0 < hi  # a span of 0 still gets a range around its one value
+
+
 def test_changed_lists_fixed_then_broken_with_class_names(pair):
     c = compare(*pair)
     assert c.outcomes == ("fixed", "broken")

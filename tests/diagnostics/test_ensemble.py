@@ -7,6 +7,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pyarrow as pa
@@ -97,11 +98,76 @@ def test_numbers_match_hand_counts(trio):
     assert by_id.loc[["s7", "s8", "s9"], "majority"].tolist() == [2, 1, 1]
     assert e.warnings == () and e.phi_notes == ()
     assert e.gain() == pytest.approx({"majority vote": 0.2, "probability average": 0.1, "oracle": 0.3})
-    assert e.reading() == "errors weakly correlated (mean phi 0.03): an ensemble can help"
+    assert e.weak_members() == () and e.phi_without_weak() == pytest.approx(1 / 36)
+    assert e.reading() == ("combining helps; errors weakly correlated (mean phi 0.03): they fail on different "
+                           "samples")
     best = e.best_member[0]
     assert e.accuracy[best] == pytest.approx(0.6)
     assert e.outcome() == (f"measured: the majority vote (80.0%) beats the best member, {best} (60.0%), by 20.0 "
                            "points; any member right (the oracle): 90.0%")
+
+
+# Two working members whose errors overlap and a broken one, as the digits demo's baseline (its
+# phi with the others near 0 or below made the mean read "weakly correlated, can help").
+# Ten samples, labels LABELS. Wrong: good {s0, s1}, fair {s0, s1, s2}, broken everywhere but s0
+# (it predicts label + 1 mod 3, the right 0 on s0). Accuracy 0.8, 0.7, 0.1; oracle 0.9 (s1 all
+# wrong). phi(good, fair): both wrong 2, good only 0, fair only 1, neither 7:
+# (2*7 - 0)/sqrt(2*8*3*7) = 14/sqrt(336) = 0.764. phi(good, broken): 1, 1, 8, 0: -8/sqrt(2*8*9*1)
+# = -2/3; phi(fair, broken): 2, 1, 7, 0: -7/sqrt(3*7*9*1) = -0.509. Mean -0.137: "weak".
+# Vote (all confidences 0.8): s0 1,1,0 -> 1 wrong; s1 1,1,1 wrong; s2 0,1,1 -> 1 wrong; s3-s8 two
+# right against broken; s9 0,0,1 right: 0.7. Probability average: the same three wrong, 0.7.
+GOOD = [1, 1] + LABELS[2:]
+FAIR = [1, 1, 1] + LABELS[3:]
+BROKEN = [0] + [(label + 1) % 3 for label in LABELS[1:]]
+
+
+def test_reading_sets_a_broken_member_apart_and_reads_the_others(tmp_path):
+    e = ensemble([write_member(tmp_path, n, LABELS, p) for n, p in (("good", GOOD), ("fair", FAIR),
+                                                                    ("broken", BROKEN))])
+    assert e.accuracy == pytest.approx({"good": 0.8, "fair": 0.7, "broken": 0.1}) and e.oracle_accuracy == 0.9
+    assert e.phi.loc["good", "fair"] == pytest.approx(14 / math.sqrt(336))
+    assert e.phi.loc["good", "broken"] == pytest.approx(-2 / 3)
+    assert e.phi.loc["fair", "broken"] == pytest.approx(-7 / math.sqrt(189))
+    assert e.mean_phi == pytest.approx((14 / math.sqrt(336) - 2 / 3 - 7 / math.sqrt(189)) / 3)  # -0.137
+    assert e.majority_accuracy == pytest.approx(0.7) and e.probability_accuracy == pytest.approx(0.7)
+    assert e.weak_members() == ("broken",)  # 70 points below; fair, 10 below, is not
+    assert e.phi_without_weak() == pytest.approx(14 / math.sqrt(336))
+    assert e.reading() == (
+        "combining falls short of the best member; broken (10.0%) is far below the best member (80.0%): it can "
+        "drag the vote down, consider dropping it; among the others, errors strongly correlated (phi 0.76): "
+        "they fail on largely the same samples")
+    assert e.outcome().startswith("measured: the majority vote (70.0%) falls short of the best member, good")
+    d = e.to_dict()
+    assert d["weak_members"] == ["broken"] and d["phi_without_weak"] == pytest.approx(0.764, abs=1e-3)
+
+
+def test_reading_of_two_members_without_room_and_of_a_good_one_with_a_broken_one(tmp_path):
+    good, fair = write_member(tmp_path, "good", LABELS, GOOD), write_member(tmp_path, "fair", LABELS, FAIR)
+    # fair is wrong wherever good is: the oracle is good's 0.8. The vote ties on s2 (0 and 1 at
+    # 0.8 each) and goes to the lower class, 0, right: 0.8 as well.
+    e = ensemble([good, fair])
+    assert e.oracle_accuracy == pytest.approx(0.8) and e.majority_accuracy == pytest.approx(0.8)
+    assert e.reading() == (
+        "no vote can beat the best member: every sample some member gets right, it gets right too; errors "
+        "strongly correlated (phi 0.76): they fail on largely the same samples")
+    # good and broken: the vote ties everywhere but s1 (both 1, wrong) and goes to the lower class:
+    # right on s0 (0), s2 (0 vs 1), s3-s5 (1 vs 2), s9 (0 vs 1); wrong on s6-s8 (0 vs good's 2): 0.6.
+    # No correlation is read: one member is left beside the broken one.
+    e = ensemble([good, write_member(tmp_path, "broken", LABELS, BROKEN)])
+    assert e.oracle_accuracy == pytest.approx(0.9) and e.majority_accuracy == pytest.approx(0.6)
+    assert e.reading() == ("combining falls short of the best member; broken (10.0%) is far below the best member "
+                           "(80.0%): it can drag the vote down, consider dropping it")
+    assert math.isnan(e.phi_without_weak())
+
+
+def test_weak_means_at_least_20_points_below_the_best(trio):
+    e = ensemble(trio)
+    at = replace(e, accuracy={"a": 0.8, "b": 0.6, "c": 0.61})
+    assert at.weak_members() == ("b",)  # exactly 20 points below counts; 19 does not
+    both = replace(e, accuracy={"a": 0.9, "b": 0.3, "c": 0.1})
+    assert both.weak_members() == ("b", "c") and math.isnan(both.phi_without_weak())
+    assert "b (30.0%), c (10.0%) are far below the best member (90.0%): they can drag the vote down, consider " \
+           "dropping them" in both.reading()
 
 
 def test_phi_is_the_correlation_of_the_wrong_indicators(trio):
@@ -123,7 +189,9 @@ def test_a_member_always_right_has_no_phi_and_says_why(tmp_path, trio):
     assert e.oracle_accuracy == 1.0 and e.best_member == ("perfect", 1.0)
     assert json.loads(json.dumps(e.to_dict(), allow_nan=False))["phi"]["perfect"]["a"] is None
     only = ensemble([perfect, write_member(tmp_path, "same", LABELS, LABELS)])
-    assert math.isnan(only.mean_phi) and "undefined" in only.reading()
+    assert math.isnan(only.mean_phi) and only.reading() == (
+        "no vote can beat the best member: every sample some member gets right, it gets right too; error "
+        "correlation undefined (a member right or wrong on every shared sample)")
 
 
 def test_ties_go_to_the_most_confident_voters_then_the_lowest_class():
@@ -250,7 +318,7 @@ def test_cli_prints_the_ensemble_as_text_and_json(tmp_path, trio):
     assert "  majority vote                  80.0%  (2 tied; a tie goes to " in text.stdout
     assert "  oracle (any member right)      90.0%" in text.stdout
     assert "  probability average            70.0%" in text.stdout
-    assert "errors weakly correlated (mean phi 0.03): an ensemble can help" in lines
+    assert "combining helps; errors weakly correlated (mean phi 0.03): they fail on different samples" in lines
     assert "samples only one member gets right: 2 (a 1, b 1, c 0)" in lines
     assert any(line.split() == ["s7", "eel", "a", "0.9"] for line in lines)  # class names, not indices
     out = _cli(*map(str, trio), "--json", "--limit", "0")

@@ -9,7 +9,7 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 from diagnostics.store import RunWriter
-from tests.diagnostics.test_ensemble import LABELS, PRED, confidences, write_member
+from tests.diagnostics.test_ensemble import BROKEN, FAIR, GOOD, LABELS, PRED, confidences, write_member
 from tests.pages._app import open_app, plotly_charts
 
 PAGE = "pages/ensemble.py"
@@ -44,8 +44,9 @@ def test_page_combines_the_sidebar_run_with_the_runs_on_the_same_data(monkeypatc
     assert metrics["Probability average"] == ("70.0%", "+10.0 points")
     assert metrics["Oracle"] == ("90.0%", "+30.0 points")
     assert [s.value for s in at.success] == [
-        "Errors weakly correlated (mean phi 0.03): an ensemble can help; measured: the majority vote (80.0%) "
-        "beats the best member, a (60.0%), by 20.0 points; any member right (the oracle): 90.0%."]
+        "Combining helps; errors weakly correlated (mean phi 0.03): they fail on different samples. Measured: the "
+        "majority vote (80.0%) beats the best member, a (60.0%), by 20.0 points; any member right (the oracle): "
+        "90.0%."]
     charts = plotly_charts(at)
     assert len(charts) == 2
     heat = next(c for c in charts if c["data"][0]["type"] == "heatmap")
@@ -55,6 +56,19 @@ def test_page_combines_the_sidebar_run_with_the_runs_on_the_same_data(monkeypatc
     assert table["sample_id"].tolist() == ["s7", "s8"] and table["member"].tolist() == ["a", "b"]
     assert table["label"].tolist() == ["eel", "eel"]  # class names, not indices
     assert at.button(key="ensemble_open").disabled  # nothing selected
+
+
+def test_a_broken_member_is_named_and_the_verdict_follows_the_measured_accuracy(monkeypatch, tmp_path):
+    for name, predictions in (("broken", BROKEN), ("good", GOOD), ("fair", FAIR)):
+        write_member(tmp_path, name, LABELS, predictions)
+    at = _open(monkeypatch, tmp_path, "broken")
+    assert sorted(at.multiselect(key="ensemble_members_broken").value) == ["broken", "fair", "good"]
+    assert not at.success  # the vote (70%) falls short of good (80%): no green box, whatever the mean phi (-0.14)
+    assert [i.value for i in at.info] == [
+        "Combining falls short of the best member; broken (10.0%) is far below the best member (80.0%): it can "
+        "drag the vote down, consider dropping it; among the others, errors strongly correlated (phi 0.76): they "
+        "fail on largely the same samples. Measured: the majority vote (70.0%) falls short of the best member, "
+        "good (80.0%), by 10.0 points; any member right (the oracle): 90.0%."]
 
 
 def test_fewer_members_change_the_numbers(monkeypatch, folder):
