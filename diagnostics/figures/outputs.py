@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from diagnostics import histograms
 from diagnostics.figures.common import GREY, RED, empty_figure
 
 
@@ -33,12 +34,15 @@ def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,
 
 
 def value_distribution_figure(output_row: pd.Series, label_row: pd.Series, title: str = "") -> go.Figure:
-    """The model's output values overlaid on the labels' (same bins, recorded together)."""
+    """The model's output values overlaid on the labels', both moved onto one grid of bins
+    spanning the two (each was recorded over its own range: bars on their own edges made a
+    picket fence whose heights could not be compared)."""
     fig = go.Figure()
-    for row, name, color in ((label_row, "labels", GREY), (output_row, "outputs", RED)):
-        counts = np.asarray(row["hist_counts"], dtype=float)
-        edges = np.linspace(row["hist_min"], row["hist_max"], len(counts) + 1)
-        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=counts / max(counts.sum(), 1), width=np.diff(edges),
+    rows = pd.DataFrame([label_row, output_row])
+    bins = max(len(label_row["hist_counts"]), len(output_row["hist_counts"]), 1)
+    edges, shares = histograms.common_grid(rows, bins=bins)
+    for share, name, color in ((shares[0], "labels", GREY), (shares[1], "outputs", RED)):
+        fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=share, width=np.diff(edges),
                     name=name, marker_color=color, opacity=0.55)
     fig.update_layout(barmode="overlay", title=title or "output vs label values", xaxis_title="value",
                       yaxis_title="share of samples", height=360, margin=dict(l=40, r=20, t=50, b=40),

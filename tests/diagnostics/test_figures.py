@@ -111,3 +111,17 @@ def test_a_log_scalar_axis_within_one_decade_gets_distinct_explicit_ticks():
     wide = figures.scalar_figure(s.assign(value=s["value"] * [1, 10, 100, 1e3, 1e4, 1e5]), ["grad_norm"], "g",
                                  log_y=True).layout.yaxis
     assert len(set(wide.ticktext)) == len(wide.ticktext) and wide.ticktext[0] != wide.ticktext[-1]
+
+
+def test_output_and_label_values_share_one_grid_of_bins():
+    """Labels recorded over [0, 10] and outputs over [5, 15], 10 bins each, uniform: on one
+    grid of 10 bins over [0, 15] (1.5 wide) by hand, labels 0.15 a bin up to 9, then 0.1 in
+    [9, 10.5]; outputs 0.1 in [4.5, 6], then 0.15 a bin."""
+    row = lambda lo, hi: pd.Series({"hist_counts": [1] * 10, "hist_min": lo, "hist_max": hi, "min": lo, "max": hi})
+    fig = figures.value_distribution_figure(row(5.0, 15.0), row(0.0, 10.0))
+    labels, outputs = fig.data
+    assert (labels.name, outputs.name) == ("labels", "outputs")
+    np.testing.assert_allclose(labels.x, outputs.x)
+    np.testing.assert_allclose(labels.x, np.arange(0.75, 15, 1.5))
+    np.testing.assert_allclose(labels.y, [0.15] * 6 + [0.1, 0, 0, 0], atol=1e-12)
+    np.testing.assert_allclose(outputs.y, [0, 0, 0, 0.1] + [0.15] * 6, atol=1e-12)
