@@ -111,3 +111,28 @@ def test_a_log_scalar_axis_within_one_decade_gets_distinct_explicit_ticks():
     wide = figures.scalar_figure(s.assign(value=s["value"] * [1, 10, 100, 1e3, 1e4, 1e5]), ["grad_norm"], "g",
                                  log_y=True).layout.yaxis
     assert len(set(wide.ticktext)) == len(wide.ticktext) and wide.ticktext[0] != wide.ticktext[-1]
+
+
+def test_data_map_names_its_regions_in_the_legend_not_over_the_points():
+    from diagnostics.dynamics import data_map
+
+    rng = np.random.default_rng(0)
+    n = 90
+    dyn = pd.DataFrame({"sample_id": [str(i) for i in range(n)], "n_records": 5, "label": 0.0,
+                        "confidence": rng.uniform(size=n), "variability": rng.uniform(0, 0.4, n),
+                        "correct_frac": rng.uniform(size=n), "mean_abs_residual": np.nan})
+    found = data_map(dyn, "classification")
+    fig = figures.data_map_figure(dyn, found.regions, found.thresholds)
+    keys = [t.name for t in fig.data if t.showlegend is not False]
+    assert keys == [f"{r} ({found.counts[r]})" for r in ("easy", "ambiguous", "hard-to-learn")]
+    assert fig.layout.legend.y < 0  # below the plot, outside the data area
+    assert not fig.layout.annotations  # no names drawn at fixed places inside it
+    points = [t for t in fig.data if t.showlegend is False]
+    assert sum(len(t.x) for t in points) == n and all(t.marker.coloraxis == "coloraxis" for t in points)
+    # the borders of the regions: the variability threshold, and the confidence one left of it
+    lines = fig.layout.shapes
+    assert any(s.x0 == s.x1 == found.thresholds[1] for s in lines)
+    assert any(s.y0 == s.y1 == found.thresholds[0] and s.x1 == found.thresholds[1] for s in lines)
+    # without regions (the health page's evidence before): one trace, no legend keys
+    plain = figures.data_map_figure(dyn)
+    assert len(plain.data) == 1 and len(plain.data[0].x) == n and not plain.layout.annotations
