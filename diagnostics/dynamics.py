@@ -41,6 +41,13 @@ target stays far from the prediction after the model has fitted the rest. The re
 data map plots `mean_abs_residual` against `residual_std` (`residual_map_regions`): easy
 = small and stable error, ambiguous = variable, hard-to-learn = large and stable.
 
+Two checks frame what a data map page shows. `learning_check` says whether the model
+learned beyond chance at all (mean late probability of the label and late accuracy near
+the largest class share): if not, every sample sits where the untrained model puts it and
+the regions and scores describe the model, not the labels. `suspicious` picks the
+label-error shortlist: a positive score (regression: a score above the hard-to-learn
+error threshold), of which a page shows the best-scored few.
+
 Example::
 
     import diagnostics
@@ -64,7 +71,7 @@ from diagnostics.paging import PAGE_SIZE, Page, id_matches, page_span
 DYNAMICS_COLUMNS = (
     "sample_id", "split", "n_records", "label", "prediction", "confidence", "variability", "correct_frac",
     "aum", "mean_loss", "mean_abs_residual", "abs_residual_std", "residual_std", "label_error_score",
-    "late_wrong_frac", "late_margin",
+    "late_wrong_frac", "late_margin", "late_confidence", "late_correct_frac",
 )
 REGIONS = ("easy", "ambiguous", "hard-to-learn")
 
@@ -75,6 +82,18 @@ LATE_FRACTION = 1 / 3
 # deviation of a [0, 1]-valued series, in [0, 0.5].
 CONFIDENCE_THRESHOLD = 0.5
 VARIABILITY_THRESHOLD = 0.25
+
+# "Near chance" (see `learning_check`): below both twice the chance level and a fifth of
+# the way from chance to 1 (the ratio alone would flag every binary run, the gap alone a
+# 100-class run at 20%). On the demo's digits runs with softmax before CrossEntropyLoss,
+# the mean late probability of the label was 0.101 and 0.154 (chance 0.108, bar 0.216);
+# on its learned runs (digits, OCT) 0.68 to 0.97.
+NEAR_CHANCE_RATIO = 2.0
+NEAR_CHANCE_GAP = 0.2
+
+# The label-error shortlist takes samples whose score is above this (classification: the
+# given label lost to another class on late-weighted average); see `suspicious`.
+SUSPECT_SCORE = 0.0
 
 _KEYS = ["split", "sample_id"]
 
@@ -134,7 +153,7 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
     classification = out["aum"].notna()
     out["label_error_score"] = np.where(classification, -late_margin, late_residual)
     out.loc[classification, ["mean_abs_residual", "abs_residual_std", "residual_std"]] = np.nan
-    out[["late_wrong_frac", "late_margin"]] = late_columns(rec).reindex(out.index)
+    out = out.join(late_columns(rec))
     out = out.reset_index().sort_values(["label_error_score", *_KEYS], ascending=[False, True, True],
                                         na_position="last", kind="stable")
     out["n_records"] = out["n_records"].astype(np.int64)
@@ -143,20 +162,25 @@ def sample_dynamics(records: pd.DataFrame) -> pd.DataFrame:
 
 def late_columns(rec: pd.DataFrame) -> pd.DataFrame:
     """`late_wrong_frac` (share of the sample's late records whose margin is negative: the
-    given label lost) and `late_margin` (their median margin, in logits), indexed by
-    (split, sample_id). Late: the last `LATE_FRACTION` of the split's recorded step range.
-    They tell a mislabeled sample (wrong to the end, another class confidently ahead: a
-    very negative late margin) from a hard one (learned late, then right; or still wrong
-    but with the classes close). NaN for samples without late margins (regression)."""
+    given label lost), `late_margin` (their median margin, in logits), `late_confidence`
+    (their mean probability of the label) and `late_correct_frac` (the share predicted
+    right), indexed by (split, sample_id). Late: the last `LATE_FRACTION` of the split's
+    recorded step range. The first two tell a mislabeled sample (wrong to the end, another
+    class confidently ahead: a very negative late margin) from a hard one (learned late,
+    then right; or still wrong but with the classes close); the last two, averaged over the
+    samples, whether the model learned at all (`learning_check`). NaN for samples without
+    late margins (regression)."""
+    names = ["late_wrong_frac", "late_margin", "late_confidence", "late_correct_frac"]
     rec = rec[rec["margin"].notna()]
     if rec.empty:
-        return pd.DataFrame(columns=["late_wrong_frac", "late_margin"], dtype=np.float64,
+        return pd.DataFrame(columns=names, dtype=np.float64,
                             index=pd.MultiIndex.from_arrays([[], []], names=_KEYS))
     lo = rec.groupby("split")["step"].transform("min")
     hi = rec.groupby("split")["step"].transform("max")
     late = rec[rec["step"] >= hi - (hi - lo) * LATE_FRACTION]
     g = late.assign(wrong=(late["margin"] < 0).astype(np.float64)).groupby(_KEYS, sort=False)
-    return pd.DataFrame({"late_wrong_frac": g["wrong"].mean(), "late_margin": g["margin"].median()})
+    return pd.DataFrame({"late_wrong_frac": g["wrong"].mean(), "late_margin": g["margin"].median(),
+                         "late_confidence": g["confidence"].mean(), "late_correct_frac": g["correct"].mean()})
 
 
 def share_thresholds(dynamics: pd.DataFrame) -> tuple[float, float]:
@@ -273,30 +297,117 @@ def data_map(dynamics: pd.DataFrame, task: str | None = None) -> DataMap:
                    int(median) if median == median else 0)
 
 
+@dataclass(frozen=True)
+class LearningCheck:
+    """Whether a classification run learned, from its late records (`learning_check`):
+    the mean probability of the label and the accuracy over them, the chance level (the
+    largest class share: what always answering the commonest class scores, 1/K for K
+    balanced classes), the bar below which a number counts as near chance, and the number
+    of classes. `learned` is False when the label probability stays near chance."""
+
+    label_probability: float
+    accuracy: float
+    chance: float
+    bar: float
+    num_classes: int
+
+    @property
+    def learned(self) -> bool:
+        return self.label_probability >= self.bar
+
+    @property
+    def accuracy_near_chance(self) -> bool:
+        return self.accuracy < self.bar
+
+    def summary(self) -> str:
+        """What a page says when the run has not learned (Markdown), with the numbers."""
+        numbers = (f"Over the last third of training it gave the label a mean probability of "
+                   f"{self.label_probability:.3f} against {self.chance:.3f} by chance (the commonest class's share; "
+                   f"1/{self.num_classes} = {1 / self.num_classes:.3f}; near chance: below {self.bar:.3f})")
+        if self.accuracy_near_chance:
+            head = "The model has not learned."
+            numbers += f" and got {self.accuracy:.1%} of the training samples right."
+        else:
+            head = "The model's probabilities have not learned."
+            numbers += (f", though it ranked the label first for {self.accuracy:.1%} of the training samples: its "
+                        "outputs stay nearly flat (softmax applied before the loss? too much label smoothing?).")
+        return (f"**{head}** {numbers} The map's regions therefore describe the model, not the data, and no "
+                "sample is listed as a label error. Fix the training first: the Health page says what went wrong.")
+
+
+def learning_check(dynamics: pd.DataFrame, num_classes: int | None = None) -> LearningCheck | None:
+    """Has the model learned to give the label more than chance? Judged on the late records
+    (the last `LATE_FRACTION` of the recorded steps: `late_confidence` and
+    `late_correct_frac` averaged over samples) against chance, the largest class share:
+    near chance is below min(`NEAR_CHANCE_RATIO` × chance, chance + `NEAR_CHANCE_GAP` ×
+    (1 − chance)). A run whose label probability stays near chance places every sample by
+    the model's state, not the data: its data map regions and label-error ranking say
+    nothing about the labels. Its accuracy tells a model that learned nothing (near chance
+    too) from one that ranks the label first but keeps its probabilities flat (softmax
+    applied twice, say). None without late classification records or with one class.
+
+        check = learning_check(run.sample_dynamics("train"), run.manifest.get("num_classes"))
+        check.learned, check.label_probability, check.chance     # False, 0.101, 0.108
+    """
+    late = dynamics.dropna(subset=["late_confidence", "late_correct_frac", "label"]) if len(dynamics) else dynamics
+    classes = max(int(num_classes or 0), late["label"].nunique()) if len(late) else 0
+    if classes < 2:
+        return None
+    chance = float(late["label"].value_counts(normalize=True).max())
+    bar = min(NEAR_CHANCE_RATIO * chance, chance + NEAR_CHANCE_GAP * (1 - chance))
+    return LearningCheck(float(late["late_confidence"].mean()), float(late["late_correct_frac"].mean()), chance,
+                         bar, classes)
+
+
+def suspicious(dynamics: pd.DataFrame, data_map: DataMap) -> pd.Series:
+    """Which samples the label-error shortlist holds (boolean, aligned with `dynamics`):
+    classification, a `label_error_score` above `SUSPECT_SCORE` (0: the given label lost to
+    another class on late-weighted average over training); regression, a score (the
+    late-weighted mean |residual|) above the map's hard-to-learn error threshold.
+
+        d[suspicious(d, data_map(d))].head(50)
+    """
+    cut = data_map.thresholds[0] if data_map.regression else SUSPECT_SCORE
+    return (dynamics["label_error_score"] > cut).rename("suspicious")
+
+
 def label_error_suspects(dynamics: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None = None,
-                         limit: int = 100) -> pd.DataFrame:
+                         limit: int = 100, suspicious_only: bool = False) -> pd.DataFrame:
     """The `limit` samples most likely mislabeled (highest `label_error_score` first), as a
     review lists them: sample_id, label, prediction (class names for classification), score,
     then confidence, variability, aum and correct (the share of records predicted right), or
-    mean_abs_residual and residual_std (regression), and region."""
-    top = dynamics.sort_values("label_error_score", ascending=False, kind="stable").head(limit)
-    return _suspect_rows(top, data_map, class_names)
+    mean_abs_residual and residual_std (regression), and region. `suspicious_only`: only
+    those `suspicious` flags (the shortlist)."""
+    return _suspect_rows(dynamics.iloc[_ranked(dynamics, data_map, suspicious_only)[:limit]], data_map, class_names)
 
 
 def suspects_page(dynamics: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None = None,
-                  page: int = 1, page_size: int = PAGE_SIZE, id_contains: str | None = None) -> Page:
-    """One page of every sample ordered as `label_error_suspects` orders them (highest score
-    first), after an optional case-insensitive search in the sample ids; only the page's rows
-    are formatted, so 100,000 training samples cost one page.
+                  page: int = 1, page_size: int = PAGE_SIZE, id_contains: str | None = None,
+                  suspicious_only: bool = False, limit: int | None = None) -> Page:
+    """One page of the samples ordered as `label_error_suspects` orders them (highest score
+    first): every sample, or with `suspicious_only` those `suspicious` flags, cut to the
+    `limit` best-scored when given (the shortlist), then an optional case-insensitive search
+    in the sample ids; only the page's rows are formatted, so 100,000 training samples cost
+    one page.
 
         suspects_page(d, found, page=2, page_size=100).label    # "rows 101–200 of 100,000"
+        suspects_page(d, found, suspicious_only=True, limit=50)  # the 50 best-scored suspects
     """
-    keep = np.flatnonzero(id_matches(dynamics["sample_id"], id_contains))
-    score = pd.Series(dynamics["label_error_score"].to_numpy(dtype=float)[keep])
-    order = keep[score.sort_values(ascending=False, kind="stable", na_position="last").index.to_numpy()]
+    order = _ranked(dynamics, data_map, suspicious_only)[:limit]
+    order = order[id_matches(dynamics["sample_id"].iloc[order], id_contains)]
     page, start, stop = page_span(len(order), page, page_size)
     rows = _suspect_rows(dynamics.iloc[order[start:stop]], data_map, class_names)
     return Page(rows.reset_index(drop=True), len(order), page, int(page_size))
+
+
+def _ranked(dynamics: pd.DataFrame, data_map: DataMap, suspicious_only: bool) -> np.ndarray:
+    """Row positions by `label_error_score`, highest first (ties in frame order, NaN last),
+    only the `suspicious` ones with `suspicious_only`."""
+    score = pd.Series(dynamics["label_error_score"].to_numpy(dtype=float))
+    order = score.sort_values(ascending=False, kind="stable", na_position="last").index.to_numpy()
+    if suspicious_only:
+        order = order[suspicious(dynamics, data_map).to_numpy(dtype=bool)[order]]
+    return order
 
 
 def _suspect_rows(top: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None) -> pd.DataFrame:

@@ -1,6 +1,7 @@
 """Data map: training dynamics per sample (confidence vs variability for classification,
-mean |residual| vs its variability for regression), the samples most likely to be
-mislabeled, and a grid of their inputs."""
+mean |residual| vs its variability for regression), a shortlist of the samples most likely
+to be mislabeled, and a grid of their inputs. A run whose model has not learned gets a
+warning instead of the shortlist (`dynamics.learning_check`)."""
 
 import streamlit as st
 
@@ -9,7 +10,7 @@ from diagnostics import errors, figures, schema
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
-GRID_SEARCH = 100  # the grid shows the best-scored of this many suspects that have a stored input
+GRID_SEARCH = 100  # the grid shows the best-scored of this many shortlisted samples with a stored input
 
 r = _shared.review("Data map")
 path, version = r.path, r.version
@@ -24,6 +25,10 @@ regression, regions, cut = found.regression, found.regions, found.thresholds
 class_names = None if regression else r.class_names
 unit = errors.target_unit(r.run.manifest) if regression else None
 in_unit = f" ({unit})" if unit else ""
+check = None if regression else dyn.learning_check(d, r.run.manifest.get("num_classes"))
+if check is not None and not check.learned:
+    st.warning(check.summary())
+    st.page_link("pages/health.py", label="Open Health", icon=":material/health_and_safety:")
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
 for col, region in zip(cols[1:], dyn.REGIONS):
@@ -43,12 +48,34 @@ else:
                "rest, the least confident third is hard-to-learn (a third, two ninths and four ninths of the "
                "samples). Those counts come from the split, not from the data: where a sample sits on the map, "
                "and which region its class or tag falls in, is the finding.")
-    st.plotly_chart(figures.data_map_figure(d, regions), key="datamap_scatter")
+    st.plotly_chart(figures.data_map_figure(d, regions, cut), key="datamap_scatter")
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
-id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
-page = dyn.suspects_page(d, found, class_names, *_shared.pager("datamap_pages", "datamap_table", id_text),
-                         id_contains=id_text)
+if check is not None and not check.learned:
+    st.info("No label-error list: while the model gives every label about the chance probability, a sample's "
+            "score measures the model, not its label (see the warning above). Once it learns, the samples whose "
+            "label keeps losing are listed here.")
+    st.stop()
+shortlisted = int(dyn.suspicious(d, found).sum())
+if not shortlisted:
+    st.success(f"No likely {'target' if regression else 'label'} errors: "
+               + ("no sample's late-weighted |residual| exceeds the hard-to-learn threshold." if regression else
+                  "every training sample's given label beat the other classes on late-weighted average."))
+    st.stop()
+left, right, _ = st.columns(3)
+id_text = left.text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
+top_n = int(right.number_input("Shortlist: the best-scored", min_value=1, max_value=1000, value=50, step=10,
+                               key="datamap_top"))
+if regression:
+    st.caption(f"{shortlisted:,} of {len(d):,} training samples have a score (late-weighted mean |residual|) above "
+               f"the hard-to-learn threshold ({cut[0]:.3g}{in_unit}); the table lists the {min(top_n, shortlisted):,} "
+               "best-scored of them.")
+else:
+    st.caption(f"{shortlisted:,} of {len(d):,} training samples have a score above 0: their given label lost to "
+               f"another class on late-weighted average over training. The table lists the "
+               f"{min(top_n, shortlisted):,} best-scored of them.")
+page = dyn.suspects_page(d, found, class_names, *_shared.pager("datamap_pages", "datamap_table", (id_text, top_n)),
+                         id_contains=id_text, suspicious_only=True, limit=top_n)
 _shared.page_controls("datamap_pages", page, ", highest score first")
 table = page.rows
 thumbs = _shared.thumbnails(path, version, "train", tuple(table["sample_id"]))
@@ -77,14 +104,14 @@ else:
                "flipped labels its precision among the top k is 0.98 (benchmarks/label_noise.py).")
 
 st.subheader("The suspects' inputs")
-top = dyn.label_error_suspects(d, found, class_names, limit=GRID_SEARCH)
+top = dyn.label_error_suspects(d, found, class_names, limit=min(top_n, GRID_SEARCH), suspicious_only=True)
 thumbs = _shared.thumbnails(path, version, "train", tuple(top["sample_id"]))
 if not thumbs.notna().any():
     st.info("No previews of training samples in this run, so their inputs cannot be shown: evaluate the train "
             "split too — `run.evaluate(train_loader, split=\"train\")` — to record them.")
     st.stop()
 suspects = top[top["sample_id"].isin(thumbs.dropna().index)].head(GRID_COLUMNS * GRID_ROWS)
-st.caption(f"The {len(suspects)} highest-scored training samples with a stored input, highest first, with the "
+st.caption(f"The {len(suspects)} highest-scored shortlisted samples with a stored input, highest first, with the "
            "label and the latest prediction in training. Open one to see it in Sample detail.")
 for start in range(0, len(suspects), GRID_COLUMNS):
     for col, row in zip(st.columns(GRID_COLUMNS), suspects.iloc[start:start + GRID_COLUMNS].itertuples()):

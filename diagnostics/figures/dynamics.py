@@ -12,9 +12,8 @@ import plotly.graph_objects as go
 
 from diagnostics.figures.common import GREY, empty_figure
 
-_MARGIN = dict(l=30, r=20, t=50, b=30)
-
 _REGION_COLORS = {"easy": "#2ca02c", "ambiguous": "#ff7f0e", "hard-to-learn": "#d62728"}
+_REGION_SYMBOLS = {"easy": "circle", "ambiguous": "diamond", "hard-to-learn": "triangle-up"}
 
 
 def residual_map_figure(dynamics: pd.DataFrame, regions: pd.Series, thresholds: tuple[float, float] | None = None,
@@ -57,24 +56,42 @@ def residual_map_figure(dynamics: pd.DataFrame, regions: pd.Series, thresholds: 
     return fig
 
 
-def data_map_figure(dynamics: pd.DataFrame, regions: pd.Series | None = None) -> go.Figure:
+def data_map_figure(dynamics: pd.DataFrame, regions: pd.Series | None = None,
+                    thresholds: tuple[float, float] | None = None) -> go.Figure:
     """Dataset cartography (Swayamdipta et al. 2020): variability against confidence, one
-    point per training sample, coloured by how often it was predicted correctly."""
+    point per training sample, coloured by how often it was predicted correctly. With
+    `regions` (`dynamics.data_map_regions`), each region gets its own marker symbol and a
+    legend entry with its count below the plot, where no point can cover its name; with
+    `thresholds` (confidence, variability), the region borders as dashed lines.
+
+        m = data_map(dyn); data_map_figure(dyn, m.regions, m.thresholds)
+    """
     if dynamics.empty:
         return empty_figure("no training dynamics: pass ids to run.log_batch(outputs, labels, ids=...)")
-    d = dynamics
-    fig = go.Figure(go.Scattergl(
-        x=d["variability"], y=d["confidence"], mode="markers",
-        marker=dict(color=d["correct_frac"], colorscale="RdYlGn", cmin=0, cmax=1, size=5, opacity=0.75,
-                    colorbar=dict(title="correct")),
-        customdata=np.stack([d["sample_id"], regions if regions is not None else [""] * len(d)], axis=1),
-        hovertemplate="sample %{customdata[0]} %{customdata[1]}<br>variability %{x:.3f}<br>"
-                      "confidence %{y:.3f}<extra></extra>",
-    ))
-    for text, x, y in (("easy to learn", 0.02, 0.97), ("ambiguous", 0.45, 0.55), ("hard to learn", 0.02, 0.05)):
-        fig.add_annotation(text=text, x=x, y=y, xref="paper", yref="paper", showarrow=False,
-                           font=dict(color="#555"), xanchor="left")
+    fig = go.Figure()
+    groups = [("", np.ones(len(dynamics), dtype=bool))] if regions is None else \
+        [(r, (regions == r).to_numpy()) for r in _REGION_SYMBOLS]
+    for region, keep in groups:
+        d = dynamics[keep]
+        fig.add_trace(go.Scattergl(
+            x=d["variability"], y=d["confidence"], mode="markers", showlegend=False, legendgroup=region,
+            marker=dict(color=d["correct_frac"], coloraxis="coloraxis", size=5, opacity=0.75,
+                        symbol=_REGION_SYMBOLS.get(region, "circle")),
+            customdata=np.stack([d["sample_id"], [region] * len(d)], axis=1),
+            hovertemplate="sample %{customdata[0]} %{customdata[1]}<br>variability %{x:.3f}<br>"
+                          "confidence %{y:.3f}<extra></extra>"))
+        if region:  # a grey key: the points' own colours say "correct", not the region
+            fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", legendgroup=region,
+                                       name=f"{region} ({int(keep.sum()):,})",
+                                       marker=dict(color=GREY, size=8, symbol=_REGION_SYMBOLS[region])))
+    if thresholds is not None and all(map(math.isfinite, thresholds)):
+        confidence, variability = thresholds
+        fig.add_vline(x=variability, line=dict(color=GREY, dash="dash"))
+        fig.add_shape(type="line", x0=0, x1=variability, y0=confidence, y1=confidence,
+                      line=dict(color=GREY, dash="dash"))
     fig.update_layout(title="data map: confidence vs variability over training", xaxis_title="variability",
                       yaxis_title="confidence (mean probability of the label)", yaxis_range=[0, 1],
-                      height=460, margin=_MARGIN, dragmode="lasso")
+                      height=460, margin=dict(l=40, r=20, t=50, b=40), dragmode="lasso",
+                      coloraxis=dict(colorscale="RdYlGn", cmin=0, cmax=1, colorbar=dict(title="correct")),
+                      legend=dict(orientation="h", y=-0.2, title_text="region"))
     return fig

@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics import figures
+from diagnostics.dynamics import data_map
 from diagnostics.health import charts
 from diagnostics.health.common import (
     BASELINE_NEAR_FRACTION,
@@ -269,7 +270,9 @@ def _label_noise_frame(run) -> pd.DataFrame:
 
 
 def _label_noise_chart(run, finding: Finding) -> go.Figure:
-    return figures.data_map_figure(run.sample_dynamics("train"))
+    dyn = run.sample_dynamics("train")
+    found = data_map(dyn, "classification")
+    return figures.data_map_figure(dyn, found.regions, found.thresholds)
 
 
 @rule("Suspected label noise: training samples still misclassified late with another class confidently ahead "

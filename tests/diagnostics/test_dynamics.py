@@ -271,3 +271,73 @@ def test_data_map_of_residuals_is_a_regression_map_even_without_the_task():
     table = label_error_suspects(dyn, found)
     assert list(table.columns) == ["sample_id", "label", "prediction", "score", "mean_abs_residual", "residual_std",
                                    "region"]
+
+
+def _late_records(late_confidence, late_correct, labels=(0, 0, 1, 2)):
+    """Steps 0-3 of one sample per label: the late records are steps 2 and 3 (>= 3 - 3/3),
+    with the given confidences and correct flags; steps 0 and 1 are confident and right, so a
+    check that read them would see a learned model."""
+    rows = []
+    for sid, label in enumerate(labels):
+        for step in range(4):
+            conf, right = (0.9, 1.0) if step < 2 else (late_confidence[sid][step - 2], late_correct[sid][step - 2])
+            rows.append((step, sid, label, conf, 1.0 if right else -1.0, right, -np.log(conf), NAN))
+    return _records(rows)
+
+
+FLAT = [[0.3, 0.4], [0.3, 0.3], [0.4, 0.2], [0.2, 0.4]]  # late means 0.35, 0.3, 0.3, 0.3: 0.3125 in all
+
+
+def test_late_probability_and_accuracy_columns_read_the_late_records_only():
+    dyn = sample_dynamics(_late_records(FLAT, [[1, 1], [1, 0], [0, 0], [0, 0]]))
+    dyn = dyn.set_index("sample_id").loc[["0", "1", "2", "3"]]
+    assert dyn["late_confidence"].tolist() == pytest.approx([0.35, 0.3, 0.3, 0.3])
+    assert dyn["late_correct_frac"].tolist() == pytest.approx([1.0, 0.5, 0.0, 0.0])
+
+
+def test_learning_check_against_hand_computed_numbers():
+    from diagnostics.dynamics import learning_check
+
+    # labels 0, 0, 1, 2: chance = the largest share = 0.5; near chance below min(2 × 0.5, 0.5 + 0.2 × 0.5) = 0.6
+    nothing = learning_check(sample_dynamics(_late_records(FLAT, [[1, 1], [1, 0], [0, 0], [0, 0]])))
+    assert nothing.chance == 0.5 and nothing.bar == pytest.approx(0.6) and nothing.num_classes == 3
+    assert nothing.label_probability == pytest.approx(0.3125) and nothing.accuracy == pytest.approx(0.375)
+    assert not nothing.learned and nothing.accuracy_near_chance
+    text = nothing.summary()
+    assert "has not learned" in text and "0.312" in text and "0.500 by chance" in text and "37.5%" in text
+    assert "1/3 = 0.333" in text and "Health page" in text
+    # right every time but with flat probabilities (softmax twice): ranks the labels, probabilities still flat
+    flat = learning_check(sample_dynamics(_late_records(FLAT, [[1, 1]] * 4)), num_classes=10)
+    assert not flat.learned and not flat.accuracy_near_chance and flat.num_classes == 10
+    assert "probabilities have not learned" in flat.summary() and "100.0%" in flat.summary()
+    learned = learning_check(sample_dynamics(_late_records([[0.7, 0.8]] * 4, [[1, 1]] * 4)))
+    assert learned.learned and learned.label_probability == pytest.approx(0.75)
+    # ten balanced classes: chance 0.1, and twice chance (0.2) is the tighter bar
+    ten = learning_check(sample_dynamics(_late_records([[0.19, 0.19]] * 10, [[0, 1]] * 10, labels=range(10))))
+    assert ten.chance == pytest.approx(0.1) and ten.bar == pytest.approx(0.2) and not ten.learned
+    # regression, one class or nothing: no verdict
+    reg = sample_dynamics(_records([(t, 0, 1.0, NAN, NAN, NAN, NAN, 0.5) for t in range(3)]))
+    one = sample_dynamics(_late_records([[0.5, 0.5]] * 2, [[1, 1]] * 2, labels=(1, 1)))
+    assert learning_check(reg) is None and learning_check(one) is None
+    assert learning_check(sample_dynamics(None)) is None
+
+
+def test_the_shortlist_holds_the_samples_whose_label_lost():
+    from diagnostics.dynamics import data_map, label_error_suspects, suspects_page, suspicious
+
+    dyn = sample_dynamics(_classification_records(n_samples=30, n_steps=8))
+    found = data_map(dyn, "classification")
+    flagged = suspicious(dyn, found)
+    assert flagged.tolist() == (dyn["label_error_score"] > 0).tolist() and 0 < flagged.sum() < 30
+    best = dyn.loc[flagged, "sample_id"].tolist()  # dyn is sorted by score already
+    page = suspects_page(dyn, found, suspicious_only=True, limit=3)
+    assert page.total == 3 and page.rows["sample_id"].tolist() == best[:3]
+    assert suspects_page(dyn, found, suspicious_only=True).total == len(best)
+    assert suspects_page(dyn, found).total == 30  # callers without the keywords get every sample, as before
+    grid = label_error_suspects(dyn, found, limit=100, suspicious_only=True)
+    assert grid["sample_id"].tolist() == best and (grid["score"] > 0).all()
+    # regression: a score above the hard-to-learn error threshold
+    rows = [(step, sid, 0.0, NAN, NAN, NAN, 0.0, float(sid)) for step in range(3) for sid in range(9)]
+    reg = sample_dynamics(_records(rows))
+    cut = data_map(reg, "regression")
+    assert suspicious(reg, cut).tolist() == (reg["label_error_score"] > cut.thresholds[0]).tolist()

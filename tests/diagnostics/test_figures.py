@@ -125,3 +125,28 @@ def test_output_and_label_values_share_one_grid_of_bins():
     np.testing.assert_allclose(labels.x, np.arange(0.75, 15, 1.5))
     np.testing.assert_allclose(labels.y, [0.15] * 6 + [0.1, 0, 0, 0], atol=1e-12)
     np.testing.assert_allclose(outputs.y, [0, 0, 0, 0.1] + [0.15] * 6, atol=1e-12)
+
+
+def test_data_map_names_its_regions_in_the_legend_not_over_the_points():
+    from diagnostics.dynamics import data_map
+
+    rng = np.random.default_rng(0)
+    n = 90
+    dyn = pd.DataFrame({"sample_id": [str(i) for i in range(n)], "n_records": 5, "label": 0.0,
+                        "confidence": rng.uniform(size=n), "variability": rng.uniform(0, 0.4, n),
+                        "correct_frac": rng.uniform(size=n), "mean_abs_residual": np.nan})
+    found = data_map(dyn, "classification")
+    fig = figures.data_map_figure(dyn, found.regions, found.thresholds)
+    keys = [t.name for t in fig.data if t.showlegend is not False]
+    assert keys == [f"{r} ({found.counts[r]})" for r in ("easy", "ambiguous", "hard-to-learn")]
+    assert fig.layout.legend.y < 0  # below the plot, outside the data area
+    assert not fig.layout.annotations  # no names drawn at fixed places inside it
+    points = [t for t in fig.data if t.showlegend is False]
+    assert sum(len(t.x) for t in points) == n and all(t.marker.coloraxis == "coloraxis" for t in points)
+    # the borders of the regions: the variability threshold, and the confidence one left of it
+    lines = fig.layout.shapes
+    assert any(s.x0 == s.x1 == found.thresholds[1] for s in lines)
+    assert any(s.y0 == s.y1 == found.thresholds[0] and s.x1 == found.thresholds[1] for s in lines)
+    # without regions (the health page's evidence before): one trace, no legend keys
+    plain = figures.data_map_figure(dyn)
+    assert len(plain.data) == 1 and len(plain.data[0].x) == n and not plain.layout.annotations

@@ -46,15 +46,17 @@ def _signal_regression(folder, name="signal-reg"):
     return run.path
 
 
-def _image_classification(folder, name="img-cls", evaluate_train=True):
-    """A 3-class CNN on 8×8 images, named classes, records every step, val (and train) evaluated."""
+def _image_classification(folder, name="img-cls", evaluate_train=True, softmax_first=False):
+    """A 3-class CNN on 8×8 images, named classes, records every step, val (and train) evaluated.
+    `softmax_first`: the demo's digits-baseline bug, softmax before the cross-entropy, with a
+    small learning rate: the model never learns, every label keeps a probability near 1/3."""
     torch.manual_seed(4)
     g = torch.Generator().manual_seed(4)
     x = torch.randn(96, 1, 8, 8, generator=g)
     y = torch.randint(0, 3, (96,), generator=g)
     x[y == 1] += 0.7
-    model = tiny_cnn()
-    opt = torch.optim.SGD(model.parameters(), lr=0.2, momentum=0.9)
+    model = nn.Sequential(tiny_cnn(), nn.Softmax(dim=1)) if softmax_first else tiny_cnn()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01 if softmax_first else 0.2, momentum=0.9)
     with hooks.watch(model, optimizer=opt, run_dir=folder, name=name, every=5, class_names=CLASSES) as run:
         for _ in range(3):
             for i in range(0, 64, 16):
@@ -77,6 +79,7 @@ def review_runs(tmp_path_factory):
     _signal_regression(folder)
     _image_classification(folder)
     _image_classification(folder, name="img-cls-no-train", evaluate_train=False)
+    _image_classification(folder, name="img-cls-unlearned", softmax_first=True)
     return folder
 
 
@@ -163,7 +166,7 @@ def test_datamap_tables_and_grid_show_the_training_inputs(monkeypatch, review_ru
     assert set(table["label"]) <= set(CLASSES) and set(table["prediction"]) <= set(CLASSES)
     assert table["input"].map(_is_png).all()
     images = at.get("image")
-    assert len(images) == 24  # 3 rows of 8
+    assert len(images) == len(table) <= 24  # the shortlist's inputs, up to 3 rows of 8
     first = table["sample_id"].iloc[0]
     at.button(key=f"datamap_open_{first}").click().run()
     assert at.session_state["sample_id"] == first and at.session_state["sample_split"] == "train"
@@ -282,14 +285,32 @@ def test_error_review_pages_and_filters_on_the_server(monkeypatch, long_run):
     assert at.session_state["sample_id"] == second["sample_id"].iloc[3]
 
 
-def test_datamap_suspects_page_and_search_on_the_server(monkeypatch, review_runs):
+def test_datamap_lists_a_shortlist_of_suspects_not_every_sample(monkeypatch, review_runs):
     at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls")
-    assert len(at.dataframe(key="datamap_table").value) == 64
-    assert any(c.value.startswith("Rows 1–64 of 64, highest score first") for c in at.caption)
-    at.selectbox(key="datamap_pages_size").set_value(50).run()
-    at.number_input(key="datamap_pages_page").set_value(2).run()
-    assert len(at.dataframe(key="datamap_table").value) == 14
-    at.text_input(key="datamap_id").input("1").run()
+    assert not at.warning  # the model learned
+    table = at.dataframe(key="datamap_table").value
+    assert 0 < len(table) < 64 and (table["score"] > 0).all()
+    how = next(c.value for c in at.caption if "have a score above 0" in c.value)
+    assert how.startswith(f"{len(table)} of 64 training samples") and f"lists the {len(table)} best" in how
+    assert any(c.value.startswith(f"Rows 1–{len(table)} of {len(table)}, highest score first") for c in at.caption)
+    at.number_input(key="datamap_top").set_value(2).run()
+    top = at.dataframe(key="datamap_table").value
+    assert top["sample_id"].tolist() == table["sample_id"].iloc[:2].tolist()
+    assert any("lists the 2 best-scored" in c.value for c in at.caption)
+    at.number_input(key="datamap_top").set_value(50).run()
+    wanted = table["sample_id"].iloc[0]
+    at.text_input(key="datamap_id").input(wanted).run()
     found = at.dataframe(key="datamap_table").value
-    assert sorted(found["sample_id"], key=int) == [str(i) for i in range(64) if "1" in str(i)]  # 16 ids
+    assert wanted in found["sample_id"].tolist() and all(wanted in i for i in found["sample_id"])
     assert at.number_input(key="datamap_pages_page").value == 1 and found["input"].map(_is_png).all()
+
+
+def test_datamap_of_a_model_that_never_learned_warns_and_lists_no_label_errors(monkeypatch, review_runs):
+    at = _open(monkeypatch, review_runs, "pages/datamap.py", "img-cls-unlearned")
+    (warning,) = at.warning
+    assert "has not learned" in warning.value and "by chance" in warning.value and "1/3 = 0.333" in warning.value
+    assert "Health page" in warning.value
+    assert not [df for df in at.dataframe if "score" in df.value.columns]  # no label-error table
+    assert not at.get("image")  # nor the suspects' grid
+    assert any("No label-error list" in i.value for i in at.info)
+    assert len(plotly_charts(at)) == 1  # the map itself stays, under the warning
