@@ -111,3 +111,21 @@ def default_scalars(scalars: pd.DataFrame, most: int = DEFAULT_PANELS) -> list[s
             seen.add(key)
             chosen.append(n)
     return chosen[:most]
+
+
+def capture_gap_note(manifest: dict, last_step: int, last_capture: int) -> str:
+    """A sentence when a run went on well past its last capture (more than a tenth of its
+    steps; with every=N, N steps or more), saying why: the automatic schedule captures
+    steps 0, 1, 2, 4, 8, … and between those only as often as its cost budget allows, so
+    the end of a short run may hold none; `every=N` captures regularly. '' otherwise.
+
+        capture_gap_note(run.manifest, run.status()["last_step"], 128)
+    """
+    every = (manifest.get("watch") or {}).get("every")
+    expected = every if isinstance(every, int) else max(1, last_step // 10)  # every=N: up to N − 1 steps
+    if last_step - last_capture <= expected - (1 if isinstance(every, int) else 0):
+        return ""
+    why = ("the automatic schedule captures steps 0, 1, 2, 4, 8, … and in between only as often as its "
+           f"{(manifest.get('watch') or {}).get('budget') or 0.03:.0%} cost budget allows; pass every=N to "
+           "capture regularly" if every == "auto" else f"captures every {every} steps" if every else "")
+    return f" The run went on to step {last_step:,} without another capture" + (f": {why}." if why else ".")

@@ -46,9 +46,10 @@ if len(one):
     st.caption(
         f"Last capture (step {int(last['step'])}): mean {last['mean']:.4g}, std {last['std']:.4g}, "
         f"zeros {last['zero_frac']:.1%}, NaN {int(last['nan_count'])}, Inf {int(last['inf_count'])}."
+        + overview.capture_gap_note(run.manifest, run.status()["last_step"], int(last["step"]))
     )
 
-st.subheader("Compare with other runs")
+st.subheader("Other runs, this layer")
 peers = _shared.runs_recording(st.session_state.get("runs_dir", str(run.path.parent)), path, kind, layer)
 if peers.empty:
     st.caption(f"No other run of this folder recorded the {kind} of `{layer}`: runs of the same model, recorded with "

@@ -72,3 +72,13 @@ def test_overlay_candidates_leave_out_the_run_itself_and_broken_runs(tmp_path):
     runs = pd.DataFrame({"name": ["me", "other", "bad"], "state": ["finished", "running", "broken"],
                          "path": [str(tmp_path / "me"), str(tmp_path / "other"), str(tmp_path / "bad")]})
     assert overview.overlay_candidates(runs, tmp_path / "me")["name"].tolist() == ["other"]
+
+
+def test_capture_gap_note_says_why_the_end_of_a_run_has_no_capture():
+    auto = {"watch": {"every": "auto", "budget": 0.03}}
+    note = overview.capture_gap_note(auto, 180, 128)  # the radar demo: 52 steps after its last capture
+    assert "step 180" in note and "automatic schedule" in note and "3% cost budget" in note and "every=N" in note
+    assert overview.capture_gap_note(auto, 180, 170) == ""  # within a tenth of the run
+    assert overview.capture_gap_note({"watch": {"every": 50}}, 199, 150) == ""
+    assert "captures every 50 steps" in overview.capture_gap_note({"watch": {"every": 50}}, 299, 150)
+    assert overview.capture_gap_note({}, 100, 10).endswith("without another capture.")
