@@ -150,3 +150,14 @@ def test_data_map_names_its_regions_in_the_legend_not_over_the_points():
     # without regions (the health page's evidence before): one trace, no legend keys
     plain = figures.data_map_figure(dyn)
     assert len(plain.data) == 1 and len(plain.data[0].x) == n and not plain.layout.annotations
+
+
+def test_a_sample_history_of_one_evaluation_is_ticked_at_whole_steps():
+    """One evaluation at step 24: plotly ticked 23.5, 24, 24.5; a step is a whole number."""
+    evaluation = pd.DataFrame({"step": [24], "label_prob": [0.7], "residual": [np.nan]})
+    fig = figures.sample_history_figure(pd.DataFrame(), evaluation, "classification")
+    assert list(fig.layout.xaxis.tickvals) == [24]
+    two = pd.DataFrame({"step": [3, 7], "confidence": [0.2, 0.5]})
+    assert list(figures.sample_history_figure(two, evaluation, "classification").layout.xaxis.tickvals) == [3, 7, 24]
+    many = pd.DataFrame({"step": range(20), "confidence": np.linspace(0, 1, 20)})
+    assert figures.sample_history_figure(many, evaluation, "classification").layout.xaxis.tickvals is None
