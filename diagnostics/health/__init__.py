@@ -48,8 +48,8 @@ from diagnostics.health.gradients import rule_grad_norm_spikes, rule_gradient_de
 # What `check` runs: the registered rules' functions, in registration order.
 RULES: tuple[Callable[[Any], list[Finding]], ...] = tuple(r.check for r in registry.RULES)
 
-__all__ = ["Finding", "SEVERITIES", "RULES", "ROOT_CAUSES", "SYMPTOMS", "check", "defer_to_root_cause",
-           "evidence_figure", "rule_table",
+__all__ = ["Finding", "SEVERITIES", "RULES", "ROOT_CAUSES", "SYMPTOMS", "TRAINING_FAILED", "check",
+           "defer_to_root_cause", "evidence_figure", "rule_table",
            "rule_nonfinite", "rule_dead_units", "rule_saturation", "rule_gradient_depth", "rule_grad_norm_spikes",
            "rule_activation_scale_depth", "rule_update_ratio", "rule_output_vs_label", "rule_loss_vs_baseline",
            "rule_overfitting", "rule_label_noise", "rule_input_scale"]
@@ -89,6 +89,12 @@ SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "activation_scale_dept
             "output_vs_label", "loss_vs_baseline", "labels_unlearnable", "stuck_parameters")
 
 
+# Symptoms that say the training failed outright: with one of them, a loss-input bug that
+# is a warning on its own (softmax before CrossEntropyLoss slows learning; it need not stop
+# it) is an error.
+TRAINING_FAILED = ("loss_vs_baseline",)
+
+
 def _is_symptom(f: Finding) -> bool:
     """A finding a loss-input bug may explain. A stuck parameter only when it has a gradient
     too small to move it (softmax before CE: the conv biases of the demo's baseline never
@@ -102,16 +108,29 @@ def defer_to_root_cause(findings: list[Finding]) -> list[Finding]:
     """Where a loss-input bug fired (warning or error), its symptoms become info that names
     it, with the advice to fix it first: the baseline of the demo read 'vanishing gradients:
     use He init' beside the softmax it came from, and, trained for fewer epochs, 'the labels
-    look unrelated to the inputs' and 'parameters stuck', both from the same softmax."""
+    look unrelated to the inputs' and 'parameters stuck', both from the same softmax. When
+    a symptom says training failed outright (`TRAINING_FAILED`: the loss no better than the
+    trivial baseline), the bug's warning becomes an error that says so."""
     causes = [f.rule for f in findings if f.rule in ROOT_CAUSES and f.severity in ("warning", "error")]
     if not causes:
         return findings
     cause = causes[0]
+    failed = any(f.rule in TRAINING_FAILED and f.severity in ("warning", "error") for f in findings)
     return [dataclasses.replace(
         f, severity="info", message=f"{f.message} Likely a consequence of {cause} (see that finding).",
         advice=f"Fix {cause} first and check again; if this stays, then: {f.advice}",
         evidence={**f.evidence, "deferred_to": cause})
-        if _is_symptom(f) and f.severity in ("warning", "error") else f for f in findings]
+        if _is_symptom(f) and f.severity in ("warning", "error") else
+        _escalated(f) if failed and f.rule == cause and f.severity == "warning" else f for f in findings]
+
+
+def _escalated(cause: Finding) -> Finding:
+    """A loss-input bug's warning, made an error: with it, training failed (the demo's
+    baseline read ⚠1, as the run with unnormalised inputs that trained best did)."""
+    return dataclasses.replace(
+        cause, severity="error", evidence={**cause.evidence, "training_failed": True},
+        message=f"{cause.message} With it the model has not learned: its loss is no better than the trivial "
+                "baseline (see loss vs baseline).")
 
 
 def evidence_figure(run, finding: Finding) -> go.Figure:

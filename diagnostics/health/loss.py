@@ -77,8 +77,8 @@ def _bands_chart(run, finding: Finding) -> go.Figure:
                                       run.distributions("label", layers=["train/value"]))
 
 
-@rule("A regression loss (MSELoss, L1Loss...) on integer labels 0..K-1: class ids.",
-      severities=("warning", "info"), evidence=_bands_chart)
+@rule("A regression loss (MSELoss, L1Loss...) on integer labels 0..K-1: class ids (error when the loss stays "
+      "at the trivial baseline with it).", severities=("warning", "info", "error"), evidence=_bands_chart)
 def rule_regression_loss_on_class_ids(run) -> list[Finding]:
     """A regression loss (MSELoss, L1Loss, SmoothL1Loss, HuberLoss) on class ids: at every
     probed capture (≥ 2) the labels are integers, spanning 0..K-1 with 2 ≤ K ≤ 20, against
@@ -274,8 +274,8 @@ def rule_double_sigmoid(run) -> list[Finding]:
     )]
 
 
-@rule("Probabilities (a softmax) into CrossEntropyLoss, which applies log_softmax itself.",
-      severities=("warning",), evidence=_sums_chart)
+@rule("Probabilities (a softmax) into CrossEntropyLoss, which applies log_softmax itself (error when the "
+      "loss stays at the trivial baseline with it).", severities=("warning", "error"), evidence=_sums_chart)
 def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     """CrossEntropyLoss given probabilities: its inputs are in [0, 1] and sum to 1 over the
     classes within 0.01 (median over ≥ 2 probed captures). The loss applies log_softmax
