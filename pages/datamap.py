@@ -1,7 +1,7 @@
 """Data map: training dynamics per sample (confidence vs variability for classification,
 mean |residual| vs its variability for regression), a shortlist of the samples most likely
 to be mislabeled, and a grid of their inputs. A run whose model has not learned gets a
-warning instead of the shortlist (`dynamics.learning_check`)."""
+warning instead of the shortlist, one with flat probabilities a note (`dynamics.learning_check`)."""
 
 import streamlit as st
 
@@ -29,6 +29,8 @@ check = None if regression else dyn.learning_check(d, r.run.manifest.get("num_cl
 if check is not None and not check.learned:
     st.warning(check.summary())
     st.page_link("pages/health.py", label="Open Health", icon=":material/health_and_safety:")
+elif check is not None and check.flat:
+    st.info(check.summary())
 cols = st.columns(4)
 cols[0].metric("Samples", f"{len(d):,}")
 for col, region in zip(cols[1:], dyn.REGIONS):
@@ -52,9 +54,9 @@ else:
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
 if check is not None and not check.learned:
-    st.info("No label-error list: while the model gives every label about the chance probability, a sample's "
-            "score measures the model, not its label (see the warning above). Once it learns, the samples whose "
-            "label keeps losing are listed here.")
+    st.info("No label-error list: while the model is right about as often as chance, a sample's score measures "
+            "the model, not its label (see the warning above). Once it learns, the samples whose label keeps "
+            "losing are listed here.")
     st.stop()
 shortlisted = int(dyn.suspicious(d, found).sum())
 if not shortlisted:

@@ -298,28 +298,53 @@ def test_late_probability_and_accuracy_columns_read_the_late_records_only():
 def test_learning_check_against_hand_computed_numbers():
     from diagnostics.dynamics import learning_check
 
-    # labels 0, 0, 1, 2: chance = the largest share = 0.5; near chance below min(2 × 0.5, 0.5 + 0.2 × 0.5) = 0.6
+    # labels 0, 0, 1, 2: accuracy's chance = the largest share = 0.5, near it below min(2 × 0.5, 0.5 + 0.2 × 0.5)
+    # = 0.6; the prior's probability Σ p² = 0.25 + 0.0625 + 0.0625 = 0.375, near it below min(0.75, 0.5) = 0.5
     nothing = learning_check(sample_dynamics(_late_records(FLAT, [[1, 1], [1, 0], [0, 0], [0, 0]])))
     assert nothing.chance == 0.5 and nothing.bar == pytest.approx(0.6) and nothing.num_classes == 3
+    assert nothing.prior_probability == pytest.approx(0.375) and nothing.probability_bar == pytest.approx(0.5)
     assert nothing.label_probability == pytest.approx(0.3125) and nothing.accuracy == pytest.approx(0.375)
-    assert not nothing.learned and nothing.accuracy_near_chance
+    assert not nothing.learned and not nothing.flat
     text = nothing.summary()
-    assert "has not learned" in text and "0.312" in text and "0.500 by chance" in text and "37.5%" in text
+    assert "has not learned" in text and "37.5% against 50.0%" in text and "0.312 against 0.375" in text
     assert "1/3 = 0.333" in text and "Health page" in text
-    # right every time but with flat probabilities (softmax twice): ranks the labels, probabilities still flat
+    # right every time but with flat probabilities (softmax twice): learned, its probabilities flat
     flat = learning_check(sample_dynamics(_late_records(FLAT, [[1, 1]] * 4)), num_classes=10)
-    assert not flat.learned and not flat.accuracy_near_chance and flat.num_classes == 10
-    assert "probabilities have not learned" in flat.summary() and "100.0%" in flat.summary()
+    assert flat.learned and flat.flat and flat.num_classes == 10
+    assert "stay nearly flat" in flat.summary() and "100.0%" in flat.summary()
     learned = learning_check(sample_dynamics(_late_records([[0.7, 0.8]] * 4, [[1, 1]] * 4)))
-    assert learned.learned and learned.label_probability == pytest.approx(0.75)
+    assert learned.learned and not learned.flat and learned.label_probability == pytest.approx(0.75)
     # ten balanced classes: chance 0.1, and twice chance (0.2) is the tighter bar
     ten = learning_check(sample_dynamics(_late_records([[0.19, 0.19]] * 10, [[0, 1]] * 10, labels=range(10))))
-    assert ten.chance == pytest.approx(0.1) and ten.bar == pytest.approx(0.2) and not ten.learned
+    assert ten.chance == pytest.approx(0.1) and ten.bar == pytest.approx(0.2) and ten.accuracy == 0.5
+    assert ten.learned and ten.flat and ten.probability_bar == pytest.approx(0.2)
     # regression, one class or nothing: no verdict
     reg = sample_dynamics(_records([(t, 0, 1.0, NAN, NAN, NAN, NAN, 0.5) for t in range(3)]))
     one = sample_dynamics(_late_records([[0.5, 0.5]] * 2, [[1, 1]] * 2, labels=(1, 1)))
     assert learning_check(reg) is None and learning_check(one) is None
     assert learning_check(sample_dynamics(None)) is None
+
+
+def test_a_model_that_learned_is_never_called_unlearned_on_unbalanced_or_binary_labels():
+    """The review's cases: 95/5 labels, every prediction right (label probability 0.96 on the
+    majority, 0.70 on the minority: 0.947 on average, under the largest share 0.95); and a
+    calibrated binary model, right 70% of the time at probability 0.7 (label probability 0.58)."""
+    from diagnostics.dynamics import learning_check
+
+    labels = [0] * 19 + [1]
+    confident = [[0.96, 0.96]] * 19 + [[0.70, 0.70]]
+    unbalanced = learning_check(sample_dynamics(_late_records(confident, [[1, 1]] * 20, labels=labels)))
+    assert unbalanced.learned and not unbalanced.flat and unbalanced.chance == pytest.approx(0.95)
+    assert unbalanced.prior_probability == pytest.approx(0.95 ** 2 + 0.05 ** 2)
+    # 10 samples, 5 per class; 7 right with 0.7 on the label, 3 wrong with 0.3 on it: accuracy 0.7, probability 0.58
+    binary = learning_check(sample_dynamics(_late_records([[0.7, 0.7]] * 7 + [[0.3, 0.3]] * 3,
+                                                          [[1, 1]] * 7 + [[0, 0]] * 3, labels=[0, 1] * 5)))
+    assert binary.accuracy == pytest.approx(0.7) and binary.label_probability == pytest.approx(0.58)
+    assert binary.learned and not binary.flat  # two classes: flat is not judged
+    # the same unbalanced labels, a model that always answers the majority: 95% right, not learned beyond chance
+    majority = learning_check(sample_dynamics(_late_records([[0.95, 0.95]] * 19 + [[0.05, 0.05]],
+                                                            [[1, 1]] * 19 + [[0, 0]], labels=labels)))
+    assert majority.accuracy == pytest.approx(0.95) and not majority.learned
 
 
 def test_the_shortlist_holds_the_samples_whose_label_lost():
