@@ -11,9 +11,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from diagnostics import errors, schema
+from diagnostics.health.common import MSE_LOSSES
 
 # Scalars the tool records for itself; drawn by default only once they say something.
 TOOL_SCALARS = ("grad_norm", "grad_clipped")
@@ -36,14 +38,15 @@ def loss_note(manifest: dict, names) -> str | None:
     """One sentence when `loss` and `val/loss` (or any `<split>/loss`) of a regression run are
     different quantities: `loss` is the training criterion per batch, an evaluation's loss the
     mean squared error per sample (a SmoothL1Loss of 0.2 beside a val/loss of 4.7 is not a
-    20× gap). None for classification (both cross-entropy) or an MSELoss run."""
+    20× gap). None for classification (both cross-entropy), an MSE run (`nn.MSELoss`,
+    `F.mse_loss`) or one whose loss function was not recorded."""
     evaluated = sorted(n for n in names if n.endswith("/loss") and not n.startswith(schema.PROBE_PREFIX))
     loss_fn = manifest.get("loss_fn")
-    if manifest.get("task") != "regression" or not evaluated or loss_fn == "MSELoss":
+    if manifest.get("task") != "regression" or not evaluated or not loss_fn or loss_fn in MSE_LOSSES:
         return None
     unit = errors.target_unit(manifest)
     squared = f"({unit})²" if unit else "the target's unit squared"
-    trained = f"the training criterion ({loss_fn})" if loss_fn else "the training criterion"
+    trained = f"the training criterion ({loss_fn})"
     return (f"loss is {trained} per batch; {', '.join(evaluated)} is the evaluation's mean squared error "
             f"per sample, in {squared}: different quantities, so compare each with itself, not with the other.")
 
@@ -103,14 +106,16 @@ def default_scalars(scalars: pd.DataFrame, most: int = DEFAULT_PANELS) -> list[s
            and values[n].notna().any() and not n.startswith(schema.PROBE_PREFIX)]
     own.sort(key=lambda n: n.startswith("train/"))
     tool = [n for n in TOOL_SCALARS if n in values and (values[n].fillna(0) != 0).any()]
-    chosen, seen = [], set()
+    chosen, seen = [], []
     for n in own + tool:  # a metric logged under two names (val/acc, val/accuracy): one panel
-        series = scalars.loc[scalars["name"] == n, ["step", "rank", "value"]].sort_values(["rank", "step"])
-        key = tuple(map(tuple, series.to_numpy().tolist()))
-        if key not in seen:
-            seen.add(key)
+        if len(chosen) == most:
+            break
+        series = scalars.loc[scalars["name"] == n, ["rank", "step", "value"]].sort_values(["rank", "step"])
+        series = series.to_numpy(dtype=float)
+        if not any(s.shape == series.shape and np.array_equal(s, series, equal_nan=True) for s in seen):
+            seen.append(series)
             chosen.append(n)
-    return chosen[:most]
+    return chosen
 
 
 def capture_gap_note(manifest: dict, last_step: int, last_capture: int) -> str:
@@ -127,5 +132,5 @@ def capture_gap_note(manifest: dict, last_step: int, last_capture: int) -> str:
         return ""
     why = ("the automatic schedule captures steps 0, 1, 2, 4, 8, … and in between only as often as its "
            f"{(manifest.get('watch') or {}).get('budget') or 0.03:.0%} cost budget allows; pass every=N to "
-           "capture regularly" if every == "auto" else f"captures every {every} steps" if every else "")
+           "capture regularly" if every == "auto" else f"it captures every {every} steps" if every else "")
     return f" The run went on to step {last_step:,} without another capture" + (f": {why}." if why else ".")

@@ -38,7 +38,8 @@ def all_reduce_max() -> tuple[Callable[[list[float]], Callable[[], list[float] |
     (MAX) of a few floats and returns a poll (the result once every rank has sent its
     values, None before; raises if the collective failed). Runs on a gloo group of the
     tool's own (CPU tensors, whatever backend training uses, and never in the middle of
-    training's own collectives), with a 5-minute timeout for the result nobody waits for.
+    training's own collectives), with a 5-minute timeout (the schedule waits for a result
+    at most SyncedAutoSchedule.SYNC_WAIT_S, and only when the next sync step comes first).
     Creating the group is collective: every rank calls watch(), as for the run's path.
     Returns (agree, group), or (None, None) with a warning where no gloo group can be made."""
     dist = torch.distributed

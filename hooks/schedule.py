@@ -99,8 +99,8 @@ class SyncedAutoSchedule(AutoSchedule):
     non-blocking all-reduce of this rank's [capture cost, median plain step, always-on
     time per plain step] with MAX, and returns a poll: the largest of each over the ranks
     once every rank has sent its values, None before. The result is read at the next sync
-    step (by then long complete; nobody ever waits for it) and every rank derives the same
-    period P = ceil(cost / (budget × step − always-on)): between powers of two, the
+    step (by then complete, as a rule) and every rank derives the same period
+    P = ceil(cost / (budget × step − always-on)): between powers of two, the
     multiples of P are captured. A result not complete at the next sync step (a slow link
     and very fast steps: 8 steps can take milliseconds) is waited for, up to SYNC_WAIT_S; if
     it is still missing then (a rank stopped stepping: uneven inputs) or failed, the rank

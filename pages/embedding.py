@@ -58,8 +58,9 @@ if status.state == "failed":
 elif preview:
     _umap_progress(status.ticket)
 dims = len(samples["embedding"].iloc[0])
+waiting = "the UMAP failed" if status.state == "failed" else "UMAP on its way"
 how = {"direct": " (shown as it is)", "pca": " mapped to 2-D with PCA (too few points for UMAP)",
-       "umap": " mapped to 2-D with UMAP", "pca preview": " — PCA preview (UMAP on its way)"}[status.method]
+       "umap": " mapped to 2-D with UMAP", "pca preview": f" — PCA preview ({waiting})"}[status.method]
 st.caption(f"{len(samples):,} samples; embedding of {dims} dimensions{how}. Draw a lasso or box to select.")
 label = {"umap": "UMAP", "pca preview": "PCA preview", "pca": "PCA", "direct": None}[status.method]
 figure = figures.embedding_figure(points, samples, color_by=color_by, class_names=r.class_names, method=label)

@@ -94,7 +94,8 @@ def sample_history_figure(records: pd.DataFrame, evaluations: pd.DataFrame, task
                       margin=_MARGIN, legend=dict(orientation="h", y=-0.3))
     if task == "classification":
         fig.update_yaxes(range=[-0.03, 1.03])  # a probability: its whole range, even for one point
-    steps = pd.concat([records.get("step", pd.Series(dtype=float)), evaluations.get("step", pd.Series(dtype=float))])
+    steps = pd.concat([records.get("step", pd.Series(dtype=float)),
+                       evaluations.get("step", pd.Series(dtype=float))]).dropna()
     if steps.nunique() < 5:  # a step or a few: whole steps only (plotly ticked one evaluation 23.5, 24, 24.5)
         fig.update_xaxes(tickmode="array", tickvals=sorted(int(s) for s in steps.unique()))
     return fig

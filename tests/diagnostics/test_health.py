@@ -574,15 +574,27 @@ def test_symptoms_of_a_loss_input_bug_defer_to_it():
 
 
 def test_a_loss_input_bug_with_which_training_failed_is_an_error():
-    def finding(rule, severity="warning"):
+    def finding(rule, severity="warning", **evidence):
         return health.Finding(rule=rule, severity=severity, layer=None, step_start=0, step_end=9,
-                              message=f"{rule} fired.", advice="Fix it.")
-    cause, at_baseline = finding("softmax_before_cross_entropy"), finding("loss_vs_baseline")
+                              message=f"{rule} fired.", advice="Fix it.", evidence=evidence)
+    # 10 classes: the softmax's floor log(1 + 9/e) = 1.46 lies at 63% of the baseline log 10 = 2.30
+    cause = finding("softmax_before_cross_entropy", loss_floor=1.46, num_classes=10)
+    at_baseline = finding("loss_vs_baseline", last_loss=2.25, baseline=2.30)
     out = health.defer_to_root_cause([cause, at_baseline])
     assert out[0].severity == "error" and out[0].evidence["training_failed"] is True
-    assert "has not learned" in out[0].message and out[1].severity == "info"
+    assert ("its loss 2.25 is 98% of the trivial baseline 2.3, which its floor of 1.46 does not explain"
+            in out[0].message)
+    assert out[1].severity == "info"
+    # 1,000 classes: the floor log(1 + 999/e) = 5.91 is 86% of log 1000 = 6.91: a loss at 93% of it may be a
+    # model that learned and is held up by the floor alone: a warning still
+    wide = finding("softmax_before_cross_entropy", loss_floor=5.91, num_classes=1000)
+    held = health.defer_to_root_cause([wide, finding("loss_vs_baseline", last_loss=6.41, baseline=6.91)])
+    assert held[0] == wide
+    # a bug with no floor (a regression loss on class ids): the loss near the baseline is enough
+    ids = finding("regression_loss_on_class_ids")
+    assert health.defer_to_root_cause([ids, at_baseline])[0].severity == "error"
     # the loss beat the baseline (info: 16% below it, the full demo's 53% baseline): the bug stays a warning
-    learned = health.defer_to_root_cause([cause, finding("loss_vs_baseline", "info")])
+    learned = health.defer_to_root_cause([cause, finding("loss_vs_baseline", "info", last_loss=1.9, baseline=2.3)])
     assert learned[0] == cause
     # another symptom alone (vanishing gradients) says nothing of the training's outcome
     assert health.defer_to_root_cause([cause, finding("vanishing_gradients")])[0] == cause

@@ -38,8 +38,8 @@ def test_headline_says_the_last_step_as_the_picker_does_and_names_what_is_missin
 
 
 def test_a_metric_logged_under_two_names_gets_one_default_panel():
-    scalars = _scalars({"val/acc": [0.5, 0.7], "val/accuracy": [0.5, 0.7], "val/top5": [0.5, 0.8],
-                        "val/mae": [2.0, 1.0], "val/mae_bpm": [2.0, 1.0]})
+    scalars = _scalars({"val/acc": [0.5, np.nan, 0.7], "val/accuracy": [0.5, np.nan, 0.7], "val/top5": [0.5, 0.8, 0.9],
+                        "val/mae": [2.0, 1.0, 1.0], "val/mae_bpm": [2.0, 1.0, 1.0]})
     assert overview.default_scalars(scalars) == ["val/acc", "val/mae", "val/top5"]
     assert "val/accuracy" in overview.other_scalars(scalars)  # still there to pick: the names are the user's
 
@@ -51,7 +51,10 @@ def test_loss_note_says_when_loss_and_val_loss_are_different_quantities():
     assert overview.loss_note(radar, ["loss", "val/mae"]) is None                  # no evaluation loss drawn
     assert overview.loss_note({**radar, "loss_fn": "MSELoss"}, ["loss", "val/loss"]) is None  # the same quantity
     assert overview.loss_note({**radar, "task": "classification"}, ["loss", "val/loss"]) is None
-    assert "the target's unit squared" in overview.loss_note({"task": "regression"}, ["loss", "test/loss"])
+    assert overview.loss_note({**radar, "loss_fn": "mse_loss"}, ["loss", "val/loss"]) is None  # F.mse_loss
+    assert overview.loss_note({"task": "regression"}, ["loss", "val/loss"]) is None  # not recorded: unknown
+    assert "the target's unit squared" in overview.loss_note({"task": "regression", "loss_fn": "L1Loss"},
+                                                             ["loss", "test/loss"])
 
 
 def _scalars(values: dict[str, list[float]]) -> pd.DataFrame:
@@ -80,5 +83,5 @@ def test_capture_gap_note_says_why_the_end_of_a_run_has_no_capture():
     assert "step 180" in note and "automatic schedule" in note and "3% cost budget" in note and "every=N" in note
     assert overview.capture_gap_note(auto, 180, 170) == ""  # within a tenth of the run
     assert overview.capture_gap_note({"watch": {"every": 50}}, 199, 150) == ""
-    assert "captures every 50 steps" in overview.capture_gap_note({"watch": {"every": 50}}, 299, 150)
+    assert "it captures every 50 steps" in overview.capture_gap_note({"watch": {"every": 50}}, 299, 150)
     assert overview.capture_gap_note({}, 100, 10).endswith("without another capture.")

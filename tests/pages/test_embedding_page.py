@@ -130,6 +130,7 @@ def test_a_failed_umap_leaves_the_preview_and_says_why(monkeypatch, tmp_path, ga
     assert chart(at)["layout"]["title"]["text"].startswith("PCA preview")
     (warning,) = [w.value for w in at.warning]
     assert "MemoryError: out of memory" in warning and "PCA preview stays" in warning
+    assert any("PCA preview (the UMAP failed)" in c.value for c in at.caption)  # not "on its way"
     at.run()                                                         # a rerun neither refits nor hides it
     assert [w.value for w in at.warning] == [warning] and gated.calls == 1
     gated.error = None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 from streamlit.testing.v1 import AppTest
 
@@ -99,10 +101,13 @@ def test_a_regression_run_says_its_loss_and_val_loss_are_different_quantities(mo
     write_run(tmp_path, "radar", labels, labels + 2.0, np.full(12, 4.0), task="regression",
               config={"target": "breaths/min"},
               scalars=[(s, "loss", 1.0 / (s + 1)) for s in range(10)] + [(9, "val/loss", 4.0), (9, "val/mae", 2.0)])
+    manifest = tmp_path / "radar" / "run.json"  # as hooks.watch records it: the loss function's name
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "loss_fn": "SmoothL1Loss"}))
     at = _open(monkeypatch, tmp_path, "radar")
     assert "val/loss" in next(w for w in at.multiselect if w.label == "Other scalars").value
     (note,) = [c.value for c in at.caption if "different quantities" in c.value]
     assert "val/loss is the evaluation's mean squared error" in note and "(breaths/min)²" in note
+    assert "SmoothL1Loss" in note
     write_run(tmp_path / "other", "cls", [0, 1], [0, 1], [0.1, 0.2], scalars=[(0, "loss", 1.0), (0, "val/loss", 0.5)])
     at = _open(monkeypatch, tmp_path / "other", "cls")
     assert "val/loss" in next(w for w in at.multiselect if w.label == "Other scalars").value
