@@ -59,13 +59,17 @@ if check is not None and not check.learned:
             "losing are listed here.")
     st.stop()
 shortlisted = int(dyn.suspicious(d, found).sum())
+if not shortlisted and d["label_error_score"].isna().all():
+    st.info("No sample has a label-error score: none has late training records with a margin (log ids with "
+            "`run.log_batch(..., ids=)` through the end of training).")
+    st.stop()
 if not shortlisted:
     st.success(f"No likely {'target' if regression else 'label'} errors: "
                + ("no sample's late-weighted |residual| exceeds the hard-to-learn threshold." if regression else
-                  "every training sample's given label beat the other classes on late-weighted average."))
+                  "no training sample's given label lost to another class on late-weighted average."))
     st.stop()
 left, right, _ = st.columns(3)
-id_text = left.text_input("Sample id contains", key="datamap_id", placeholder="e.g. 123")
+id_text = left.text_input("Sample id contains (in the shortlist)", key="datamap_id", placeholder="e.g. 123")
 top_n = int(right.number_input("Shortlist: the best-scored", min_value=1, max_value=1000, value=50, step=10,
                                key="datamap_top"))
 if regression:
