@@ -36,10 +36,14 @@ def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,
 def value_distribution_figure(output_row: pd.Series, label_row: pd.Series, title: str = "") -> go.Figure:
     """The model's output values overlaid on the labels', both moved onto one grid of bins
     spanning the two (each was recorded over its own range: bars on their own edges made a
-    picket fence whose heights could not be compared)."""
+    picket fence whose heights could not be compared), as many bins as the values support."""
     fig = go.Figure()
     rows = pd.DataFrame([label_row, output_row])
-    bins = max(len(label_row["hist_counts"]), len(output_row["hist_counts"]), 1)
+    recorded = max(len(label_row["hist_counts"]), len(output_row["hist_counts"]), 1)
+    values = max(float(np.sum(label_row["hist_counts"])), float(np.sum(output_row["hist_counts"])), 1.0)
+    # the Rice rule, 2·n^(1/3) bins (a batch of 128 values: 10), within [10, recorded]: 64 bins over
+    # one batch's values left most bars at one or two samples, a comb whose heights said nothing
+    bins = int(min(recorded, max(10, round(2 * values ** (1 / 3)))))
     edges, shares = histograms.common_grid(rows, bins=bins)
     for share, name, color in ((shares[0], "labels", GREY), (shares[1], "outputs", RED)):
         fig.add_bar(x=(edges[:-1] + edges[1:]) / 2, y=share, width=np.diff(edges),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 
 from diagnostics import figures
 
@@ -161,3 +162,15 @@ def test_a_sample_history_of_one_evaluation_is_ticked_at_whole_steps():
     assert list(figures.sample_history_figure(two, evaluation, "classification").layout.xaxis.tickvals) == [3, 7, 24]
     many = pd.DataFrame({"step": range(20), "confidence": np.linspace(0, 1, 20)})
     assert figures.sample_history_figure(many, evaluation, "classification").layout.xaxis.tickvals is None
+
+
+def test_output_and_label_values_get_as_many_bins_as_their_count_supports():
+    """One batch of 125 values recorded in 64 bins: 2 × 125^(1/3) = 10 bins; 64,000 values: 64 (all recorded)."""
+    rng = np.random.default_rng(0)
+    def row(n):
+        counts, edges = np.histogram(rng.normal(size=n), bins=64)
+        return pd.Series({"hist_counts": counts, "hist_min": edges[0], "hist_max": edges[-1], "min": edges[0],
+                          "max": edges[-1]})
+    small = figures.value_distribution_figure(row(125), row(125))
+    assert len(small.data[0].x) == 10 and sum(small.data[0].y) == pytest.approx(1.0)
+    assert len(figures.value_distribution_figure(row(64_000), row(64_000)).data[0].x) == 64
