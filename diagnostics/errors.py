@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
+from diagnostics import schema
 from diagnostics.paging import PAGE_SIZE, Page, id_matches, page_span
 
 TASKS = ("classification", "regression")
@@ -388,7 +389,8 @@ def regression_loss_note(unit: str | None, loss_fn: str | None = None) -> str:
     """
     in_unit = f" in {unit}" if unit else " in the target's unit"
     squared = f" in ({unit})²" if unit else " in the target's unit squared"
-    trained = f"; training optimised {loss_fn}, which this column is not" if loss_fn and loss_fn != "MSELoss" else ""
+    trained = (f"; training optimised {loss_fn}, which this column is not"
+               if loss_fn and loss_fn not in schema.MSE_LOSSES else "")
     return (f"loss: each sample's squared error (prediction − label)²{squared} (mean over outputs){trained}. "
             f"residual = prediction − label and |error| are{in_unit}; MAE, RMSE and bias too.")
 

@@ -15,7 +15,6 @@ import numpy as np
 import pandas as pd
 
 from diagnostics import errors, schema
-from diagnostics.health.common import MSE_LOSSES
 
 # Scalars the tool records for itself; drawn by default only once they say something.
 TOOL_SCALARS = ("grad_norm", "grad_clipped")
@@ -42,7 +41,7 @@ def loss_note(manifest: dict, names) -> str | None:
     `F.mse_loss`) or one whose loss function was not recorded."""
     evaluated = sorted(n for n in names if n.endswith("/loss") and not n.startswith(schema.PROBE_PREFIX))
     loss_fn = manifest.get("loss_fn")
-    if manifest.get("task") != "regression" or not evaluated or not loss_fn or loss_fn in MSE_LOSSES:
+    if manifest.get("task") != "regression" or not evaluated or not loss_fn or loss_fn in schema.MSE_LOSSES:
         return None
     unit = errors.target_unit(manifest)
     squared = f"({unit})²" if unit else "the target's unit squared"
@@ -112,7 +111,7 @@ def default_scalars(scalars: pd.DataFrame, most: int = DEFAULT_PANELS) -> list[s
             break
         series = scalars.loc[scalars["name"] == n, ["rank", "step", "value"]].sort_values(["rank", "step"])
         series = series.to_numpy(dtype=float)
-        if not any(s.shape == series.shape and np.array_equal(s, series, equal_nan=True) for s in seen):
+        if not any(np.array_equal(s, series, equal_nan=True) for s in seen):
             seen.append(series)
             chosen.append(n)
     return chosen
@@ -126,11 +125,13 @@ def capture_gap_note(manifest: dict, last_step: int, last_capture: int) -> str:
 
         capture_gap_note(run.manifest, run.status()["last_step"], 128)
     """
-    every = (manifest.get("watch") or {}).get("every")
-    expected = every if isinstance(every, int) else max(1, last_step // 10)  # every=N: up to N − 1 steps
-    if last_step - last_capture <= expected - (1 if isinstance(every, int) else 0):
+    watch = manifest.get("watch") or {}
+    every = watch.get("every")
+    allowed = every - 1 if isinstance(every, int) else max(1, last_step // 10)  # every=N: N − 1 steps after one
+    if last_step - last_capture <= allowed:
         return ""
-    why = ("the automatic schedule captures steps 0, 1, 2, 4, 8, … and in between only as often as its "
-           f"{(manifest.get('watch') or {}).get('budget') or 0.03:.0%} cost budget allows; pass every=N to "
-           "capture regularly" if every == "auto" else f"it captures every {every} steps" if every else "")
-    return f" The run went on to step {last_step:,} without another capture" + (f": {why}." if why else ".")
+    said = f" The run went on to step {last_step:,} without another capture"
+    if every == "auto":
+        return (f"{said}: the automatic schedule captures steps 0, 1, 2, 4, 8, … and in between only as often as "
+                f"its {watch.get('budget') or 0.03:.0%} cost budget allows; pass every=N to capture regularly.")
+    return f"{said}: it captures every {every} steps." if every else f"{said}."

@@ -75,6 +75,10 @@ def dataset_key(split: str, sample_ids, labels) -> str:
     return f"{split}:{h.hexdigest()[:12]}"
 
 
+# The manifest's `loss_fn` names (a module's class or a function's name) that are the mean
+# squared error: the evaluation's per-sample `loss` of a regression run is that same quantity.
+MSE_LOSSES = frozenset({"MSELoss", "mse_loss"})
+
 # Loss-input probes (hooks/probes.py), scalars at capture steps named PROBE_PREFIX + split/field:
 # mean |sum - 1| and mean |logsumexp| of the loss's inputs over the class (dim 1) and batch
 # (dim 0) dimensions, the share of integer labels, the number of distinct labels in the batch,

@@ -33,7 +33,7 @@ MIN_LOSS_STEPS = 10
 NORM_TYPES = ("BatchNorm", "LayerNorm", "GroupNorm", "InstanceNorm", "LocalResponseNorm", "RMSNorm")
 CE_LOSSES = {"CrossEntropyLoss", "NLLLoss", "cross_entropy", "nll_loss"}
 BINARY_LOSSES = {"BCEWithLogitsLoss", "BCELoss", "binary_cross_entropy_with_logits", "binary_cross_entropy"}
-MSE_LOSSES = {"MSELoss", "mse_loss"}
+MSE_LOSSES = schema.MSE_LOSSES
 
 
 @dataclass(frozen=True)

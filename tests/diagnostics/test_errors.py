@@ -287,3 +287,10 @@ def test_class_count_from_the_manifest_or_the_probabilities():
     assert class_count({"num_classes": 4}, samples) == 4
     assert class_count({}, samples) == 3
     assert class_count({}, samples.iloc[:0]) == 0
+
+
+def test_regression_loss_note_takes_the_functional_mse_for_the_same_quantity():
+    from diagnostics.errors import regression_loss_note
+
+    assert "mse_loss" not in regression_loss_note("breaths/min", "mse_loss")  # F.mse_loss: the same quantity
+    assert "SmoothL1Loss, which this column is not" in regression_loss_note("breaths/min", "SmoothL1Loss")
