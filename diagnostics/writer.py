@@ -88,11 +88,13 @@ class RunWriter:
         self._seq = self._next_seq()
         self._last_step = -1
         self._closed = False
+        self._state = "running"
         self.fault: str | None = None  # the first write that failed, in words (None: all written)
         self.dropped_rows = 0          # rows lost to write faults
+        self.faults: list[dict] = []   # parts of the recording switched off (hooks/guard.py)
         if rank == 0:
             _atomic_write_json(self.path / schema.MANIFEST_FILE, self._manifest)
-        self._write_status("running")
+        self._write_status()
         self._wake = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="diagnostics-writer", daemon=True)
         self._thread.start()
@@ -209,12 +211,31 @@ class RunWriter:
             self._buffers[table_name].append(table)
 
     def update_manifest(self, **entries: Any) -> None:
-        """Merge entries into run.json (rank 0 only; other ranks ignore it)."""
+        """Merge entries into run.json (rank 0 only; other ranks ignore it). A write that
+        fails never raises: it is a write fault (see `flush`)."""
         if self.rank != 0:
             return
         with self._io_lock:
             self._manifest.update(entries)
+        try:
+            self._write_manifest()
+        except Exception as exc:  # the user's training must never die of diagnostics
+            self._fault(exc, 0)
+
+    def _write_manifest(self) -> None:
+        with self._io_lock:
             _atomic_write_json(self.path / schema.MANIFEST_FILE, self._manifest)
+
+    def note_fault(self, fault: dict) -> None:
+        """Record a part of the recording that failed (hooks/guard.py): in this rank's status
+        file and, on rank 0, in the manifest's `faults`. Never raises."""
+        with self._lock:
+            self.faults.append(fault)
+        self.update_manifest(faults=list(self.faults))
+        try:
+            self._write_status()
+        except Exception as exc:  # noqa: BLE001 -- a write fault: warned once, recorded where it can be
+            self._fault(exc, 0)
 
     # -- flushing -------------------------------------------------------------------
     def flush(self) -> None:
@@ -239,7 +260,8 @@ class RunWriter:
         warnings.warn(f"hookscope could not write the run {self.path} ({self.fault}) — training goes on; "
                       "what it records meanwhile is lost until the disk takes writes again", RuntimeWarning,
                       stacklevel=3)
-        for write in (lambda: self.update_manifest(writer_error=self.fault), lambda: self._write_status("running")):
+        self._manifest["writer_error"] = self.fault
+        for write in (self._write_manifest, self._write_status):
             try:
                 write()
             except Exception:  # noqa: BLE001 -- the fault was reported above; this is a best effort
@@ -256,7 +278,7 @@ class RunWriter:
                 table_dir = self.path / table_name
                 _atomic_write_table(table_dir / schema.part_name(self.rank, seq, seq), table)
                 self._compact(table_dir)
-            self._write_status("running")
+            self._write_status()
 
     def close(self, state: str = "finished") -> None:
         """Flush everything, stop the thread and mark this rank `finished` (or `failed`)."""
@@ -266,8 +288,9 @@ class RunWriter:
         self._wake.set()
         self._thread.join()
         self.flush()
+        self._state = state
         try:
-            self._write_status(state)
+            self._write_status()
         except Exception as exc:  # noqa: BLE001 -- a fault at the very end: warned once, never raised
             self._fault(exc, 0)
 
@@ -278,11 +301,12 @@ class RunWriter:
                 return
             self.flush()  # never raises: a fault is warned about once and recorded
 
-    def _write_status(self, state: str) -> None:
+    def _write_status(self) -> None:
         _atomic_write_json(
             self.path / schema.STATUS_DIR / f"rank{self.rank}.json",
-            {"state": state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid(),
-             "host": self._manifest["host"], **({"writer_error": self.fault} if self.fault else {})},
+            {"state": self._state, "heartbeat": time.time(), "last_step": self._last_step, "pid": os.getpid(),
+             "host": self._manifest["host"], **({"writer_error": self.fault} if self.fault else {}),
+             **({"faults": self.faults} if self.faults else {})},
         )
 
     def _next_seq(self) -> int:

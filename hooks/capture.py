@@ -2,7 +2,7 @@
 
 `Capture` owns what a step collects: it decides nothing about the run's lifecycle
 (hooks/watcher.py registers its methods as hooks and removes them). Its methods are the
-hook bodies, registered through `functools.partial(Capture.method, capture, ...)`:
+hook bodies, registered as `Hook(capture, part, Capture.method, ...)` (hooks/guard.py):
 
 - `on_forward` on every leaf module: on capture steps, the output's summary
   (`activation`) and a tensor hook on that output for its gradient (`on_grad`,
@@ -25,7 +25,6 @@ import math
 import sys
 import threading
 import time
-from functools import partial
 from typing import Any
 
 import torch
@@ -33,7 +32,9 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
+from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
+from hooks.options import Selection
 from hooks.probes import loss_input_probe
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -106,13 +107,22 @@ class Capture:
         task: "classification", "regression" or None (inferred from the first outputs).
         distributed: several ranks (gradients are averaged after backward's hooks).
         started: when the first step began (time.perf_counter()).
+        guard: contains the hook bodies' failures (hooks/guard.py); a new one records faults
+            through the writer.
+        selection: the layers and kinds to record (default: all).
     """
 
     def __init__(self, model: nn.Module, writer: RunWriter, schedule: Any, task: str | None, *,
-                 distributed: bool, started: float) -> None:
+                 distributed: bool, started: float, guard: Guard | None = None,
+                 selection: Selection | None = None) -> None:
         self.writer, self.schedule, self.task, self.distributed = writer, schedule, task, distributed
+        self.guard = guard or Guard(writer.note_fault)
+        self.selection = selection = selection or Selection()
+        self.kinds = selection.kinds
         self.handover = Handover(writer)
         self.param_names = {p: n for n, p in model.named_parameters()}
+        # the parameters whose weight, gradient and update are summarised at capture steps
+        self.recorded_params = {p: n for p, n in self.param_names.items() if selection.parameter(n)}
         self.mode_modules = [(n or type(model).__name__, m) for n, m in model.named_modules()
                              if isinstance(m, _MODE_TYPES) and getattr(m, "p", 1) != 0]
         # clipping probes: a few small trainable parameters (reading them again is cheap)
@@ -160,6 +170,7 @@ class Capture:
             self.task = task
             self.writer.update_manifest(task=task)
         summaries, num_classes = output_summaries(outputs, labels, split, task)
+        summaries = [s for s in summaries if s[1] in self.kinds]
         if num_classes is not None and self.num_classes != num_classes:
             self.num_classes = num_classes
             self.writer.update_manifest(num_classes=num_classes)
@@ -201,6 +212,7 @@ class Capture:
         self.own_s = 0.0
         self.step_started = now
         self.step += 1
+        self.guard.step = self.step
         self.norm_recorded = False
         self.mode_noted = False
         self.capturing = False if final else self.schedule.should_capture(self.step)
@@ -208,7 +220,7 @@ class Capture:
 
     def finish(self) -> None:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
-        self.param_names = {}
+        self.param_names = self.recorded_params = {}
         self.probes = []
         if self.pending or self.deferred or self.step_losses:
             self.end_step(final=True)
@@ -224,14 +236,15 @@ class Capture:
         out = first_tensor(output)
         if out is None or not self.first_call(layer, "activation"):
             return
-        self.add_tensor(layer, "activation", out, unit_fraction(out, module))
+        if "activation" in self.kinds:
+            self.add_tensor(layer, "activation", out, unit_fraction(out, module))
         if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
                 and self.first_call("batchnorm", "batch_size")):
             self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
         if self.step == 0:
             self.output_shapes[layer] = list(out.shape)
-        if out.requires_grad:
-            out.register_hook(partial(Capture.on_grad, self, layer))
+        if out.requires_grad and "gradient" in self.kinds:
+            out.register_hook(Hook(self, "activations", Capture.on_grad, layer))
 
     def on_grad(self, layer: str, grad: torch.Tensor) -> None:
         if self.first_call(layer, "gradient"):
@@ -317,7 +330,7 @@ class Capture:
             result = closure()
             if not called:
                 called = True
-                self.before_update(optimizer)
+                contained(self.guard, "optimizer", lambda: self.before_update(optimizer))
             return result
 
         if "closure" in kwargs:
@@ -335,12 +348,14 @@ class Capture:
             self.before_step = {}
             for group in optimizer.param_groups:
                 for p in group["params"]:
-                    name = self.param_names.get(p)
+                    name = self.recorded_params.get(p)
                     if name is None:
                         continue
-                    self.add_tensor(name, "weight", p)
-                    if p.grad is not None:
+                    if "weight" in self.kinds:
+                        self.add_tensor(name, "weight", p)
+                    if p.grad is not None and "param_grad" in self.kinds:
                         self.add_tensor(name, "param_grad", stored_values(p.grad))
+                    if p.grad is not None and "update" in self.kinds:
                         # the update is summarised on a fixed sample of the weight's positions:
                         # a copy of every weight would double the parameters' memory
                         flat = p.detach().reshape(-1)
@@ -412,7 +427,7 @@ def _nested_step(optimizer) -> bool:
     class), which must count as one step. The caller's frame is torch's hook wrapper;
     another frame of the same code for the same optimizer further up means nesting
     (read from the stack, so an exception inside an earlier step leaves no stale state)."""
-    frame = sys._getframe(2)  # 0: here, 1: the hook (partial adds no frame), 2: torch's wrapper that called it
+    frame = sys._getframe(3)  # 0: here, 1: the hook body, 2: its guard (Hook.__call__), 3: torch's wrapper
     code = frame.f_code
     frame = frame.f_back
     while frame is not None:
@@ -425,29 +440,37 @@ def _nested_step(optimizer) -> bool:
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
                    module_hooks: bool = True) -> None:
     """Register every hook of `capture`, appending each handle to `handles` (the caller
-    removes them). The hooks hold the capture strongly; removing them breaks the cycle."""
-    for name, module in model.named_modules() if module_hooks else ():
-        # a loss module inside the model is the loss, not a layer
-        if not any(True for _ in module.children()) and not isinstance(module, nn.modules.loss._Loss):
+    removes them). Each hook is a `Hook` (hooks/guard.py): its failure switches its part
+    off and never reaches the training loop; a copy of the model holds an inert one. The
+    hooks hold the capture strongly; removing them breaks the cycle. Modules outside
+    `capture.selection` get no hook at all (they cost nothing)."""
+    selection = capture.selection
+    if module_hooks and selection.kinds & {"activation", "gradient"}:
+        for name, module in model.named_modules():
+            # a loss module inside the model is the loss, not a layer
+            if any(True for _ in module.children()) or isinstance(module, nn.modules.loss._Loss):
+                continue
             layer = name or type(model).__name__
-            handles.append(module.register_forward_hook(partial(Capture.on_forward, capture, layer)))
+            if selection.layer(layer):
+                handles.append(module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, layer)))
     if isinstance(loss_fn, nn.Module):
-        handles.append(loss_fn.register_forward_hook(partial(Capture.on_loss, capture), with_kwargs=True))
+        handles.append(loss_fn.register_forward_hook(Hook(capture, "loss", Capture.on_loss), with_kwargs=True))
     if optimizer is not None:
         for p in model.parameters() if not capture.distributed else ():
             if p.requires_grad:
-                handles.append(p.register_post_accumulate_grad_hook(partial(Capture.on_grad_accumulated, capture)))
+                handles.append(p.register_post_accumulate_grad_hook(
+                    Hook(capture, "grad_norm", Capture.on_grad_accumulated)))
         held = [p for g in optimizer.param_groups for p in g["params"]
                 if p.requires_grad and p in capture.param_names]  # the optimizer may hold a replaced module's
         if held and not capture.distributed:  # the smallest held parameter: is its gradient reset?
             probe = min(held, key=lambda p: p.numel())
-            handles.append(probe.register_hook(partial(Capture.on_probe_grad, capture, probe)))
-        handles.append(optimizer.register_step_pre_hook(partial(Capture.on_step_pre, capture)))
-        handles.append(optimizer.register_step_post_hook(partial(Capture.on_step_post, capture)))
+            handles.append(probe.register_hook(Hook(capture, "probe", Capture.on_probe_grad, probe)))
+        handles.append(optimizer.register_step_pre_hook(Hook(capture, "optimizer", Capture.on_step_pre)))
+        handles.append(optimizer.register_step_post_hook(Hook(capture, "optimizer", Capture.on_step_post)))
     else:
-        handles.append(model.register_forward_pre_hook(partial(Capture.on_model_forward, capture)))
+        handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
-        handles.append(model.register_forward_pre_hook(partial(Capture.on_no_grad_forward, capture)))
+        handles.append(model.register_forward_pre_hook(Hook(capture, "mode", Capture.on_no_grad_forward)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:

@@ -26,11 +26,11 @@ def rank_and_world_size() -> tuple[int, int]:
     return 0, 1
 
 
-def broadcast_path(path: Path | None) -> Path:
-    """Rank 0's `path`, on every rank (collective)."""
+def broadcast_path(path: Path | None) -> Path | None:
+    """Rank 0's `path`, on every rank (collective); None where rank 0 could not make it."""
     box = [str(path) if path is not None else None]
     torch.distributed.broadcast_object_list(box, src=0)
-    return Path(box[0])
+    return Path(box[0]) if box[0] is not None else None
 
 
 def all_reduce_max() -> tuple[Callable[[list[float]], Callable[[], list[float] | None]] | None, Any]:

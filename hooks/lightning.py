@@ -13,7 +13,6 @@ import importlib.util
 import os
 import warnings
 from collections.abc import Mapping
-from functools import partial
 from typing import Any
 
 if importlib.util.find_spec("lightning") is None:
@@ -24,6 +23,7 @@ import torch
 from torch import nn
 
 from hooks.evaluate import ID_KEYS
+from hooks.guard import Guard, Hook
 from hooks.handover import LOSS_BATCH
 from hooks.options import WatchOptions
 from hooks.tensors import task_of_loss
@@ -35,8 +35,8 @@ class DiagnosticsCallback(pl.Callback):
     """Records `trainer.fit(...)` with `hooks.watch`: one run per fit, in `run_dir/name`.
 
     Args:
-        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget: as for
-            `hooks.watch` (one `hooks.options.WatchOptions` holds them).
+        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget, layers,
+            kinds, strict: as for `hooks.watch` (one `hooks.options.WatchOptions` holds them).
         evaluate: after fit, `run.evaluate` on the validation dataloader (split "val").
         loss_key: the key of `training_step`'s returned dict that holds the loss.
 
@@ -91,12 +91,15 @@ class DiagnosticsCallback(pl.Callback):
         class_names: list[str] | None = None,
         seed: int | None = None,
         budget: float = 0.03,
+        layers: str | list[str] | None = None,
+        kinds: list[str] | None = None,
+        strict: bool = False,
         evaluate: bool = True,
         loss_key: str = "loss",
     ) -> None:
         self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                                           flush_every_s=flush_every_s, class_names=class_names, seed=seed,
-                                          budget=budget)
+                                          budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
         self.loss_key = loss_key
         self.run: WatchedRun | None = None  # the run of the current (or last) fit
@@ -109,6 +112,12 @@ class DiagnosticsCallback(pl.Callback):
         self._metrics_before: dict[str, Any] = {}
 
     # -- attach and detach --------------------------------------------------------------
+
+    @property
+    def guard(self) -> Guard:
+        """The run's containment (hooks/guard.py): a failure in this callback's hooks never
+        reaches training."""
+        return self.run.guard if self.run is not None else _IDLE
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         options = self.watch_options
         losses = [m for m in pl_module.modules() if isinstance(m, nn.modules.loss._Loss)]
@@ -125,7 +134,7 @@ class DiagnosticsCallback(pl.Callback):
             # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
             # hooks run right after it (Capture.on_step_pre) and see this step's gradients
             if loss_module is not None:
-                self._handles.append(loss_module.register_forward_hook(partial(_on_loss_module, self)))
+                self._handles.append(loss_module.register_forward_hook(Hook(self, "loss", _on_loss_module)))
             self.run = WatchedRun(pl_module, optimizer, None, options)
             self._recording = True
         except BaseException:
@@ -229,6 +238,10 @@ class DiagnosticsCallback(pl.Callback):
 
 def _is_scalar(value: Any) -> bool:
     return isinstance(value, (int, float)) or (isinstance(value, torch.Tensor) and value.numel() == 1)
+
+
+# a failure before the first run exists is contained all the same
+_IDLE = Guard(lambda fault: None)
 
 
 def _on_loss_module(callback: DiagnosticsCallback, module: nn.Module, args: tuple, output: Any) -> None:

@@ -27,16 +27,21 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None if out.returncode == 0 else None
 
 
-def unique_run_path(run_dir: Path, name: str | None) -> Path:
-    """`run_dir/name`, or `name-2`, `name-3`, ... when taken; a time-stamped name for None."""
+def make_run_dir(run_dir: Path, name: str | None) -> Path:
+    """Make and return `run_dir/name`, or `name-2`, `name-3`, ... when taken; a time-stamped
+    name for None. The folder is made with an exclusive mkdir, so two processes started with
+    the same name at the same moment never share one (never write into an earlier run)."""
     if name is None:
         name = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:4]
-    path = run_dir / name
-    n = 2
-    while path.exists():  # never write into (and mix with) an earlier run
-        path = run_dir / f"{name}-{n}"
-        n += 1
-    return path
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path, n = run_dir / name, 2
+    while True:
+        try:
+            path.mkdir()
+            return path
+        except FileExistsError:
+            path = run_dir / f"{name}-{n}"
+            n += 1
 
 
 def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:

@@ -16,7 +16,6 @@ import numbers
 import os
 import warnings
 from collections.abc import Iterable, Iterator
-from functools import partial
 from typing import Any
 
 if importlib.util.find_spec("transformers") is None:
@@ -26,6 +25,7 @@ import torch
 import transformers
 from torch import nn
 
+from hooks.guard import Guard, Hook
 from hooks.handover import LOSS_BATCH
 from hooks.options import WatchOptions
 from hooks.watcher import WatchedRun
@@ -41,8 +41,8 @@ class DiagnosticsCallback(transformers.TrainerCallback):
     """Records `trainer.train()` with `hooks.watch`: one run per call, in `run_dir/name`.
 
     Args:
-        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget: as for
-            `hooks.watch` (one `hooks.options.WatchOptions` holds them).
+        run_dir, name, every, task, config, flush_every_s, class_names, seed, budget, layers,
+            kinds, strict: as for `hooks.watch` (one `hooks.options.WatchOptions` holds them).
         evaluate: at the end of training, `run.evaluate` on the last evaluation's dataloader (split "val").
 
     The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
@@ -92,11 +92,14 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         class_names: list[str] | None = None,
         seed: int | None = None,
         budget: float = 0.03,
+        layers: str | list[str] | None = None,
+        kinds: list[str] | None = None,
+        strict: bool = False,
         evaluate: bool = True,
     ) -> None:
         self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                                           flush_every_s=flush_every_s, class_names=class_names, seed=seed,
-                                          budget=budget)
+                                          budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
         self.run: WatchedRun | None = None  # the run of the current (or last) train()
         self._recording = False
@@ -108,6 +111,12 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         self._step_at_window_start = 0
 
     # -- attach and detach --------------------------------------------------------------
+
+    @property
+    def guard(self) -> Guard:
+        """The run's containment (hooks/guard.py): a failure in this callback's hooks never
+        reaches training."""
+        return self.run.guard if self.run is not None else _IDLE
     def on_train_begin(self, args, state, control, model: nn.Module | None = None,
                        optimizer: torch.optim.Optimizer | None = None, **kwargs: Any) -> None:
         if self._recording:  # the last train() never reached on_train_end: it crashed
@@ -127,7 +136,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         self._step_at_window_start = 0
         self.run = WatchedRun(model, optimizer, None, options)
         self._recording = True
-        self._handles.append(model.register_forward_hook(partial(_on_model_output, self), with_kwargs=True))
+        self._handles.append(model.register_forward_hook(Hook(self, "loss", _on_model_output), with_kwargs=True))
         atexit.register(self._close_at_exit)
 
     def on_train_end(self, args, state, control, eval_dataloader: Iterable | None = None, **kwargs: Any) -> None:
@@ -207,6 +216,10 @@ def _class_names(model_config: Any) -> list[str] | None:
     id2label = getattr(model_config, "id2label", None) or {}
     names = [str(id2label[i]) for i in sorted(id2label)]
     return names if names and names != [f"LABEL_{i}" for i in range(len(names))] else None
+
+
+# a failure before the first run exists is contained all the same
+_IDLE = Guard(lambda fault: None)
 
 
 def _on_model_output(callback: DiagnosticsCallback, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:

@@ -10,6 +10,7 @@ agreement of several ranks hooks/distributed.py.
 from __future__ import annotations
 
 import atexit
+import math
 import os
 import signal
 import sys
@@ -30,11 +31,20 @@ from diagnostics.writer import RunWriter
 from hooks import distributed, runinfo
 from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, evaluate_model
+from hooks.guard import Guard, contained
 from hooks.options import WatchOptions
 from hooks.records import per_sample
 from hooks.tensors import infer_task, task_of_loss
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
+
+
+class Metrics(dict):
+    """`evaluate`'s summary metrics; a key it lacks reads NaN (an evaluation that could not
+    be made has none), so `metrics["accuracy"]` in a training loop never raises."""
+
+    def __missing__(self, key: str) -> float:
+        return math.nan
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str | None, bool]:
@@ -67,6 +77,11 @@ class WatchedRun:
         loss_fn: the loss module (its inputs are the outputs and labels) or function.
         options: what to record and where (`hooks.options.WatchOptions`).
 
+    The run is a guest in the training: a failure of the tool's own (a hook, the disk, the
+    run folder) never reaches the training loop (hooks/guard.py). When the run folder
+    cannot be made, one warning says so and training goes on unrecorded (`path` is None);
+    `options.strict` raises instead.
+
     Example::
 
         with WatchedRun(model, opt, criterion, WatchOptions(run_dir="runs")) as run:
@@ -82,23 +97,36 @@ class WatchedRun:
         model, wrapped_by, compiled = _unwrap(model)
         if model in _WATCHED:
             raise RuntimeError("watch: this model is already watched — close the other run first (run.close())")
-        _install_crash_handler()
         self.options = options
         self._closed = False
         self._model_ref = weakref.ref(model)
         self._model: nn.Module | None = model  # kept alive while the run is open; dropped at close
         self._handles: list = []
         self._evaluations: list[dict] = []
+        self._writer: RunWriter | None = None
+        self._capture: Capture | None = None
+        self.guard = Guard(self._note_fault, strict=options.strict)
+        self._atexit = partial(_close_at_exit, weakref.ref(self))
+        options.selection.check([n or type(model).__name__ for n, _ in model.named_modules()],
+                                [n for n, _ in model.named_parameters()])
         rank, world_size = distributed.rank_and_world_size()
-        # rank 0 picks the (unique) run directory; every other rank writes into the same one
-        path = runinfo.unique_run_path(Path(options.run_dir), options.name) if rank == 0 else None
-        self.path: Path = distributed.broadcast_path(path) if world_size > 1 else path
-        schedule, self._sync_group = distributed.make_schedule(options, world_size)
-        manifest = runinfo.manifest(model, optimizer, loss_fn, options, name=self.path.name, task=options.task,
-                                    wrapped_by=wrapped_by, compiled=compiled, world_size=world_size)
-        self._writer = RunWriter(self.path, manifest, rank=rank, flush_every_s=options.flush_every_s)
+        # rank 0 makes the (unique) run directory; every other rank writes into the same one
+        path = self._contain_start(lambda: runinfo.make_run_dir(Path(options.run_dir), options.name)) if rank == 0 \
+            else None
+        self.path: Path | None = distributed.broadcast_path(path) if world_size > 1 else path
+        schedule, self._sync_group = distributed.make_schedule(options, world_size)  # collective: every rank
+        self._schedule = schedule
+        if self.path is None:
+            return
+        self._writer = self._contain_start(lambda: RunWriter(
+            self.path, runinfo.manifest(model, optimizer, loss_fn, options, name=self.path.name, task=options.task,
+                                        wrapped_by=wrapped_by, compiled=compiled, world_size=world_size),
+            rank=rank, flush_every_s=options.flush_every_s))
+        if self._writer is None:
+            return
+        _install_crash_handler()
         self._capture = Capture(model, self._writer, schedule, options.task, distributed=world_size > 1,
-                                started=started)
+                                started=started, guard=self.guard, selection=options.selection)
         if self._capture.task is None and isinstance(loss_fn, nn.Module):
             self._capture.task = task_of_loss(loss_fn)
         _WATCHED.add(model)
@@ -106,20 +134,42 @@ class WatchedRun:
             register_hooks(self._capture, model, optimizer, loss_fn, self._handles, module_hooks=not compiled)
         except BaseException:
             self._remove_handles()
+            _WATCHED.discard(model)
             raise
-        self._atexit = partial(_close_at_exit, weakref.ref(self))
         atexit.register(self._atexit)
+
+    def _contain_start(self, make: Callable[[], Any]) -> Any:
+        """`make()`, or None with one warning (training goes on unrecorded) when it fails:
+        a run folder that cannot be made or written. `strict` raises instead."""
+        try:
+            return make()
+        except Exception as exc:
+            if self.options.strict:
+                raise
+            warnings.warn(f"hookscope: cannot record this run in {str(self.options.run_dir)!r} "
+                          f"({type(exc).__name__}: {exc}); training goes on unrecorded — pass run_dir= a folder "
+                          "you can write to (strict=True raises instead)", RuntimeWarning, stacklevel=4)
+            return None
+
+    def _note_fault(self, fault: dict) -> None:
+        if self._writer is not None:
+            self._writer.note_fault(fault)
+
+    @property
+    def recording(self) -> bool:
+        """Whether this run records anything (False: its folder could not be made, or it is closed)."""
+        return self._capture is not None and not self._closed and not self.guard.all_off
 
     # -- what the run is at -------------------------------------------------------------
     @property
     def step(self) -> int:
-        """The current step: the number of optimizer steps taken so far."""
-        return self._capture.step
+        """The current step: the number of optimizer steps taken so far (0 when unrecorded)."""
+        return self._capture.step if self._capture is not None else 0
 
     @property
     def task(self) -> str | None:
         """"classification", "regression", or None until known."""
-        return self._capture.task
+        return self._capture.task if self._capture is not None else self.options.task
 
     @property
     def every(self) -> int | str:
@@ -129,7 +179,7 @@ class WatchedRun:
     @property
     def schedule(self) -> Any:
         """The capture schedule (hooks/schedule.py); `describe()` says what it did."""
-        return self._capture.schedule
+        return self._schedule
 
     def _remove_handles(self) -> None:
         for h in self._handles:
@@ -162,6 +212,12 @@ class WatchedRun:
             loss = F.cross_entropy(logits, y)
             run.log_batch(logits, y, ids=batch_indices, loss=loss)
         """
+        if self.recording and self.guard.active("log_batch"):
+            # a batch it cannot take is skipped with one warning (strict=True raises): never the loop's end
+            contained(self.guard, "log_batch", lambda: self._log_batch(outputs, labels, ids, split, loss),
+                      switch_off=False)
+
+    def _log_batch(self, outputs: Any, labels: Any, ids: Any, split: str, loss: Any) -> None:
         if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
             raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
         if outputs.shape[0] != labels.shape[0]:
@@ -193,9 +249,10 @@ class WatchedRun:
 
             run.log_scalar("val/acc", 0.91)
         """
-        if isinstance(value, torch.Tensor):
-            value = value.detach().item()
-        self._writer.add_scalar(self.step if step is None else int(step), str(name), float(value))
+        if self.recording:
+            contained(self.guard, "log_scalar", lambda: self._writer.add_scalar(
+                self.step if step is None else int(step), str(name),
+                float(value.detach().item() if isinstance(value, torch.Tensor) else value)), switch_off=False)
 
     def evaluate(
         self,
@@ -233,7 +290,9 @@ class WatchedRun:
 
         Returns:
             Summary metrics: n, loss, and accuracy or mae (also logged as scalars
-            `split/loss`, `split/accuracy`, ...).
+            `split/loss`, `split/accuracy`, ...). An evaluation the tool cannot make (a
+            batch it cannot read, a closed run) warns once and returns `Metrics()`, whose
+            every key reads NaN: training goes on (strict=True raises instead).
 
         Example::
 
@@ -241,22 +300,31 @@ class WatchedRun:
                 train_one_epoch(...)
                 run.evaluate(val_loader, split="val")
         """
+        def run_it() -> dict[str, float]:
+            return self._evaluate(loader, split, embed_layer=embed_layer, attribute_worst=attribute_worst,
+                                  n_steps=n_steps, progress=progress, metadata=metadata)
+
+        return contained(self.guard, "evaluate", run_it, default=Metrics(), switch_off=False)
+
+    def _evaluate(self, loader: Iterable, split: str, **options: Any) -> dict[str, float]:
         model = self._model_ref()
         if self._closed or model is None:
             raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
-        if attribute_worst < 0:
+        if options["attribute_worst"] < 0:
             raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
         capture = self._capture
+        if capture is None:  # an unrecorded run: the metrics, nothing written
+            options["attribute_worst"] = 0
+            return Metrics(evaluate_model(model, loader, split, self.options.task, **options,
+                                          with_previews=False).metrics())
         paused, capture.capturing = capture.capturing, False  # the capture hooks stay quiet meanwhile
         try:
-            result = evaluate_model(model, loader, split, capture.task, embed_layer=embed_layer,
-                                    attribute_worst=attribute_worst, n_steps=n_steps, progress=progress,
-                                    metadata=metadata,
+            result = evaluate_model(model, loader, split, capture.task, **options,
                                     with_previews=split not in {e["split"] for e in self._evaluations})
         finally:
             capture.capturing = paused
         capture.task = result.task
-        return self._write_evaluation(result)
+        return Metrics(self._write_evaluation(result))
 
     def _write_evaluation(self, result: Evaluation) -> dict[str, float]:
         writer, step, split = self._writer, self.step, result.split
@@ -297,13 +365,15 @@ class WatchedRun:
         if model is not None:
             _WATCHED.discard(model)
         self._model = None
-        capture = self._capture
-        capture.finish()
-        self._writer.update_manifest(task=capture.task, steps=capture.step, finished_at=time.time(),
-                                     schedule=capture.schedule.describe())
-        self._writer.close(state)
+        capture, writer, guard = self._capture, self._writer, self.guard
+        if capture is not None:  # each part on its own: what one cannot do, the next still does
+            contained(guard, "close", capture.finish, switch_off=False)
+            contained(guard, "close", lambda: writer.update_manifest(
+                task=capture.task, steps=capture.step, finished_at=time.time(), schedule=capture.schedule.describe()),
+                switch_off=False)
+            contained(guard, "close", lambda: writer.close(state), switch_off=False)
         group, self._sync_group = self._sync_group, None
-        distributed.release_group(group, capture.schedule)
+        contained(guard, "close", lambda: distributed.release_group(group, self.schedule), switch_off=False)
 
     def __enter__(self) -> WatchedRun:
         return self
@@ -346,7 +416,11 @@ def _exit_on_sigterm(signum, frame) -> None:
 def _close_at_exit(ref: weakref.ref[WatchedRun]) -> None:
     run = ref()
     if run is not None:
-        run._finish("failed" if _crash["crashed"] else "finished")
+        try:
+            run._finish("failed" if _crash["crashed"] else "finished")
+        except Exception as exc:  # noqa: BLE001 -- strict runs raise in _finish; never a traceback at exit
+            warnings.warn(f"hookscope: closing the run at exit failed ({type(exc).__name__}: {exc})", RuntimeWarning,
+                          stacklevel=2)
 
 
 def watch(
@@ -362,6 +436,9 @@ def watch(
     class_names: list[str] | None = None,
     seed: int | None = None,
     budget: float = 0.03,
+    layers: str | list[str] | None = None,
+    kinds: list[str] | None = None,
+    strict: bool = False,
 ) -> WatchedRun:
     """Attach diagnostics hooks to existing training; returns the run being recorded.
 
@@ -387,6 +464,15 @@ def watch(
         class_names: the classes' names, kept in the manifest.
         seed: the seed you used, kept in the manifest.
         budget: with every="auto", the share of training time captures may take.
+        layers: record only these layers: names or glob patterns (`"encoder.*"`; a name
+            holds what lies inside it), "!pattern" to exclude (`["*", "!*.norm*"]`). A
+            parameter follows its module. None (default): every layer.
+        kinds: record only these kinds, e.g. `["weight", "param_grad"]` (of activation,
+            gradient, weight, param_grad, update, output, label). The loss, learning rates
+            and gradient norm are always recorded.
+        strict: raise the tool's own errors in the training loop. By default a failure of
+            the tool (a hook, the disk, the run folder) warns once, switches the failing part
+            off, is recorded in the run, and training goes on unchanged.
 
     Returns:
         The `WatchedRun`; close it (or use `with`) to finish the run.
@@ -399,6 +485,7 @@ def watch(
         run.close()
     """
     options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
-                           flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+                           flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget,
+                           layers=layers, kinds=kinds, strict=strict)
     return WatchedRun(model, optimizer, loss_fn, options)
 

@@ -146,7 +146,7 @@ def test_dataset_key_is_shared_by_runs_on_the_same_data(tmp_path):
 
 def test_bad_input_gets_clear_errors(tmp_path):
     model = _cls_model()
-    run = hooks.watch(model, run_dir=tmp_path, name="bad")
+    run = hooks.watch(model, run_dir=tmp_path, name="bad", strict=True)
     with pytest.raises(TypeError, match="a batch must be"):
         run.evaluate([torch.zeros(2, 1, 8, 8)], progress=False)
     with pytest.raises(ValueError, match="no module named 'nope'"):
@@ -163,7 +163,7 @@ def test_metadata_becomes_meta_columns(tmp_path):
 
     x, y = _data(12)
     meta = pd.DataFrame({"site": ["a", "b", "c"] * 4, "quality": np.linspace(0, 1, 12)}, index=range(100, 112))
-    with hooks.watch(_cls_model(), run_dir=tmp_path, name="m") as run:
+    with hooks.watch(_cls_model(), run_dir=tmp_path, name="m", strict=True) as run:
         run.evaluate([(x, y, torch.arange(100, 112))], attribute_worst=0, progress=False, metadata=meta)
         with pytest.raises(ValueError, match="no row for sample id"):
             run.evaluate([(x, y)], attribute_worst=0, progress=False, metadata=meta)

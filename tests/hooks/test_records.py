@@ -72,6 +72,11 @@ def test_records_every_step_with_ids_and_leave_training_unchanged(tmp_path):
 
 
 def test_ids_must_match_the_batch(tmp_path):
-    with hooks.watch(nn.Linear(2, 2), run_dir=tmp_path) as run:
+    with hooks.watch(nn.Linear(2, 2), run_dir=tmp_path, name="strict", strict=True) as run:
         with pytest.raises(ValueError, match="3 ids for 2 samples"):
             run.log_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), ids=[1, 2, 3])
+    with hooks.watch(nn.Linear(2, 2), run_dir=tmp_path, name="guest") as run:  # the default: skipped, warned once
+        with pytest.warns(RuntimeWarning, match="3 ids for 2 samples"):
+            run.log_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), ids=[1, 2, 3])
+        run.log_batch(torch.zeros(2, 2), torch.zeros(2, dtype=torch.long), ids=[1, 2])  # the next batch is taken
+    assert [f["part"] for f in diagnostics.open_run(tmp_path / "guest").manifest["faults"]] == ["log_batch"]

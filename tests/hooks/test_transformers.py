@@ -264,7 +264,7 @@ def test_evaluate_dict_batch_without_a_known_input_key_is_one_line(tmp_path):
 
     model = nn.Linear(4, 2)
     loader = [{"features": torch.zeros(3, 4), "labels": torch.zeros(3, dtype=torch.long)}]
-    with hooks.watch(model, run_dir=tmp_path, name="bad") as run:
+    with hooks.watch(model, run_dir=tmp_path, name="bad", strict=True) as run:
         with pytest.raises(TypeError, match="needs an input key .* got keys \\['features', 'labels'\\]"):
             run.evaluate(loader, progress=False)
 

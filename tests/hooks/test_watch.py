@@ -240,9 +240,11 @@ def test_bad_arguments_get_one_line_errors(tmp_path):
     run = hooks.watch(model, run_dir=tmp_path)
     with pytest.raises(RuntimeError, match="already watched"):
         hooks.watch(model, run_dir=tmp_path)
-    with pytest.raises(ValueError, match="rows but labels"):
+    with pytest.warns(RuntimeWarning, match="rows but labels"):  # in the loop: skipped with a warning
         run.log_batch(torch.zeros(3, 2), torch.zeros(4))
     run.close()
+    with hooks.watch(tiny_cnn(), run_dir=tmp_path, strict=True) as run, pytest.raises(ValueError, match="rows but"):
+        run.log_batch(torch.zeros(3, 2), torch.zeros(4))
     hooks.watch(model, run_dir=tmp_path).close()  # watchable again once closed
 
 
