@@ -264,20 +264,6 @@ class Capture:
             with torch.no_grad():
                 self.record_outputs(outputs, labels, "train")
 
-    def on_no_grad_forward(self, module: nn.Module, args) -> None:
-        # A forward under no_grad (the user's own validation) while dropout / BatchNorm train:
-        # recorded once per step as the count of such modules, their names once in the manifest.
-        if torch.is_grad_enabled() or self.mode_noted:
-            return
-        on = [name for name, m in self.mode_modules if m.training]
-        if not on:
-            return
-        self.mode_noted = True
-        self.writer.add_scalars(self.step, {"no_grad_forward_train_mode": float(len(on))})
-        if not self.mode_names_written:
-            self.mode_names_written = True
-            self.writer.update_manifest(no_grad_forward_train_mode=on)
-
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model.
         if not torch.is_grad_enabled():
@@ -437,6 +423,21 @@ def _nested_step(optimizer) -> bool:
     return False
 
 
+def on_no_grad_forward(capture: Capture, module: nn.Module, args) -> None:
+    """A forward under no_grad (the user's own validation) while dropout / BatchNorm train:
+    recorded once per step as the count of such modules, their names once in the manifest."""
+    if torch.is_grad_enabled() or capture.mode_noted:
+        return
+    on = [name for name, m in capture.mode_modules if m.training]
+    if not on:
+        return
+    capture.mode_noted = True
+    capture.writer.add_scalars(capture.step, {"no_grad_forward_train_mode": float(len(on))})
+    if not capture.mode_names_written:
+        capture.mode_names_written = True
+        capture.writer.update_manifest(no_grad_forward_train_mode=on)
+
+
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
                    module_hooks: bool = True) -> None:
     """Register every hook of `capture`, appending each handle to `handles` (the caller
@@ -470,7 +471,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
     else:
         handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
-        handles.append(model.register_forward_pre_hook(Hook(capture, "mode", Capture.on_no_grad_forward)))
+        handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:

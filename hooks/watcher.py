@@ -111,14 +111,14 @@ class WatchedRun:
                                 [n for n, _ in model.named_parameters()])
         rank, world_size = distributed.rank_and_world_size()
         # rank 0 makes the (unique) run directory; every other rank writes into the same one
-        path = self._contain_start(lambda: runinfo.make_run_dir(Path(options.run_dir), options.name)) if rank == 0 \
-            else None
+        path = _made_or_none(options, lambda: runinfo.make_run_dir(Path(options.run_dir), options.name)) \
+            if rank == 0 else None
         self.path: Path | None = distributed.broadcast_path(path) if world_size > 1 else path
         schedule, self._sync_group = distributed.make_schedule(options, world_size)  # collective: every rank
         self._schedule = schedule
         if self.path is None:
             return
-        self._writer = self._contain_start(lambda: RunWriter(
+        self._writer = _made_or_none(options, lambda: RunWriter(
             self.path, runinfo.manifest(model, optimizer, loss_fn, options, name=self.path.name, task=options.task,
                                         wrapped_by=wrapped_by, compiled=compiled, world_size=world_size),
             rank=rank, flush_every_s=options.flush_every_s))
@@ -137,19 +137,6 @@ class WatchedRun:
             _WATCHED.discard(model)
             raise
         atexit.register(self._atexit)
-
-    def _contain_start(self, make: Callable[[], Any]) -> Any:
-        """`make()`, or None with one warning (training goes on unrecorded) when it fails:
-        a run folder that cannot be made or written. `strict` raises instead."""
-        try:
-            return make()
-        except Exception as exc:
-            if self.options.strict:
-                raise
-            warnings.warn(f"hookscope: cannot record this run in {str(self.options.run_dir)!r} "
-                          f"({type(exc).__name__}: {exc}); training goes on unrecorded — pass run_dir= a folder "
-                          "you can write to (strict=True raises instead)", RuntimeWarning, stacklevel=4)
-            return None
 
     def _note_fault(self, fault: dict) -> None:
         if self._writer is not None:
@@ -214,28 +201,8 @@ class WatchedRun:
         """
         if self.recording and self.guard.active("log_batch"):
             # a batch it cannot take is skipped with one warning (strict=True raises): never the loop's end
-            contained(self.guard, "log_batch", lambda: self._log_batch(outputs, labels, ids, split, loss),
+            contained(self.guard, "log_batch", lambda: _log_batch(self._capture, outputs, labels, ids, split, loss),
                       switch_off=False)
-
-    def _log_batch(self, outputs: Any, labels: Any, ids: Any, split: str, loss: Any) -> None:
-        if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
-            raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
-        if outputs.shape[0] != labels.shape[0]:
-            raise ValueError(f"log_batch: outputs have {outputs.shape[0]} rows but labels {labels.shape[0]} — "
-                             "pass matching batches")
-        if ids is not None:
-            ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
-            if len(ids) != outputs.shape[0]:
-                raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
-        capture = self._capture
-        if ids is not None:
-            task = capture.task or infer_task(outputs, labels)
-            capture.handover.records.append((capture.step, split, ids, per_sample(outputs, labels, task)))
-        if loss is not None and split == "train":
-            capture.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
-        if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
-            with torch.no_grad():
-                capture.record_outputs(outputs, labels, split)
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Record any scalar worth plotting.
@@ -385,6 +352,41 @@ class WatchedRun:
         return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
 
 
+def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str, loss: Any) -> None:
+    """`WatchedRun.log_batch`'s work, checked first (its errors are contained there)."""
+    if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
+        raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
+    if outputs.shape[0] != labels.shape[0]:
+        raise ValueError(f"log_batch: outputs have {outputs.shape[0]} rows but labels {labels.shape[0]} — "
+                         "pass matching batches")
+    if ids is not None:
+        ids = ids.tolist() if isinstance(ids, torch.Tensor) else list(ids)
+        if len(ids) != outputs.shape[0]:
+            raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
+    if ids is not None:
+        task = capture.task or infer_task(outputs, labels)
+        capture.handover.records.append((capture.step, split, ids, per_sample(outputs, labels, task)))
+    if loss is not None and split == "train":
+        capture.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
+    if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
+        with torch.no_grad():
+            capture.record_outputs(outputs, labels, split)
+
+
+def _made_or_none(options: WatchOptions, make: Callable[[], Any]) -> Any:
+    """`make()`, or None with one warning (training goes on unrecorded) when it fails: a run
+    folder that cannot be made or written. `options.strict` raises instead."""
+    try:
+        return make()
+    except Exception as exc:
+        if options.strict:
+            raise
+        warnings.warn(f"hookscope: cannot record this run in {str(options.run_dir)!r} ({type(exc).__name__}: {exc}); "
+                      "training goes on unrecorded — pass run_dir= a folder you can write to (strict=True raises "
+                      "instead)", RuntimeWarning, stacklevel=4)
+        return None
+
+
 # A run still open when the process dies of an unhandled exception is marked failed
 # (atexit alone cannot tell a crash from a normal end): the first watch() chains a hook
 # in front of sys.excepthook that notes the crash.
@@ -458,21 +460,16 @@ def watch(
         name: the run's name (default: generated from the time).
         every: capture every N steps, or "auto".
         task: "classification", "regression" or None (inferred).
-        config: any JSON-able dict, kept in the manifest (with the git commit, the model
-            summary and the torch/python versions).
+        config: any JSON-able dict, kept in the manifest (with the git commit, the model).
         flush_every_s: seconds between flushes to disk.
         class_names: the classes' names, kept in the manifest.
         seed: the seed you used, kept in the manifest.
         budget: with every="auto", the share of training time captures may take.
-        layers: record only these layers: names or glob patterns (`"encoder.*"`; a name
-            holds what lies inside it), "!pattern" to exclude (`["*", "!*.norm*"]`). A
-            parameter follows its module. None (default): every layer.
-        kinds: record only these kinds, e.g. `["weight", "param_grad"]` (of activation,
-            gradient, weight, param_grad, update, output, label). The loss, learning rates
-            and gradient norm are always recorded.
-        strict: raise the tool's own errors in the training loop. By default a failure of
-            the tool (a hook, the disk, the run folder) warns once, switches the failing part
-            off, is recorded in the run, and training goes on unchanged.
+        layers: record only these layers: names or glob patterns, "!pattern" excludes
+            (`["encoder", "!*.norm*"]`; see `hooks.options.Selection`). None: every layer.
+        kinds: record only these kinds (`["weight", "param_grad"]`); None: all of them.
+        strict: raise the tool's own errors; by default a failure of the tool warns once,
+            switches its part off, is listed in the run, and training goes on unchanged.
 
     Returns:
         The `WatchedRun`; close it (or use `with`) to finish the run.
