@@ -33,6 +33,23 @@ def headline(manifest: dict, status: dict) -> dict:
             "parameters": f"{params:,}" if isinstance(params, int) else "—"}
 
 
+def fault_lines(status: dict) -> list[str]:
+    """One sentence per part of the recording that failed (`Run.status()["faults"]`): what
+    the run lacks from which step, and the error, so that a gap is never read as a finding."""
+    lines = []
+    for f in status.get("faults", ()):
+        part, error = str(f.get("part", "?")), str(f.get("error", ""))
+        where = f"rank {f['rank']}, " if str(f.get("rank", "0")) != "0" else ""
+        if part == "writer":
+            lines.append(f"Writing failed ({where}{error}): rows recorded meanwhile are missing.")
+        elif f.get("switched_off", True):
+            lines.append(f"The {part} part of the recording failed at step {f.get('step', '?')} ({where}{error}) "
+                         "and was switched off: what it records is missing from then on. Training was not affected.")
+        else:
+            lines.append(f"{part} failed at step {f.get('step', '?')} ({where}{error}): that call recorded nothing.")
+    return lines
+
+
 def loss_note(manifest: dict, names) -> str | None:
     """One sentence when `loss` and `val/loss` (or any `<split>/loss`) of a regression run are
     different quantities: `loss` is the training criterion per batch, an evaluation's loss the

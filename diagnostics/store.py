@@ -113,14 +113,20 @@ class Run:
         return f"{len(names)}:{max(names, default='')}:{hash(tuple(sorted(names)))}"
 
     def status(self) -> dict:
-        """`state` (running, finished, failed, or stopped: the writer died) and last step."""
-        states, last_step, heartbeat = [], -1, 0.0
+        """`state` (running, finished, failed, or stopped: the writer died), last step, and the
+        `faults` of the recording (parts of it the training process switched off, and write
+        faults: what this run lacks), one dict per fault with `part`, `error`, `rank`."""
+        states, last_step, heartbeat, faults = [], -1, 0.0, []
         now = time.time()
         for f in sorted((self.path / schema.STATUS_DIR).glob("rank*.json")):
             try:
                 s = json.loads(f.read_text())
             except (OSError, json.JSONDecodeError):
                 continue
+            rank = f.stem.removeprefix("rank")
+            faults += [{**x, "rank": rank} for x in s.get("faults", ()) if isinstance(x, dict)]
+            if s.get("writer_error"):
+                faults.append({"part": "writer", "error": str(s["writer_error"]), "rank": rank, "switched_off": False})
             state = s.get("state")
             beat = float(s.get("heartbeat", 0.0))
             if state == "running" and (now - beat > schema.STALE_AFTER_S or _writer_gone(s)):
@@ -131,7 +137,8 @@ class Run:
         # one failed or dead rank decides for the run; all must finish for it to be finished
         state = next((s for s in ("failed", "stopped", "running") if s in states),
                      "finished" if states else "stopped")
-        return {"state": state, "last_step": last_step, "ranks": len(states), "heartbeat": heartbeat}
+        return {"state": state, "last_step": last_step, "ranks": len(states), "heartbeat": heartbeat,
+                "faults": faults}
 
     # -- queries --------------------------------------------------------------------
     def _parts(self, table: str) -> tuple[list[str], list[Path]]:

@@ -65,14 +65,18 @@ class Guard:
         call such as an evaluation), warn once per part, record the fault in the run."""
         if self.strict:
             raise exc
+        error = f"{type(exc).__name__}: {exc}"[:500]
         first = part not in {f["part"] for f in self.faults}
+        # one warning per fault: an error already warned about (one function failing under
+        # several parts, or a closing step failing again) is recorded, not warned again
+        warn = first and error not in {f["error"] for f in self.faults}
         if switch_off:
             self.off.add(part)
             self.all_off = self.all_off or part in _STOPS_ALL
-        fault = {"part": part, "error": f"{type(exc).__name__}: {exc}"[:500], "step": self.step,
+        fault = {"part": part, "error": error, "step": self.step,
                  "time": time.time(), "switched_off": switch_off}
         self.faults.append(fault)
-        if first:
+        if warn:
             lost = PARTS.get(part, part)
             what = (f"from now on this run does not record {lost}" if switch_off
                     else f"this time {lost} went unrecorded")

@@ -334,7 +334,8 @@ class WatchedRun:
         self._model = None
         capture, writer, guard = self._capture, self._writer, self.guard
         if capture is not None:  # each part on its own: what one cannot do, the next still does
-            contained(guard, "close", capture.finish, switch_off=False)
+            if not guard.all_off:  # a failed hand-over leaves the step's state in doubt: not handed over again
+                contained(guard, "close", capture.finish, switch_off=False)
             contained(guard, "close", lambda: writer.update_manifest(
                 task=capture.task, steps=capture.step, finished_at=time.time(), schedule=capture.schedule.describe()),
                 switch_off=False)

@@ -20,6 +20,8 @@ cols[1].metric("Last step", head["last_step"])
 cols[2].metric("Task", head["task"])
 cols[3].metric("Model", head["model"])
 cols[4].metric("Parameters", head["parameters"])
+for line in overview.fault_lines(status):
+    st.warning(line, icon=":material/warning:")
 if status["state"] == "stopped":
     st.warning("This run's writer stopped without closing it (the process ended or was killed): "
                "it is shown as recorded up to its last flush.")
