@@ -8,6 +8,9 @@ Two models, trained with plain SGD on fixed random data (seeded), on the CPU:
             module runs once per step and "every leaf module's output" means the same
             thing to every mode.
     mlp     12 Linear layers, 1024 wide (1024 -> 1024 x11 -> 10), ReLU, batch 256.
+    deep    1,000 leaf modules: 250 blocks of Linear(64, 64), LayerNorm, GELU, Dropout(0.1),
+            then Linear(64, 10), batch 64: many small layers, where per-hook costs dominate
+            (issue #22: a model of 1,000 modules on the default schedule holds its budget).
 
 Modes (one step = zero_grad, forward, CrossEntropyLoss, backward, SGD step):
 
@@ -160,6 +163,7 @@ CAPTURES = {
 MODEL_DEFAULTS = {  # timed steps per round (a plain step takes ~0.11 s for both on 2 cores)
     "resnet": {"steps": 20},
     "mlp": {"steps": 20},
+    "deep": {"steps": 20},
 }
 # always run all --steps (a sparse schedule must not be cut short)
 UNCAPPED = ("none", "watch-default", "watch-nocapture")
@@ -226,6 +230,14 @@ def make_mlp(width: int = 1024, depth: int = 12, num_classes: int = 10) -> nn.Mo
     return nn.Sequential(*layers)
 
 
+def make_deep(blocks: int = 250, width: int = 64, num_classes: int = 10) -> nn.Module:
+    layers: list[nn.Module] = []
+    for _ in range(blocks):
+        layers += [nn.Linear(width, width), nn.LayerNorm(width), nn.GELU(), nn.Dropout(0.1)]
+    layers.append(nn.Linear(width, num_classes))
+    return nn.Sequential(*layers)
+
+
 def build(model_name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Tensor]], dict]:
     """The model (seeded init) and N_BATCHES fixed random batches (seeded)."""
     torch.manual_seed(SEED)
@@ -234,8 +246,10 @@ def build(model_name: str) -> tuple[nn.Module, list[tuple[torch.Tensor, torch.Te
         model, shape, batch = ResNet18(10), (3, 64, 64), 16
     elif model_name == "mlp":
         model, shape, batch = make_mlp(), (1024,), 256
+    elif model_name == "deep":
+        model, shape, batch = make_deep(), (64,), 64
     else:
-        raise ValueError(f"unknown model {model_name!r} (resnet, mlp)")
+        raise ValueError(f"unknown model {model_name!r} (resnet, mlp, deep)")
     data = [(torch.randn(batch, *shape, generator=g), torch.randint(0, 10, (batch,), generator=g))
             for _ in range(N_BATCHES)]
     info = {
@@ -809,7 +823,7 @@ def print_table(model_name: str, res: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--models", default="resnet,mlp", help="comma-separated: resnet,mlp")
+    ap.add_argument("--models", default="resnet,mlp", help="comma-separated: resnet,mlp,deep")
     ap.add_argument("--modes", default=",".join(MODES), help="comma-separated subset of " + ",".join(MODES))
     ap.add_argument("--steps", type=int, default=None,
                     help="timed steps per mode per round (default: " +
@@ -851,7 +865,7 @@ def main(argv=None) -> int:
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     for m in models:
         if m not in MODEL_DEFAULTS:
-            ap.error(f"unknown model {m!r} (resnet, mlp)")
+            ap.error(f"unknown model {m!r} (resnet, mlp, deep)")
     for m in modes:
         if m not in MODES:
             ap.error(f"unknown mode {m!r} ({', '.join(MODES)})")
