@@ -24,6 +24,7 @@ class WatchOptions:
         class_names: the classes' names, kept in the manifest.
         seed: the seed you used, kept in the manifest.
         budget: with every="auto", the share of training time captures may take.
+        scaler: the `torch.amp.GradScaler` the loop scales its loss with, or None.
 
     Example::
 
@@ -40,6 +41,7 @@ class WatchOptions:
     class_names: list[str] | None = None
     seed: int | None = None
     budget: float = 0.03
+    scaler: Any = dataclasses.field(default=None, compare=False, repr=False)
 
     def validate(self) -> None:
         """Raise ValueError, saying what to pass instead, for an option out of range."""

@@ -28,6 +28,7 @@ from torch import nn
 from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks import distributed, runinfo
+from hooks.amp import LossScale
 from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, evaluate_model
 from hooks.options import WatchOptions
@@ -101,6 +102,7 @@ class WatchedRun:
                                 started=started)
         if self._capture.task is None and isinstance(loss_fn, nn.Module):
             self._capture.task = task_of_loss(loss_fn)
+        self._capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
         _WATCHED.add(model)
         try:
             register_hooks(self._capture, model, optimizer, loss_fn, self._handles, module_hooks=not compiled)
@@ -362,6 +364,7 @@ def watch(
     class_names: list[str] | None = None,
     seed: int | None = None,
     budget: float = 0.03,
+    scaler: Any = None,
 ) -> WatchedRun:
     """Attach diagnostics hooks to existing training; returns the run being recorded.
 
@@ -387,6 +390,11 @@ def watch(
         class_names: the classes' names, kept in the manifest.
         seed: the seed you used, kept in the manifest.
         budget: with every="auto", the share of training time captures may take.
+        scaler: the `torch.amp.GradScaler` of a mixed-precision loop
+            (`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`): gradients,
+            their norm and distributions are recorded unscaled, and a step the scaler skipped
+            (Inf/NaN gradients) is recorded with scalar `amp_skipped` = 1 and no update.
+            Without it, the gradient norm and module-output gradients read S times too large.
 
     Returns:
         The `WatchedRun`; close it (or use `with`) to finish the run.
@@ -399,6 +407,7 @@ def watch(
         run.close()
     """
     options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
-                           flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget)
+                           flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget,
+                           scaler=scaler)
     return WatchedRun(model, optimizer, loss_fn, options)
 
