@@ -1,0 +1,157 @@
+"""Mixed precision with a GradScaler (`watch(..., scaler=scaler)`): gradients recorded in true
+units, steps the scaler skipped recorded as skipped, training unchanged. The reference is an
+unwatched identical run that reads the true gradients with plain torch (`scaler.unscale_`)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import diagnostics
+import hooks
+
+STEPS = 6
+
+
+def _model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+
+
+def _data():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(32, 6, generator=g), torch.randint(0, 3, (32,), generator=g)
+
+
+def _train(dtype, tmp_path=None, init_scale=2.0 ** 16, watch=True, steps=STEPS):
+    """A fp16/bf16 autocast loop with a CPU GradScaler. Unwatched, it also returns per
+    iteration what plain torch says: the loss, whether the scaler skipped the step, the true
+    gradient norm and each parameter's true gradient, and layer 0's true output gradient."""
+    model, (x, y) = _model(), _data()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    crit = nn.CrossEntropyLoss()
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)
+    run = hooks.watch(model, opt, crit, run_dir=tmp_path, name="amp", every=1, scaler=scaler) if watch else None
+    ref, out_grads = [], []
+    if not watch:  # the module-output gradient as backward produces it (scaled)
+        def grab(module, args, out):
+            out.register_hook(lambda g: out_grads.append(g.detach()))
+
+        model[0].register_forward_hook(grab)
+    for _ in range(steps):
+        opt.zero_grad()
+        with torch.autocast("cpu", dtype=dtype):
+            loss = crit(model(x), y)
+        scaler.scale(loss).backward()
+        if not watch:
+            scale = scaler.get_scale()
+            scaler.unscale_(opt)  # scaler.step below does not unscale twice
+            grads = {n: p.grad.detach().clone() for n, p in model.named_parameters()}
+            norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads.values()]))
+            ref.append({"loss": loss.item(), "norm": norm.item(), "grads": grads,
+                        "out_grad": out_grads[-1].float() / scale})
+        scaler.step(opt)
+        before = scaler.get_scale()
+        scaler.update()
+        if not watch:
+            ref[-1]["skipped"] = scaler.get_scale() < before
+    if run:
+        run.close()
+    return model, run, ref
+
+
+def _same(a, b):
+    return all(torch.equal(p, q) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=["fp16", "bf16"])
+def test_gradient_norm_and_distributions_are_unscaled(tmp_path, dtype):
+    plain, _, ref = _train(dtype, watch=False)
+    watched, run, _ = _train(dtype, tmp_path)
+    assert _same(plain, watched)  # training unchanged
+    assert not any(r["skipped"] for r in ref)
+    r = diagnostics.open_run(run.path)
+    norms = r.scalars(names=["grad_norm"]).sort_values("step")
+    assert norms["step"].tolist() == list(range(STEPS))
+    np.testing.assert_allclose(norms["value"], [x["norm"] for x in ref], rtol=1e-6)  # not 65,536x
+    assert (r.scalars(names=["grad_clipped"])["value"] == 0).all()  # unscale_ is not a clip
+    pg = r.distributions("param_grad")
+    for name in ("0.weight", "2.bias"):
+        rows = pg[pg["layer"] == name].sort_values("step")
+        true = [x["grads"][name].double() for x in ref]
+        np.testing.assert_allclose(rows["mean"], [g.mean().item() for g in true], rtol=1e-5, atol=1e-12)
+        np.testing.assert_allclose(rows["max"], [g.max().item() for g in true], rtol=1e-6)
+        np.testing.assert_allclose(rows["std"], [g.std(correction=0).item() for g in true], rtol=1e-4)
+    grad = r.distributions("gradient", layers=["0"]).sort_values("step")  # w.r.t. layer 0's output
+    true = [x["out_grad"].double() for x in ref]
+    np.testing.assert_allclose(grad["max"], [g.max().item() for g in true], rtol=1e-6)
+    np.testing.assert_allclose(grad["min"], [g.min().item() for g in true], rtol=1e-6)
+    np.testing.assert_allclose(grad["mean"], [g.mean().item() for g in true], rtol=1e-4, atol=1e-12)
+    np.testing.assert_allclose(grad["hist_max"], [g.max().item() for g in true], rtol=1e-6)
+
+
+def test_without_the_scaler_the_norm_reads_scaled(tmp_path):
+    """The bug this fixes, kept visible: watch without scaler= sees backward's scaled gradients."""
+    _, _, ref = _train(torch.float16, watch=False, steps=1)
+    model, (x, y) = _model(), _data()
+    opt, crit, scaler = torch.optim.SGD(model.parameters(), lr=0.1), nn.CrossEntropyLoss(), torch.amp.GradScaler("cpu")
+    with hooks.watch(model, opt, crit, run_dir=tmp_path, every=1) as run:
+        with torch.autocast("cpu", dtype=torch.float16):
+            loss = crit(model(x), y)
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    norm = diagnostics.open_run(run.path).scalars(names=["grad_norm"])["value"].iloc[0]
+    np.testing.assert_allclose(norm, ref[0]["norm"] * 2 ** 16, rtol=1e-6)
+
+
+def test_skipped_steps_are_recorded_as_skipped(tmp_path):
+    """A huge initial scale overflows fp16 gradients: the scaler skips optimizer.step() and
+    halves the scale until they fit. Each skipped iteration is a step with amp_skipped = 1,
+    its loss, and no gradient norm, gradients, weights or update."""
+    plain, _, ref = _train(torch.float16, watch=False, init_scale=2.0 ** 24, steps=12)
+    watched, run, _ = _train(torch.float16, tmp_path, init_scale=2.0 ** 24, steps=12)
+    assert _same(plain, watched)
+    skipped = [i for i, x in enumerate(ref) if x["skipped"]]
+    kept = [i for i, x in enumerate(ref) if not x["skipped"]]
+    assert skipped and kept  # the reference shows both kinds
+    r = diagnostics.open_run(run.path)
+    s = r.scalars()
+    assert sorted(s[s["name"] == "amp_skipped"]["step"]) == skipped
+    assert (s[s["name"] == "amp_skipped"]["value"] == 1).all()
+    loss = s[s["name"] == "loss"].sort_values("step")
+    assert loss["step"].tolist() == list(range(12))  # one step per iteration, skipped or not
+    np.testing.assert_allclose(loss["value"], [x["loss"] for x in ref], rtol=1e-6)
+    norms = s[s["name"] == "grad_norm"].sort_values("step")
+    assert norms["step"].tolist() == kept
+    np.testing.assert_allclose(norms["value"], [ref[i]["norm"] for i in kept], rtol=1e-6)
+    for kind in ("weight", "param_grad", "update", "gradient"):
+        assert sorted(r.distributions(kind, layers=["0.weight" if kind != "gradient" else "0"])["step"]) == kept
+    assert sorted(r.distributions("activation", layers=["0"])["step"]) == list(range(12))
+
+
+def test_health_does_not_read_skipped_steps_as_spikes(tmp_path):
+    """Skipped steps whose loss and gradient norm blew up (why the scaler skipped) change no
+    finding: the run's health is that of the same run without them; unflagged, they are spikes."""
+    from diagnostics.writer import RunWriter
+
+    def health(name, bad_steps, flag):
+        path = tmp_path / name
+        w = RunWriter(path, {"name": name, "task": "classification"}, flush_every_s=60)
+        rng = np.random.default_rng(0)
+        for step in range(200):
+            normal = {"loss": 2.0 - step / 200 + 0.01 * rng.standard_normal(),
+                      "grad_norm": 1.0 + 0.05 * rng.standard_normal()}
+            bad = step in bad_steps
+            w.add_scalars(step, {"loss": 1e6, "grad_norm": 1e5} if bad else normal)
+            if bad and flag:
+                w.add_scalar(step, "amp_skipped", 1.0)
+        w.close()
+        return {(f.rule, f.severity) for f in diagnostics.open_run(path).health()}
+
+    bad = {39, 79, 119, 159}
+    clean = health("clean", set(), False)
+    assert health("flagged", bad, True) == clean
+    assert "grad_norm_spikes" in {rule for rule, _ in health("unflagged", bad, False)}  # the control
