@@ -85,12 +85,17 @@ def end_skipped_step(capture) -> None:
     """End a step whose `optimizer.step()` the GradScaler skipped: scalar `amp_skipped` = 1
     and its loss, which health leaves out of the training curves. Its gradients held
     Inf/NaN by definition: no gradient norm, no gradient summaries, no weights or update."""
+    flag_skipped(capture)
+    capture.end_step()
+
+
+def flag_skipped(capture) -> None:
+    """This step is one the scaler skipped: scalar `amp_skipped` = 1, its gradients dropped."""
     capture.grad_squares = {}
     if capture.deferred:
         capture.pending += capture.deferred.summarize()
     capture.pending = [entry for entry in capture.pending if entry[1] != "gradient"]
     capture.writer.add_scalars(capture.step, {"amp_skipped": 1.0})
-    capture.end_step()
 
 
 def after_scaled_step(capture) -> None:

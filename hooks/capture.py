@@ -33,7 +33,7 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
-from hooks.amp import LossScale, after_scaled_step, end_skipped_step, on_scaled_forward, step_scale
+from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipped, on_scaled_forward, step_scale
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
@@ -211,6 +211,7 @@ class Capture:
 
     def finish(self) -> None:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
+        end_last_step(self)
         self.param_names = {}
         self.probes = []
         if self.pending or self.deferred or self.step_losses:
@@ -396,6 +397,16 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def end_last_step(capture: Capture) -> None:
+    """The run closes mid-step, with no forward or step to end it: without an optimizer, the
+    last step's gradient norm; under a GradScaler, whether it skipped the last step."""
+    if capture.manual:
+        with torch.no_grad():
+            capture.record_grad_norm(clip_known=False)
+    if capture.loss_scale is not None and capture.loss_scale.skipped_step():
+        flag_skipped(capture)
 
 
 def manual_step(capture: Capture) -> None:
