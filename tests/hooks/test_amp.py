@@ -155,3 +155,64 @@ def test_health_does_not_read_skipped_steps_as_spikes(tmp_path):
     clean = health("clean", set(), False)
     assert health("flagged", bad, True) == clean
     assert "grad_norm_spikes" in {rule for rule, _ in health("unflagged", bad, False)}  # the control
+
+
+def test_lightning_16_mixed_records_unscaled_norms_and_skipped_steps(tmp_path):
+    """precision="16-mixed" (a CPU GradScaler through Lightning's MixedPrecision plugin): the
+    callback passes the plugin's scaler to watch; the norm is the true one, skipped steps flagged
+    with their batch's loss. Reference: the same fit unwatched, gradients read at
+    on_before_optimizer_step (after Lightning's unscale_)."""
+    pl = pytest.importorskip("lightning.pytorch")
+    from lightning.pytorch.plugins.precision import MixedPrecision
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from hooks.lightning import DiagnosticsCallback
+
+    class Net(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.net = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 3))
+            self.criterion = nn.CrossEntropyLoss()
+            self.seen: list[dict] = []
+
+        def training_step(self, batch, batch_idx):
+            loss = self.criterion(self.net(batch[0]), batch[1])  # forward not through self(...)
+            self.seen.append({"loss": loss.item()})
+            return loss
+
+        def on_before_optimizer_step(self, optimizer):
+            self.seen[-1]["norm"] = _norm_of(self.parameters())
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    def fit(callbacks):
+        model = Net()
+        x, y = _data()
+        plugin = MixedPrecision("16-mixed", "cpu", scaler=torch.amp.GradScaler("cpu", init_scale=2.0 ** 24))
+        trainer = pl.Trainer(max_steps=10, plugins=[plugin], callbacks=callbacks, logger=False,
+                             enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.fit(model, DataLoader(TensorDataset(x, y), batch_size=8))
+        return model
+
+    plain = fit([])
+    cb = DiagnosticsCallback(run_dir=tmp_path, name="pl", every=1, evaluate=False)
+    watched = fit([cb])
+    assert torch.equal(torch.cat([p.flatten() for p in plain.parameters()]),
+                       torch.cat([p.flatten() for p in watched.parameters()]))
+    finite = [i for i, x in enumerate(plain.seen) if np.isfinite(x["norm"])]
+    skipped = [i for i, x in enumerate(plain.seen) if not np.isfinite(x["norm"])]
+    assert skipped and finite
+    s = diagnostics.open_run(cb.run.path).scalars()
+    assert sorted(s[s["name"] == "amp_skipped"]["step"]) == skipped
+    norms = s[s["name"] == "grad_norm"].sort_values("step")
+    assert norms["step"].tolist() == finite
+    np.testing.assert_allclose(norms["value"], [plain.seen[i]["norm"] for i in finite], rtol=1e-6)
+    loss = s[s["name"] == "loss"].sort_values("step")
+    np.testing.assert_allclose(loss["value"], [x["loss"] for x in plain.seen], rtol=1e-6)
+
+
+def _norm_of(params) -> float:
+    grads = [p.grad for p in params if p.grad is not None]
+    return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])).item()
