@@ -377,7 +377,13 @@ def watch(
 
     Args:
         model: the model (a DDP/DataParallel wrapper or compiled module is fine).
-        optimizer: the optimizer; a step is one `optimizer.step()`.
+        optimizer: the optimizer; a step is one `optimizer.step()` (with gradient
+            accumulation, the loss is its micro-batches' mean). None: the loop updates the
+            parameters itself (`p.data.add_(-lr * p.grad)`); a step is then one training
+            forward of the model, recording weights as that forward uses them and gradients as
+            its backward leaves them. Several optimizers (a GAN): one run per model, each
+            with its own optimizer and loss module: `watch(G, opt_g, crit_g, name="G")`,
+            `watch(D, opt_d, crit_d, name="D")`.
         loss_fn: the loss module (its inputs are recorded as outputs and labels) or
             function (then call `run.log_batch`).
         run_dir: where runs are written; the run is `run_dir/name`.

@@ -92,6 +92,41 @@ def test_gradient_norm_and_distributions_are_unscaled(tmp_path, dtype):
     np.testing.assert_allclose(grad["hist_max"], [g.max().item() for g in true], rtol=1e-6)
 
 
+def test_fused_optimizer_gets_scaled_gradients_and_records_true_ones(tmp_path):
+    """Adam(fused=True) is handed `grad_scale` and unscales inside its kernel: at
+    optimizer.step() the gradients are still scaled; recorded in true units all the same."""
+    def train(watch):
+        model, (x, y) = _model(), _data()
+        opt, crit = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True), nn.CrossEntropyLoss()
+        scaler = torch.amp.GradScaler("cpu")
+        run = hooks.watch(model, opt, crit, run_dir=tmp_path, every=1, scaler=scaler) if watch else None
+        ref = []
+        for _ in range(3):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = crit(model(x), y)
+            scaler.scale(loss).backward()
+            scale = scaler.get_scale()
+            true = [p.grad.double() / scale for p in model.parameters()]
+            ref.append((torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in true])).item(),
+                        true[0].max().item()))
+            scaler.step(opt)
+            scaler.update()
+        if run:
+            run.close()
+        return model, run, ref
+
+    plain, _, ref = train(False)
+    watched, run, _ = train(True)
+    assert _same(plain, watched)
+    r = diagnostics.open_run(run.path)
+    np.testing.assert_allclose(r.scalars(names=["grad_norm"]).sort_values("step")["value"], [n for n, _ in ref],
+                               rtol=1e-6)
+    assert (r.scalars(names=["grad_clipped"])["value"] == 0).all()
+    pg = r.distributions("param_grad", layers=["0.weight"]).sort_values("step")
+    np.testing.assert_allclose(pg["max"], [m for _, m in ref], rtol=1e-6)
+
+
 def test_without_the_scaler_the_norm_reads_scaled(tmp_path):
     """The bug this fixes, kept visible: watch without scaler= sees backward's scaled gradients."""
     _, _, ref = _train(torch.float16, watch=False, steps=1)
