@@ -377,13 +377,10 @@ def watch(
 
     Args:
         model: the model (a DDP/DataParallel wrapper or compiled module is fine).
-        optimizer: the optimizer; a step is one `optimizer.step()` (with gradient
-            accumulation, the loss is its micro-batches' mean). None: the loop updates the
-            parameters itself (`p.data.add_(-lr * p.grad)`); a step is then one training
-            forward of the model, recording weights as that forward uses them and gradients as
-            its backward leaves them. Several optimizers (a GAN): one run per model, each
-            with its own optimizer and loss module: `watch(G, opt_g, crit_g, name="G")`,
-            `watch(D, opt_d, crit_d, name="D")`.
+        optimizer: the optimizer; a step is one `optimizer.step()`. None (the loop updates
+            parameters itself): a step is one training forward of the model. Several
+            optimizers (a GAN): one run per model, each with its own optimizer and loss
+            module: `watch(G, opt_g, crit_g, name="G")`, `watch(D, opt_d, crit_d, name="D")`.
         loss_fn: the loss module (its inputs are recorded as outputs and labels) or
             function (then call `run.log_batch`).
         run_dir: where runs are written; the run is `run_dir/name`.
@@ -396,11 +393,8 @@ def watch(
         class_names: the classes' names, kept in the manifest.
         seed: the seed you used, kept in the manifest.
         budget: with every="auto", the share of training time captures may take.
-        scaler: the `torch.amp.GradScaler` of a mixed-precision loop
-            (`scaler.scale(loss).backward(); scaler.step(opt); scaler.update()`): gradients,
-            their norm and distributions are recorded unscaled, and a step the scaler skipped
-            (Inf/NaN gradients) is recorded with scalar `amp_skipped` = 1 and no update.
-            Without it, the gradient norm and module-output gradients read S times too large.
+        scaler: the loop's `torch.amp.GradScaler`: gradients are recorded unscaled, and a
+            step the scaler skipped (Inf/NaN gradients) has scalar `amp_skipped` = 1.
 
     Returns:
         The `WatchedRun`; close it (or use `with`) to finish the run.
