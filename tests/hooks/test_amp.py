@@ -188,8 +188,12 @@ def test_health_does_not_read_skipped_steps_as_spikes(tmp_path):
 
     bad = {39, 79, 119, 159}
     clean = health("clean", set(), False)
-    assert health("flagged", bad, True) == clean
+    assert health("flagged", bad, True) == clean  # 4 of 200 skipped: a healthy scaler, no finding either
     assert "grad_norm_spikes" in {rule for rule, _ in health("unflagged", bad, False)}  # the control
+    # a scaler that keeps skipping is a finding of its own: the last 10 steps, or 10% of them
+    assert ("amp_skipped_steps", "warning") in health("stuck", set(range(190, 200)), True)
+    assert ("amp_skipped_steps", "warning") in health("often", set(range(25, 200, 10)), True)
+    assert ("amp_skipped_steps", "warning") not in health("startup", set(range(8)), True)  # the initial backoff
 
 
 def test_lightning_16_mixed_records_unscaled_norms_and_skipped_steps(tmp_path):
