@@ -196,6 +196,7 @@ def test_health_does_not_read_skipped_steps_as_spikes(tmp_path):
     assert ("amp_skipped_steps", "warning") not in health("startup", set(range(8)), True)  # the initial backoff
 
 
+@pytest.mark.slow
 def test_lightning_16_mixed_records_unscaled_norms_and_skipped_steps(tmp_path):
     """precision="16-mixed" (a CPU GradScaler through Lightning's MixedPrecision plugin): the
     callback passes the plugin's scaler to watch; the norm is the true one, skipped steps flagged
@@ -255,3 +256,30 @@ def test_lightning_16_mixed_records_unscaled_norms_and_skipped_steps(tmp_path):
 def _norm_of(params) -> float:
     grads = [p.grad for p in params if p.grad is not None]
     return torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])).item()
+
+
+def test_hugging_face_trainer_passes_accelerates_scaler(tmp_path):
+    """The HF callback finds the GradScaler on Accelerate's optimizer wrapper. Accelerate makes
+    none on CPU, so one is put in its place (the loss is scaled by 65,536, mixed precision
+    otherwise off): the norm recorded is the Trainer's own logged norm (of the gradients as
+    scaled, since Accelerate unscales only under fp16) over the scale, and training is unchanged."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from tests.hooks.test_transformers import _callback, _trainer
+
+    def train(callbacks):
+        trainer = _trainer(tmp_path, callbacks, max_steps=6, optim="adamw_torch")
+        trainer.accelerator.scaler = torch.amp.GradScaler("cpu")
+        trainer.accelerator.native_amp = True
+        trainer.train()
+        return trainer
+
+    plain = train([])
+    cb = _callback(tmp_path, "hf-scaled")
+    watched = train([cb])
+    assert _same(plain.model, watched.model)
+    logged = [e["grad_norm"] for e in watched.state.log_history if "grad_norm" in e]
+    s = diagnostics.open_run(cb.run.path).scalars()
+    norms = s[s["name"] == "grad_norm"].sort_values("step")
+    assert norms["step"].tolist() == list(range(6)) and "amp_skipped" not in set(s["name"])
+    np.testing.assert_allclose(norms["value"], np.array(logged) / 2 ** 16, rtol=1e-5)
