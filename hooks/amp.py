@@ -54,12 +54,18 @@ class LossScale:
         return not stepped
 
 
-def step_scale(optimizer) -> torch.Tensor | None:
+def step_scale(capture, optimizer) -> torch.Tensor | None:
     """The scale the gradients still carry when `optimizer.step()` runs: a fused optimizer
     (Adam(fused=True)) is handed `grad_scale` and unscales in its kernel; otherwise None
-    (`scaler.step` unscaled them in place)."""
+    (`scaler.step` unscaled them in place). The fused kernel also skips the update itself
+    when handed `found_inf`: the step is flagged `amp_skipped` from that device tensor (no sync)."""
     scale = getattr(optimizer, "grad_scale", None)
-    return scale if isinstance(scale, torch.Tensor) else None
+    if not isinstance(scale, torch.Tensor):
+        return None
+    found_inf = getattr(optimizer, "found_inf", None)
+    if isinstance(found_inf, torch.Tensor):
+        capture.handover.flags.append((capture.step, "amp_skipped", found_inf > 0))
+    return scale
 
 
 def unscale_summaries(pending: list, kind: str, scale: torch.Tensor) -> list:

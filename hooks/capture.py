@@ -333,7 +333,7 @@ class Capture:
         started = time.perf_counter()
         with torch.no_grad():
             scale = self.loss_scale.backward_scale() if self.loss_scale is not None else None
-            carried = step_scale(optimizer) if scale is not None else None
+            carried = step_scale(self, optimizer) if scale is not None else None
             self.record_grad_norm(scale, carried)
             if not self.capturing:
                 self.own_s += time.perf_counter() - started

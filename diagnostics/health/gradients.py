@@ -49,7 +49,7 @@ def rule_nonfinite(run) -> list[Finding]:
         first = run.first_nonfinite()
     except Exception:
         return []
-    if not first:
+    if not first or _at_skipped_step(run, first):
         return []
     where = (f"{first['kind']} of {first['layer']}" if "layer" in first else f"the {first.get('scalar', 'loss')}")
     counts = (f" ({first.get('nan_count', 0)} NaN, {first.get('inf_count', 0)} Inf)" if "layer" in first else "")
@@ -62,6 +62,15 @@ def rule_nonfinite(run) -> list[Finding]:
         "rather than log(softmax) by hand; with AMP, use a GradScaler.",
         dict(first), "PyTorch docs: torch.autograd.detect_anomaly; Goodfellow et al. 2016, Deep Learning §4.1",
     )]
+
+
+def _at_skipped_step(run, first: dict) -> bool:
+    """The first NaN/Inf is at a step the GradScaler skipped (a fused optimizer's Inf gradient
+    norm, a float16 overflow the scaler backed off from): no training step's; `amp_skipped_steps`
+    judges the skips."""
+    skipped = scalar(run, SKIPPED)
+    steps = set(skipped.loc[skipped["value"] > 0, "step"].astype(int)) if not skipped.empty else set()
+    return bool(steps) and first.get("step") in steps and first.get("capture_step", first.get("step")) in steps
 
 
 def _depth_chart(run, finding: Finding) -> go.Figure:

@@ -127,6 +127,39 @@ def test_fused_optimizer_gets_scaled_gradients_and_records_true_ones(tmp_path):
     np.testing.assert_allclose(pg["max"], [m for _, m in ref], rtol=1e-6)
 
 
+def test_fused_optimizer_skipped_steps_are_flagged(tmp_path):
+    """A fused optimizer is called even on a step the scaler skips (its kernel skips the update):
+    the step is flagged amp_skipped from the optimizer's found_inf, and health reads its Inf
+    gradient norm as no NaN/Inf of training."""
+    def train(watch):
+        model, (x, y) = _model(), _data()
+        opt, crit = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True), nn.CrossEntropyLoss()
+        scaler = torch.amp.GradScaler("cpu", init_scale=2.0 ** 24)
+        run = hooks.watch(model, opt, crit, run_dir=tmp_path, every=1, scaler=scaler) if watch else None
+        skipped = []
+        for _ in range(10):
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = crit(model(x), y)
+            scaler.scale(loss).backward()
+            before = scaler.get_scale()
+            scaler.step(opt)
+            scaler.update()
+            skipped.append(scaler.get_scale() < before)
+        if run:
+            run.close()
+        return model, run, skipped
+
+    plain, _, skipped = train(False)
+    watched, run, _ = train(True)
+    assert _same(plain, watched) and any(skipped) and not all(skipped)
+    r = diagnostics.open_run(run.path)
+    flags = r.scalars(names=["amp_skipped"]).sort_values("step")
+    assert flags["step"].tolist() == list(range(10))
+    assert (flags["value"] > 0).tolist() == skipped
+    assert "nonfinite" not in {f.rule for f in r.health()}
+
+
 def test_without_the_scaler_the_norm_reads_scaled(tmp_path):
     """The bug this fixes, kept visible: watch without scaler= sees backward's scaled gradients."""
     _, _, ref = _train(torch.float16, watch=False, steps=1)
