@@ -229,6 +229,24 @@ def _raw_digits(f):
     return fit(small_cnn(), x, y, f, "raw_digits", epochs=2, lr=0.05, batch=32, every=5)
 
 
+def _amp_overflow(f):
+    """float16 autocast on inputs past float16's range (1e5x): every gradient is NaN at any
+    scale and the GradScaler skips every step."""
+    x, y = blobs()
+    model, crit = mlp(), nn.CrossEntropyLoss()
+    opt, scaler = torch.optim.SGD(model.parameters(), lr=0.05), torch.amp.GradScaler("cpu")
+    with hooks.watch(model, opt, crit, run_dir=f, name="amp_overflow", every=5, scaler=scaler) as run:
+        for step in range(40):
+            idx = torch.arange(step * 32, step * 32 + 32) % len(x)
+            opt.zero_grad()
+            with torch.autocast("cpu", dtype=torch.float16):
+                loss = crit(model(x[idx] * 1e5), y[idx])
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+    return Path(run.path)
+
+
 PLANTED = [
     Case("nan_from_huge_lr", _nonfinite, "nonfinite", "2"),
     Case("dead_relu_negative_bias", _dead, "dead_units", "1"),
@@ -243,6 +261,7 @@ PLANTED = [
     Case("tiny_train_set", _overfit, "overfitting"),
     Case("digits_10pct_flipped", _flipped_digits, "label_noise"),
     Case("raw_digit_pixels", _raw_digits, "input_scale", "0"),
+    Case("fp16_overflow_every_step", _amp_overflow, "amp_skipped_steps"),
 ]
 
 

@@ -32,6 +32,7 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
+from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipped, on_scaled_forward, step_scale
 from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.options import Selection
@@ -143,6 +144,8 @@ class Capture:
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
+        self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
+        self.manual = False  # no optimizer: the loop updates the parameters itself
 
     # -- recording ----------------------------------------------------------------------
     def add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
@@ -220,6 +223,7 @@ class Capture:
 
     def finish(self) -> None:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
+        end_last_step(self)
         self.param_names = self.recorded_params = {}
         self.probes = []
         if self.pending or self.deferred or self.step_losses:
@@ -265,18 +269,17 @@ class Capture:
                 self.record_outputs(outputs, labels, "train")
 
     def on_model_forward(self, module: nn.Module, args) -> None:
-        # Without an optimizer a step is one training forward of the whole model.
-        if not torch.is_grad_enabled():
-            return
-        if self.forward_seen:
-            self.end_step()
-        self.forward_seen = True
+        # Without an optimizer a step is one training forward of the whole model (`manual_step`).
+        if torch.is_grad_enabled():
+            manual_step(self)
 
     # -- hook bodies: gradients and the optimizer ---------------------------------------
     def on_grad_accumulated(self, param: torch.Tensor) -> None:
         # The gradient as backward left it (before any clipping), read while it is still in
         # cache; the last call of a step wins. Always on: its time is charged to the budget.
         started = time.perf_counter()
+        if self.loss_scale is not None or self.manual:
+            before_accumulated(self, param)
         self.grad_squares[param] = squared_norm(param.grad)
         self.own_s += time.perf_counter() - started
 
@@ -324,10 +327,13 @@ class Capture:
         return (args[0], closure_then_record, *args[2:]), kwargs
 
     def before_update(self, optimizer) -> None:
-        """The gradient norm; on capture steps weights, gradients and the update's sample."""
+        """The gradient norm; on capture steps weights, gradients and the update's sample (in
+        true units under a GradScaler: see hooks/amp.py)."""
         started = time.perf_counter()
         with torch.no_grad():
-            self.record_grad_norm()
+            scale = self.loss_scale.backward_scale() if self.loss_scale is not None else None
+            carried = step_scale(self, optimizer) if scale is not None else None
+            self.record_grad_norm(scale, carried)
             if not self.capturing:
                 self.own_s += time.perf_counter() - started
                 return
@@ -340,7 +346,8 @@ class Capture:
                     if "weight" in self.kinds:
                         self.add_tensor(name, "weight", p)
                     if p.grad is not None and "param_grad" in self.kinds:
-                        self.add_tensor(name, "param_grad", stored_values(p.grad))
+                        grad = stored_values(p.grad)
+                        self.add_tensor(name, "param_grad", grad if carried is None else grad / carried)
                     if p.grad is not None and "update" in self.kinds:
                         # the update is summarised on a fixed sample of the weight's positions:
                         # a copy of every weight would double the parameters' memory
@@ -348,15 +355,16 @@ class Capture:
                         before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
                         self.before_step[name] = (p, before.clone() if before.numel() == flat.numel() else before)
 
-    def record_grad_norm(self) -> None:
+    def record_grad_norm(self, scale: torch.Tensor | None = None, carried: torch.Tensor | None = None,
+                         clip_known: bool = True) -> None:
         """Global L2 norm of the gradients as backward produced them, and whether the loop
-        clipped them: clip_grad_norm_ scales every gradient by one factor, so a probe (a few
-        small parameters, fixed: choosing by value would sync with the device) whose gradient
-        shrank since backward says so, for a few tiny norms instead of a second pass."""
+        clipped them (`norm_and_clipped`). `scale`: the GradScaler's scale backward ran with;
+        `carried`: the scale the gradients still hold now (None: unscaled)."""
         if self.distributed and not self.norm_recorded:
-            produced = _rank_norm(self.param_names)
+            produced = _rank_norm(self.param_names)  # read now: unscaled unless `carried`
             if produced is not None:
                 self.norm_recorded = True
+                produced = produced if carried is None else produced / carried.to(produced.device, torch.float64)
                 unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
                 self.handover.grad_norms.append((self.step, produced.float(), unknown))
             return
@@ -365,17 +373,8 @@ class Capture:
         squares = self.grad_squares
         self.grad_squares = {}
         self.norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
-        produced = global_norm(list(squares.values()))
-        probes = [p for p in self.probes if p in squares and p.grad is not None] or [next(iter(squares))]
-        clipped = None
-        for p in probes:
-            if p.grad is None:
-                continue
-            shrank = squared_norm(p.grad) < squares[p] * (1 - 2e-4)
-            clipped = shrank if clipped is None else clipped | shrank
-        if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
-            clipped = torch.tensor(bool(clipped), device=produced.device)
-        self.handover.grad_norms.append((self.step, produced.float(), clipped))
+        produced, clipped = norm_and_clipped(squares, self.probes, scale, carried, clip_known)
+        self.handover.grad_norms.append((self.step, produced, clipped))
 
     def on_step_post(self, optimizer, args, kwargs) -> None:
         if _nested_step(optimizer):
@@ -393,10 +392,74 @@ class Capture:
                     after, before = after.float(), before.float()
                 # count: the tensor's size, so that sqrt(count·(std² + mean²)) estimates its norm
                 self.add_tensor(name, "update", after - before, count=p.numel(), sampled=True)
+            if self.loss_scale is not None:
+                after_scaled_step(self)
         self.before_step = {}
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def end_last_step(capture: Capture) -> None:
+    """The run closes mid-step, with no forward or step to end it: without an optimizer, the
+    last step's gradient norm; under a GradScaler, whether it skipped the last step."""
+    if capture.manual:
+        with torch.no_grad():
+            capture.record_grad_norm(clip_known=False)
+    if capture.loss_scale is not None and capture.loss_scale.skipped_step():
+        flag_skipped(capture)
+
+
+def manual_step(capture: Capture) -> None:
+    """A training forward without an optimizer: the step before it ends (its gradient norm:
+    what its backward left), and a capture step records the weights this forward computes with."""
+    if capture.forward_seen:
+        with torch.no_grad():
+            capture.record_grad_norm(clip_known=False)  # manual updates: a clip is not told from zero_grad
+        capture.grad_squares = {}
+        capture.end_step()
+    capture.forward_seen = True
+    if capture.capturing:
+        for p, name in capture.param_names.items():
+            capture.add_tensor(name, "weight", p.detach())
+
+
+def before_accumulated(capture: Capture, param: torch.Tensor) -> None:
+    """Before a gradient's square is kept: a step the GradScaler skipped ends here when no
+    forward of the model showed it (Lightning's training_step need not call forward);
+    without an optimizer, a capture step's parameter gradient as its first backward left it."""
+    if capture.loss_scale is not None and capture.loss_scale.skipped_step():
+        end_skipped_step(capture)
+    name = capture.param_names.get(param)
+    if capture.manual and capture.capturing and name is not None and capture.first_call(name, "param_grad"):
+        capture.add_tensor(name, "param_grad", stored_values(param.grad))
+
+
+def norm_and_clipped(squares: dict, probes: list, scale: torch.Tensor | None, carried: torch.Tensor | None,
+                     clip_known: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """(global norm from backward's per-parameter squares, whether the loop clipped), float32
+    and bool (NaN: not judged) 0-d tensors: clip_grad_norm_ scales every gradient by one
+    factor, so a probe (a few small parameters, fixed: choosing by value would sync with the
+    device) whose gradient shrank since backward says so, for a few tiny norms instead of a
+    second pass. Under a GradScaler backward's squares are `scale`² too large, and the
+    gradients now carry `carried` (None: unscaled in place by `scaler.step`)."""
+    produced = global_norm(list(squares.values()))
+    if scale is not None:
+        produced = produced / scale.to(produced.device, torch.float64)
+    if not clip_known:
+        return produced.float(), torch.full((), math.nan, device=produced.device)
+    clipped = None
+    for p in [p for p in probes if p in squares and p.grad is not None] or [next(iter(squares))]:
+        if p.grad is None:
+            continue
+        now = squared_norm(p.grad)
+        if scale is not None:  # compared in the units backward produced
+            now = now * (scale if carried is None else scale / carried).to(torch.float64).square()
+        shrank = now < squares[p] * (1 - 2e-4)
+        clipped = shrank if clipped is None else clipped | shrank
+    if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
+        clipped = torch.tensor(bool(clipped), device=produced.device)
+    return produced.float(), clipped
 
 
 def _rank_norm(param_names: dict) -> torch.Tensor | None:
@@ -456,11 +519,13 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
                 handles.append(module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, layer)))
     if isinstance(loss_fn, nn.Module):
         handles.append(loss_fn.register_forward_hook(Hook(capture, "loss", Capture.on_loss), with_kwargs=True))
+    for p in model.parameters() if not capture.distributed else ():
+        if p.requires_grad:
+            handles.append(p.register_post_accumulate_grad_hook(
+                Hook(capture, "grad_norm", Capture.on_grad_accumulated)))
+    if capture.loss_scale is not None:
+        handles.append(model.register_forward_pre_hook(Hook(capture, "optimizer", on_scaled_forward)))
     if optimizer is not None:
-        for p in model.parameters() if not capture.distributed else ():
-            if p.requires_grad:
-                handles.append(p.register_post_accumulate_grad_hook(
-                    Hook(capture, "grad_norm", Capture.on_grad_accumulated)))
         held = [p for g in optimizer.param_groups for p in g["params"]
                 if p.requires_grad and p in capture.param_names]  # the optimizer may hold a replaced module's
         if held and not capture.distributed:  # the smallest held parameter: is its gradient reset?
@@ -469,6 +534,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
         handles.append(optimizer.register_step_pre_hook(Hook(capture, "optimizer", Capture.on_step_pre)))
         handles.append(optimizer.register_step_post_hook(Hook(capture, "optimizer", Capture.on_step_post)))
     else:
+        capture.manual = True
         handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))

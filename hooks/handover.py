@@ -52,11 +52,12 @@ class Handover:
         self.grad_norms: list[tuple[int, torch.Tensor, torch.Tensor]] = []
         self.records: list[tuple[int, str, list, torch.Tensor]] = []
         self.grad_carried: list[tuple[int, bool | torch.Tensor]] = []
+        self.flags: list[tuple[int, str, torch.Tensor]] = []  # (step, scalar name, 0-d device tensor)
         self.step_ended_at: dict[int, float] = {}  # wall time of each step not yet flushed
 
     def waiting(self) -> bool:
         """Whether losses, gradient norms or records wait for a transfer."""
-        return bool(self.losses or self.grad_norms or self.records)
+        return bool(self.losses or self.grad_norms or self.records or self.flags)
 
     def flush(self) -> None:
         """Move everything waiting to the CPU (one sync per kind) and to the writer."""
@@ -80,6 +81,11 @@ class Handover:
                 writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped},
                                    wall_time_s=ended_at.get(step))
             self.grad_norms = []
+        if self.flags:
+            steps, names, values = zip(*self.flags)
+            for step, name, value in zip(steps, names, torch.stack([v.float().cpu() for v in values]).tolist()):
+                writer.add_scalar(step, name, value)
+            self.flags = []
         if self.grad_carried:
             steps, carried = zip(*self.grad_carried)
             reset = torch.stack([torch.as_tensor(c).cpu() for c in carried])

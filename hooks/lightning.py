@@ -22,6 +22,7 @@ import lightning.pytorch as pl
 import torch
 from torch import nn
 
+from hooks.amp import LossScale
 from hooks.evaluate import ID_KEYS
 from hooks.guard import Guard, Hook
 from hooks.handover import LOSS_BATCH
@@ -51,8 +52,11 @@ class DiagnosticsCallback(pl.Callback):
       accumulation, a step's loss is the mean of its micro-batches' losses (undoing
       Lightning's division by `accumulate_grad_batches`); with manual optimisation, the
       losses of the batches since the last `opt.step()` are averaged onto the last step
-      taken; a batch that stepped no optimizer (or a step skipped by the AMP scaler) carries
-      its loss into the next step. Only `trainer.optimizers[0]` is watched.
+      taken; a batch that stepped no optimizer carries its loss into the next step. Only
+      `trainer.optimizers[0]` is watched.
+    - precision="16-mixed": the precision plugin's GradScaler is passed to `watch(scaler=)`:
+      gradients are recorded unscaled, and a step the scaler skipped is a step with scalar
+      `amp_skipped` = 1 and its batches' loss, which health leaves out.
     - Outputs and labels: if the LightningModule holds exactly one `nn.Module` loss (e.g.
       `self.criterion = nn.CrossEntropyLoss()`), its inputs are recorded as the model's
       outputs and labels; and when the training batches carry sample ids ((inputs,
@@ -110,6 +114,8 @@ class DiagnosticsCallback(pl.Callback):
         self._step_at_batch_start = 0
         self._batch_ids: list | None = None  # the current training batch's sample ids, if it has them
         self._metrics_before: dict[str, Any] = {}
+        self._loss_scale: LossScale | None = None  # precision="16-mixed": which steps the scaler skipped
+        self._step_after_skip = 0
 
     # -- attach and detach --------------------------------------------------------------
 
@@ -129,6 +135,10 @@ class DiagnosticsCallback(pl.Callback):
         if options.seed is None and os.environ.get("PL_GLOBAL_SEED", "").lstrip("-").isdigit():
             options = dataclasses.replace(options, seed=int(os.environ["PL_GLOBAL_SEED"]))
         optimizer = trainer.optimizers[0] if trainer.optimizers else None
+        scaler = getattr(trainer.precision_plugin, "scaler", None)  # precision="16-mixed": gradients scaled
+        options = dataclasses.replace(options, scaler=scaler)
+        self._loss_scale = LossScale(scaler) if scaler is not None else None
+        self._step_after_skip = 0
         self._batch_losses, self._step_losses = [], []
         try:
             # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
@@ -171,7 +181,8 @@ class DiagnosticsCallback(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any,
                              batch_idx: int) -> None:
         if self._recording:
-            self._step_at_batch_start = self.run.step
+            # a step the scaler skipped is ended by the run during this batch's backward
+            self._step_at_batch_start = max(self.run.step, self._step_after_skip)
             self._batch_ids = _sample_ids(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -186,7 +197,16 @@ class DiagnosticsCallback(pl.Callback):
             self._batch_losses.append(loss)
         # The optimizer's post-step hook has already advanced run.step: the step this batch
         # finished is run.step - 1.
-        if self.run.step > self._step_at_batch_start and self._batch_losses:
+        stepped = self.run.step > self._step_at_batch_start
+        if self._loss_scale is not None:
+            self._loss_scale.stepped = stepped
+        if self._loss_scale is not None and self._loss_scale.skipped_step():
+            # the scaler skipped this batch's step: the run ends it as step run.step (amp_skipped)
+            if self._batch_losses:
+                self._step_losses.append((self.run.step, torch.stack(self._batch_losses).mean()))
+                self._batch_losses = []
+            self._step_after_skip = self.run.step + 1
+        if stepped and self._batch_losses:
             self._step_losses.append((self.run.step - 1, torch.stack(self._batch_losses).mean()))
             self._batch_losses = []
         if len(self._step_losses) >= LOSS_BATCH:

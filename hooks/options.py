@@ -89,6 +89,7 @@ class WatchOptions:
         kinds: the kinds to record (of `KINDS`), None: all.
         strict: raise the tool's own errors instead of containing them (the default warns
             once, switches the failing part off and lets training go on).
+        scaler: the `torch.amp.GradScaler` the loop scales its loss with, or None.
 
     Example::
 
@@ -105,6 +106,7 @@ class WatchOptions:
     class_names: list[str] | None = None
     seed: int | None = None
     budget: float = 0.03
+    scaler: Any = dataclasses.field(default=None, compare=False, repr=False)
     layers: str | Sequence[str] | None = None
     kinds: Sequence[str] | None = None
     strict: bool = False

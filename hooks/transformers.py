@@ -25,6 +25,7 @@ import torch
 import transformers
 from torch import nn
 
+from hooks.amp import LossScale
 from hooks.guard import Guard, Hook
 from hooks.handover import LOSS_BATCH
 from hooks.options import WatchOptions
@@ -48,8 +49,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
     The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
 
     The watched model is the Trainer's model and the watched optimizer the one inside
-    Accelerate's wrapper: a step is one optimizer update that was applied (an fp16 step
-    skipped on overflow is not one, though the Trainer's `global_step` counts it).
+    Accelerate's wrapper: a step is one optimizer update, or one that fp16's GradScaler skipped
+    on overflow (as the Trainer's `global_step` counts it): that step has scalar `amp_skipped`
+    = 1 and its loss, which health leaves out; gradients are recorded unscaled.
 
     - Loss: read from the model's own `output.loss` by a forward hook, per micro-batch, and
       recorded as scalar `loss` on its optimizer step: the mean over the step's micro-batches,
@@ -109,6 +111,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         self._model_gives_loss = False
         self._step_losses: list[tuple[int, torch.Tensor]] = []  # (step, loss) not yet on the CPU
         self._step_at_window_start = 0
+        self._loss_scale: LossScale | None = None  # fp16: which steps the scaler skipped
 
     # -- attach and detach --------------------------------------------------------------
 
@@ -131,6 +134,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
             config=options.config if options.config is not None else args.to_sanitized_dict(),
             seed=options.seed if options.seed is not None else args.seed,
         )
+        scaler = getattr(optimizer, "scaler", None)  # Accelerate's wrapper holds fp16's GradScaler
+        options = dataclasses.replace(options, scaler=scaler)
+        self._loss_scale = LossScale(scaler) if scaler is not None else None
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper runs no step hooks
         self._micro_losses, self._step_losses, self._model_gives_loss = [], [], False
         self._step_at_window_start = 0
@@ -181,7 +187,16 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         if not self._recording:
             return
         # The optimizer's post-step hook has already advanced run.step: this window's
-        # micro-batches belong to step run.step - 1. A skipped (fp16 overflow) step carries on.
+        # micro-batches belong to step run.step - 1; a window whose step the fp16 scaler skipped is
+        # step run.step, which the run ends at the next forward.
+        if self._loss_scale is not None:
+            self._loss_scale.stepped = self.run.step > self._step_at_window_start
+            if self._loss_scale.skipped_step():  # the run ends it as step run.step, at the next forward
+                if self._micro_losses:
+                    losses = torch.stack(self._micro_losses)
+                    self._step_losses.append((self.run.step, losses.sum() if self._losses_summed else losses.mean()))
+                    self._micro_losses = []
+                self._step_at_window_start = self.run.step + 1
         if self.run.step > self._step_at_window_start:
             if self._micro_losses:
                 losses = torch.stack(self._micro_losses)

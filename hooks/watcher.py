@@ -29,6 +29,7 @@ from torch import nn
 from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks import distributed, runinfo
+from hooks.amp import LossScale
 from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, evaluate_model
 from hooks.guard import Guard, contained
@@ -129,6 +130,7 @@ class WatchedRun:
                                 started=started, guard=self.guard, selection=options.selection)
         if self._capture.task is None and isinstance(loss_fn, nn.Module):
             self._capture.task = task_of_loss(loss_fn)
+        self._capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
         _WATCHED.add(model)
         try:
             register_hooks(self._capture, model, optimizer, loss_fn, self._handles, module_hooks=not compiled)
@@ -439,6 +441,7 @@ def watch(
     class_names: list[str] | None = None,
     seed: int | None = None,
     budget: float = 0.03,
+    scaler: Any = None,
     layers: str | list[str] | None = None,
     kinds: list[str] | None = None,
     strict: bool = False,
@@ -454,23 +457,22 @@ def watch(
 
     Args:
         model: the model (a DDP/DataParallel wrapper or compiled module is fine).
-        optimizer: the optimizer; a step is one `optimizer.step()`.
+        optimizer: the optimizer; a step is one `optimizer.step()`. None (the loop updates
+            parameters itself): a step is one training forward of the model. Several
+            optimizers (a GAN): one run per model, each with its own optimizer and loss
+            module: `watch(G, opt_g, crit_g, name="G")`, `watch(D, opt_d, crit_d, name="D")`.
         loss_fn: the loss module (its inputs are recorded as outputs and labels) or
             function (then call `run.log_batch`).
-        run_dir: where runs are written; the run is `run_dir/name`.
-        name: the run's name (default: generated from the time).
-        every: capture every N steps, or "auto".
-        task: "classification", "regression" or None (inferred).
-        config: any JSON-able dict, kept in the manifest (with the git commit, the model).
-        flush_every_s: seconds between flushes to disk.
-        class_names: the classes' names, kept in the manifest.
-        seed: the seed you used, kept in the manifest.
-        budget: with every="auto", the share of training time captures may take.
-        layers: record only these layers: names or glob patterns, "!pattern" excludes
-            (`["encoder", "!*.norm*"]`; see `hooks.options.Selection`). None: every layer.
-        kinds: record only these kinds (`["weight", "param_grad"]`); None: all of them.
+        run_dir: where runs are written; the run is `run_dir/name` (default name: the time).
+        every: capture every N steps, or "auto" (holding `budget`).
+        scaler: the loop's `torch.amp.GradScaler`: gradients are recorded unscaled, and a
+            step the scaler skipped (Inf/NaN gradients) has scalar `amp_skipped` = 1.
+        layers, kinds: record only these layers (names or glob patterns, "!pattern"
+            excludes) and kinds (`["weight", "param_grad"]`); None: all.
         strict: raise the tool's own errors; by default a failure of the tool warns once,
             switches its part off, is listed in the run, and training goes on unchanged.
+        task, config, flush_every_s, class_names, seed, budget, name: see
+            `hooks.options.WatchOptions`.
 
     Returns:
         The `WatchedRun`; close it (or use `with`) to finish the run.
@@ -484,6 +486,6 @@ def watch(
     """
     options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                            flush_every_s=flush_every_s, class_names=class_names, seed=seed, budget=budget,
-                           layers=layers, kinds=kinds, strict=strict)
+                           layers=layers, kinds=kinds, strict=strict, scaler=scaler)
     return WatchedRun(model, optimizer, loss_fn, options)
 

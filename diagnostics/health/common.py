@@ -115,11 +115,19 @@ def dist(run, kind: str) -> pd.DataFrame:
     return d.sort_values(["layer", "step"]).reset_index(drop=True)
 
 
+SKIPPED = "amp_skipped"  # the scalar hooks/amp.py writes at a step the GradScaler skipped
+
+
 def scalar(run, name: str) -> pd.DataFrame:
+    """One scalar's (step, value), ranks averaged, without the steps a GradScaler skipped
+    (`amp_skipped`: Inf/NaN gradients, no update; their loss is no training step's)."""
     try:
-        s = run.scalars(names=[name])
+        s = run.scalars(names=[name] if name == SKIPPED else [name, SKIPPED])
     except Exception:
         return pd.DataFrame(columns=["step", "value"])
+    if name != SKIPPED and not s.empty:
+        skipped = s["name"] == SKIPPED
+        s = s[~skipped & ~s["step"].isin(s.loc[skipped & (s["value"] > 0), "step"])]
     if s.empty:
         return pd.DataFrame(columns=["step", "value"])
     s = s.groupby("step", as_index=False)["value"].mean()  # ranks: their mean

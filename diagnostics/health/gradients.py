@@ -1,5 +1,6 @@
 """Health rules on the gradients and the updates: NaN/Inf anywhere, vanishing or exploding
-gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3.
+gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3, steps a
+GradScaler keeps skipping.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import plotly.graph_objects as go
 from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale
-from diagnostics.health.common import Finding, dist, layer_order, make_finding, scalar
+from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
 from diagnostics.health.registry import rule
 
 # Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
@@ -29,6 +30,11 @@ GRAD_SPIKE_WINDOW = 50
 # Update-to-weight ratio: healthy around 1e-3 (cs231n).
 UPDATE_RATIO_LOW = 1e-5
 UPDATE_RATIO_HIGH = 1e-1
+# Steps a GradScaler skipped: its initial scale backs off over the first steps, then about one
+# skip per growth interval (2,000 steps) is normal.
+AMP_SKIP_SHARE = 0.05
+AMP_STARTUP_STEPS = 20
+AMP_STUCK_STEPS = 10
 
 
 @rule("NaN/Inf in the loss, a gradient or any captured summary, with the first step and layer that held one.",
@@ -43,7 +49,7 @@ def rule_nonfinite(run) -> list[Finding]:
         first = run.first_nonfinite()
     except Exception:
         return []
-    if not first:
+    if not first or _at_skipped_step(run, first):
         return []
     where = (f"{first['kind']} of {first['layer']}" if "layer" in first else f"the {first.get('scalar', 'loss')}")
     counts = (f" ({first.get('nan_count', 0)} NaN, {first.get('inf_count', 0)} Inf)" if "layer" in first else "")
@@ -56,6 +62,15 @@ def rule_nonfinite(run) -> list[Finding]:
         "rather than log(softmax) by hand; with AMP, use a GradScaler.",
         dict(first), "PyTorch docs: torch.autograd.detect_anomaly; Goodfellow et al. 2016, Deep Learning §4.1",
     )]
+
+
+def _at_skipped_step(run, first: dict) -> bool:
+    """The first NaN/Inf is at a step the GradScaler skipped (a fused optimizer's Inf gradient
+    norm, a float16 overflow the scaler backed off from): no training step's; `amp_skipped_steps`
+    judges the skips."""
+    skipped = scalar(run, SKIPPED)
+    steps = set(skipped.loc[skipped["value"] > 0, "step"].astype(int)) if not skipped.empty else set()
+    return bool(steps) and first.get("step") in steps and first.get("capture_step", first.get("step")) in steps
 
 
 def _depth_chart(run, finding: Finding) -> go.Figure:
@@ -237,3 +252,45 @@ def rule_update_ratio(run) -> list[Finding]:
                 "(initialisation, saturating activations) and for a schedule that decayed too early.",
                 ev, ref))
     return findings
+
+
+def _skipped_chart(run, finding: Finding) -> go.Figure:
+    return charts.scalar_lines(run, ["amp_skipped"], "steps the GradScaler skipped (1)")
+
+
+@rule(f"Steps a GradScaler skipped (Inf/NaN gradients, no update): over {AMP_SKIP_SHARE:.0%} of the steps after the "
+      f"first {AMP_STARTUP_STEPS}, or the last {AMP_STUCK_STEPS} in a row.", severities=("warning",),
+      evidence=_skipped_chart)
+def rule_amp_skipped_steps(run) -> list[Finding]:
+    """Mixed precision whose GradScaler keeps skipping `optimizer.step()` (scalar
+    `amp_skipped`, recorded with `watch(..., scaler=)`): the other rules leave those steps
+    out, so they are judged here. A healthy scaler skips a few steps at the start (its
+    initial scale backs off) and about one per growth interval (2,000 steps) after; a share
+    above 5% after the first 20 steps, or the last 10 steps all skipped, means the gradients
+    overflow at any scale (the model diverged, or float16 cannot hold them). Reference:
+    PyTorch docs, Automatic Mixed Precision: torch.amp.GradScaler."""
+    skipped = scalar(run, SKIPPED)
+    skipped = skipped[skipped["value"] > 0] if not skipped.empty else skipped
+    if skipped.empty:
+        return []
+    try:
+        steps = np.unique(run.scalars(names=["loss", SKIPPED])["step"].to_numpy(dtype=np.int64))
+    except Exception:
+        return []
+    flagged = set(skipped["step"].astype(int))
+    late = steps[steps >= AMP_STARTUP_STEPS]
+    share = float(np.mean([s in flagged for s in late])) if len(late) else 0.0
+    stuck = len(steps) >= AMP_STUCK_STEPS and all(int(s) in flagged for s in steps[-AMP_STUCK_STEPS:])
+    if share <= AMP_SKIP_SHARE and not stuck:
+        return []
+    what = (f"the last {AMP_STUCK_STEPS} steps were all skipped" if stuck
+            else f"{share:.0%} of the steps after step {AMP_STARTUP_STEPS} were skipped")
+    return [make_finding(
+        "amp_skipped_steps", "warning", None, (min(flagged), max(flagged)),
+        f"The GradScaler skipped {len(flagged)} of {len(steps)} steps (Inf/NaN gradients, no update): {what}.",
+        "Find where the values overflow (the first NaN/Inf in the gradient distributions of a skipped step's "
+        "neighbours); lower the learning rate, clip gradients after scaler.unscale_(optimizer), or train in "
+        "bfloat16 (precision='bf16-mixed'), which needs no scaler.",
+        {"skipped": len(flagged), "steps": len(steps), "late_share": share, "stuck": stuck,
+         "first_steps": sorted(flagged)[:20]},
+        "PyTorch docs: Automatic Mixed Precision, torch.amp.GradScaler")]
