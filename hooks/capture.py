@@ -35,6 +35,7 @@ from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
+from hooks.shards import local_pieces, shard_kind
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
 
@@ -335,17 +336,17 @@ class Capture:
             self.before_step = {}
             for group in optimizer.param_groups:
                 for p in group["params"]:
-                    name = self.param_names.get(p)
-                    if name is None:
+                    if (name := self.param_names.get(p)) is None:
                         continue
-                    self.add_tensor(name, "weight", p)
-                    if p.grad is not None:
-                        self.add_tensor(name, "param_grad", stored_values(p.grad))
-                        # the update is summarised on a fixed sample of the weight's positions:
-                        # a copy of every weight would double the parameters' memory
-                        flat = p.detach().reshape(-1)
-                        before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
-                        self.before_step[name] = (p, before.clone() if before.numel() == flat.numel() else before)
+                    for piece, values, grad in local_pieces(name, p):  # FSDP: this rank's shards
+                        self.add_tensor(piece, "weight", values)
+                        if grad is not None:
+                            self.add_tensor(piece, "param_grad", stored_values(grad))
+                            # the update: on a fixed sample of positions (copying all would double memory)
+                            flat = values.detach().reshape(-1)
+                            before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
+                            self.before_step[piece] = (values, before.clone() if before.numel() == flat.numel()
+                                                       else before)
 
     def record_grad_norm(self) -> None:
         """Global L2 norm of the gradients as backward produced them, and whether the loop
@@ -353,7 +354,7 @@ class Capture:
         small parameters, fixed: choosing by value would sync with the device) whose gradient
         shrank since backward says so, for a few tiny norms instead of a second pass."""
         if self.distributed and not self.norm_recorded:
-            produced = _rank_norm(self.param_names)
+            produced = _rank_norm(self.param_names, self.handover)
             if produced is not None:
                 self.norm_recorded = True
                 unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
@@ -398,11 +399,23 @@ class Capture:
         self.end_step()
 
 
-def _rank_norm(param_names: dict) -> torch.Tensor | None:
+def _rank_norm(param_names: dict, handover: Handover) -> torch.Tensor | None:
     """Several ranks: backward's per-parameter hooks would see this rank's own gradient,
     before DDP averages it; the norm is read at the step, from the gradient the optimizer
-    is given (after any clipping, which is then not detected: grad_clipped is NaN)."""
-    squares = [squared_norm(p.grad) for p in param_names if p.grad is not None]
+    is given (after any clipping, which is then not detected: grad_clipped is NaN).
+
+    Sharded parameters (FSDP): the norm of this rank's shards (`squared_norm` reads the
+    local shard), recorded as `schema.GRAD_NORM_SHARD`, with the manifest's `sharding`
+    ("fsdp2" or "fsdp1") set at the first step; the reader adds the ranks' squares. No
+    collective here: a hook one rank skips would leave the others waiting for ever."""
+    squares, sharding = [], None
+    for p, name in param_names.items():
+        sharding = sharding or shard_kind(name, p)
+        if p.grad is not None:
+            squares.append(squared_norm(p.grad))
+    if sharding is not None and handover.norm_name != schema.GRAD_NORM_SHARD:
+        handover.norm_name = schema.GRAD_NORM_SHARD
+        handover.writer.update_manifest(sharding=sharding)
     return global_norm(squares) if squares else None
 
 
