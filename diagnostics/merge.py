@@ -91,8 +91,11 @@ def _merge_moments(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> Non
 
 def _histograms(d: pd.DataFrame, bins: int) -> np.ndarray:
     """Each row's histogram counts as a float matrix (rows × bins; zeros where missing)."""
+    column = d["hist_counts"].to_numpy()
+    if all(h is not None and len(h) == bins for h in column):
+        return np.clip(np.stack(column).astype(np.float64), 0, None)
     matrix = np.zeros((len(d), bins))
-    for i, h in enumerate(d["hist_counts"]):
+    for i, h in enumerate(column):
         if h is not None and len(h) == bins:
             matrix[i] = np.clip(np.asarray(h, dtype=np.float64), 0, None)
     return matrix
@@ -127,15 +130,11 @@ def _merge_histograms(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> 
     shards = np.bincount(group[used], minlength=g)
     alone = np.full(g, -1)
     alone[group[used]] = np.flatnonzero(used)  # the row of a group's only non-empty shard
-    counts = [None] * g
-    for i in range(g):
-        if shards[i] == 1:
-            j = alone[i]
-            quantiles[i] = d.loc[j, list(schema.QUANTILE_COLUMNS)].to_numpy(np.float64)
-            lo[i], hi[i] = h_lo[j], h_hi[j]
-            counts[i] = np.asarray(d.at[j, "hist_counts"], dtype=np.int64)
-        elif shards[i] > 1:
-            counts[i] = np.rint(merged[i]).astype(np.int64)
+    one = shards == 1
+    quantiles[one] = d[list(schema.QUANTILE_COLUMNS)].to_numpy(np.float64)[alone[one]]
+    lo[one], hi[one] = h_lo[alone[one]], h_hi[alone[one]]
+    merged[one] = hist[alone[one]]
+    counts = [np.rint(h).astype(np.int64) if k else None for h, k in zip(merged, shards)]
     for k, col in enumerate(schema.QUANTILE_COLUMNS):
         out[col] = np.where(shards > 0, quantiles[:, k], np.nan)
     out["hist_min"], out["hist_max"] = np.where(shards > 0, lo, np.nan), np.where(shards > 0, hi, np.nan)
