@@ -35,7 +35,7 @@ from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
-from hooks.shards import local_pieces, shard_kind
+from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
 
@@ -442,7 +442,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
     for name, module in model.named_modules() if module_hooks else ():
         # a loss module inside the model is the loss, not a layer
         if not any(True for _ in module.children()) and not isinstance(module, nn.modules.loss._Loss):
-            layer = name or type(model).__name__
+            layer = user_name(name) or type(model).__name__  # FSDP1: without _fsdp_wrapped_module.
             handles.append(module.register_forward_hook(partial(Capture.on_forward, capture, layer)))
     if isinstance(loss_fn, nn.Module):
         handles.append(loss_fn.register_forward_hook(partial(Capture.on_loss, capture), with_kwargs=True))

@@ -23,8 +23,8 @@ from collections.abc import Iterator
 
 import torch
 
-# prefixes wrappers insert into qualified names: FSDP1, activation checkpointing, torch.compile
-_WRAPPER_PREFIXES = ("_fsdp_wrapped_module.", "_checkpoint_wrapped_module.", "_orig_mod.")
+# the parts wrappers insert into qualified names: FSDP1, activation checkpointing, torch.compile
+_WRAPPER_PARTS = frozenset({"_fsdp_wrapped_module", "_checkpoint_wrapped_module", "_orig_mod"})
 _FLAT = "_flat_param"
 
 
@@ -40,10 +40,11 @@ def local_tensor(t: torch.Tensor) -> torch.Tensor:
 
 def user_name(name: str) -> str:
     """A qualified name without the wrappers' prefixes:
-    `_fsdp_wrapped_module.0._fsdp_wrapped_module.weight` → `0.weight`."""
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
+    `_fsdp_wrapped_module.0._fsdp_wrapped_module.weight` → `0.weight`,
+    `_fsdp_wrapped_module.0._fsdp_wrapped_module` → `0`."""
+    if "_" not in name:
+        return name
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
 
 
 def shard_kind(name: str, param: torch.Tensor) -> str | None:
@@ -67,7 +68,8 @@ def local_pieces(name: str, param: torch.Tensor) -> Iterator[tuple[str, torch.Te
     last flush may hold some ranks' rows only) from one they have not."""
     grad = param.grad
     if name.endswith(_FLAT) and _flat_bookkeeping(param):
-        prefix = user_name(name[: -len(_FLAT)])
+        owner = user_name(name[: -len(_FLAT)].rstrip("."))  # the wrapped module's name; "" at the root
+        prefix = f"{owner}." if owner else ""
         flat = param.detach()
         for fqn, info in zip(param._fqns, param._shard_param_infos):
             start = info.offset_in_shard if info.in_shard else 0

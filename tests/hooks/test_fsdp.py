@@ -111,6 +111,9 @@ def test_fsdp_records_whole_parameters_and_leaves_training_unchanged(tmp_path, m
     assert r.status()["state"] == "finished"
     names = ["0.weight", "0.bias", "2.weight", "2.bias"]  # the user's names, whatever the wrapper
     assert sorted(r.layers("weight")) == sorted(names)
+    assert r.layers("activation") == ["0", "1", "2"]
+    if mode != "fsdp1_flat":  # FSDP1's FlatParameters: the manifest lists them as 0._flat_param, 2._flat_param
+        assert [p["name"] for p in r.manifest["parameters"]] == names
     kinds = {"weight": "w"} if mode == "fsdp1_flat" else {"weight": "w", "param_grad": "g"}
     for kind, key in kinds.items():
         got = r.distributions(kind)
