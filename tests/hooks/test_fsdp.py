@@ -133,6 +133,13 @@ def test_fsdp_records_whole_parameters_and_leaves_training_unchanged(tmp_path, m
             assert part["count"].sum() == seen[f"{key}/{step}/{layer}"].size
             assert (part["count"] < part["count"].sum()).all() or (part["count"] == 0).any()
 
+    # the optimizer's change to each whole parameter (small tensors: measured on every position)
+    for row in r.distributions("update").itertuples():
+        after = seen[f"w/{row.step + 1}/{row.layer}" if row.step + 1 < STEPS else f"final/{row.layer}"]
+        change = (after.astype(np.float32) - seen[f"w/{row.step}/{row.layer}"]).astype(np.float64).ravel()
+        assert row.count == change.size
+        np.testing.assert_allclose([row.mean, row.std], [change.mean(), change.std()], rtol=1e-4, atol=1e-7)
+
     norms = r.scalars(names=["grad_norm"])
     assert sorted(norms["rank"].unique()) == [0, 1] and len(norms) == 2 * STEPS
     for row in norms.itertuples():
