@@ -31,11 +31,24 @@ _FLAT = "_flat_param"
 def local_tensor(t: torch.Tensor) -> torch.Tensor:
     """This rank's shard of a DTensor (`to_local()`: a view, no communication); any other
     tensor as it is. No DTensor exists until torch.distributed.tensor is imported, so
-    the check costs a dict lookup where it never is."""
+    the check costs a dict lookup where it never is.
+
+    A DTensor replicated along a mesh dimension (HSDP: `fully_shard` on a 2-D mesh) has
+    the same shard on every replica: only the first replica's counts, the others give an
+    empty tensor, so that the reader's merge counts each element once."""
     dtensor = sys.modules.get("torch.distributed.tensor")
     if dtensor is not None and isinstance(t, dtensor.DTensor):
-        return t.to_local()
+        local = t.to_local()
+        return local if _first_replica(t) else local.reshape(-1)[:0]
     return t
+
+
+def _first_replica(t: torch.Tensor) -> bool:
+    """Whether this rank is at coordinate 0 of every mesh dimension `t` is replicated on."""
+    coordinate = t.device_mesh.get_coordinate()
+    if coordinate is None:  # this rank is not in the mesh: it holds nothing of `t`
+        return False
+    return all(c == 0 for c, p in zip(coordinate, t.placements) if p.is_replicate())
 
 
 def user_name(name: str) -> str:
@@ -50,7 +63,8 @@ def user_name(name: str) -> str:
 def shard_kind(name: str, param: torch.Tensor) -> str | None:
     """"fsdp2" for a DTensor parameter, "fsdp1" for one inside FSDP1's wrapper (its name
     says so), None for a whole parameter."""
-    if local_tensor(param) is not param:
+    dtensor = sys.modules.get("torch.distributed.tensor")
+    if dtensor is not None and isinstance(param, dtensor.DTensor):
         return "fsdp2"
     if "_fsdp_wrapped_module" in name or name.endswith(_FLAT):
         return "fsdp1"

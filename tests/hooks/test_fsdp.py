@@ -20,16 +20,20 @@ from tests.hooks.test_distributed import _free_port
 pytestmark = pytest.mark.slow
 
 STEPS = 3
-MODES = ("fsdp2", "fsdp1_orig", "fsdp1_flat")
+MODES = ("fsdp2", "hsdp", "fsdp1_orig", "fsdp1_flat")
 
 
 def _wrap(model: nn.Sequential, mode: str) -> nn.Module:
-    if mode == "fsdp2":
+    if mode in ("fsdp2", "hsdp"):
+        from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
 
-        fully_shard(model[0])
-        fully_shard(model[2])
-        return fully_shard(model)
+        # HSDP: two replicas of one shard each (every rank holds whole parameters, counted once)
+        mesh = (init_device_mesh("cpu", (2, 1), mesh_dim_names=("replicate", "shard")) if mode == "hsdp"
+                else init_device_mesh("cpu", (2,)))
+        fully_shard(model[0], mesh=mesh)
+        fully_shard(model[2], mesh=mesh)
+        return fully_shard(model, mesh=mesh)
     from torch.distributed.fsdp import FullyShardedDataParallel
     from torch.distributed.fsdp.wrap import ModuleWrapPolicy
 
@@ -39,7 +43,7 @@ def _wrap(model: nn.Sequential, mode: str) -> nn.Module:
 
 def _full(model: nn.Module, mode: str, grads: bool) -> dict[str, np.ndarray]:
     """Every rank gathers each whole parameter (or gradient) through FSDP itself (collective)."""
-    if mode == "fsdp2":
+    if mode in ("fsdp2", "hsdp"):
         found = {}
         for name, p in model.named_parameters():
             t = p.grad if grads else p
@@ -55,7 +59,7 @@ def _full(model: nn.Module, mode: str, grads: bool) -> dict[str, np.ndarray]:
 
 def _total_norm(model: nn.Module, mode: str) -> float:
     """The gradient norm as the user's own clipping computes it (max_norm too large to clip)."""
-    if mode == "fsdp2":
+    if mode in ("fsdp2", "hsdp"):
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=1e30)
         return float(norm.full_tensor() if hasattr(norm, "full_tensor") else norm)
     return float(model.clip_grad_norm_(1e30))
@@ -107,7 +111,8 @@ def test_fsdp_records_whole_parameters_and_leaves_training_unchanged(tmp_path, m
     assert finals and all(np.array_equal(plain[k], seen[k]) for k in finals)  # bit for bit
 
     r = diagnostics.open_run(tmp_path / mode)
-    assert r.manifest["world_size"] == 2 and r.manifest["sharding"] == ("fsdp2" if mode == "fsdp2" else "fsdp1")
+    assert r.manifest["world_size"] == 2
+    assert r.manifest["sharding"] == ("fsdp1" if mode.startswith("fsdp1") else "fsdp2")
     assert r.status()["state"] == "finished"
     names = ["0.weight", "0.bias", "2.weight", "2.bias"]  # the user's names, whatever the wrapper
     assert sorted(r.layers("weight")) == sorted(names)
@@ -132,6 +137,8 @@ def test_fsdp_records_whole_parameters_and_leaves_training_unchanged(tmp_path, m
             assert sorted(part["rank"]) == [0, 1]
             assert part["count"].sum() == seen[f"{key}/{step}/{layer}"].size
             assert (part["count"] < part["count"].sum()).all() or (part["count"] == 0).any()
+            if mode == "hsdp":  # the second replica's copy is not counted again
+                assert list(part.sort_values("rank")["count"])[1] == 0
 
     # the optimizer's change to each whole parameter (small tensors: measured on every position)
     for row in r.distributions("update").itertuples():
