@@ -123,9 +123,8 @@ def _merge_histograms(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> 
         per_sample = np.where(used, finite / sample, 0.0)
         scale = _gsum(group, np.where(used, sample, 0), g) / _gsum(group, np.where(used, finite, 0), g)
     weights = hist * (per_sample * np.nan_to_num(scale)[group])[:, None]
-    merged = np.zeros(g * bins)
-    np.add.at(merged, (group[:, None] * bins + target)[used].ravel(), weights[used].ravel())
-    merged = merged.reshape(g, bins)
+    merged = np.bincount((group[:, None] * bins + target)[used].ravel(), weights=weights[used].ravel(),
+                         minlength=g * bins).reshape(g, bins)
     quantiles = _hist_quantiles(merged, lo, width, out["min"].to_numpy(), out["max"].to_numpy())
     shards = np.bincount(group[used], minlength=g)
     alone = np.full(g, -1)
@@ -134,7 +133,7 @@ def _merge_histograms(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> 
     quantiles[one] = d[list(schema.QUANTILE_COLUMNS)].to_numpy(np.float64)[alone[one]]
     lo[one], hi[one] = h_lo[alone[one]], h_hi[alone[one]]
     merged[one] = hist[alone[one]]
-    counts = [np.rint(h).astype(np.int64) if k else None for h, k in zip(merged, shards)]
+    counts = [h if k else None for h, k in zip(np.rint(merged).astype(np.int64), shards)]
     for k, col in enumerate(schema.QUANTILE_COLUMNS):
         out[col] = np.where(shards > 0, quantiles[:, k], np.nan)
     out["hist_min"], out["hist_max"] = np.where(shards > 0, lo, np.nan), np.where(shards > 0, hi, np.nan)

@@ -131,6 +131,8 @@ def test_fsdp_records_whole_parameters_and_leaves_training_unchanged(tmp_path, m
             np.testing.assert_allclose([row.mean, row.std, row.min, row.max],
                                        [full.mean(), full.std(), full.min(), full.max()], rtol=1e-5, atol=1e-6)
             assert sum(row.hist_counts) == full.size  # small tensors: every element in the histogram
+        one = r.distributions(kind, rank=1)  # a rank's view: the whole parameter too
+        assert set(one["rank"]) == {1} and list(one["count"]) == list(got.loc[got["rank"] == 1, "count"])
         # each rank's own shard stays readable, and the shards add up to the whole
         shards = r.distributions(kind, shards=True)
         for (step, layer), part in shards.groupby(["step", "layer"]):
