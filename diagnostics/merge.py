@@ -89,42 +89,58 @@ def _merge_moments(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> Non
     out["min"], out["max"] = np.where(n_finite > 0, lo, np.nan), np.where(n_finite > 0, hi, np.nan)
 
 
-def _histograms(d: pd.DataFrame, bins: int) -> np.ndarray:
-    """Each row's histogram counts as a float matrix (rows × bins; zeros where missing)."""
-    column = d["hist_counts"].to_numpy()
+_CHUNK_ROWS = 32_768  # rows re-binned at a time: a whole run's (rows × 64) temporaries would take gigabytes
+
+
+def _histograms(column: np.ndarray, bins: int) -> np.ndarray:
+    """Histogram counts as a float matrix (rows × bins; zeros where missing)."""
     if all(h is not None and len(h) == bins for h in column):
-        return np.clip(np.stack(column).astype(np.float64), 0, None)
-    matrix = np.zeros((len(d), bins))
+        return np.clip(np.stack(column).astype(np.float64), 0, None) if len(column) else np.zeros((0, bins))
+    matrix = np.zeros((len(column), bins))
     for i, h in enumerate(column):
         if h is not None and len(h) == bins:
             matrix[i] = np.clip(np.asarray(h, dtype=np.float64), 0, None)
     return matrix
 
 
+def _rebinned(column: np.ndarray, group: np.ndarray, finite: np.ndarray, h_lo: np.ndarray, h_hi: np.ndarray,
+              lo: np.ndarray, width: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(Σ per group of each row's histogram re-binned onto the group's span, each bin's
+    count moved whole by its centre and weighted by the elements the row's sample stands
+    for; Σ per group of the rows' sample sizes), in blocks of _CHUNK_ROWS rows."""
+    g, bins = len(lo), schema.HIST_BINS
+    merged, samples = np.zeros(g * bins), np.zeros(g)
+    for start in range(0, len(column), _CHUNK_ROWS):
+        rows = slice(start, start + _CHUNK_ROWS)
+        hist, grp = _histograms(column[rows], bins), group[rows]
+        sample = hist.sum(axis=1)
+        centres = h_lo[rows, None] + (np.arange(bins) + 0.5) * ((h_hi[rows] - h_lo[rows]) / bins)[:, None]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            target = np.clip(np.floor((centres - lo[grp, None]) / width[grp, None]), 0, bins - 1)
+            per_sample = np.where(sample > 0, finite[rows] / sample, 0.0)
+        target = np.nan_to_num(target).astype(np.int64)  # an empty shard's span is NaN: its counts are 0
+        merged += np.bincount((grp[:, None] * bins + target).ravel(), weights=(hist * per_sample[:, None]).ravel(),
+                              minlength=g * bins)
+        samples += np.bincount(grp, weights=sample, minlength=g)
+    return merged.reshape(g, bins), samples
+
+
 def _merge_histograms(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> None:
     """The merged histogram (re-binned by bin centres onto the union span) and the
     quantiles read from it, into `out`; a group with one non-empty shard keeps its row's."""
     g, bins = len(out), schema.HIST_BINS
-    hist = _histograms(d, bins)
-    sample = hist.sum(axis=1)
     h_lo, h_hi = d["hist_min"].to_numpy(np.float64), d["hist_max"].to_numpy(np.float64)
-    used = (sample > 0) & np.isfinite(h_lo) & np.isfinite(h_hi)
+    finite = np.clip(d["count"] - d["nan_count"].fillna(0) - d["inf_count"].fillna(0), 0, None).to_numpy(np.float64)
+    used = (finite > 0) & np.isfinite(h_lo) & np.isfinite(h_hi)
+    finite = np.where(used, finite, 0.0)
     lo, hi = np.full(g, np.inf), np.full(g, -np.inf)
     np.minimum.at(lo, group[used], h_lo[used])
     np.maximum.at(hi, group[used], h_hi[used])
     width = np.where(hi > lo, (hi - lo) / bins, 1.0)
-    centres = h_lo[:, None] + (np.arange(bins) + 0.5) * ((h_hi - h_lo) / bins)[:, None]
-    with np.errstate(invalid="ignore"):
-        target = np.clip(np.floor((centres - lo[group, None]) / width[group, None]), 0, bins - 1)
-    target = np.where(used[:, None], target, 0).astype(np.int64)  # an empty shard's span is NaN
-    # each shard's sample stands for its finite elements: weight it so, keep the samples' total
-    finite = np.clip(d["count"] - d["nan_count"].fillna(0) - d["inf_count"].fillna(0), 0, None).to_numpy(np.float64)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        per_sample = np.where(used, finite / sample, 0.0)
-        scale = _gsum(group, np.where(used, sample, 0), g) / _gsum(group, np.where(used, finite, 0), g)
-    weights = hist * (per_sample * np.nan_to_num(scale)[group])[:, None]
-    merged = np.bincount((group[:, None] * bins + target)[used].ravel(), weights=weights[used].ravel(),
-                         minlength=g * bins).reshape(g, bins)
+    column = d["hist_counts"].to_numpy()
+    merged, samples = _rebinned(column, group, finite, h_lo, h_hi, lo, width)
+    with np.errstate(invalid="ignore", divide="ignore"):  # back to the samples' total
+        merged *= np.nan_to_num(samples / _gsum(group, finite, g))[:, None]
     quantiles = _hist_quantiles(merged, lo, width, out["min"].to_numpy(), out["max"].to_numpy())
     shards = np.bincount(group[used], minlength=g)
     alone = np.full(g, -1)
@@ -132,7 +148,7 @@ def _merge_histograms(d: pd.DataFrame, group: np.ndarray, out: pd.DataFrame) -> 
     one = shards == 1
     quantiles[one] = d[list(schema.QUANTILE_COLUMNS)].to_numpy(np.float64)[alone[one]]
     lo[one], hi[one] = h_lo[alone[one]], h_hi[alone[one]]
-    merged[one] = hist[alone[one]]
+    merged[one] = _histograms(column[alone[one]], bins)
     counts = [h if k else None for h, k in zip(np.rint(merged).astype(np.int64), shards)]
     for k, col in enumerate(schema.QUANTILE_COLUMNS):
         out[col] = np.where(shards > 0, quantiles[:, k], np.nan)
