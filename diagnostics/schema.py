@@ -87,6 +87,12 @@ PROBE_PREFIX = "probe/"
 PROBE_FIELDS = ("prob_sum_dev_class", "prob_sum_dev_batch", "logprob_sum_dev_class", "logprob_sum_dev_batch",
                 "label_integer_frac", "label_distinct", "output_columns")
 
+# Sharded training (FSDP; the manifest's `sharding`): each rank records its shard's gradient
+# norm under this name; the reader gives `grad_norm` = sqrt of the sum of their squares.
+GRAD_NORM_SHARD = "grad_norm_shard"
+# ...and its weights, parameter gradients and updates per shard, merged by the reader
+SHARDED_KINDS = ("weight", "param_grad", "update")
+
 SCALARS_SCHEMA = pa.schema(
     [
         ("step", pa.int64()),

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 
 from diagnostics import schema
 from diagnostics.exceptions import RunFormatError, RunNotFoundError
+from diagnostics.merge import merge_shard_norms, merge_shards
 from diagnostics.writer import RunWriter
 
 __all__ = ["Run", "RunWriter", "list_runs", "open_run", "run_version"]
@@ -187,9 +188,31 @@ class Run:
         raise AssertionError("unreachable")
 
     def scalars(self, names: Iterable[str] | None = None, rank: int | None = None) -> pd.DataFrame:
-        """Scalars (loss, learning rates, logged values) as step, name, value, rank, wall_time_s."""
+        """Scalars (loss, learning rates, logged values) as step, name, value, rank, wall_time_s.
+
+        Sharded training (FSDP): `grad_norm` is the whole model's, made from the ranks'
+        shard norms (`diagnostics.merge.merge_shard_norms`), on every rank's row."""
+        names = None if names is None else list(names)
         where, params = _filters(names=("name", names), rank=("rank", rank))
-        return self._query("scalars", where, params, order="name, step, rank")
+        found = self._query("scalars", where, params, order="name, step, rank")
+        if not self._sharded() or (names is not None and "grad_norm" not in names):
+            return found
+        where, params = _filters(names=("name", [schema.GRAD_NORM_SHARD]))
+        norms = merge_shard_norms(self._query("scalars", where, params), self._world_size())
+        if rank is not None:
+            norms = norms[norms["rank"] == rank]
+        if norms.empty:
+            return found
+        both = pd.concat([found, norms], ignore_index=True) if not found.empty else norms
+        return both.sort_values(["name", "step", "rank"], ignore_index=True)
+
+    def _sharded(self) -> bool:
+        """Whether parameters were sharded across ranks (FSDP): the manifest's `sharding`."""
+        return bool(self.manifest.get("sharding")) and self._world_size() > 1
+
+    def _world_size(self) -> int:
+        size = self.manifest.get("world_size", 1)
+        return size if isinstance(size, int) and size > 0 else 1
 
     def distributions(
         self,
@@ -197,13 +220,25 @@ class Run:
         layers: Iterable[str] | None = None,
         steps: Iterable[int] | None = None,
         rank: int | None = None,
+        shards: bool = False,
     ) -> pd.DataFrame:
-        """Summaries of one kind (see DESIGN.md), optionally for some layers, steps or a rank."""
+        """Summaries of one kind (see DESIGN.md), optionally for some layers, steps or a rank.
+
+        Sharded training (FSDP): weights, parameter gradients and updates are the whole
+        parameter's, merged from the ranks' shards (`diagnostics.merge.merge_shards`: exact
+        count, mean, std, min, max; histograms re-binned and summed, quantiles approximate
+        from the merged histogram), on every rank's row; `shards=True` gives each rank's
+        own shard's rows instead."""
         if kind not in schema.KINDS:
             raise ValueError(f"unknown kind {kind!r}; choose one of {', '.join(schema.KINDS)}")
+        merge = not shards and kind in schema.SHARDED_KINDS and self._sharded()
         where, params = _filters(kind=("kind", [kind]), layer=("layer", layers), step=("step", steps),
-                                 rank=("rank", rank))
-        return self._query("distributions", where, params, order="layer, step, rank")
+                                 rank=("rank", None if merge else rank))
+        found = self._query("distributions", where, params, order="layer, step, rank")
+        if not merge:
+            return found
+        merged = merge_shards(found, self._world_size())
+        return merged if rank is None else merged[merged["rank"] == rank].reset_index(drop=True)
 
     def records(self, split: str | None = None, sample_ids: Iterable | None = None,
                 rank: int | None = None) -> pd.DataFrame:

@@ -37,6 +37,7 @@ from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.options import Selection
 from hooks.probes import loss_input_probe
+from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
 
@@ -123,7 +124,7 @@ class Capture:
         self.handover = Handover(writer)
         self.param_names = {p: n for n, p in model.named_parameters()}
         # the parameters whose weight, gradient and update are summarised at capture steps
-        self.recorded_params = {p: n for p, n in self.param_names.items() if selection.parameter(n)}
+        self.recorded_params = {p: n for p, n in self.param_names.items() if selection.parameter(user_name(n))}
         self.mode_modules = [(n or type(model).__name__, m) for n, m in model.named_modules()
                              if isinstance(m, _MODE_TYPES) and getattr(m, "p", 1) != 0]
         # clipping probes: a few small trainable parameters (reading them again is cheap)
@@ -340,20 +341,20 @@ class Capture:
             self.before_step = {}
             for group in optimizer.param_groups:
                 for p in group["params"]:
-                    name = self.recorded_params.get(p)
-                    if name is None:
+                    if (name := self.recorded_params.get(p)) is None:
                         continue
-                    if "weight" in self.kinds:
-                        self.add_tensor(name, "weight", p)
-                    if p.grad is not None and "param_grad" in self.kinds:
-                        grad = stored_values(p.grad)
-                        self.add_tensor(name, "param_grad", grad if carried is None else grad / carried)
-                    if p.grad is not None and "update" in self.kinds:
-                        # the update is summarised on a fixed sample of the weight's positions:
-                        # a copy of every weight would double the parameters' memory
-                        flat = p.detach().reshape(-1)
-                        before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
-                        self.before_step[name] = (p, before.clone() if before.numel() == flat.numel() else before)
+                    for piece, values, grad in local_pieces(name, p):  # FSDP: this rank's shards
+                        if "weight" in self.kinds:
+                            self.add_tensor(piece, "weight", values)
+                        if grad is not None and "param_grad" in self.kinds:
+                            grad = stored_values(grad)
+                            self.add_tensor(piece, "param_grad", grad if carried is None else grad / carried)
+                        if grad is not None and "update" in self.kinds:
+                            # the update: on a fixed sample of positions (copying all would double memory)
+                            flat = values.detach().reshape(-1)
+                            before = fixed_sample(flat, UPDATE_SAMPLE)  # a copy above UPDATE_SAMPLE elements
+                            self.before_step[piece] = (values, before.clone() if before.numel() == flat.numel()
+                                                       else before)
 
     def record_grad_norm(self, scale: torch.Tensor | None = None, carried: torch.Tensor | None = None,
                          clip_known: bool = True) -> None:
@@ -361,7 +362,7 @@ class Capture:
         clipped them (`norm_and_clipped`). `scale`: the GradScaler's scale backward ran with;
         `carried`: the scale the gradients still hold now (None: unscaled)."""
         if self.distributed and not self.norm_recorded:
-            produced = _rank_norm(self.param_names)  # read now: unscaled unless `carried`
+            produced = _rank_norm(self.param_names, self.handover)  # read now: unscaled unless `carried`
             if produced is not None:
                 self.norm_recorded = True
                 produced = produced if carried is None else produced / carried.to(produced.device, torch.float64)
@@ -462,11 +463,23 @@ def norm_and_clipped(squares: dict, probes: list, scale: torch.Tensor | None, ca
     return produced.float(), clipped
 
 
-def _rank_norm(param_names: dict) -> torch.Tensor | None:
+def _rank_norm(param_names: dict, handover: Handover) -> torch.Tensor | None:
     """Several ranks: backward's per-parameter hooks would see this rank's own gradient,
     before DDP averages it; the norm is read at the step, from the gradient the optimizer
-    is given (after any clipping, which is then not detected: grad_clipped is NaN)."""
-    squares = [squared_norm(p.grad) for p in param_names if p.grad is not None]
+    is given (after any clipping, which is then not detected: grad_clipped is NaN).
+
+    Sharded parameters (FSDP): the norm of this rank's shards (`squared_norm` reads the
+    local shard), recorded as `schema.GRAD_NORM_SHARD`, with the manifest's `sharding`
+    ("fsdp2" or "fsdp1") set at the first step; the reader adds the ranks' squares. No
+    collective here: a hook one rank skips would leave the others waiting for ever."""
+    squares, sharding = [], None
+    for p, name in param_names.items():
+        sharding = sharding or shard_kind(name, p)
+        if p.grad is not None:
+            squares.append(squared_norm(p.grad))
+    if sharding is not None and handover.norm_name != schema.GRAD_NORM_SHARD:
+        handover.norm_name = schema.GRAD_NORM_SHARD
+        handover.writer.update_manifest(sharding=sharding)
     return global_norm(squares) if squares else None
 
 
@@ -514,7 +527,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
             # a loss module inside the model is the loss, not a layer
             if any(True for _ in module.children()) or isinstance(module, nn.modules.loss._Loss):
                 continue
-            layer = name or type(model).__name__
+            layer = user_name(name) or type(model).__name__  # FSDP1: without _fsdp_wrapped_module
             if selection.layer(layer):
                 handles.append(module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, layer)))
     if isinstance(loss_fn, nn.Module):

@@ -54,6 +54,7 @@ class Handover:
         self.grad_carried: list[tuple[int, bool | torch.Tensor]] = []
         self.flags: list[tuple[int, str, torch.Tensor]] = []  # (step, scalar name, 0-d device tensor)
         self.step_ended_at: dict[int, float] = {}  # wall time of each step not yet flushed
+        self.norm_name = "grad_norm"  # schema.GRAD_NORM_SHARD where each rank holds a shard
 
     def waiting(self) -> bool:
         """Whether losses, gradient norms or records wait for a transfer."""
@@ -78,7 +79,7 @@ class Handover:
             steps, produced, clipped = zip(*self.grad_norms)
             both = torch.stack([torch.stack(produced), torch.stack(clipped).float()]).cpu().tolist()
             for step, norm, was_clipped in zip(steps, *both):
-                writer.add_scalars(step, {"grad_norm": norm, "grad_clipped": was_clipped},
+                writer.add_scalars(step, {self.norm_name: norm, "grad_clipped": was_clipped},
                                    wall_time_s=ended_at.get(step))
             self.grad_norms = []
         if self.flags:

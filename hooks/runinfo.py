@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from hooks.options import WatchOptions
+from hooks.shards import user_name
 
 
 def git_commit() -> str | None:
@@ -49,7 +50,7 @@ def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
     parameter (name, shape, numel, requires_grad)."""
     modules = [
         {
-            "name": name or type(model).__name__,
+            "name": user_name(name) or type(model).__name__,
             "type": type(m).__name__,
             "params": sum(p.numel() for p in m.parameters(recurse=False)),
             "leaf": not any(True for _ in m.children()),
@@ -57,7 +58,7 @@ def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
         for name, m in model.named_modules()
     ]
     params = [
-        {"name": n, "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
+        {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
         for n, p in model.named_parameters()
     ]
     return modules, params
@@ -96,7 +97,7 @@ def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: Wat
         world_size: the number of ranks.
     """
     modules, params = model_summary(model)
-    names = {p: n for n, p in model.named_parameters()}
+    names = {p: user_name(n) for n, p in model.named_parameters()}
     groups = optimizer_groups(optimizer, names) if optimizer is not None else None
     held = {n for g in groups or () for n in g["params"]}
     for entry in params:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from hooks.shards import local_tensor
 from hooks.summarize import native_sumsq
 
 
@@ -49,8 +50,9 @@ def infer_task(outputs: torch.Tensor, labels: torch.Tensor) -> str:
 
 def stored_values(grad: torch.Tensor) -> torch.Tensor:
     """A gradient's values: the gradient itself, or the stored values of a sparse one
-    (nn.Embedding(sparse=True): the rows the batch touched, duplicates summed)."""
-    grad = grad.detach()  # detached: backward(create_graph=True) must not grow a graph here
+    (nn.Embedding(sparse=True): the rows the batch touched, duplicates summed); of a
+    DTensor (FSDP2), this rank's shard."""
+    grad = local_tensor(grad).detach()  # detached: backward(create_graph=True) must not grow a graph here
     return grad.coalesce().values() if grad.is_sparse else grad
 
 
@@ -59,7 +61,10 @@ def squared_norm(grad: torch.Tensor) -> torch.Tensor | float:
     call of the native pass, hooks/_fused.c, where it was built), else a 0-d float32
     (float64 for float64/complex128) tensor on its device. Dense float32/float64
     gradients: a BLAS dot, 2.6x faster than vector_norm's reduction (0.10 vs 0.25 ms per
-    2.4 M elements). Each overflows float32 where elements pass ~1e19: the norm reads inf then."""
+    2.4 M elements). Each overflows float32 where elements pass ~1e19: the norm reads inf then.
+    Of a DTensor (FSDP2), this rank's shard's sum of squares: no collective (the shards'
+    sums are added where every rank's are known: the reader, `diagnostics/merge.py`)."""
+    grad = local_tensor(grad)
     # one native call: a Python float, no tensor ops to dispatch (~62 a step on a ResNet)
     if (native := native_sumsq(grad)) is not None:
         return native

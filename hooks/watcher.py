@@ -35,6 +35,7 @@ from hooks.evaluate import Evaluation, evaluate_model
 from hooks.guard import Guard, contained
 from hooks.options import WatchOptions
 from hooks.records import per_sample
+from hooks.shards import user_name
 from hooks.tensors import infer_task, task_of_loss
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
@@ -108,8 +109,8 @@ class WatchedRun:
         self._capture: Capture | None = None
         self.guard = Guard(self._note_fault, strict=options.strict)
         self._atexit = partial(_close_at_exit, weakref.ref(self))
-        options.selection.check([n or type(model).__name__ for n, _ in model.named_modules()],
-                                [n for n, _ in model.named_parameters()])
+        options.selection.check([user_name(n) or type(model).__name__ for n, _ in model.named_modules()],
+                                [user_name(n) for n, _ in model.named_parameters()])
         rank, world_size = distributed.rank_and_world_size()
         # rank 0 makes the (unique) run directory; every other rank writes into the same one
         path = _made_or_none(options, lambda: runinfo.make_run_dir(Path(options.run_dir), options.name)) \
