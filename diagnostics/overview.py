@@ -34,19 +34,27 @@ def headline(manifest: dict, status: dict) -> dict:
 
 
 def fault_lines(status: dict) -> list[str]:
-    """One sentence per part of the recording that failed (`Run.status()["faults"]`): what
-    the run lacks from which step, and the error, so that a gap is never read as a finding."""
-    lines = []
+    """One sentence per part of the recording that failed (`Run.status()["faults"]`, the same
+    fault on several ranks said once, with its ranks): what the run lacks from which step,
+    and the error, so that a gap is never read as a finding."""
+    grouped: dict[tuple, list[str]] = {}
     for f in status.get("faults", ()):
-        part, error = str(f.get("part", "?")), str(f.get("error", ""))
-        where = f"rank {f['rank']}, " if str(f.get("rank", "0")) != "0" else ""
+        key = (str(f.get("part", "?")), str(f.get("error", "")), f.get("step", "?"), bool(f.get("switched_off", True)),
+               bool(f.get("stops_all", False)))
+        grouped.setdefault(key, []).append(str(f.get("rank", "0")))
+    lines = []
+    for (part, error, step, switched_off, stops_all), ranks in grouped.items():
+        where = "" if ranks == ["0"] else f"rank{'s' if len(ranks) > 1 else ''} {', '.join(sorted(ranks))}: "
         if part == "writer":
             lines.append(f"Writing failed ({where}{error}): rows recorded meanwhile are missing.")
-        elif f.get("switched_off", True):
-            lines.append(f"The {part} part of the recording failed at step {f.get('step', '?')} ({where}{error}) "
-                         "and was switched off: what it records is missing from then on. Training was not affected.")
+        elif stops_all:
+            lines.append(f"The recording stopped at step {step} ({where}{error}): nothing after it was recorded. "
+                         "Training was not affected.")
+        elif switched_off:
+            lines.append(f"The {part} part of the recording failed at step {step} ({where}{error}) and was switched "
+                         "off: what it records is missing from then on. Training was not affected.")
         else:
-            lines.append(f"{part} failed at step {f.get('step', '?')} ({where}{error}): that call recorded nothing.")
+            lines.append(f"{part} failed at step {step} ({where}{error}): that call recorded nothing.")
     return lines
 
 

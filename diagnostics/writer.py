@@ -15,6 +15,7 @@ import json
 import math
 import os
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -233,7 +234,8 @@ class RunWriter:
             self.faults.append(fault)
         self.update_manifest(faults=list(self.faults))
         try:
-            self._write_status()
+            with self._io_lock:  # after a flush's status, never before it
+                self._write_status()
         except Exception as exc:  # noqa: BLE001 -- a write fault: warned once, recorded where it can be
             self._fault(exc, 0)
 
@@ -257,10 +259,14 @@ class RunWriter:
         if self.fault is not None:
             return
         self.fault = f"{type(exc).__name__}: {exc}"
-        warnings.warn(f"hookscope could not write the run {self.path} ({self.fault}) — training goes on; "
-                      "what it records meanwhile is lost until the disk takes writes again", RuntimeWarning,
-                      stacklevel=3)
-        self._manifest["writer_error"] = self.fault
+        message = (f"hookscope could not write the run {self.path} ({self.fault}) — training goes on; "
+                   "what it records meanwhile is lost until the disk takes writes again")
+        try:
+            warnings.warn(message, RuntimeWarning, stacklevel=3)
+        except Exception:  # noqa: BLE001 -- warnings made errors: this thread must live on, the message still out
+            print(message, file=sys.stderr)
+        with self._io_lock:
+            self._manifest["writer_error"] = self.fault
         for write in (self._write_manifest, self._write_status):
             try:
                 write()

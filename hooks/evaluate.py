@@ -394,7 +394,7 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
             captured["embedding"] = value.detach()
 
     handle = found[1].register_forward_hook(grab) if found else None
-    was_training = model.training
+    modes = [(m, m.training) for m in model.modules()]  # a frozen BatchNorm stays in eval mode after
     collected = _Collected(attribute_worst, with_previews)
     # A DataLoader draws its base seed from torch's global generator: fork it, so that
     # training after an evaluation is bitwise what it would have been without one.
@@ -410,7 +410,8 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
     finally:
         if handle is not None:
             handle.remove()
-        model.train(was_training)
+        for module, training in modes:
+            module.training = training
         rng.__exit__(None, None, None)
     columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
     columns.update(metadata_columns(metadata, collected.ids))

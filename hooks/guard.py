@@ -16,9 +16,11 @@ is installed; the `state_dict()` checkpoints PyTorch recommends carry no hook at
 
 from __future__ import annotations
 
+import sys
 import time
 import warnings
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 # What a part's failure stops recording, in words, for the warning and the dashboard.
@@ -52,9 +54,12 @@ class Guard:
     def __init__(self, record: Callable[[dict], None], strict: bool = False) -> None:
         self.off: set[str] = set()
         self.all_off = False
-        self.faults: list[dict] = []
+        self.faults: list[dict] = []  # each part's first fault
+        self.repeats: dict[str, int] = {}  # later faults, counted by part
+        self._errors: set[str] = set()
         self.record = record
         self.strict = strict
+        self.closed = False  # a closed run's files are final: faults after close are not recorded
         self.step = 0  # the step a fault is recorded at (the capture keeps it current)
 
     def active(self, part: str) -> bool:
@@ -66,29 +71,31 @@ class Guard:
         if self.strict:
             raise exc
         error = f"{type(exc).__name__}: {exc}"[:500]
-        first = part not in {f["part"] for f in self.faults}
-        # one warning per fault: an error already warned about (one function failing under
-        # several parts, or a closing step failing again) is recorded, not warned again
-        warn = first and error not in {f["error"] for f in self.faults}
         if switch_off:
             self.off.add(part)
             self.all_off = self.all_off or part in _STOPS_ALL
-        fault = {"part": part, "error": error, "step": self.step,
-                 "time": time.time(), "switched_off": switch_off}
+        if part in self.repeats:  # the run keeps each part's first fault (not one a step: run.json each step)
+            self.repeats[part] += 1
+            return
+        self.repeats[part] = 0
+        # one warning per fault: an error already warned about (one function failing under
+        # several parts, or a closing step failing again) is recorded, not warned again
+        warn, all_off = error not in self._errors, part in _STOPS_ALL and switch_off
+        self._errors.add(error)
+        fault = {"part": part, "error": error, "step": self.step, "time": time.time(), "switched_off": switch_off,
+                 "stops_all": all_off}
         self.faults.append(fault)
         if warn:
-            lost = PARTS.get(part, part)
+            lost = "anything" if all_off else PARTS.get(part, part)
             what = (f"from now on this run does not record {lost}" if switch_off
                     else f"this time {lost} went unrecorded")
-            warnings.warn(f"hookscope: {part} failed at step {self.step} ({fault['error']}); {what} — training "
-                          "goes on unchanged (the run lists the fault; strict=True raises instead)", RuntimeWarning,
-                          stacklevel=3)
-        if not first:
-            return  # the run records each part's first fault (a fault every step would rewrite run.json each step)
-        try:
-            self.record(fault)
-        except Exception:  # noqa: BLE001 -- the fault was warned about; recording it is a best effort
-            pass
+            say(f"hookscope: {part} failed at step {self.step} ({error}); {what} — training goes on unchanged "
+                "(the run lists the fault; strict=True raises instead)")
+        if not self.closed:
+            try:
+                self.record(fault)
+            except Exception:  # noqa: BLE001 -- the fault was warned about; recording it is a best effort
+                pass
 
 
 class Hook:
@@ -103,17 +110,18 @@ class Hook:
         module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, "conv1"))
     """
 
-    __slots__ = ("owner", "part", "body", "bound")
+    __slots__ = ("owner", "part", "body", "call")
 
     def __init__(self, owner: Any, part: str, body: Callable, *bound: Any) -> None:
-        self.owner, self.part, self.body, self.bound = owner, part, body, bound
+        self.owner, self.part, self.body = owner, part, body
+        self.call = partial(body, owner, *bound)  # bound once: a partial adds no Python frame
 
     def __call__(self, *hook_args: Any) -> Any:
         guard = self.owner.guard
         if guard.all_off or self.part in guard.off:
             return None
         try:
-            return self.body(self.owner, *self.bound, *hook_args)
+            return self.call(*hook_args)
         except Exception as exc:  # the user's training must never die of diagnostics
             guard.fail(self.part, exc)
             return None
@@ -131,8 +139,24 @@ class Hook:
         return f"Hook({self.part}, {getattr(self.body, '__name__', self.body)})"
 
 
+def say(message: str) -> None:
+    """Warn (RuntimeWarning); where warnings are errors (`-W error`, pytest's filterwarnings)
+    the message goes to stderr instead: a warning must not become the loop's exception."""
+    try:
+        warnings.warn(message, RuntimeWarning, stacklevel=4)
+    except Exception:  # noqa: BLE001 -- a warnings filter set to "error"
+        print(message, file=sys.stderr)
+
+
 def inert_hook(*args: Any, **kwargs: Any) -> None:
-    """What a copy of a watched model holds where the original holds a `Hook`: nothing runs."""
+    """What a copy of a watched model holds where the original holds a `Hook`: nothing runs.
+    Called as a module hook (the module first), it removes itself from that module's hooks,
+    so a copy that ran once holds no trace of the run."""
+    module = args[0] if args else None
+    for hooks in (getattr(module, "_forward_hooks", None), getattr(module, "_forward_pre_hooks", None)):
+        if isinstance(hooks, dict):
+            for key in [k for k, v in hooks.items() if v is inert_hook]:
+                del hooks[key]
     return None
 
 

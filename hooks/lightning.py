@@ -187,7 +187,8 @@ class DiagnosticsCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self._recording:
+        if not self._recording or not self.run.recording:  # unrecorded, or switched off: hold no loss
+            self._batch_losses.clear()
             return
         loss = outputs.get(self.loss_key) if isinstance(outputs, dict) else outputs
         if isinstance(loss, torch.Tensor) and loss.numel() == 1:

@@ -23,8 +23,10 @@ def _patterns(layers: str | Sequence[str] | None) -> tuple[str, ...]:
 
 
 def _matches(name: str, pattern: str) -> bool:
-    """`name` is `pattern`, inside it (`encoder` holds `encoder.0.conv`) or matches it as a glob."""
-    return name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+    """`name` is `pattern`, inside it (`encoder` holds `encoder.0.conv`) or matches it as a
+    glob, itself or as the module holding what the glob names (`encoder.0.*`: encoder.0)."""
+    return (name == pattern or name.startswith(pattern + ".") or fnmatch.fnmatchcase(name, pattern)
+            or fnmatch.fnmatchcase(name + ".", pattern))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,8 +65,9 @@ class Selection:
         """Raise ValueError for an include pattern that matches nothing in the model."""
         names = module_names + parameter_names
         for p in self.patterns:
-            bare = p[1:] if p.startswith("!") else p
-            if not any(_matches(n, bare) for n in names):
+            if p.startswith("!"):  # excluding what is not there is harmless
+                continue
+            if not any(_matches(n, p) for n in names):
                 example = ", ".join(repr(n) for n in module_names[1:4])
                 raise ValueError(f"watch: layers pattern {p!r} matches no module or parameter of the model "
                                  f"(names look like {example}) — use names from model.named_modules()")

@@ -238,8 +238,8 @@ _IDLE = Guard(lambda fault: None)
 
 
 def _on_model_output(callback: DiagnosticsCallback, module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
-    if not callback._recording or not torch.is_grad_enabled() or not module.training:
-        return
+    if not callback._recording or not callback.run.recording or not torch.is_grad_enabled() or not module.training:
+        return  # unrecorded, or switched off: hold no loss
     if not isinstance(output, dict):  # ModelOutput is a dict; return_dict=False tuples are ambiguous
         return
     loss = output.get("loss")

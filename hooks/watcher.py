@@ -112,18 +112,25 @@ class WatchedRun:
         options.selection.check([user_name(n) or type(model).__name__ for n, _ in model.named_modules()],
                                 [user_name(n) for n, _ in model.named_parameters()])
         rank, world_size = distributed.rank_and_world_size()
-        # rank 0 makes the (unique) run directory; every other rank writes into the same one
+
+        def writer_in(path: Path) -> RunWriter | None:
+            manifest = runinfo.manifest(model, optimizer, loss_fn, options, name=path.name, task=options.task,
+                                        wrapped_by=wrapped_by, compiled=compiled, world_size=world_size)
+            return _made_or_none(options, lambda: RunWriter(path, manifest, rank=rank,
+                                                            flush_every_s=options.flush_every_s))
+
+        # rank 0 makes the (unique) run directory and its manifest; every other rank writes
+        # into the same one, only once both exist (None: no rank records)
         path = _made_or_none(options, lambda: runinfo.make_run_dir(Path(options.run_dir), options.name)) \
             if rank == 0 else None
+        if path is not None:
+            self._writer = writer_in(path)
+            path = path if self._writer is not None else None
         self.path: Path | None = distributed.broadcast_path(path) if world_size > 1 else path
         schedule, self._sync_group = distributed.make_schedule(options, world_size)  # collective: every rank
         self._schedule = schedule
-        if self.path is None:
-            return
-        self._writer = _made_or_none(options, lambda: RunWriter(
-            self.path, runinfo.manifest(model, optimizer, loss_fn, options, name=self.path.name, task=options.task,
-                                        wrapped_by=wrapped_by, compiled=compiled, world_size=world_size),
-            rank=rank, flush_every_s=options.flush_every_s))
+        if rank != 0 and self.path is not None:
+            self._writer = writer_in(self.path)
         if self._writer is None:
             return
         _install_crash_handler()
@@ -261,8 +268,8 @@ class WatchedRun:
         Returns:
             Summary metrics: n, loss, and accuracy or mae (also logged as scalars
             `split/loss`, `split/accuracy`, ...). An evaluation the tool cannot make (a
-            batch it cannot read, a closed run) warns once and returns `Metrics()`, whose
-            every key reads NaN: training goes on (strict=True raises instead).
+            batch it cannot read) warns once and returns `Metrics()`, whose every key reads
+            NaN: training goes on (strict=True raises instead). A closed run raises.
 
         Example::
 
@@ -274,19 +281,18 @@ class WatchedRun:
             return self._evaluate(loader, split, embed_layer=embed_layer, attribute_worst=attribute_worst,
                                   n_steps=n_steps, progress=progress, metadata=metadata)
 
+        if self._closed or self._model_ref() is None:  # a call's own mistakes: raised, as a bad argument is
+            raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
+        if attribute_worst < 0:
+            raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
         return contained(self.guard, "evaluate", run_it, default=Metrics(), switch_off=False)
 
     def _evaluate(self, loader: Iterable, split: str, **options: Any) -> dict[str, float]:
         model = self._model_ref()
-        if self._closed or model is None:
-            raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
-        if options["attribute_worst"] < 0:
-            raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
         capture = self._capture
         if capture is None:  # an unrecorded run: the metrics, nothing written
             options["attribute_worst"] = 0
-            return Metrics(evaluate_model(model, loader, split, self.options.task, **options,
-                                          with_previews=False).metrics())
+            return evaluate_model(model, loader, split, self.options.task, **options, with_previews=False).metrics()
         paused, capture.capturing = capture.capturing, False  # the capture hooks stay quiet meanwhile
         try:
             result = evaluate_model(model, loader, split, capture.task, **options,
@@ -294,7 +300,7 @@ class WatchedRun:
         finally:
             capture.capturing = paused
         capture.task = result.task
-        return Metrics(self._write_evaluation(result))
+        return self._write_evaluation(result)
 
     def _write_evaluation(self, result: Evaluation) -> dict[str, float]:
         writer, step, split = self._writer, self.step, result.split
@@ -345,6 +351,7 @@ class WatchedRun:
             contained(guard, "close", lambda: writer.close(state), switch_off=False)
         group, self._sync_group = self._sync_group, None
         contained(guard, "close", lambda: distributed.release_group(group, self.schedule), switch_off=False)
+        guard.closed = True  # the run's files are final now
 
     def __enter__(self) -> WatchedRun:
         return self

@@ -85,3 +85,19 @@ def test_capture_gap_note_says_why_the_end_of_a_run_has_no_capture():
     assert overview.capture_gap_note({"watch": {"every": 50}}, 199, 150) == ""
     assert "it captures every 50 steps" in overview.capture_gap_note({"watch": {"every": 50}}, 299, 150)
     assert overview.capture_gap_note({}, 100, 10).endswith("without another capture.")
+
+
+def test_fault_lines_say_what_is_missing_once_per_fault():
+    from diagnostics.overview import fault_lines
+
+    same = {"part": "activations", "error": "ValueError: x", "step": 3, "switched_off": True}
+    status = {"faults": [{**same, "rank": "0"}, {**same, "rank": "1"},
+                         {"part": "optimizer", "error": "RuntimeError: y", "step": 5, "switched_off": True,
+                          "stops_all": True, "rank": "0"},
+                         {"part": "writer", "error": "OSError: full", "rank": "1", "switched_off": False}]}
+    lines = fault_lines(status)
+    assert len(lines) == 3
+    assert "activations part" in lines[0] and "ranks 0, 1" in lines[0] and "step 3" in lines[0]
+    assert lines[1].startswith("The recording stopped at step 5") and "nothing after it" in lines[1]
+    assert lines[2].startswith("Writing failed (rank 1: OSError: full)")
+    assert fault_lines({"state": "finished"}) == []

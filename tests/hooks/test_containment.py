@@ -307,3 +307,14 @@ def test_a_file_size_limit_never_reaches_the_loop(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "SAME True" in done.stdout
     assert "WARNINGS 1 " in done.stdout and "File too large" in done.stdout, done.stdout
+
+
+def test_warnings_as_errors_do_not_turn_a_fault_into_the_loops_exception(tmp_path, monkeypatch, reference, capfd):
+    """pytest's filterwarnings=error, python -W error: the warning would be raised in the loop."""
+    monkeypatch.setattr(Capture, "on_forward", _failing(Capture.on_forward))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        params, run = _train(_watch(tmp_path))
+    assert all(torch.equal(a, b) for a, b in zip(params, reference))
+    assert "hookscope: activations failed" in capfd.readouterr().err  # said on stderr instead
+    assert _recorded_faults(run.path)[0]["part"] == "activations"

@@ -173,3 +173,27 @@ def test_metadata_becomes_meta_columns(tmp_path):
     s = samples.loc[[str(i) for i in range(100, 112)]]
     assert s["meta_site"].tolist() == ["a", "b", "c"] * 4
     np.testing.assert_allclose(s["meta_quality"], np.linspace(0, 1, 12))
+
+
+def test_a_failed_evaluation_warns_and_training_reads_nan(tmp_path):
+    run = hooks.watch(_cls_model(), run_dir=tmp_path, name="guest")
+    with pytest.warns(RuntimeWarning, match="a batch must be"):
+        metrics = run.evaluate([torch.zeros(2, 1, 8, 8)], progress=False)
+    assert np.isnan(metrics["accuracy"]) and np.isnan(metrics["loss"])  # a loop reading them goes on
+    good = run.evaluate([_data(4)], attribute_worst=0, progress=False)
+    with pytest.raises(KeyError):  # a successful evaluation's metrics: a typo is not a silent NaN
+        good["acuracy"]
+    run.close()
+
+
+def test_every_modules_mode_comes_back_after_an_evaluation(tmp_path):
+    """Fine-tuning with a frozen BatchNorm: the model trains, one module stays in eval mode."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    model.train()
+    model[1].eval()
+    with hooks.watch(model, run_dir=tmp_path, name="modes") as run:
+        run.evaluate([_data(4)], attribute_worst=0, progress=False)
+        assert model.training and not model[1].training and model[0].training
+        with pytest.warns(RuntimeWarning):
+            run.evaluate([torch.zeros(2, 1, 8, 8)], progress=False)  # a failed one too
+        assert model.training and not model[1].training

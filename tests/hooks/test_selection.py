@@ -44,6 +44,9 @@ def test_selection_rules_by_hand():
     assert only_excludes.layer("encoder.0") and not only_excludes.parameter("head.bias")
     glob = Selection(("*.weight",))
     assert glob.parameter("head.weight") and not glob.parameter("head.bias")
+    inside = Selection(("encoder.0.*",))  # what a module holds: the module's own hooks too
+    assert inside.layer("encoder.0") and inside.parameter("encoder.0.weight") and not inside.layer("encoder.1")
+    Selection(("!*.norm*",)).check(["Net", "encoder"], ["encoder.weight"])  # excluding nothing is fine
 
 
 def test_layers_and_kinds_choose_what_is_recorded(tmp_path):
