@@ -33,6 +33,7 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
+from hooks import compiled
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.probes import loss_input_probe
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
@@ -92,7 +93,10 @@ def _filled(vec: torch.Tensor, fill: tuple | None) -> torch.Tensor:
     """`vec` with (field, value) of `unit_fraction` set, in place (a 0-d tensor on a device:
     no sync)."""
     if fill is not None:
-        vec[fill[0]] = fill[1]
+        field, value = fill
+        # a float, or a 0-d tensor on the vector's device (no sync); anything else (a numpy
+        # scalar) as a float: assigning a numpy array to a tensor raises
+        vec[field] = value if isinstance(value, (float, torch.Tensor)) else float(value)
     return vec
 
 
@@ -133,6 +137,10 @@ class Capture:
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
+        # under torch.compile the activation hook's work runs in custom ops (hooks/compiled.py),
+        # which find this capture by its key and a layer's module by its name
+        self.key = compiled.register(self)
+        self.modules = {name or type(model).__name__: m for name, m in model.named_modules()}
 
     # -- recording ----------------------------------------------------------------------
     def add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
@@ -210,28 +218,45 @@ class Capture:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
         self.param_names = {}
         self.probes = []
+        self.modules = {}
         if self.pending or self.deferred or self.step_losses:
             self.end_step(final=True)
         if self.handover.waiting():
             self.handover.flush()
         self.grad_squares.clear()
         self.before_step = {}
+        # a compiled graph may keep the hooks it traced after they are removed: the one it
+        # runs from now on is the one without capture, and its ops find no capture
+        self.capturing = False
+        compiled.unregister(self.key)
 
     # -- hook bodies: modules and the loss ----------------------------------------------
-    def on_forward(self, layer: str, module: nn.Module, args, output) -> None:
+    def on_forward(self, layer: str, module: nn.Module, args, output) -> Any:
         if not self.capturing or not torch.is_grad_enabled():
-            return
+            return None
+        if torch.compiler.is_compiling():  # dynamo traces this hook: `capturing` is a guard of the graph
+            return compiled.observed(output, self.key, layer)
+        compiled.run_eagerly(Capture.record_forward, self, layer, module, output)
+        return None
+
+    def record_forward(self, layer: str, module: nn.Module, output: Any) -> None:
+        """The activation of a capture step, and a hook on it for its gradient."""
         out = first_tensor(output)
-        if out is None or not self.first_call(layer, "activation"):
-            return
+        if out is not None and self.record_activation(layer, out, module) and out.requires_grad:
+            out.register_hook(partial(Capture.on_grad, self, layer))
+
+    def record_activation(self, layer: str, out: torch.Tensor, module: nn.Module | None = None) -> bool:
+        """Queue `out`'s summary as `layer`'s activation; False where this step has one already."""
+        if not self.first_call(layer, "activation"):
+            return False
+        module = self.modules.get(layer) if module is None else module
         self.add_tensor(layer, "activation", out, unit_fraction(out, module))
         if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
                 and self.first_call("batchnorm", "batch_size")):
             self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
         if self.step == 0:
             self.output_shapes[layer] = list(out.shape)
-        if out.requires_grad:
-            out.register_hook(partial(Capture.on_grad, self, layer))
+        return True
 
     def on_grad(self, layer: str, grad: torch.Tensor) -> None:
         if self.first_call(layer, "gradient"):

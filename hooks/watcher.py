@@ -38,21 +38,23 @@ _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str | None, bool]:
-    """(the module to watch, the data-parallel wrapper's class name or None, compiled)."""
-    # a data-parallel wrapper's forward calls its module: watch that, so that layers and
-    # parameters are named as in the user's model (conv1, not module.conv1)
+    """(the module to watch, the data-parallel wrapper's class name or None, compiled).
+
+    A data-parallel wrapper's forward calls its module, and so does `torch.compile`'s
+    wrapper (OptimizedModule): watch that module, so that layers and parameters are named
+    as in the user's model (conv1, not module.conv1 or _orig_mod.conv1). `model.compile()`
+    compiles in place: the module is the one to watch. Either way its hooks are traced into
+    the compiled graph (hooks/compiled.py says how a capture step stays one graph).
+    """
     wrapped_by = None
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         wrapped_by, model = type(model).__name__, model.module
-    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+    # no OptimizedModule exists before torch._dynamo is imported (a second's import: not for watch)
+    dynamo = sys.modules.get("torch._dynamo")
+    compiled = dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
     if compiled:
-        warnings.warn(
-            "watch: the model is torch.compile'd, so activations and their gradients are not captured "
-            "(module hooks would break its graph); weights, gradients, updates, loss and outputs are. "
-            "To capture activations, watch the module before compiling it, or leave it uncompiled.",
-            stacklevel=4,
-        )
-        model = model._orig_mod  # names as the user's module has them
+        model = model._orig_mod
+    compiled = compiled or getattr(model, "_compiled_call_impl", None) is not None
     return model, wrapped_by, compiled
 
 
@@ -103,7 +105,7 @@ class WatchedRun:
             self._capture.task = task_of_loss(loss_fn)
         _WATCHED.add(model)
         try:
-            register_hooks(self._capture, model, optimizer, loss_fn, self._handles, module_hooks=not compiled)
+            register_hooks(self._capture, model, optimizer, loss_fn, self._handles)
         except BaseException:
             self._remove_handles()
             raise
