@@ -185,6 +185,8 @@ class Capture:
             handover.grad_carried.append((self.step, self.probe_reset))
             self.probe_reset = None
         if self.step_losses:
+            if self.capturing and self.modules and not final:
+                compiled.check_activations_seen(self.step, self.seen)
             handover.losses.append((self.step, torch.stack([v.float() for v in self.step_losses]).mean()))
             self.step_losses = []
         if self.deferred:

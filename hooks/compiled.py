@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 import sys
+import warnings
 import weakref
 from collections.abc import Callable
 from typing import Any
@@ -42,6 +43,25 @@ def register(capture: Any) -> int:
 def unregister(key: int) -> None:
     """The capture of `key` has finished: a graph still holding the key records nothing."""
     _CAPTURES.pop(key, None)
+
+
+_WARNED = {"stale_graph": False}
+
+
+def check_activations_seen(step: int, seen: set) -> None:
+    """A capture step with a loss but no layer's activation: the model runs a graph dynamo
+    traced before its hooks existed (dynamo does not guard on hooks: compiled steps before
+    watch, or a model of the same class compiled earlier). Says so once per process."""
+    if _WARNED["stale_graph"] or any(kind == "activation" for _, kind in seen):
+        return
+    _WARNED["stale_graph"] = True
+    warnings.warn(
+        f"watch: capture step {step} saw the loss but no layer's activation. If the model is torch.compile'd, "
+        "its graph was traced before watch (torch does not recompile when hooks are added), so activations "
+        "and their gradients are not captured; weights, gradients, loss and outputs are. Watch before the "
+        "first compiled step, or call torch.compiler.reset() after watch.",
+        stacklevel=2,
+    )
 
 
 _EAGER: dict[Callable, Callable] = {}

@@ -15,7 +15,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from functools import partial

@@ -143,3 +143,31 @@ def test_inductor_training_is_unchanged_and_records_activations(tmp_path):
     r = diagnostics.open_run(run.path)
     assert sorted(r.layers("activation")) == sorted(LEAVES)
     assert sorted(set(r.distributions(kind="gradient").step)) == [0, 2]
+
+
+def test_a_graph_traced_before_watch_is_said_once(tmp_path, monkeypatch):
+    """Compiled steps before watch: dynamo keeps its graph without the hooks, so activations
+    cannot be captured; one warning says so and what to do, the rest is recorded."""
+    from hooks import compiled
+
+    monkeypatch.setitem(compiled._WARNED, "stale_graph", False)
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Net()
+    call = torch.compile(model, backend="eager")
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.MSELoss()
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+    crit(call(x), y).backward()  # traced here, without hooks
+    opt.step()
+    run = hooks.watch(call, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="late", every=1)
+    with pytest.warns(UserWarning, match="traced before watch") as caught:
+        for _ in range(3):
+            opt.zero_grad()
+            crit(call(x), y).backward()
+            opt.step()
+    run.close()
+    assert len([w for w in caught if "traced before watch" in str(w.message)]) == 1
+    r = diagnostics.open_run(run.path)
+    assert "weight" in r.kinds() and "output" in r.kinds()
+    assert len(r.scalars(names=["loss"])) == 3
