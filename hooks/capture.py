@@ -137,9 +137,7 @@ class Capture:
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
-        # under torch.compile the activation hook's work runs in custom ops (hooks/compiled.py),
-        # which find this capture by its key and a layer's module by its name
-        self.key = compiled.register(self)
+        self.key = compiled.register(self)  # what a compiled graph's capture ops hold (hooks/compiled.py)
         self.modules = {name or type(model).__name__: m for name, m in model.named_modules()}
 
     # -- recording ----------------------------------------------------------------------
@@ -227,9 +225,7 @@ class Capture:
             self.handover.flush()
         self.grad_squares.clear()
         self.before_step = {}
-        # a compiled graph may keep the hooks it traced after they are removed: the one it
-        # runs from now on is the one without capture, and its ops find no capture
-        self.capturing = False
+        self.capturing = False  # a compiled graph may keep the removed hooks: it runs its graph without capture
         compiled.unregister(self.key)
 
     # -- hook bodies: modules and the loss ----------------------------------------------
@@ -238,27 +234,8 @@ class Capture:
             return None
         if torch.compiler.is_compiling():  # dynamo traces this hook: `capturing` is a guard of the graph
             return compiled.observed(output, self.key, layer)
-        compiled.run_eagerly(Capture.record_forward, self, layer, module, output)
+        compiled.run_eagerly(record_forward, self, layer, module, output)
         return None
-
-    def record_forward(self, layer: str, module: nn.Module, output: Any) -> None:
-        """The activation of a capture step, and a hook on it for its gradient."""
-        out = first_tensor(output)
-        if out is not None and self.record_activation(layer, out, module) and out.requires_grad:
-            out.register_hook(partial(Capture.on_grad, self, layer))
-
-    def record_activation(self, layer: str, out: torch.Tensor, module: nn.Module | None = None) -> bool:
-        """Queue `out`'s summary as `layer`'s activation; False where this step has one already."""
-        if not self.first_call(layer, "activation"):
-            return False
-        module = self.modules.get(layer) if module is None else module
-        self.add_tensor(layer, "activation", out, unit_fraction(out, module))
-        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
-                and self.first_call("batchnorm", "batch_size")):
-            self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
-        if self.step == 0:
-            self.output_shapes[layer] = list(out.shape)
-        return True
 
     def on_grad(self, layer: str, grad: torch.Tensor) -> None:
         if self.first_call(layer, "gradient"):
@@ -423,6 +400,28 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def record_forward(capture: Capture, layer: str, module: nn.Module, output: Any) -> None:
+    """A capture step's activation (`Capture.on_forward`, eager), and a hook on it for its gradient."""
+    out = first_tensor(output)
+    if out is not None and record_activation(capture, layer, out, module) and out.requires_grad:
+        out.register_hook(partial(Capture.on_grad, capture, layer))
+
+
+def record_activation(capture: Capture, layer: str, out: torch.Tensor, module: nn.Module | None = None) -> bool:
+    """Queue `out`'s summary as `layer`'s activation; False where this step has one already.
+    `module`: the layer's module (default: found by its name)."""
+    if not capture.first_call(layer, "activation"):
+        return False
+    module = capture.modules.get(layer) if module is None else module
+    capture.add_tensor(layer, "activation", out, unit_fraction(out, module))
+    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
+            and capture.first_call("batchnorm", "batch_size")):
+        capture.writer.add_scalars(capture.step, {"batchnorm_batch_size": float(out.shape[0])})
+    if capture.step == 0:
+        capture.output_shapes[layer] = list(out.shape)
+    return True
 
 
 def _rank_norm(param_names: dict) -> torch.Tensor | None:

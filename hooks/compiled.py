@@ -84,9 +84,11 @@ def run_eagerly(fn: Callable, *args: Any) -> Any:
 @torch.library.custom_op("hookscope::observe_activation", mutates_args=())
 def observe_activation(out: torch.Tensor, capture: int, layer: str) -> torch.Tensor:
     """Record `out` as `layer`'s activation (a capture step, inside a compiled graph); a copy of `out`."""
+    from hooks.capture import record_activation  # here: hooks.capture imports this module
+
     owner = _CAPTURES.get(capture)
     if owner is not None:
-        owner.record_activation(layer, out)
+        record_activation(owner, layer, out)
     return out.clone()
 
 
