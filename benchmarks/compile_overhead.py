@@ -4,9 +4,9 @@ watched training against the same compiled training without the tool, on the CPU
 Model: a small CNN (3 conv blocks of Conv3x3 + BatchNorm + ReLU, 16 -> 32 -> 64 channels, max
 pooling, then Linear 64*4*4 -> 128 -> 10), 3x32x32 inputs, batch 64, SGD with momentum,
 CrossEntropyLoss, fixed random data (seeded). Each mode has its own copy of the same initial
-model, `torch.compile(model)` (Inductor by default) after `watch`, the watched modes compiled
-first (dynamo does not guard on a module's hooks: a model of the same class compiled earlier
-without them would lend its graph to the watched ones):
+model (each of a class of its own: dynamo does not guard on a module's hooks, so a graph
+traced for a model of the same class without them would serve the watched ones too),
+`torch.compile(model)` (Inductor by default) after `watch`:
 
     compiled         no hooks: the baseline.
     compiled+default hooks.watch(...) with the default schedule ("auto").
@@ -61,7 +61,10 @@ class Trainer:
     """One mode's model, optimizer, compiled forward and (for a watched mode) run."""
 
     def __init__(self, mode: str, template: nn.Module, tmp: Path, backend: str) -> None:
-        self.model = copy.deepcopy(template)
+        # a class of its own per mode: dynamo does not guard on a module's hooks, so a graph
+        # traced for another model of the same class, without them, could serve this one
+        own_class = type(f"CNN_{mode.replace('+', '_')}", (nn.Sequential,), {})
+        self.model = own_class(*copy.deepcopy(list(template)))
         self.opt = torch.optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9)
         self.crit = nn.CrossEntropyLoss()
         self.run = None
@@ -93,9 +96,7 @@ def measure(args: argparse.Namespace) -> dict:
                      "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
         trainers = {}
-        # watched modes compile first: dynamo does not guard on a module's hooks, so a graph
-        # traced without them (the baseline's: the same code) would serve the watched models too
-        for mode in reversed(MODES):
+        for mode in MODES:
             trainers[mode] = Trainer(mode, template, Path(tmp), args.backend)
             compile_s = trainers[mode].steps(batches, args.warmup)
             results["modes"][mode] = {"compile_s": compile_s, "ms": [], "ratio": []}
@@ -130,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--backend", default="inductor", help="torch.compile backend (inductor, eager, ...)")
     parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps per mode (the compiles)")
+    parser.add_argument("--warmup", type=int, default=5, help="untimed steps per mode (the compiles)")
     parser.add_argument("--rounds", type=int, default=9)
     parser.add_argument("--steps", type=int, default=20, help="timed steps per mode and round")
     parser.add_argument("--json", type=Path, default=None, help="write the results here")
@@ -139,8 +140,8 @@ def main() -> None:
     print_table(results)
     if args.json is not None:
         results["config"]["json"] = str(args.json)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -260,21 +260,14 @@ class Capture:
         # recorded once per step as the count of such modules, their names once in the manifest.
         if torch.is_grad_enabled() or self.mode_noted:
             return
-        on = [name for name, m in self.mode_modules if m.training]
-        if not on:
-            return
-        self.mode_noted = True
-        self.writer.add_scalars(self.step, {"no_grad_forward_train_mode": float(len(on))})
-        if not self.mode_names_written:
-            self.mode_names_written = True
-            self.writer.update_manifest(no_grad_forward_train_mode=on)
+        compiled.run_eagerly(note_train_mode, self)  # eager: the model may be compiled
 
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model.
         if not torch.is_grad_enabled():
             return
         if self.forward_seen:
-            self.end_step()
+            compiled.run_eagerly(Capture.end_step, self)  # eager: the model may be compiled
         self.forward_seen = True
 
     # -- hook bodies: gradients and the optimizer ---------------------------------------
@@ -400,6 +393,18 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def note_train_mode(capture: Capture) -> None:
+    """A forward under no_grad with dropout / BatchNorm in train mode (`Capture.on_no_grad_forward`)."""
+    on = [name for name, m in capture.mode_modules if m.training]
+    if not on:
+        return
+    capture.mode_noted = True
+    capture.writer.add_scalars(capture.step, {"no_grad_forward_train_mode": float(len(on))})
+    if not capture.mode_names_written:
+        capture.mode_names_written = True
+        capture.writer.update_manifest(no_grad_forward_train_mode=on)
 
 
 def record_forward(capture: Capture, layer: str, module: nn.Module, output: Any) -> None:
