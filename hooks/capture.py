@@ -7,6 +7,8 @@ hook bodies, registered through `functools.partial(Capture.method, capture, ...)
 - `on_forward` on every leaf module: on capture steps, the output's summary
   (`activation`) and a tensor hook on that output for its gradient (`on_grad`,
   `gradient`); `Tensor.register_hook` works on in-place modules where full backward hooks fail;
+  under `torch.compile` dynamo traces this hook, and the same work runs in two custom ops
+  inside the graph (hooks/compiled.py);
 - `on_loss` on the loss module: the loss every step, and on capture steps the model's
   outputs and the labels (`output`, `label`);
 - `on_step_pre` / `on_step_post` on the optimizer: parameter values and gradients on

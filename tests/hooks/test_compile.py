@@ -171,3 +171,22 @@ def test_a_graph_traced_before_watch_is_said_once(tmp_path, monkeypatch):
     r = diagnostics.open_run(run.path)
     assert "weight" in r.kinds() and "output" in r.kinds()
     assert len(r.scalars(names=["loss"])) == 3
+
+
+def test_fullgraph_compiles_capture_steps_too(tmp_path):
+    """fullgraph=True raises on any graph break: capture steps have none."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model = Net()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    crit = nn.CrossEntropyLoss()
+    x, y = torch.randn(16, 6), torch.randint(0, 3, (16,))
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="full", every=2)
+    call = torch.compile(model, backend="eager", fullgraph=True)
+    for _ in range(4):
+        opt.zero_grad()
+        crit(call(x), y).backward()
+        opt.step()
+    run.close()
+    d = diagnostics.open_run(run.path).distributions(kind="gradient")
+    assert d.groupby("step").size().to_dict() == {0: len(LEAVES), 2: len(LEAVES)}
