@@ -15,6 +15,13 @@ unchanged.
 The hook reads `capturing` while dynamo traces it, so the flag is a guard: the model has two
 graphs, one with the ops (capture steps) and one without (every other step), each compiled
 once; flipping the flag switches between them and recompiles nothing after that.
+
+Limits: dynamo does not guard on a module's hooks, so a graph traced before `watch` (compiled
+steps first, or another model of the same class compiled without hooks) keeps running without
+them: activations are then not captured, and `check_activations_seen` says so once. A module
+called twice in a step records its first call's activation, but under compilation the gradient
+of its last call (the first that backward reaches). On a capture step each observed output
+exists twice for a moment (the op's copy).
 """
 
 from __future__ import annotations
