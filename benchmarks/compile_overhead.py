@@ -19,8 +19,10 @@ every mode (order rotating) runs `--steps` timed steps, continuing its own run, 
 schedule sees one growing run as in real training. ms/step = the round's wall time / steps;
 ratio = that / the baseline's in the same round. The table shows the median over rounds (and
 the quartiles and the min-max range of the ratio: on a shared machine the rounds are short,
-so that each mode's steps see the same load). The dynamo counters after the run say how many graphs were
-compiled and how many graph breaks happened (expected: none).
+so that each mode's steps see the same load), and the median ratio of this process's CPU time
+(time.process_time: the writer thread included, other processes' load not). The dynamo
+counters after the run say how many graphs were compiled and how many graph breaks happened
+(expected: none).
 
 Run:
     .venv/bin/python benchmarks/compile_overhead.py --json benchmarks/results/compile_overhead.json
@@ -75,15 +77,15 @@ class Trainer:
                                    name=mode.replace("+", "-"), every=every)
         self.forward = torch.compile(self.model, backend=backend)
 
-    def steps(self, batches: list, n: int) -> float:
-        """Wall time of n training steps (seconds)."""
-        started = time.perf_counter()
+    def steps(self, batches: list, n: int) -> tuple[float, float]:
+        """(wall time, this process's CPU time) of n training steps, in seconds."""
+        started, cpu_started = time.perf_counter(), time.process_time()
         for i in range(n):
             x, y = batches[i % len(batches)]
             self.opt.zero_grad()
             self.crit(self.forward(x), y).backward()
             self.opt.step()
-        return time.perf_counter() - started
+        return time.perf_counter() - started, time.process_time() - cpu_started
 
 
 def measure(args: argparse.Namespace) -> dict:
@@ -99,14 +101,15 @@ def measure(args: argparse.Namespace) -> dict:
         trainers = {}
         for mode in MODES:
             trainers[mode] = Trainer(mode, template, Path(tmp), args.backend)
-            compile_s = trainers[mode].steps(batches, args.warmup)
-            results["modes"][mode] = {"compile_s": compile_s, "ms": [], "ratio": []}
+            compile_s = trainers[mode].steps(batches, args.warmup)[0]
+            results["modes"][mode] = {"compile_s": compile_s, "ms": [], "ratio": [], "cpu_ratio": []}
         for r in range(args.rounds):
             order = MODES[r % len(MODES):] + MODES[:r % len(MODES)]
-            ms = {mode: 1000 * trainers[mode].steps(batches, args.steps) / args.steps for mode in order}
+            took = {mode: trainers[mode].steps(batches, args.steps) for mode in order}
             for mode in MODES:
-                results["modes"][mode]["ms"].append(ms[mode])
-                results["modes"][mode]["ratio"].append(ms[mode] / ms["compiled"])
+                results["modes"][mode]["ms"].append(1000 * took[mode][0] / args.steps)
+                results["modes"][mode]["ratio"].append(took[mode][0] / took["compiled"][0])
+                results["modes"][mode]["cpu_ratio"].append(took[mode][1] / took["compiled"][1])
         for mode, trainer in trainers.items():
             if trainer.run is not None:
                 results["modes"][mode]["captured_steps"] = trainer.run.schedule.describe()
@@ -120,12 +123,13 @@ def print_table(results: dict) -> None:
     cfg = results["config"]
     print(f"torch {results['torch']}, {results['threads']} threads, backend {cfg['backend']}, "
           f"batch {cfg['batch']}, {cfg['rounds']} rounds x {cfg['steps']} steps")
-    print(f"{'mode':<18}{'ms/step':>10}{'ratio':>9}{'quartiles':>16}{'range':>16}{'compile_s':>11}")
+    print(f"{'mode':<18}{'ms/step':>10}{'ratio':>9}{'quartiles':>16}{'range':>16}{'cpu ratio':>11}{'compile_s':>11}")
     for mode, m in results["modes"].items():
         lo, hi = min(m["ratio"]), max(m["ratio"])
         q1, _, q3 = statistics.quantiles(m["ratio"], n=4)
         print(f"{mode:<18}{statistics.median(m['ms']):>10.2f}{statistics.median(m['ratio']):>9.3f}"
-              f"{f'{q1:.3f}-{q3:.3f}':>16}{f'{lo:.3f}-{hi:.3f}':>16}{m['compile_s']:>11.1f}")
+              f"{f'{q1:.3f}-{q3:.3f}':>16}{f'{lo:.3f}-{hi:.3f}':>16}{statistics.median(m['cpu_ratio']):>11.3f}"
+              f"{m['compile_s']:>11.1f}")
     print(f"graphs compiled: {results['graphs_compiled']}, graph breaks: {results['graph_breaks']}")
 
 
