@@ -248,14 +248,8 @@ class Capture:
             return
         if isinstance(output, torch.Tensor) and output.numel() == 1:
             self.step_losses.append(output.detach())
-        if not self.capturing:
-            return
-        outputs = args[0] if args else kwargs.get("input")
-        labels = args[1] if len(args) > 1 else kwargs.get("target")
-        if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
-                and self.first_call(schema.output_layer("train", "outputs"), "output")):
-            with torch.no_grad():
-                self.record_outputs(outputs, labels, "train")
+        if self.capturing:
+            compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
 
     def on_no_grad_forward(self, module: nn.Module, args) -> None:
         # A forward under no_grad (the user's own validation) while dropout / BatchNorm train:
@@ -395,6 +389,16 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def record_loss_inputs(capture: Capture, args: tuple, kwargs: dict) -> None:
+    """The loss module's inputs as the model's outputs and the labels (`Capture.on_loss`)."""
+    outputs = args[0] if args else kwargs.get("input")
+    labels = args[1] if len(args) > 1 else kwargs.get("target")
+    if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and capture.first_call(schema.output_layer("train", "outputs"), "output")):
+        with torch.no_grad():
+            capture.record_outputs(outputs, labels, "train")
 
 
 def note_train_mode(capture: Capture) -> None:

@@ -190,3 +190,36 @@ def test_fullgraph_compiles_capture_steps_too(tmp_path):
     run.close()
     d = diagnostics.open_run(run.path).distributions(kind="gradient")
     assert d.groupby("step").size().to_dict() == {0: len(LEAVES), 2: len(LEAVES)}
+
+
+def _train_compiled_loss(watch: bool, tmp_path=None):
+    """The loss module inside the compiled function (a compiled training step's forward)."""
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    model, crit = Net(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="l", every=2) if watch else None
+    loss_of = torch.compile(lambda x, y: crit(model(x), y), backend="eager")
+    for _ in range(6):
+        opt.zero_grad()
+        loss_of(x, y).backward()
+        opt.step()
+    if run is not None:
+        run.close()
+    return model, run
+
+
+def test_a_compiled_loss_records_outputs_at_capture_steps(tmp_path):
+    """The loss hook is traced too: its capture work runs eagerly (a graph break at the loss,
+    capture steps only), so summaries are never traced; a bounded number of graphs."""
+    counters.clear()
+    watched, run = _train_compiled_loss(True, tmp_path)
+    assert counters["stats"]["unique_graphs"] <= 6
+    plain, _ = _train_compiled_loss(False)
+    assert _same_parameters(watched, plain)
+    r = diagnostics.open_run(run.path)
+    assert sorted(set(r.distributions(kind="output").step)) == [0, 2, 4]
+    assert sorted(set(r.distributions(kind="activation").step)) == [0, 2, 4]
+    assert len(r.scalars(names=["loss"])) == 6
