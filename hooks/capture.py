@@ -7,6 +7,8 @@ hook bodies, registered as `Hook(capture, part, Capture.method, ...)` (hooks/gua
 - `on_forward` on every leaf module: on capture steps, the output's summary
   (`activation`) and a tensor hook on that output for its gradient (`on_grad`,
   `gradient`); `Tensor.register_hook` works on in-place modules where full backward hooks fail;
+  under `torch.compile` dynamo traces this hook, and the same work runs in two custom ops
+  inside the graph (hooks/compiled.py);
 - `on_loss` on the loss module: the loss every step, and on capture steps the model's
   outputs and the labels (`output`, `label`);
 - `on_step_pre` / `on_step_post` on the optimizer: parameter values and gradients on
@@ -32,6 +34,7 @@ from torch import nn
 
 from diagnostics import schema
 from diagnostics.writer import RunWriter
+from hooks import compiled
 from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipped, on_scaled_forward, step_scale
 from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
@@ -95,7 +98,10 @@ def _filled(vec: torch.Tensor, fill: tuple | None) -> torch.Tensor:
     """`vec` with (field, value) of `unit_fraction` set, in place (a 0-d tensor on a device:
     no sync)."""
     if fill is not None:
-        vec[fill[0]] = fill[1]
+        field, value = fill
+        # a float, or a 0-d tensor on the vector's device (no sync); anything else (a numpy
+        # scalar) as a float: assigning a numpy array to a tensor raises
+        vec[field] = value if isinstance(value, (float, torch.Tensor)) else float(value)
     return vec
 
 
@@ -147,6 +153,9 @@ class Capture:
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
         self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
         self.manual = False  # no optimizer: the loop updates the parameters itself
+        self.layer_hooks = 0  # modules whose activations are recorded (register_hooks counts them)
+        self.key = compiled.register(self)  # what a compiled graph's capture ops hold (hooks/compiled.py)
+        self.modules = {name or type(model).__name__: m for name, m in model.named_modules()}
 
     # -- recording ----------------------------------------------------------------------
     def add(self, layer: str, kind: str, count: int, vec: torch.Tensor) -> None:
@@ -192,6 +201,8 @@ class Capture:
             handover.grad_carried.append((self.step, self.probe_reset))
             self.probe_reset = None
         if self.step_losses:
+            if self.capturing and self.layer_hooks and self.guard.active("activations") and not final:
+                compiled.check_activations_seen(self.step, self.seen)
             handover.losses.append((self.step, torch.stack([v.float() for v in self.step_losses]).mean()))
             self.step_losses = []
         if self.deferred:
@@ -227,29 +238,24 @@ class Capture:
         end_last_step(self)
         self.param_names = self.recorded_params = {}
         self.probes = []
+        self.modules = {}
         if self.pending or self.deferred or self.step_losses:
             self.end_step(final=True)
         if self.handover.waiting():
             self.handover.flush()
         self.grad_squares.clear()
         self.before_step = {}
+        self.capturing = False  # a compiled graph may keep the removed hooks: it runs its graph without capture
+        compiled.unregister(self.key)
 
     # -- hook bodies: modules and the loss ----------------------------------------------
-    def on_forward(self, layer: str, module: nn.Module, args, output) -> None:
+    def on_forward(self, layer: str, module: nn.Module, args, output) -> Any:
         if not self.capturing or not torch.is_grad_enabled():
-            return
-        out = first_tensor(output)
-        if out is None or not self.first_call(layer, "activation"):
-            return
-        if "activation" in self.kinds:
-            self.add_tensor(layer, "activation", out, unit_fraction(out, module))
-        if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
-                and self.first_call("batchnorm", "batch_size")):
-            self.writer.add_scalars(self.step, {"batchnorm_batch_size": float(out.shape[0])})
-        if self.step == 0:
-            self.output_shapes[layer] = list(out.shape)
-        if out.requires_grad and "gradient" in self.kinds:
-            out.register_hook(Hook(self, "activations", Capture.on_grad, layer))
+            return None
+        if torch.compiler.is_compiling():  # dynamo traces this hook: `capturing` is a guard of the graph
+            return compiled.observed(output, self.key, layer)
+        compiled.run_eagerly(record_forward, self, layer, module, output)
+        return None
 
     def on_grad(self, layer: str, grad: torch.Tensor) -> None:
         if self.first_call(layer, "gradient"):
@@ -260,19 +266,13 @@ class Capture:
             return
         if isinstance(output, torch.Tensor) and output.numel() == 1:
             self.step_losses.append(output.detach())
-        if not self.capturing:
-            return
-        outputs = args[0] if args else kwargs.get("input")
-        labels = args[1] if len(args) > 1 else kwargs.get("target")
-        if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
-                and self.first_call(schema.output_layer("train", "outputs"), "output")):
-            with torch.no_grad():
-                self.record_outputs(outputs, labels, "train")
+        if self.capturing:
+            compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
 
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model (`manual_step`).
         if torch.is_grad_enabled():
-            manual_step(self)
+            compiled.run_eagerly(manual_step, self)  # eager: the model may be compiled
 
     # -- hook bodies: gradients and the optimizer ---------------------------------------
     def on_grad_accumulated(self, param: torch.Tensor) -> None:
@@ -463,6 +463,52 @@ def norm_and_clipped(squares: dict, probes: list, scale: torch.Tensor | None, ca
     return produced.float(), clipped
 
 
+def record_loss_inputs(capture: Capture, args: tuple, kwargs: dict) -> None:
+    """The loss module's inputs as the model's outputs and the labels (`Capture.on_loss`)."""
+    outputs = args[0] if args else kwargs.get("input")
+    labels = args[1] if len(args) > 1 else kwargs.get("target")
+    if (isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor)
+            and capture.first_call(schema.output_layer("train", "outputs"), "output")):
+        with torch.no_grad():
+            capture.record_outputs(outputs, labels, "train")
+
+
+def note_train_mode(capture: Capture) -> None:
+    """A forward under no_grad with dropout / BatchNorm in train mode (`Capture.on_no_grad_forward`)."""
+    on = [name for name, m in capture.mode_modules if m.training]
+    if not on:
+        return
+    capture.mode_noted = True
+    capture.writer.add_scalars(capture.step, {"no_grad_forward_train_mode": float(len(on))})
+    if not capture.mode_names_written:
+        capture.mode_names_written = True
+        capture.writer.update_manifest(no_grad_forward_train_mode=on)
+
+
+def record_forward(capture: Capture, layer: str, module: nn.Module, output: Any) -> None:
+    """A capture step's activation (`Capture.on_forward`, eager), and a hook on it for its gradient."""
+    out = first_tensor(output)
+    if out is not None and record_activation(capture, layer, out, module) and out.requires_grad \
+            and "gradient" in capture.kinds:
+        out.register_hook(Hook(capture, "activations", Capture.on_grad, layer))
+
+
+def record_activation(capture: Capture, layer: str, out: torch.Tensor, module: nn.Module | None = None) -> bool:
+    """Queue `out`'s summary as `layer`'s activation; False where this step has one already.
+    `module`: the layer's module (default: found by its name)."""
+    if not capture.first_call(layer, "activation"):
+        return False
+    module = capture.modules.get(layer) if module is None else module
+    if "activation" in capture.kinds:
+        capture.add_tensor(layer, "activation", out, unit_fraction(out, module))
+    if (isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training and out.ndim >= 2
+            and capture.first_call("batchnorm", "batch_size")):
+        capture.writer.add_scalars(capture.step, {"batchnorm_batch_size": float(out.shape[0])})
+    if capture.step == 0:
+        capture.output_shapes[layer] = list(out.shape)
+    return True
+
+
 def _rank_norm(param_names: dict, handover: Handover) -> torch.Tensor | None:
     """Several ranks: backward's per-parameter hooks would see this rank's own gradient,
     before DDP averages it; the norm is read at the step, from the gradient the optimizer
@@ -504,14 +550,7 @@ def on_no_grad_forward(capture: Capture, module: nn.Module, args) -> None:
     recorded once per step as the count of such modules, their names once in the manifest."""
     if torch.is_grad_enabled() or capture.mode_noted:
         return
-    on = [name for name, m in capture.mode_modules if m.training]
-    if not on:
-        return
-    capture.mode_noted = True
-    capture.writer.add_scalars(capture.step, {"no_grad_forward_train_mode": float(len(on))})
-    if not capture.mode_names_written:
-        capture.mode_names_written = True
-        capture.writer.update_manifest(no_grad_forward_train_mode=on)
+    compiled.run_eagerly(note_train_mode, capture)  # eager: the model may be compiled
 
 
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
@@ -530,6 +569,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
             layer = user_name(name) or type(model).__name__  # FSDP1: without _fsdp_wrapped_module
             if selection.layer(layer):
                 handles.append(module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, layer)))
+                capture.layer_hooks += "activation" in selection.kinds
     if isinstance(loss_fn, nn.Module):
         handles.append(loss_fn.register_forward_hook(Hook(capture, "loss", Capture.on_loss), with_kwargs=True))
     for p in model.parameters() if not capture.distributed else ():

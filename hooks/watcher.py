@@ -16,7 +16,6 @@ import signal
 import sys
 import threading
 import time
-import warnings
 import weakref
 from collections.abc import Callable, Iterable
 from functools import partial
@@ -32,7 +31,7 @@ from hooks import distributed, runinfo
 from hooks.amp import LossScale
 from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, evaluate_model
-from hooks.guard import Guard, contained
+from hooks.guard import Guard, contained, say
 from hooks.options import WatchOptions
 from hooks.records import per_sample
 from hooks.shards import user_name
@@ -50,21 +49,23 @@ class Metrics(dict):
 
 
 def _unwrap(model: nn.Module) -> tuple[nn.Module, str | None, bool]:
-    """(the module to watch, the data-parallel wrapper's class name or None, compiled)."""
-    # a data-parallel wrapper's forward calls its module: watch that, so that layers and
-    # parameters are named as in the user's model (conv1, not module.conv1)
+    """(the module to watch, the data-parallel wrapper's class name or None, compiled).
+
+    A data-parallel wrapper's forward calls its module, and so does `torch.compile`'s
+    wrapper (OptimizedModule): watch that module, so that layers and parameters are named
+    as in the user's model (conv1, not module.conv1 or _orig_mod.conv1). `model.compile()`
+    compiles in place: the module is the one to watch. Either way its hooks are traced into
+    the compiled graph (hooks/compiled.py says how a capture step stays one graph).
+    """
     wrapped_by = None
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         wrapped_by, model = type(model).__name__, model.module
-    compiled = isinstance(model, torch._dynamo.eval_frame.OptimizedModule)
+    # no OptimizedModule exists before torch._dynamo is imported (a second's import: not for watch)
+    dynamo = sys.modules.get("torch._dynamo")
+    compiled = dynamo is not None and isinstance(model, dynamo.eval_frame.OptimizedModule)
     if compiled:
-        warnings.warn(
-            "watch: the model is torch.compile'd, so activations and their gradients are not captured "
-            "(module hooks would break its graph); weights, gradients, updates, loss and outputs are. "
-            "To capture activations, watch the module before compiling it, or leave it uncompiled.",
-            stacklevel=4,
-        )
-        model = model._orig_mod  # names as the user's module has them
+        model = model._orig_mod
+    compiled = compiled or getattr(model, "_compiled_call_impl", None) is not None
     return model, wrapped_by, compiled
 
 
@@ -141,7 +142,7 @@ class WatchedRun:
         self._capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
         _WATCHED.add(model)
         try:
-            register_hooks(self._capture, model, optimizer, loss_fn, self._handles, module_hooks=not compiled)
+            register_hooks(self._capture, model, optimizer, loss_fn, self._handles)
         except BaseException:
             self._remove_handles()
             _WATCHED.discard(model)
@@ -392,9 +393,8 @@ def _made_or_none(options: WatchOptions, make: Callable[[], Any]) -> Any:
     except Exception as exc:
         if options.strict:
             raise
-        warnings.warn(f"hookscope: cannot record this run in {str(options.run_dir)!r} ({type(exc).__name__}: {exc}); "
-                      "training goes on unrecorded — pass run_dir= a folder you can write to (strict=True raises "
-                      "instead)", RuntimeWarning, stacklevel=4)
+        say(f"hookscope: cannot record this run in {str(options.run_dir)!r} ({type(exc).__name__}: {exc}); "
+            "training goes on unrecorded — pass run_dir= a folder you can write to (strict=True raises instead)")
         return None
 
 
@@ -432,8 +432,7 @@ def _close_at_exit(ref: weakref.ref[WatchedRun]) -> None:
         try:
             run._finish("failed" if _crash["crashed"] else "finished")
         except Exception as exc:  # noqa: BLE001 -- strict runs raise in _finish; never a traceback at exit
-            warnings.warn(f"hookscope: closing the run at exit failed ({type(exc).__name__}: {exc})", RuntimeWarning,
-                          stacklevel=2)
+            say(f"hookscope: closing the run at exit failed ({type(exc).__name__}: {exc})")
 
 
 def watch(

@@ -318,3 +318,33 @@ def test_warnings_as_errors_do_not_turn_a_fault_into_the_loops_exception(tmp_pat
     assert all(torch.equal(a, b) for a, b in zip(params, reference))
     assert "hookscope: activations failed" in capfd.readouterr().err  # said on stderr instead
     assert _recorded_faults(run.path)[0]["part"] == "activations"
+
+
+def test_a_fault_inside_a_compiled_graph_never_reaches_the_loop(tmp_path, monkeypatch):
+    """Under torch.compile the activation's summary runs in a custom op inside the graph, where
+    no hook wraps it: the op contains it itself."""
+    def compiled_training(watch):
+        torch._dynamo.reset()
+        model = _model()
+        compiled = torch.compile(model, backend="eager")
+        opt = torch.optim.SGD(model.parameters(), lr=0.05)
+        crit = nn.CrossEntropyLoss()
+        g = torch.Generator().manual_seed(1)
+        x, y = torch.randn(16, 1, 8, 8, generator=g), torch.randint(0, 3, (16,), generator=g)
+        run = watch(model, opt, crit) if watch else None
+        for _ in range(6):
+            opt.zero_grad()
+            crit(compiled(x), y).backward()
+            opt.step()
+        if run:
+            run.close()
+        return [p.detach().clone() for p in model.parameters()], run
+
+    expected, _ = compiled_training(None)
+    monkeypatch.setattr(capture_module, "record_activation", _failing(capture_module.record_activation, after=2))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got, run = compiled_training(_watch(tmp_path, name="compiled"))
+    assert all(torch.equal(a, b) for a, b in zip(got, expected))
+    assert len([w for w in caught if "hookscope: activations failed" in str(w.message)]) == 1
+    assert _recorded_faults(run.path)[0]["part"] == "activations"

@@ -258,7 +258,9 @@ def test_finite_run_has_no_nonfinite(tmp_path):
     assert diagnostics.open_run(run.path).first_nonfinite() is None
 
 
-def test_torch_compiled_model_warns_once_and_records_the_rest(tmp_path):
+def test_torch_compiled_model_records_everything_without_a_warning(tmp_path):
+    """A model compiled before watch (hooks/compiled.py: the activation hooks run inside the
+    graph); tests/hooks/test_compile.py covers the orders, model.compile() and Inductor."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
     compiled = torch.compile(model, backend="eager")
@@ -268,15 +270,16 @@ def test_torch_compiled_model_warns_once_and_records_the_rest(tmp_path):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         run = hooks.watch(compiled, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="c", every=1)
-    assert len([w for w in caught if "torch.compile" in str(w.message)]) == 1
-    for _ in range(2):
-        opt.zero_grad()
-        crit(compiled(x), y).backward()
-        opt.step()
-    run.close()
+        for _ in range(2):
+            opt.zero_grad()
+            crit(compiled(x), y).backward()
+            opt.step()
+        run.close()
+    assert not [w for w in caught if "watch" in str(w.message)]
     r = diagnostics.open_run(run.path)
     assert r.manifest["compiled"] is True
-    assert r.kinds() == ["weight", "param_grad", "update", "output", "label"]
+    assert r.kinds() == ["activation", "gradient", "weight", "param_grad", "update", "output", "label"]
+    assert r.layers("activation") == ["0", "1", "2"]
     assert r.layers("weight") == ["0.weight", "0.bias", "2.weight", "2.bias"]
     assert len(r.scalars(names=["loss"])) == 2
 
