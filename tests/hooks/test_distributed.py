@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import socket
+import uuid
 
 import numpy as np
 import pytest
@@ -16,11 +16,11 @@ import diagnostics
 pytestmark = pytest.mark.slow
 
 
-def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int = 4,
+def _worker(rank: int, world_size: int, port: str, run_dir: str, steps: int = 4,
             watch_kwargs: dict | None = None) -> None:
     import hooks
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    dist.init_process_group("gloo", init_method=port, rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
         model = nn.parallel.DistributedDataParallel(nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2)))
@@ -38,14 +38,14 @@ def _worker(rank: int, world_size: int, port: int, run_dir: str, steps: int = 4,
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def _rendezvous(tmp_path) -> str:
+    """A file store for the ranks to meet: a TCP port picked here could be taken by another
+    process before the ranks bind it (an FSDP test failed so once)."""
+    return f"file://{tmp_path / f'rendezvous-{uuid.uuid4().hex}'}"
 
 
 def test_each_rank_writes_its_own_stream_into_one_run(tmp_path):
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _rendezvous(tmp_path), str(tmp_path)), nprocs=2, join=True)
     assert [p.name for p in tmp_path.iterdir()] == ["ddp"]
     r = diagnostics.open_run(tmp_path / "ddp")
     assert r.manifest["world_size"] == 2
@@ -78,7 +78,7 @@ def test_auto_schedule_captures_the_same_steps_on_every_rank(tmp_path):
     power-of-two steps, so their captures line up step for step (each rank's own timing
     would give each its own steps). A large budget makes captures beyond the powers of two."""
     steps = 80
-    mp.spawn(_worker, args=(2, _free_port(), str(tmp_path), steps, {"budget": 0.9}), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, _rendezvous(tmp_path), str(tmp_path), steps, {"budget": 0.9}), nprocs=2, join=True)
     r = diagnostics.open_run(tmp_path / "ddp")
     schedule = r.manifest["schedule"]
     assert schedule["synchronized"] is True and schedule["period"] >= 1

@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 import diagnostics
-from tests.hooks.test_distributed import _free_port
+from tests.hooks.test_distributed import _rendezvous
 
 pytestmark = pytest.mark.slow
 
@@ -65,10 +65,10 @@ def _total_norm(model: nn.Module, mode: str) -> float:
     return float(model.clip_grad_norm_(1e30))
 
 
-def _worker(rank: int, port: int, run_dir: str, mode: str, watched: bool, out: str) -> None:
+def _worker(rank: int, port: str, run_dir: str, mode: str, watched: bool, out: str) -> None:
     import hooks
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    dist.init_process_group("gloo", init_method=port, rank=rank, world_size=2)
     try:
         torch.manual_seed(0)
         # 7 rows over 2 ranks: unevenly sharded (FSDP2 gives rank 0 four rows, rank 1 three)
@@ -98,7 +98,7 @@ def _worker(rank: int, port: int, run_dir: str, mode: str, watched: bool, out: s
 
 def _train(tmp_path, mode: str, watched: bool) -> dict[str, np.ndarray]:
     out = tmp_path / f"{mode}-{watched}.npz"
-    mp.spawn(_worker, args=(_free_port(), str(tmp_path), mode, watched, str(out)), nprocs=2, join=True)
+    mp.spawn(_worker, args=(_rendezvous(tmp_path), str(tmp_path), mode, watched, str(out)), nprocs=2, join=True)
     with np.load(out) as f:
         return dict(f)
 
