@@ -39,7 +39,7 @@ from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipp
 from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.options import Selection
-from hooks.probes import loss_input_probe
+from hooks.probes import loss_input_probe, loss_input_shapes
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -148,6 +148,7 @@ class Capture:
         self.num_classes: int | None = None
         self.forward_seen = False
         self.output_shapes: dict[str, list[int]] = {}
+        self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
@@ -189,6 +190,11 @@ class Capture:
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
+        if split == "train" and not self.shapes_noted:  # the first capture's shapes, or the first that broadcast
+            shapes = loss_input_shapes(outputs, labels, self.step)
+            if self.shapes_noted is None or shapes["broadcast"]:
+                self.shapes_noted = bool(shapes["broadcast"])
+                self.writer.update_manifest(**{schema.LOSS_INPUT_SHAPES: shapes})
 
     def end_step(self, final: bool = False) -> None:
         """Hand this step's summaries to the writer and move to the next step (`final`:
