@@ -38,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,6 +449,31 @@ CONTROLS = [
     Case("oct_simulator_cnn", _oct),
     Case("radar_simulator_cnn", _radar),
 ]
+
+# ---------------------------------------------------------------------------------
+# The loss's contract: shapes
+
+
+def _sum_regression(name, broadcast):
+    """A 1-D regression MLP (the target: the sum of 8 inputs) with nn.MSELoss on (N, 1) outputs;
+    `broadcast`: the targets are (N,), so the loss compares every output with every target
+    (torch warns and goes on). Source: pytorch/pytorch#16045 and deepset-ai/FARM#229 (a
+    regression head's outputs against labels of another shape, "Using a target size ... that
+    is different to the input size"); the control is the same with (N, 1) targets."""
+    def train(f):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1024, 8, generator=g)
+        y = x.sum(1) if broadcast else x.sum(1, keepdim=True)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a target size")  # the planted bug's own warning
+            return fit(model, x, y, f, name, epochs=8, lr=3e-3, adam=True, crit=nn.MSELoss(), every=10)
+    return train
+
+
+PLANTED.append(Case("mse_outputs_n1_targets_n", _sum_regression("mse_broadcast", True), "loss_shape_broadcast"))
+CONTROLS.append(Case("sum_regression_matching_shapes", _sum_regression("mse_matching", False)))
 
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
