@@ -475,6 +475,32 @@ def _sum_regression(name, broadcast):
 PLANTED.append(Case("mse_outputs_n1_targets_n", _sum_regression("mse_broadcast", True), "loss_shape_broadcast"))
 CONTROLS.append(Case("sum_regression_matching_shapes", _sum_regression("mse_matching", False)))
 
+# ---------------------------------------------------------------------------------
+# The model's mode while the optimizer steps
+
+
+def _validated_every_10(name, train_after):
+    """A dropout MLP on flat digits, validated every 10 steps with model.eval();
+    `train_after`: the loop calls model.train() again (the control), else it forgets to and
+    the rest of the run trains with dropout off. Source: the forgotten model.train() after
+    validation of the PyTorch forum's "model.train() and model.eval()" threads and of
+    TrainCheck's silent-error workloads (a model left in eval mode)."""
+    def train(f):
+        x, y, xv, yv = flat_digits()
+
+        def validate(model, run):
+            model.eval()
+            with torch.no_grad():
+                run.log_scalar("val/loss", nn.functional.cross_entropy(model(xv), yv))
+            if train_after:
+                model.train()
+        return loop(_dmlp(dropout=0.5), x, y, f, name, validate=validate, steps=80)
+    return train
+
+
+PLANTED.append(Case("eval_mode_not_undone", _validated_every_10("eval_not_undone", False), "trained_in_eval_mode"))
+CONTROLS.append(Case("eval_then_train_each_validation", _validated_every_10("eval_then_train", True)))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

@@ -224,13 +224,18 @@ MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
 # weight_decay, momentum, betas, ... as the optimizer holds them);
 # `no_grad_forward_train_mode`: the dropout/BatchNorm modules that were in train mode
 # during a forward under no_grad (the user's own validation), first time seen.
-MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode", LOSS_INPUT_SHAPES)
+# `step_eval_mode` (also a scalar): the share of the model's dropout/BatchNorm modules (p > 0)
+# in eval mode at an optimizer step, written at the first step and then when it changes (the
+# value holds until the next); in the manifest, the first step with any: {"modules" (up to
+# 20 names), "of" (how many such modules), "step"}.
+STEP_EVAL_MODE = "step_eval_mode"
+MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode", LOSS_INPUT_SHAPES, STEP_EVAL_MODE)
 # Scalars recorded for those rules: `grad_carried` (capture steps: 1 when the smallest
 # optimized parameter still held a non-zero gradient at the step's first backward, i.e.
 # gradients were not reset), `batchnorm_batch_size` (capture steps: the batch a BatchNorm
 # layer in train mode normalised over), `no_grad_forward_train_mode` (steps with such a
 # forward: how many dropout/BatchNorm modules were in train mode).
-LOOP_SCALARS = ("grad_carried", "batchnorm_batch_size", "no_grad_forward_train_mode")
+LOOP_SCALARS = ("grad_carried", "batchnorm_batch_size", "no_grad_forward_train_mode", STEP_EVAL_MODE)
 
 # A writer that has not written its heartbeat for this long is taken as dead.
 STALE_AFTER_S = 60.0

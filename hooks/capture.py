@@ -151,6 +151,7 @@ class Capture:
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
+        self.step_eval_frac: float | None = None  # the share of them in eval mode at the last optimizer step
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
         self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
         self.manual = False  # no optimizer: the loop updates the parameters itself
@@ -190,11 +191,8 @@ class Capture:
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
-        if split == "train" and not self.shapes_noted:  # the first capture's shapes, or the first that broadcast
-            shapes = loss_input_shapes(outputs, labels, self.step)
-            if self.shapes_noted is None or shapes["broadcast"]:
-                self.shapes_noted = bool(shapes["broadcast"])
-                self.writer.update_manifest(**{schema.LOSS_INPUT_SHAPES: shapes})
+        if split == "train" and not self.shapes_noted:
+            note_loss_shapes(self, outputs, labels)
 
     def end_step(self, final: bool = False) -> None:
         """Hand this step's summaries to the writer and move to the next step (`final`:
@@ -390,6 +388,7 @@ class Capture:
         groups = optimizer.param_groups
         lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
         self.writer.add_scalars(self.step, {k: float(v) for k, v in lrs.items()})
+        note_step_mode(self)
         with torch.no_grad():
             self.record_grad_norm()  # a closure the optimizer never called: the norm lands on this step
             self.grad_squares = {}
@@ -489,6 +488,32 @@ def note_train_mode(capture: Capture) -> None:
     if not capture.mode_names_written:
         capture.mode_names_written = True
         capture.writer.update_manifest(no_grad_forward_train_mode=on)
+
+
+def note_loss_shapes(capture: Capture, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """The loss's input shapes in the manifest (`schema.LOSS_INPUT_SHAPES`): the first train
+    capture's, replaced once by the first capture whose shapes broadcast, if the first's did not."""
+    shapes = loss_input_shapes(outputs, labels, capture.step)
+    if capture.shapes_noted is None or shapes["broadcast"]:
+        capture.shapes_noted = bool(shapes["broadcast"])
+        capture.writer.update_manifest(**{schema.LOSS_INPUT_SHAPES: shapes})
+
+
+def note_step_mode(capture: Capture) -> None:
+    """At an optimizer step: the share of dropout / BatchNorm modules in eval mode (scalar
+    `schema.STEP_EVAL_MODE`), written at the first step and then only when it changes (a few
+    attribute reads on the host, no sync); their names in the manifest the first time any is."""
+    if not capture.mode_modules:
+        return
+    off = [name for name, m in capture.mode_modules if not m.training]
+    frac = len(off) / len(capture.mode_modules)
+    if frac == capture.step_eval_frac:
+        return
+    if off and not capture.step_eval_frac:
+        capture.writer.update_manifest(**{schema.STEP_EVAL_MODE: {"modules": off[:20], "of": len(capture.mode_modules),
+                                                                  "step": capture.step}})
+    capture.step_eval_frac = frac
+    capture.writer.add_scalars(capture.step, {schema.STEP_EVAL_MODE: frac})
 
 
 def record_forward(capture: Capture, layer: str, module: nn.Module, output: Any) -> None:
