@@ -226,8 +226,8 @@ MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
 # during a forward under no_grad (the user's own validation), first time seen.
 # `step_eval_mode` (also a scalar): the share of the model's dropout/BatchNorm modules (p > 0)
 # in eval mode at an optimizer step, written at the first step and then when it changes (the
-# value holds until the next); in the manifest, the first step with any: {"modules" (up to
-# 20 names), "of" (how many such modules), "step"}.
+# value holds until the next); in the manifest, the first step with the largest share yet:
+# {"modules" (those in eval mode, up to 20 names), "of" (how many such modules), "step"}.
 STEP_EVAL_MODE = "step_eval_mode"
 MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode", LOSS_INPUT_SHAPES, STEP_EVAL_MODE)
 # Scalars recorded for those rules: `grad_carried` (capture steps: 1 when the smallest

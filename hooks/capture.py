@@ -151,7 +151,7 @@ class Capture:
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
-        self.step_eval_frac: float | None = None  # the share of them in eval mode at the last optimizer step
+        self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
         self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
         self.manual = False  # no optimizer: the loop updates the parameters itself
@@ -502,17 +502,19 @@ def note_loss_shapes(capture: Capture, outputs: torch.Tensor, labels: torch.Tens
 def note_step_mode(capture: Capture) -> None:
     """At an optimizer step: the share of dropout / BatchNorm modules in eval mode (scalar
     `schema.STEP_EVAL_MODE`), written at the first step and then only when it changes (a few
-    attribute reads on the host, no sync); their names in the manifest the first time any is."""
+    attribute reads on the host, no sync); in the manifest, the modules in eval mode at the
+    first step with the largest share yet."""
     if not capture.mode_modules:
         return
     off = [name for name, m in capture.mode_modules if not m.training]
     frac = len(off) / len(capture.mode_modules)
-    if frac == capture.step_eval_frac:
+    last, most = capture.step_eval
+    if frac == last:
         return
-    if off and not capture.step_eval_frac:
+    if frac > most:
         capture.writer.update_manifest(**{schema.STEP_EVAL_MODE: {"modules": off[:20], "of": len(capture.mode_modules),
                                                                   "step": capture.step}})
-    capture.step_eval_frac = frac
+    capture.step_eval = (frac, max(most, frac))
     capture.writer.add_scalars(capture.step, {schema.STEP_EVAL_MODE: frac})
 
 

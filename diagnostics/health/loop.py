@@ -493,8 +493,9 @@ def _eval_mode_segments(run) -> pd.DataFrame:
     s = scalar(run, schema.STEP_EVAL_MODE).sort_values("step")
     if s.empty:
         return s
-    loss = scalar(run, "loss")
-    last = max(int(s["step"].max()), int(loss["step"].max()) if not loss.empty else 0)
+    # the run's last optimizer step: the learning rate is recorded at each
+    ends = [scalar(run, name) for name in ("lr", "lr/group0", "loss")]
+    last = max([int(s["step"].max()), *(int(e["step"].max()) for e in ends if not e.empty)])
     ends = np.append(s["step"].to_numpy()[1:], last + 1)
     return s.assign(steps=ends - s["step"].to_numpy()).reset_index(drop=True)
 
@@ -533,7 +534,7 @@ def rule_trained_in_eval_mode(run) -> list[Finding]:
     names = list(noted.get("modules") or [])
     s0 = first_full if first_full is not None else int(seg.loc[seg["value"] > 0, "step"].min())
     s1 = int(seg["step"].iloc[-1] + seg["steps"].iloc[-1] - 1)
-    if loud:
+    if trained_before:
         msg = (f"From step {first_full} on, {n_full} of the run's {total} optimizer steps ({n_full / total:.0%}) were "
                f"taken with every dropout/BatchNorm module in eval mode ({_names(names, 4) or 'unnamed'}), after "
                "steps in train mode: model.eval() (for validation?) was not undone by model.train(), so dropout is "
