@@ -1,7 +1,8 @@
 """Health rules for loss bugs, read from the loss-input probes that `hooks/probes.py`
 records at capture steps (`schema.PROBE_FIELDS`): a regression loss on class ids,
 softmax or log-softmax over the batch dimension, NLLLoss on what is not a
-log-probability, probabilities into CrossEntropyLoss, and a sigmoid applied twice.
+log-probability, probabilities into CrossEntropyLoss, a sigmoid applied twice, and
+outputs and targets of shapes an elementwise loss broadcasts ((N, 1) against (N,)).
 Each is registered with `@rule`, its description and its evidence chart beside it.
 
 Example::
