@@ -38,6 +38,7 @@ import platform
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -448,6 +449,57 @@ CONTROLS = [
     Case("oct_simulator_cnn", _oct),
     Case("radar_simulator_cnn", _radar),
 ]
+
+# ---------------------------------------------------------------------------------
+# The loss's contract: shapes
+
+
+def _sum_regression(name, broadcast):
+    """A 1-D regression MLP (the target: the sum of 8 inputs) with nn.MSELoss on (N, 1) outputs;
+    `broadcast`: the targets are (N,), so the loss compares every output with every target
+    (torch warns and goes on). Source: pytorch/pytorch#16045 and deepset-ai/FARM#229 (a
+    regression head's outputs against labels of another shape, "Using a target size ... that
+    is different to the input size"); the control is the same with (N, 1) targets."""
+    def train(f):
+        g = torch.Generator().manual_seed(0)
+        x = torch.randn(1024, 8, generator=g)
+        y = x.sum(1) if broadcast else x.sum(1, keepdim=True)
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 1))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Using a target size")  # the planted bug's own warning
+            return fit(model, x, y, f, name, epochs=8, lr=3e-3, adam=True, crit=nn.MSELoss(), every=10)
+    return train
+
+
+PLANTED.append(Case("mse_outputs_n1_targets_n", _sum_regression("mse_broadcast", True), "loss_shape_broadcast"))
+CONTROLS.append(Case("sum_regression_matching_shapes", _sum_regression("mse_matching", False)))
+
+# ---------------------------------------------------------------------------------
+# The model's mode while the optimizer steps
+
+
+def _validated_every_10(name, train_after):
+    """A dropout MLP on flat digits, validated every 10 steps with model.eval();
+    `train_after`: the loop calls model.train() again (the control), else it forgets to and
+    the rest of the run trains with dropout off. Source: the forgotten model.train() after
+    validation of the PyTorch forum's "model.train() and model.eval()" threads and of
+    TrainCheck's silent-error workloads (a model left in eval mode)."""
+    def train(f):
+        x, y, xv, yv = flat_digits()
+
+        def validate(model, run):
+            model.eval()
+            with torch.no_grad():
+                run.log_scalar("val/loss", nn.functional.cross_entropy(model(xv), yv))
+            if train_after:
+                model.train()
+        return loop(_dmlp(dropout=0.5), x, y, f, name, validate=validate, steps=80)
+    return train
+
+
+PLANTED.append(Case("eval_mode_not_undone", _validated_every_10("eval_not_undone", False), "trained_in_eval_mode"))
+CONTROLS.append(Case("eval_then_train_each_validation", _validated_every_10("eval_then_train", True)))
 
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 

@@ -82,10 +82,17 @@ MSE_LOSSES = frozenset({"MSELoss", "mse_loss"})
 # Loss-input probes (hooks/probes.py), scalars at capture steps named PROBE_PREFIX + split/field:
 # mean |sum - 1| and mean |logsumexp| of the loss's inputs over the class (dim 1) and batch
 # (dim 0) dimensions, the share of integer labels, the number of distinct labels in the batch,
-# and the outputs' values per sample (columns).
+# the outputs' values per sample (columns), and `broadcast`: whether elementwise arithmetic
+# expands the outputs against the labels: 2 into a shape that is neither of theirs ((N, 1)
+# against (N,) gives (N, N)), 1 the outputs to the labels' shape ((N, 1) against (N, 4)), 0 not.
 PROBE_PREFIX = "probe/"
 PROBE_FIELDS = ("prob_sum_dev_class", "prob_sum_dev_batch", "logprob_sum_dev_class", "logprob_sum_dev_batch",
-                "label_integer_frac", "label_distinct", "output_columns")
+                "label_integer_frac", "label_distinct", "output_columns", "broadcast")
+# The manifest's `loss_input_shapes` (hooks/probes.py, `loss_input_shapes`): the shapes of the
+# outputs and labels the loss was given at the first train capture (again at the first that
+# broadcasts, if the first did not): {"outputs", "labels", "broadcast_to" (None: the shapes
+# do not broadcast), "broadcast" (as the probe: 0, 1 or 2), "step"}.
+LOSS_INPUT_SHAPES = "loss_input_shapes"
 
 # Sharded training (FSDP; the manifest's `sharding`): each rank records its shard's gradient
 # norm under this name; the reader gives `grad_norm` = sqrt of the sum of their squares.
@@ -217,13 +224,18 @@ MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
 # weight_decay, momentum, betas, ... as the optimizer holds them);
 # `no_grad_forward_train_mode`: the dropout/BatchNorm modules that were in train mode
 # during a forward under no_grad (the user's own validation), first time seen.
-MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode")
+# `step_eval_mode` (also a scalar): the share of the model's dropout/BatchNorm modules (p > 0)
+# in eval mode at an optimizer step, written at the first step and then when it changes (the
+# value holds until the next); in the manifest, the first step with the largest share yet:
+# {"modules" (those in eval mode, up to 20 names), "of" (how many such modules), "step"}.
+STEP_EVAL_MODE = "step_eval_mode"
+MANIFEST_OPTIONAL = ("optimizer_groups", "no_grad_forward_train_mode", LOSS_INPUT_SHAPES, STEP_EVAL_MODE)
 # Scalars recorded for those rules: `grad_carried` (capture steps: 1 when the smallest
 # optimized parameter still held a non-zero gradient at the step's first backward, i.e.
 # gradients were not reset), `batchnorm_batch_size` (capture steps: the batch a BatchNorm
 # layer in train mode normalised over), `no_grad_forward_train_mode` (steps with such a
 # forward: how many dropout/BatchNorm modules were in train mode).
-LOOP_SCALARS = ("grad_carried", "batchnorm_batch_size", "no_grad_forward_train_mode")
+LOOP_SCALARS = ("grad_carried", "batchnorm_batch_size", "no_grad_forward_train_mode", STEP_EVAL_MODE)
 
 # A writer that has not written its heartbeat for this long is taken as dead.
 STALE_AFTER_S = 60.0

@@ -39,7 +39,7 @@ from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipp
 from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.options import Selection
-from hooks.probes import loss_input_probe
+from hooks.probes import loss_input_probe, loss_input_shapes
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -148,8 +148,10 @@ class Capture:
         self.num_classes: int | None = None
         self.forward_seen = False
         self.output_shapes: dict[str, list[int]] = {}
+        self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
         self.mode_names_written = False
+        self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
         self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
         self.manual = False  # no optimizer: the loop updates the parameters itself
@@ -189,6 +191,8 @@ class Capture:
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
+        if split == "train" and not self.shapes_noted:
+            note_loss_shapes(self, outputs, labels)
 
     def end_step(self, final: bool = False) -> None:
         """Hand this step's summaries to the writer and move to the next step (`final`:
@@ -384,6 +388,7 @@ class Capture:
         groups = optimizer.param_groups
         lrs = {("lr" if len(groups) == 1 else f"lr/group{i}"): g["lr"] for i, g in enumerate(groups) if "lr" in g}
         self.writer.add_scalars(self.step, {k: float(v) for k, v in lrs.items()})
+        note_step_mode(self)
         with torch.no_grad():
             self.record_grad_norm()  # a closure the optimizer never called: the norm lands on this step
             self.grad_squares = {}
@@ -483,6 +488,34 @@ def note_train_mode(capture: Capture) -> None:
     if not capture.mode_names_written:
         capture.mode_names_written = True
         capture.writer.update_manifest(no_grad_forward_train_mode=on)
+
+
+def note_loss_shapes(capture: Capture, outputs: torch.Tensor, labels: torch.Tensor) -> None:
+    """The loss's input shapes in the manifest (`schema.LOSS_INPUT_SHAPES`): the first train
+    capture's, replaced once by the first capture whose shapes broadcast, if the first's did not."""
+    shapes = loss_input_shapes(outputs, labels, capture.step)
+    if capture.shapes_noted is None or shapes["broadcast"]:
+        capture.shapes_noted = bool(shapes["broadcast"])
+        capture.writer.update_manifest(**{schema.LOSS_INPUT_SHAPES: shapes})
+
+
+def note_step_mode(capture: Capture) -> None:
+    """At an optimizer step: the share of dropout / BatchNorm modules in eval mode (scalar
+    `schema.STEP_EVAL_MODE`), written at the first step and then only when it changes (a few
+    attribute reads on the host, no sync); in the manifest, the modules in eval mode at the
+    first step with the largest share yet."""
+    if not capture.mode_modules:
+        return
+    off = [name for name, m in capture.mode_modules if not m.training]
+    frac = len(off) / len(capture.mode_modules)
+    last, most = capture.step_eval
+    if frac == last:
+        return
+    if frac > most:
+        capture.writer.update_manifest(**{schema.STEP_EVAL_MODE: {"modules": off[:20], "of": len(capture.mode_modules),
+                                                                  "step": capture.step}})
+    capture.step_eval = (frac, max(most, frac))
+    capture.writer.add_scalars(capture.step, {schema.STEP_EVAL_MODE: frac})
 
 
 def record_forward(capture: Capture, layer: str, module: nn.Module, output: Any) -> None:

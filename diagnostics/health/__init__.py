@@ -84,7 +84,7 @@ def check(run) -> list[Finding]:
 # outputs cannot match the labels, the loss stays near its baseline. Those symptoms are
 # real but their own advice (He init, class weights) sends the user the wrong way.
 ROOT_CAUSES = ("softmax_before_cross_entropy", "softmax_wrong_dim", "nll_input", "double_sigmoid",
-               "regression_loss_on_class_ids")
+               "regression_loss_on_class_ids", "loss_shape_broadcast")
 SYMPTOMS = ("vanishing_gradients", "exploding_gradients", "activation_scale_depth", "update_ratio",
             "output_vs_label", "loss_vs_baseline", "labels_unlearnable", "stuck_parameters")
 

@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from diagnostics import schema
 from diagnostics.health import charts
 from diagnostics.health.common import NORM_TYPES, Finding, dist, last_loss, make_finding, module_types, scalar
 from diagnostics.health.fit import rule_loss_vs_baseline
@@ -477,3 +478,78 @@ def rule_eval_in_train_mode(run) -> list[Finding]:
         "train-mode forward is deliberate (Monte-Carlo dropout, an EMA teacher), ignore this.",
         {"steps": s["step"].astype(int).tolist()[:50], "occurrences": len(s), "modules": names},
         "PyTorch docs: torch.nn.Module.eval")]
+
+
+# Steps with every dropout/BatchNorm module in eval mode, after steps in train mode, that make
+# `trained_in_eval_mode` a warning: at least this many, and this share of the run's steps.
+EVAL_STEPS_MIN = 10
+EVAL_STEPS_MIN_FRAC = 0.1
+
+
+def _eval_mode_segments(run) -> pd.DataFrame:
+    """The recorded share of dropout/BatchNorm modules in eval mode, as segments: `step`
+    (first), `steps` (how many optimizer steps it held, to the run's last recorded step),
+    `value`."""
+    s = scalar(run, schema.STEP_EVAL_MODE).sort_values("step")
+    if s.empty:
+        return s
+    # the run's last optimizer step: the learning rate is recorded at each
+    ends = [scalar(run, name) for name in ("lr", "lr/group0", "loss")]
+    last = max([int(s["step"].max()), *(int(e["step"].max()) for e in ends if not e.empty)])
+    ends = np.append(s["step"].to_numpy()[1:], last + 1)
+    return s.assign(steps=ends - s["step"].to_numpy()).reset_index(drop=True)
+
+
+def _eval_mode_chart(run, finding: Finding) -> go.Figure:
+    fig = charts.scalar_lines(run, [schema.STEP_EVAL_MODE], "share of dropout/BatchNorm modules in eval mode at the "
+                                                            "optimizer steps (1: model.eval())")
+    for trace in fig.data:
+        trace.line.shape = "hv"  # recorded when it changes: it holds until the next point
+    return fig
+
+
+@rule("Optimizer steps taken with the model's dropout/BatchNorm in eval mode: model.train() not called again after "
+      "validation (info when the run starts so, or only some modules are).", severities=("warning", "info"),
+      evidence=_eval_mode_chart)
+def rule_trained_in_eval_mode(run) -> list[Finding]:
+    """Training steps with the model in eval mode: at the optimizer steps every dropout /
+    BatchNorm module (p > 0) is in eval mode (`step_eval_mode` = 1) for ≥ 10 steps and ≥ 10%
+    of the run, after steps in train mode: the usual `model.eval()` for validation with no
+    `model.train()` after it, so dropout is off and BatchNorm normalises with running
+    statistics it no longer updates. A warning. A run in eval mode from its first step (a
+    model loaded in eval mode, or meant so) or with only some modules in eval mode (BatchNorm
+    frozen for fine-tuning) is info. Reference: PyTorch docs, torch.nn.Module.train / eval
+    ("This has an effect only on certain modules ... Dropout, BatchNorm"); Hugging Face docs,
+    PreTrainedModel.from_pretrained ("The model is set in evaluation mode by default")."""
+    seg = _eval_mode_segments(run)
+    if seg.empty or not (seg["value"] > 0).any():
+        return []
+    full = seg["value"] >= 1 - 1e-9
+    n_full, n_some, total = int(seg.loc[full, "steps"].sum()), int(seg.loc[seg["value"] > 0, "steps"].sum()), \
+        int(seg["steps"].sum())
+    first_full = int(seg.loc[full, "step"].min()) if full.any() else None
+    trained_before = first_full is not None and bool((seg.loc[seg["step"] < first_full, "value"] < 1).any())
+    loud = trained_before and n_full >= max(EVAL_STEPS_MIN, EVAL_STEPS_MIN_FRAC * total)
+    noted = run.manifest.get(schema.STEP_EVAL_MODE) or {}
+    names = list(noted.get("modules") or [])
+    s0 = first_full if first_full is not None else int(seg.loc[seg["value"] > 0, "step"].min())
+    s1 = int(seg["step"].iloc[-1] + seg["steps"].iloc[-1] - 1)
+    if trained_before:
+        msg = (f"From step {first_full} on, {n_full} of the run's {total} optimizer steps ({n_full / total:.0%}) were "
+               f"taken with every dropout/BatchNorm module in eval mode ({_names(names, 4) or 'unnamed'}), after "
+               "steps in train mode: model.eval() (for validation?) was not undone by model.train(), so dropout is "
+               "off and BatchNorm no longer learns its statistics.")
+    elif n_full:
+        msg = (f"{n_full} of {total} optimizer steps were taken with every dropout/BatchNorm module in eval mode "
+               f"({_names(names, 4) or 'unnamed'}), from the start: dropout off, BatchNorm on running statistics.")
+    else:
+        msg = (f"{n_some} of {total} optimizer steps were taken with some dropout/BatchNorm modules in eval mode "
+               f"({_names(names, 4) or 'unnamed'}): frozen BatchNorm or dropout turned off, if meant.")
+    return [make_finding(
+        "trained_in_eval_mode", "warning" if loud else "info", names[0] if names else None, (s0, s1), msg,
+        "Call model.train() at the start of each training epoch (after validating with model.eval()); a model "
+        "loaded in eval mode (from_pretrained) needs it too. If eval mode is meant (frozen BatchNorm), ignore this.",
+        {"steps_all_eval": n_full, "steps_some_eval": n_some, "steps": total, "after_train_mode": trained_before,
+         "modules": names, "of": noted.get("of"), "threshold_steps": EVAL_STEPS_MIN,
+         "threshold_frac": EVAL_STEPS_MIN_FRAC},
+        "PyTorch docs: torch.nn.Module.train, torch.nn.Module.eval")]

@@ -1,7 +1,8 @@
 """Health rules for loss bugs, read from the loss-input probes that `hooks/probes.py`
 records at capture steps (`schema.PROBE_FIELDS`): a regression loss on class ids,
 softmax or log-softmax over the batch dimension, NLLLoss on what is not a
-log-probability, probabilities into CrossEntropyLoss, and a sigmoid applied twice.
+log-probability, probabilities into CrossEntropyLoss, a sigmoid applied twice, and
+outputs and targets of shapes an elementwise loss broadcasts ((N, 1) against (N,)).
 Each is registered with `@rule`, its description and its evidence chart beside it.
 
 Example::
@@ -301,4 +302,81 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
         "apply softmax only to report probabilities.",
         {"sum_dev_over_classes": med["prob_sum_dev_class"], "loss_floor": floor, "num_classes": c},
         "PyTorch docs: torch.nn.CrossEntropyLoss",
+    )]
+
+
+# Losses that compare outputs and targets element by element, broadcasting them first:
+# torch warns ("Using a target size ... that is different to the input size") and goes on.
+_ELEMENTWISE = _REGRESSION_LOSSES | _LOGIT_BINARY | _PROB_BINARY | {
+    "KLDivLoss", "kl_div", "PoissonNLLLoss", "poisson_nll_loss", "SoftMarginLoss", "soft_margin_loss"}
+# The probe's `broadcast` values (hooks/probes.py, `outputs_expanded`)
+PAIRWISE, OUTPUTS_EXPANDED = 2.0, 1.0
+
+
+def _shape(shape) -> str:
+    return "(" + ", ".join(str(int(d)) for d in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _broadcast_chart(run, finding: Finding) -> go.Figure:
+    """Regression: the outputs' band against the labels' (a broadcast loss is minimised by the
+    batch's mean: the outputs' band collapses while the labels' stays wide); else the range
+    of what the loss is given."""
+    return _bands_chart(run, finding) if run.manifest.get("task") == "regression" else _range_chart(run, finding)
+
+
+# Where it comes from: pytorch/pytorch#16045 (MSELoss between shapes (n, 1) and (n,) gives the
+# wrong result), which led to torch's UserWarning (pytorch/pytorch PR #18349, "Added tensor size
+# warning to F.mse_loss()"); reports of it in the wild: deepset-ai/FARM#229 ("Using a target size
+# ... that is different to the input size": a regression head's (32,) logits against (32, 1)
+# labels), sunwuzhou03/reinforcement-learning-lab#1 ("MSE warning": a SAC critic's (64, 1)
+# against (64, 4) targets, the outputs-expanded case).
+@rule("The outputs and targets the loss compares element by element broadcast into another shape: (N, 1) "
+      "outputs against (N,) targets compare every output with every target.", severities=("error", "warning"),
+      evidence=_broadcast_chart)
+def rule_loss_shape_broadcast(run) -> list[Finding]:
+    """An elementwise loss (MSELoss, L1Loss, BCELoss, BCEWithLogitsLoss...) whose outputs are
+    expanded by broadcasting against the targets at any probed capture (`probe/train/broadcast`
+    > 0). Into a shape neither has ((N, 1) against (N,) gives (N, N)): each output is pushed
+    towards every target of the batch, the minimum is the batch's mean whatever the inputs,
+    and the loss stays at the trivial baseline: an error. The outputs alone expanded ((N, 1)
+    against (N, 4)): each output is fit to several targets (a warning: one prediction for
+    several targets can be meant). A target broadcast along the outputs is left alone
+    (several predictions of one target, as pytorch/pytorch#18349's review asked). A loss the
+    run cannot name as elementwise (a plain function, its inputs from `log_batch`): a warning.
+    Reference: torch's UserWarning "Using a target size (...) that is different to the input
+    size (...). This will likely lead to incorrect results due to broadcasting" (torch.nn.
+    functional.mse_loss, l1_loss, binary_cross_entropy...); PyTorch docs, torch.nn.MSELoss
+    (target: "(*), same shape as the input"); pytorch/pytorch#16045."""
+    probes = _probe(run, "broadcast")
+    hit = probes[probes["value"] > 0]
+    if hit.empty:
+        return []
+    loss_fn = run.manifest.get("loss_fn")
+    pairwise = bool((hit["value"] >= PAIRWISE).any())
+    known = loss_fn in _ELEMENTWISE
+    severity = "error" if pairwise and known else "warning"
+    shapes = run.manifest.get(schema.LOSS_INPUT_SHAPES) or {}
+    s0, s1 = int(hit["step"].min()), int(hit["step"].max())
+    if shapes.get("broadcast") and shapes.get("broadcast_to"):
+        out, lab, to = _shape(shapes["outputs"]), _shape(shapes["labels"]), _shape(shapes["broadcast_to"])
+        what = f"outputs of shape {out} and targets of shape {lab}, which broadcast to {to}"
+    else:
+        out, lab, to = None, None, None
+        what = "outputs and targets of different shapes that broadcast into a larger one"
+    effect = ("every output is compared with every target of the batch, so the best the model can do is predict "
+              "the batch's mean" if pairwise else "each output is compared with several targets")
+    name = loss_fn or "The loss"
+    hedge = "" if known else " (if these are the tensors your loss is given)"
+    return [make_finding(
+        "loss_shape_broadcast", severity, None, (s0, s1),
+        f"{name} is given {what}{hedge}: {effect} (at {len(hit)} of {len(probes)} captures, steps {s0}-{s1}). "
+        "torch warns 'Using a target size ... that is different to the input size' and goes on.",
+        "Give the loss the same shapes: outputs.squeeze(-1) against (N,) targets, or targets.view(-1, 1) "
+        "(targets.unsqueeze(1)) against (N, 1) outputs. To catch it at the first batch, turn the warning into an "
+        "error: warnings.filterwarnings('error', message='Using a target size').",
+        {"loss_fn": loss_fn, "outputs_shape": shapes.get("outputs"), "labels_shape": shapes.get("labels"),
+         "broadcast_to": shapes.get("broadcast_to"), "pairwise": pairwise, "captures": len(hit),
+         "probed_captures": len(probes)},
+        "torch UserWarning 'Using a target size that is different to the input size'; PyTorch docs: "
+        "torch.nn.MSELoss; pytorch/pytorch#16045, #18349",
     )]
