@@ -14,7 +14,7 @@ from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale
 from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
-from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, low_ratio, starved, symptom
+from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, lasting, low_ratio, starved, symptom
 from diagnostics.health.registry import rule
 
 # Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
@@ -40,7 +40,7 @@ AMP_STUCK_STEPS = 10
 
 @rule("NaN/Inf in the loss, a gradient or any captured summary, with the first step and layer that held one.",
       severities=("error",), evidence=charts.loss_with_baseline,
-      explains=("grad_norm_spikes", "dead_units", "stuck_parameters", *NOT_LEARNING))
+      explains=tuple((s, lasting) for s in ("grad_norm_spikes", "dead_units", "stuck_parameters", *NOT_LEARNING)))
 def rule_nonfinite(run) -> list[Finding]:
     """NaN or Inf anywhere (loss, gradient norm, any captured summary): always an error.
 

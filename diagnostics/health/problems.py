@@ -10,7 +10,7 @@ condition holds; explanation is followed transitively.
 A problem is a loud finding that no other loud finding explains, with every finding it
 explains (transitively) as its symptoms. Where findings explain each other (a cycle), the
 cycle yields one problem, whose cause is the member with the worst severity, then the most
-symptoms, then the earliest step, then the earliest-registered rule. Problems are ranked by
+findings explained directly, then the earliest step, then the earliest-registered rule. Problems are ranked by
 severity (the worst of the cause's and its symptoms'), then how many symptoms they explain,
 then step: the first is the most likely cause.
 
@@ -145,6 +145,12 @@ def on_stuck_layer(c: Finding, s: Finding) -> bool:
     return bool(c.evidence.get("all_parameters_stuck")) or s.layer in (c.evidence.get("parameters") or [c.layer])
 
 
+def lasting(c: Finding, s: Finding) -> bool:
+    """The symptom lasts until the cause's first step or later (a NaN explains nothing that ended before it)."""
+    return c.step_start is None or s.step_start is None or (s.step_end if s.step_end is not None
+                                                             else s.step_start) >= c.step_start
+
+
 def same_layer(c: Finding, s: Finding) -> bool:
     """The symptom is on the cause's layer, or on one of its parameters ('fc1.weight' for 'fc1')."""
     return bool(c.layer and s.layer) and (s.layer == c.layer or s.layer.rsplit(".", 1)[0] == c.layer)
@@ -160,8 +166,8 @@ def explains(cause: Finding, symptom: Finding) -> bool:
                                      for name, when in entry.explains)
 
 
-def _reach(loud: list[Finding]) -> list[set[int]]:
-    """For each loud finding, the indices of those it explains, transitively (itself excluded)."""
+def _reach(loud: list[Finding]) -> tuple[list[list[int]], list[set[int]]]:
+    """For each loud finding, the indices of those it explains directly, and transitively (itself excluded)."""
     edges = [[j for j in range(len(loud)) if explains(c, loud[j])] for c in loud]
     reach = []
     for i in range(len(loud)):
@@ -173,7 +179,7 @@ def _reach(loud: list[Finding]) -> list[set[int]]:
                 todo.extend(edges[j])
         seen.discard(i)
         reach.append(seen)
-    return reach
+    return edges, reach
 
 
 def _step(f: Finding) -> float:
@@ -198,10 +204,11 @@ def group(findings: list[Finding]) -> list[Problem]:
 def _grouped(findings: list[Finding]) -> list[tuple[Finding, Problem]]:
     """Each problem with its cause as the rule gave it (before escalation), ranked."""
     loud = [f for f in findings if f.severity in LOUD]
-    reach = _reach(loud)
+    edges, reach = _reach(loud)
 
-    def as_cause(i: int) -> tuple:
-        return _RANK.get(loud[i].severity, len(_RANK)), -len(reach[i]), _step(loud[i]), _order(loud[i])
+    def as_cause(i: int) -> tuple:  # in a cycle all reach the same: the one explaining most directly leads
+        return (_RANK.get(loud[i].severity, len(_RANK)), -len(reach[i]), -len(edges[i]), _step(loud[i]),
+                _order(loud[i]))
 
     grouped = []
     for i in range(len(loud)):
