@@ -9,6 +9,10 @@ reads only what the run recorded; when its data is missing (no activations captu
 never an exception. Thresholds are module constants named after what they bound, and
 each rule's docstring gives its threshold and where it comes from.
 
+`problems(run)` groups the findings into problems: a cause with the symptoms it explains
+(each rule declares them, `explains=` on `@rule`; see `diagnostics.health.problems`), the
+most likely cause first. `check(run)` keeps every finding, a symptom shown as info.
+
 Example::
 
     import diagnostics
