@@ -546,11 +546,12 @@ def test_check_sorts_errors_first_then_by_step_and_serialises():
                   nonfinite={"step": 9, "capture_step": 9, "kind": "gradient", "layer": "relu",
                              "nan_count": np.int64(3), "inf_count": 0})
     found = check(run)
-    # the loss stuck at its baseline through the NaN's step is a symptom of it (info); the dead units
-    # ended before it (steps 5-7, the NaN at 9), so they stand as a warning of their own
+    # the loss stuck at its baseline is a symptom (info) of the dead units, which training failed with:
+    # they become an error, the first by step (5-7); the NaN at 9 explains nothing that ended before it
     assert [(f.severity, f.rule) for f in found] == [
-        ("error", "nonfinite"), ("warning", "dead_units"), ("info", "loss_vs_baseline")]
-    d0 = found[0].to_dict()
+        ("error", "dead_units"), ("error", "nonfinite"), ("info", "loss_vs_baseline")]
+    assert found[0].evidence["training_failed"] is True and found[2].evidence["deferred_to"] == "dead_units"
+    d0 = found[1].to_dict()
     assert set(d0) == {"rule", "severity", "layer", "step_start", "step_end", "message", "advice", "evidence",
                        "reference"}
     assert json.loads(json.dumps(d0))["evidence"]["nan_count"] == 3
