@@ -1,9 +1,10 @@
 """Health badges for the run picker, cached on disk per run version.
 
 A run's `health()` takes one to three seconds; a picker over 20 runs that computed every
-badge before drawing kept the dashboard blank for a minute. Here a run's findings are
-kept in `health_cache.json` inside the run directory (written under a temporary name,
-then renamed: the training process of a live run writes the same folder), keyed by the
+badge before drawing kept the dashboard blank for a minute. Here a run's findings and
+problems (`diagnostics.health.diagnose`) are kept in `health_cache.json` inside the run
+directory (written under a temporary name, then renamed: the training process of a live
+run writes the same folder), keyed by the
 run's content version and by the health rules' own source, so a badge is never older
 than the data it describes. A run directory that cannot be written still works: its
 findings are computed and kept in memory.
@@ -16,7 +17,7 @@ Example::
 
     from diagnostics import badges
     counts = badges.health_counts("runs/exp1")          # cached, or computed and cached
-    counts.badge                                        # '⛔1 ⚠2', or '✓' when none
+    counts.badge                                        # '⛔1 ⚠2' (problems), or '✓' when none
 """
 
 from __future__ import annotations
@@ -42,7 +43,8 @@ PENDING = "…"  # the badge of a run whose health is being checked
 
 @dataclass(frozen=True)
 class HealthCounts:
-    """How many findings of each severity a run's `health()` returned."""
+    """How many problems of each severity a run's health holds (a problem is a cause with the
+    symptoms it explains: `diagnostics.health.problems`), and how many findings are info."""
 
     errors: int
     warnings: int
@@ -50,15 +52,16 @@ class HealthCounts:
 
     @property
     def badge(self) -> str:
-        """'⛔1 ⚠2' (errors, warnings), or '✓' when there is neither."""
+        """'⛔1 ⚠2' (problems that are errors, warnings), or '✓' when there is none."""
         marks = [f"⛔{self.errors}" if self.errors else "", f"⚠{self.warnings}" if self.warnings else ""]
         return " ".join(m for m in marks if m) or "✓"
 
     def describe(self) -> str:
-        """'1 error, 2 warnings' for the caption under the picker."""
+        """'3 problems: 1 error, 2 warnings' for the caption under the picker."""
         counted = ((self.errors, "error"), (self.warnings, "warning"))
         parts = [f"{n} {word}{'s' if n != 1 else ''}" for n, word in counted if n]
-        return ", ".join(parts) or "no error or warning"
+        n = self.errors + self.warnings
+        return f"{n} problem{'s' if n != 1 else ''}: {', '.join(parts)}" if n else "no problem"
 
 
 @lru_cache(maxsize=1)
@@ -82,32 +85,37 @@ def _key(path: str | os.PathLike) -> str:
     return f"{run_version(path)}:{rules_fingerprint()}"
 
 
-def _counts(findings: list[dict]) -> HealthCounts:
-    severities = [f.get("severity") for f in findings]
-    return HealthCounts(severities.count("error"), severities.count("warning"), severities.count("info"))
+def _counts(report: dict) -> HealthCounts:
+    severities = [p.get("severity") for p in report["problems"]]
+    infos = sum(f.get("severity") == "info" for f in report["findings"])
+    return HealthCounts(severities.count("error"), severities.count("warning"), infos)
 
 
-def cached_findings(path: str | os.PathLike, key: str | None = None, any_version: bool = False) -> list[dict] | None:
-    """The findings (as `Finding.to_dict()`) stored for the run's current version, else None
-    (`any_version`: whatever was stored last, for a run that has changed since)."""
+def cached_report(path: str | os.PathLike, key: str | None = None, any_version: bool = False) -> dict | None:
+    """{"findings": [...], "problems": [...]} (as `to_dict()`) stored for the run's current
+    version, else None (`any_version`: whatever was stored last, for a run that has changed since)."""
     try:
         stored = json.loads((Path(path) / CACHE_FILE).read_text())
     except (OSError, ValueError):
         return None
     if not isinstance(stored, dict) or not any_version and stored.get("key") != (key or _key(path)):
         return None
-    findings = stored.get("findings")
-    return findings if isinstance(findings, list) else None
+    found, problems = stored.get("findings"), stored.get("problems")
+    return {"findings": found, "problems": problems} if isinstance(found, list) and isinstance(problems, list) \
+        else None
 
 
-def findings(path: str | os.PathLike) -> list[dict]:
-    """The run's findings as dicts: from the cache when its version matches, else computed
-    with `health()` and stored (a read-only run directory is left as it is)."""
+def report(path: str | os.PathLike) -> dict:
+    """The run's findings and problems as dicts: from the cache when its version matches,
+    else computed (one pass of the rules) and stored (a read-only run directory is left as it is)."""
+    from diagnostics import health
+
     key = _key(path)  # before reading: data landing meanwhile makes the next look recompute
-    found = cached_findings(path, key)
+    found = cached_report(path, key)
     if found is None:
-        found = [f.to_dict() for f in open_run(path).health()]
-        _store(Path(path), {"key": key, "findings": found})
+        findings, problems = health.diagnose(open_run(path))
+        found = {"findings": [f.to_dict() for f in findings], "problems": [p.to_dict() for p in problems]}
+        _store(Path(path), {"key": key, **found})
     return found
 
 
@@ -117,9 +125,19 @@ def cached_health(path: str | os.PathLike) -> list:
     from diagnostics.health import Finding
 
     try:
-        return [Finding(**f) for f in findings(path)]
+        return [Finding(**f) for f in report(path)["findings"]]
     except TypeError:  # stored by another version of Finding: compute afresh
         return open_run(path).health()
+
+
+def cached_problems(path: str | os.PathLike) -> list:
+    """`diagnostics.health.problems(open_run(path))`, from the same disk cache."""
+    from diagnostics.health import Problem, problems
+
+    try:
+        return [Problem.from_dict(p) for p in report(path)["problems"]]
+    except (TypeError, KeyError):  # stored by another version of Finding: compute afresh
+        return problems(open_run(path))
 
 
 def _store(run_dir: Path, content: dict) -> None:
@@ -133,8 +151,8 @@ def _store(run_dir: Path, content: dict) -> None:
 
 
 def health_counts(path: str | os.PathLike) -> HealthCounts:
-    """Errors, warnings and infos of the run's `health()`, cached on disk per run version."""
-    return _counts(findings(path))
+    """The run's problems that are errors and warnings, and its info findings, cached on disk per run version."""
+    return _counts(report(path))
 
 
 class BadgeBoard:
@@ -162,7 +180,7 @@ class BadgeBoard:
             known = self._known.get(path)
         if known is not None and known[0] == key:
             return known[1]
-        found = cached_findings(path, key)
+        found = cached_report(path, key)
         if found is None:
             return None
         counts = _counts(found)
@@ -177,7 +195,7 @@ class BadgeBoard:
             known = self._known.get(path)
         if known is not None:
             return known[1]
-        found = cached_findings(path, any_version=True)
+        found = cached_report(path, any_version=True)
         return None if found is None else _counts(found)
 
     def pending(self, paths: list[str]) -> list[str]:

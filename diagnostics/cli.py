@@ -2,7 +2,7 @@
 
     diagnostics demo                      # train the built-in examples, then serve the dashboard
     diagnostics dashboard [RUNS] [--port N] [--host H]
-    diagnostics health RUN [--json] [--fail-on error|warning|info]
+    diagnostics health RUN [--json] [--fail-on error|warning|info]   # problems: a cause, its symptoms under it
     diagnostics compare RUN_A RUN_B [--split val] [--json] [--limit N]
     diagnostics ensemble RUN RUN [RUN...] [--split val] [--json] [--limit N]
 """
@@ -131,22 +131,41 @@ def _open(path: str):
         return None
 
 
+def _where(f) -> str:
+    where = " ".join(x for x in (f"layer {f.layer}" if f.layer else "",
+                                 f"steps {f.step_start}–{f.step_end}" if f.step_start is not None else "") if x)
+    return f" ({where})" if where else ""
+
+
 def _cmd_health(args: argparse.Namespace) -> int:
+    """Problems first (a cause, the symptoms it explains under it; the most likely cause first),
+    then the info findings no problem explains. --json: {"run", "problems", "findings"}."""
     import json
+
+    from diagnostics.health import diagnose
 
     run = _open(args.run)
     if run is None:
         return 2
-    findings = run.health()
+    findings, problems = diagnose(run)
     if args.json:
-        print(json.dumps([f.to_dict() for f in findings], indent=1, default=str))
+        print(json.dumps({"run": run.name, "problems": [p.to_dict() for p in problems],
+                          "findings": [f.to_dict() for f in findings]}, indent=1, default=str))
     elif not findings:
         print(f"{run.name}: no findings")
     else:
-        for f in findings:
-            where = " ".join(x for x in (f"layer {f.layer}" if f.layer else "",
-                                         f"steps {f.step_start}–{f.step_end}" if f.step_start is not None else "") if x)
-            print(f"[{f.severity}] {f.rule}{' (' + where + ')' if where else ''}: {f.message}")
+        worst = [sum(p.severity == s for p in problems) for s in ("error", "warning")]
+        counted = ", ".join(f"{n} {w}{'s' if n != 1 else ''}" for n, w in zip(worst, ("error", "warning")) if n)
+        print(f"{run.name}: {len(problems)} problem{'s' if len(problems) != 1 else ''}"
+              f"{' (' + counted + ')' if counted else ''}, from {len(findings)} findings")
+        for i, p in enumerate(problems, 1):
+            print(f"{i}. [{p.severity}] {p.cause.rule}{_where(p.cause)}: {p.message}")
+            print(f"    try: {p.cause.advice}")
+            for symptom in p.symptoms:
+                print(f"    explains [{symptom.severity}] {symptom.rule}{_where(symptom)}: {symptom.message}")
+        folded = {id(f) for f in findings if f.evidence.get("deferred_to")}
+        for f in (f for f in findings if f.severity == "info" and id(f) not in folded):
+            print(f"[info] {f.rule}{_where(f)}: {f.message}")
             print(f"    try: {f.advice}")
     threshold = _SEVERITIES.index(args.fail_on)
     return 1 if any(_SEVERITIES.index(f.severity) >= threshold for f in findings) else 0
@@ -310,9 +329,10 @@ def build_parser() -> argparse.ArgumentParser:
     dash.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1)")
     dash.add_argument("--port", type=_port, default=8501, help="port (default: 8501)")
     dash.set_defaults(func=_cmd_dashboard)
-    health = sub.add_parser("health", help="the run's health findings, for scripts and CI")
+    health = sub.add_parser("health", help="the run's health problems (a cause and its symptoms), for scripts and CI")
     health.add_argument("run", help="a run directory, e.g. runs/exp1")
-    health.add_argument("--json", action="store_true", help="print the findings as JSON")
+    health.add_argument("--json", action="store_true",
+                        help='print {"run", "problems", "findings"} as JSON (problems first: the likely cause)')
     health.add_argument("--fail-on", choices=_SEVERITIES, default="error",
                         help="exit 1 when a finding at or above this severity fires (default: error)")
     health.set_defaults(func=_cmd_health)

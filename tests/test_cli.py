@@ -87,10 +87,17 @@ def test_health_exit_code_gates_on_severity(tmp_path):
             opt.step()
     out = _cli("health", str(tmp_path / "nan"), "--json")
     assert out.returncode == 1  # an error-level finding: NaN
-    findings = json.loads(out.stdout)
+    report = json.loads(out.stdout)
+    findings, problems = report["findings"], report["problems"]
     assert findings[0]["rule"] == "nonfinite" and findings[0]["severity"] == "error"
+    # the first problem is the NaN, and each symptom it explains is a finding shown as info that names it
+    assert problems[0]["cause"]["rule"] == "nonfinite" and problems[0]["severity"] == "error"
+    symptoms = {s["rule"] for p in problems for s in p["symptoms"]}
+    assert {f["rule"] for f in findings if f["evidence"].get("deferred_to")} <= symptoms
+    assert sum(f["severity"] != "info" for f in findings) == len(problems)  # a loud finding is a problem's cause
     text = _cli("health", str(tmp_path / "nan"))
-    assert "[error] nonfinite" in text.stdout and "try:" in text.stdout
+    assert "1. [error] nonfinite" in text.stdout and "try:" in text.stdout
+    assert f"{len(problems)} problem" in text.stdout.splitlines()[0]
     assert _cli("health", str(tmp_path / "missing")).returncode == 2
 
 

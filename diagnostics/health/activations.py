@@ -24,6 +24,16 @@ from diagnostics.health.common import (
     module_types,
     runs_of_true,
 )
+from diagnostics.health.problems import (
+    NOT_LEARNING,
+    cause,
+    growing,
+    high_ratio,
+    low_ratio,
+    shrinking,
+    starved,
+    symptom,
+)
 from diagnostics.health.registry import rule
 
 # Dead units and saturation: share of units / values, held on this many consecutive captures.
@@ -88,7 +98,9 @@ def _sustained(run, column: str, threshold: float, rule_name: str, what: str, ad
 
 @rule("Dead ReLU units: a layer's units never positive over the batch on 3+ consecutive captures "
       "(error when all are).", severities=("warning", "error"),
-      evidence=_share_chart("dead_frac", DEAD_FRAC_THRESHOLD, "share of units never active"))
+      evidence=_share_chart("dead_frac", DEAD_FRAC_THRESHOLD, "share of units never active"),
+      explains=("vanishing_gradients", ("update_ratio", symptom(low_ratio)),
+                ("stuck_parameters", symptom(starved)), *NOT_LEARNING))
 def rule_dead_units(run) -> list[Finding]:
     """ReLU-family layers whose units never fire: `dead_frac` ≥ 0.5 on ≥ 3 consecutive
     captures (error when every unit is dead). A dead unit passes no gradient, so it never
@@ -105,7 +117,9 @@ def rule_dead_units(run) -> list[Finding]:
 
 @rule("Saturated tanh/sigmoid units: most values within 1% of the bounds on 3+ consecutive captures.",
       severities=("warning",),
-      evidence=_share_chart("saturated_frac", SATURATED_FRAC_THRESHOLD, "share of values at the bounds"))
+      evidence=_share_chart("saturated_frac", SATURATED_FRAC_THRESHOLD, "share of values at the bounds"),
+      explains=("vanishing_gradients", ("update_ratio", symptom(low_ratio)),
+                ("stuck_parameters", symptom(starved)), *NOT_LEARNING))
 def rule_saturation(run) -> list[Finding]:
     """tanh/sigmoid-family layers stuck at their bounds: `saturated_frac` ≥ 0.5 on ≥ 3
     consecutive captures. Saturated units have a near-zero derivative and stop learning.
@@ -121,7 +135,8 @@ def rule_saturation(run) -> list[Finding]:
 
 
 @rule("Activation scale drifting across depth at initialisation: the last hidden layer's std over the "
-      "first's beyond 10x either way.", severities=("warning", "info"), evidence=_depth_chart)
+      "first's beyond 10x either way.", severities=("warning", "info"), evidence=_depth_chart,
+      explains=(("vanishing_gradients", cause(shrinking)), ("saturation", cause(growing))))
 def rule_activation_scale_depth(run) -> list[Finding]:
     """Activation scale drifting across depth at initialisation: the std of the last hidden
     parametrised layer's output over the first one's, at the first capture, below 1/10 or
@@ -202,7 +217,9 @@ def _input_rms(run, layer: str, step: int, out_row) -> float | None:
 
 
 @rule("Unnormalised inputs: the first module's input RMS (estimated from its output and weights) above 3, "
-      "or its output std above 10.", severities=("warning",), evidence=_depth_chart)
+      "or its output std above 10.", severities=("warning",), evidence=_depth_chart,
+      explains=("activation_scale_depth", "saturation", "dead_units", "exploding_gradients", "grad_norm_spikes",
+                ("update_ratio", symptom(high_ratio)), *NOT_LEARNING))
 def rule_input_scale(run) -> list[Finding]:
     """Inputs left unnormalised, judged at the first capture on the first leaf module:
     a parameter-free one (Flatten, Identity) shows the input itself: std or |mean| > 10;

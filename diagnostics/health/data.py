@@ -106,7 +106,8 @@ def _entropy_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Labels the inputs cannot predict: the loss stays at the label entropy although every layer moves and "
       "the model could memorise the training set (labels shuffled apart from their inputs).",
-      severities=("warning", "info"), evidence=_entropy_chart)
+      severities=("warning", "info"), evidence=_entropy_chart,
+      explains=("loss_vs_baseline", "output_vs_label", "label_noise", "overfitting"))
 def rule_labels_unlearnable(run) -> list[Finding]:
     """Labels the inputs cannot predict (labels shuffled apart from their inputs, a
     misaligned join): after ≥ 100 steps the training loss (median of the last 10% of
@@ -357,7 +358,8 @@ def _batch_shares_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Unshuffled training data: per-batch label mix (or mean target) far from the whole stream's, chi-square / "
-      "z-test with Holm's correction.", severities=("warning",), evidence=_batch_shares_chart)
+      "z-test with Holm's correction.", severities=("warning",), evidence=_batch_shares_chart,
+      explains=("grad_norm_spikes", "output_vs_label", "loss_vs_baseline", "label_noise"))
 def rule_unshuffled_batches(run) -> list[Finding]:
     """Training data not shuffled: each batch's labels tested against the labels of all
     batches pooled (classification: Pearson chi-square of the class counts; regression:

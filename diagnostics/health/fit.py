@@ -277,7 +277,8 @@ def _label_noise_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Suspected label noise: training samples still misclassified late with another class confidently ahead "
       "(warning from 3%, info from 2%); hard samples, as info.", severities=("warning", "info"),
-      evidence=_label_noise_chart)
+      evidence=_label_noise_chart,
+      explains=("overfitting",))
 def rule_label_noise(run) -> list[Finding]:
     """Suspected mislabeled samples vs hard ones (classification, per-sample records from
     `log_batch(ids=)`). Over the late records (last third of the recorded steps) a sample

@@ -14,6 +14,7 @@ from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale
 from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
+from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, lasting, low_ratio, starved, symptom
 from diagnostics.health.registry import rule
 
 # Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
@@ -38,7 +39,8 @@ AMP_STUCK_STEPS = 10
 
 
 @rule("NaN/Inf in the loss, a gradient or any captured summary, with the first step and layer that held one.",
-      severities=("error",), evidence=charts.loss_with_baseline)
+      severities=("error",), evidence=charts.loss_with_baseline,
+      explains=tuple((s, lasting) for s in ("grad_norm_spikes", "dead_units", "stuck_parameters", *NOT_LEARNING)))
 def rule_nonfinite(run) -> list[Finding]:
     """NaN or Inf anywhere (loss, gradient norm, any captured summary): always an error.
 
@@ -79,7 +81,12 @@ def _depth_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Vanishing or exploding gradients across depth: the first layer's gradient norm 100x below or above "
       "the last's at the first captures.", severities=("warning", "info"),
-      names=("vanishing_gradients", "exploding_gradients"), evidence=_depth_chart)
+      names=("vanishing_gradients", "exploding_gradients"), evidence=_depth_chart,
+      explains=(*((s, cause("vanishing_gradients")) for s in NOT_LEARNING),
+                ("update_ratio", cause("vanishing_gradients", symptom(low_ratio))),
+                ("stuck_parameters", cause("vanishing_gradients", symptom(starved))),
+                *((s, cause("exploding_gradients")) for s in ("grad_norm_spikes", "nonfinite", "output_vs_label")),
+                ("update_ratio", cause("exploding_gradients", symptom(high_ratio)))))
 def rule_gradient_depth(run) -> list[Finding]:
     """Vanishing or exploding gradients across depth: the norm of the gradient w.r.t. the
     first module's output over that of the last module (per sample: same batch), median
@@ -204,7 +211,9 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
-      "learning rate).", severities=("warning", "info"), evidence=_ratio_chart)
+      "learning rate).", severities=("warning", "info"), evidence=_ratio_chart,
+      explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
+                *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes"))))
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
     (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for
@@ -260,7 +269,8 @@ def _skipped_chart(run, finding: Finding) -> go.Figure:
 
 @rule(f"Steps a GradScaler skipped (Inf/NaN gradients, no update): over {AMP_SKIP_SHARE:.0%} of the steps after the "
       f"first {AMP_STARTUP_STEPS}, or the last {AMP_STUCK_STEPS} in a row.", severities=("warning",),
-      evidence=_skipped_chart)
+      evidence=_skipped_chart,
+      explains=("nonfinite", "stuck_parameters", ("update_ratio", symptom(low_ratio)), *NOT_LEARNING))
 def rule_amp_skipped_steps(run) -> list[Finding]:
     """Mixed precision whose GradScaler keeps skipping `optimizer.step()` (scalar
     `amp_skipped`, recorded with `watch(..., scaler=)`): the other rules leave those steps

@@ -34,6 +34,15 @@ from diagnostics import schema
 from diagnostics.health import charts
 from diagnostics.health.common import NORM_TYPES, Finding, dist, last_loss, make_finding, module_types, scalar
 from diagnostics.health.fit import rule_loss_vs_baseline
+from diagnostics.health.problems import (
+    NOT_LEARNING,
+    high_ratio,
+    low_ratio,
+    on_stuck_layer,
+    same_layer,
+    shrinking,
+    symptom,
+)
 from diagnostics.health.registry import rule
 
 # Gradients not reset: share of capture steps (after the first) whose probe gradient was carried.
@@ -89,7 +98,9 @@ def _grad_norm_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Gradients never reset between steps (optimizer.zero_grad() missing): a probe sees the last "
       "step's gradient at backward (error), or the gradient norm grows steadily 10x.",
-      severities=("error", "warning"), evidence=_grad_norm_chart)
+      severities=("error", "warning"), evidence=_grad_norm_chart,
+      explains=("grad_norm_spikes", "exploding_gradients", "nonfinite", ("update_ratio", symptom(high_ratio)),
+                *NOT_LEARNING))
 def rule_gradients_not_reset(run) -> list[Finding]:
     """Gradients never reset between steps (`optimizer.zero_grad()` missing): on ≥ 50% of the
     capture steps after the first, the smallest optimized parameter still held a non-zero
@@ -141,7 +152,8 @@ def _states_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("Trainable parameters the optimizer does not hold (e.g. a head replaced after building it).",
-      severities=("warning",), evidence=_states_chart)
+      severities=("warning",), evidence=_states_chart,
+      explains=(("update_ratio", same_layer), *NOT_LEARNING))
 def rule_not_in_optimizer(run) -> list[Finding]:
     """Parameters with requires_grad=True that the optimizer does not hold (manifest
     `in_optimizer` False): they get gradients but never change, e.g. a head replaced after
@@ -204,7 +216,8 @@ def _norm_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Optimized parameters that never change, with the reason (lr 0, no gradient, clipped to zero).",
-      severities=("error", "warning", "info"), evidence=_norm_chart)
+      severities=("error", "warning", "info"), evidence=_norm_chart,
+      explains=(("update_ratio", on_stuck_layer), *NOT_LEARNING))
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
@@ -265,7 +278,8 @@ def _loss_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("The head frozen, or under 5% of the parameters training, while the loss does not fall.",
-      severities=("warning",), evidence=_loss_chart)
+      severities=("warning",), evidence=_loss_chart,
+      explains=(("update_ratio", symptom(low_ratio)), "stuck_parameters", *NOT_LEARNING))
 def rule_frozen_model(run) -> list[Finding]:
     """Most of the model frozen while the loss does not fall: the output head has no trained
     parameter, or < 5% of the parameters (by count) train (requires_grad and in the
@@ -314,7 +328,8 @@ def _lr_chart(run, finding: Finding) -> go.Figure:
 
 @rule("The learning rate below 1% of its maximum for the last half of the run (a scheduler stepped per "
       "batch), or 0 throughout (error).",
-      severities=("error", "warning"), evidence=_lr_chart)
+      severities=("error", "warning"), evidence=_lr_chart,
+      explains=(("update_ratio", symptom(low_ratio)), "stuck_parameters", *NOT_LEARNING))
 def rule_lr_collapse(run) -> list[Finding]:
     """A learning-rate schedule that reaches ~0 early: the lr (each param group) below 1% of
     its maximum for the last > 50% of the steps (≥ 20 steps), typically a scheduler stepped
@@ -383,7 +398,9 @@ def _decay_words(share: float, decoupled: bool) -> str:
 
 
 @rule("Weight decay most of the step while the weights shrink (wd far above 1e-2 AdamW / 5e-4 SGD).",
-      severities=("warning",), evidence=_norm_chart)
+      severities=("warning",), evidence=_norm_chart,
+      explains=("update_ratio", "stuck_parameters", "vanishing_gradients",
+                ("activation_scale_depth", symptom(shrinking)), *NOT_LEARNING))
 def rule_weight_decay_dominates(run) -> list[Finding]:
     """Weight decay that dominates the update: for a weight matrix or kernel, the decay's
     share of the step (see `_decay_share`) above 0.5 (median over the last third of the
@@ -428,7 +445,8 @@ def _batch_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("BatchNorm in train mode on batches under 8.",
-      severities=("warning",), evidence=_batch_chart)
+      severities=("warning",), evidence=_batch_chart,
+      explains=("grad_norm_spikes", "output_vs_label"))
 def rule_batchnorm_small_batch(run) -> list[Finding]:
     """BatchNorm normalising over tiny batches: the median batch a BatchNorm layer in train
     mode saw at the captures (`batchnorm_batch_size`) below 8 (warning): the batch
@@ -456,7 +474,8 @@ def rule_batchnorm_small_batch(run) -> list[Finding]:
 
 
 @rule("Your own validation ran under no_grad with dropout/BatchNorm in train mode.",
-      severities=("warning",), evidence=_loss_chart)
+      severities=("warning",), evidence=_loss_chart,
+      explains=("overfitting",))
 def rule_eval_in_train_mode(run) -> list[Finding]:
     """The user's own validation run with dropout / BatchNorm in train mode: a forward
     under torch.no_grad() while such modules were in train mode

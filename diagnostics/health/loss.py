@@ -21,6 +21,7 @@ import plotly.graph_objects as go
 
 from diagnostics import figures, schema
 from diagnostics.health.common import Finding, dist, make_finding, scalar
+from diagnostics.health.problems import LOSS_INPUT_SYMPTOMS
 from diagnostics.health.registry import rule
 
 CLASS_ID_MAX = 20
@@ -79,7 +80,8 @@ def _bands_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("A regression loss (MSELoss, L1Loss...) on integer labels 0..K-1: class ids (error when the loss stays "
-      "at the trivial baseline with it).", severities=("warning", "info", "error"), evidence=_bands_chart)
+      "at the trivial baseline with it).", severities=("warning", "info", "error"), evidence=_bands_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
 def rule_regression_loss_on_class_ids(run) -> list[Finding]:
     """A regression loss (MSELoss, L1Loss, SmoothL1Loss, HuberLoss) on class ids: at every
     probed capture (≥ 2) the labels are integers, spanning 0..K-1 with 2 ≤ K ≤ 20, against
@@ -148,7 +150,8 @@ def _sums_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("Softmax or log-softmax over the batch dimension instead of the classes.", severities=("error",),
-      evidence=_sums_chart)
+      evidence=_sums_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
 def rule_softmax_wrong_dim(run) -> list[Finding]:
     """Softmax or log-softmax taken over the batch dimension (dim=0) instead of the class
     dimension: the loss's inputs sum to 1 (log-sum-exp to 0) over the batch within 0.01
@@ -184,7 +187,8 @@ def rule_softmax_wrong_dim(run) -> list[Finding]:
 
 
 @rule("NLLLoss given what is not a log-probability (raw scores or probabilities).", severities=("error",),
-      evidence=_sums_chart)
+      evidence=_sums_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
 def rule_nll_input(run) -> list[Finding]:
     """NLLLoss on what is not a log-probability: the inputs' log-sum-exp over the classes
     is off 0 by > 0.1 (median over ≥ 2 probed captures), i.e. no log_softmax before the
@@ -240,7 +244,8 @@ def _range_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("A sigmoid applied twice: outputs in [0, 1] into BCEWithLogitsLoss, or a sigmoid of a sigmoid into BCELoss.",
-      severities=("error",), evidence=_range_chart)
+      severities=("error",), evidence=_range_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
 def rule_double_sigmoid(run) -> list[Finding]:
     """A sigmoid applied twice. BCEWithLogitsLoss applies its own sigmoid: given outputs
     that lie in [0, 1] at every capture (≥ 2, with both classes among the labels), the
@@ -276,7 +281,8 @@ def rule_double_sigmoid(run) -> list[Finding]:
 
 
 @rule("Probabilities (a softmax) into CrossEntropyLoss, which applies log_softmax itself (error when the "
-      "loss stays at the trivial baseline with it).", severities=("warning", "error"), evidence=_sums_chart)
+      "loss stays at the trivial baseline with it).", severities=("warning", "error"), evidence=_sums_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
 def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     """CrossEntropyLoss given probabilities: its inputs are in [0, 1] and sum to 1 over the
     classes within 0.01 (median over ≥ 2 probed captures). The loss applies log_softmax
@@ -332,7 +338,7 @@ def _broadcast_chart(run, finding: Finding) -> go.Figure:
 # against (64, 4) targets, the outputs-expanded case).
 @rule("The outputs and targets the loss compares element by element broadcast into another shape: (N, 1) "
       "outputs against (N,) targets compare every output with every target.", severities=("error", "warning"),
-      evidence=_broadcast_chart)
+      evidence=_broadcast_chart, explains=LOSS_INPUT_SYMPTOMS)
 def rule_loss_shape_broadcast(run) -> list[Finding]:
     """An elementwise loss (MSELoss, L1Loss, BCELoss, BCEWithLogitsLoss...) whose outputs are
     expanded by broadcasting against the targets at any probed capture (`probe/train/broadcast`

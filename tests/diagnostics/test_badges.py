@@ -18,20 +18,22 @@ from diagnostics.store import RunWriter, run_version
 
 
 def _hand_count(path) -> HealthCounts:
-    found = diagnostics.open_run(path).health()
-    return HealthCounts(sum(f.severity == "error" for f in found), sum(f.severity == "warning" for f in found),
+    """Problems by severity (a cause with its symptoms counts once), and info findings."""
+    run = diagnostics.open_run(path)
+    found, problems = run.health(), health.problems(run)
+    return HealthCounts(sum(p.severity == "error" for p in problems), sum(p.severity == "warning" for p in problems),
                         sum(f.severity == "info" for f in found))
 
 
 def _counting_check(monkeypatch) -> list:
     calls = []
-    real = health.check
+    real = health.diagnose
 
-    def check(run):
+    def diagnose(run):
         calls.append(str(run.path))
         return real(run)
 
-    monkeypatch.setattr(health, "check", check)
+    monkeypatch.setattr(health, "diagnose", diagnose)
     return calls
 
 
@@ -57,8 +59,9 @@ def test_badge_text():
     assert HealthCounts(1, 2, 0).badge == "⛔1 ⚠2"
     assert HealthCounts(0, 3, 5).badge == "⚠3"
     assert HealthCounts(0, 0, 4).badge == "✓"
-    assert HealthCounts(1, 0, 0).describe() == "1 error"
-    assert HealthCounts(2, 1, 0).describe() == "2 errors, 1 warning"
+    assert HealthCounts(1, 0, 0).describe() == "1 problem: 1 error"
+    assert HealthCounts(2, 1, 0).describe() == "3 problems: 2 errors, 1 warning"
+    assert HealthCounts(0, 0, 7).describe() == "no problem"
 
 
 def test_new_data_invalidates_the_cache(runs, monkeypatch):
@@ -70,7 +73,7 @@ def test_new_data_invalidates_the_cache(runs, monkeypatch):
     w.add_scalar(99, "loss", float("nan"))  # a non-finite loss: an error finding
     w.close()
     assert run_version(path) != before
-    assert badges.cached_findings(path) is None
+    assert badges.cached_report(path) is None
     counts = badges.health_counts(path)
     assert len(calls) == 1 and counts == _hand_count(path) and counts.errors >= 1
 
@@ -80,14 +83,14 @@ def test_a_manifest_change_invalidates_the_cache(runs):
     badges.health_counts(path)
     manifest = json.loads((path / "run.json").read_text())
     (path / "run.json").write_text(json.dumps({**manifest, "evaluations": []}))
-    assert badges.cached_findings(path) is None
+    assert badges.cached_report(path) is None
 
 
 def test_changed_rules_invalidate_the_cache(runs, monkeypatch):
     path = runs / "cls"
     badges.health_counts(path)
     monkeypatch.setattr(badges, "rules_fingerprint", lambda: "other rules")
-    assert badges.cached_findings(path) is None
+    assert badges.cached_report(path) is None
 
 
 def test_the_rules_fingerprint_covers_the_health_subpackage(tmp_path):
@@ -171,6 +174,8 @@ def test_cached_health_equals_health_field_by_field(runs, monkeypatch, name):
     assert calls == []  # read back from the disk
     assert [f.to_dict() for f in cached] == [f.to_dict() for f in live]
     assert [type(f) for f in cached] == [type(f) for f in live]
+    cached_problems = badges.cached_problems(runs / name)
+    assert calls == [] and cached_problems == health.problems(diagnostics.open_run(runs / name))
 
 
 def test_a_later_request_jumps_the_queue(runs):
@@ -181,3 +186,22 @@ def test_a_later_request_jumps_the_queue(runs):
     assert board.wait(timeout=240)
     written = {p: (Path(p) / badges.CACHE_FILE).stat().st_mtime_ns for p in (a, b, c)}
     assert written[c] < written[b]
+
+
+def test_the_badge_counts_problems_not_findings(runs, monkeypatch):
+    # weight decay with the loss at its baseline (one problem: the loss is its symptom) and a leak of its own
+    from diagnostics.health import Finding
+
+    def f(rule, **evidence):
+        return Finding(rule, "warning", None, 0, 9, f"{rule}.", "Fix it.", evidence)
+
+    rules = (lambda run: [f("loss_vs_baseline", last_loss=2.3, baseline=2.3)],
+             lambda run: [f("weight_decay_dominates")], lambda run: [f("split_leakage")])
+    monkeypatch.setattr(health, "RULES", rules)
+    monkeypatch.setattr(badges, "rules_fingerprint", lambda: "three fake rules")
+    counts = badges.health_counts(runs / "cls")
+    assert counts == HealthCounts(0, 2, 1)  # 3 warnings before, one of them a symptom (now info)
+    assert (counts.badge, counts.describe()) == ("⚠2", "2 problems: 2 warnings")
+    stored = badges.cached_problems(runs / "cls")
+    assert [(p.cause.rule, [s.rule for s in p.symptoms]) for p in stored] == [
+        ("weight_decay_dominates", ["loss_vs_baseline"]), ("split_leakage", [])]

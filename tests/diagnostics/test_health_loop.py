@@ -153,7 +153,8 @@ def test_zero_learning_rate_for_one_group(digits, tmp_path):
                            {"params": model[-1].parameters(), "lr": 0.05}])
     run = _loop(model, digits, tmp_path, "lr0", opt=opt, every=5)
     found = _by(check(run), "stuck_parameters", run)
-    assert len(found) == 1 and found[0].severity == "warning"
+    # a symptom of the group's zero learning rate (lr_collapse, an error): shown under it, as info
+    assert len(found) == 1 and found[0].severity == "info" and found[0].evidence["deferred_to"] == "lr_collapse"
     assert found[0].evidence["parameters"] == ["0.weight", "0.bias"] and "learning rate is 0" in found[0].message
     assert (found[0].step_start, found[0].step_end) == (5, 55)
     lr0 = _by(check(run), "lr_collapse", run)

@@ -41,19 +41,21 @@ def folder(tmp_path, recorded_runs):
 @pytest.fixture()
 def health_calls(monkeypatch) -> list:
     calls = []
-    real = health.check
+    real = health.diagnose  # what the badges compute (findings and problems in one pass)
 
-    def check(run):
+    def diagnose(run):
         calls.append(str(run.path))
         return real(run)
 
-    monkeypatch.setattr(health, "check", check)
+    monkeypatch.setattr(health, "diagnose", diagnose)
     return calls
 
 
 def _expected(path) -> HealthCounts:
-    found = diagnostics.open_run(path).health()
-    return HealthCounts(*(sum(f.severity == s for f in found) for s in ("error", "warning", "info")))
+    """Problems by severity, and info findings: the badge counts a cause with its symptoms once."""
+    found, problems = health.diagnose(diagnostics.open_run(path))
+    return HealthCounts(sum(p.severity == "error" for p in problems), sum(p.severity == "warning" for p in problems),
+                        sum(f.severity == "info" for f in found))
 
 
 def _app(monkeypatch, runs) -> AppTest:

@@ -98,15 +98,18 @@ def test_review_pages_explain_what_to_record(monkeypatch, recorded_runs, page):
 
 
 @pytest.mark.parametrize("run_name", ["cls", "reg", "review"])
-def test_health_page_lists_findings_with_evidence_or_says_all_clear(monkeypatch, recorded_runs, run_name):
+def test_health_page_lists_problems_with_evidence_or_says_all_clear(monkeypatch, recorded_runs, run_name):
     import diagnostics
+    from diagnostics import health
 
     at = _open(monkeypatch, recorded_runs, "pages/health.py", run_name)
     assert not at.error, [e.value for e in at.error]
-    findings = diagnostics.open_run(recorded_runs / run_name).health()
-    if findings:
-        assert len(at.expander) == len(findings)
-        assert len(plotly_charts(at)) == len(findings)
+    run = diagnostics.open_run(recorded_runs / run_name)
+    findings, problems = run.health(), health.problems(run)
+    if findings:  # one expander and one evidence chart per problem; every finding in the table below
+        assert len(at.expander) == len(problems)
+        assert len(plotly_charts(at)) == len(problems)
+        assert len(at.dataframe[0].value) == len(findings)
     else:
         assert any("No finding" in s.value for s in at.success)
 
