@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 import warnings
 
 import pytest
@@ -267,7 +268,13 @@ def test_a_real_full_or_read_only_disk_never_reaches_the_loop(tiny_tmpfs, fault)
 
     def break_disk(step):
         if fault == "read-only" and step == 20:
-            subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], check=True)
+            # a remount waits for no writer: while the writer thread has a part open it says
+            # "busy" (EBUSY), so try again between the writer's flushes
+            for _ in range(500):
+                if subprocess.run(["mount", "-o", "remount,ro", str(tiny_tmpfs)], capture_output=True).returncode == 0:
+                    return
+                time.sleep(0.01)
+            pytest.fail("the tmpfs could not be remounted read-only in 5 s")
 
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
