@@ -35,11 +35,10 @@ PARTS = {
     "log_batch": "run.log_batch's outputs, labels and per-sample records",
     "log_scalar": "run.log_scalar's values",
     "evaluate": "run.evaluate's per-sample rows",
-    "step_end": "everything (the hand-over at a step's end failed)",
     "close": "what was buffered when the run closed",
 }
 # A failure here leaves the step count or the hand-over in doubt: every part stops.
-_STOPS_ALL = {"step_end", "optimizer", "steps"}
+_STOPS_ALL = {"optimizer", "steps"}  # the step ends, and hands over, inside these hooks
 
 
 class Guard:
@@ -67,7 +66,7 @@ class Guard:
 
     def fail(self, part: str, exc: BaseException, switch_off: bool = True) -> None:
         """Note a failure of `part`: switch it off (unless `switch_off` is False: a one-time
-        call such as an evaluation), warn once per part, record the fault in the run."""
+        call such as an evaluation), record a part's first fault in the run, warn once per error."""
         if self.strict:
             raise exc
         error = f"{type(exc).__name__}: {exc}"[:500]
