@@ -147,6 +147,46 @@ static PyObject *sumsq_f32(PyObject *self, PyObject *args) {
     return PyFloat_FromDouble(total);
 }
 
+/* sumsq_f32_many(addresses, counts) -> the sum of squares of many tensors' values (two
+ * sequences of ints of one length: each tensor's first value's address and its count):
+ * the small gradients of a model, read once at the end of backward in one call. An
+ * address of 0 counts as zeros. */
+static PyObject *sumsq_f32_many(PyObject *self, PyObject *args) {
+    PyObject *addresses, *counts;
+    double total = 0.0;
+    (void)self;
+    if (!PyArg_ParseTuple(args, "OO", &addresses, &counts)) return NULL;
+    PyObject *a = PySequence_Fast(addresses, "sumsq_f32_many: addresses must be a sequence");
+    if (a == NULL) return NULL;
+    PyObject *c = PySequence_Fast(counts, "sumsq_f32_many: counts must be a sequence");
+    if (c == NULL) {
+        Py_DECREF(a);
+        return NULL;
+    }
+    Py_ssize_t m = PySequence_Fast_GET_SIZE(a);
+    if (PySequence_Fast_GET_SIZE(c) != m) {
+        PyErr_SetString(PyExc_ValueError, "sumsq_f32_many: addresses and counts differ in length");
+        goto fail;
+    }
+    for (Py_ssize_t k = 0; k < m; k++) {
+        unsigned long long address = PyLong_AsUnsignedLongLong(PySequence_Fast_GET_ITEM(a, k));
+        Py_ssize_t n = PyLong_AsSsize_t(PySequence_Fast_GET_ITEM(c, k));
+        if (PyErr_Occurred()) goto fail;
+        if (n < 0) {
+            PyErr_SetString(PyExc_ValueError, "sumsq_f32_many: counts must be >= 0");
+            goto fail;
+        }
+        if (address != 0) total += sumsq_part((const float *)(uintptr_t)address, (int64_t)n);
+    }
+    Py_DECREF(a);
+    Py_DECREF(c);
+    return PyFloat_FromDouble(total);
+fail:
+    Py_DECREF(a);
+    Py_DECREF(c);
+    return NULL;
+}
+
 /* hist_f32(address, m, lo, hi, bins, out_address, clip): counts of m float32 values in
  * `bins` equal bins over [lo, hi], added into the float64 array at out_address (zeroed
  * here), binned exactly as hooks.summarize does in numpy: t = ((double)v - lo) * (bins /
@@ -182,6 +222,8 @@ static PyObject *hist_f32(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"sumsq_f32", sumsq_f32, METH_VARARGS, "sumsq_f32(address, n) -> sum of squares of n float32 values"},
+    {"sumsq_f32_many", sumsq_f32_many, METH_VARARGS,
+     "sumsq_f32_many(addresses, counts) -> sum of squares of many tensors' float32 values"},
     {"hist_f32", hist_f32, METH_VARARGS,
      "hist_f32(address, m, lo, hi, bins, out_address, clip): histogram of m float32 values into float64 out"},
     {"stats_f32", stats_f32, METH_VARARGS,

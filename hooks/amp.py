@@ -97,7 +97,7 @@ def end_skipped_step(capture) -> None:
 
 def flag_skipped(capture) -> None:
     """This step is one the scaler skipped: scalar `amp_skipped` = 1, its gradients dropped."""
-    capture.grad_squares = {}
+    capture.grad_squares.clear()
     if capture.deferred:
         capture.pending += capture.deferred.summarize()
     capture.pending = [entry for entry in capture.pending if entry[1] != "gradient"]

@@ -4,7 +4,8 @@
 (hooks/watcher.py registers its methods as hooks and removes them). Its methods are the
 hook bodies, registered as `Hook(capture, part, Capture.method, ...)` (hooks/guard.py):
 
-- `on_forward` on every leaf module: on capture steps, the output's summary
+- `on_forward` on every recorded leaf module, put on only for captured steps
+  (hooks/layerhooks.py): the output's summary
   (`activation`) and a tensor hook on that output for its gradient (`on_grad`,
   `gradient`); `Tensor.register_hook` works on in-place modules where full backward hooks fail;
   under `torch.compile` dynamo traces this hook, and the same work runs in two custom ops
@@ -13,7 +14,8 @@ hook bodies, registered as `Hook(capture, part, Capture.method, ...)` (hooks/gua
   outputs and the labels (`output`, `label`);
 - `on_step_pre` / `on_step_post` on the optimizer: parameter values and gradients on
   capture steps (`weight`, `param_grad`, `update`), the learning rate of each param
-  group, the global gradient norm (`on_grad_accumulated`) and the step count.
+  group, the global gradient norm (`on_grad_accumulated` on large parameters and the
+  clipping probes, the rest read at backward's end: hooks/gradnorm.py) and the step count.
 
 A step is one `optimizer.step()`. Forward passes without grad (evaluation inside the
 loop) are ignored, and so are a module's second and later calls within a step (a module
@@ -36,8 +38,10 @@ from diagnostics import schema
 from diagnostics.writer import RunWriter
 from hooks import compiled
 from hooks.amp import LossScale, after_scaled_step, end_skipped_step, flag_skipped, on_scaled_forward, step_scale
+from hooks.gradnorm import GradSquares, split_params
 from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
+from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
 from hooks.probes import loss_input_probe, loss_input_shapes
 from hooks.shards import local_pieces, shard_kind, user_name
@@ -142,7 +146,7 @@ class Capture:
         self.deferred = SmallTensors()
         self.seen: set[tuple[str, str]] = set()
         self.step_losses: list[torch.Tensor] = []
-        self.grad_squares: dict[torch.Tensor, torch.Tensor | float] = {}
+        self.grad_squares = GradSquares([], lambda read: contained(self.guard, "grad_norm", read))
         self.before_step: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.norm_recorded = False
         self.num_classes: int | None = None
@@ -156,6 +160,7 @@ class Capture:
         self.loss_scale: LossScale | None = None  # watch(..., scaler=): gradients scaled by a GradScaler
         self.manual = False  # no optimizer: the loop updates the parameters itself
         self.layer_hooks = 0  # modules whose activations are recorded (register_hooks counts them)
+        self.layers = LayerHooks()  # their forward hooks: on only while a step is captured
         self.key = compiled.register(self)  # what a compiled graph's capture ops hold (hooks/compiled.py)
         self.modules = {name or type(model).__name__: m for name, m in model.named_modules()}
 
@@ -235,6 +240,7 @@ class Capture:
         self.norm_recorded = False
         self.mode_noted = False
         self.capturing = False if final else self.schedule.should_capture(self.step)
+        self.layers.set(self.capturing)
         self.seen.clear()
 
     def finish(self) -> None:
@@ -285,7 +291,7 @@ class Capture:
         started = time.perf_counter()
         if self.loss_scale is not None or self.manual:
             before_accumulated(self, param)
-        self.grad_squares[param] = squared_norm(param.grad)
+        self.grad_squares.take(param)
         self.own_s += time.perf_counter() - started
 
     def on_probe_grad(self, param: torch.Tensor, grad: torch.Tensor) -> None:
@@ -375,10 +381,9 @@ class Capture:
             return
         if not self.grad_squares or self.norm_recorded:
             return
-        squares = self.grad_squares
-        self.grad_squares = {}
         self.norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
-        produced, clipped = norm_and_clipped(squares, self.probes, scale, carried, clip_known)
+        produced, clipped = norm_and_clipped(self.grad_squares, self.probes, scale, carried, clip_known)
+        self.grad_squares.clear()
         self.handover.grad_norms.append((self.step, produced, clipped))
 
     def on_step_post(self, optimizer, args, kwargs) -> None:
@@ -391,7 +396,7 @@ class Capture:
         note_step_mode(self)
         with torch.no_grad():
             self.record_grad_norm()  # a closure the optimizer never called: the norm lands on this step
-            self.grad_squares = {}
+            self.grad_squares.clear()
             for name, (p, before) in self.before_step.items():
                 after = fixed_sample(p.detach().reshape(-1), UPDATE_SAMPLE)
                 if after.dtype in (torch.float16, torch.bfloat16):  # subtract in float32; float64 stays
@@ -422,7 +427,7 @@ def manual_step(capture: Capture) -> None:
     if capture.forward_seen:
         with torch.no_grad():
             capture.record_grad_norm(clip_known=False)  # manual updates: a clip is not told from zero_grad
-        capture.grad_squares = {}
+        capture.grad_squares.clear()
         capture.end_step()
     capture.forward_seen = True
     if capture.capturing:
@@ -441,7 +446,7 @@ def before_accumulated(capture: Capture, param: torch.Tensor) -> None:
         capture.add_tensor(name, "param_grad", stored_values(param.grad))
 
 
-def norm_and_clipped(squares: dict, probes: list, scale: torch.Tensor | None, carried: torch.Tensor | None,
+def norm_and_clipped(squares: GradSquares, probes: list, scale: torch.Tensor | None, carried: torch.Tensor | None,
                      clip_known: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(global norm from backward's per-parameter squares, whether the loop clipped), float32
     and bool (NaN: not judged) 0-d tensors: clip_grad_norm_ scales every gradient by one
@@ -449,19 +454,19 @@ def norm_and_clipped(squares: dict, probes: list, scale: torch.Tensor | None, ca
     device) whose gradient shrank since backward says so, for a few tiny norms instead of a
     second pass. Under a GradScaler backward's squares are `scale`² too large, and the
     gradients now carry `carried` (None: unscaled in place by `scaler.step`)."""
-    produced = global_norm(list(squares.values()))
+    produced = squares.total_norm()
     if scale is not None:
         produced = produced / scale.to(produced.device, torch.float64)
     if not clip_known:
         return produced.float(), torch.full((), math.nan, device=produced.device)
     clipped = None
-    for p in [p for p in probes if p in squares and p.grad is not None] or [next(iter(squares))]:
-        if p.grad is None:
+    for p in [p for p in probes if squares.get(p) is not None and p.grad is not None] or [squares.first()]:
+        if p is None or p.grad is None:
             continue
         now = squared_norm(p.grad)
         if scale is not None:  # compared in the units backward produced
             now = now * (scale if carried is None else scale / carried).to(torch.float64).square()
-        shrank = now < squares[p] * (1 - 2e-4)
+        shrank = now < squares.get(p) * (1 - 2e-4)
         clipped = shrank if clipped is None else clipped | shrank
     if not isinstance(clipped, torch.Tensor):  # None, or a bool from Python floats
         clipped = torch.tensor(bool(clipped), device=produced.device)
@@ -601,14 +606,20 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
                 continue
             layer = user_name(name) or type(model).__name__  # FSDP1: without _fsdp_wrapped_module
             if selection.layer(layer):
-                handles.append(module.register_forward_hook(Hook(capture, "activations", Capture.on_forward, layer)))
+                capture.layers.add(module, Hook(capture, "activations", Capture.on_forward, layer))
                 capture.layer_hooks += "activation" in selection.kinds
+        if capture.layers.hooks:
+            add_sentinels(capture, model, capture.layers.hooks[0][0], handles)
+            capture.layers.set(capture.capturing)
+            handles.append(capture.layers)
     if isinstance(loss_fn, nn.Module):
         handles.append(loss_fn.register_forward_hook(Hook(capture, "loss", Capture.on_loss), with_kwargs=True))
-    for p in model.parameters() if not capture.distributed else ():
-        if p.requires_grad:
-            handles.append(p.register_post_accumulate_grad_hook(
-                Hook(capture, "grad_norm", Capture.on_grad_accumulated)))
+    trainable = [p for p in model.parameters() if p.requires_grad] if not capture.distributed else []
+    # without an optimizer each hook also records its parameter's gradient: every one is hooked
+    hooked, capture.grad_squares.batched = (trainable, []) if optimizer is None else split_params(
+        trainable, capture.probes)
+    for p in hooked:
+        handles.append(p.register_post_accumulate_grad_hook(Hook(capture, "grad_norm", Capture.on_grad_accumulated)))
     if capture.loss_scale is not None:
         handles.append(model.register_forward_pre_hook(Hook(capture, "optimizer", on_scaled_forward)))
     if optimizer is not None:

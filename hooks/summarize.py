@@ -128,6 +128,23 @@ def native_sumsq(t: torch.Tensor) -> float | None:
     return _fused.sumsq_f32(address, t.numel()) if address else None
 
 
+def native_sumsq_many(tensors: list[torch.Tensor]) -> tuple[float, list[torch.Tensor]]:
+    """(sum of squares of those of `tensors` the native pass can read, in one call; the
+    others, for the caller to read with torch)."""
+    if _fused is None or not hasattr(_fused, "sumsq_f32_many"):  # not built, or built before it existed
+        return 0.0, list(tensors)
+    addresses, counts, rest = [], [], []
+    f32, plain, strided = torch.float32, torch.Tensor, torch.strided
+    for t in tensors:  # _native_address's checks, inlined: a thousand small gradients a step
+        if (t.dtype is f32 and type(t) is plain and t.is_cpu and t.layout is strided and t.is_contiguous()
+                and not t._is_zerotensor()):
+            addresses.append(t.data_ptr())
+            counts.append(t.numel())
+        elif not (t.is_cpu and t._is_zerotensor()):  # a ZeroTensor adds nothing
+            rest.append(t)
+    return (_fused.sumsq_f32_many(addresses, counts) if addresses else 0.0), rest
+
+
 def _as_float(t: torch.Tensor) -> torch.Tensor:
     x = t.detach()
     if x._is_zerotensor():  # autograd's gradient of `p * 0` has no memory: numpy cannot read it

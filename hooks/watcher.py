@@ -140,6 +140,7 @@ class WatchedRun:
         if self._capture.task is None and isinstance(loss_fn, nn.Module):
             self._capture.task = task_of_loss(loss_fn)
         self._capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
+        self._capture.layers.always = compiled  # dynamo would not see hooks put on after it traced
         _WATCHED.add(model)
         try:
             register_hooks(self._capture, model, optimizer, loss_fn, self._handles)
