@@ -499,6 +499,24 @@ def _validated_every_10(name, train_after):
 
 
 PLANTED.append(Case("eval_mode_not_undone", _validated_every_10("eval_not_undone", False), "trained_in_eval_mode"))
+
+
+def _constant_init(m):
+    """Every parameter one constant (a hand-written init that forgets the random part; e.g.
+    StackOverflow "Why should weights of neural networks be initialized to random numbers?",
+    q. 20027598): the hidden units never differ."""
+    for p in m.parameters():
+        nn.init.constant_(p, 0.05)
+    return torch.optim.SGD(m.parameters(), lr=0.1)
+
+
+def _deep_constant():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
+
+
+PLANTED.append(Case("constant_init_every_parameter", _case("constant_init", model=_deep_constant,
+                                                           opt=_constant_init), "symmetric_units"))
 CONTROLS.append(Case("eval_then_train_each_validation", _validated_every_10("eval_then_train", True)))
 
 CASES: list[Case] = [*PLANTED, *CONTROLS]

@@ -26,6 +26,8 @@ def _rules_checked() -> None:
 def _problem(i: int, p) -> None:
     cause, where = p.cause, p.cause.location()
     title = f"{i + 1}. {cause.rule.replace('_', ' ')}{' — ' + where if where else ''}"
+    if p.also:
+        title += f" and {len(p.also)} more"
     if p.symptoms:
         title += f" (+{len(p.symptoms)} symptom{'s' if len(p.symptoms) > 1 else ''})"
     with st.expander(title, icon=ICONS.get(p.severity), expanded=i == 0):

@@ -8,7 +8,9 @@ error), a cause explains a symptom when its rule declares the symptom's name and
 condition holds; explanation is followed transitively.
 
 A problem is a loud finding that no other loud finding explains, with every finding it
-explains (transitively) as its symptoms. Where findings explain each other (a cycle), the
+explains (transitively) as its symptoms. The same cause on several layers (one rule's
+findings; for update ratios, in one direction) is one problem: the first-ranked finding leads,
+the others are its `also`, their symptoms join its own. Where findings explain each other (a cycle), the
 cycle yields one problem, whose cause is the member with the worst severity, then the most
 findings explained directly, then the earliest step, then the earliest-registered rule. Problems are ranked by
 severity (the worst of the cause's and its symptoms'), then how many symptoms they explain,
@@ -72,15 +74,17 @@ class Problem:
     symptoms: list[Finding] = field(default_factory=list)
     severity: str = "warning"
     message: str = ""
+    also: list[Finding] = field(default_factory=list)  # the same cause found on other layers
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict: severity, message, cause and symptoms as `Finding.to_dict()`."""
+        """A JSON-ready dict: severity, message, cause, symptoms and `also` as `Finding.to_dict()`."""
         return {"severity": self.severity, "message": self.message, "cause": self.cause.to_dict(),
-                "symptoms": [s.to_dict() for s in self.symptoms]}
+                "symptoms": [s.to_dict() for s in self.symptoms], "also": [f.to_dict() for f in self.also]}
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Problem:
-        return cls(Finding(**d["cause"]), [Finding(**s) for s in d["symptoms"]], d["severity"], d["message"])
+        return cls(Finding(**d["cause"]), [Finding(**s) for s in d["symptoms"]], d["severity"], d["message"],
+                   [Finding(**f) for f in d.get("also", [])])
 
 
 # Conditions for `explains=` on `@rule`: each (cause, symptom) -> bool, built from predicates
@@ -217,8 +221,39 @@ def _grouped(findings: list[Finding]) -> list[tuple[Finding, Problem]]:
         cycle = [j for j in range(len(loud)) if j == i or (i in reach[j] and j in reach[i])]
         if min(cycle, key=as_cause) == i:
             grouped.append((loud[i], _problem(loud[i], [loud[j] for j in sorted(reach[i], key=as_cause)])))
+    return _ranked(_merged(_ranked(grouped)))
+
+
+def _ranked(grouped: list[tuple[Finding, Problem]]) -> list[tuple[Finding, Problem]]:
     return sorted(grouped, key=lambda rp: (_RANK.get(rp[1].severity, len(_RANK)), -len(rp[1].symptoms),
                                            _step(rp[0]), _order(rp[0]), rp[0].layer or ""))
+
+
+def _same_cause(f: Finding) -> tuple:
+    """What makes two causes one: the rule, and for update ratios the direction (a layer moving
+    too fast and another too slowly are two problems)."""
+    return f.rule, high_ratio(f), low_ratio(f)
+
+
+def _merged(grouped: list[tuple[Finding, Problem]]) -> list[tuple[Finding, Problem]]:
+    """One problem per cause: a rule's findings on several layers (dead units in three layers)
+    fold into the first-ranked one, as `also`, with their symptoms."""
+    out: list[tuple[Finding, Problem]] = []
+    first: dict[tuple, int] = {}
+    for raw, p in grouped:
+        key = _same_cause(p.cause)
+        if key not in first:
+            first[key] = len(out)
+            out.append((raw, p))
+            continue
+        lead_raw, lead = out[first[key]]
+        held = {id(s) for s in lead.symptoms}
+        symptoms = lead.symptoms + [s for s in p.symptoms if id(s) not in held]
+        also = [*lead.also, p.cause]
+        severity = min(lead.severity, p.severity, key=lambda s: _RANK.get(s, len(_RANK)))
+        out[first[key]] = (lead_raw, Problem(lead.cause, symptoms, severity, _message(lead.cause, symptoms, also),
+                                             also))
+    return out
 
 
 def _problem(cause: Finding, symptoms: list[Finding]) -> Problem:
@@ -230,17 +265,24 @@ def _problem(cause: Finding, symptoms: list[Finding]) -> Problem:
     return Problem(cause, symptoms, severity, _message(cause, symptoms))
 
 
-def _message(cause: Finding, symptoms: list[Finding]) -> str:
-    """The cause's message, then the symptoms it explains: 'It explains 3 other findings:
-    update ratio (2 layers), loss vs baseline.'"""
+def _message(cause: Finding, symptoms: list[Finding], also: list[Finding] = ()) -> str:
+    """The cause's message, where else it was found, then the symptoms it explains: 'The same
+    on 2 other layers: fc2, fc3. It explains 3 other findings: update ratio (2 layers), loss
+    vs baseline.'"""
+    text = cause.message
+    if also:
+        where = [f.layer for f in also if f.layer]
+        n = len(also)
+        text += (f" The same on {n} other layer{'s' if n > 1 else ''}: {', '.join(where)}." if len(where) == n
+                 else f" The same {n} more time{'s' if n > 1 else ''}.")
     if not symptoms:
-        return cause.message
+        return text
     counts = Counter(s.rule for s in symptoms)
     layers = {rule: len({s.layer for s in symptoms if s.rule == rule and s.layer}) for rule in counts}
     named = [rule.replace("_", " ") + (f" ({layers[rule]} layers)" if layers[rule] > 1 else
                                        f" ({n} findings)" if n > 1 else "") for rule, n in counts.items()]
     n = len(symptoms)
-    return f"{cause.message} It explains {n} other finding{'s' if n > 1 else ''}: {', '.join(named)}."
+    return f"{text} It explains {n} other finding{'s' if n > 1 else ''}: {', '.join(named)}."
 
 
 def _escalated(cause: Finding, at_baseline: Finding) -> Finding:

@@ -161,3 +161,23 @@ def test_check_and_problems_come_from_one_pass_of_the_rules(monkeypatch):
                                                                                ["loss_vs_baseline"])]
     with pytest.warns(RuntimeWarning):
         assert health.check("run") == findings and problems("run") == found
+
+
+def test_one_cause_on_several_layers_is_one_problem():
+    """Dead units in three layers are one problem (hand count: 3 findings, 1 problem naming the
+    other two layers); a layer moving too fast and another too slowly stay two."""
+    dead = [finding("dead_units", layer=name, steps=(i, 9)) for i, name in enumerate(("fc1", "fc2", "fc3"))]
+    stuck = finding("stuck_parameters", layer="fc3.weight", reason="its gradient is zero at every capture",
+                    parameters=["fc3.weight"])
+    found = group([dead[2], stuck, dead[0], dead[1]])
+    assert len(found) == 1
+    (only,) = found
+    assert only.cause is dead[0] and [f.layer for f in only.also] == ["fc2", "fc3"]
+    assert [s.rule for s in only.symptoms] == ["stuck_parameters"]
+    assert "The same on 2 other layers: fc2, fc3. It explains 1 other finding: stuck parameters." in only.message
+    assert Problem.from_dict(json.loads(json.dumps(only.to_dict()))) == only
+    fast = finding("update_ratio", layer="0.weight", median_ratio=0.5, low=1e-5, high=0.1)
+    slow = finding("update_ratio", layer="2.weight", median_ratio=1e-7, low=1e-5, high=0.1)
+    assert len(group([fast, slow])) == 2
+    out, _ = settle([dead[1], dead[0]])
+    assert [f.severity for f in out] == ["warning", "warning"]  # every finding stays in the list, as found
