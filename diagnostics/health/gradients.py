@@ -107,7 +107,9 @@ def rule_gradient_depth(run) -> list[Finding]:
         return []
     d = d[np.isfinite(d["std"]) & np.isfinite(d["mean"]) & (d["count"] > 0)]
     # the whole tensor's norm (the batch is the same at one step, so: the per-sample norm);
-    # an element's RMS would also shrink with the layer's width (a conv map vs 10 logits)
+    # an element's RMS would also shrink with the layer's width (a conv map vs 10 logits) and,
+    # across a global average pool, by the pooled area (each element gets 1/(H*W) of its channel's
+    # gradient): per element, a healthy ResNet's first conv reads 227x below its head (issue #23)
     d = d.assign(rms=np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2)))
     d = d[d["rms"] > 0]
     layers = layer_order(run, "gradient", d["layer"].unique())
@@ -227,7 +229,9 @@ def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
     (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for
     trainable weight matrices and kernels (biases and norm scales left out: their norms
-    start at 0 or 1). Reference: Karpathy's rule of thumb, cs231n, Neural Networks Part 3."""
+    start at 0 or 1). A high ratio while the loss falls to half of where it started is info
+    (`loss_falls`): Adadelta, LBFGS and Adam take such steps on purpose. Reference: Karpathy's
+    rule of thumb, cs231n, Neural Networks Part 3."""
     try:
         ratios = run.update_ratios()
     except Exception:

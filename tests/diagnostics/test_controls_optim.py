@@ -64,3 +64,23 @@ def test_high_update_ratio_is_info_while_the_loss_falls():
 def test_high_update_ratio_warns_unless_the_loss_falls(loss):
     (f,) = health.rule_update_ratio(_ratio_run(loss))
     assert f.severity == "warning" and f.evidence["median_ratio"] == 0.3
+
+
+@pytest.mark.parametrize("first_std, vanishing", [(0.01 / 227, False), (1e-7, True)])
+def test_gradient_depth_compares_norms_across_a_global_pool(first_std, vanishing):
+    """A ResNet's first conv map (64 samples x 16 channels x 8x8) against its 10 logits: a
+    global average pool divides each element's gradient by the pooled area (64), so per element
+    the first layer's gradient is 227x smaller on a healthy run (the issue's false alarm); per
+    sample (the whole tensor's norm: sqrt(65536) x 0.01/227 = 0.0113 vs sqrt(640) x 0.01 = 0.253)
+    it is 22x, under the 100x threshold. A gradient 1e5x smaller per element still warns."""
+    steps = [0, 1, 2]
+    run = FakeRun(manifest={"modules": [{"name": n, "type": t} for n, t in
+                                        (("conv1", "Conv2d"), ("layer1", "Conv2d"), ("fc", "Linear"))]},
+                  dists=pd.concat([_rows("gradient", "conv1", steps, count=65536, std=first_std),
+                                   _rows("gradient", "layer1", steps, count=65536, std=0.01 / 64),
+                                   _rows("gradient", "fc", steps, count=640, std=0.01)]))
+    found = [f for f in health.rule_gradient_depth(run) if f.severity == "warning"]
+    assert [f.rule for f in found] == (["vanishing_gradients"] if vanishing else [])
+    if not vanishing:
+        return
+    assert found[0].evidence["ratio_first_to_last"] == pytest.approx(256 * 1e-7 / (640 ** 0.5 * 0.01))
