@@ -222,7 +222,7 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
-      "learning rate).", severities=("warning", "info"), evidence=_ratio_chart,
+      "learning rate, info while the loss falls to half).", severities=("warning", "info"), evidence=_ratio_chart,
       explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes"))))
 def rule_update_ratio(run) -> list[Finding]:
