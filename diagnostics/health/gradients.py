@@ -31,6 +31,15 @@ GRAD_SPIKE_WINDOW = 50
 # Update-to-weight ratio: healthy around 1e-3 (cs231n).
 UPDATE_RATIO_LOW = 1e-5
 UPDATE_RATIO_HIGH = 1e-1
+# ... but a high ratio is "too high a learning rate" only if the loss does not fall: a rate too
+# high oscillates, stalls or diverges (cs231n, Neural Networks Part 3, "loss function" plot;
+# Goodfellow et al. 2016 §11.4.1). Adadelta at lr 1.0 (pytorch/examples mnist), LBFGS (each
+# step a line search of up to 20 iterations: pytorch/examples time_sequence_prediction moves
+# its weights by 0.1-0.3 per step while the loss falls 10,000x) and Adam early take steps that
+# large on purpose. Loss falling: the median of its last fifth at most half that of its first
+# fifth, every value finite; then the high ratio is info (the rule cannot tell harm).
+LOSS_FALL_FACTOR = 0.5
+MIN_LOSS_POINTS = 4  # an LBFGS run of a few steps has a loss per step (each step many evaluations)
 # Steps a GradScaler skipped: its initial scale backs off over the first steps, then about one
 # skip per growth interval (2,000 steps) is normal.
 AMP_SKIP_SHARE = 0.05
@@ -98,7 +107,9 @@ def rule_gradient_depth(run) -> list[Finding]:
         return []
     d = d[np.isfinite(d["std"]) & np.isfinite(d["mean"]) & (d["count"] > 0)]
     # the whole tensor's norm (the batch is the same at one step, so: the per-sample norm);
-    # an element's RMS would also shrink with the layer's width (a conv map vs 10 logits)
+    # an element's RMS would also shrink with the layer's width (a conv map vs 10 logits) and,
+    # across a global average pool, by the pooled area (each element gets 1/(H*W) of its channel's
+    # gradient): per element, a healthy ResNet's first conv reads 227x below its head (issue #23)
     d = d.assign(rms=np.sqrt(d["count"] * (d["std"] ** 2 + d["mean"] ** 2)))
     d = d[d["rms"] > 0]
     layers = layer_order(run, "gradient", d["layer"].unique())
@@ -211,14 +222,16 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
-      "learning rate).", severities=("warning", "info"), evidence=_ratio_chart,
+      "learning rate, info while the loss falls to half).", severities=("warning", "info"), evidence=_ratio_chart,
       explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes"))))
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
     (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for
     trainable weight matrices and kernels (biases and norm scales left out: their norms
-    start at 0 or 1). Reference: Karpathy's rule of thumb, cs231n, Neural Networks Part 3."""
+    start at 0 or 1). A high ratio while the loss falls to half of where it started is info
+    (`loss_falls`): Adadelta, LBFGS and Adam take such steps on purpose. Reference: Karpathy's
+    rule of thumb, cs231n, Neural Networks Part 3."""
     try:
         ratios = run.update_ratios()
     except Exception:
@@ -226,7 +239,7 @@ def rule_update_ratio(run) -> list[Finding]:
     if ratios.empty:
         return []
     params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
-    findings = []
+    falls, findings = loss_falls(run), []
     for layer in layer_order(run, "update", ratios["layer"].unique()):
         p = params.get(layer)
         if p is not None and (len(p.get("shape", [])) < 2 or p.get("requires_grad") is False):
@@ -245,13 +258,7 @@ def rule_update_ratio(run) -> list[Finding]:
         ref = "Karpathy, cs231n Neural Networks Part 3 (update/weight ratio ~1e-3)"
         change = "nothing (the ratio is 0)" if med == 0 else f"only {med:.2g} of their norm"
         if med > UPDATE_RATIO_HIGH:
-            findings.append(make_finding(
-                "update_ratio", "warning", layer, (steps.min(), steps.max()),
-                f"{layer}: each optimizer step changes the weights by {med:.2g} of their norm (median over "
-                f"{len(rows)} captures), far above the healthy ~1e-3 (threshold {UPDATE_RATIO_HIGH:g}).",
-                "Lower the learning rate (or this layer's, with a parameter group), add warm-up and a decay "
-                "schedule, and check that weight decay is not fighting a too-small initialisation.",
-                ev, ref))
+            findings.append(_high_ratio(run, layer, med, len(rows), (steps.min(), steps.max()), ev, ref, falls))
         elif med < UPDATE_RATIO_LOW:
             findings.append(make_finding(
                 "update_ratio", "warning", layer, (steps.min(), steps.max()),
@@ -261,6 +268,42 @@ def rule_update_ratio(run) -> list[Finding]:
                 "(initialisation, saturating activations) and for a schedule that decayed too early.",
                 ev, ref))
     return findings
+
+
+def loss_falls(run) -> tuple[float, float] | None:
+    """(first, last): the medians of the loss's first and last fifth when the loss falls to at
+    most LOSS_FALL_FACTOR of where it started, every value finite; None otherwise or unknown."""
+    loss = scalar(run, "loss")
+    if len(loss) < MIN_LOSS_POINTS:
+        return None
+    v = loss.sort_values("step")["value"].to_numpy(float)
+    if not np.isfinite(v).all():
+        return None
+    k = max(1, len(v) // 5)
+    first, last = float(np.median(v[:k])), float(np.median(v[-k:]))
+    return (first, last) if first > 0 and last <= LOSS_FALL_FACTOR * first else None
+
+
+def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
+    """A layer that moves more than UPDATE_RATIO_HIGH per step: a warning, or info while the loss
+    falls (large steps the optimizer takes on purpose, not a learning rate too high)."""
+    opt = run.manifest.get("optimizer") or "the optimizer"
+    what = (f"{layer}: each optimizer step changes the weights by {med:.2g} of their norm (median over "
+            f"{n} captures), far above the healthy ~1e-3 (threshold {UPDATE_RATIO_HIGH:g})")
+    if falls is None:
+        return make_finding(
+            "update_ratio", "warning", layer, steps, what + ".",
+            "Lower the learning rate (or this layer's, with a parameter group), add warm-up and a decay "
+            "schedule, and check that weight decay is not fighting a too-small initialisation.",
+            {**ev, "optimizer": opt}, ref)
+    return make_finding(
+        "update_ratio", "info", layer, steps,
+        f"{what}, but the loss falls from {falls[0]:.3g} to {falls[1]:.3g} under {opt}: steps this large "
+        "are no sign of too high a learning rate while the loss keeps falling.",
+        "Nothing to do while the loss falls; if it later stalls or oscillates, lower the learning rate "
+        "(or this layer's) or add a decay schedule.",
+        {**ev, "optimizer": opt, "loss_first": falls[0], "loss_last": falls[1],
+         "loss_fall_factor": LOSS_FALL_FACTOR}, ref + "; cs231n (a too-high rate stalls or diverges the loss)")
 
 
 def _skipped_chart(run, finding: Finding) -> go.Figure:
