@@ -44,10 +44,14 @@ def test_lm_control_trains_and_stays_quiet(case, tmp_path):
         pytest.xfail(f"fires a rule owned by another part: {loud}")
 
 
-def _run(modules, stds):
-    """A run whose modules (name, type, params) have these activation stds at step 0."""
-    manifest = {"modules": [{"name": n, "type": t, "params": p} for n, t, p in modules]}
-    d = pd.concat([_rows("activation", n, [0, 1], std=s) for (n, _, _), s in zip(modules, stds)])
+def _run(modules, stds, weight_stds=None, fan_in=10):
+    """A run whose modules (name, type, params) have these activation stds at step 0 and,
+    with `weight_stds` {name: std}, (fan_in, fan_in) weights of that std and no bias."""
+    weight_stds = weight_stds or {}
+    manifest = {"modules": [{"name": n, "type": t, "params": p} for n, t, p in modules],
+                "parameters": [{"name": f"{n}.weight", "shape": [fan_in, fan_in]} for n in weight_stds]}
+    d = pd.concat([_rows("activation", n, [0, 1], std=s) for (n, _, _), s in zip(modules, stds)]
+                  + [_rows("weight", f"{n}.weight", [0, 1], std=w) for n, w in weight_stds.items()])
     return FakeRun(manifest=manifest, dists=d)
 
 
@@ -67,10 +71,27 @@ def test_gpt_embedding_rescaled_by_layernorm_is_not_drift():
 
 def test_drift_along_a_chain_after_an_embedding_still_fires_and_names_the_chain():
     modules = [("emb", "Embedding", 10)] + [(str(i), "Linear", 10) for i in range(4)] + [("head", "Linear", 10)]
-    found = health.rule_activation_scale_depth(_run(modules, [1.0, 0.5, 0.05, 0.005, 0.0005, 0.1]))
+    stds = [1.0, 0.5, 0.05, 0.005, 0.0005, 0.1]
+    # each Linear's gain sqrt(fan_in)·w_std = 0.1: its input RMS (output / gain) is the output before it
+    gain_01 = {str(i): 0.1 / math.sqrt(10) for i in range(1, 4)}
+    found = health.rule_activation_scale_depth(_run(modules, stds, gain_01))
     assert len(found) == 1 and found[0].layer == "3" and found[0].severity == "warning"
     assert found[0].evidence["ratio_last_to_first"] == pytest.approx(1e-3)  # 0 -> 3, not emb -> 3
     assert "from 0 (0.5)" in found[0].message and "no normalisation or embedding between them" in found[0].message
+    # without the weights no link can be seen (the layers may sit side by side): info
+    assert [f.severity for f in health.rule_activation_scale_depth(_run(modules, stds))] == ["info"]
+
+
+def test_attention_query_key_value_side_by_side_are_not_a_chain():
+    # a post-LN BERT layer with the 0.02 init (hidden 32): query, key and value each read the
+    # LayerNorm output (~1) and output ~0.11; the output dense reads the attention context.
+    # The old rule read query -> key -> value -> dense as depth: "shrinks 20x".
+    modules = [("emb", "Embedding", 10), ("ln", "LayerNorm", 2), ("query", "Linear", 10), ("key", "Linear", 10),
+               ("value", "Linear", 10), ("dense", "Linear", 10), ("ln2", "LayerNorm", 2), ("head", "Linear", 10)]
+    w = 0.02 * math.sqrt(32 / 10)  # the same gain 0.02·sqrt(32) with fan_in 10
+    weights = {n: w for n in ("query", "key", "value", "dense")}
+    run = _run(modules, [0.02, 1.0, 0.11, 0.11, 0.11, 0.0055, 1.0, 0.5], weights)
+    assert health.rule_activation_scale_depth(run) == []
 
 
 def test_layernorm_cuts_the_chain_and_two_layers_are_not_depth():
