@@ -180,8 +180,9 @@ def _chains(run, layers: list[str], links: dict) -> list[list[str]]:
     return [c for c in [*chains, current] if len(c) >= MIN_DEPTH_LAYERS]
 
 
-@rule("Activation scale drifting across depth at initialisation: along a chain of 3+ hidden layers with no "
-      "normalisation or embedding between them, the last one's std over the first's beyond 10x either way.",
+@rule("Activation scale drifting across depth at initialisation: along a chain of 3+ hidden layers, each "
+      "reading the one before it with no normalisation or embedding between them, the last one's std over the "
+      "first's beyond 10x either way (info where the weights cannot confirm the chain).",
       severities=("warning", "info"), evidence=_depth_chart,
       explains=(("vanishing_gradients", cause(shrinking)), ("saturation", cause(growing))))
 def rule_activation_scale_depth(run) -> list[Finding]:
