@@ -42,7 +42,19 @@ SATURATED_FRAC_THRESHOLD = 0.5
 MIN_CONSECUTIVE_CAPTURES = 3
 # Activation std of the last parametrised layer over the first one, at the first capture.
 ACTIVATION_DEPTH_RATIO = 10.0
+# Hidden layers a chain needs before its drift counts as "across depth": over one pair of
+# layers a scale change is often deliberate (GPT-2's residual projection c_proj initialised at
+# 0.02/sqrt(2·n_layer), an attention average over positions), and it compounds only with depth
+# (Glorot & Bengio 2010, §4.2: the variance changes multiplicatively per layer).
 MIN_DEPTH_LAYERS = 3
+# Layers whose output scale is their own parameters', not propagated from their input: an
+# embedding's output is its initialisation (N(0, 0.02²) in GPT-2/nanoGPT, N(0, 1) by default).
+SCALE_SOURCE_TYPES = ("Embedding", "EmbeddingBag")
+# A layer reads the module before it when its estimated input RMS is within this factor of
+# that module's output RMS: dropout scales by 1/sqrt(1-p) (1.4x at p=0.5), pooling and
+# flattening change little, while attention's key reads the LayerNorm output (~1) beside a
+# query whose output is ~0.1 with the 0.02 init (10x).
+LINK_RMS_FACTOR = 3.0
 # Inputs left unnormalised: first module's output (or the input itself) at the first capture.
 INPUT_SCALE_THRESHOLD = 10.0
 INPUT_RMS_THRESHOLD = 3.0
@@ -134,46 +146,91 @@ def rule_saturation(run) -> list[Finding]:
     )
 
 
-@rule("Activation scale drifting across depth at initialisation: the last hidden layer's std over the "
-      "first's beyond 10x either way.", severities=("warning", "info"), evidence=_depth_chart,
+def _links(run, step0: int, rows) -> dict[str, bool | None]:
+    """For each Linear/Conv layer: does it read the module recorded just before it in the
+    model's order? Its input RMS (estimated from its output and weights, `_input_rms`) within
+    LINK_RMS_FACTOR of that module's output RMS: True; beyond: False (it reads another tensor);
+    None where the weights cannot tell (other layer types)."""
+    order = layer_order(run, "activation", rows.index)
+    links: dict[str, bool | None] = {}
+    for before, layer in zip(order, order[1:]):
+        rms = _input_rms(run, layer, step0, rows.loc[layer])
+        prev = math.sqrt(_second_moment(rows.loc[before]))
+        links[layer] = None if rms is None or not prev > 0 else 1 / LINK_RMS_FACTOR <= rms / prev <= LINK_RMS_FACTOR
+    return links
+
+
+def _chains(run, layers: list[str], links: dict) -> list[list[str]]:
+    """`layers` (the parametrised ones, in the model's order) cut into chains along which a
+    scale can drift: a normalisation layer's output has std ~1 by construction and an
+    embedding's is its own initialisation (GPT-2 and nanoGPT draw it from N(0, 0.02²) on
+    purpose), so neither is propagated from the layer before it: each starts a new chain and
+    belongs to none. A layer that does not read the module before it (`links` False) starts one."""
+    types = module_types(run)
+    chains, current = [], []
+    for layer in layers:
+        if types.get(layer, "").startswith((*NORM_TYPES, *SCALE_SOURCE_TYPES)):
+            chains.append(current)
+            current = []
+            continue
+        if links.get(layer) is False:
+            chains.append(current)
+            current = []
+        current.append(layer)
+    return [c for c in [*chains, current] if len(c) >= MIN_DEPTH_LAYERS]
+
+
+@rule("Activation scale drifting across depth at initialisation: along a chain of 3+ hidden layers, each "
+      "reading the one before it with no normalisation or embedding between them, the last one's std over the "
+      "first's beyond 10x either way (info where the weights cannot confirm the chain).",
+      severities=("warning", "info"), evidence=_depth_chart,
       explains=(("vanishing_gradients", cause(shrinking)), ("saturation", cause(growing))))
 def rule_activation_scale_depth(run) -> list[Finding]:
-    """Activation scale drifting across depth at initialisation: the std of the last hidden
-    parametrised layer's output over the first one's, at the first capture, below 1/10 or
-    above 10 (with ≥ 3 parametrised layers; the output head is left out, since small logits
-    at initialisation are a deliberate choice). A good initialisation keeps the variance of
-    activations constant across layers. Reference: Glorot & Bengio 2010 (Xavier);
-    He et al. 2015 (Kaiming)."""
+    """Activation scale drifting across depth at initialisation: at the first capture, the
+    std of the last layer of a chain of ≥ 3 parametrised hidden layers over the first one's,
+    below 1/10 or above 10 (the worst chain; the output head is left out, since small logits
+    at initialisation are a deliberate choice). A chain ends at a normalisation layer or an
+    embedding (`_chains`): a LayerNorm resets the scale, so a transformer's 0.02 embedding
+    followed by ln_f at ~1 is by design, not drift. A good initialisation keeps the variance
+    of activations constant along a chain. Reference: Glorot & Bengio 2010 (Xavier);
+    He et al. 2015 (Kaiming); Ioffe & Szegedy 2015 (normalisation makes the scale of the
+    layers before it irrelevant to the layers after it)."""
     d = dist(run, "activation")
     if d.empty:
         return []
     step0 = int(d["step"].min())
-    at = d[(d["step"] == step0) & np.isfinite(d["std"])].set_index("layer")["std"]
+    rows = d[(d["step"] == step0) & np.isfinite(d["std"]) & np.isfinite(d["mean"])].set_index("layer")
+    rows = rows[~rows.index.duplicated()]
+    at = rows["std"]
     params = module_params(run)
     layers = [l for l in layer_order(run, "activation", at.index) if params.get(l, 0) > 0]
-    if len(layers) < MIN_DEPTH_LAYERS:
+    links = _links(run, step0, rows)
+    scored = [(float(at[c[-1]] / at[c[0]]), c) for c in _chains(run, layers[:-1], links) if at[c[0]] > 0]
+    scored = [(r, c) for r, c in scored if math.isfinite(r) and r > 0]
+    if not scored:
         return []
-    layers = layers[:-1]
-    first, last = layers[0], layers[-1]
-    if at[first] <= 0:
+    ratio, chain = max(scored, key=lambda rc: abs(math.log(rc[0])))
+    first, last = chain[0], chain[-1]
+    if 1 / ACTIVATION_DEPTH_RATIO <= ratio <= ACTIVATION_DEPTH_RATIO:
         return []
-    ratio = float(at[last] / at[first])
-    evidence = {"ratio_last_to_first": ratio, "std_by_layer": {l: float(at[l]) for l in layers},
+    evidence = {"ratio_last_to_first": ratio, "std_by_layer": {l: float(at[l]) for l in chain},
                 "step": step0, "threshold": ACTIVATION_DEPTH_RATIO}
-    ref = "Glorot & Bengio 2010; He et al. 2015, Delving Deep into Rectifiers"
-    if ratio < 1 / ACTIVATION_DEPTH_RATIO or ratio > ACTIVATION_DEPTH_RATIO:
-        verb = "shrinks" if ratio < 1 else "grows"
-        factor = 1 / ratio if ratio < 1 else ratio
-        if not math.isfinite(factor):
-            return []
-        return defer_to_input_scale(run, make_finding(
-            "activation_scale_depth", "warning", last, (step0, step0),
-            f"At step {step0} the activation std {verb} {factor:.3g}x from {first} ({at[first]:.3g}) "
-            f"to {last} ({at[last]:.3g}) across {len(layers)} layers (threshold {ACTIVATION_DEPTH_RATIO:.0f}x).",
-            "Initialise for the activation: He/Kaiming (nn.init.kaiming_normal_) for ReLU, Xavier/Glorot "
-            "for tanh/sigmoid; or add normalisation (BatchNorm/LayerNorm) between layers.",
-            evidence, ref))
-    return []
+    verb, factor = ("shrinks", 1 / ratio) if ratio < 1 else ("grows", ratio)
+    whole = len(chain) == len(layers) - 1
+    # warning only where every link of the chain is seen in the data (each layer's input is the
+    # output before it); a chain of layers whose inputs cannot be estimated may be side by side
+    # (attention's query, key and value) rather than one after the other: info
+    unseen = [l for l in chain[1:] if links.get(l) is not True]
+    evidence["unverified_links"] = unseen
+    return defer_to_input_scale(run, make_finding(
+        "activation_scale_depth", "info" if unseen else "warning", last, (step0, step0),
+        f"At step {step0} the activation std {verb} {factor:.3g}x from {first} ({at[first]:.3g}) "
+        f"to {last} ({at[last]:.3g}) across {len(chain)} layers"
+        f"{'' if whole else ' with no normalisation or embedding between them'} "
+        f"(threshold {ACTIVATION_DEPTH_RATIO:.0f}x).",
+        "Initialise for the activation: He/Kaiming (nn.init.kaiming_normal_) for ReLU, Xavier/Glorot "
+        "for tanh/sigmoid; or add normalisation (BatchNorm/LayerNorm) between layers.",
+        evidence, "Glorot & Bengio 2010; He et al. 2015, Delving Deep into Rectifiers"))
 
 
 def defer_to_input_scale(run, finding: Finding) -> list[Finding]:
