@@ -258,7 +258,6 @@ def resnet_sgd(folder, epochs=3, batch=64) -> Path:
 CONTROLS: list[Case] = [
     Case("mnist_adadelta_steplr", mnist_adadelta),
     Case("time_sequence_lbfgs", lbfgs_sine),
-    # fires activation_scale_depth (action_head, "shrinks 116x from affine1"): owned by another part
     Case("actor_critic_adam", actor_critic),
     Case("resnet_sgd_momentum", resnet_sgd),
 ]

@@ -294,9 +294,13 @@ def rule_frozen_model(run) -> list[Finding]:
     total = sum(int(p.get("numel", 0)) for p in params) or 1
     share = sum(int(p.get("numel", 0)) for p in trained) / total
     head = _head(run)
-    head_frozen = head is not None and not any(p["name"].rsplit(".", 1)[0] == head or
-                                               (head == run.manifest.get("model_class") and "." not in p["name"])
-                                               for p in trained)
+
+    def of_head(p: dict) -> bool:
+        return p["name"].rsplit(".", 1)[0] == head or (head == run.manifest.get("model_class") and "." not in p["name"])
+
+    # a head none of whose parameters is listed shares them with another module (tied weights:
+    # GPT's lm_head is wte; named_parameters lists a shared parameter once, under its first name)
+    head_frozen = head is not None and any(of_head(p) for p in params) and not any(of_head(p) for p in trained)
     if not (head_frozen or share < TRAINED_SHARE_LOW):
         return []
     fall = _loss_fall(run)

@@ -382,3 +382,30 @@ def test_any_rule_module_can_be_imported_first(module):
 
     code = f"import {module}; import diagnostics.health as h; assert len(h.RULES) > 20"
     subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, timeout=120)
+
+
+class _TiedLM(nn.Module):
+    """An embedding and a head sharing one weight (GPT's wte / lm_head): named_parameters lists
+    it once, under the embedding's name."""
+
+    def __init__(self, vocab=10, width=64):
+        super().__init__()
+        self.wte = nn.Embedding(vocab, width)
+        self.body = nn.Linear(width, width)
+        self.lm_head = nn.Linear(width, vocab, bias=False)
+        self.lm_head.weight = self.wte.weight
+
+    def forward(self, x):
+        return self.lm_head(torch.tanh(self.body(self.wte(x))))
+
+
+def test_a_head_tied_to_the_embedding_is_not_frozen(tmp_path):
+    """The loss barely falls here (a tiny lr), which is when frozen_model looks at the head:
+    the tied head trains through the embedding's parameter and must not read as frozen."""
+    torch.manual_seed(0)
+    model = _TiedLM()
+    x = torch.randint(0, 10, (300,))
+    y = (x + 1) % 10
+    run = _loop(model, (x, y), tmp_path, "tied", opt=torch.optim.SGD(model.parameters(), lr=1e-6))
+    assert "lm_head.weight" not in {p["name"] for p in run.manifest["parameters"]}
+    assert _by(check(run), "frozen_model") == []
