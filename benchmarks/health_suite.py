@@ -24,6 +24,7 @@ Usage::
     PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py            # table, ~1-3 min
     PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py --json benchmarks/results/health_suite.json
     PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py --only label_noise,oct
+    PYTHONPATH=. .venv/bin/python benchmarks/health_suite.py --public   # + public scripts' controls
 
 Torch runs on one thread (`--threads`): the models are tiny.
 """
@@ -593,14 +594,29 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def public_controls() -> list[Case]:
+    """Healthy public training scripts, ported small (benchmarks/controls_*.py: nanoGPT, HF GPT-2
+    from a config, word_language_model, pytorch/examples mnist, LBFGS time sequence, actor-critic,
+    a ResNet, DCGAN, VAE, distillation...). Their own tests run them in CI
+    (tests/diagnostics/test_controls_*.py); here they join the table with `--public`."""
+    import importlib
+
+    found = []
+    for part in sorted(p.stem for p in Path(__file__).parent.glob("controls_*.py")):
+        found += importlib.import_module(f"benchmarks.{part}").CONTROLS
+    return found
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--only", help="comma-separated substrings of case names to run")
+    parser.add_argument("--public", action="store_true", help="add the public training scripts' controls")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if not args.only or any(k in c.name for k in args.only.split(","))]
+    cases = [*CASES, *public_controls()] if args.public else CASES
+    cases = [c for c in cases if not args.only or any(k in c.name for k in args.only.split(","))]
     results = run_suite(cases)
     print(format_table(results))
     if args.json:
