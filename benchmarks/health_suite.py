@@ -516,6 +516,21 @@ def _deep_constant():
     return nn.Sequential(nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 64), nn.Tanh(), nn.Linear(64, 10))
 
 
+def _signed_binary(name, signed):
+    """Binary labels given to BCEWithLogitsLoss as -1/1 (SVM-style; e.g. PyTorch forum "BCEWithLogitsLoss
+    returns negative loss"): the loss has no minimum. The control maps them to 0/1."""
+    def train(f):
+        x, y, _, _ = flat_digits()
+        t = (y >= 5).float()
+        t = t * 2 - 1 if signed else t
+        torch.manual_seed(0)
+        m = nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 1), nn.Flatten(0))
+        return loop(m, x, t, f, name, crit=nn.BCEWithLogitsLoss(), shuffle=True)
+    return train
+
+
+PLANTED.append(Case("bce_targets_minus_one_one", _signed_binary("bce_signed", True), "target_range"))
+CONTROLS.append(Case("bce_targets_zero_one", _signed_binary("bce_01", False)))
 PLANTED.append(Case("constant_init_every_parameter", _case("constant_init", model=_deep_constant,
                                                            opt=_constant_init), "symmetric_units"))
 CONTROLS.append(Case("eval_then_train_each_validation", _validated_every_10("eval_then_train", True)))

@@ -386,3 +386,45 @@ def rule_loss_shape_broadcast(run) -> list[Finding]:
         "torch UserWarning 'Using a target size that is different to the input size'; PyTorch docs: "
         "torch.nn.MSELoss; pytorch/pytorch#16045, #18349",
     )]
+
+
+def _labels_chart(run, finding: Finding) -> go.Figure:
+    lab = dist(run, "label")
+    lab = lab[lab["layer"].isin(["train/value", "train/class"])].sort_values("step") if not lab.empty else lab
+    fig = go.Figure([go.Scatter(x=lab["step"], y=lab[c], name=f"{c} of the targets", mode="lines+markers")
+                     for c in ("min", "max")])
+    for y, text in ((0, "0"), (1, "1")):
+        fig.add_hline(y=y, line_dash="dash", annotation_text=text)
+    fig.update_layout(title="range of the targets (BCEWithLogitsLoss expects [0, 1])", xaxis_title="step")
+    return fig
+
+
+@rule("Targets outside [0, 1] into BCEWithLogitsLoss (labels -1/1, or 0/255 masks): the loss has no minimum and "
+      "goes negative.", severities=("error",), evidence=_labels_chart, explains=LOSS_INPUT_SYMPTOMS)
+def rule_target_range(run) -> list[Finding]:
+    """BCEWithLogitsLoss given targets below 0 or above 1 at any capture. Its loss per element,
+    max(x, 0) − x·y + log(1 + e^−|x|), falls without bound as the logit x goes to +∞ for y > 1
+    or −∞ for y < 0: the model is rewarded for ever larger logits, the loss goes negative, and
+    -1 labels never mean "the negative class". torch checks this range for BCELoss (an error)
+    but not for BCEWithLogitsLoss. Error. Reference: PyTorch docs, torch.nn.BCEWithLogitsLoss
+    and torch.nn.BCELoss ("the targets y should be numbers between 0 and 1")."""
+    if run.manifest.get("loss_fn") not in _LOGIT_BINARY:
+        return []
+    lo, hi = _label_range(run)
+    if not (lo < -1e-6 or hi > 1 + 1e-6):  # NaN (no labels recorded) compares false: no finding
+        return []
+    lab = dist(run, "label")
+    lab = lab[lab["layer"].isin(["train/value", "train/class"])]
+    steps = (int(lab["step"].min()), int(lab["step"].max()))
+    loss = scalar(run, "loss")
+    negative = bool(len(loss)) and float(loss["value"].min()) < 0
+    return [make_finding(
+        "target_range", "error", None, steps,
+        f"BCEWithLogitsLoss is given targets from {lo:.3g} to {hi:.3g} (captured steps {steps[0]}-{steps[1]}); it "
+        "expects probabilities in [0, 1]. Outside that range its loss has no minimum: the model is pushed to ever "
+        f"larger logits{' and the loss went negative' if negative else ''}.",
+        "Map the targets into [0, 1]: (y + 1) / 2 for -1/1 labels, y / 255 (or y > 0) for 0/255 masks; for more "
+        "than two classes use CrossEntropyLoss with class ids.",
+        {"loss_fn": run.manifest.get("loss_fn"), "target_min": lo, "target_max": hi, "loss_went_negative": negative},
+        "PyTorch docs: torch.nn.BCEWithLogitsLoss, torch.nn.BCELoss (targets between 0 and 1)",
+    )]
