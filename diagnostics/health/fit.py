@@ -186,8 +186,10 @@ def _value_caveat(run, out: pd.DataFrame, lab: pd.DataFrame) -> str:
     takes log-probabilities against probabilities (KLDivLoss, as in distillation), named by
     the manifest or seen in the values (every output <= 0, every label in [0, 1])."""
     named = run.manifest.get("loss_fn") in DIVERGENCE_LOSSES
-    seen = (np.nanmax(out["max"].to_numpy(float)) <= 0 and np.nanmin(lab["min"].to_numpy(float)) >= 0
-            and np.nanmax(lab["max"].to_numpy(float)) <= 1) if {"min", "max"} <= set(out) & set(lab) else False
+    span = lambda d, col: d[col].to_numpy(float) if col in d else np.array([np.nan])
+    out_max, lab_min, lab_max = span(out, "max"), span(lab, "min"), span(lab, "max")
+    seen = bool(np.isfinite(out_max).all() and np.isfinite(lab_min).all() and np.isfinite(lab_max).all()
+                and out_max.max() <= 0 and lab_min.min() >= 0 and lab_max.max() <= 1)
     if not (named or seen):
         return ""
     return ("; but the outputs are log-probabilities (all <= 0) and the labels probabilities (in [0, 1]), "
