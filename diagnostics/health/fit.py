@@ -239,6 +239,25 @@ def _reweighted_toward_rare(run) -> str | None:
     return f"{class_name(run, c)} at {q:.0%} against its {p:.0%} of the labels"
 
 
+def _trivial_baseline(run) -> tuple[float, str, str] | None:
+    """(baseline loss, what it predicts, unit) of a model that ignores its input, or None:
+    the label prior's entropy (cross-entropy, binary with 2 classes), the label variance (MSE)."""
+    task, loss_fn = run.manifest.get("task"), run.manifest.get("loss_fn")
+    if task == "classification" and (loss_fn in CE_LOSSES or (loss_fn in BINARY_LOSSES
+                                                                 and run.manifest.get("num_classes") == 2)):
+        entropy = _prior_entropy(run)
+        return None if entropy is None else (entropy, "always predicting the class prior", "nats")
+    if task == "regression" and loss_fn in MSE_LOSSES:
+        lab = dist(run, "label")
+        if lab.empty:
+            return None
+        _, lsd, n = pooled_moments(lab[lab["layer"] == "train/value"])
+        if n < MIN_POOLED_LABELS or not math.isfinite(lsd):
+            return None
+        return lsd ** 2, "always predicting the label mean (the label variance)", "MSE"
+    return None
+
+
 @rule("The loss against a trivial baseline (the label prior's entropy, the label variance): warning when no "
       "better than 90% of it, info with how far below.", severities=("warning", "info"),
       evidence=charts.loss_with_baseline)
@@ -249,33 +268,11 @@ def rule_loss_vs_baseline(run) -> list[Finding]:
     label variance. Warning at ≥ 90% of the baseline; info otherwise (how far below).
     Reference: Karpathy 2019, "A Recipe for Training Neural Networks" (verify loss @ init,
     input-independent baseline)."""
-    task = run.manifest.get("task")
     loss_fn = run.manifest.get("loss_fn")
-    last = last_loss(run)
-    if last is None:
+    last, found = last_loss(run), _trivial_baseline(run)
+    if last is None or found is None:
         return []
-    value, s0, s1 = last
-    if task == "classification" and (loss_fn in CE_LOSSES or (loss_fn in BINARY_LOSSES
-                                                                 and run.manifest.get("num_classes") == 2)):
-        lab = dist(run, "label")
-        if lab.empty:
-            return []
-        counts = class_counts(lab[lab["layer"] == "train/class"])
-        if counts is None or counts.sum() < MIN_POOLED_LABELS:
-            return []
-        p = counts[counts > 0] / counts.sum()
-        baseline, what = float(-(p * np.log(p)).sum()), "always predicting the class prior"
-        unit = "nats"
-    elif task == "regression" and loss_fn in MSE_LOSSES:
-        lab = dist(run, "label")
-        if lab.empty:
-            return []
-        _, lsd, n = pooled_moments(lab[lab["layer"] == "train/value"])
-        if n < MIN_POOLED_LABELS or not math.isfinite(lsd):
-            return []
-        baseline, what, unit = lsd ** 2, "always predicting the label mean (the label variance)", "MSE"
-    else:
-        return []
+    (value, s0, s1), (baseline, what, unit) = last, found
     ev = {"last_loss": value, "baseline": baseline, "ratio": value / baseline if baseline > 0 else None,
           "loss_fn": loss_fn, "near_fraction": BASELINE_NEAR_FRACTION}
     ref = "Karpathy 2019, A Recipe for Training Neural Networks"
