@@ -49,6 +49,10 @@ CONFIDENT_LOSS_NATS = math.log(2)
 # Losses whose input is a log-probability and whose target a probability (KLDivLoss):
 # outputs and labels live in different spaces, so their moments are not comparable.
 DIVERGENCE_LOSSES = {"KLDivLoss", "kl_div"}
+# Binary losses on probabilities (a sigmoid inside the model, as a DCGAN discriminator's):
+# hooks/capture.py's output_summaries counts a single output as class 1 when it is above 0,
+# which every probability is, so the predicted shares say nothing (the D of pytorch/examples dcgan).
+PROBABILITY_LOSSES = {"BCELoss", "binary_cross_entropy"}
 # Loss vs baseline: labels this imbalanced (the rarest class under half the uniform share)
 # and that class predicted at 1.5x its label share or more: the loss pushes toward the rare
 # class (pos_weight, class weights, resampling), so its baseline is not the prior entropy.
@@ -96,6 +100,8 @@ def _class_shares(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> list[F
     pred_counts, label_counts = class_counts(out), class_counts(lab)
     if pred_counts is None or label_counts is None or label_counts.sum() < MIN_POOLED_LABELS:
         return []
+    if run.manifest.get("loss_fn") in PROBABILITY_LOSSES and max(pred_counts.size, label_counts.size) == 2:
+        return []  # the recorder thresholds one output at 0, and a probability is always above: no predictions
     width = max(pred_counts.size, label_counts.size)
     pred_counts, label_counts = np.pad(pred_counts, (0, width - pred_counts.size)), np.pad(
         label_counts, (0, width - label_counts.size))
@@ -143,6 +149,9 @@ def _share_caveat(run, late_captures: int) -> str:
     prior's entropy) but is still uncertain (mean loss above ln 2), whose argmax favours the
     likely classes by design. A model at the prior's entropy ignores its input: then the
     skew is the problem, and stays a warning."""
+    if _prior_entropy(run) == 0:
+        return ("; but every label of the run is one class (a GAN generator's \"real\" targets, a one-class "
+                "objective): the labels are the loss's targets, not a class mix the predictions should match")
     if late_captures < MIN_LATE_CAPTURES:
         return (f"; from {late_captures} capture(s) only (under {MIN_LATE_CAPTURES}): one moment of training, "
                 "not a verdict")

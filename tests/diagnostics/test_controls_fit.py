@@ -76,6 +76,19 @@ def test_output_vs_label_uncertain_learning_model_is_info():
     assert [f.severity for f in health.rule_output_vs_label(other)] == ["warning"]
 
 
+def test_output_vs_label_one_class_targets_and_probability_outputs_are_no_warning():
+    # pytorch/examples dcgan: G is trained against D(G(z)) with every label "real" (1)
+    generator = _classes(list(range(9)), [0, 64], [50, 14], loss=0.9, loss_fn="BCELoss")
+    found = health.rule_output_vs_label(FakeRun(manifest={"task": "classification", "loss_fn": "focal"},
+                                                dists=generator._dists))
+    assert [f.severity for f in found] == ["info"] and "every label of the run is one class" in found[0].message
+    # D on probabilities (BCELoss after a Sigmoid): the recorder's "predictions" (p > 0) are all 1
+    discriminator = _classes(list(range(9)), [32, 32], [0, 64], loss=0.6, loss_fn="BCELoss")
+    assert health.rule_output_vs_label(discriminator) == []
+    logits = _classes(list(range(9)), [32, 32], [0, 64], loss=0.6, loss_fn="BCEWithLogitsLoss")
+    assert [f.severity for f in health.rule_output_vs_label(logits)] == ["warning"]
+
+
 def _values(out, lab, loss_fn=None):
     d = pd.concat([_rows("label", "train/value", [0, 1, 2], **lab), _rows("output", "train/value", [0, 1, 2], **out)])
     return FakeRun(manifest={"task": "regression", "loss_fn": loss_fn}, dists=d)
