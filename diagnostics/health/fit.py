@@ -36,6 +36,28 @@ CLASS_SHARE_FACTOR = 3.0
 MIN_EXPECTED_COUNT = 5
 REGRESSION_STD_RATIO = 0.1
 REGRESSION_MEAN_GAP_STDS = 1.0
+# A verdict on the output/label shares needs this many captures in the late window: one
+# capture (an automatic schedule's last power of two, half-way through a short run) is one
+# batch of one moment, info at most (issue #23: a char LM flagged from one capture).
+MIN_LATE_CAPTURES = 3
+# Argmax shares track the label shares only for a model that is mostly right: at a mean
+# cross-entropy above ln 2 the label's typical probability is under 1/2, so the argmax is
+# often another class, and an uncertain but calibrated model (a language model over a Zipf
+# vocabulary) puts it on the likely classes and never on the rare ones, by design (Bayes'
+# rule picks the mode of p(y|x); Guo et al. 2017 on calibration vs accuracy).
+CONFIDENT_LOSS_NATS = math.log(2)
+# Losses whose input is a log-probability and whose target a probability (KLDivLoss):
+# outputs and labels live in different spaces, so their moments are not comparable.
+DIVERGENCE_LOSSES = {"KLDivLoss", "kl_div"}
+# Binary losses on probabilities (a sigmoid inside the model, as a DCGAN discriminator's):
+# hooks/capture.py's output_summaries counts a single output as class 1 when it is above 0,
+# which every probability is, so the predicted shares say nothing (the D of pytorch/examples dcgan).
+PROBABILITY_LOSSES = {"BCELoss", "binary_cross_entropy"}
+# Loss vs baseline: labels this imbalanced (the rarest class under half the uniform share)
+# and that class predicted at 1.5x its label share or more: the loss pushes toward the rare
+# class (pos_weight, class weights, resampling), so its baseline is not the prior entropy.
+MINORITY_SHARE_OF_UNIFORM = 0.5
+MINORITY_OVERPREDICT = 1.5
 # Overfitting: validation points needed, and how far val loss must rise above its best.
 MIN_VAL_POINTS = 5
 VAL_RISE_FRACTION = 0.05
@@ -46,6 +68,10 @@ LABEL_NOISE_MARGIN = -2.0
 LABEL_NOISE_MIN_SHARE = 0.02
 LABEL_NOISE_WARN_SHARE = 0.03
 LABEL_NOISE_MAX_SHARE = 0.30  # above this the model has not learned yet: not label noise
+# "Stays misclassified" needs each sample seen in several epochs: with fewer records per
+# sample (median) a suspect is one late look at a sample not learned yet (issue #23: one
+# epoch), so the finding is info. Pleiss et al. rank by the margin over many epochs.
+LABEL_NOISE_MIN_RECORDS = 3
 
 
 def _output_chart(run, finding: Finding) -> go.Figure:
@@ -74,6 +100,8 @@ def _class_shares(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> list[F
     pred_counts, label_counts = class_counts(out), class_counts(lab)
     if pred_counts is None or label_counts is None or label_counts.sum() < MIN_POOLED_LABELS:
         return []
+    if run.manifest.get("loss_fn") in PROBABILITY_LOSSES and max(pred_counts.size, label_counts.size) == 2:
+        return []  # the recorder thresholds one output at 0, and a probability is always above: no predictions
     width = max(pred_counts.size, label_counts.size)
     pred_counts, label_counts = np.pad(pred_counts, (0, width - pred_counts.size)), np.pad(
         label_counts, (0, width - label_counts.size))
@@ -90,10 +118,11 @@ def _class_shares(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> list[F
     steps = sorted(lab["step"].unique())
     fmt = lambda cs: ", ".join(f"{class_name(run, c)} ({q[c]:.0%} predicted vs {p[c]:.0%} labelled)" for c in cs)
     parts = ([f"over-predicted: {fmt(over)}"] if over else []) + ([f"under-predicted: {fmt(under)}"] if under else [])
+    caveat = _share_caveat(run, len(steps))
     return [make_finding(
-        "output_vs_label", "warning", "train/class", (steps[0], steps[-1]),
+        "output_vs_label", "info" if caveat else "warning", "train/class", (steps[0], steps[-1]),
         f"Over the last {len(steps)} captures (steps {steps[0]}-{steps[-1]}), {'; '.join(parts)} "
-        f"(threshold {CLASS_SHARE_FACTOR:.0f}x).",
+        f"(threshold {CLASS_SHARE_FACTOR:.0f}x){caveat}.",
         "For class imbalance, weight the loss (CrossEntropyLoss(weight=...)) or resample the classes "
         "(WeightedRandomSampler), try a focal loss, and initialise the last bias to the log class prior; "
         "if the model predicts one class for everything, check the learning rate and the normalisation.",
@@ -101,7 +130,42 @@ def _class_shares(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> list[F
          "label_share": {class_name(run, c): p[c] for c in range(width)},
          "over_predicted": [class_name(run, c) for c in over],
          "under_predicted": [class_name(run, c) for c in under], "labels_pooled": n,
-         "factor": CLASS_SHARE_FACTOR}, ref)]
+         "factor": CLASS_SHARE_FACTOR, "late_captures": len(steps)}, ref)]
+
+
+def _prior_entropy(run) -> float | None:
+    """The label prior's entropy (nats), from the label class histograms of all captures."""
+    lab = dist(run, "label")
+    counts = class_counts(lab[lab["layer"] == "train/class"]) if not lab.empty else None
+    if counts is None or counts.sum() < MIN_POOLED_LABELS:
+        return None
+    p = counts[counts > 0] / counts.sum()
+    return float(-(p * np.log(p)).sum())
+
+
+def _share_caveat(run, late_captures: int) -> str:
+    """Why the class shares alone cannot support a warning ("" when they can): too few
+    captures, or a cross-entropy model that learns from its input (loss below 90% of the
+    prior's entropy) but is still uncertain (mean loss above ln 2), whose argmax favours the
+    likely classes by design. A model at the prior's entropy ignores its input: then the
+    skew is the problem, and stays a warning."""
+    if _prior_entropy(run) == 0:
+        return ("; but every label of the run is one class (a GAN generator's \"real\" targets, a one-class "
+                "objective): the labels are the loss's targets, not a class mix the predictions should match")
+    if late_captures < MIN_LATE_CAPTURES:
+        return (f"; from {late_captures} capture(s) only (under {MIN_LATE_CAPTURES}): one moment of training, "
+                "not a verdict")
+    m = run.manifest
+    if not (m.get("loss_fn") in CE_LOSSES or m.get("loss_fn") in BINARY_LOSSES):
+        return ""
+    last, baseline = last_loss(run), _prior_entropy(run)
+    if last is None or baseline is None or last[0] <= CONFIDENT_LOSS_NATS:
+        return ""
+    if last[0] >= BASELINE_NEAR_FRACTION * baseline:
+        return ""
+    return (f"; but the model learns (loss {last[0]:.3g} nats, under {BASELINE_NEAR_FRACTION:.0%} of the prior's "
+            f"{baseline:.3g}) and is still uncertain (above ln 2): its argmax goes to the likely classes and "
+            "rarely to rare ones, as a calibrated model's does")
 
 
 def _regression_moments(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> list[Finding]:
@@ -116,13 +180,29 @@ def _regression_moments(run, out: pd.DataFrame, lab: pd.DataFrame, ref: str) -> 
         problems.append(f"the outputs' mean {om:.3g} is {abs(om - lm) / lsd:.1f} label stds from the labels' {lm:.3g}")
     if not problems:
         return []
+    caveat = _value_caveat(run, out, lab)
     return [make_finding(
-        "output_vs_label", "warning", "train/value", (steps[0], steps[-1]),
-        f"Over the last {len(steps)} captures (steps {steps[0]}-{steps[-1]}), {' and '.join(problems)}.",
+        "output_vs_label", "info" if caveat else "warning", "train/value", (steps[0], steps[-1]),
+        f"Over the last {len(steps)} captures (steps {steps[0]}-{steps[-1]}), {' and '.join(problems)}{caveat}.",
         "Standardise the targets (subtract the mean, divide by the std) and initialise the output bias to "
         "the target mean; check the learning rate, and that the loss compares the right shapes "
         "(an (N,1) output against an (N,) target broadcasts).",
         {"output_mean": om, "output_std": osd, "label_mean": lm, "label_std": lsd}, ref)]
+
+
+def _value_caveat(run, out: pd.DataFrame, lab: pd.DataFrame) -> str:
+    """Why the outputs' and labels' moments are not comparable ("" when they are): the loss
+    takes log-probabilities against probabilities (KLDivLoss, as in distillation), named by
+    the manifest or seen in the values (every output <= 0, every label in [0, 1])."""
+    named = run.manifest.get("loss_fn") in DIVERGENCE_LOSSES
+    span = lambda d, col: d[col].to_numpy(float) if col in d else np.array([np.nan])
+    out_max, lab_min, lab_max = span(out, "max"), span(lab, "min"), span(lab, "max")
+    seen = bool(np.isfinite(out_max).all() and np.isfinite(lab_min).all() and np.isfinite(lab_max).all()
+                and out_max.max() <= 0 and lab_min.min() >= 0 and lab_max.max() <= 1)
+    if not (named or seen):
+        return ""
+    return ("; but the outputs are log-probabilities (all <= 0) and the labels probabilities (in [0, 1]), "
+            "as KLDivLoss takes them (distillation, soft targets): their moments are not comparable")
 
 
 @rule("Outputs against labels: a class predicted at under 1/3 or over 3x its label share; regression outputs "
@@ -145,6 +225,48 @@ def rule_output_vs_label(run) -> list[Finding]:
     return []
 
 
+def _reweighted_toward_rare(run) -> str | None:
+    """How the late predictions over-predict the rarest label class (its share under half
+    the uniform one, predicted at >= 1.5x that share), or None. A loss that is not
+    reweighted pulls the argmax away from a rare class, never toward it (Bayes' rule picks
+    the mode); an input-ignoring model predicts the majority for all. Only a loss that
+    weighs the rare class up (BCEWithLogitsLoss(pos_weight=), CrossEntropyLoss(weight=),
+    a balanced sampler) does, and its baseline is a weighted entropy the run does not record."""
+    pair = _late_outputs_and_labels(run, "train/class")
+    if pair is None:
+        return None
+    pred, labels = class_counts(pair[0]), class_counts(pair[1])
+    if pred is None or labels is None or labels.sum() < MIN_POOLED_LABELS or pred.sum() == 0:
+        return None
+    width = max(pred.size, labels.size)
+    pred, labels = np.pad(pred, (0, width - pred.size)), np.pad(labels, (0, width - labels.size))
+    present = np.flatnonzero(labels > 0)
+    c = int(present[np.argmin(labels[present])])
+    p, q = labels[c] / labels.sum(), pred[c] / pred.sum()
+    if p >= MINORITY_SHARE_OF_UNIFORM / len(present) or q < MINORITY_OVERPREDICT * p:
+        return None
+    return f"{class_name(run, c)} at {q:.0%} against its {p:.0%} of the labels"
+
+
+def _trivial_baseline(run) -> tuple[float, str, str] | None:
+    """(baseline loss, what it predicts, unit) of a model that ignores its input, or None:
+    the label prior's entropy (cross-entropy, binary with 2 classes), the label variance (MSE)."""
+    task, loss_fn = run.manifest.get("task"), run.manifest.get("loss_fn")
+    if task == "classification" and (loss_fn in CE_LOSSES or (loss_fn in BINARY_LOSSES
+                                                                 and run.manifest.get("num_classes") == 2)):
+        entropy = _prior_entropy(run)
+        return None if entropy is None else (entropy, "always predicting the class prior", "nats")
+    if task == "regression" and loss_fn in MSE_LOSSES:
+        lab = dist(run, "label")
+        if lab.empty:
+            return None
+        _, lsd, n = pooled_moments(lab[lab["layer"] == "train/value"])
+        if n < MIN_POOLED_LABELS or not math.isfinite(lsd):
+            return None
+        return lsd ** 2, "always predicting the label mean (the label variance)", "MSE"
+    return None
+
+
 @rule("The loss against a trivial baseline (the label prior's entropy, the label variance): warning when no "
       "better than 90% of it, info with how far below.", severities=("warning", "info"),
       evidence=charts.loss_with_baseline)
@@ -155,33 +277,11 @@ def rule_loss_vs_baseline(run) -> list[Finding]:
     label variance. Warning at ≥ 90% of the baseline; info otherwise (how far below).
     Reference: Karpathy 2019, "A Recipe for Training Neural Networks" (verify loss @ init,
     input-independent baseline)."""
-    task = run.manifest.get("task")
     loss_fn = run.manifest.get("loss_fn")
-    last = last_loss(run)
-    if last is None:
+    last, found = last_loss(run), _trivial_baseline(run)
+    if last is None or found is None:
         return []
-    value, s0, s1 = last
-    if task == "classification" and (loss_fn in CE_LOSSES or (loss_fn in BINARY_LOSSES
-                                                                 and run.manifest.get("num_classes") == 2)):
-        lab = dist(run, "label")
-        if lab.empty:
-            return []
-        counts = class_counts(lab[lab["layer"] == "train/class"])
-        if counts is None or counts.sum() < MIN_POOLED_LABELS:
-            return []
-        p = counts[counts > 0] / counts.sum()
-        baseline, what = float(-(p * np.log(p)).sum()), "always predicting the class prior"
-        unit = "nats"
-    elif task == "regression" and loss_fn in MSE_LOSSES:
-        lab = dist(run, "label")
-        if lab.empty:
-            return []
-        _, lsd, n = pooled_moments(lab[lab["layer"] == "train/value"])
-        if n < MIN_POOLED_LABELS or not math.isfinite(lsd):
-            return []
-        baseline, what, unit = lsd ** 2, "always predicting the label mean (the label variance)", "MSE"
-    else:
-        return []
+    (value, s0, s1), (baseline, what, unit) = last, found
     ev = {"last_loss": value, "baseline": baseline, "ratio": value / baseline if baseline > 0 else None,
           "loss_fn": loss_fn, "near_fraction": BASELINE_NEAR_FRACTION}
     ref = "Karpathy 2019, A Recipe for Training Neural Networks"
@@ -189,6 +289,16 @@ def rule_loss_vs_baseline(run) -> list[Finding]:
         return []
     if value >= BASELINE_NEAR_FRACTION * baseline:
         rel = "no better than" if value >= baseline else "barely better than"
+        reweighted = _reweighted_toward_rare(run) if unit == "nats" else None
+        if reweighted:
+            return [make_finding(
+                "loss_vs_baseline", "info", None, (s0, s1),
+                f"Your loss {value:.3g} (steps {s0}-{s1}) is {rel} {what} ({baseline:.3g} {unit}), but the model "
+                f"predicts the rare class {reweighted}: the loss weighs that class up (pos_weight, class weights, "
+                "resampling), so the prior's entropy is not its baseline.",
+                "Compare the loss against the same weighted loss of a constant prediction, or watch a metric "
+                "that ignores the weights (balanced accuracy, average precision).",
+                {**ev, "reweighted": reweighted}, ref)]
         return [make_finding(
             "loss_vs_baseline", "warning", None, (s0, s1),
             f"Your loss {value:.3g} (steps {s0}-{s1}) is {rel} {what} ({baseline:.3g} {unit}).",
@@ -308,9 +418,11 @@ def rule_label_noise(run) -> list[Finding]:
           "hard_share": hard_share, "late_wrong_threshold": LABEL_NOISE_LATE_WRONG,
           "margin_threshold": LABEL_NOISE_MARGIN, "min_share": LABEL_NOISE_MIN_SHARE}
     ref = "Pleiss et al. 2020, Area Under the Margin Ranking; Northcutt et al. 2021, Confident Learning"
+    records = float(dyn["n_records"].median()) if "n_records" in dyn else math.inf
+    ev["median_records"] = records
     if share >= LABEL_NOISE_MIN_SHARE:
         top = suspects.head(10)
-        sure = share >= LABEL_NOISE_WARN_SHARE
+        sure = share >= LABEL_NOISE_WARN_SHARE and records >= LABEL_NOISE_MIN_RECORDS
         return [make_finding(
             "label_noise", "warning" if sure else "info", None, (None, None),
             f"{len(suspects)} of {len(dyn)} training samples ({share:.1%}) stay misclassified late in training "
@@ -318,7 +430,9 @@ def rule_label_noise(run) -> list[Finding]:
             f"likely wrong labels; the most suspect: {', '.join(map(str, top['sample_id']))}.",
             ("Relabel or drop the wrong ones after a look (error review page), or train with a noise-robust "
              "loss (label smoothing, a symmetric or truncated loss)." if sure else
-             "Review these samples (error review page); too few to call label noise with confidence."),
+             "Review these samples (error review page); too few to call label noise with confidence"
+             + (f" (each sample seen {records:g} time(s): train more epochs to tell)." if records <
+                LABEL_NOISE_MIN_RECORDS else ".")),
             {**ev, "top_ids": top["sample_id"].astype(str).tolist(),
              "top_scores": top["label_error_score"].tolist()}, ref)]
     if hard_share >= LABEL_NOISE_MIN_SHARE:
