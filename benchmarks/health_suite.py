@@ -52,7 +52,7 @@ from torch import nn
 
 import diagnostics
 import hooks
-from diagnostics.health import check
+from diagnostics.health import diagnose
 
 LOUD = ("error", "warning")
 
@@ -571,8 +571,11 @@ def run_case(case: Case, folder: Path) -> dict:
     path = case.train(folder)
     train_s = time.perf_counter() - t0
     t1 = time.perf_counter()
-    findings = check(diagnostics.open_run(path))
-    return {**judge(case, findings), "train_s": round(train_s, 2), "check_s": round(time.perf_counter() - t1, 3)}
+    findings, found = diagnose(diagnostics.open_run(path))
+    first = found[0].cause.rule if found else None
+    return {**judge(case, findings), "problems": len(found), "first_problem": first,
+            "first_names_cause": None if case.rule is None else first == case.rule,
+            "train_s": round(train_s, 2), "check_s": round(time.perf_counter() - t1, 3)}
 
 
 def run_suite(cases: list[Case] | None = None, folder: Path | None = None) -> list[dict]:
@@ -587,6 +590,7 @@ def summarise(results: list[dict]) -> dict:
     planted = [r for r in results if r["kind"] == "planted"]
     controls = [r for r in results if r["kind"] == "control"]
     return {"planted": len(planted), "fired": sum(r["fired"] for r in planted),
+            "first_problem_names_cause": sum(bool(r.get("first_names_cause")) for r in planted),
             "recall": sum(r["fired"] for r in planted) / len(planted) if planted else None,
             "controls": len(controls), "controls_with_alarm": sum(not r["passed"] for r in controls),
             "false_alarm_rate": (sum(not r["passed"] for r in controls) / len(controls)) if controls else None,
@@ -603,7 +607,9 @@ def format_table(results: list[dict]) -> str:
         loud = [f for f in r["findings"] if f.split()[0] in LOUD]
         lines.append(f"{r['case']:28} {r['kind']:8} {expected:24} {result:8} {r['train_s']:8.1f}  {'; '.join(loud)}")
     s = summarise(results)
-    lines.append(f"recall {s['fired']}/{s['planted']} = {s['recall']:.0%}; false alarms: "
+    recall = f"{s['recall']:.0%}" if s["recall"] is not None else "n/a"
+    lines.append(f"recall {s['fired']}/{s['planted']} = {recall}; the first problem names the cause in "
+                 f"{s['first_problem_names_cause']}/{s['planted']}; false alarms: "
                  f"{s['controls_with_alarm']}/{s['controls']} controls ({s['false_alarms']} findings); "
                  f"total {s['total_s']} s")
     return "\n".join(lines)

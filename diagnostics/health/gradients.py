@@ -37,8 +37,13 @@ UPDATE_RATIO_HIGH = 1e-1
 # step a line search of up to 20 iterations: pytorch/examples time_sequence_prediction moves
 # its weights by 0.1-0.3 per step while the loss falls 10,000x) and Adam early take steps that
 # large on purpose. Loss falling: the median of its last fifth at most half that of its first
-# fifth, every value finite; then the high ratio is info (the rule cannot tell harm).
+# fifth, or still falling at the end (at most 90% of the first fifth's and 1% below the fifth
+# before it: a too-high rate stalls the loss early at a high level, cs231n's "high learning
+# rate" curve; pytorch/examples word_language_model, SGD lr 20 with clip 0.25, moves its
+# decoder by ~0.5 a step while its loss still falls), every value finite; then the high ratio
+# is info (the rule cannot tell harm).
 LOSS_FALL_FACTOR = 0.5
+STILL_FALLING = (0.9, 0.99)  # last fifth ≤ 0.9 x the first's and ≤ 0.99 x the one before it
 MIN_LOSS_POINTS = 4  # an LBFGS run of a few steps has a loss per step (each step many evaluations)
 # Steps a GradScaler skipped: its initial scale backs off over the first steps, then about one
 # skip per growth interval (2,000 steps) is normal.
@@ -272,7 +277,8 @@ def rule_update_ratio(run) -> list[Finding]:
 
 def loss_falls(run) -> tuple[float, float] | None:
     """(first, last): the medians of the loss's first and last fifth when the loss falls to at
-    most LOSS_FALL_FACTOR of where it started, every value finite; None otherwise or unknown."""
+    most LOSS_FALL_FACTOR of where it started, or is still falling at the end (STILL_FALLING),
+    every value finite; None otherwise or unknown."""
     loss = scalar(run, "loss")
     if len(loss) < MIN_LOSS_POINTS:
         return None
@@ -281,7 +287,12 @@ def loss_falls(run) -> tuple[float, float] | None:
         return None
     k = max(1, len(v) // 5)
     first, last = float(np.median(v[:k])), float(np.median(v[-k:]))
-    return (first, last) if first > 0 and last <= LOSS_FALL_FACTOR * first else None
+    before = float(np.median(v[-2 * k:-k])) if len(v) >= 2 * k + 1 else math.inf
+    if first <= 0:
+        return None
+    halved = last <= LOSS_FALL_FACTOR * first
+    still = last <= STILL_FALLING[0] * first and last <= STILL_FALLING[1] * before
+    return (first, last) if halved or still else None
 
 
 def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
