@@ -379,12 +379,15 @@ class Capture:
                 unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
                 self.handover.grad_norms.append((self.step, produced.float(), unknown))
             return
-        if not self.grad_squares or self.norm_recorded:
+        if self.norm_recorded or not self.guard.active("grad_norm") or not self.grad_squares:
             return
         self.norm_recorded = True  # once per step: later closure calls (LBFGS) re-run backward
-        produced, clipped = norm_and_clipped(self.grad_squares, self.probes, scale, carried, clip_known)
+        # its own part: a failure here stops the gradient norm, not the optimizer's recording
+        read = contained(self.guard, "grad_norm",
+                         lambda: norm_and_clipped(self.grad_squares, self.probes, scale, carried, clip_known))
         self.grad_squares.clear()
-        self.handover.grad_norms.append((self.step, produced, clipped))
+        if read is not None:
+            self.handover.grad_norms.append((self.step, *read))
 
     def on_step_post(self, optimizer, args, kwargs) -> None:
         if _nested_step(optimizer):

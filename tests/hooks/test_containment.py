@@ -27,7 +27,9 @@ import hooks
 from diagnostics.writer import RunWriter
 from hooks import capture as capture_module
 from hooks.capture import Capture
+from hooks.gradnorm import GradSquares
 from hooks.handover import Handover
+from hooks.layerhooks import LayerHooks
 
 STEPS = 10
 FAULT_AFTER = 3  # calls that succeed before the injected fault: the run has something recorded
@@ -35,9 +37,10 @@ FAULT_AFTER = 3  # calls that succeed before the injected fault: the run has som
 
 def _model() -> nn.Module:
     torch.manual_seed(0)
-    # an in-place ReLU and dropout: the hooks' trickiest guests
+    # an in-place ReLU and dropout: the hooks' trickiest guests; six parameters, so that two are
+    # read at backward's end beside the four clipping probes (hooks/gradnorm.py)
     return nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(inplace=True), nn.Flatten(), nn.Dropout(0.2),
-                         nn.Linear(4 * 6 * 6, 3))
+                         nn.Linear(4 * 6 * 6, 16), nn.ReLU(), nn.Linear(16, 3))
 
 
 def _train(watch=None, steps: int = STEPS, evaluate_at: int | None = 5):
@@ -103,6 +106,8 @@ INJECTIONS = [  # (where, attribute, the part whose fault is recorded or None: w
     (Capture, "on_step_post", "optimizer", FAULT_AFTER),
     (Capture, "end_step", "optimizer", FAULT_AFTER),
     (Capture, "on_grad_accumulated", "grad_norm", FAULT_AFTER),
+    (GradSquares, "read_batched", "grad_norm", FAULT_AFTER),  # runs inside the user's backward()
+    (LayerHooks, "set", "optimizer", FAULT_AFTER),  # the layers' hooks put on / taken off at a step's end
     (Capture, "on_probe_grad", "probe", FAULT_AFTER),
     (Capture, "record_outputs", None, FAULT_AFTER),
     (capture_module, "output_summaries", None, FAULT_AFTER),
