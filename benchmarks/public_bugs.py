@@ -287,6 +287,30 @@ def _loss_on_padding(f):
                       opt=None, every=5)
 
 
+def _scaled_twice(x, y):
+    """StackOverflow "ToTensor already scales to [0, 1]" threads (images divided by 255 after
+    transforms.ToTensor(), or twice in a custom loader): the digits' 0..16 pixels divided by
+    16 and then by 255 again, so the inputs are ~1e-3 and the first layer sees almost nothing."""
+    x = digits_raw()[0].flatten(1)
+    return x / 16 / 255, y
+
+
+def digits_raw():
+    from benchmarks.health_suite import digits
+    return digits(standardise=False)
+
+
+def _kl_on_probabilities(f):
+    """PyTorch forum "KLDivLoss returns negative values" / "KL divergence loss is negative"
+    threads on knowledge distillation: nn.KLDivLoss given the student's softmax probabilities
+    instead of log_softmax (its input must be log-probabilities), against a teacher's soft
+    targets (here: 0.9 on the label, the rest spread)."""
+    x, y, _, _ = flat_digits()
+    soft = torch.full((len(y), 10), 0.1 / 9).scatter_(1, y[:, None], 0.9)
+    model = nn.Sequential(digits_mlp(), nn.Softmax(dim=1))  # the bug: nn.LogSoftmax meant
+    return train_loop(model, x, soft, f, "kl_probs", crit=nn.KLDivLoss(reduction="batchmean"), steps=100)
+
+
 # ---------------------------------------------------------------------------------
 # The step size
 
@@ -335,6 +359,8 @@ CASES: list[Case] = [
         m.parameters(), lr=3e-3), steps=150), "input_scrambled"),
     Case("augmentation_flips_image_not_target", _flip_without_target, "labels_unlearnable"),
     Case("loss_counts_padding", _loss_on_padding, "loss_on_padding"),
+    Case("pixels_divided_by_255_twice", _digits_case("scaled_twice", prep=_scaled_twice, steps=100), "input_scale"),
+    Case("kl_div_on_probabilities", _kl_on_probabilities, "kl_div_input"),
     Case("regression_targets_unscaled", _unscaled_targets, "output_vs_label"),
     Case("warmup_never_ends", _digits_case("warmup", opt=_SGD_M, steps=100, sched=lambda o: torch.optim.lr_scheduler.
                                            LambdaLR(o, _warmup_lambda(100))), "update_ratio"),
@@ -356,6 +382,8 @@ ACCEPT: dict[str, set[str]] = {
     "lstm_view_not_transpose": {"input_scrambled", "batch_mixing"},
     "augmentation_flips_image_not_target": {"labels_unlearnable", "label_noise", "loss_vs_baseline"},
     "loss_counts_padding": {"loss_on_padding"},
+    "pixels_divided_by_255_twice": {"input_scale"},
+    "kl_div_on_probabilities": {"kl_div_input", "nll_input"},
     "regression_targets_unscaled": {"output_vs_label", "target_scale"},
     "warmup_never_ends": {"update_ratio", "lr_collapse"},
     "grad_accumulation_not_divided": {"update_ratio", "grad_norm_spikes", "nonfinite"},
