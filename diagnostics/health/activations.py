@@ -58,6 +58,14 @@ LINK_RMS_FACTOR = 3.0
 # Inputs left unnormalised: first module's output (or the input itself) at the first capture.
 INPUT_SCALE_THRESHOLD = 10.0
 INPUT_RMS_THRESHOLD = 3.0
+# Inputs far below unit scale: an estimated RMS under 0.01 (100x below standardised inputs; pixels in
+# 0..1 have RMS 0.3-0.6, CartPole states ~0.05, pixels divided by 255 twice ~0.002): the first layer's
+# output is mostly its bias, and its weights would have to grow ~1/RMS to read them (LeCun et al.
+# 1998, §4.3). Not judged when a normalisation layer comes next (it rescales whatever the first layer
+# passes on), nor on a batch under LOW_RMS_MIN_BATCH samples: from one sample (an RL policy's step)
+# the bias-input cross term swamps an input this small, and the estimate says nothing.
+INPUT_RMS_LOW = 0.01
+LOW_RMS_MIN_BATCH = 16
 
 
 def _share_chart(column: str, threshold: float, what: str):
@@ -270,11 +278,14 @@ def _input_rms(run, layer: str, step: int, out_row) -> float | None:
     w2 = _second_moment(w.loc[f"{layer}.weight"])
     b2 = _second_moment(w.loc[f"{layer}.bias"]) if f"{layer}.bias" in w.index else 0.0
     x2 = (_second_moment(out_row) - b2) / (fan_in * w2) if fan_in * w2 > 0 else math.nan
-    return math.sqrt(x2) if math.isfinite(x2) and x2 > 0 else None
+    if not math.isfinite(x2):
+        return None
+    # at or below 0: the output is all bias, the inputs add nothing measurable (RMS ~0)
+    return math.sqrt(x2) if x2 > 0 else 0.0
 
 
-@rule("Unnormalised inputs: the first module's input RMS (estimated from its output and weights) above 3, "
-      "or its output std above 10.", severities=("warning",), evidence=_depth_chart,
+@rule("Unnormalised inputs: the first module's input RMS (estimated from its output and weights) above 3 or "
+      "below 0.01 (scaled twice), or its output std above 10.", severities=("warning",), evidence=_depth_chart,
       explains=("activation_scale_depth", "saturation", "dead_units", "exploding_gradients", "grad_norm_spikes",
                 ("update_ratio", symptom(high_ratio)), *NOT_LEARNING))
 def rule_input_scale(run) -> list[Finding]:
@@ -306,18 +317,31 @@ def rule_input_scale(run) -> list[Finding]:
     parametrised = module_params(run).get(first, 0) > 0
     rms = _input_rms(run, first, step0, row) if parametrised else None
     high_rms = rms is not None and rms > INPUT_RMS_THRESHOLD
-    if not high_rms and std <= INPUT_SCALE_THRESHOLD and (parametrised or abs(mean) <= INPUT_SCALE_THRESHOLD):
+    normalised_next = len(layers) > 1 and any(module_types(run).get(layers[1], "").startswith(t) for t in NORM_TYPES)
+    shape = (run.manifest.get("output_shapes") or {}).get(first) or []
+    batch = shape[0] if len(shape) >= 2 else len(shape)  # an unbatched (features,) output: one sample
+    low_rms = rms is not None and rms < INPUT_RMS_LOW and not normalised_next and batch >= LOW_RMS_MIN_BATCH
+    if low_rms:
+        what = (f"its inputs have an estimated RMS of {rms:.2g} ({1 / max(rms, 1e-3):.0f}x or more below "
+                f"standardised inputs; threshold {INPUT_RMS_LOW:g}): its output is mostly its bias. The inputs look "
+                "scaled twice (e.g. divided by 255 after ToTensor, which already scales to [0, 1])")
+    elif not high_rms and std <= INPUT_SCALE_THRESHOLD and (parametrised or abs(mean) <= INPUT_SCALE_THRESHOLD):
         return []
-    what = (f"its inputs have an estimated RMS of {rms:.3g} (threshold {INPUT_RMS_THRESHOLD:g}; 1 when "
-            f"standardised) and it outputs std {std:.3g}" if rms is not None else
-            f"it outputs values with std {std:.3g} and mean {mean:.3g} (threshold {INPUT_SCALE_THRESHOLD:g})")
+    else:
+        what = (f"its inputs have an estimated RMS of {rms:.3g} (threshold {INPUT_RMS_THRESHOLD:g}; 1 when "
+                f"standardised) and it outputs std {std:.3g}" if rms is not None else
+                f"it outputs values with std {std:.3g} and mean {mean:.3g} (threshold {INPUT_SCALE_THRESHOLD:g})")
+        what += ". The inputs look unnormalised"
     return [make_finding(
         "input_scale", "warning", first, (step0, step0),
-        f"At step {step0} the first module {first} ({kind or 'module'}): {what}. The inputs look unnormalised.",
-        "Normalise the inputs to zero mean and unit variance per channel (e.g. transforms.Normalize with the "
-        "training set's mean and std, or divide pixels by 255 and standardise), or start with a "
-        "normalisation layer.",
+        f"At step {step0} the first module {first} ({kind or 'module'}): {what}.",
+        ("Scale the inputs once: check each step of the preprocessing (ToTensor already maps 0..255 to [0, 1]), "
+         "then standardise to zero mean and unit variance per channel (transforms.Normalize with the training "
+         "set's mean and std)." if low_rms else
+         "Normalise the inputs to zero mean and unit variance per channel (e.g. transforms.Normalize with the "
+         "training set's mean and std, or divide pixels by 255 and standardise), or start with a "
+         "normalisation layer."),
         {"std": std, "mean": mean, "input_rms": rms, "module_type": kind, "threshold": INPUT_SCALE_THRESHOLD,
-         "rms_threshold": INPUT_RMS_THRESHOLD},
+         "rms_threshold": INPUT_RMS_THRESHOLD, "rms_low": INPUT_RMS_LOW, "too_small": low_rms},
         "LeCun et al. 1998, Efficient BackProp, §4.3",
     )]

@@ -12,7 +12,7 @@ import plotly.graph_objects as go
 
 from diagnostics import figures
 from diagnostics.health import charts
-from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale
+from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale, rule_dead_units
 from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
 from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, lasting, low_ratio, starved, symptom
 from diagnostics.health.registry import rule
@@ -229,7 +229,7 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
       "learning rate, info while the loss falls to half).", severities=("warning", "info"), evidence=_ratio_chart,
       explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
-                *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes"))))
+                *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes", "dead_units"))))
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
     (the layer barely moves) or above 1e-1 (the learning rate is too high for it), for
@@ -301,6 +301,17 @@ def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
     opt = run.manifest.get("optimizer") or "the optimizer"
     what = (f"{layer}: each optimizer step changes the weights by {med:.2g} of their norm (median over "
             f"{n} captures), far above the healthy ~1e-3 (threshold {UPDATE_RATIO_HIGH:g})")
+    dead = _dead_layers(run) if falls is not None else []
+    if dead:  # the loss falls, but units died: the harm a too-high rate does to ReLUs (cs231n)
+        return make_finding(
+            "update_ratio", "warning", layer, steps,
+            f"{what}, and the ReLU units of {', '.join(dead)} died (dead_units) although the loss falls from "
+            f"{falls[0]:.3g} to {falls[1]:.3g}: steps this large push units where they never fire again.",
+            "Lower the learning rate (or this layer's, with a parameter group), add warm-up and a decay "
+            "schedule; check that the loss is averaged, not summed, over the batch and over accumulated "
+            "micro-batches.",
+            {**ev, "optimizer": opt, "dead_layers": dead}, ref + "; cs231n Neural Networks Part 1 (dying ReLUs: "
+            "'with a proper setting of the learning rate this is less frequently an issue')")
     if falls is None:
         return make_finding(
             "update_ratio", "warning", layer, steps, what + ".",
@@ -315,6 +326,11 @@ def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
         "(or this layer's) or add a decay schedule.",
         {**ev, "optimizer": opt, "loss_first": falls[0], "loss_last": falls[1],
          "loss_fall_factor": LOSS_FALL_FACTOR}, ref + "; cs231n (a too-high rate stalls or diverges the loss)")
+
+
+def _dead_layers(run) -> list[str]:
+    """The layers whose ReLU units died (a loud dead_units finding)."""
+    return [f.layer for f in rule_dead_units(run) if f.severity in ("warning", "error") and f.layer]
 
 
 def _skipped_chart(run, finding: Finding) -> go.Figure:
