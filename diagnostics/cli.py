@@ -80,6 +80,7 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
         sys.executable, "-c", _STREAMLIT_BOOT, "run", _app_path(),
         "--server.address", host, "--server.port", str(port), "--server.headless", "true",
         "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--client.toolbarMode", "minimal",  # a local tool: no "Deploy" button, no developer menu
     ]
     env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve()), "DIAGNOSTICS_WARM_UP": "1"}
     if os.name == "posix":

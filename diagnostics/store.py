@@ -43,6 +43,11 @@ def _read_manifest(path: Path) -> dict:
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         detail = exc.msg if hasattr(exc, "msg") else exc
         raise RunFormatError(f"{mf} is not valid JSON ({detail}) — the run's manifest is damaged") from None
+    except RecursionError:  # JSON nested deeper than Python's parser goes: no manifest is
+        raise RunFormatError(f"{mf} is nested too deeply to be a run's manifest — the file is damaged") from None
+    except PermissionError:
+        raise RunFormatError(f"{mf} cannot be read (permission denied) — check the file's owner and mode "
+                             f"(chmod a+r {mf})") from None
     if not isinstance(manifest, dict) or any(k not in manifest for k in schema.MANIFEST_REQUIRED):
         raise RunFormatError(
             f"{mf} lacks {', '.join(schema.MANIFEST_REQUIRED)} — not a run written by this tool"

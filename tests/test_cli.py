@@ -179,3 +179,28 @@ def test_compare_reports_per_review_tag_as_text_and_json(tmp_path):
     report = json.loads(_cli("compare", str(a), str(b), "--json").stdout)
     assert report["per_tag"] == [{"tag": "too dark", "tagged": 5, "fixed": 3, "broken": 1, "still_wrong": 1,
                                   "still_right": 0, "not_in_b": 0}]
+
+
+def test_the_dashboard_hides_streamlits_deploy_button(monkeypatch, tmp_path):
+    """A local tool: `diagnostics dashboard` starts streamlit with the minimal toolbar (no
+    "Deploy" button, no developer menu), and so does `streamlit run` from the project root."""
+    from pathlib import Path
+
+    from diagnostics import cli
+
+    seen = {}
+
+    def fake_exec(path, cmd, env):
+        seen["cmd"] = cmd
+        raise SystemExit(0)
+
+    monkeypatch.setattr(cli.os, "execve", fake_exec)
+    monkeypatch.setattr(cli.subprocess, "call", lambda cmd, env: seen.setdefault("cmd", cmd) and 0)
+    try:
+        cli.serve(tmp_path, port=8599)
+    except SystemExit:
+        pass
+    cmd = seen["cmd"]
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"
+    config = (Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text()
+    assert '[client]\ntoolbarMode = "minimal"' in config

@@ -55,6 +55,7 @@ def test_a_damaged_part_is_skipped_and_named(tmp_path, how):
 @pytest.mark.parametrize("content, says", [
     (None, "no run.json"), (b"", "not valid JSON"), (b"{not json", "not valid JSON"), (b"[1, 2]", "lacks"),
     (json.dumps({"schema_version": 99, "name": "x", "created_at": 0}).encode(), "run format version 99"),
+    (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),  # RecursionError in json: it hid every run
 ])
 def test_a_bad_manifest_is_one_line_and_the_listing_goes_on(tmp_path, content, says):
     _run(tmp_path, "good")
@@ -72,6 +73,26 @@ def test_a_bad_manifest_is_one_line_and_the_listing_goes_on(tmp_path, content, s
     if content is not None:  # a folder without run.json is not a run: not listed
         assert listed.loc["bad", "state"] == "broken"
         _one_line(listed.loc["bad", "error"])
+
+
+def test_an_unreadable_manifest_is_one_line_and_the_listing_goes_on(tmp_path, monkeypatch):
+    """Permission denied on run.json (root reads anything, so the denial is simulated)."""
+    _run(tmp_path, "good")
+    bad = _run(tmp_path, "bad")
+    real = Path.read_text
+
+    def deny(path, *args, **kwargs):
+        if path == bad / schema.MANIFEST_FILE:
+            raise PermissionError(13, "Permission denied", str(path))
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "read_text", deny)
+    with pytest.raises(DiagnosticsError) as err:
+        diagnostics.open_run(bad)
+    _one_line(str(err.value))
+    assert "permission denied" in str(err.value) and "chmod" in str(err.value)
+    listed = diagnostics.list_runs(tmp_path).set_index("name")
+    assert listed.loc["good", "state"] == "finished" and listed.loc["bad", "state"] == "broken"
 
 
 def test_an_empty_run_and_a_folder_that_is_not_a_run(tmp_path):
