@@ -1,8 +1,10 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo    # venv + install, train the digits demo, serve the dashboard on 127.0.0.1:8501
+#                # (another port: make demo PORT=8601)
 #   make test    # venv + install (+ Chromium for the browser test), ruff, then the whole suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
+PORT ?= 8501
 
 .PHONY: setup demo test chromium
 
@@ -22,7 +24,7 @@ chromium:
 	  else echo "chromium missing: sudo apt-get install -y chromium chromium-driver (the browser test will skip)"; fi; }
 
 demo: setup
-	$(VENV)/bin/diagnostics demo
+	$(VENV)/bin/diagnostics demo --port $(PORT)
 
 test: setup chromium
 	$(VENV)/bin/ruff check .

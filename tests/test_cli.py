@@ -204,3 +204,15 @@ def test_the_dashboard_hides_streamlits_deploy_button(monkeypatch, tmp_path):
     assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"
     config = (Path(__file__).parents[1] / ".streamlit" / "config.toml").read_text()
     assert '[client]\ntoolbarMode = "minimal"' in config
+
+
+def test_make_demo_takes_a_port():
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    root = Path(__file__).parents[1]
+    out = subprocess.run(["make", "-n", "-W", "setup", "demo", "PORT=8601"], cwd=root, capture_output=True, text=True)
+    assert "diagnostics demo --port 8601" in out.stdout, out.stdout + out.stderr
