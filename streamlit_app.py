@@ -48,8 +48,10 @@ def _badge(known, earlier) -> str:
 
 
 def _picked_run(runs, folder_names: dict) -> str:
-    """The run to show: ?run=NAME in the address (a link to a run can be shared), else the last pick."""
-    wanted = st.query_params.get("run")
+    """The run to show: ?run=NAME in the address (a link to a run can be shared), else the last
+    pick, else the run `diagnostics dashboard RUN_FOLDER` was given (DIAGNOSTICS_SELECT)."""
+    wanted = st.query_params.get("run") or (None if "run_path" in st.session_state
+                                            else os.environ.get("DIAGNOSTICS_SELECT"))
     by_name = {row.name: row.path for row in runs.itertuples()}
     current = next((p for p, n in folder_names.items() if n == wanted), by_name.get(wanted))
     current = current or st.session_state.get("run_path")

@@ -72,8 +72,9 @@ def _app_path() -> str:
     return spec.origin
 
 
-def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
-    """Serve the dashboard over `runs_dir` until interrupted; returns streamlit's exit code."""
+def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501, select: str | None = None) -> int:
+    """Serve the dashboard over `runs_dir` until interrupted (opening on run `select`, a folder
+    name in it, if given); returns streamlit's exit code."""
     url = f"http://{host}:{port}"
     print(f"diagnostics: dashboard for {runs_dir} at {url}  (Ctrl-C stops it)", flush=True)
     cmd = [
@@ -83,6 +84,8 @@ def serve(runs_dir: Path, host: str = "127.0.0.1", port: int = 8501) -> int:
         "--client.toolbarMode", "minimal",  # a local tool: no "Deploy" button, no developer menu
     ]
     env = {**os.environ, "DIAGNOSTICS_RUNS": str(runs_dir.resolve()), "DIAGNOSTICS_WARM_UP": "1"}
+    if select:
+        env["DIAGNOSTICS_SELECT"] = select
     if os.name == "posix":
         # streamlit takes this process's place: the PID printed by `$!` or shown by ps is
         # the server's, so `kill PID` stops it (a child would outlive its parent's SIGTERM)
@@ -99,6 +102,12 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         print(f"diagnostics: runs folder {runs_dir} does not exist — record a run first "
               "(hooks.watch(..., run_dir=...)) or pass the right folder", file=sys.stderr)
         return 2
+    from diagnostics.schema import MANIFEST_FILE
+
+    if (runs_dir / MANIFEST_FILE).is_file():  # a run's own folder: show it, among its neighbours
+        run = runs_dir.resolve()
+        print(f"diagnostics: {runs_dir} is a run; serving its folder {run.parent} with it selected", flush=True)
+        return serve(run.parent, args.host, args.port, select=run.name)
     return serve(runs_dir, args.host, args.port)
 
 

@@ -145,3 +145,18 @@ def test_a_run_that_changed_shows_its_last_badge_while_rechecked(monkeypatch, se
     assert after.errors > before.errors
     assert at.sidebar.selectbox[0].value == f"{after.badge} a-cls"
     assert not any("checking the runs' health" in c.value for c in at.sidebar.caption)  # known: the watch ends
+
+
+def test_the_dashboard_given_a_runs_own_folder_shows_that_run(monkeypatch, folder):
+    """`diagnostics dashboard runs/b-reg` (a run, not a runs folder): the CLI serves its parent
+    with it selected, and the app opens on it."""
+    from diagnostics import cli
+
+    served = {}
+    monkeypatch.setattr(cli, "serve",
+                        lambda runs, host, port, select=None: served.update(runs=runs, select=select) or 0)
+    assert cli.main(["dashboard", str(folder / "b-reg")]) == 0
+    assert served == {"runs": folder.resolve(), "select": "b-reg"}
+    monkeypatch.setenv("DIAGNOSTICS_SELECT", "b-reg")
+    at = _app(monkeypatch, folder)
+    assert at.session_state["run_path"] == str(folder / "b-reg")
