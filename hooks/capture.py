@@ -372,12 +372,7 @@ class Capture:
         clipped them (`norm_and_clipped`). `scale`: the GradScaler's scale backward ran with;
         `carried`: the scale the gradients still hold now (None: unscaled)."""
         if self.distributed and not self.norm_recorded:
-            produced = _rank_norm(self.param_names, self.handover)  # read now: unscaled unless `carried`
-            if produced is not None:
-                self.norm_recorded = True
-                produced = produced if carried is None else produced / carried.to(produced.device, torch.float64)
-                unknown = torch.full((), math.nan, device=produced.device)  # clipping is not detected
-                self.handover.grad_norms.append((self.step, produced.float(), unknown))
+            record_rank_norm(self, carried)
             return
         if self.norm_recorded or not self.guard.active("grad_norm") or not self.grad_squares:
             return
@@ -412,6 +407,17 @@ class Capture:
         if not self.capturing:
             self.own_s += time.perf_counter() - started
         self.end_step()
+
+
+def record_rank_norm(capture: Capture, carried: torch.Tensor | None) -> None:
+    """Several ranks: this rank's gradient norm at the step (`_rank_norm`), unscaled unless
+    `carried`; whether the loop clipped is not detected (NaN)."""
+    produced = _rank_norm(capture.param_names, capture.handover)
+    if produced is not None:
+        capture.norm_recorded = True
+        produced = produced if carried is None else produced / carried.to(produced.device, torch.float64)
+        unknown = torch.full((), math.nan, device=produced.device)
+        capture.handover.grad_norms.append((capture.step, produced.float(), unknown))
 
 
 def end_last_step(capture: Capture) -> None:

@@ -204,7 +204,9 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | No
     out: dict[str, list] = {"integrated_gradients": []}
     if conv is not None and kind in ("image", "signal"):
         out["grad_cam"] = []
-    for start in tqdm(range(0, len(inputs), 8), desc="attributions", disable=not progress, leave=False):
+    # tqdm's disable=None: no bar where stderr is not a terminal (a log file, a notebook's pipe)
+    for start in tqdm(range(0, len(inputs), 8), desc="attributions", disable=None if progress else True,
+                      leave=False):
         x = inputs[start:start + 8].clone().requires_grad_(True)
         t = None if targets is None else targets[start:start + 8]
         ig = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=n_steps,
@@ -268,6 +270,7 @@ class Evaluation:
     attributed_ids: list = dataclasses.field(default_factory=list)
     attributed_targets: list[int] = dataclasses.field(default_factory=list)
     attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    worst: Any = None  # a `Worst` to attribute later (attribute_now=False)
 
     def field(self, name: str) -> np.ndarray:
         """One column of `rows` by its name in `schema.RECORD_FIELDS`."""
@@ -333,7 +336,8 @@ def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, d
     from tqdm.auto import tqdm
 
     batches, total = iterate(loader)
-    for batch in tqdm(batches, total=total, desc=f"evaluate {split}", disable=not progress, leave=False):
+    for batch in tqdm(batches, total=total, desc=f"evaluate {split}", disable=None if progress else True,
+                      leave=False):
         x, y, ids, kwargs = unpack_batch(batch, len(collected.ids))
         out = first_tensor(forward(model, x, kwargs, device))
         y_dev = y.to(device)
@@ -343,28 +347,56 @@ def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, d
     return task
 
 
-def _attribute_worst(model: nn.Module, collected: _Collected, task: str, conv, device: torch.device,
-                     n_steps: int, progress: bool) -> tuple[list, list[int], dict[str, np.ndarray]]:
-    """(ids, targets, attributions by method) of the samples with the largest loss."""
+@dataclasses.dataclass
+class Worst:
+    """The samples with the largest loss of one evaluation, to attribute (inputs on the CPU)."""
+
+    inputs: torch.Tensor
+    targets: torch.Tensor | None  # classification: the label's logit; None: the single output
+    ids: list
+    written: list[int]  # the targets as the attributions table stores them (-1: regression)
+    kind: str
+    n_steps: int
+    progress: bool
+
+
+def _worst(collected: _Collected, task: str, n_steps: int, progress: bool) -> Worst | None:
     picked = collected.worst.items()
     if not picked:
-        return [], [], {}
-    xs = torch.stack([item[3] for item in picked]).to(device)
+        return None
+    xs = torch.stack([item[3] for item in picked])
+    if not xs.is_floating_point():
+        return None
     by_label = task == "classification" and collected.out_width > 1
     # classification: attribute the label's logit (a single logit: the logit itself)
-    targets = (torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long().to(device)
-               if by_label else None)
-    if not xs.is_floating_point():
-        return [], [], {}
-    attributions = attribute(model, xs, targets, collected.kind, conv, n_steps=n_steps, progress=progress)
-    ids = [str(item[2]) for item in picked]
+    targets = torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long() if by_label else None
     written = [int(item[4].reshape(-1)[0]) if task == "classification" else -1 for item in picked]
-    return ids, written, attributions
+    return Worst(xs, targets, [str(item[2]) for item in picked], written, collected.kind, n_steps, progress)
+
+
+def attribute_samples(model: nn.Module, worst: Worst | None) -> tuple[list, list[int], dict[str, np.ndarray]]:
+    """(ids, targets, attributions by method) of `worst`, the model in eval mode (its modes and
+    torch's random state given back: training goes on as if no attribution ran)."""
+    if worst is None:
+        return [], [], {}
+    conv = _find_module(model, None, (nn.Conv2d, nn.Conv1d))
+    device = next(model.parameters(), torch.zeros(())).device
+    modes = [(m, m.training) for m in model.modules()]
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        try:
+            model.eval()
+            targets = None if worst.targets is None else worst.targets.to(device)
+            found = attribute(model, worst.inputs.to(device), targets, worst.kind, conv, n_steps=worst.n_steps,
+                              progress=worst.progress)
+        finally:
+            for module, training in modes:
+                module.training = training
+    return worst.ids, worst.written, found
 
 
 def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | None, *, embed_layer: str | None = None,
                    attribute_worst: int = 32, n_steps: int = 32, progress: bool = True, metadata: Any = None,
-                   with_previews: bool = True) -> Evaluation:
+                   with_previews: bool = True, attribute_now: bool = True) -> Evaluation:
     """Run the evaluation pass of `model` over `loader` (see `WatchedRun.evaluate`).
 
     Args:
@@ -379,12 +411,13 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
         progress: show progress bars.
         metadata: per-sample metadata (`metadata_columns`).
         with_previews: compute the inputs' previews (the first evaluation of a split).
+        attribute_now: attribute the worst samples in this pass; False: keep them for later
+            (`Evaluation.worst`, attributed by `attribute_samples` when the run closes).
 
     Returns:
         The pass's `Evaluation`.
     """
     found = _find_module(model, embed_layer, nn.Linear)
-    conv = _find_module(model, None, (nn.Conv2d, nn.Conv1d))
     device = next(model.parameters(), torch.zeros(())).device
     captured: dict[str, torch.Tensor] = {}
 
@@ -406,7 +439,8 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
             task = _collect(model, loader, split, task, device, captured, collected, progress)
         if not collected.ids:
             raise ValueError(f"evaluate: the loader for {split!r} yielded no samples")
-        attributed = _attribute_worst(model, collected, task, conv, device, n_steps, progress)
+        worst = _worst(collected, task, n_steps, progress)
+        attributed = attribute_samples(model, worst) if attribute_now else ([], [], {})
     finally:
         if handle is not None:
             handle.remove()
@@ -418,4 +452,4 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
     previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
                       collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
-                      *attributed)
+                      *attributed, worst=None if attribute_now else worst)

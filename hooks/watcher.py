@@ -30,7 +30,7 @@ from diagnostics.writer import RunWriter
 from hooks import distributed, runinfo
 from hooks.amp import LossScale
 from hooks.capture import Capture, register_hooks
-from hooks.evaluate import Evaluation, evaluate_model
+from hooks.evaluate import Evaluation, attribute_samples, evaluate_model
 from hooks.guard import Guard, contained, say
 from hooks.options import WatchOptions
 from hooks.records import per_sample
@@ -106,6 +106,7 @@ class WatchedRun:
         self._model: nn.Module | None = model  # kept alive while the run is open; dropped at close
         self._handles: list = []
         self._evaluations: list[dict] = []
+        self._to_attribute: dict[str, tuple[int, Any]] = {}  # split: (step, `Worst` or None)
         self._writer: RunWriter | None = None
         self._capture: Capture | None = None
         self.guard = Guard(self._note_fault, strict=options.strict)
@@ -242,15 +243,16 @@ class WatchedRun:
         n_steps: int = 32,
         progress: bool = True,
         metadata: Any = None,
+        attribute_at: str = "close",
     ) -> dict[str, float]:
         """Evaluate the model on `loader` and record one row per sample for error review.
 
         Records label, prediction, per-sample loss, confidence and margin (classification)
         or residual (regression), the probability vector, the embedding, input statistics,
-        a small preview of the input and, for the samples with the largest loss, captum
-        IntegratedGradients and (with a conv layer) LayerGradCam attributions. The model
-        runs in eval mode under no_grad and gets its mode back; torch's random state is
-        restored afterwards, so training goes on bitwise as without the evaluation.
+        a preview of the input and, for the samples with the largest loss, captum
+        IntegratedGradients and (with a conv layer) LayerGradCam attributions: by default of
+        each split's last evaluation, when the run closes. Eval mode, no_grad, the model's
+        modes and torch's random state given back: training goes on bitwise as without it.
 
         Args:
             loader: batches of (inputs, labels), (inputs, labels, ids) or a dict with
@@ -262,10 +264,12 @@ class WatchedRun:
                 the last linear layer).
             attribute_worst: how many of the largest-loss samples get attributions (0: none).
             n_steps: IntegratedGradients' steps.
-            progress: show progress bars.
+            progress: show progress bars (on a terminal only).
             metadata: what you know about each sample (acquisition site, severity, ...), as
                 a pandas DataFrame indexed by sample id or a dict of columns in the
                 loader's order; stored as `meta_*` columns for the error review's slices.
+            attribute_at: "close" (each split's last evaluation, attributed at `close()`) or
+                "now" (this evaluation, during the call).
 
         Returns:
             Summary metrics: n, loss, and accuracy or mae (also logged as scalars
@@ -281,12 +285,10 @@ class WatchedRun:
         """
         def run_it() -> dict[str, float]:
             return self._evaluate(loader, split, embed_layer=embed_layer, attribute_worst=attribute_worst,
-                                  n_steps=n_steps, progress=progress, metadata=metadata)
+                                  n_steps=n_steps, progress=progress, metadata=metadata,
+                                  attribute_now=attribute_at == "now")
 
-        if self._closed or self._model_ref() is None:  # a call's own mistakes: raised, as a bad argument is
-            raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
-        if attribute_worst < 0:
-            raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
+        _check_evaluation(self._closed or self._model_ref() is None, attribute_worst, attribute_at)
         return contained(self.guard, "evaluate", run_it, default=Metrics(), switch_off=False)
 
     def _evaluate(self, loader: Iterable, split: str, **options: Any) -> dict[str, float]:
@@ -312,6 +314,7 @@ class WatchedRun:
         if result.attributions:
             writer.add_attributions(step, split, result.attributed_ids, result.attributed_targets,
                                     result.attributions)
+        self._to_attribute[split] = (step, result.worst)  # the split's last evaluation: attributed at close
         metrics = result.metrics()
         for name, value in metrics.items():
             if name != "n":
@@ -340,6 +343,9 @@ class WatchedRun:
         self._remove_handles()
         atexit.unregister(self._atexit)
         model = self._model_ref()
+        if state == "finished" and model is not None and self._writer is not None:
+            contained(self.guard, "evaluate", lambda: _attribute_last(model, self._writer, self._to_attribute),
+                      switch_off=False)
         if model is not None:
             _WATCHED.discard(model)
         self._model = None
@@ -363,6 +369,24 @@ class WatchedRun:
 
     def __repr__(self) -> str:
         return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
+
+
+def _check_evaluation(closed: bool, attribute_worst: int, attribute_at: str) -> None:
+    """`evaluate`'s own mistakes: raised, as a bad argument is (the evaluation itself is contained)."""
+    if closed:
+        raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
+    if attribute_worst < 0:
+        raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
+    if attribute_at not in ("close", "now"):
+        raise ValueError(f"evaluate: attribute_at must be 'close' or 'now', not {attribute_at!r}")
+
+
+def _attribute_last(model: nn.Module, writer: RunWriter, last: dict[str, tuple[int, Any]]) -> None:
+    """Each split's last evaluation's worst samples, attributed now (the run closes)."""
+    for split, (step, worst) in last.items():
+        ids, targets, attributions = attribute_samples(model, worst)
+        if attributions:
+            writer.add_attributions(step, split, ids, targets, attributions)
 
 
 def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str, loss: Any) -> None:

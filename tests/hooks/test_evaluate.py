@@ -197,3 +197,49 @@ def test_every_modules_mode_comes_back_after_an_evaluation(tmp_path):
         with pytest.warns(RuntimeWarning):
             run.evaluate([torch.zeros(2, 1, 8, 8)], progress=False)  # a failed one too
         assert model.training and not model[1].training
+
+
+def _counting_attribute(monkeypatch) -> list:
+    import hooks.evaluate as evaluate_module
+
+    calls, real = [], evaluate_module.attribute
+    monkeypatch.setattr(evaluate_module, "attribute", lambda *a, **k: calls.append(len(a[1])) or real(*a, **k))
+    return calls
+
+
+def _epochs(run, model, opt, x, y, **evaluate):
+    for _ in range(3):  # an evaluation every epoch, as the README's loop does
+        opt.zero_grad()
+        F.cross_entropy(model(x), y).backward()
+        opt.step()
+        run.evaluate([(x, y)], split="val", attribute_worst=2, n_steps=4, progress=False, **evaluate)
+
+
+def test_attributions_are_of_the_last_evaluation_computed_once_at_close(tmp_path, monkeypatch):
+    calls = _counting_attribute(monkeypatch)
+    model, (x, y) = _cls_model(), _data(12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with hooks.watch(model, optimizer=opt, run_dir=tmp_path, name="last") as run:
+        _epochs(run, model, opt, x, y)
+        assert calls == []  # no captum pass while training
+    assert calls == [2]  # one, when the run closed
+    att = diagnostics.open_run(run.path).attributions("val")
+    assert set(att["step"]) == {3}  # the last evaluation's step
+
+
+def test_attribute_at_now_attributes_each_evaluation_and_a_crash_none(tmp_path, monkeypatch):
+    calls = _counting_attribute(monkeypatch)
+    model, (x, y) = _cls_model(), _data(12)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    with hooks.watch(model, optimizer=opt, run_dir=tmp_path, name="now") as run:
+        _epochs(run, model, opt, x, y, attribute_at="now")
+        with pytest.raises(ValueError, match="attribute_at must be 'close' or 'now'"):
+            run.evaluate([(x, y)], attribute_at="later")
+    assert calls == [2, 2, 2]
+    assert set(diagnostics.open_run(run.path).attributions("val")["step"]) == {1, 2, 3}
+    calls.clear()
+    with pytest.raises(RuntimeError, match="boom"), hooks.watch(model, optimizer=opt, run_dir=tmp_path,
+                                                                name="crash") as run:
+        _epochs(run, model, opt, x, y)
+        raise RuntimeError("boom")
+    assert calls == []  # a failed run is not held up by a captum pass
