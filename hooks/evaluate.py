@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnostics import schema
-from hooks.records import per_sample
+from hooks.records import as_logits, per_sample
 from hooks.tensors import first_tensor, infer_task
 
 PREVIEW_PIXELS = 64    # images are pooled to at most 64 × 64
@@ -271,6 +271,7 @@ class Evaluation:
     attributed_targets: list[int] = dataclasses.field(default_factory=list)
     attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     worst: Any = None  # a `Worst` to attribute later (attribute_now=False)
+    outputs: str = "logits"  # or "probabilities": the model ends in a softmax (read as such)
 
     def field(self, name: str) -> np.ndarray:
         """One column of `rows` by its name in `schema.RECORD_FIELDS`."""
@@ -304,6 +305,7 @@ class _Collected:
         self.with_previews = with_previews
         self.kind: str | None = None
         self.out_width = 0  # outputs per sample (a single logit: attribute the logit itself)
+        self.probabilities = False  # the model outputs probabilities (it ends in a softmax)
         self.worst = _Worst(attribute_worst)
 
     def add(self, x: torch.Tensor, y: torch.Tensor, y_dev: torch.Tensor, ids: list, out: torch.Tensor,
@@ -311,7 +313,8 @@ class _Collected:
         rows = per_sample(out, y_dev, task).cpu().double().numpy()
         self.out_width = out.reshape(out.shape[0], -1).shape[1]
         if task == "classification":
-            logits = out.reshape(out.shape[0], -1).float()
+            logits, probabilities = as_logits(out.reshape(out.shape[0], -1).float())
+            self.probabilities = self.probabilities or probabilities
             if logits.shape[1] == 1:
                 logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
             self.probs += list(torch.softmax(logits, dim=1).cpu().numpy())
@@ -452,4 +455,5 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
     previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
                       collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
-                      *attributed, worst=None if attribute_now else worst)
+                      *attributed, worst=None if attribute_now else worst,
+                      outputs="probabilities" if collected.probabilities else "logits")

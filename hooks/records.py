@@ -3,7 +3,8 @@
 One row per sample, columns `diagnostics.schema.RECORD_FIELDS`: label, prediction, loss,
 confidence (probability given to the label), margin (label logit minus the largest
 other logit, as in Pleiss et al. 2020, "Identifying Mislabeled Data using the Area Under
-the Margin Ranking"), correct, residual. Computed on the batch's device, in float32,
+the Margin Ranking"), correct, residual. Outputs that are already probabilities (a model
+ending in a softmax) are read as such, not passed through a second softmax. Computed on the batch's device, in float32,
 without gradients.
 """
 
@@ -13,6 +14,17 @@ import torch
 import torch.nn.functional as F
 
 _NAN = float("nan")
+PROB_SUM_TOL = 1e-3  # rows of non-negative outputs summing to 1 within this: probabilities, not logits
+
+
+def as_logits(scores: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(logits, whether `scores` were probabilities): a model that ends in a softmax gives
+    (N, C) rows of non-negative values summing to 1; their log is a logit vector whose
+    softmax is those probabilities again (a second softmax would flatten them: confidence
+    0.18 where the model says 0.68). Other scores are returned as they are."""
+    if scores.shape[1] > 1 and bool((scores >= 0).all()) and bool(((scores.sum(dim=1) - 1).abs() < PROB_SUM_TOL).all()):
+        return scores.clamp_min(1e-12).log(), True
+    return scores, False
 
 
 @torch.no_grad()
@@ -22,7 +34,7 @@ def per_sample(outputs: torch.Tensor, labels: torch.Tensor, task: str) -> torch.
     n = out.shape[0]
     lab = labels.detach()
     if task == "classification":
-        logits = out.reshape(n, -1)
+        logits, _ = as_logits(out.reshape(n, -1))  # a softmax's output: its log (see `as_logits`)
         if logits.shape[1] == 1:  # one logit per sample (binary): as two-class logits
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
         if lab.is_floating_point() and lab.shape == logits.shape:

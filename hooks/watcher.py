@@ -321,7 +321,7 @@ class WatchedRun:
                 writer.add_scalar(step, f"{split}/{name}", value)
         writer.flush()  # the samples on disk before the manifest lists them: a kill in between loses both
         self._evaluations.append({"split": split, "step": step, **metrics, "dataset": result.dataset(),
-                                  "input_kind": result.input_kind})
+                                  "input_kind": result.input_kind, "outputs": result.outputs})
         writer.update_manifest(evaluations=self._evaluations, task=result.task)
         return metrics
 

@@ -243,3 +243,24 @@ def test_attribute_at_now_attributes_each_evaluation_and_a_crash_none(tmp_path, 
         _epochs(run, model, opt, x, y)
         raise RuntimeError("boom")
     assert calls == []  # a failed run is not held up by a captum pass
+
+
+def test_a_model_that_ends_in_a_softmax_is_read_as_probabilities(tmp_path):
+    """Its outputs are probabilities: confidence and the probability vector are the model's
+    own (plain torch), not a second softmax of them (which flattened 0.68 to 0.18); the run
+    says so. A logits model is unchanged."""
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Flatten(), nn.Linear(64, 3))
+    with torch.no_grad():
+        base[1].weight.mul_(8)  # confident predictions, far from a flat softmax
+    x, y = _data(24)
+    for name, model in (("probabilities", nn.Sequential(base, nn.Softmax(dim=1))), ("logits", base)):
+        with hooks.watch(model, run_dir=tmp_path, name=name) as run:
+            run.evaluate([(x, y)], split="val", attribute_worst=0, progress=False)
+        r = diagnostics.open_run(run.path)
+        samples = r.samples(split="val").sort_values("sample_id", key=lambda s: s.astype(int))
+        with torch.no_grad():
+            probs = torch.softmax(base(x), dim=1)  # what the model means, either way
+        expected = probs.max(dim=1).values.numpy()
+        np.testing.assert_allclose(samples["confidence"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+        assert r.manifest["evaluations"][0]["outputs"] == name
