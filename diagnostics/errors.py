@@ -8,6 +8,7 @@ plain pandas/numpy, so a page only lays the result out and a test can check it b
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
@@ -16,6 +17,7 @@ import pandas as pd
 
 from diagnostics import schema
 from diagnostics.paging import PAGE_SIZE, Page, id_matches, page_span
+from diagnostics.slices import shown_names
 
 TASKS = ("classification", "regression")
 
@@ -424,7 +426,7 @@ def review_table(view: pd.DataFrame, task: str, class_names: Sequence[str] | Non
         columns["abs_error"] = error_size(view, task)
     tags = view["tags"] if "tags" in view else pd.Series([[]] * len(view), index=view.index)
     columns["tags"] = tags.map(lambda t: ", ".join(t) if isinstance(t, (list, tuple, np.ndarray)) else "")
-    for c in view.columns:
-        if c.startswith(("input_", "meta_")):
-            columns.setdefault(c.removeprefix("input_").removeprefix("meta_"), view[c])
+    shown = shown_names([c for c in view.columns if c.startswith(("input_", "meta_"))])
+    for c, name in shown.items():  # 'snr_db (input)' and 'snr_db (meta)' where both exist: none hides the other
+        columns.setdefault(re.sub(r"^(input|meta)_", "", name), view[c])
     return pd.DataFrame(columns).reset_index(drop=True)

@@ -9,6 +9,7 @@ the table reports can be checked (and opened in the worst-cases view) by a direc
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
@@ -145,14 +146,30 @@ def _format_value(feature: str, value: Any, class_names: Sequence[str] | None) -
     return str(value)
 
 
-def _describe(predicates: Sequence[Predicate], class_names: Sequence[str] | None) -> str:
+def shown_names(features: Sequence[str]) -> dict[str, str]:
+    """How a page names each feature: `input_`/`meta_` columns by their name alone (which
+    `describe_slice` drops the prefix to), unless two would read alike (the input's estimated
+    `input_snr_db` and the user's `meta_snr_db`): then whole, as 'snr_db (input)', 'snr_db (meta)'."""
+    def bare(f: str) -> str:
+        return re.sub(r"^(input|meta)_", "", f)
+
+    counts = Counter(bare(str(f)) for f in features)
+    return {f: f"{bare(f)} ({f.split('_', 1)[0]})" if f != bare(f) and counts[bare(f)] > 1 else f
+            for f in map(str, features)}
+
+
+def _describe(predicates: Sequence[Predicate], class_names: Sequence[str] | None,
+              names: dict[str, str] | None = None) -> str:
+    names = names or {}
     if len(predicates) == 2 and predicates[0][0] == predicates[1][0] \
             and {predicates[0][1], predicates[1][1]} == {"<", ">="}:
         lo = next(v for _, op, v in predicates if op == ">=")
         hi = next(v for _, op, v in predicates if op == "<")
-        return f"{_format_value('', lo, None)} <= {predicates[0][0]} < {_format_value('', hi, None)}"
+        name = names.get(predicates[0][0], predicates[0][0])
+        return f"{_format_value('', lo, None)} <= {name} < {_format_value('', hi, None)}"
     words = {"has": "includes"}
-    return " and ".join(f"{f} {words.get(op, op)} {_format_value(f, v, class_names)}" for f, op, v in predicates)
+    return " and ".join(f"{names.get(f, f)} {words.get(op, op)} {_format_value(f, v, class_names)}"
+                        for f, op, v in predicates)
 
 
 def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None = None, min_size: int = 20,
@@ -201,7 +218,7 @@ def find_slices(samples: pd.DataFrame, task: str, features: Sequence[str] | None
     if not preds:
         return empty
     found = _Candidates(preds, columns, e, overall, min_size, max_depth)
-    rows = found.report(alpha, top, class_names)
+    rows = found.report(alpha, top, class_names, shown_names(features))
     return pd.DataFrame(rows, columns=COLUMNS) if rows else empty
 
 
@@ -269,7 +286,8 @@ class _Candidates:
         gain = sc2 > _CONJUNCTION_GAIN * best_part
         return list(zip(i[gain].tolist(), j[gain].tolist())), s2[gain], e2[gain], len(i)
 
-    def report(self, alpha: float, top: int, class_names: Sequence[str] | None) -> list[dict]:
+    def report(self, alpha: float, top: int, class_names: Sequence[str] | None,
+               names: dict[str, str] | None = None) -> list[dict]:
         """Significant slices best first, each only if its samples outside those already
         reported still number `min_size` and pass the same test."""
         size, errors, overall, n_tested = self.size, self.errors, self.overall, self.n_tested
@@ -290,7 +308,7 @@ class _Candidates:
                 continue
             covered |= mask
             predicates = [self.preds[i] for i in self.index[k]]
-            rows.append({"description": _describe(predicates, class_names), "size": int(size[k]),
+            rows.append({"description": _describe(predicates, class_names, names), "size": int(size[k]),
                          "errors": int(errors[k]), "error_rate": float(rate[k]), "overall_rate": overall,
                          "lift": float(rate[k] / overall), "score": float(score[k]),
                          "p_value": float(p_value[k]), "predicates": predicates})

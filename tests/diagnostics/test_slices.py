@@ -138,3 +138,22 @@ def test_review_features_are_the_inputs_label_tags_and_the_confidence_of_a_class
     samples = pd.DataFrame(columns=["sample_id", "input_mean", "label", "meta_site", "confidence", "loss"])
     assert review_features(samples, "classification") == ["input_mean", "meta_site", "label", "tags", "confidence"]
     assert review_features(samples, "regression") == ["input_mean", "meta_site", "label", "tags"]
+
+
+def test_features_that_read_alike_are_named_whole():
+    """The input's estimated SNR and the user's own `snr_db` metadata: a slice on either says
+    which (a bare 'snr_db < 40.5' could be both); the review table keeps both columns."""
+    from diagnostics.errors import review_table
+
+    rng = np.random.default_rng(0)
+    n = 400
+    snr_input, snr_meta = rng.uniform(0, 60, n), rng.uniform(0, 60, n)
+    wrong = snr_meta < 15  # errors concentrate at low *simulator* SNR
+    samples = pd.DataFrame({"sample_id": np.arange(n), "label": 0.0, "prediction": np.where(wrong, 1.0, 0.0),
+                            "correct": (~wrong).astype(float), "loss": 1.0, "confidence": 0.5,
+                            "input_snr_db": snr_input, "meta_snr_db": snr_meta, "input_brightness": snr_input})
+    top = find_slices(samples, "classification", max_depth=1).iloc[0]
+    assert describe_slice(top).startswith("snr_db (meta) < ")
+    assert top["predicates"][0][0] == "meta_snr_db"  # the mask still reads the real column
+    table = review_table(samples, "classification")
+    assert {"snr_db (input)", "snr_db (meta)", "brightness"} <= set(table.columns)
