@@ -373,6 +373,50 @@ def learning_check(dynamics: pd.DataFrame, num_classes: int | None = None) -> Le
                          near_chance_bar(chance), prior, near_chance_bar(prior), classes)
 
 
+# A regression model "has learned" when its late error is well below a constant's: within 10% of
+# what predicting the mean gives (mean |y - mean(y)|), its residuals are the targets' own spread.
+REGRESSION_LEARNED = 0.9
+
+
+@dataclass(frozen=True)
+class RegressionCheck:
+    """Whether a regression run learned (`regression_check`): `error`, the late-weighted mean
+    |residual| averaged over the training samples, against `baseline`, mean |y − mean(y)| (a model
+    answering the targets' mean). `learned`: error below REGRESSION_LEARNED × baseline."""
+
+    error: float
+    baseline: float
+
+    @property
+    def learned(self) -> bool:
+        return self.error < REGRESSION_LEARNED * self.baseline
+
+    flat = False  # (the classification check's second verdict; no regression counterpart)
+
+    def summary(self) -> str:
+        """What a page says when the run has not learned (Markdown)."""
+        return (f"**The model has not learned.** Over the last third of training its mean |residual| is "
+                f"{self.error:.3g}, against {self.baseline:.3g} by always answering the targets' mean (learned: "
+                f"below {REGRESSION_LEARNED:.0%} of it). The samples with the largest error are then the extremes "
+                "of the target range, whatever their targets' quality: no sample is listed as a target error. "
+                "Fix the training first: the Health page says what went wrong.")
+
+
+def regression_check(dynamics: pd.DataFrame) -> RegressionCheck | None:
+    """Has a regression model learned beyond predicting the mean? From the late-weighted mean
+    |residual| (`label_error_score`) and the targets; None without them.
+
+        regression_check(run.sample_dynamics("train")).learned   # False: outputs collapsed to the mean
+    """
+    if not len(dynamics) or "label_error_score" not in dynamics:
+        return None
+    known = dynamics.dropna(subset=["label_error_score", "label"])
+    if len(known) < 2:
+        return None
+    y = known["label"].to_numpy(float)
+    return RegressionCheck(float(known["label_error_score"].mean()), float(np.mean(np.abs(y - y.mean()))))
+
+
 def suspicious(dynamics: pd.DataFrame, data_map: DataMap) -> pd.Series:
     """Which samples the label-error shortlist holds (boolean, aligned with `dynamics`):
     classification, a `label_error_score` above `SUSPECT_SCORE` (0: the given label lost to

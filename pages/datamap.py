@@ -25,7 +25,7 @@ regression, regions, cut = found.regression, found.regions, found.thresholds
 class_names = None if regression else r.class_names
 unit = errors.target_unit(r.run.manifest) if regression else None
 in_unit = f" ({unit})" if unit else ""
-check = None if regression else dyn.learning_check(d, r.run.manifest.get("num_classes"))
+check = dyn.regression_check(d) if regression else dyn.learning_check(d, r.run.manifest.get("num_classes"))
 if check is not None and not check.learned:
     st.warning(check.summary())
     st.page_link("pages/health.py", label="Open Health", icon=":material/health_and_safety:")
@@ -54,7 +54,9 @@ else:
 
 st.subheader("Likely target errors" if regression else "Likely label errors")
 if check is not None and not check.learned:
-    st.info("No label-error list: while the model is right about as often as chance, a sample's score measures "
+    st.info("No target-error list: while the model does no better than the targets' mean, the largest errors are "
+            "the extremes of the target range, not wrong targets (see the warning above)." if regression else
+            "No label-error list: while the model is right about as often as chance, a sample's score measures "
             "the model, not its label (see the warning above). Once it learns, the samples whose label keeps "
             "losing are listed here.")
     st.stop()

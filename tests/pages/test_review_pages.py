@@ -19,21 +19,24 @@ from tests.pages._app import open_app, plotly_charts, plotly_values
 CLASSES = ["cat", "dog", "eel"]
 
 
-def _signal_regression(folder, name="signal-reg"):
-    """A 1-D CNN regressing a rate from a sine's frequency, with records, val and train evaluations."""
+def _signal_regression(folder, name="signal-reg", lr=2e-2):
+    """A 1-D CNN regressing a rate from a sine's frequency, with records, val and train evaluations
+    (`lr=0`: its outputs stay at the targets' mean, a model that has not learned)."""
     torch.manual_seed(3)
     g = torch.Generator().manual_seed(3)
     rate = torch.rand(96, generator=g) * 20 + 5
     t = torch.linspace(0, 1, 64)
     x = torch.sin(2 * torch.pi * rate[:, None] * t / 4)[:, None, :] + 0.1 * torch.randn(96, 1, 64, generator=g)
     y = rate[:, None]
-    model = nn.Sequential(nn.Conv1d(1, 4, 5, padding=2), nn.ReLU(), nn.AdaptiveAvgPool1d(1), nn.Flatten(),
-                          nn.Linear(4, 1))
-    opt = torch.optim.Adam(model.parameters(), lr=5e-2)
+    model = nn.Sequential(nn.Conv1d(1, 8, 9, padding=4), nn.ReLU(), nn.Conv1d(8, 8, 9, padding=4), nn.ReLU(),
+                          nn.AdaptiveAvgPool1d(1), nn.Flatten(), nn.Linear(8, 1))
+    with torch.no_grad():
+        model[-1].bias.fill_(15.0)  # the targets' mean: the model learns the rest (the data map needs a learner)
+    opt = torch.optim.Adam(model.parameters(), lr=lr)
     crit = nn.SmoothL1Loss()
     with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=folder, name=name, every=4,
                      config={"target": "breaths/min"}) as run:
-        for _ in range(5):
+        for _ in range(12):
             for i in range(16, 96, 16):
                 idx = torch.arange(i, i + 16)
                 opt.zero_grad()
@@ -118,6 +121,16 @@ def test_datamap_of_a_regression_run_draws_residual_dynamics_with_units(monkeypa
     for column in ("label", "prediction", "score", "mean_abs_residual", "residual_std", "region"):
         assert table[column].notna().all(), column  # no None columns
     assert not {"confidence", "aum", "correct"} & set(table.columns)
+
+
+def test_datamap_of_a_regression_model_that_has_not_learned_lists_no_target_errors(monkeypatch, tmp_path):
+    """Outputs at the targets' mean: the largest errors are the extremes of the target range,
+    not wrong targets (it listed a third of the correctly labelled samples)."""
+    _signal_regression(tmp_path, "collapsed", lr=0.0)
+    at = _open(monkeypatch, tmp_path, "pages/datamap.py", "collapsed")
+    assert any("has not learned" in w.value and "targets' mean" in w.value for w in at.warning)
+    assert any("No target-error list" in i.value for i in at.info)
+    assert not at.dataframe  # no shortlist
 
 
 def test_error_review_of_a_regression_run_shows_predicted_vs_true_and_no_classification_tabs(monkeypatch,
