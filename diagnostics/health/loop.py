@@ -52,6 +52,10 @@ GRAD_GROWTH_FACTOR = 10.0
 GRAD_GROWTH_RANK_CORR = 0.9
 # Parameters that never change: captures (after step 0) needed.
 MIN_STUCK_CAPTURES = 3
+# Parameters that never get a gradient: info (an unused branch is often deliberate) unless they are
+# more than half of the trainable parameters by count (then the model that trains is not the one
+# built: a backbone run under torch.no_grad() or .detach()ed), or the loss does not fall.
+NO_GRAD_SHARE = 0.5
 # Frozen model: trained share of parameters (by count) under which "most of the model" is frozen.
 TRAINED_SHARE_LOW = 0.05
 LOSS_FALL_MIN = 0.10  # the loss fell less than 10% from its first steps: "not falling"
@@ -186,17 +190,39 @@ def _constant(rows: pd.DataFrame) -> bool:
 MOVES_TOO_LITTLE = "the optimizer does not change it although it has a gradient"
 
 
+NO_GRADIENT = "it never gets a gradient (not used in the forward, or cut from the graph by .detach())"
+CLEARED = "its gradient is cleared before the optimizer step"
+
+
+def _cleared_before_step(run, steps: list[int], grads: pd.DataFrame) -> float | None:
+    """The median gradient norm at backward over `steps` when it was > 0 at each of them while no
+    optimized parameter held a non-zero gradient when the optimizer stepped (`param_grad` is read
+    in the optimizer's pre-step hook, `grad_norm` as backward accumulates): the gradients existed
+    and were cleared in between. None otherwise (no gradient at backward either: not used, detached)."""
+    norm = scalar(run, "grad_norm")
+    norm = norm[norm["step"].isin(steps)]["value"].astype(float) if not norm.empty else norm
+    if norm.empty or not (norm > 0).all():
+        return None
+    g = grads[grads["step"].isin(steps)] if not grads.empty else grads
+    if not g.empty and not ((g["min"] == 0) & (g["max"] == 0)).all():
+        return None
+    return float(norm.median())
+
+
 def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: dict) -> str:
     g = grads[grads["layer"] == name]
     lr = lr_of.get(name)
     if lr is not None and not lr.empty and (lr[lr["step"].isin(steps)]["value"] == 0).all():
         return "its learning rate is 0"
-    if g.empty:
-        return "it never gets a gradient (not used in the forward, or cut from the graph by .detach())"
-    if (g["min"] == 0).all() and (g["max"] == 0).all():
+    if g.empty or ((g["min"] == 0).all() and (g["max"] == 0).all()):
         clipped = scalar(run, "grad_clipped")
-        if not clipped.empty and (clipped[clipped["step"].isin(steps)]["value"] > 0.5).all():
+        if not g.empty and not clipped.empty and (clipped[clipped["step"].isin(steps)]["value"] > 0.5).all():
             return "its gradients are clipped to zero (clip_grad_norm_ with max_norm 0 or a zero scale)"
+        if (norm := _cleared_before_step(run, steps, grads)) is not None:
+            return (f"{CLEARED} (the gradient norm at backward was {norm:.3g}, yet no parameter held a gradient "
+                    "at optimizer.step(): zero_grad() runs between loss.backward() and optimizer.step()?)")
+        if g.empty:
+            return NO_GRADIENT
         return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
     return MOVES_TOO_LITTLE
 
@@ -221,9 +247,11 @@ def _norm_chart(run, finding: Finding) -> go.Figure | None:
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
-    was recorded (zero learning rate, no gradient, zero or clipped-away gradient). Warning
-    (info for parameters that never get a gradient: an unused branch is often deliberate);
-    error when no optimized parameter changes at all. Parameters with requires_grad=False
+    was recorded (zero learning rate, no gradient, zero or clipped-away gradient, a gradient
+    cleared between backward and the step). Warning; for parameters that never get a gradient,
+    info (an unused branch is often deliberate) unless they are > 50% of the trainable
+    parameters by count or the loss does not fall (`_no_gradient_harm`); error when no
+    optimized parameter changes at all. Parameters with requires_grad=False
     are left to `rule_frozen_model`. Reference: TrainCheck (OSDI 2025),
     invariant "parameters in the optimizer are updated at every step"."""
     w, u = dist(run, "weight"), dist(run, "update")
@@ -252,18 +280,39 @@ def rule_stuck_parameters(run) -> list[Finding]:
     everything = sum(len(v) for v in stuck.values()) == len(layers)
     findings = []
     for reason, names in stuck.items():
-        # a parameter outside the forward is often deliberate (an unused branch): worth a look
-        severity = "error" if everything else "info" if reason.startswith("it never gets") else "warning"
+        severity, harm = ("error", "") if everything else _no_gradient_harm(run, names) if reason == NO_GRADIENT \
+            else ("warning", "")
         findings.append(make_finding(
             "stuck_parameters", severity, names[0], (min(span), max(span)),
             f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
-            f"(steps {min(span)}-{max(span)}): {_names(names)}; {reason}.",
+            f"(steps {min(span)}-{max(span)}): {_names(names)}; {reason}{harm}.",
             "Check the learning rate of their param group (and the scheduler), that they are used in the "
             "forward without .detach(), that gradient clipping uses a sensible max_norm, and that "
             "optimizer.step() runs after loss.backward().",
             {"parameters": names, "reason": reason, "all_parameters_stuck": everything},
             "TrainCheck (Jiang et al., OSDI 2025): optimized parameters change at every step"))
     return findings
+
+
+def _no_gradient_harm(run, names: list[str]) -> tuple[str, str]:
+    """Severity and words for parameters that never get a gradient: a warning when they are
+    most of the trainable parameters by count (> NO_GRAD_SHARE) or the loss does not fall
+    (< LOSS_FALL_MIN from its first steps, or near the trivial baseline); else info (an unused
+    branch, e.g. an auxiliary head, is often deliberate)."""
+    numel = {p["name"]: int(p.get("numel", 0) or 0) for p in _params(run) if p.get("requires_grad") is not False}
+    total = sum(numel.values())
+    share = sum(numel.get(n, 0) for n in names) / total if total else 0.0
+    fall = _loss_fall(run)
+    if fall is not None and fall < LOSS_FALL_MIN:
+        loss = "; the loss does not fall" if fall <= 0 else f"; the loss fell only {fall:.0%}"
+    elif any(f.severity == "warning" for f in rule_loss_vs_baseline(run)):
+        loss = "; the loss stays near the trivial baseline"
+    else:
+        loss = ""
+    if share <= NO_GRAD_SHARE and not loss:
+        return "info", ""
+    most = f"; they are {share:.0%} of the trainable parameters" if share > NO_GRAD_SHARE else ""
+    return "warning", f"{most}{loss}"
 
 
 def _head(run) -> str | None:
@@ -523,6 +572,20 @@ def _eval_mode_segments(run) -> pd.DataFrame:
     return s.assign(steps=ends - s["step"].to_numpy()).reset_index(drop=True)
 
 
+def _dropout_never_trained(run, seg: pd.DataFrame, names: list[str]) -> list[str]:
+    """The dropout modules (p > 0) in eval mode at every optimizer step: the share in eval mode
+    never changed from the first step (`step_eval_mode` is written when it changes), so the
+    modules the manifest notes at that step held eval mode all run. BatchNorm is left out:
+    BatchNorm alone held in eval mode while fine-tuning is deliberate (frozen statistics,
+    detectron2's FrozenBatchNorm2d); dropout kept off for the whole of training is not (p = 0
+    turns it off, and is not recorded)."""
+    noted = run.manifest.get(schema.STEP_EVAL_MODE) or {}
+    if seg.empty or noted.get("step") != int(seg["step"].iloc[0]) or not (seg["value"] == seg["value"].iloc[0]).all():
+        return []
+    types = module_types(run)
+    return [n for n in names if "Dropout" in str(types.get(n, ""))]
+
+
 def _eval_mode_chart(run, finding: Finding) -> go.Figure:
     fig = charts.scalar_lines(run, [schema.STEP_EVAL_MODE], "share of dropout/BatchNorm modules in eval mode at the "
                                                             "optimizer steps (1: model.eval())")
@@ -532,18 +595,23 @@ def _eval_mode_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("Optimizer steps taken with the model's dropout/BatchNorm in eval mode: model.train() not called again after "
-      "validation (info when the run starts so, or only some modules are).", severities=("warning", "info"),
+      "validation, or dropout never in train mode (info for BatchNorm alone held in eval: frozen statistics).",
+      severities=("warning", "info"),
       evidence=_eval_mode_chart)
 def rule_trained_in_eval_mode(run) -> list[Finding]:
     """Training steps with the model in eval mode: at the optimizer steps every dropout /
     BatchNorm module (p > 0) is in eval mode (`step_eval_mode` = 1) for ≥ 10 steps and ≥ 10%
     of the run, after steps in train mode: the usual `model.eval()` for validation with no
     `model.train()` after it, so dropout is off and BatchNorm normalises with running
-    statistics it no longer updates. A warning. A run in eval mode from its first step (a
-    model loaded in eval mode, or meant so) or with only some modules in eval mode (BatchNorm
-    frozen for fine-tuning) is info. Reference: PyTorch docs, torch.nn.Module.train / eval
-    ("This has an effect only on certain modules ... Dropout, BatchNorm"); Hugging Face docs,
-    PreTrainedModel.from_pretrained ("The model is set in evaluation mode by default")."""
+    statistics it no longer updates. A warning. Also a warning: a dropout module (p > 0) in
+    eval mode at every one of ≥ 10 optimizer steps (`_dropout_never_trained`; a model.eval()
+    after loading a checkpoint, or from_pretrained, never undone): dropout built in and never
+    used is not deliberate (p = 0 is how one turns it off). BatchNorm alone in eval mode from
+    the start, or only some modules in eval mode part of the run, is info (frozen BatchNorm
+    statistics for fine-tuning are common practice: detectron2's FrozenBatchNorm2d).
+    Reference: PyTorch docs, torch.nn.Module.train / eval ("This has an effect only on certain
+    modules ... Dropout, BatchNorm"); Hugging Face docs, PreTrainedModel.from_pretrained ("The
+    model is set in evaluation mode by default"); detectron2, layers.FrozenBatchNorm2d."""
     seg = _eval_mode_segments(run)
     if seg.empty or not (seg["value"] > 0).any():
         return []
@@ -552,27 +620,36 @@ def rule_trained_in_eval_mode(run) -> list[Finding]:
         int(seg["steps"].sum())
     first_full = int(seg.loc[full, "step"].min()) if full.any() else None
     trained_before = first_full is not None and bool((seg.loc[seg["step"] < first_full, "value"] < 1).any())
-    loud = trained_before and n_full >= max(EVAL_STEPS_MIN, EVAL_STEPS_MIN_FRAC * total)
     noted = run.manifest.get(schema.STEP_EVAL_MODE) or {}
     names = list(noted.get("modules") or [])
+    dropout = _dropout_never_trained(run, seg, names)
+    loud = (trained_before and n_full >= max(EVAL_STEPS_MIN, EVAL_STEPS_MIN_FRAC * total)) or (
+        bool(dropout) and total >= EVAL_STEPS_MIN)
     s0 = first_full if first_full is not None else int(seg.loc[seg["value"] > 0, "step"].min())
     s1 = int(seg["step"].iloc[-1] + seg["steps"].iloc[-1] - 1)
-    if trained_before:
+    if dropout and not trained_before:
+        msg = (f"Every one of the run's {total} optimizer steps was taken with dropout ({_names(dropout, 4)}) in eval "
+               "mode: dropout with p > 0 never ran in train mode, so the model trains without the regularisation it "
+               "was built with (a model.eval() after loading a checkpoint, never undone?)"
+               + (f"; the BatchNorm layers too ({_names(bn, 4)})." if (bn := [n for n in names if n not in dropout])
+                  else "."))
+    elif trained_before:
         msg = (f"From step {first_full} on, {n_full} of the run's {total} optimizer steps ({n_full / total:.0%}) were "
                f"taken with every dropout/BatchNorm module in eval mode ({_names(names, 4) or 'unnamed'}), after "
                "steps in train mode: model.eval() (for validation?) was not undone by model.train(), so dropout is "
                "off and BatchNorm no longer learns its statistics.")
     elif n_full:
         msg = (f"{n_full} of {total} optimizer steps were taken with every dropout/BatchNorm module in eval mode "
-               f"({_names(names, 4) or 'unnamed'}), from the start: dropout off, BatchNorm on running statistics.")
+               f"({_names(names, 4) or 'unnamed'}), from the start: BatchNorm on running statistics (frozen "
+               "BatchNorm for fine-tuning, if meant).")
     else:
         msg = (f"{n_some} of {total} optimizer steps were taken with some dropout/BatchNorm modules in eval mode "
                f"({_names(names, 4) or 'unnamed'}): frozen BatchNorm or dropout turned off, if meant.")
     return [make_finding(
-        "trained_in_eval_mode", "warning" if loud else "info", names[0] if names else None, (s0, s1), msg,
+        "trained_in_eval_mode", "warning" if loud else "info", (dropout or names or [None])[0], (s0, s1), msg,
         "Call model.train() at the start of each training epoch (after validating with model.eval()); a model "
         "loaded in eval mode (from_pretrained) needs it too. If eval mode is meant (frozen BatchNorm), ignore this.",
         {"steps_all_eval": n_full, "steps_some_eval": n_some, "steps": total, "after_train_mode": trained_before,
-         "modules": names, "of": noted.get("of"), "threshold_steps": EVAL_STEPS_MIN,
+         "modules": names, "dropout_never_trained": dropout, "of": noted.get("of"), "threshold_steps": EVAL_STEPS_MIN,
          "threshold_frac": EVAL_STEPS_MIN_FRAC},
         "PyTorch docs: torch.nn.Module.train, torch.nn.Module.eval")]

@@ -14,7 +14,7 @@ from torch import nn
 import diagnostics
 import hooks
 from diagnostics.health import check, evidence_figure
-from diagnostics.health.loop import rule_gradients_not_reset
+from diagnostics.health.loop import rule_gradients_not_reset, rule_stuck_parameters
 
 LOOP_RULES = {"gradients_not_reset", "not_in_optimizer", "stuck_parameters", "frozen_model", "lr_collapse",
               "weight_decay_dominates", "batchnorm_small_batch", "eval_in_train_mode"}
@@ -208,6 +208,65 @@ def test_a_parameter_outside_the_forward_is_only_worth_a_look(digits, tmp_path):
     run = _loop(WithUnused(), digits, tmp_path, "unused", every=5)
     found = _by(check(run), "stuck_parameters", run)
     assert [(f.severity, f.evidence["parameters"]) for f in found] == [("info", ["unused.weight", "unused.bias"])]
+
+
+class _NoGradFirstLayer(nn.Module):
+    """The forum report "Does torch.no_grad() in forward freeze the layers?": the first layer
+    (4,160 of 4,810 parameters) runs under torch.no_grad(), the optimizer holds everything."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _mlp()
+
+    def forward(self, x):
+        with torch.no_grad():
+            h = self.net[0](x)
+        return self.net[3](self.net[2](self.net[1](h)))
+
+
+def test_most_of_the_model_without_a_gradient_is_a_warning(digits, tmp_path):
+    """86% of the trainable parameters never get a gradient: not an unused branch (info before),
+    even though the head alone still brings the loss down (lr 1e-2)."""
+    model = _NoGradFirstLayer()
+    run = _loop(model, digits, tmp_path, "no_grad_backbone", opt=torch.optim.Adam(model.parameters(), lr=1e-2),
+                every=5)
+    found = rule_stuck_parameters(run)
+    assert [(f.severity, f.evidence["parameters"]) for f in found] == [("warning", ["net.0.weight", "net.0.bias"])]
+    assert "86% of the trainable parameters" in found[0].message and ".detach()" in found[0].message
+
+
+def test_an_unused_branch_while_the_loss_does_not_fall_is_a_warning(digits, tmp_path):
+    class WithUnused(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net, self.unused = _mlp(), nn.Linear(10, 10)
+
+        def forward(self, x):
+            return self.net(x)
+
+    model = WithUnused()  # SGD lr 1e-5: every used parameter moves, the loss does not fall
+    run = _loop(model, digits, tmp_path, "unused_flat", opt=torch.optim.SGD(model.parameters(), lr=1e-5), every=5)
+    found = rule_stuck_parameters(run)
+    assert [(f.severity, f.evidence["parameters"]) for f in found] == [("warning", ["unused.weight", "unused.bias"])]
+    assert "the loss does not fall" in found[0].message or "the loss fell only" in found[0].message
+
+
+def test_zero_grad_between_backward_and_step_is_named_not_detach(digits, tmp_path):
+    """StackOverflow "model not learning: optimizer.zero_grad() between loss.backward() and
+    optimizer.step()": the gradient norm at backward is > 0, no gradient at the step, so the
+    reason is the cleared gradient, not ".detach()" (what it said before)."""
+    x, y = digits
+    model = _mlp()
+    opt, crit = torch.optim.SGD(model.parameters(), lr=0.05), nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="cleared", every=5) as r:
+        for step in range(40):
+            crit(model(x[step * 30:step * 30 + 30]), y[step * 30:step * 30 + 30]).backward()
+            opt.zero_grad()
+            opt.step()
+    found = rule_stuck_parameters(diagnostics.open_run(r.path))
+    assert len(found) == 1 and found[0].severity == "error"
+    assert found[0].evidence["parameters"] == ["0.weight", "0.bias", "3.weight", "3.bias"]
+    assert "cleared before the optimizer step" in found[0].message and ".detach()" not in found[0].message
 
 
 # ---------------------------------------------------------------------------------

@@ -57,11 +57,41 @@ def test_quiet_when_every_step_trains_in_train_mode(tmp_path):
     assert rule_trained_in_eval_mode(r) == []
 
 
-def test_info_when_eval_mode_from_the_start(tmp_path):
+def test_warns_when_dropout_never_ran_in_train_mode(tmp_path):
+    """A model put in eval mode before training (model.eval() after loading a checkpoint, never
+    undone): dropout p=0.3 off for all 60 steps is not deliberate, so a warning (it was info
+    while "from the start" alone decided), naming the dropout module, not the BatchNorm."""
     r = _run(tmp_path, "from_start", {0: "eval"})
     found = rule_trained_in_eval_mode(r)
-    assert [f.severity for f in found] == ["info"] and "from the start" in found[0].message
-    assert not found[0].evidence["after_train_mode"] and found[0].evidence["steps_all_eval"] == 60
+    assert [f.severity for f in found] == ["warning"]
+    f = found[0]
+    assert not f.evidence["after_train_mode"] and f.evidence["steps_all_eval"] == 60
+    assert f.evidence["dropout_never_trained"] == ["3"] and f.layer == "3"
+    assert "never ran in train mode" in f.message and "BatchNorm layers too (1)" in f.message
+
+
+def test_info_when_batchnorm_alone_is_frozen_from_the_start(tmp_path):
+    """BatchNorm held in eval mode from the first step while dropout trains: frozen BatchNorm
+    statistics for fine-tuning (detectron2's FrozenBatchNorm2d), deliberate: info."""
+    r = _run(tmp_path, "frozen_bn_from_start", {0: "bn_eval"})
+    found = rule_trained_in_eval_mode(r)
+    assert [f.severity for f in found] == ["info"]
+    assert found[0].evidence["dropout_never_trained"] == [] and found[0].evidence["steps_some_eval"] == 60
+
+
+def test_dropout_off_for_a_short_run_is_info(tmp_path):
+    r = _run(tmp_path, "short", {0: "eval"}, steps=8)  # under EVAL_STEPS_MIN steps: too short to judge
+    found = rule_trained_in_eval_mode(r)
+    assert [f.severity for f in found] == ["info"] and found[0].evidence["dropout_never_trained"] == ["3"]
+
+
+def test_dropout_that_trained_once_is_not_never_trained(tmp_path):
+    """Eval mode from step 10 on after steps in train mode is the forgotten-model.train() case,
+    judged as before; the dropout ran in train mode, so it is not listed as never trained."""
+    r = _run(tmp_path, "later", {10: "eval"})
+    found = rule_trained_in_eval_mode(r)
+    assert [f.severity for f in found] == ["warning"] and found[0].evidence["dropout_never_trained"] == []
+    assert found[0].evidence["after_train_mode"]
 
 
 def test_info_when_only_batchnorm_is_frozen(tmp_path):
