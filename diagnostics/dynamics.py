@@ -92,9 +92,15 @@ VARIABILITY_THRESHOLD = 0.25
 NEAR_CHANCE_RATIO = 2.0
 NEAR_CHANCE_GAP = 0.2
 
-# The label-error shortlist takes samples whose score is above this (classification: the
-# given label lost to another class on late-weighted average); see `suspicious`.
-SUSPECT_SCORE = 0.0
+# One verdict per training sample, shared by the data map's shortlist and Health's label_noise:
+# still wrong in >= 80% of its late records, and either another class confidently ahead (median late
+# margin below -2 logits: e² ≈ 7x as probable) — "suspected mislabeled" — or not — "hard". Calibrated
+# with benchmarks/label_noise.py (digits, 10% flipped: 8.6-9.5% suspects, precision 0.97-1.00; the OCT
+# simulator, no flipped labels: 0.9-1.3% suspects, 5-6% hard); Pleiss et al. 2020 (margins of flipped
+# labels), Northcutt et al. 2021 (confident learning).
+LATE_WRONG = 0.8
+CONFIDENT_MARGIN = -2.0
+SUSPECTED, HARD = "suspected mislabeled", "hard"
 
 _KEYS = ["split", "sample_id"]
 
@@ -417,16 +423,28 @@ def regression_check(dynamics: pd.DataFrame) -> RegressionCheck | None:
     return RegressionCheck(float(known["label_error_score"].mean()), float(np.mean(np.abs(y - y.mean()))))
 
 
+def label_verdict(dynamics: pd.DataFrame) -> pd.Series:
+    """Each classification sample's verdict: SUSPECTED ("suspected mislabeled"), HARD, or ""
+    (neither), from its late records (see LATE_WRONG, CONFIDENT_MARGIN)."""
+    if not len(dynamics):
+        return pd.Series(dtype=object, index=dynamics.index, name="verdict")
+    late_wrong = dynamics["late_wrong_frac"].to_numpy(float) >= LATE_WRONG
+    confident = dynamics["late_margin"].to_numpy(float) < CONFIDENT_MARGIN
+    verdict = np.where(late_wrong & confident, SUSPECTED, np.where(late_wrong, HARD, ""))
+    return pd.Series(verdict, index=dynamics.index, name="verdict")
+
+
 def suspicious(dynamics: pd.DataFrame, data_map: DataMap) -> pd.Series:
     """Which samples the label-error shortlist holds (boolean, aligned with `dynamics`):
-    classification, a `label_error_score` above `SUSPECT_SCORE` (0: the given label lost to
-    another class on late-weighted average over training); regression, a score (the
-    late-weighted mean |residual|) above the map's hard-to-learn error threshold.
+    classification, those whose `label_verdict` is "suspected mislabeled" (as Health's
+    label_noise counts them); regression, a score (the late-weighted mean |residual|) above
+    the map's hard-to-learn error threshold.
 
         d[suspicious(d, data_map(d))].head(50)
     """
-    cut = data_map.thresholds[0] if data_map.regression else SUSPECT_SCORE
-    return (dynamics["label_error_score"] > cut).rename("suspicious")
+    if not data_map.regression:
+        return (label_verdict(dynamics) == SUSPECTED).rename("suspicious")
+    return (dynamics["label_error_score"] > data_map.thresholds[0]).rename("suspicious")
 
 
 def label_error_suspects(dynamics: pd.DataFrame, data_map: DataMap, class_names: Sequence[str] | None = None,
@@ -475,8 +493,8 @@ def _suspect_rows(top: pd.DataFrame, data_map: DataMap, class_names: Sequence[st
     if data_map.regression:
         table = table.assign(mean_abs_residual=top["mean_abs_residual"], residual_std=top["residual_std"])
     else:
-        table = table.assign(confidence=top["confidence"], variability=top["variability"], aum=top["aum"],
-                             correct=top["correct_frac"])
+        table = table.assign(verdict=label_verdict(top), confidence=top["confidence"],
+                             variability=top["variability"], aum=top["aum"], correct=top["correct_frac"])
     return table.assign(region=data_map.regions.loc[top.index])
 
 

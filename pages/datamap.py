@@ -68,7 +68,8 @@ if not shortlisted and d["label_error_score"].isna().all():
 if not shortlisted:
     st.success(f"No likely {'target' if regression else 'label'} errors: "
                + ("no sample's late-weighted |residual| exceeds the hard-to-learn threshold." if regression else
-                  "no training sample's given label lost to another class on late-weighted average."))
+                  "no training sample stays wrong late in training with another class confidently ahead"
+                  f"; {int((dyn.label_verdict(d) == dyn.HARD).sum()):,} are hard (wrong late, classes close)."))
     st.stop()
 left, right, _ = st.columns(3)
 id_text = left.text_input("Sample id contains (in the shortlist)", key="datamap_id", placeholder="e.g. 123")
@@ -79,9 +80,12 @@ if regression:
                f"the hard-to-learn threshold ({cut[0]:.3g}{in_unit}); the table lists the {min(top_n, shortlisted):,} "
                "best-scored of them.")
 else:
-    st.caption(f"{shortlisted:,} of {len(d):,} training samples have a score above 0: their given label lost to "
-               f"another class on late-weighted average over training. The table lists the "
-               f"{min(top_n, shortlisted):,} best-scored of them.")
+    hard = int((dyn.label_verdict(d) == dyn.HARD).sum())
+    st.caption(f"{shortlisted:,} of {len(d):,} training samples are suspected mislabeled: wrong in at least "
+               f"{dyn.LATE_WRONG:.0%} of their late records with another class confidently ahead (margin below "
+               f"{dyn.CONFIDENT_MARGIN:g} logits), as Health's label noise counts them; {hard:,} more are hard "
+               f"(as often wrong, the classes close: not listed). The table lists the {min(top_n, shortlisted):,} "
+               "best-scored suspects.")
 page = dyn.suspects_page(d, found, class_names, *_shared.pager("datamap_pages", "datamap_table", (id_text, top_n)),
                          id_contains=id_text, suspicious_only=True, limit=top_n)
 _shared.page_controls("datamap_pages", page, ", highest score first")

@@ -11,7 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics import figures
-from diagnostics.dynamics import data_map
+from diagnostics.dynamics import CONFIDENT_MARGIN, HARD, LATE_WRONG, SUSPECTED, data_map, label_verdict
 from diagnostics.health import charts
 from diagnostics.health.common import (
     BASELINE_NEAR_FRACTION,
@@ -62,9 +62,10 @@ MINORITY_OVERPREDICT = 1.5
 MIN_VAL_POINTS = 5
 VAL_RISE_FRACTION = 0.05
 # Label noise: a suspect loses in >= 80% of its late records with a median margin below -2
-# logits; suspects as a share of the samples (calibrated on flipped digits and the OCT simulator).
-LABEL_NOISE_LATE_WRONG = 0.8
-LABEL_NOISE_MARGIN = -2.0
+# logits (`dynamics.label_verdict`, which the data map's shortlist uses too); suspects as a share
+# of the samples (calibrated on flipped digits and the OCT simulator).
+LABEL_NOISE_LATE_WRONG = LATE_WRONG
+LABEL_NOISE_MARGIN = CONFIDENT_MARGIN
 LABEL_NOISE_MIN_SHARE = 0.02
 LABEL_NOISE_WARN_SHARE = 0.03
 LABEL_NOISE_MAX_SHARE = 0.30  # above this the model has not learned yet: not label noise
@@ -407,10 +408,9 @@ def rule_label_noise(run) -> list[Finding]:
     dyn = _label_noise_frame(run)
     if dyn.empty:
         return []
-    late_wrong = dyn["late_wrong_frac"] >= LABEL_NOISE_LATE_WRONG
-    suspects = dyn[late_wrong & (dyn["late_margin"] < LABEL_NOISE_MARGIN)].sort_values("label_error_score",
-                                                                                          ascending=False)
-    hard = dyn[late_wrong & (dyn["late_margin"] >= LABEL_NOISE_MARGIN)]
+    verdict = label_verdict(dyn)  # the data map's shortlist says the same of each sample
+    suspects = dyn[verdict == SUSPECTED].sort_values("label_error_score", ascending=False)
+    hard = dyn[verdict == HARD]
     share, hard_share = len(suspects) / len(dyn), len(hard) / len(dyn)
     if share > LABEL_NOISE_MAX_SHARE or hard_share > LABEL_NOISE_MAX_SHARE:
         return []

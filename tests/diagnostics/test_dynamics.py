@@ -255,8 +255,21 @@ def test_data_map_splits_by_shares_and_counts_the_regions():
     worst = dyn.sort_values("label_error_score", ascending=False)["sample_id"]
     assert table["sample_id"].tolist() == worst[:5].tolist()
     assert set(table["label"]) <= {"a", "b", "c"}
-    assert list(table.columns) == ["sample_id", "label", "prediction", "score", "confidence", "variability", "aum",
-                                   "correct", "region"]
+    assert list(table.columns) == ["sample_id", "label", "prediction", "score", "verdict", "confidence",
+                                   "variability", "aum", "correct", "region"]
+
+
+def test_one_verdict_per_sample_for_the_data_map_and_health():
+    """Hand-counted: wrong in >= 80% of the late records with another class > 2 logits ahead:
+    suspected mislabeled; as often wrong but close: hard; else neither. The data map's
+    shortlist holds exactly the suspects (it held every sample whose label lost on average)."""
+    from diagnostics.dynamics import HARD, SUSPECTED, DataMap, label_verdict, suspicious
+
+    frame = pd.DataFrame({"late_wrong_frac": [1.0, 0.9, 0.9, 0.5, 0.79], "late_margin": [-3.0, -2.5, -1.0, -4.0, -5.0],
+                          "label_error_score": [3.0, 2.5, 1.0, 0.5, 0.2]})
+    assert label_verdict(frame).tolist() == [SUSPECTED, SUSPECTED, HARD, "", ""]
+    found = DataMap(False, pd.Series(["hard-to-learn"] * 5), (0.5, 0.2), {}, 5)
+    assert suspicious(frame, found).tolist() == [True, True, False, False, False]
 
 
 def test_data_map_of_residuals_is_a_regression_map_even_without_the_task():
@@ -347,17 +360,25 @@ def test_a_model_that_learned_is_never_called_unlearned_on_unbalanced_or_binary_
     assert majority.accuracy == pytest.approx(0.95) and not majority.learned
 
 
-def test_the_shortlist_holds_the_samples_whose_label_lost():
+def test_the_shortlist_holds_the_samples_whose_label_lost_confidently():
     from diagnostics.dynamics import data_map, label_error_suspects, suspects_page, suspicious
 
-    dyn = sample_dynamics(_classification_records(n_samples=30, n_steps=8))
+    rng = np.random.default_rng(0)
+    rows = []  # samples 0-4 confidently wrong throughout (margin -3 or below), the rest around 0
+    for step in range(8):
+        for sid in range(30):
+            margin = -3.0 - sid / 10 if sid < 5 else float(rng.normal())
+            conf = float(1 / (1 + np.exp(-margin)))
+            rows.append((step, sid, sid % 3, conf, margin, float(margin > 0), -np.log(conf), NAN))
+    dyn = sample_dynamics(_records(rows))
     found = data_map(dyn, "classification")
     flagged = suspicious(dyn, found)
-    assert flagged.tolist() == (dyn["label_error_score"] > 0).tolist() and 0 < flagged.sum() < 30
+    hand = (dyn["late_wrong_frac"] >= 0.8) & (dyn["late_margin"] < -2)  # the rule, counted by hand
+    assert flagged.tolist() == hand.tolist() and sorted(dyn.loc[flagged, "sample_id"].astype(int)) == [0, 1, 2, 3, 4]
     best = dyn.loc[flagged, "sample_id"].tolist()  # dyn is sorted by score already
     page = suspects_page(dyn, found, suspicious_only=True, limit=3)
     assert page.total == 3 and page.rows["sample_id"].tolist() == best[:3]
-    assert suspects_page(dyn, found, suspicious_only=True).total == len(best)
+    assert suspects_page(dyn, found, suspicious_only=True).total == len(best) == 5
     assert suspects_page(dyn, found).total == 30  # callers without the keywords get every sample, as before
     grid = label_error_suspects(dyn, found, limit=100, suspicious_only=True)
     assert grid["sample_id"].tolist() == best and (grid["score"] > 0).all()

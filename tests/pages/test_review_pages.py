@@ -303,13 +303,14 @@ def test_datamap_lists_a_shortlist_of_suspects_not_every_sample(monkeypatch, rev
     assert not at.warning  # the model learned
     table = at.dataframe(key="datamap_table").value
     assert 0 < len(table) < 64 and (table["score"] > 0).all()
-    how = next(c.value for c in at.caption if "have a score above 0" in c.value)
+    how = next(c.value for c in at.caption if "suspected mislabeled" in c.value)
     assert how.startswith(f"{len(table)} of 64 training samples") and f"lists the {len(table)} best" in how
+    assert "more are hard" in how and (table["verdict"] == "suspected mislabeled").all()
     assert any(c.value.startswith(f"Rows 1–{len(table)} of {len(table)}, highest score first") for c in at.caption)
     at.number_input(key="datamap_top").set_value(2).run()
     top = at.dataframe(key="datamap_table").value
     assert top["sample_id"].tolist() == table["sample_id"].iloc[:2].tolist()
-    assert any("lists the 2 best-scored" in c.value for c in at.caption)
+    assert any("lists the 2 best-scored suspects" in c.value for c in at.caption)
     at.number_input(key="datamap_top").set_value(50).run()
     wanted = table["sample_id"].iloc[0]
     at.text_input(key="datamap_id").input(wanted).run()
