@@ -338,11 +338,14 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     range recorded, the model's last module is a Sigmoid/Softmax. The loss applies
     log_softmax itself, so the scores are squashed twice: even one-hot outputs at 1 leave
     the loss at log(1 + (K-1)/e) = -log(e / (e + K - 1)) or above, and gradients shrink. A
-    warning (training runs, badly). Reference: PyTorch docs, torch.nn.CrossEntropyLoss ("The
+    warning (training runs, badly). A softmax over the batch belongs to `softmax_wrong_dim`.
+    Reference: PyTorch docs, torch.nn.CrossEntropyLoss ("The
     input is expected to contain the unnormalized logits for each class")."""
     if run.manifest.get("loss_fn") not in _CE:
         return []
     med, d = _sum_probes(run), _logits(run)
+    if med is not None and med["prob_sum_dev_batch"] < SUM_TOL and med["prob_sum_dev_class"] > SUM_OFF:
+        return []  # a softmax over the batch: `softmax_wrong_dim`'s (one cause, one finding)
     d = d[d["count"] > 0] if not d.empty else d
     last = _last_leaf(run)
     softmax = med is not None and not d.empty and med["prob_sum_dev_class"] < SUM_TOL and float(d["min"].min()) >= 0

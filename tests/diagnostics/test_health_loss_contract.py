@@ -156,3 +156,13 @@ def test_last_module_sigmoid_stands_in_when_no_range_was_recorded():
     assert f.evidence["loss_floor"] == pytest.approx(math.log(1 + 9 / math.e))
     run.manifest["modules"] = [*sig[::-1]]  # the Sigmoid defined first, a Linear last: not evidence
     assert rule_softmax_before_cross_entropy(run) == []
+
+
+def test_a_softmax_over_the_batch_is_left_to_softmax_wrong_dim(tmp_path):
+    """Its values lie in [0, 1] too, but the cause is the dimension: one cause, one finding."""
+    x, y = _data()
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 10), nn.Softmax(dim=0))
+    r, _ = _train(tmp_path, "softmax_dim0", model, x, y, nn.CrossEntropyLoss())
+    rules = [f.rule for f in check(r) if f.severity != "info"]
+    assert rules == ["softmax_wrong_dim"]
