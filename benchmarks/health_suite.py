@@ -49,6 +49,7 @@ from collections.abc import Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 import diagnostics
 import hooks
@@ -534,6 +535,22 @@ CONTROLS.append(Case("bce_targets_zero_one", _signed_binary("bce_01", False)))
 PLANTED.append(Case("constant_init_every_parameter", _case("constant_init", model=_deep_constant,
                                                            opt=_constant_init), "symmetric_units"))
 CONTROLS.append(Case("eval_then_train_each_validation", _validated_every_10("eval_then_train", True)))
+
+
+def _smoothed_targets(sign):
+    """Label smoothing written by hand with a sign slip (PyTorch forum "CrossEntropyLoss with soft
+    labels gives negative loss"): `one_hot - eps` written for `one_hot * (1 - eps) + eps / K`,
+    so the wrong classes get targets of -eps and CrossEntropyLoss goes below 0 (the model is
+    rewarded for pushing them to -inf). The control smooths correctly (eps 0.1)."""
+    def prep(x, y):
+        one_hot = F.one_hot(y, 10).float()
+        return x, one_hot - 0.1 if sign < 0 else one_hot * 0.9 + 0.1 / 10
+    return prep
+
+
+PLANTED.append(Case("soft_targets_negative", _case("soft_neg", prep=_smoothed_targets(-1), steps=60, every=5),
+                    "negative_loss"))
+CONTROLS.append(Case("soft_targets_smoothed", _case("soft_ok", prep=_smoothed_targets(1), steps=60, every=5)))
 
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 

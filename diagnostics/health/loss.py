@@ -37,6 +37,7 @@ _LOGIT_BINARY = {"BCEWithLogitsLoss", "binary_cross_entropy_with_logits"}
 _PROB_BINARY = {"BCELoss", "binary_cross_entropy"}
 _NLL = {"NLLLoss", "nll_loss"}
 _CE = {"CrossEntropyLoss", "cross_entropy"}
+_KL = {"KLDivLoss", "kl_div"}
 
 
 # ---------------------------------------------------------------------------------
@@ -186,19 +187,42 @@ def rule_softmax_wrong_dim(run) -> list[Finding]:
     )]
 
 
-@rule("NLLLoss given what is not a log-probability (raw scores or probabilities).", severities=("error",),
-      evidence=_sums_chart,
-      explains=LOSS_INPUT_SYMPTOMS)
+def _log_prob_loss(run) -> str | None:
+    """The loss, when it reads its input as log-probabilities over dim 1: NLLLoss; KLDivLoss
+    (input always log-probabilities, `log_target` is about the target) on (N, C) outputs only,
+    since a (N, T, V) distribution's log_softmax over the last dim is not what the probe's
+    dim-1 sums measure."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn in _NLL:
+        return loss_fn
+    shapes = run.manifest.get(schema.LOSS_INPUT_SHAPES) or {}
+    return loss_fn if loss_fn in _KL and len(shapes.get("outputs") or ()) == 2 else None
+
+
+_LOG_PROB_ADVICE = {
+    "nll": "Apply torch.log_softmax(logits, dim=1) before nn.NLLLoss (not softmax), or give the raw logits to "
+           "nn.CrossEntropyLoss, which does both.",
+    "kl": "Give nn.KLDivLoss torch.log_softmax(student_logits, dim=1) (for distillation: of logits / T) as its "
+          "input, not softmax; the target stays probabilities (or log-probabilities with log_target=True).",
+}
+
+
+@rule("NLLLoss or KLDivLoss given what is not a log-probability (raw scores or probabilities).",
+      severities=("error",), evidence=_sums_chart,
+      explains=(*LOSS_INPUT_SYMPTOMS, "negative_loss"))
 def rule_nll_input(run) -> list[Finding]:
-    """NLLLoss on what is not a log-probability: the inputs' log-sum-exp over the classes
-    is off 0 by > 0.1 (median over ≥ 2 probed captures), i.e. no log_softmax before the
-    loss; named "probabilities" when they sum to 1 over the classes (softmax, not
+    """NLLLoss or KLDivLoss on what is not a log-probability: the inputs' log-sum-exp over the
+    classes is off 0 by > 0.1 (median over ≥ 2 probed captures), i.e. no log_softmax before
+    the loss; named "probabilities" when they sum to 1 over the classes (softmax, not
     log_softmax), "raw scores" otherwise. NLLLoss only picks -input[label], so raw scores
-    are pushed to +inf (the loss runs below 0) and probabilities barely learn: an error.
-    The batch-dimension case belongs to `softmax_wrong_dim`. Reference: PyTorch docs,
-    torch.nn.NLLLoss ("The input given through a forward call is expected to contain
-    log-probabilities of each class")."""
-    if run.manifest.get("loss_fn") not in _NLL:
+    are pushed to +inf (the loss runs below 0) and probabilities barely learn; KLDivLoss
+    computes target·(log target − input), so probabilities as input give a loss below 0
+    that rewards the wrong thing: an error. The batch-dimension case belongs to
+    `softmax_wrong_dim`. Reference: PyTorch docs, torch.nn.NLLLoss ("The input given through
+    a forward call is expected to contain log-probabilities of each class") and
+    torch.nn.KLDivLoss ("the argument input is expected to be in the log-space")."""
+    loss_fn = _log_prob_loss(run)
+    if loss_fn is None:
         return []
     med = _sum_probes(run)
     if med is None or not med["logprob_sum_dev_class"] > SUM_OFF or med["logprob_sum_dev_batch"] < SUM_TOL:
@@ -209,16 +233,17 @@ def rule_nll_input(run) -> list[Finding]:
     lowest = float(loss["value"].min()) if not loss.empty else math.nan
     note = f"; the loss went down to {lowest:.3g}, below 0, which a log-probability never allows" if lowest < 0 else ""
     kind = "probabilities (they sum to 1 over the classes)" if probs else "raw scores"
+    name = "KLDivLoss" if loss_fn in _KL else "NLLLoss"
     return [make_finding(
         "nll_input", "error", None, steps,
-        f"NLLLoss is given {kind}, not log-probabilities: their log-sum-exp over the classes is off 0 by "
+        f"{name} is given {kind}, not log-probabilities: their log-sum-exp over the classes is off 0 by "
         f"{med['logprob_sum_dev_class']:.3g} (median of {int(med['captures'])} captures, steps "
         f"{steps[0]}-{steps[1]}){note}.",
-        "Apply torch.log_softmax(logits, dim=1) before nn.NLLLoss (not softmax), or give the raw logits to "
-        "nn.CrossEntropyLoss, which does both.",
-        {"logsumexp_dev_over_classes": med["logprob_sum_dev_class"], "sum_dev_over_classes": med["prob_sum_dev_class"],
-         "input_kind": "probabilities" if probs else "raw scores", "lowest_loss": lowest, "tolerance": SUM_OFF},
-        "PyTorch docs: torch.nn.NLLLoss",
+        _LOG_PROB_ADVICE["kl" if loss_fn in _KL else "nll"],
+        {"loss_fn": loss_fn, "logsumexp_dev_over_classes": med["logprob_sum_dev_class"],
+         "sum_dev_over_classes": med["prob_sum_dev_class"], "input_kind": "probabilities" if probs else "raw scores",
+         "lowest_loss": lowest, "tolerance": SUM_OFF},
+        f"PyTorch docs: torch.nn.{name}",
     )]
 
 
@@ -280,33 +305,78 @@ def rule_double_sigmoid(run) -> list[Finding]:
     )]
 
 
-@rule("Probabilities (a softmax) into CrossEntropyLoss, which applies log_softmax itself (error when the "
-      "loss stays at the trivial baseline with it).", severities=("warning", "error"), evidence=_sums_chart,
-      explains=LOSS_INPUT_SYMPTOMS)
+# Modules that bound what they give to [0, 1]: the last of a model's leaves that is one of these
+# hands CrossEntropyLoss probabilities (the manifest lists modules in definition order, which
+# need not be the order they run in: it corroborates the measured range, or stands in for it).
+_SQUASHING = {"Sigmoid", "Softmax", "Softmax2d", "Hardsigmoid"}
+
+
+def _last_leaf(run) -> str | None:
+    """The type of the model's last leaf module, in definition order."""
+    leaves = [m for m in run.manifest.get("modules") or () if m.get("leaf")]
+    return leaves[-1].get("type") if leaves else None
+
+
+def _classes(run) -> int:
+    """K: the manifest's num_classes, else the outputs' dim 1 at the first capture (0: unknown)."""
+    shape = (run.manifest.get(schema.LOSS_INPUT_SHAPES) or {}).get("outputs") or ()
+    return int(run.manifest.get("num_classes") or (shape[1] if len(shape) >= 2 else 0))
+
+
+def _bounded_in_unit(d: pd.DataFrame) -> bool:
+    """What the loss is given lay in [0, 1] at every capture (≥ 2)."""
+    return len(d) >= MIN_PROBES and float(d["min"].min()) >= -1e-6 and float(d["max"].max()) <= 1 + 1e-6
+
+
+@rule("Probabilities (a softmax or a sigmoid: values in [0, 1]) into CrossEntropyLoss, which applies log_softmax "
+      "itself (error when the loss stays at the trivial baseline with it).", severities=("warning", "error"),
+      evidence=_sums_chart, explains=LOSS_INPUT_SYMPTOMS)
 def rule_softmax_before_cross_entropy(run) -> list[Finding]:
-    """CrossEntropyLoss given probabilities: its inputs are in [0, 1] and sum to 1 over the
-    classes within 0.01 (median over ≥ 2 probed captures). The loss applies log_softmax
-    itself, so the model's scores are squashed twice: the loss cannot fall below
-    -log(e / (e + C - 1)) and gradients shrink. A warning (training runs, badly).
-    Reference: PyTorch docs, torch.nn.CrossEntropyLoss ("The input is expected to contain
-    the unnormalized logits for each class")."""
+    """CrossEntropyLoss given probabilities, not logits: its inputs are in [0, 1] and sum to 1
+    over the classes within 0.01 (a softmax: median over ≥ 2 probed captures), or lie in
+    [0, 1] at every capture (≥ 2: a sigmoid; logits that learn take both signs), or, with no
+    range recorded, the model's last module is a Sigmoid/Softmax. The loss applies
+    log_softmax itself, so the scores are squashed twice: even one-hot outputs at 1 leave
+    the loss at log(1 + (K-1)/e) = -log(e / (e + K - 1)) or above, and gradients shrink. A
+    warning (training runs, badly). A softmax over the batch belongs to `softmax_wrong_dim`.
+    Reference: PyTorch docs, torch.nn.CrossEntropyLoss ("The
+    input is expected to contain the unnormalized logits for each class")."""
     if run.manifest.get("loss_fn") not in _CE:
         return []
-    med = _sum_probes(run)
-    d = _logits(run)
-    if med is None or d.empty or not med["prob_sum_dev_class"] < SUM_TOL or float(d["min"].min()) < 0:
+    med, d = _sum_probes(run), _logits(run)
+    if med is not None and med["prob_sum_dev_batch"] < SUM_TOL and med["prob_sum_dev_class"] > SUM_OFF:
+        return []  # a softmax over the batch: `softmax_wrong_dim`'s (one cause, one finding)
+    d = d[d["count"] > 0] if not d.empty else d
+    last = _last_leaf(run)
+    softmax = med is not None and not d.empty and med["prob_sum_dev_class"] < SUM_TOL and float(d["min"].min()) >= 0
+    bounded = _bounded_in_unit(d) or (d.empty and last in _SQUASHING)
+    if not (softmax or bounded):
         return []
-    steps = (int(med["first_step"]), int(med["last_step"]))
-    c = int(run.manifest.get("num_classes") or 0)
-    floor = -math.log(math.e / (math.e + c - 1)) if c > 1 else math.nan
+    steps = (int(med["first_step"]), int(med["last_step"])) if med is not None else (
+        (int(d["step"].min()), int(d["step"].max())) if not d.empty else (0, 0))
+    c = _classes(run)
+    floor = math.log(1 + (c - 1) / math.e) if c > 1 else math.nan
+    loss = scalar(run, "loss")
+    last_loss = float(loss.sort_values("step")["value"].iloc[-1]) if not loss.empty else math.nan
+    if softmax:
+        what = (f"probabilities (they sum to 1 over the classes within {med['prob_sum_dev_class']:.2g}, steps "
+                f"{steps[0]}-{steps[1]})")
+    else:
+        rng = f"min {float(d['min'].min()):.3g}, max {float(d['max'].max()):.3g} over {len(d)} captures" if len(
+            d) else "no range recorded"
+        what = f"values in [0, 1] at every capture ({rng}), probabilities rather than logits"
+    module = f"; the model's last module is {last}" if last in _SQUASHING else ""
+    at = f" (its last value {last_loss:.3g}, the trivial baseline log K = {math.log(c):.3g})" if c > 1 and np.isfinite(
+        last_loss) else ""
     return [make_finding(
         "softmax_before_cross_entropy", "warning", None, steps,
-        f"CrossEntropyLoss is given probabilities (they sum to 1 over the classes within "
-        f"{med['prob_sum_dev_class']:.2g}, steps {steps[0]}-{steps[1]}); it applies log_softmax itself, so the "
-        f"loss cannot go below {floor:.3g} and its gradients shrink.",
-        "Remove the softmax (nn.Softmax / torch.softmax) before nn.CrossEntropyLoss and pass the raw logits; "
-        "apply softmax only to report probabilities.",
-        {"sum_dev_over_classes": med["prob_sum_dev_class"], "loss_floor": floor, "num_classes": c},
+        f"CrossEntropyLoss is given {what}{module}. It applies log_softmax itself, so even one-hot outputs at 1 "
+        f"leave the loss at log(1 + (K-1)/e) = {floor:.3g} for K = {c} or above{at}, and its gradients shrink.",
+        "Remove the softmax or sigmoid (nn.Softmax, nn.Sigmoid, torch.softmax...) before nn.CrossEntropyLoss and "
+        "pass the raw logits; apply it only to report probabilities.",
+        {"sum_dev_over_classes": med["prob_sum_dev_class"] if med is not None else math.nan, "loss_floor": floor,
+         "num_classes": c, "input_kind": "softmax" if softmax else "bounded", "last_module": last,
+         "last_loss": last_loss},
         "PyTorch docs: torch.nn.CrossEntropyLoss",
     )]
 
@@ -400,7 +470,8 @@ def _labels_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("Targets outside [0, 1] into BCEWithLogitsLoss (labels -1/1, or 0/255 masks): the loss has no minimum and "
-      "goes negative.", severities=("error",), evidence=_labels_chart, explains=LOSS_INPUT_SYMPTOMS)
+      "goes negative.", severities=("error",), evidence=_labels_chart,
+      explains=(*LOSS_INPUT_SYMPTOMS, "negative_loss"))
 def rule_target_range(run) -> list[Finding]:
     """BCEWithLogitsLoss given targets below 0 or above 1 at any capture. Its loss per element,
     max(x, 0) − x·y + log(1 + e^−|x|), falls without bound as the logit x goes to +∞ for y > 1
@@ -427,4 +498,74 @@ def rule_target_range(run) -> list[Finding]:
         "than two classes use CrossEntropyLoss with class ids.",
         {"loss_fn": run.manifest.get("loss_fn"), "target_min": lo, "target_max": hi, "loss_went_negative": negative},
         "PyTorch docs: torch.nn.BCEWithLogitsLoss, torch.nn.BCELoss (targets between 0 and 1)",
+    )]
+
+
+# What each loss that cannot go below 0 expects (its contract, from its PyTorch docs): inputs that
+# keep to it give a loss ≥ 0 for every batch, so a loss below 0 says they do not.
+_CONTRACTS = {
+    **dict.fromkeys(("CrossEntropyLoss", "cross_entropy"),
+                    "raw logits as input, and class ids in [0, C) or class probabilities (≥ 0, summing to 1) as "
+                    "target; class weights ≥ 0"),
+    **dict.fromkeys(_NLL, "log-probabilities as input (log_softmax over the classes), class ids as target, "
+                          "class weights ≥ 0"),
+    **dict.fromkeys(_KL, "log-probabilities as input (log_softmax, not softmax) and probabilities summing to 1 "
+                         "as target (log-probabilities with log_target=True)"),
+    **dict.fromkeys(_PROB_BINARY, "probabilities in [0, 1] as input and targets in [0, 1]; weights ≥ 0"),
+    **dict.fromkeys(_LOGIT_BINARY, "raw logits as input, targets in [0, 1], weight and pos_weight ≥ 0"),
+    **dict.fromkeys(_REGRESSION_LOSSES, "nothing that could make it negative: it is ≥ 0 for any inputs, so the "
+                                        "logged loss is not this loss alone (a term subtracted from it?)"),
+    **dict.fromkeys(("SoftMarginLoss", "soft_margin_loss", "MultiLabelSoftMarginLoss",
+                     "multilabel_soft_margin_loss"), "targets of ±1 (SoftMarginLoss) or in [0, 1] "
+                                                     "(MultiLabelSoftMarginLoss), weights ≥ 0"),
+}
+# Below 0 by more than rounding: a loss at its minimum 0 in float32 rounds to within ~1e-6 of it;
+# 1e-3 leaves room for a bf16/fp16 loss (3 significant digits) and a mean of such terms.
+NEGATIVE_TOL = 1e-3
+
+
+def _loss_chart(run, finding: Finding) -> go.Figure:
+    fig = figures.scalar_figure(run.scalars(names=["loss"]), ["loss"], "the training loss (this loss is ≥ 0 by "
+                                                                       "its contract)")
+    fig.add_hline(y=0, line_dash="dash", annotation_text="0: the lowest it may go")
+    return fig
+
+
+@rule("A loss that cannot go below 0 (CrossEntropyLoss, NLLLoss, KLDivLoss, BCELoss, BCEWithLogitsLoss, MSELoss...) "
+      "went negative: its inputs break the loss's contract.", severities=("error", "warning"), evidence=_loss_chart,
+      explains=LOSS_INPUT_SYMPTOMS)
+def rule_negative_loss(run) -> list[Finding]:
+    """The run's loss (`loss`, the value the watched loss gave) went below -0.001 at some step
+    while the loss it names is ≥ 0 for every input that keeps to its contract
+    (`_CONTRACTS`): CrossEntropyLoss, NLLLoss on log-probabilities, KLDivLoss on
+    log-probabilities against a distribution, BCE on targets in [0, 1], MSE/L1/SmoothL1/
+    Huber always. Then what it is given breaks the contract (probabilities where
+    log-probabilities belong, targets outside [0, 1], negative weights), and the optimiser
+    minimises something that is not the loss, often without bound: an error. A loss named
+    as a function (`kl_div`), whose logged value may come from the user's own total, a
+    warning. More specific causes explain it (`nll_input`, `target_range`). Reference:
+    PyTorch docs of each loss (torch.nn.KLDivLoss: input "in the log-space"; torch.nn.
+    BCEWithLogitsLoss, BCELoss: targets "between 0 and 1"; torch.nn.NLLLoss: "log-
+    probabilities"); Cover & Thomas 2006, Elements of Information Theory, Thm 2.6.3 (KL ≥ 0)."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn not in _CONTRACTS:
+        return []
+    loss = scalar(run, "loss")
+    loss = loss[np.isfinite(loss["value"].astype(float))]
+    below = loss[loss["value"] < -NEGATIVE_TOL]
+    if below.empty:
+        return []
+    lowest, s0, s1 = float(below["value"].min()), int(below["step"].min()), int(below["step"].max())
+    module = loss_fn[:1].isupper()  # an nn.Module: the logged loss is its own output
+    hedge = "" if module else " (if the logged loss is this function's value alone)"
+    return [make_finding(
+        "negative_loss", "error" if module else "warning", None, (s0, s1),
+        f"{loss_fn} went below 0{hedge}: down to {lowest:.3g}, negative at {len(below)} of {len(loss)} logged "
+        f"steps ({s0}-{s1}). It is ≥ 0 for inputs that keep to its contract: {_CONTRACTS[loss_fn]}. So what it is "
+        "given breaks that contract, and training minimises something else.",
+        f"Check what {loss_fn} is given against that contract: print the input's and target's range and row sums "
+        "on one batch (inputs.exp().sum(1) should be 1 for log-probabilities; targets.min(), targets.max()).",
+        {"loss_fn": loss_fn, "lowest_loss": lowest, "negative_steps": len(below), "logged_steps": len(loss),
+         "tolerance": NEGATIVE_TOL, "contract": _CONTRACTS[loss_fn]},
+        f"PyTorch docs: torch.nn.{loss_fn if module else 'functional.' + loss_fn}; Cover & Thomas 2006, Thm 2.6.3",
     )]
