@@ -5,6 +5,7 @@ import streamlit as st
 
 import diagnostics
 from diagnostics import figures, overview, schema
+from diagnostics.text import md
 from pages import _shared
 
 run = _shared.current_run()
@@ -52,7 +53,7 @@ if len(one):
 st.subheader("Other runs, this layer")
 peers = _shared.runs_recording(st.session_state.get("runs_dir", str(run.path.parent)), path, kind, layer)
 if peers.empty:
-    st.caption(f"No other run of this folder recorded the {kind} of `{layer}`: runs of the same model, recorded with "
+    st.caption(f"No other run of this folder recorded the {kind} of {md(layer)}: runs of the same model, recorded with "
                "`hooks.watch`, show here to compare this layer across changes.")
 else:
     options = peers["name"].tolist()
@@ -69,7 +70,7 @@ else:
         try:
             peer_version = diagnostics.open_run(row.path).data_version()
         except diagnostics.DiagnosticsError as exc:
-            st.caption(f"{row.name} is left out: {exc}")
+            st.caption(f"{md(row.name)} is left out: {md(exc)}")
             continue
         same_rank = rank if rank is not None and rank < row.world_size else None
         frames[row.name] = _shared.distributions(row.path, peer_version, kind, layers=(layer,), rank=same_rank)
