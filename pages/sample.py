@@ -4,7 +4,7 @@ its history over training, and its tags and note."""
 import streamlit as st
 
 from diagnostics import figures
-from diagnostics.text import md
+from diagnostics.text import html, md
 from pages import _shared
 
 r = _shared.review("Sample detail", "sample")
@@ -37,7 +37,7 @@ with left:
                            "attribute_worst=...)).")
     att = attributions[attributions["method"] == method].iloc[0] if method != "none" else None
     st.plotly_chart(figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
-                                           title=f"sample {sample_id}"), key="sample_preview")
+                                           title=f"sample {html(sample_id)}"), key="sample_preview")
     if not methods:
         st.caption("No attribution for this sample: only the worst cases of an evaluation get them.")
 with right:

@@ -54,7 +54,8 @@ def test_no_page_renders_a_user_chosen_name_as_markdown(monkeypatch, hostile_fol
 
 
 def test_md_escapes_what_markdown_would_render():
-    assert md(hostile.LINK) == r"\[click\]\(javascript\:alert\(1\)\)"
-    assert md("<b>bold</b> *a* `b` $c$ #d") == r"\<b\>bold\</b\> \*a\* \`b\` \$c\$ \#d"
-    assert md("plain text 42") == "plain text 42"
-    assert md("one\n- two") == "one  \n\\- two"
+    assert md(hostile.LINK) == r"\[click\](javascript:alert(1))"
+    assert md("<b>bold</b> *a* `b` $c$ ~d~ a|b &lt;") == r"\<b\>bold\</b\> \*a\* \`b\` \$c\$ \~d\~ a\|b \&lt;"
+    assert md("# h") == r"\# h" and md("1. x") == r"1\. x" and md("  - y") == r"  \- y"
+    assert md("plain text 4.5 (a): 'b' #2") == "plain text 4.5 (a): 'b' #2"  # nothing to escape
+    assert md("one\n- two") == "one  \n\\- two"  # a line break, not a list
