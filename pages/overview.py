@@ -18,8 +18,8 @@ head = overview.headline(m, status)
 cols = st.columns([1, 1, 1.5, 1.5, 1])
 cols[0].metric("State", head["state"])
 cols[1].metric("Last step", head["last_step"])
-cols[2].metric("Task", head["task"])
-cols[3].metric("Model", head["model"])
+cols[2].metric("Task", md(head["task"]))  # a metric's value is Markdown too
+cols[3].metric("Model", md(head["model"]))
 cols[4].metric("Parameters", head["parameters"])
 for line in overview.fault_lines(status):
     st.warning(md(line), icon=":material/warning:")

@@ -20,8 +20,8 @@ history, records, preview, attributions = _shared.sample_detail(path, version, s
 name = r.class_label if r.classification else (lambda v: f"{v:.4g}")  # noqa: E731
 
 cols = st.columns(4)
-cols[0].metric("Label", name(row["label"]))  # a value: plain text
-cols[1].metric("Prediction", name(row["prediction"]))
+cols[0].metric("Label", md(name(row["label"])))  # a metric's value is Markdown too
+cols[1].metric("Prediction", md(name(row["prediction"])))
 cols[2].metric("Loss", f"{row['loss']:.3f}")
 if r.classification:
     cols[3].metric("Confidence", f"{row['confidence']:.1%}")

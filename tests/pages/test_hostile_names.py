@@ -39,6 +39,7 @@ def _markdown_texts(at) -> list[str]:
                  "text_input", "text_area", "button", "checkbox"):
         texts += [str(e.label) for e in at.get(kind) if getattr(e, "label", None)]
         texts += [str(e.help) for e in at.get(kind) if getattr(e, "help", None)]
+    texts += [str(e.value) for e in at.get("metric")]  # a metric's value is Markdown too
     return texts
 
 
