@@ -12,6 +12,7 @@ from pathlib import Path
 import streamlit as st
 
 from diagnostics import badges, embedding
+from diagnostics.text import md
 from pages import _shared  # noqa: PLC2701 -- the router and its pages share one cached listing
 
 st.set_page_config(page_title="hookscope", layout="wide")
@@ -95,7 +96,7 @@ def _run_picker(runs) -> list[str]:
 
 def _run_caption(row, known, earlier) -> str:
     if row.state == "broken":
-        return f"broken: {row.error}"
+        return f"broken: {md(row.error)}"
     step = f" · step {int(row.last_step)}" if row.last_step >= 0 else ""
     if known is None:
         health = ("checking health…" if earlier is None else
@@ -121,7 +122,7 @@ runs = _shared.run_list(RUNS_DIR)  # the same cached listing the pages read
 st.session_state["runs_dir"] = RUNS_DIR
 unknown_badges: list[str] = []
 with st.sidebar:
-    st.caption(f"runs folder: `{RUNS_DIR}`")
+    st.caption(f"runs folder: {md(RUNS_DIR)}")
     if runs.empty:
         st.session_state["run_path"] = None
     else:

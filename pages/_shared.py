@@ -14,6 +14,7 @@ import diagnostics
 from diagnostics import badges, errors, overview, paging, slices
 from diagnostics import dynamics as dyn
 from diagnostics import tags as tag_store
+from diagnostics.text import md
 
 
 def current_run() -> diagnostics.Run:
@@ -22,7 +23,7 @@ def current_run() -> diagnostics.Run:
     runs_dir = st.session_state.get("runs_dir", "runs")
     if not path:
         st.info(
-            f"No runs in `{runs_dir}` yet. Record one by adding "
+            f"No runs in {md(runs_dir)} yet. Record one by adding "
             "`run = hooks.watch(model, optimizer=opt, loss_fn=criterion, run_dir=\"runs\")` to your "
             "training, or try `diagnostics demo`."
         )
@@ -30,12 +31,12 @@ def current_run() -> diagnostics.Run:
     try:
         run = diagnostics.open_run(path)
     except diagnostics.DiagnosticsError as exc:
-        st.error(f"This run cannot be shown: {exc}")
+        st.error(f"This run cannot be shown: {md(exc)}")
         st.stop()
     damaged = run.damaged_parts()
     if damaged:
         st.warning(f"{len(damaged)} file{'s' if len(damaged) > 1 else ''} of this run cannot be read and "
-                   f"{'are' if len(damaged) > 1 else 'is'} skipped (first: `{damaged[0].relative_to(run.path)}`); "
+                   f"{'are' if len(damaged) > 1 else 'is'} skipped (first: {md(damaged[0].relative_to(run.path))}); "
                    "the rest is shown as recorded. Move damaged files out of the run to silence this.")
     return run
 
@@ -238,7 +239,7 @@ def _saying_what_was_skipped(read, runs_dir: str, dataset: str) -> pd.DataFrame:
         warnings.simplefilter("always", UserWarning)
         frame = read(runs_dir, dataset)
     for warning in caught:  # "skipping review tags of RUN: why"
-        st.caption(str(warning.message))
+        st.caption(md(warning.message))
     return frame
 
 
@@ -251,7 +252,7 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
         st.toast(saved)
     if conflict := st.session_state.pop(f"note_conflict_{key}", None):
         message, st.session_state[f"note_{key}"] = conflict  # the note not saved, back in its box
-        st.error(message)
+        st.error(message)  # escaped where made: _conflict_message
     # the notes as this draw shows them; a save compares with those of the draw the user typed in
     shown = st.session_state.get(f"notes_shown_{key}", {})
     now = store.notes(dataset, sample_ids).set_index("sample_id")["note"].to_dict() if sample_ids else {}
@@ -271,7 +272,7 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
                     store.add_tags(dataset, sample_ids, chosen)
                 conflicts = _save_notes(store, dataset, sample_ids, note.strip(), shown, now)
             except diagnostics.DiagnosticsError as exc:
-                st.error(str(exc))
+                st.error(md(exc))
                 return
             if conflicts:
                 st.session_state[f"note_conflict_{key}"] = (_conflict_message(conflicts), note.strip())
@@ -284,8 +285,8 @@ def tagging_form(run: diagnostics.Run, dataset: str, sample_ids: list[str], key:
 
 def _conflict_message(conflicts: list[tag_store.NoteConflictError]) -> str:
     first = conflicts[0]
-    now = f"it now reads “{first.current}”" if first.current is not None else "it was deleted"
-    which = f"sample {first.sample_id}" + (f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else "")
+    now = f"it now reads “{md(first.current)}”" if first.current is not None else "it was deleted"
+    which = f"sample {md(first.sample_id)}" + (f" and {len(conflicts) - 1} more" if len(conflicts) > 1 else "")
     return (f"Your note was not saved for {which}: another session changed it meanwhile ({now}). "
             "Yours is back in the box: Save replaces it.")
 

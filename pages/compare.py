@@ -8,29 +8,30 @@ import streamlit as st
 import diagnostics
 from diagnostics import figures, paging
 from diagnostics.compare import ALPHA
+from diagnostics.text import md
 from pages import _shared
 
 r = _shared.review("Compare runs")
 run, runs_dir = r.run, r.runs_dir
 evaluated = list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or []))
 if not evaluated:
-    st.info(f"Run A ({run.name}, picked in the sidebar) has no evaluation to compare. Add "
+    st.info(f"Run A ({md(run.name)}, picked in the sidebar) has no evaluation to compare. Add "
             "`run.evaluate(val_loader, split=\"val\")` after training to record one row per sample, or pick an "
             "evaluated run in the sidebar.")
     st.stop()
 others = _shared.comparable_runs(runs_dir, str(run.path))
 for name, why in others.attrs.get("skipped", {}).items():
-    st.caption(f"{name} is left out: {why}")
+    st.caption(f"{md(name)} is left out: {md(why)}")
 if others.empty:
-    st.info(f"Nothing to compare {run.name} with: comparing needs a second run of the same task with an "
-            f"evaluation in `{runs_dir}`. Train the changed model with `hooks.watch(..., run_dir=...)` and call "
+    st.info(f"Nothing to compare {md(run.name)} with: comparing needs a second run of the same task with an "
+            f"evaluation in {md(runs_dir)}. Train the changed model with `hooks.watch(..., run_dir=...)` and call "
             "`run.evaluate(val_loader, split=\"val\")` on the same samples (same ids) as this run, then pick it "
             "here.")
     st.stop()
 
 same_data = bool(others["same_data"].any())
 if not same_data:
-    st.info(f"No other run in `{runs_dir}` was evaluated on the same data as {run.name} (the same sample ids "
+    st.info(f"No other run in {md(runs_dir)} was evaluated on the same data as {md(run.name)} (the same sample ids "
             "with the same labels): a comparison needs the changed model evaluated on the same samples.")
 left, right = st.columns([3, 1])
 # runs are told apart by folder, as in the sidebar: copies of a run share their manifest's name
@@ -47,8 +48,9 @@ if name_b is None:  # nothing on the same data: no comparison until one is asked
 row_b = others.iloc[names.index(name_b)]
 splits = [s for s in evaluated if s in row_b["splits"]]
 if not splits:
-    st.info(f"{run.name} and {name_b} have no evaluated split in common ({run.name}: {', '.join(evaluated)}; "
-            f"{name_b}: {', '.join(row_b['splits'])}). Evaluate both on the same split to compare them.")
+    st.info(f"{md(run.name)} and {md(name_b)} have no evaluated split in common ({md(run.name)}: "
+            f"{md(', '.join(evaluated))}; {md(name_b)}: {md(', '.join(row_b['splits']))}). Evaluate both on the "
+            "same split to compare them.")
     st.stop()
 split = right.selectbox("Split", splits, index=splits.index("val") if "val" in splits else 0,
                         key=f"compare_split_{name_b}")
@@ -56,14 +58,14 @@ path_a, path_b = str(run.path), str(row_b["path"])
 try:
     c = _shared.comparison(path_a, run.data_version(), path_b, diagnostics.open_run(path_b).data_version(), split)
 except diagnostics.DiagnosticsError as exc:
-    st.error(f"These runs cannot be compared: {exc}")
+    st.error(f"These runs cannot be compared: {md(exc)}")
     st.stop()
 s = c.summary
 classification = c.task == "classification"
-st.caption(f"A = **{c.run_a}** (evaluated at step {s['step_a']}), B = **{c.run_b}** (step {s['step_b']}); "
-           f"split {split}, {c.task}.")
+st.caption(f"A = **{md(c.run_a)}** (evaluated at step {s['step_a']}), B = **{md(c.run_b)}** (step {s['step_b']}); "
+           f"split {md(split)}, {c.task}.")
 for note in c.warnings:
-    st.warning(note, icon=":material/warning:")
+    st.warning(md(note), icon=":material/warning:")
 
 # -- headline -----------------------------------------------------------------------------
 cols = st.columns(6)
@@ -84,9 +86,9 @@ cols[5].metric("p-value", f"{s['p_value']:.3g}", help=f"{s['test']} of {good} ag
                "at least this uneven if B were no better and no worse than A")
 verdict = c.verdict()
 if s["p_value"] < ALPHA:
-    (st.success if s[good] > s[bad] else st.error)(verdict)
+    (st.success if s[good] > s[bad] else st.error)(md(verdict))
 else:
-    st.info(verdict)
+    st.info(md(verdict))
 
 # -- charts -------------------------------------------------------------------------------
 if classification:
@@ -113,7 +115,7 @@ else:
                          key="compare_table", column_config=dict.fromkeys(numbers, number))
     picked = page.rows["sample_id"].iloc[[i for i in event.selection.rows if i < len(page.rows)]].tolist()
     for col, (label, path, name) in zip(st.columns(2), (("A", path_a, c.run_a), ("B", path_b, c.run_b))):
-        if col.button(f"Open in Sample detail, as run {label} ({name}) saw it", disabled=not picked,
+        if col.button(f"Open in Sample detail, as run {label} ({md(name)}) saw it", disabled=not picked,
                       key=f"compare_open_{label}"):
             st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], split
             st.session_state["run_path"] = path  # the sidebar picker follows
@@ -124,17 +126,17 @@ st.subheader("By review tag")
 # the tags Error review shows for A's evaluation: A's data, from every run of the folder
 per_tag = c.per_tag(_shared.sample_tags(runs_dir, c.dataset_a))
 if per_tag.empty:
-    st.info(f"No sample of {c.run_a}'s {split} evaluation is tagged yet. Tag the failures on the Error review page "
-            f"(with {c.run_a} picked in the sidebar: select rows, pick or type a tag such as 'too dark', Save), then "
-            f"come back here to see how many of each tag {c.run_b} fixed and broke.")
+    st.info(f"No sample of {md(c.run_a)}'s {md(split)} evaluation is tagged yet. Tag the failures on the Error "
+            f"review page (with {md(c.run_a)} picked in the sidebar: select rows, pick or type a tag such as "
+            f"'too dark', Save), then come back here to see how many of each tag {md(c.run_b)} fixed and broke.")
 else:
-    st.markdown("\n".join(f"- {line}" for line in c.tag_sentences(per_tag)))
+    st.markdown("\n".join(f"- {md(line)}" for line in c.tag_sentences(per_tag)))
     st.dataframe(per_tag, hide_index=True, key="compare_tags",
                  column_config={**{col: col.replace("_", " ") for col in per_tag.columns},
                                 "tagged": st.column_config.NumberColumn(help="tagged samples both runs evaluated"),
                                 "not_in_b": st.column_config.NumberColumn(
-                                    "not in B", help=f"tagged samples {c.run_b} did not evaluate")})
-    st.caption(f"Tags on {c.run_a}'s evaluated data from every run in the folder, as Error review shows them.")
+                                    "not in B", help=f"tagged samples {md(c.run_b)} did not evaluate")})
+    st.caption(f"Tags on {md(c.run_a)}'s evaluated data from every run in the folder, as Error review shows them.")
 
 # -- what else differs --------------------------------------------------------------------
 tabs = st.tabs((["Per class"] if classification else []) + ["Configuration", "Final scalars", "Health findings"])

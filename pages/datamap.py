@@ -7,6 +7,7 @@ import streamlit as st
 
 from diagnostics import dynamics as dyn
 from diagnostics import errors, figures, schema
+from diagnostics.text import md
 from pages import _shared
 
 GRID_COLUMNS, GRID_ROWS = 8, 3
@@ -39,8 +40,9 @@ if regression:
     records = found.median_records
     st.caption(f"Each point is a training sample over its training records (median {records}). x: the standard "
                f"deviation of its residual (prediction − target) over those records, y: its mean |residual|, both "
-               f"in {unit or 'the target unit'}. Regions by shares, as in Swayamdipta et al. 2020: the most variable "
-               f"third is ambiguous (residual std ≥ {cut[1]:.3g}: the prediction kept moving); of the rest, the third "
+               f"in {md(unit) if unit else 'the target unit'}. Regions by shares, as in Swayamdipta et al. 2020: the "
+               f"most variable third is ambiguous (residual std ≥ {cut[1]:.3g}: the prediction kept moving); of the "
+               f"rest, the third "
                f"with the largest error is hard-to-learn (mean |residual| > {cut[0]:.3g}: the model settled far from "
                "the target, a wrong target or a hard input); the others are easy. The records before the model "
                "learned add to every sample's variability.")
@@ -130,8 +132,8 @@ for start in range(0, len(suspects), GRID_COLUMNS):
         with col:
             st.image(thumbs[row.sample_id], width="stretch")
             shown = (f"target {row.label:.3g} · predicted {row.prediction:.3g}" if regression
-                     else f"label {row.label} · predicted {row.prediction}")
-            st.caption(f"**{row.sample_id}** · score {row.score:.2f}  \n{shown}")
+                     else f"label {md(row.label)} · predicted {md(row.prediction)}")
+            st.caption(f"**{md(row.sample_id)}** · score {row.score:.2f}  \n{shown}")
             if st.button("Open", key=f"datamap_open_{row.sample_id}", width="stretch"):
                 st.session_state["sample_id"], st.session_state["sample_split"] = row.sample_id, "train"
                 st.switch_page("pages/sample.py")

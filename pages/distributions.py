@@ -5,6 +5,7 @@ import streamlit as st
 
 import diagnostics
 from diagnostics import figures, overview, schema
+from diagnostics.text import html, md
 from pages import _shared
 
 run = _shared.current_run()
@@ -39,8 +40,9 @@ else:
 
 one = _shared.distributions(path, version, kind, layers=(layer,), rank=rank)
 # one above the other, same margins and step range: a step lines up in both
-st.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {layer}: quantiles over steps"), width="stretch")
-st.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {layer}: histogram over steps"), width="stretch")
+st.plotly_chart(figures.quantile_bands_figure(one, f"{kind} of {html(layer)}: quantiles over steps"), width="stretch")
+st.plotly_chart(figures.histogram_heatmap_figure(one, f"{kind} of {html(layer)}: histogram over steps"),
+                width="stretch")
 if len(one):
     last = one.sort_values("step").iloc[-1]
     st.caption(
@@ -52,7 +54,7 @@ if len(one):
 st.subheader("Other runs, this layer")
 peers = _shared.runs_recording(st.session_state.get("runs_dir", str(run.path.parent)), path, kind, layer)
 if peers.empty:
-    st.caption(f"No other run of this folder recorded the {kind} of `{layer}`: runs of the same model, recorded with "
+    st.caption(f"No other run of this folder recorded the {kind} of {md(layer)}: runs of the same model, recorded with "
                "`hooks.watch`, show here to compare this layer across changes.")
 else:
     options = peers["name"].tolist()
@@ -69,17 +71,17 @@ else:
         try:
             peer_version = diagnostics.open_run(row.path).data_version()
         except diagnostics.DiagnosticsError as exc:
-            st.caption(f"{row.name} is left out: {exc}")
+            st.caption(f"{md(row.name)} is left out: {md(exc)}")
             continue
         same_rank = rank if rank is not None and rank < row.world_size else None
         frames[row.name] = _shared.distributions(row.path, peer_version, kind, layers=(layer,), rank=same_rank)
         versions[row.name] = (row.path, peer_version)
     if len(frames) > 1:
-        st.plotly_chart(figures.runs_quantiles_figure(frames, f"{kind} of {layer}: median and band, run by run"),
+        st.plotly_chart(figures.runs_quantiles_figure(frames, f"{kind} of {html(layer)}: median and band, run by run"),
                         width="stretch", key="dist_runs_quantiles")
         if st.toggle("Histograms side by side", key="dist_runs_histograms",
                      help="Each run's histogram heatmap on one value grid and colour scale, axes shared."):
-            st.plotly_chart(figures.runs_histograms_figure(frames, f"{kind} of {layer}: histograms over steps"),
+            st.plotly_chart(figures.runs_histograms_figure(frames, f"{kind} of {html(layer)}: histograms over steps"),
                             width="stretch", key="dist_runs_histograms_chart")
         # what the layer's change did to training: the same runs' loss and metrics, same colours
         curves = {name: _shared.scalars(*at) for name, at in versions.items()}

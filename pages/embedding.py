@@ -6,6 +6,7 @@ same points is shown, labelled as such, with the UMAP's progress; the page then 
 import streamlit as st
 
 from diagnostics import embedding, figures
+from diagnostics.text import md
 from pages import _shared
 
 N_EPOCHS = 200  # as separated as umap's default 500 on our checks, in half the time
@@ -34,7 +35,7 @@ if samples.empty:
 try:
     points, status = embedding.project_or_preview(r.path, samples, n_epochs=N_EPOCHS)
 except ValueError as exc:
-    st.warning(f"No map: {exc}")
+    st.warning(f"No map: {md(exc)}")
     st.stop()
 
 

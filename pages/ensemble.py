@@ -9,6 +9,7 @@ import streamlit as st
 import diagnostics
 from diagnostics import figures, paging
 from diagnostics.ensemble import MIN_MEMBERS, TIE_BREAK
+from diagnostics.text import md
 from pages import _shared
 
 MOST_MEMBERS = 8
@@ -17,25 +18,25 @@ r = _shared.review("Ensemble")
 run = r.run
 evaluated = list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or []))
 if not r.classification:
-    st.info(f"{run.name} is a {r.task} run: the ensemble view combines classification runs (votes, right or "
+    st.info(f"{md(run.name)} is a {r.task} run: the ensemble view combines classification runs (votes, right or "
             "wrong per sample). Compare regression runs on the Compare runs page.")
     st.stop()
 if not evaluated:
-    st.info(f"{run.name} (picked in the sidebar) has no evaluation. Add `run.evaluate(val_loader, split=\"val\")` "
+    st.info(f"{md(run.name)} (picked in the sidebar) has no evaluation. Add `run.evaluate(val_loader, split=\"val\")` "
             "after training to each run you want to combine, on the same samples, or pick an evaluated run.")
     st.stop()
 others = _shared.comparable_runs(r.runs_dir, r.path)
 for name, why in others.attrs.get("skipped", {}).items():
-    st.caption(f"{name} is left out: {why}")
+    st.caption(f"{md(name)} is left out: {md(why)}")
 others = others[others["same_data"]]
 # members are named by folder, as in the sidebar: copies of a run share their manifest's name
 paths = {run.path.name: r.path, **{Path(p).name: str(p) for p in others["path"]}}
 splits_of = {run.path.name: evaluated, **{Path(p).name: list(s) for p, s in zip(others["path"], others["splits"])}}
 if len(paths) < MIN_MEMBERS:
-    st.info(f"Nothing to combine {run.name} with: an ensemble needs at least {MIN_MEMBERS} evaluated classification "
-            f"runs on the same data (the same sample ids with the same labels) in `{r.runs_dir}`. Train another "
-            "model (another seed, architecture or preprocessing) and call `run.evaluate(val_loader, split=\"val\")` "
-            "on the same samples.")
+    st.info(f"Nothing to combine {md(run.name)} with: an ensemble needs at least {MIN_MEMBERS} evaluated "
+            f"classification runs on the same data (the same sample ids with the same labels) in {md(r.runs_dir)}. "
+            "Train another model (another seed, architecture or preprocessing) and call "
+            "`run.evaluate(val_loader, split=\"val\")` on the same samples.")
     st.stop()
 
 left, right = st.columns([3, 1])
@@ -57,12 +58,12 @@ member_paths = tuple(paths[n] for n in picked)
 try:
     e = _shared.ensemble_of(member_paths, tuple(diagnostics.open_run(p).data_version() for p in member_paths), split)
 except diagnostics.DiagnosticsError as exc:
-    st.error(f"These runs cannot be combined: {exc}")
+    st.error(f"These runs cannot be combined: {md(exc)}")
     st.stop()
-st.caption(f"{len(e.members)} members, on the {e.shared:,} samples of split {split} that all of them evaluated "
+st.caption(f"{len(e.members)} members, on the {e.shared:,} samples of split {md(split)} that all of them evaluated "
            "(each member's latest evaluation).")
 for note in e.warnings:
-    st.warning(note, icon=":material/warning:")
+    st.warning(md(note), icon=":material/warning:")
 
 # -- headline -----------------------------------------------------------------------------
 best, best_accuracy = e.best_member
@@ -78,12 +79,12 @@ def against_best(way: str) -> dict:
 
 
 cols = st.columns(4)
-cols[0].metric("Best member", f"{best_accuracy:.1%}", help=best)
-cols[0].caption(best)
+cols[0].metric("Best member", f"{best_accuracy:.1%}", help=md(best))
+cols[0].caption(md(best))
 cols[1].metric("Majority vote", f"{e.majority_accuracy:.1%}", **against_best("majority vote"),
                help=f"each member votes its prediction; {e.majority_ties} tied vote(s): {TIE_BREAK}")
 if e.probability_accuracy is None:
-    cols[2].metric("Probability average", "—", help=e.probability_note)
+    cols[2].metric("Probability average", "—", help=md(e.probability_note))
 else:
     cols[2].metric("Probability average", f"{e.probability_accuracy:.1%}",
                    **against_best("probability average"),
@@ -93,7 +94,7 @@ cols[3].metric("Oracle", f"{e.oracle_accuracy:.1%}", **against_best("oracle"),
                     "can reach")
 reading, outcome = e.reading(), e.outcome()
 (st.success if e.best_combination()[1] > best_accuracy else st.info)(
-    f"{reading[0].upper()}{reading[1:]}. {outcome[0].upper()}{outcome[1:]}.")
+    md(f"{reading[0].upper()}{reading[1:]}. {outcome[0].upper()}{outcome[1:]}."))
 
 # -- charts -------------------------------------------------------------------------------
 chart_left, chart_right = st.columns(2)
@@ -102,7 +103,7 @@ chart_right.plotly_chart(figures.ensemble_accuracy_figure(e.accuracy, e.combined
 st.caption("Phi is the correlation of two members' wrong/right indicators over the shared samples: 1, wrong on "
            "the same samples; 0, errors unrelated; below 0, one tends to be right where the other is wrong.")
 for note in e.phi_notes:
-    st.caption(note)
+    st.caption(md(note))
 
 # -- the samples only one member gets right -----------------------------------------------
 st.subheader("Samples only one member gets right")
@@ -111,7 +112,7 @@ if table.empty:
     st.info("No shared sample is right in exactly one member.")
     st.stop()
 by_member = table["member"].value_counts()
-st.caption(", ".join(f"{m}: {int(by_member.get(m, 0))}" for m in e.members) + ". What a vote can lose: the other "
+st.caption(", ".join(f"{md(m)}: {int(by_member.get(m, 0))}" for m in e.members) + ". What a vote can lose: the other "
            "members outvote the one right answer. Select a row to open it in Sample detail as that member saw it.")
 id_text = st.columns([1, 2])[0].text_input("Sample id contains", key="ensemble_id", placeholder="e.g. 123")
 page = paging.page_of(paging.search_ids(table, id_text), *_shared.pager("ensemble_pages", "ensemble_table", id_text))
@@ -122,7 +123,7 @@ event = st.dataframe(page.rows, hide_index=True, on_select="rerun", selection_mo
 rows = [i for i in event.selection.rows if i < len(page.rows)]
 chosen = page.rows.iloc[rows] if rows else None
 member = None if chosen is None else str(chosen["member"].iloc[0])
-if st.button(f"Open in Sample detail, as {member or 'its member'} saw it", disabled=chosen is None,
+if st.button(f"Open in Sample detail, as {md(member) if member else 'its member'} saw it", disabled=chosen is None,
              key="ensemble_open"):
     path = e.paths[e.members.index(member)]
     st.session_state["sample_id"], st.session_state["sample_split"] = str(chosen["sample_id"].iloc[0]), split

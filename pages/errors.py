@@ -8,6 +8,7 @@ import streamlit as st
 
 from diagnostics import errors, figures, slices
 from diagnostics import tags as tag_store
+from diagnostics.text import md
 from pages import _shared
 
 r = _shared.review("Error review", "errors")
@@ -18,7 +19,8 @@ classification = r.classification
 num_classes = errors.class_count(run.manifest, samples) if classification else 0
 name = r.class_label
 unit = None if classification else errors.target_unit(run.manifest)
-in_unit = f" ({unit})" if unit else ""
+in_unit = f" ({unit})" if unit else ""  # plain text: table columns
+in_unit_md = md(in_unit)  # in Markdown: metric labels, captions
 
 # -- headline -----------------------------------------------------------------------------
 head = _shared.error_headline(path, version, split, r.step, task)
@@ -29,10 +31,10 @@ if classification:
     cols[2].metric("Wrong", f"{head['wrong']:,}")
     cols[3].metric("Calibration error (ECE)", f"{head['ece']:.3f}")
 else:
-    cols[1].metric(f"MAE{in_unit}", f"{head['mae']:.3g}")
-    cols[2].metric(f"RMSE{in_unit}", f"{head['rmse']:.3g}")
-    cols[3].metric(f"Bias{in_unit}", f"{head['bias']:+.3g}", help="mean residual (prediction − label)")
-    st.caption(errors.regression_loss_note(unit, run.manifest.get("loss_fn")))
+    cols[1].metric(f"MAE{in_unit_md}", f"{head['mae']:.3g}")
+    cols[2].metric(f"RMSE{in_unit_md}", f"{head['rmse']:.3g}")
+    cols[3].metric(f"Bias{in_unit_md}", f"{head['bias']:+.3g}", help="mean residual (prediction − label)")
+    st.caption(md(errors.regression_loss_note(unit, run.manifest.get("loss_fn"))))
 
 # -- filters ------------------------------------------------------------------------------
 with st.expander("Filters and order of the worst cases", expanded=False):
@@ -136,7 +138,7 @@ if classification:
         cell_page, cell_size = _shared.pager("err_cell_pages", "err_cell", in_cell)
         cell = errors.page_table(samples, task, in_cell, page=cell_page, page_size=cell_size)
         _shared.page_controls("err_cell_pages", cell,
-                              f" labelled {name(t)} and predicted {name(p)}, highest loss first")
+                              f" labelled {md(name(t))} and predicted {md(name(p))}, highest loss first")
         cell_table = _with_thumbnails(errors.review_table(cell.rows, task, class_names)[
             ["sample_id", "label", "prediction", "loss", "confidence"]])
         st.dataframe(cell_table, hide_index=True, key="err_cell", row_height=48 if "input" in cell_table else None,
@@ -153,12 +155,12 @@ if classification:
 else:
     with scatter_tab:
         st.plotly_chart(figures.prediction_figure(samples, unit), key="err_predicted_true")
-        st.caption(f"One point per evaluated sample{in_unit}; on the dashed line y = x the prediction is exact, "
+        st.caption(f"One point per evaluated sample{in_unit_md}; on the dashed line y = x the prediction is exact, "
                    "above it the model overestimates. A cloud flatter than the line is regression to the mean.")
     with calib_tab:
         st.plotly_chart(figures.residual_figure(samples, unit), key="err_residuals")
         _, by_label = errors.regression_summary(samples)
-        st.caption(f"Residuals by label range (equal-width bins){in_unit}:")
+        st.caption(f"Residuals by label range (equal-width bins){in_unit_md}:")
         st.dataframe(by_label.rename(columns={"mean_residual": f"mean residual{in_unit}", "mae": f"MAE{in_unit}",
                                               "label_lo": f"label from{in_unit}", "label_hi": f"label to{in_unit}"}),
                      hide_index=True, key="err_by_label")
@@ -174,7 +176,7 @@ with slice_tab:
         st.plotly_chart(figures.slices_figure(found), key="err_slices")
         for _, row in found.iterrows():
             text = slices.describe_slice(row)
-            st.markdown(f"- {text if classification else text.replace(' wrong', ' with a large error')}")
+            st.markdown(f"- {md(text if classification else text.replace(' wrong', ' with a large error'))}")
         if not classification:
             st.caption("For regression, an error is a |residual| in the worst quarter of the evaluated samples.")
         st.caption("Method: quantile thresholds of each input statistic, classes, tags and confidence, and pairs of "

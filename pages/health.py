@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from diagnostics import badges, health
+from diagnostics.text import md
 from pages import _shared
 
 ICONS = {"error": ":material/error:", "warning": ":material/warning:", "info": ":material/info:"}
@@ -25,21 +26,21 @@ def _rules_checked() -> None:
 
 def _problem(i: int, p) -> None:
     cause, where = p.cause, p.cause.location()
-    title = f"{i + 1}. {cause.rule.replace('_', ' ')}{' — ' + where if where else ''}"
+    title = f"{i + 1}. {cause.rule.replace('_', ' ')}{' — ' + md(where) if where else ''}"
     if p.also:
         title += f" and {len(p.also)} more"
     if p.symptoms:
         title += f" (+{len(p.symptoms)} symptom{'s' if len(p.symptoms) > 1 else ''})"
     with st.expander(title, icon=ICONS.get(p.severity), expanded=i == 0):
-        st.markdown(f"**{p.message}**")
-        st.markdown(f"Try: {cause.advice}")
+        st.markdown(f"**{md(p.message)}**")
+        st.markdown(f"Try: {md(cause.advice)}")
         if cause.reference:
-            st.caption(f"Threshold and reference: {cause.reference}")
+            st.caption(f"Threshold and reference: {md(cause.reference)}")
         st.plotly_chart(health.evidence_figure(run, cause), key=f"health_problem_{i}")
         if p.symptoms:
             st.markdown("Symptoms it explains (fix the cause first, then check again):")
             st.markdown("\n".join(f"- **{s.rule.replace('_', ' ')}**"
-                                  f"{' (' + s.location() + ')' if s.location() else ''}: {s.message}"
+                                  f"{' (' + md(s.location()) + ')' if s.location() else ''}: {md(s.message)}"
                                   for s in p.symptoms))
 
 

@@ -4,6 +4,7 @@ import streamlit as st
 
 import diagnostics
 from diagnostics import figures, overview
+from diagnostics.text import md
 from pages import _shared
 
 run = _shared.current_run()
@@ -11,17 +12,17 @@ m = run.manifest
 status = run.status()
 version = run.data_version()
 
-st.title(f"Run {run.name}")
+st.title(f"Run {md(run.name)}")
 _shared.live_refresh(run, version, status["state"])
 head = overview.headline(m, status)
 cols = st.columns([1, 1, 1.5, 1.5, 1])
 cols[0].metric("State", head["state"])
 cols[1].metric("Last step", head["last_step"])
-cols[2].metric("Task", head["task"])
-cols[3].metric("Model", head["model"])
+cols[2].metric("Task", md(head["task"]))  # a metric's value is Markdown too
+cols[3].metric("Model", md(head["model"]))
 cols[4].metric("Parameters", head["parameters"])
 for line in overview.fault_lines(status):
-    st.warning(line, icon=":material/warning:")
+    st.warning(md(line), icon=":material/warning:")
 if status["state"] == "stopped":
     st.warning("This run's writer stopped without closing it (the process ended or was killed): "
                "it is shown as recorded up to its last flush.")
@@ -49,7 +50,7 @@ else:
             frames[row.name] = _shared.scalars(row.path, other.data_version())
             starts[row.name] = float(other.manifest.get("created_at") or float("nan"))
         except diagnostics.DiagnosticsError as exc:
-            st.warning(f"Run {row.name} is not drawn: {exc}")
+            st.warning(f"Run {md(row.name)} is not drawn: {md(exc)}")
     starts = {k: v for k, v in starts.items() if v == v}
     others = overview.other_scalars(scalars)
     picked = st.multiselect("Other scalars", others, default=overview.default_scalars(scalars),
@@ -64,7 +65,7 @@ else:
                     width="stretch", key="overview_curves")
     note = overview.loss_note(m, ["loss", *picked])
     if note:
-        st.caption(note)
+        st.caption(md(note))
     if lr_names and not one_lr:  # one per parameter group: this run's alone
         st.plotly_chart(figures.scalar_figure(scalars, lr_names, "learning rate"), width="stretch")
 

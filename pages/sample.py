@@ -4,6 +4,7 @@ its history over training, and its tags and note."""
 import streamlit as st
 
 from diagnostics import figures
+from diagnostics.text import html, md
 from pages import _shared
 
 r = _shared.review("Sample detail", "sample")
@@ -19,8 +20,8 @@ history, records, preview, attributions = _shared.sample_detail(path, version, s
 name = r.class_label if r.classification else (lambda v: f"{v:.4g}")  # noqa: E731
 
 cols = st.columns(4)
-cols[0].metric("Label", name(row["label"]))
-cols[1].metric("Prediction", name(row["prediction"]))
+cols[0].metric("Label", md(name(row["label"])))  # a metric's value is Markdown too
+cols[1].metric("Prediction", md(name(row["prediction"])))
 cols[2].metric("Loss", f"{row['loss']:.3f}")
 if r.classification:
     cols[3].metric("Confidence", f"{row['confidence']:.1%}")
@@ -36,7 +37,7 @@ with left:
                            "attribute_worst=...)).")
     att = attributions[attributions["method"] == method].iloc[0] if method != "none" else None
     st.plotly_chart(figures.preview_figure(preview.iloc[0] if not preview.empty else None, att,
-                                           title=f"sample {sample_id}"), key="sample_preview")
+                                           title=f"sample {html(sample_id)}"), key="sample_preview")
     if not methods:
         st.caption("No attribution for this sample: only the worst cases of an evaluation get them.")
 with right:
@@ -45,18 +46,18 @@ with right:
                         key="sample_probs")
     inputs = {c.removeprefix("input_"): f"{row[c]:.4g}" for c in samples.columns if c.startswith("input_")}
     if inputs:
-        st.caption("Input statistics: " + ", ".join(f"{k} {v}" for k, v in inputs.items()))
+        st.caption("Input statistics: " + ", ".join(f"{md(k)} {v}" for k, v in inputs.items()))
 st.plotly_chart(figures.sample_history_figure(records, history, r.task), key="sample_history")
-st.caption(f"History within split **{split}**: its evaluations and, when `run.log_batch(..., ids=, split="
-           f"{split!r})` logged it, its per-step records. Ids name samples of one split: training records of "
+st.caption(f"History within split **{md(split)}**: its evaluations and, when run.log_batch(..., ids=, split="
+           f"{md(repr(split))}) logged it, its per-step records. Ids name samples of one split: training records of "
            "another split with the same id are a different sample and are not shown."
-           + ("" if not records.empty else f" This sample has no per-step records in split {split}."))
+           + ("" if not records.empty else f" This sample has no per-step records in split {md(split)}."))
 
 st.subheader("Tags and note")
 store = _shared.tags_of(path)
 current = r.tags[r.tags["sample_id"] == str(sample_id)]
-st.write("Tags: " + (", ".join(sorted(set(current["tag"]))) if not current.empty else "none yet"))
+st.markdown("Tags: " + (", ".join(md(t) for t in sorted(set(current["tag"]))) if not current.empty else "none yet"))
 note = store.notes(r.dataset, [sample_id])
 if not note.empty:
-    st.write(f"Note: {note['note'].iloc[-1]}")
+    st.markdown(f"Note: {md(note['note'].iloc[-1])}")
 _shared.tagging_form(r.run, r.dataset, [str(sample_id)], "sample")

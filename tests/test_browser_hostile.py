@@ -121,3 +121,65 @@ def test_hostile_names_tags_and_notes_are_shown_inert(tmp_path):
         except subprocess.TimeoutExpired:  # a loaded machine: stopped all the same, not an error of the test
             os.killpg(proc.pid, signal.SIGKILL)
     assert not dialogs and found == {}, found
+
+
+# -- issue #25: names are text, not Markdown, on every page ---------------------------------
+ALL_PAGES = PAGES + ["ensemble"]
+_MARKDOWN_MADE = """(raw) => {
+  const all = [...document.querySelectorAll('[data-testid="stMain"], [data-testid="stSidebar"]')];
+  const within = (sel) => all.flatMap(root => [...root.querySelectorAll(sel)]);
+  return {
+    javascript: [...document.querySelectorAll('a')].map(a => a.getAttribute('href') || '')
+                  .filter(h => h.trim().toLowerCase().startsWith('javascript')),
+    made: [...within('a'), ...within('strong'), ...within('b'), ...within('em'), ...within('code'),
+           ...within('.katex')].map(e => e.textContent)
+           .filter(t => ['click', 'bold', 'star', 'tick', 'x'].includes(t.trim())),
+    svg_bold: [...document.querySelectorAll('svg tspan, svg a')]
+                .filter(t => t.textContent === 'bold' && (t.style.fontWeight === 'bold' || t.tagName === 'a')).length,
+    visible: raw.filter(s => [document.body.innerText, ...[...document.querySelectorAll('input')].map(i => i.value),
+                              ...[...document.querySelectorAll('svg text')].map(t => t.textContent)]
+                              .some(t => t.includes(s))),
+  };
+}"""
+
+
+def test_user_chosen_names_show_as_literal_text_on_every_page(tmp_path):
+    """Run, layer, class, split, tag, note and metric names that are Markdown ([x](javascript:..),
+    *star*, `tick`, $x$) or HTML (<b>) make no link, emphasis, code, math or bold on any page,
+    and each page shows one of them as typed."""
+    if CHROMIUM is None:
+        pytest.skip("chromium not installed (apt-get install -y chromium chromium-driver)")
+    from urllib.parse import quote
+
+    from playwright.sync_api import sync_playwright
+
+    from tests import hostile
+
+    hostile.hostile_runs(tmp_path / "runs")
+    proc, url = _serve(tmp_path / "runs")
+    raw = sorted(set(hostile.HOSTILE + hostile.RUNS + hostile.CLASSES + [hostile.SPLIT, hostile.NOTE, hostile.METRIC])
+                 - {"plain"})
+    found = {}
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch_persistent_context(str(tmp_path / "profile"), executable_path=CHROMIUM,
+                                                            args=ARGS, headless=True,
+                                                            viewport={"width": 1400, "height": 2400})
+            page = browser.new_page()
+            for name in ALL_PAGES:
+                page.goto(f"{url}/{name}?run={quote(hostile.RUNS[0], safe='')}")
+                page.wait_for_selector('[data-testid="stMain"] h1', timeout=90_000)
+                if name != "health":  # drawn to its charts (Health, without findings, has none)
+                    page.wait_for_selector('[data-testid="stPlotlyChart"] .main-svg', state="attached", timeout=90_000)
+                page.wait_for_function(_QUIET_JS, polling=200, timeout=120_000)
+                seen = page.evaluate(_MARKDOWN_MADE, raw)
+                if seen["javascript"] or seen["made"] or seen["svg_bold"] or not seen["visible"]:
+                    found[name or "overview"] = seen
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert found == {}, found

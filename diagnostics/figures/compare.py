@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics.figures.common import GREY, MARGIN, WEBGL_POINTS, empty_figure, log_ticks
+from diagnostics.text import html
 
 _CHANGE_COLORS = {"fixed": "#2ca02c", "improved": "#2ca02c", "broken": "#d62728", "worsened": "#d62728",
                   "still_wrong": "#ff7f0e", "still_right": "#c7c7c7", "same": "#c7c7c7"}
@@ -25,7 +26,7 @@ def class_delta_figure(per_class: pd.DataFrame) -> go.Figure:
     t = per_class[per_class["support"] > 0]
     delta = 100 * t["delta"].to_numpy(dtype=float)
     fig = go.Figure(go.Bar(
-        x=t["name"].astype(str), y=delta, marker_color=np.where(delta >= 0, _CHANGE_COLORS["fixed"],
+        x=t["name"].map(html), y=delta, marker_color=np.where(delta >= 0, _CHANGE_COLORS["fixed"],
                                                                  _CHANGE_COLORS["broken"]),
         text=[f"+{f} / −{b}" if f or b else "" for f, b in zip(t["fixed"], t["broken"])], textposition="outside",
         customdata=np.column_stack([t["recall_a"], t["recall_b"], t["support"], t["fixed"], t["broken"]]),

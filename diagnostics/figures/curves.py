@@ -12,6 +12,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from diagnostics.figures.common import empty_figure, log_ticks, rgba
+from diagnostics.text import html
 
 _CURVE_COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                  "#bcbd22", "#7f7f7f")
@@ -41,7 +42,7 @@ def scalar_figure(scalars: pd.DataFrame, names: list[str], title: str, log_y: bo
     drawn = [(key, part) for key, part in df.groupby(["name", "rank"], sort=True)
              if np.isfinite(part["value"].to_numpy(dtype=float)).any()]
     for i, ((name, rank), part) in enumerate(drawn):
-        label = name if df["rank"].nunique() == 1 else f"{name} (rank {rank})"
+        label = html(name if df["rank"].nunique() == 1 else f"{name} (rank {rank})")
         _add_curve(fig, part["step"].to_numpy(), part["value"].to_numpy(dtype=float), label,
                    _CURVE_COLORS[i % len(_CURVE_COLORS)], smooth, pair=len(drawn) == 1)
     if not fig.data:
@@ -73,16 +74,17 @@ def runs_scalar_figure(frames: dict[str, pd.DataFrame], name: str, title: str = 
     fig = go.Figure()
     several = len(frames) > 1
     for run, i, rank, ranks, xs, ys in series:
-        label = (run if several else name) + (f" (rank {rank})" if ranks > 1 else "")
+        label = html((run if several else name) + (f" (rank {rank})" if ranks > 1 else ""))
         _add_curve(fig, xs / scale, ys, label, _CURVE_COLORS[i % len(_CURVE_COLORS)], smooth,
                    dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1 else "solid", group=run,
                    pair=len(series) == 1)
-    fig.update_layout(title=title or name, margin=dict(l=40, r=20, t=50, b=40),
+    fig.update_layout(title=title or html(name), margin=dict(l=40, r=20, t=50, b=40),
                       xaxis_title="step" if x == "step" else f"time since the run started ({unit})",
                       legend=dict(orientation="h", y=-0.25))
     _legend_height(fig)
     if missing:
-        fig.add_annotation(text=f"not logged under this name in: {', '.join(missing)}", xref="paper", yref="paper",
+        fig.add_annotation(text=f"not logged under this name in: {html(', '.join(missing))}", xref="paper",
+                           yref="paper",
                            x=1.0, y=1.02, xanchor="right", yanchor="bottom", showarrow=False, font=dict(size=11))
     _scalar_y_axis(fig, np.concatenate([ys for *_, ys in series]), log_y)
     return fig
@@ -113,8 +115,8 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
     unit, scale = _time_unit(max(longest)) if x == "time" else ("", 1.0)
     columns = max(1, min(columns, len(names)))
     rows = math.ceil(len(names) / columns)
-    titles = [name + (f" (smoothed {smooth:g}; faint: raw)" if smooth > 0 and name in smoothed else "")
-              + (f" (not logged in: {', '.join(missing)})" if missing and len(missing) < len(frames) else "")
+    titles = [html(name) + (f" (smoothed {smooth:g}; faint: raw)" if smooth > 0 and name in smoothed else "")
+              + (f" (not logged in: {html(', '.join(missing))})" if missing and len(missing) < len(frames) else "")
               for name, (_, missing) in found.items()]
     fig = make_subplots(rows=rows, cols=columns, subplot_titles=titles, shared_xaxes="all",
                         vertical_spacing=min(0.3, 0.45 / rows), horizontal_spacing=0.08)
@@ -125,7 +127,7 @@ def runs_scalars_figure(frames: dict[str, pd.DataFrame], names: list[str], x: st
             fig.add_annotation(text="no finite values", showarrow=False, row=row, col=col,
                                xref="x domain", yref="y domain", x=0.5, y=0.5)
             continue
-        _add_panel(fig, name, series, (row, col), x, scale, smooth if name in smoothed else 0.0,
+        _add_panel(fig, html(name), series, (row, col), x, scale, smooth if name in smoothed else 0.0,
                    several, legended)
         values = np.concatenate([ys for *_, ys in series])
         finite = values[np.isfinite(values)]
@@ -145,7 +147,7 @@ def _add_panel(fig: go.Figure, name: str, series: list, at: tuple[int, int], x: 
     once across panels; with `smooth`, its moving average over its raw values drawn faint."""
     row, col = at
     for run, j, rank, ranks, xs, ys in series:
-        label = run + (f" (rank {rank})" if ranks > 1 else "")
+        label = html(run) + (f" (rank {rank})" if ranks > 1 else "")
         color = _CURVE_COLORS[j % len(_CURVE_COLORS)]
         line = dict(color=color, width=2, dash=_RANK_DASHES[min(rank, len(_RANK_DASHES) - 1)] if ranks > 1
                     else "solid")

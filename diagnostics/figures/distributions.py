@@ -12,6 +12,7 @@ from plotly.subplots import make_subplots
 
 from diagnostics.figures.common import BLUE, empty_figure, log_ticks, rgba
 from diagnostics.histograms import common_grid
+from diagnostics.text import html
 
 _BAND_FILL = "rgba(31, 119, 180, {a})"
 # The quantile bands and the heatmap of one layer are drawn one above the other with the same
@@ -110,19 +111,20 @@ def layers_at_step_figure(dist: pd.DataFrame, layer_order: list[str], title: str
     d = d.set_index("layer").loc[order].reset_index()
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, row_heights=[0.65, 0.35], vertical_spacing=0.06)
     fig.add_trace(go.Box(
-        x=d["layer"], q1=d["q25"], median=d["q50"], q3=d["q75"], lowerfence=d["q05"], upperfence=d["q95"],
+        x=d["layer"].map(html), q1=d["q25"], median=d["q50"], q3=d["q75"], lowerfence=d["q05"], upperfence=d["q95"],
         name="5/25/50/75/95%", marker_color=BLUE, showlegend=False,
     ), row=1, col=1)
     std = d["std"].where(d["std"] > 0)
-    fig.add_trace(go.Scatter(x=d["layer"], y=std, mode="lines+markers", name="std", line=dict(color="#ff7f0e"),
+    fig.add_trace(go.Scatter(x=d["layer"].map(html), y=std, mode="lines+markers", name="std",
+                             line=dict(color="#ff7f0e"),
                              showlegend=False), row=2, col=1)
     fig.update_yaxes(title_text="value", row=1, col=1)
     fig.update_yaxes(title_text="std (log)", type="log", row=2, col=1, **log_ticks(std.dropna().to_numpy()))
     # names as categories: "0".."11" (an nn.Sequential's layers) would be read as numbers
     # and labelled every other one
     fig.update_xaxes(type="category", row=1, col=1)
-    fig.update_xaxes(type="category", tickangle=-45, row=2, col=1, tickvals=order,
-                     ticktext=[layer_label(name, layer_types) for name in order])
+    fig.update_xaxes(type="category", tickangle=-45, row=2, col=1, tickvals=[html(name) for name in order],
+                     ticktext=[html(layer_label(name, layer_types)) for name in order])
     fig.update_layout(title=title or "all layers at one step", height=560, margin=dict(l=60, r=20, t=50, b=40))
     return fig
 
@@ -140,7 +142,7 @@ def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
     healthy band around 1e-3 shaded."""
     d = ratios[(ratios["layer"] == layer) & (ratios["ratio"] > 0)].sort_values("step")
     if d.empty:
-        return empty_figure(f"no non-zero updates recorded for {layer}")
+        return empty_figure(f"no non-zero updates recorded for {html(layer)}")
     fig = go.Figure()
     fig.add_hrect(y0=1e-4, y1=1e-2, fillcolor="rgba(44,160,44,0.12)", line_width=0)
     # an annotation's y on a log axis is log10 of the value (hrect's own label landed at 10**0.01)
@@ -148,7 +150,7 @@ def update_ratio_figure(ratios: pd.DataFrame, layer: str) -> go.Figure:
                        xanchor="left", yanchor="top", font=dict(size=11, color="#2c7a2c"))
     fig.add_scatter(x=d["step"], y=d["ratio"], mode="lines+markers", name="‖update‖ / ‖weight‖")
     fig.update_yaxes(type="log", title_text="‖update‖ / ‖weight‖", dtick=1, tickformat=".0e")
-    fig.update_layout(title=f"update-to-weight ratio of {layer}", xaxis_title="step", height=320,
+    fig.update_layout(title=f"update-to-weight ratio of {html(layer)}", xaxis_title="step", height=320,
                       margin=dict(l=40, r=20, t=50, b=40))
     return fig
 
@@ -184,7 +186,7 @@ def runs_quantiles_figure(frames: dict[str, pd.DataFrame], title: str = "") -> g
         runs_quantiles_figure({"base": a.distributions("gradient", ["conv1"]),
                                "norm": b.distributions("gradient", ["conv1"])})
     """
-    drawn = {name: f for name, f in frames.items() if not f.empty}
+    drawn = {html(name): f for name, f in frames.items() if not f.empty}
     if not drawn:
         return empty_figure("no run recorded this layer")
     band = _band_of(list(drawn.values()))
@@ -204,7 +206,7 @@ def runs_quantiles_figure(frames: dict[str, pd.DataFrame], title: str = "") -> g
         fig.add_scatter(x=d["step"], y=d["q50"], mode="lines+markers" if len(d) <= 40 else "lines", marker=dict(size=4),
                         line=dict(color=color, width=2), name=name, legendgroup=name,
                         hovertemplate=f"{name}<br>step %{{x}}<br>median %{{y:.4g}}<extra></extra>")
-    missing = [name for name in frames if name not in drawn]
+    missing = [html(name) for name in frames if html(name) not in drawn]
     legend_title = f"median{f' and {band[2]} band' if band else ''}" + (
         f" (no captures: {', '.join(missing)})" if missing else "")
     steps = pd.concat([f["step"] for f in drawn.values()])
@@ -220,7 +222,7 @@ def runs_histograms_figure(frames: dict[str, pd.DataFrame], title: str = "", bin
     """One layer's histogram heatmap per run, side by side (at most `columns` a row) on one
     value grid and one colour scale, with the step and value axes shared: where a run's
     values spread or collapse shows at the same height and step in each panel."""
-    drawn = {name: (f[f["rank"] == f["rank"].min()] if "rank" in f else f).sort_values("step")
+    drawn = {html(name): (f[f["rank"] == f["rank"].min()] if "rank" in f else f).sort_values("step")
              for name, f in frames.items() if not f.empty}
     if not drawn:
         return empty_figure("no run recorded this layer")

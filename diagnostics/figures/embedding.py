@@ -16,6 +16,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics.figures.common import BLUE, GREY, RED, WEBGL_POINTS, empty_figure
+from diagnostics.text import html
 
 _CORRECT, _WRONG, _UNKNOWN = BLUE, RED, GREY
 # One colour per class, 20 distinct ones: Tableau 10 without its grey (grey means n/a here), then
@@ -70,7 +71,7 @@ def embedding_figure(points: pd.DataFrame, samples: pd.DataFrame, color_by: str 
     n_wrong = int(wrong.sum())
     title = f"{method or 'embedding map'}: {len(rows):,} samples" + (f", {n_wrong:,} wrong (×)" if n_wrong else "")
     fig.update_layout(title=title, dragmode="lasso", height=560, margin=dict(l=20, r=20, t=50, b=20),
-                      legend=dict(title=color_by, itemsizing="constant"), hovermode="closest")
+                      legend=dict(title=html(color_by), itemsizing="constant"), hovermode="closest")
     # the axes of a UMAP map carry no meaning: no ticks, but equal scale so distances read true
     fig.update_xaxes(showticklabels=False, showgrid=False, zeroline=False, title=None)
     fig.update_yaxes(showticklabels=False, showgrid=False, zeroline=False, title=None,
@@ -87,10 +88,10 @@ def _add_scale(fig: go.Figure, scatter, rows: pd.DataFrame, values: pd.Series, w
     # 99th percentile: one huge loss would otherwise paint every other point the same colour
     top = float(np.percentile(finite, 99)) if finite.size else None
     fig.add_trace(scatter(
-        x=rows["x"].to_numpy()[order], y=rows["y"].to_numpy()[order], mode="markers", name=color_by,
+        x=rows["x"].to_numpy()[order], y=rows["y"].to_numpy()[order], mode="markers", name=html(color_by),
         customdata=custom[order], hovertemplate=hover, showlegend=False,
         marker=dict(color=v, colorscale="Viridis", cmin=float(finite.min()) if finite.size else None,
-                    cmax=top, colorbar=dict(title=color_by), size=np.where(wrong[order], 8, 6),
+                    cmax=top, colorbar=dict(title=html(color_by)), size=np.where(wrong[order], 8, 6),
                     symbol=np.where(wrong[order], "x", "circle"), opacity=0.8)))
 
 
@@ -106,7 +107,7 @@ def _add_categories(fig: go.Figure, scatter, rows: pd.DataFrame, categories: lis
             first = not (layer_wrong and (mask & ~wrong).any())
             fig.add_trace(scatter(
                 x=rows["x"].to_numpy()[keep], y=rows["y"].to_numpy()[keep], mode="markers",
-                name=name, legendgroup=name, showlegend=first, customdata=custom[keep],
+                name=html(name), legendgroup=name, showlegend=first, customdata=custom[keep],
                 hovertemplate=hover, marker=dict(color=colours[name], size=8 if layer_wrong else 6,
                                                  symbol="x" if layer_wrong else "circle",
                                                  opacity=0.9 if layer_wrong else 0.6)))
@@ -164,8 +165,10 @@ def _hover(rows: pd.DataFrame, color_by: str, names: list[str] | None) -> tuple[
     for c in shown:
         text = [f"{v:.4g}" if pd.notna(v) else "n/a" for v in rows[c]] if c == "loss" \
             else _class_text(rows[c], names if c in ("label", "prediction") else None)
-        columns.append(text)
-        lines.append(f"{c} %{{customdata[{len(columns) - 1}]}}")
+        columns.append([html(t) for t in text])  # shown in the hover: names as text
+        lines.append(f"{html(c)} %{{customdata[{len(columns) - 1}]}}")
+    columns.append([html(s) for s in columns[0]])  # the id as text: customdata[0] stays the id a selection reads
+    lines[0] = f"<b>%{{customdata[{len(columns) - 1}]}}</b>"
     custom = np.empty((len(rows), len(columns)), dtype=object)
     for j, col in enumerate(columns):
         custom[:, j] = col

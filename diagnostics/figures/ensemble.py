@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics.figures.common import BLUE, GREY, MARGIN, empty_figure
+from diagnostics.text import html
 
 
 def phi_heatmap_figure(phi: pd.DataFrame) -> go.Figure:
@@ -20,9 +21,9 @@ def phi_heatmap_figure(phi: pd.DataFrame) -> go.Figure:
         return empty_figure("no members to correlate")
     z = phi.to_numpy(dtype=float)
     text = np.where(np.isfinite(z), np.char.mod("%.2f", np.nan_to_num(z)), "—")
-    names = [str(n) for n in phi.columns]
+    names = [html(n) for n in phi.columns]
     fig = go.Figure(go.Heatmap(
-        z=z, x=names, y=[str(n) for n in phi.index], text=text, texttemplate="%{text}", zmin=-1, zmax=1,
+        z=z, x=names, y=[html(n) for n in phi.index], text=text, texttemplate="%{text}", zmin=-1, zmax=1,
         colorscale="RdBu", reversescale=True, colorbar=dict(title="phi"), hoverongaps=False,
         hovertemplate="%{y} vs %{x}<br>phi of their errors: %{text}<extra></extra>"))
     fig.update_yaxes(autorange="reversed", type="category")
@@ -47,7 +48,7 @@ def ensemble_accuracy_figure(accuracy: dict[str, float], combined: dict[str, flo
     values = 100 * np.array(list(shown.values()), dtype=float)
     colors = [BLUE] * len(accuracy) + [GREY] * (len(shown) - len(accuracy))
     fig = go.Figure(go.Scatter(
-        x=list(shown), y=values, mode="markers+text", marker=dict(color=colors, size=14, symbol="diamond"),
+        x=[html(n) for n in shown], y=values, mode="markers+text", marker=dict(color=colors, size=14, symbol="diamond"),
         text=[f"{v:.1f}%" for v in values], textposition="top center", cliponaxis=False,
         hovertemplate="%{x}: %{y:.2f}%<extra></extra>"))
     best = 100 * max(accuracy.values())

@@ -17,6 +17,7 @@ import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
 from diagnostics.figures.common import BLUE, GREY, MARGIN, RED, WEBGL_POINTS, empty_figure
+from diagnostics.text import html
 
 
 def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] | None = None) -> go.Figure:
@@ -30,7 +31,7 @@ def confusion_figure(matrix: np.ndarray, class_names: Sequence[str] | None = Non
     if m.size == 0 or m.ndim != 2:
         return empty_figure("no classified samples")
     k = m.shape[0]
-    names = [str(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
+    names = [html(c) for c in class_names] if class_names is not None else [str(i) for i in range(k)]
     rows = m.sum(axis=1, keepdims=True)
     share = np.divide(m, rows, out=np.zeros(m.shape, dtype=float), where=rows > 0)
     true_idx, pred_idx = np.meshgrid(np.arange(k), np.arange(m.shape[1]), indexing="ij")
@@ -79,7 +80,7 @@ def class_metrics_figure(metrics_frame: pd.DataFrame) -> go.Figure:
     """Grouped bars of precision, recall and F1 per class, support in the hover."""
     if metrics_frame is None or metrics_frame.empty:
         return empty_figure("no class metrics")
-    names = metrics_frame["name"].astype(str)
+    names = metrics_frame["name"].map(html)
     fig = go.Figure()
     for metric in ("precision", "recall", "f1"):
         fig.add_bar(x=names, y=metrics_frame[metric], name=metric, customdata=metrics_frame["support"],
@@ -151,7 +152,7 @@ def slices_figure(slices_frame: pd.DataFrame) -> go.Figure:
     the overall error rate as a vertical line; size, errors and lift in the hover."""
     if slices_frame is None or slices_frame.empty:
         return empty_figure("no slice with significantly more errors than overall")
-    labels = [re.sub(r"\b(input|meta)_", "", str(d)) for d in slices_frame["description"]]
+    labels = [html(re.sub(r"\b(input|meta)_", "", str(d))) for d in slices_frame["description"]]
     overall = float(slices_frame["overall_rate"].iloc[0])
     fig = go.Figure(go.Bar(
         x=slices_frame["error_rate"], y=labels, orientation="h", marker_color=RED, name="error rate",

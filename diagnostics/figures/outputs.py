@@ -9,6 +9,7 @@ import plotly.graph_objects as go
 
 from diagnostics import histograms
 from diagnostics.figures.common import GREY, RED, empty_figure
+from diagnostics.text import html
 
 
 def pooled_class_counts(rows: pd.DataFrame) -> pd.Series:
@@ -23,7 +24,7 @@ def class_distribution_figure(output_row: pd.Series, label_row: pd.Series,
     pred = np.asarray(output_row["hist_counts"], dtype=float)
     lab = np.asarray(label_row["hist_counts"], dtype=float)
     n = max(len(pred), len(lab))
-    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    names = [html(c) for c in class_names] if class_names and len(class_names) == n else [str(i) for i in range(n)]
     fig = go.Figure()
     fig.add_bar(x=names, y=lab / max(lab.sum(), 1), name="labels", marker_color=GREY)
     fig.add_bar(x=names, y=pred / max(pred.sum(), 1), name="predictions", marker_color=RED)
@@ -66,7 +67,7 @@ def class_share_gap_figure(outputs: pd.DataFrame, labels: pd.DataFrame,
     lab = np.stack([np.asarray(c, float) / max(np.sum(c), 1) for c in merged["hist_counts_lab"]])
     gap = (pred - lab).T
     n = gap.shape[0]
-    names = class_names if class_names and len(class_names) == n else [str(i) for i in range(n)]
+    names = [html(c) for c in class_names] if class_names and len(class_names) == n else [str(i) for i in range(n)]
     lim = max(float(np.abs(gap).max()), 1e-3)
     fig = go.Figure(go.Heatmap(
         x=merged["step"], y=names, z=gap, colorscale="RdBu_r", zmin=-lim, zmax=lim,

@@ -8,6 +8,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics.figures.common import empty_figure
+from diagnostics.text import html
 
 _MARGIN = dict(l=30, r=20, t=50, b=30)
 
@@ -63,7 +64,8 @@ def probability_figure(probs, label: float, prediction: float, class_names: list
     if probs is None or np.ndim(probs) == 0 or len(probs) == 0:
         return empty_figure("no probabilities (regression)")
     p = np.asarray(probs, dtype=float)
-    names = class_names if class_names and len(class_names) == len(p) else [str(i) for i in range(len(p))]
+    names = ([html(c) for c in class_names] if class_names and len(class_names) == len(p)
+             else [str(i) for i in range(len(p))])
     colors = ["#1f77b4"] * len(p)
     if 0 <= int(prediction) < len(p):
         colors[int(prediction)] = "#d62728"

@@ -8,6 +8,7 @@ in milliseconds; the real fits are on a few hundred points, or marked slow.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -489,7 +490,10 @@ def test_figure_draws_wrong_samples_on_top_with_ids_in_customdata():
     drawn = [row[0] for t in fig.data for row in t.customdata]
     assert sorted(drawn) == sorted(samples["sample_id"])
     hover = fig.data[0].hovertemplate
-    assert all(word in hover for word in ("customdata[0]", "label", "prediction", "loss"))
+    assert all(word in hover for word in ("label", "prediction", "loss"))
+    # the hover names the sample: its id as text, in a column of its own (customdata[0] stays the raw id)
+    shown = int(re.search(r"<b>%\{customdata\[(\d+)\]\}</b>", hover).group(1))
+    assert [row[shown] for row in fig.data[0].customdata] == [str(row[0]) for row in fig.data[0].customdata]
     wrong_row = fig.data[1].customdata[0]
     sample = samples.set_index("sample_id").loc[wrong_row[0]]
     assert wrong_row[1] == str(int(sample["label"])) and wrong_row[3] == f"{sample['loss']:.4g}"

@@ -61,7 +61,7 @@ def test_the_picks_follow_to_other_layers_and_runs_without_peers_say_so(monkeypa
     assert at.multiselect(key="dist_compare_activation_conv2").value == ["norm"]
     assert _chart(at, "activation of conv2: median and band") is not None
     at = _open(monkeypatch, tmp_path, "solo")
-    assert not at.multiselect and any("No other run of this folder recorded the weight of `w`" in c.value
+    assert not at.multiselect and any("No other run of this folder recorded the weight of w:" in c.value
                                       for c in at.caption)
 
 

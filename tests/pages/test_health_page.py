@@ -37,10 +37,10 @@ def test_problems_come_first_with_their_symptoms_under_them(monkeypatch, recorde
                       "2. split leakage — steps 0–9"]
     first = at.expander[0]
     texts = [m.value for m in first.markdown]
-    assert texts[0].startswith("**weight_decay_dominates fired. It explains 2 other findings:")
-    assert "Try: Fix weight_decay_dominates." in texts
-    assert any("**update ratio** (layer 0.weight, steps 0–9): update_ratio fired." in t and
-               "**loss vs baseline** (steps 0–9): loss_vs_baseline fired." in t for t in texts)
+    assert texts[0].startswith(r"**weight\_decay\_dominates fired. It explains 2 other findings:")
+    assert r"Try: Fix weight\_decay\_dominates." in texts  # the rule's text, escaped: shown as written
+    assert any(r"**update ratio** (layer 0.weight, steps 0–9): update\_ratio fired." in t and
+               r"**loss vs baseline** (steps 0–9): loss\_vs\_baseline fired." in t for t in texts)
     assert len(plotly_charts(at)) == 2  # each problem's evidence
     table = at.dataframe[0].value
     assert len(table) == 5 and list(table["explained by"]).count("weight_decay_dominates") == 2
