@@ -426,8 +426,8 @@ def regression_check(dynamics: pd.DataFrame) -> RegressionCheck | None:
 def label_verdict(dynamics: pd.DataFrame) -> pd.Series:
     """Each classification sample's verdict: SUSPECTED ("suspected mislabeled"), HARD, or ""
     (neither), from its late records (see LATE_WRONG, CONFIDENT_MARGIN)."""
-    if not len(dynamics):
-        return pd.Series(dtype=object, index=dynamics.index, name="verdict")
+    if not len(dynamics) or not {"late_wrong_frac", "late_margin"} <= set(dynamics.columns):
+        return pd.Series("", dtype=object, index=dynamics.index, name="verdict")  # no late records: no verdict
     late_wrong = dynamics["late_wrong_frac"].to_numpy(float) >= LATE_WRONG
     confident = dynamics["late_margin"].to_numpy(float) < CONFIDENT_MARGIN
     verdict = np.where(late_wrong & confident, SUSPECTED, np.where(late_wrong, HARD, ""))

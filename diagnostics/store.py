@@ -46,7 +46,7 @@ def _read_manifest(path: Path) -> dict:
     except RecursionError:  # JSON nested deeper than Python's parser goes: no manifest is
         raise RunFormatError(f"{mf} is nested too deeply to be a run's manifest — the file is damaged") from None
     except PermissionError:
-        raise RunFormatError(f"{mf} cannot be read (permission denied) — check the file's owner and mode "
+        raise RunFormatError(f"{mf} cannot be read (Permission denied) — check the file's owner and mode "
                              f"(chmod a+r {mf})") from None
     if not isinstance(manifest, dict) or any(k not in manifest for k in schema.MANIFEST_REQUIRED):
         raise RunFormatError(

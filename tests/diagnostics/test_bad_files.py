@@ -90,7 +90,7 @@ def test_an_unreadable_manifest_is_one_line_and_the_listing_goes_on(tmp_path, mo
     with pytest.raises(DiagnosticsError) as err:
         diagnostics.open_run(bad)
     _one_line(str(err.value))
-    assert "permission denied" in str(err.value) and "chmod" in str(err.value)
+    assert "Permission denied" in str(err.value) and "chmod" in str(err.value)
     listed = diagnostics.list_runs(tmp_path).set_index("name")
     assert listed.loc["good", "state"] == "finished" and listed.loc["bad", "state"] == "broken"
 
