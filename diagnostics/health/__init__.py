@@ -34,7 +34,7 @@ import plotly.graph_objects as go
 from diagnostics.figures import empty_figure
 from diagnostics.health import problems as _problems
 from diagnostics.health import registry
-from diagnostics.health.common import SEVERITIES, Finding
+from diagnostics.health.common import SEVERITIES, Finding, reads_cached
 from diagnostics.health.problems import TRAINING_FAILED, Problem
 
 # each rule module registers its rules when imported: this is their order
@@ -89,12 +89,13 @@ def problems(run) -> list[Problem]:
 def diagnose(run) -> tuple[list[Finding], list[Problem]]:
     """`check(run)` and `problems(run)` from one pass of the rules (the dashboard's cache keeps both)."""
     findings: list[Finding] = []
-    for rule in RULES:
-        try:
-            findings.extend(rule(run))
-        except Exception as exc:  # a rule's bug must not hide the other rules' findings
-            warnings.warn(f"health rule {rule.__name__} failed on {getattr(run, 'path', run)}: {exc!r}",
-                          RuntimeWarning, stacklevel=3)
+    with reads_cached(run):  # the rules share what they read in this pass
+        for rule in RULES:
+            try:
+                findings.extend(rule(run))
+            except Exception as exc:  # a rule's bug must not hide the other rules' findings
+                warnings.warn(f"health rule {rule.__name__} failed on {getattr(run, 'path', run)}: {exc!r}",
+                              RuntimeWarning, stacklevel=3)
     settled, grouped = _problems.settle(findings)
     rank = {s: i for i, s in enumerate(SEVERITIES)}
     return sorted(settled, key=lambda f: (rank.get(f.severity, len(rank)),
