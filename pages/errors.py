@@ -30,6 +30,11 @@ if classification:
     cols[1].metric("Accuracy", f"{head['accuracy']:.1%}")
     cols[2].metric("Wrong", f"{head['wrong']:,}")
     cols[3].metric("Calibration error (ECE)", f"{head['ece']:.3f}")
+    evaluation = next((e for e in reversed(run.manifest.get("evaluations") or []) if e.get("split") == split), {})
+    if evaluation.get("outputs") == "probabilities":
+        st.caption("The model outputs probabilities (it ends in a softmax): confidence and calibration read them as "
+                   "they are, not through a second softmax. A CrossEntropyLoss on them applies its own log_softmax "
+                   "(see Health).")
 else:
     cols[1].metric(f"MAE{in_unit_md}", f"{head['mae']:.3g}")
     cols[2].metric(f"RMSE{in_unit_md}", f"{head['rmse']:.3g}")

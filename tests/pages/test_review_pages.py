@@ -329,3 +329,12 @@ def test_datamap_of_a_model_that_never_learned_warns_and_lists_no_label_errors(m
     assert not at.get("image")  # nor the suspects' grid
     assert any("No label-error list" in i.value for i in at.info)
     assert len(plotly_charts(at)) == 1  # the map itself stays, under the warning
+
+
+def test_error_review_says_when_the_model_outputs_probabilities(monkeypatch, review_runs):
+    """A model that ends in a softmax: its outputs are read as probabilities (no second softmax)
+    and the page says so; a logits model gets no such note."""
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls-unlearned")
+    assert any("outputs probabilities" in c.value for c in at.caption)
+    at = _open(monkeypatch, review_runs, "pages/errors.py", "img-cls")
+    assert not any("outputs probabilities" in c.value for c in at.caption)
