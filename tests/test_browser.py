@@ -247,6 +247,10 @@ def _the_story_checks(page, name: str, demo_runs: Path) -> list[str]:
     Ensemble shows the three digits runs' phi matrix."""
     import diagnostics
 
+    # the headline metrics come after the comparison is computed (both runs' health: ~2 s cold),
+    # which the page's quiet check may not wait for: wait for them here
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=\"stMetric\"]').length >= 3",
+                           polling=200, timeout=120_000)
     where, shown = f"digits-baseline / {name}", page.evaluate(_METRICS_JS)
     digits = [demo_runs / n for n in ("digits-baseline", "digits-fixed", "digits-raw-pixels")]
     if name == "compare":
@@ -261,6 +265,7 @@ def _the_story_checks(page, name: str, demo_runs: Path) -> list[str]:
             problems.append(f"{where}: B is not digits-fixed by default")
         return problems
     e = diagnostics.ensemble(digits)
+    page.wait_for_function("() => (" + _PHI_JS + ")() !== null", polling=200, timeout=120_000)
     phi = page.evaluate(_PHI_JS)
     order = list(e.phi.columns)
     if phi is None or sorted(phi["x"]) != sorted(order):
