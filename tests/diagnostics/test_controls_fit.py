@@ -23,12 +23,7 @@ from benchmarks.health_suite import run_case  # noqa: E402
 OWNED = {r.name for r in registry.RULES if r.topic in ("fit", "data")}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow

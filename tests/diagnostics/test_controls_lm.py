@@ -23,12 +23,7 @@ from tests.diagnostics.test_health import FakeRun, _rows  # noqa: E402
 # the argmax, from one capture, as a bias.
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.mark.slow

@@ -11,13 +11,7 @@ from benchmarks import public_bugs
 from benchmarks.health_suite import flat_digits, loop
 from diagnostics.health import diagnose
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _case(name):

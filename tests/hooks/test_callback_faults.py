@@ -16,20 +16,9 @@ from diagnostics.writer import RunWriter
 from hooks.capture import Capture
 from tests.hooks import test_lightning as lightning_tests
 from tests.hooks import test_transformers as transformers_tests
+from tests.hooks.test_containment import _failing
 
 INJECTED = [(Capture, "on_forward", "activations"), (RunWriter, "add_scalars", None)]
-
-
-def _failing(real, after: int = 2):
-    calls = {"n": 0}
-
-    def fail(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] > after:
-            raise RuntimeError("injected fault")
-        return real(*args, **kwargs)
-
-    return fail
 
 
 def _check(monkeypatch, caught, path, part) -> None:
@@ -48,7 +37,7 @@ def _check(monkeypatch, caught, path, part) -> None:
 def test_lightning_training_survives_a_fault_bitwise(tmp_path, monkeypatch, where, attribute, part):
     plain = lightning_tests._fit(tmp_path, [])
     cb = lightning_tests._callback(tmp_path, "fault", evaluate=False)
-    monkeypatch.setattr(where, attribute, _failing(getattr(where, attribute)))
+    monkeypatch.setattr(where, attribute, _failing(getattr(where, attribute), 2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         watched = lightning_tests._fit(tmp_path, [cb])
@@ -63,7 +52,7 @@ def test_hugging_face_training_survives_a_fault_bitwise(tmp_path, monkeypatch, w
     plain.train()
     cb = transformers_tests._callback(tmp_path, "fault", evaluate=False)
     watched = transformers_tests._trainer(tmp_path, [cb])
-    monkeypatch.setattr(where, attribute, _failing(getattr(where, attribute)))
+    monkeypatch.setattr(where, attribute, _failing(getattr(where, attribute), 2))
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         watched.train()
