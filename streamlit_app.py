@@ -142,6 +142,8 @@ page = st.navigation([
 ])
 try:
     page.run()
+except Exception as exc:  # noqa: BLE001 -- the last line of defence: a sentence on the page, never a traceback
+    _shared.page_failed(exc)
 finally:  # also when the page stops early: the badges' computation starts once the page has run
     if unknown_badges:
         badges.shared_board().request(unknown_badges)

@@ -3,15 +3,18 @@ page's evaluation, samples and tags: `review`), and the cached loaders the pages
 
 from __future__ import annotations
 
+import logging
+import os
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import badges, errors, overview, paging, slices
+from diagnostics import badges, errors, overview, paging, schema, slices
 from diagnostics import dynamics as dyn
 from diagnostics import tags as tag_store
 from diagnostics.text import md
@@ -39,6 +42,37 @@ def current_run() -> diagnostics.Run:
                    f"{'are' if len(damaged) > 1 else 'is'} skipped (first: {md(damaged[0].relative_to(run.path))}); "
                    "the rest is shown as recorded. Move damaged files out of the run to silence this.")
     return run
+
+
+def page_failed(exc: Exception) -> None:
+    """What a page that raised shows instead of a traceback: a run deleted (or files of it
+    removed) while the page read it is said so; anything else in one line, the traceback going
+    to the dashboard's terminal. DIAGNOSTICS_STRICT_PAGES=1 lets the exception through (the
+    test suite sets it, so that a page's bug fails its test)."""
+    path = st.session_state.get("run_path")
+    if path and not (Path(path) / schema.MANIFEST_FILE).is_file():
+        run_list.clear()  # the picker lists it no more
+        st.warning(f"The run {md(Path(path).name)} was deleted while this page read it: pick another run "
+                   "in the sidebar.")
+        return
+    if _files_vanished(exc):
+        st.warning("Files of this run were removed while this page read them: reload the page to show what "
+                   f"is left ({md(exc.__class__.__name__)}: {md(str(exc).splitlines()[0][:200] if str(exc) else '')}).")
+        return
+    if os.environ.get("DIAGNOSTICS_STRICT_PAGES") == "1":
+        raise exc
+    logging.getLogger("hookscope.pages").error("a page failed", exc_info=exc)
+    st.error(f"This page could not be drawn ({md(exc.__class__.__name__)}: {md(str(exc)[:300])}). The traceback "
+             "is in the terminal that runs the dashboard; please report it with the run's run.json.")
+
+
+def _files_vanished(exc: Exception) -> bool:
+    import duckdb
+
+    if isinstance(exc, (FileNotFoundError, diagnostics.RunNotFoundError)):
+        return True
+    return isinstance(exc, duckdb.IOException) and ("No files found" in str(exc) or "at least one file" in str(exc)
+                                                    or "No such file" in str(exc))
 
 
 REFRESH_EVERY_S = 5

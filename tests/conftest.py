@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 import torch
 from torch import nn
 
 import hooks
+
+# A page that raises shows one line in the dashboard (pages/_shared.page_failed); the tests want the
+# exception itself, so that a page's bug fails its test.
+os.environ.setdefault("DIAGNOSTICS_STRICT_PAGES", "1")
 
 
 def tiny_cnn() -> nn.Module:

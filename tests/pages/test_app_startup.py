@@ -5,26 +5,12 @@ from __future__ import annotations
 import shutil
 
 import pytest
-from streamlit.runtime import pages_manager
 from streamlit.testing.v1 import AppTest
 
 import diagnostics
 from diagnostics import badges, health
 from diagnostics.badges import HealthCounts
 from tests.pages._app import open_app, run_app
-
-
-@pytest.fixture()
-def served_like_the_cli(monkeypatch):
-    """Every rerun runs the entry file (and its picker), as `diagnostics dashboard` serves it;
-    AppTest alone would rerun the page file only, once it sees a pages/ folder."""
-    real = pages_manager.PagesManager.__init__
-
-    def init(self, *args, **kwargs):
-        real(self, *args, **kwargs)
-        pages_manager.PagesManager.uses_pages_directory = False
-
-    monkeypatch.setattr(pages_manager.PagesManager, "__init__", init)
 
 
 @pytest.fixture()
