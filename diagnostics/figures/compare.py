@@ -76,12 +76,13 @@ def loss_scatter_figure(samples: pd.DataFrame, task: str = "classification") -> 
     present = set(samples["change"])
     for change in [c for c in _CHANGE_ORDER if c in present] + sorted(present - set(_CHANGE_ORDER)):
         part = samples[samples["change"] == change]
+        ids = part["sample_id"].astype(str)
         fig.add_trace(scatter(
             x=part[x_col], y=part[y_col], mode="markers", name=f"{change.replace('_', ' ')} ({len(part)})",
-            customdata=part["sample_id"].astype(str),
+            customdata=np.column_stack([ids, ids.map(html)]),  # the id a selection reads; the id as text
             marker=dict(color=_CHANGE_COLORS.get(change, GREY), size=6,
                         opacity=0.5 if change in ("still_right", "same") else 0.85),
-            hovertemplate=f"%{{customdata}}<br>{what} A %{{x:.3g}}<br>{what} B %{{y:.3g}}<extra>{change}</extra>"))
+            hovertemplate=f"%{{customdata[1]}}<br>{what} A %{{x:.3g}}<br>{what} B %{{y:.3g}}<extra>{change}</extra>"))
     axis = _axis(np.concatenate([x[finite], y[finite]]), log)
     fig.update_xaxes(title_text=f"{what} in A", **axis)
     fig.update_yaxes(title_text=f"{what} in B", **axis)

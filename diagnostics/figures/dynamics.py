@@ -11,6 +11,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics.figures.common import GREY, empty_figure
+from diagnostics.text import html
 
 _REGION_COLORS = {"easy": "#2ca02c", "ambiguous": "#ff7f0e", "hard-to-learn": "#d62728"}
 _REGION_SYMBOLS = {"easy": "circle", "ambiguous": "diamond", "hard-to-learn": "triangle-up"}
@@ -36,8 +37,9 @@ def residual_map_figure(dynamics: pd.DataFrame, regions: pd.Series, thresholds: 
         fig.add_trace(go.Scattergl(
             x=d["residual_std"], y=d["mean_abs_residual"], mode="markers", name=f"{region} ({len(d):,})",
             marker=dict(color=color, size=5, opacity=0.7),
-            customdata=np.column_stack([d["sample_id"].astype(str), d["label"], d["prediction"]]),
-            hovertemplate="sample %{customdata[0]}<br>target %{customdata[1]:.3g}, latest prediction "
+            customdata=np.column_stack([d["sample_id"].astype(str), d["label"], d["prediction"],
+                                        [html(i) for i in d["sample_id"].astype(str)]]),
+            hovertemplate="sample %{customdata[3]}<br>target %{customdata[1]:.3g}, latest prediction "
                           "%{customdata[2]:.3g}<br>residual std %{x:.3g}<br>mean |residual| %{y:.3g}<extra></extra>"))
     if thresholds is not None:
         error, variability = thresholds
@@ -77,8 +79,9 @@ def data_map_figure(dynamics: pd.DataFrame, regions: pd.Series | None = None,
             x=d["variability"], y=d["confidence"], mode="markers", showlegend=False, legendgroup=region,
             marker=dict(color=d["correct_frac"], coloraxis="coloraxis", size=5, opacity=0.75,
                         symbol=_REGION_SYMBOLS.get(region, "circle")),
-            customdata=np.stack([d["sample_id"], [region] * len(d)], axis=1),
-            hovertemplate="sample %{customdata[0]} %{customdata[1]}<br>variability %{x:.3f}<br>"
+            customdata=np.stack([d["sample_id"], [region] * len(d), [html(i) for i in d["sample_id"].astype(str)]],
+                                axis=1),
+            hovertemplate="sample %{customdata[2]} %{customdata[1]}<br>variability %{x:.3f}<br>"
                           "confidence %{y:.3f}<extra></extra>"))
         if region:  # a grey key: the points' own colours say "correct", not the region
             fig.add_trace(go.Scattergl(x=[None], y=[None], mode="markers", legendgroup=region,

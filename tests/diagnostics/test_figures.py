@@ -174,3 +174,36 @@ def test_output_and_label_values_get_as_many_bins_as_their_count_supports():
     small = figures.value_distribution_figure(row(125), row(125))
     assert len(small.data[0].x) == 10 and sum(small.data[0].y) == pytest.approx(1.0)
     assert len(figures.value_distribution_figure(row(64_000), row(64_000)).data[0].x) == 64
+
+
+def _hover_ids(trace: dict) -> list[str]:
+    """The sample ids a trace's hover shows: its template's customdata column, read back."""
+    import re
+
+    column = int(re.search(r"customdata\[(\d)\]", trace["hovertemplate"]).group(1))  # the first is the id
+    return [row[column] for row in trace["customdata"]]
+
+
+def test_hovers_show_sample_ids_as_text_and_selections_keep_the_ids():
+    """A sample id is user input: the hover shows `<b>x</b>` as written (escaped for plotly's HTML),
+    while customdata[0], what a selection reads, stays the id itself."""
+    import pandas as pd
+
+    from diagnostics.figures.compare import loss_scatter_figure
+    from diagnostics.figures.dynamics import data_map_figure, residual_map_figure
+
+    ids = ["<b>x</b>", "a&b", "plain"]
+    compare = loss_scatter_figure(pd.DataFrame({"sample_id": ids, "loss_a": [0.5, 1.0, 2.0],
+                                                "loss_b": [0.4, 1.5, 2.0], "change": ["improved", "worsened", "same"]}))
+    cls = data_map_figure(pd.DataFrame({"sample_id": ids, "variability": [0.1, 0.2, 0.3],
+                                        "confidence": [0.9, 0.5, 0.2], "correct_frac": [1.0, 0.5, 0.0]}))
+    reg = residual_map_figure(pd.DataFrame({"sample_id": ids, "residual_std": [0.1, 0.2, 0.3],
+                                            "mean_abs_residual": [0.5, 0.4, 0.3], "label": [1.0, 2.0, 3.0],
+                                            "prediction": [1.1, 2.2, 3.3]}),
+                              pd.Series(["easy"] * 3))
+    for fig in (compare, cls, reg):
+        traces = [t.to_plotly_json() for t in fig.data if t.customdata is not None and len(t.customdata)]
+        assert traces
+        shown = sorted(i for t in traces for i in _hover_ids(t))
+        assert shown == sorted(["&lt;b&gt;x&lt;/b&gt;", "a&amp;b", "plain"])
+        assert sorted(row[0] for t in traces for row in t["customdata"]) == sorted(ids)
