@@ -1,12 +1,13 @@
 # One command to set up and run the demo, one to set up and run the tests.
 #   make demo    # venv + install, train the digits demo, serve the dashboard on 127.0.0.1:8501
 #                # (another port: make demo PORT=8601)
-#   make test    # venv + install (+ Chromium for the browser test), ruff, then the whole suite
+#   make test    # venv + install (+ Chromium for the browser test), ruff, the docs build, the whole suite
+#   make docs    # the docs as a site in site/ (MkDocs, Material theme; strict: a broken link fails)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8501
 
-.PHONY: setup demo test chromium
+.PHONY: setup demo test docs chromium
 
 $(VENV)/.installed: pyproject.toml setup.py hooks/_fused.c
 	python3 -m venv $(VENV)
@@ -26,6 +27,10 @@ chromium:
 demo: setup
 	$(VENV)/bin/diagnostics demo --port $(PORT)
 
+docs: setup
+	$(VENV)/bin/mkdocs build --strict --site-dir site
+
 test: setup chromium
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 	$(PY) -m pytest -q -p no:cacheprovider

@@ -1,5 +1,5 @@
 """The one list of health rules: each is registered once, with the description the Health
-page and the README show and the chart that gives its evidence.
+page and docs/health.md show and the chart that gives its evidence.
 
 A rule module writes::
 
@@ -41,7 +41,7 @@ class Rule:
     `check(run)` returns its findings (none when the data is missing, never an exception);
     `names` are the `Finding.rule` values it can emit (usually one: the function's name
     without `rule_`); `severities` those it can give; `description` one line for the page
-    and the README; `evidence(run, finding)` the chart behind a finding, or None;
+    and docs/health.md; `evidence(run, finding)` the chart behind a finding, or None;
     `explains` the findings its cause would explain: (finding name, condition or None).
     """
 

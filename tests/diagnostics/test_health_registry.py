@@ -1,5 +1,5 @@
-"""The rule registry is the one list of health rules: what `check` runs, what the README and
-the Health page describe, and where each finding's evidence chart comes from."""
+"""The rule registry is the one list of health rules: what `check` runs, what the docs' Health
+guide and the Health page describe, and where each finding's evidence chart comes from."""
 
 from __future__ import annotations
 
@@ -12,17 +12,14 @@ from diagnostics import health
 from diagnostics.health import Finding, registry
 from diagnostics.health.common import SEVERITIES
 
-README = Path(__file__).resolve().parents[2] / "README.md"
+GUIDE = Path(__file__).resolve().parents[2] / "docs" / "health.md"
 BULLET = re.compile(r"^- ((?:`[a-z_]+`(?:, )?)+): (.*)$")
 
 
 def _readme_rules() -> dict[tuple[str, ...], str]:
-    """The rule bullets of README.md's health section: (names) -> description."""
-    text = README.read_text()
-    section = text[text.index("## Health findings"):]
-    section = section[:section.index("\n## ", 1)]
+    """The rule bullets of docs/health.md: (names) -> description."""
     found = {}
-    for line in section.splitlines():
+    for line in GUIDE.read_text().splitlines():
         if m := BULLET.match(line):
             found[tuple(re.findall(r"`([a-z_]+)`", m.group(1)))] = m.group(2)
     return found
@@ -51,11 +48,11 @@ def test_readme_lists_every_registered_rule_with_its_description_and_no_other():
     readme = _readme_rules()
     registered = {r.names: r.description for r in registry.RULES}
     missing = [_bullet(r) for r in registry.RULES if r.names not in readme]
-    assert not missing, "add to README.md's health section:\n" + "\n".join(missing)
+    assert not missing, "add to docs/health.md's rule list:\n" + "\n".join(missing)
     unknown = sorted(set(readme) - set(registered))
-    assert not unknown, f"README.md names rules that are not registered: {unknown}"
+    assert not unknown, f"docs/health.md names rules that are not registered: {unknown}"
     stale = [_bullet(r) for r in registry.RULES if readme[r.names] != r.description]
-    assert not stale, "README.md describes these rules differently from the registry:\n" + "\n".join(stale)
+    assert not stale, "docs/health.md describes these rules differently from the registry:\n" + "\n".join(stale)
 
 
 def test_the_page_table_comes_from_the_registry():
