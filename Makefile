@@ -28,9 +28,9 @@ demo: setup
 	$(VENV)/bin/diagnostics demo --port $(PORT)
 
 docs: setup
-	$(VENV)/bin/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
 
 test: setup chromium
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --quiet --site-dir "$$(mktemp -d)"
 	$(PY) -m pytest -q -p no:cacheprovider
