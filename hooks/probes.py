@@ -333,8 +333,9 @@ class EvalProbes:
         if grab is None:
             return
         grab.handle.remove()
-        if grab.batch is not None and split not in self.done:
-            contained(self.guard, "eval_probe", lambda: self._write(model, split, grab.batch), switch_off=False)
+        batch, grab.batch = grab.batch, None  # the run keeps no sample after its probe
+        if batch is not None and split not in self.done:
+            contained(self.guard, "eval_probe", lambda: self._write(model, split, batch), switch_off=False)
 
     def close(self, model: nn.Module) -> None:
         """The run closes: the padding evidence and the probe of the first training batch."""
