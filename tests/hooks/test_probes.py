@@ -224,3 +224,26 @@ def test_hooks_are_gone_after_the_first_training_batch(tmp_path):
         opt.step()
         assert len(model._forward_pre_hooks) == before - 1  # the grab removed itself
         assert run._probes.train.batch[2] == 8
+
+
+def test_no_probe_hook_is_left_when_the_evaluation_fails(tmp_path):
+    torch.manual_seed(0)
+    model = _healthy_mlp()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    run = hooks.watch(model, optimizer=opt, loss_fn=nn.CrossEntropyLoss(), run_dir=tmp_path, name="e")
+    hooks_before = dict(model._forward_pre_hooks)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        metrics = run.evaluate([(torch.randn(4, 16), torch.zeros(4, dtype=torch.long)), (torch.randn(4, 7), None)],
+                               split="val", attribute_worst=0, progress=False)
+    assert dict(model._forward_pre_hooks) == hooks_before and metrics["n"] != metrics["n"]  # NaN: not made
+    run.close()
+    assert not model._forward_pre_hooks and not model._forward_pre_hooks_with_kwargs
+
+
+def test_sequence_labels_top_value_and_share_by_hand():
+    labels = torch.tensor([[3, 0, 0, 0], [4, 5, 0, 0]])
+    probe = probes_module.loss_input_probe(torch.randn(2, 6, 4), labels)
+    assert probe["probe/train/label_top_value"] == 0 and probe["probe/train/label_top_share"] == 5 / 8
+    flat = probes_module.loss_input_probe(torch.randn(8, 6), torch.zeros(8, dtype=torch.long))
+    assert flat["probe/train/label_top_share"] != flat["probe/train/label_top_share"]  # NaN: not sequence-shaped
