@@ -145,15 +145,19 @@ class BatchGrab:
     def __init__(self, guard, wanted) -> None:
         self.guard, self.wanted = guard, wanted
         self.batch: tuple[tuple, dict, int] | None = None
+        self.taken = False
         self.ends: dict[str, float] = {}
         self.handle: Any = None
         self.step: Any = lambda: 0  # the run's step, when a training batch is taken
         self.taken_at = 0
 
     def take(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.batch is not None or not self.wanted(module):
+        if self.taken or not self.wanted(module):
             return
-        self.batch = cut_batch(args, kwargs, PROBE_SAMPLES)
+        self.taken = True
+        batch = cut_batch(args, kwargs, PROBE_SAMPLES)
+        # no tensor with a batch axis found (an input type of its own): no probe, nothing kept
+        self.batch = batch if batch[2] else None
         self.ends = padding_evidence(args, kwargs)
         self.taken_at = self.step()
         if self.handle is not None:  # once: no hook left on the training's forwards

@@ -247,3 +247,15 @@ def test_sequence_labels_top_value_and_share_by_hand():
     assert probe["probe/train/label_top_value"] == 0 and probe["probe/train/label_top_share"] == 5 / 8
     flat = probes_module.loss_input_probe(torch.randn(8, 6), torch.zeros(8, dtype=torch.long))
     assert flat["probe/train/label_top_share"] != flat["probe/train/label_top_share"]  # NaN: not sequence-shaped
+
+
+def test_inputs_without_a_batch_tensor_are_not_kept():
+    grab = probes_module.BatchGrab(None, lambda m: True)
+
+    class Wrapped:  # an input type of its own (e.g. a BatchEncoding-like object)
+        def __init__(self, t):
+            self.t = t
+    grab.take(nn.Identity(), (Wrapped(torch.randn(4, 3)),), {})
+    assert grab.taken and grab.batch is None
+    grab.take(nn.Identity(), (torch.randn(4, 3),), {})  # once only
+    assert grab.batch is None
