@@ -261,6 +261,13 @@ def sample_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(((a - b).norm(dim=1) / scale).max()) if a.numel() else 0.0
 
 
+def _forward(model: nn.Module, args: tuple, kwargs: dict, n: int) -> Any:
+    """The model on fresh copies of the kept samples (a forward that edits its input in place,
+    as `x /= 255`, must not make the next one differ)."""
+    args, kwargs, _ = cut_batch(args, kwargs, n)
+    return model(*args, **kwargs)
+
+
 @torch.no_grad()
 def invariance_probe(model: nn.Module, batch: tuple[tuple, dict, int]) -> tuple[dict[str, float], list[str]]:
     """In eval mode, with torch's random state forked and every module's mode given back:
@@ -285,13 +292,13 @@ def invariance_probe(model: nn.Module, batch: tuple[tuple, dict, int]) -> tuple[
     with torch.random.fork_rng(devices=devices):
         try:
             model.eval()
-            first, second = (_as_rows(model(*args, **kwargs), n) for _ in range(2))
+            first, second = (_as_rows(_forward(model, args, kwargs, n), n) for _ in range(2))
             if first is None or second is None:
                 return fields, sites
             fields["eval_random_dev"] = sample_difference(first, second)
             if fields["eval_random_dev"] > SAME_OUTPUT_TOL:
                 with _RandomCalls({id(m): name for name, m in model.named_modules()}) as calls:
-                    model(*args, **kwargs)
+                    _forward(model, args, kwargs, n)
                 fields["eval_dropout_calls"], fields["eval_sampling_calls"] = len(calls.dropout), len(calls.sampling)
                 sites = list(dict.fromkeys(calls.dropout + calls.sampling))[:8]
             elif n >= 2:

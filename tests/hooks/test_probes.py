@@ -259,3 +259,18 @@ def test_inputs_without_a_batch_tensor_are_not_kept():
     assert grab.taken and grab.batch is None
     grab.take(nn.Identity(), (torch.randn(4, 3),), {})  # once only
     assert grab.batch is None
+
+
+class _InPlaceScaling(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(16, 3)
+
+    def forward(self, x):
+        x /= 4  # edits its input in place: the probe's repeated forwards must each get fresh samples
+        return self.fc(x)
+
+
+def test_a_forward_that_edits_its_input_is_not_taken_for_random():
+    fields, sites = invariance_probe(_InPlaceScaling(), cut_batch((torch.randn(8, 16),), {}, 8))
+    assert fields["eval_random_dev"] == 0 and fields["eval_batch_dev"] < 1e-6 and not sites
