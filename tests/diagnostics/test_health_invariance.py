@@ -15,7 +15,7 @@ from torch import nn  # noqa: E402
 import diagnostics  # noqa: E402
 import hooks  # noqa: E402
 from diagnostics import schema  # noqa: E402
-from diagnostics.health import diagnose  # noqa: E402
+from diagnostics.health import diagnose, evidence_figure  # noqa: E402
 from diagnostics.health.invariance import (  # noqa: E402
     BATCH_DEV_MIN,
     rule_batch_mixing,
@@ -55,6 +55,7 @@ def test_functional_dropout_in_eval_is_named(tmp_path):
     assert f.severity == "warning" and f.layer == "FunctionalDropout"
     assert "dropout(p=0.5)" in f.message and "training=self.training" in f.advice
     assert diagnose(run)[1][0].cause.rule == "train_eval_mismatch"
+    assert set(evidence_figure(run, f).data[0].x) == {"val", "train"}  # the chart: one bar per probed split
 
 
 def test_batch_mixing_is_named_without_an_evaluation(tmp_path):
@@ -140,6 +141,7 @@ def test_padding_counted_in_the_loss(tmp_path):
     assert f.evidence["label_share"] >= 0.3
     assert "ignore_index=0" in f.advice
     assert diagnose(run)[1][0].cause.rule == "loss_on_padding"
+    assert len(evidence_figure(run, f).data[0].y) == 4  # the label share at each of the 4 train captures
 
 
 def test_padding_ignored_by_the_loss_is_quiet(tmp_path):
