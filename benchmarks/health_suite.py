@@ -552,6 +552,76 @@ PLANTED.append(Case("soft_targets_negative", _case("soft_neg", prep=_smoothed_ta
                     "negative_loss"))
 CONTROLS.append(Case("soft_targets_smoothed", _case("soft_ok", prep=_smoothed_targets(1), steps=60, every=5)))
 
+
+
+# ---------------------------------------------------------------------------------
+# Eval-mode probes (diagnostics/health/invariance.py): the model random in eval mode, samples
+# mixing inside a batch, padding counted in the loss
+
+
+class _NoisyBlock(nn.Module):
+    """A hand-written block with `F.dropout(h, self.p)` (training= forgotten: PyTorch forum
+    "F.dropout is still active in eval mode"): dropout stays on after model.eval()."""
+
+    def __init__(self, p=0.3):
+        super().__init__()
+        self.fc, self.p = nn.Linear(64, 64), p
+
+    def forward(self, x):
+        return F.dropout(torch.relu(self.fc(x)), self.p)
+
+
+def _functional_dropout_block():
+    torch.manual_seed(0)
+    return nn.Sequential(_NoisyBlock(), nn.Linear(64, 10))
+
+
+class _RowAttention(nn.Module):
+    """An 8x8 digit as 8 rows of 8 pixels into nn.MultiheadAttention (PyTorch forum "MultiheadAttention
+    expects (seq, batch, feature)": batch_first=False by default, so a (batch, seq, feature) input
+    attends across the samples of the batch); `batch_first=True` is the healthy control."""
+
+    def __init__(self, batch_first):
+        super().__init__()
+        torch.manual_seed(0)
+        self.embed, self.attn = nn.Linear(8, 32), nn.MultiheadAttention(32, 4, batch_first=batch_first)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        h = self.embed(x.view(-1, 8, 8))
+        return self.head(self.attn(h, h, h, need_weights=False)[0].mean(1))
+
+
+class _PadLM(nn.Module):
+    def __init__(self, vocab=20):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.rnn, self.head = nn.Embedding(vocab, 32), nn.GRU(32, 32, batch_first=True), nn.Linear(32, vocab)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.emb(x))[0]).transpose(1, 2)
+
+
+def _padded_lm(name, ignore):
+    """Next-token prediction on sequences of 3-24 tokens padded to 24 with token 0 (transformers'
+    "labels for padding should be -100" threads); the control sets the padded labels to -100."""
+    def train(f):
+        g = torch.Generator().manual_seed(0)
+        seqs = 1 + (torch.randint(1, 19, (256, 1), generator=g) + torch.arange(25)) % 19
+        seqs[torch.arange(25) >= torch.randint(3, 25, (256, 1), generator=g)] = 0
+        labels = seqs[:, 1:].masked_fill(seqs[:, 1:] == 0, -100) if ignore else seqs[:, 1:]
+        return loop(_PadLM(), seqs[:, :-1], labels, f, name, steps=40, batch=32, every=5)
+    return train
+
+
+PLANTED.append(Case("functional_dropout_in_block", _case("fdrop", model=_functional_dropout_block, steps=40),
+                    "train_eval_mismatch", "0"))
+PLANTED.append(Case("attention_without_batch_first", _case("mha_batch", model=lambda: _RowAttention(False),
+                                                           steps=40), "batch_mixing"))
+CONTROLS.append(Case("attention_batch_first", _case("mha_ok", model=lambda: _RowAttention(True), steps=150)))
+PLANTED.append(Case("lm_padding_in_loss", _padded_lm("pad_loss", False), "loss_on_padding"))
+CONTROLS.append(Case("lm_padding_ignored", _padded_lm("pad_ignored", True)))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

@@ -93,6 +93,21 @@ PROBE_FIELDS = ("prob_sum_dev_class", "prob_sum_dev_batch", "logprob_sum_dev_cla
 # broadcasts, if the first did not): {"outputs", "labels", "broadcast_to" (None: the shapes
 # do not broadcast), "broadcast" (as the probe: 0, 1 or 2), "step"}.
 LOSS_INPUT_SHAPES = "loss_input_shapes"
+# Evaluation-time invariance probes (hooks/probes.py, `invariance_probe`), scalars named
+# PROBE_PREFIX + split/field, once per split (the first evaluation; "train": the first training
+# batch, when the run closes): the largest per-sample relative difference between two eval-mode
+# forwards of the same samples, the random calls a third forward made (dropout told it trains;
+# samplers), the difference of samples run alone from the same samples inside their batch, and
+# the samples probed. The manifest's EVAL_PROBES: {split: {"step", "sites": [the random calls]}}.
+EVAL_PROBE_FIELDS = ("eval_random_dev", "eval_dropout_calls", "eval_sampling_calls", "eval_batch_dev",
+                     "eval_probe_samples")
+EVAL_PROBES = "eval_probes"
+# Padding evidence (hooks/probes.py): at the first training forward, the integer (batch,
+# positions) input's most common last token and its share of the batch (scalars
+# PROBE_PREFIX + "train/" + field); at captures, sequence-shaped integer labels' most common
+# value and its share of the label positions (LABEL_TOP_FIELDS, NaN for other labels).
+PADDING_FIELDS = ("input_end_value", "input_end_share")
+LABEL_TOP_FIELDS = ("label_top_value", "label_top_share")
 
 # Sharded training (FSDP; the manifest's `sharding`): each rank records its shard's gradient
 # norm under this name; the reader gives `grad_norm` = sqrt of the sum of their squares.

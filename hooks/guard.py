@@ -35,6 +35,7 @@ PARTS = {
     "log_batch": "run.log_batch's outputs, labels and per-sample records",
     "log_scalar": "run.log_scalar's values",
     "evaluate": "run.evaluate's per-sample rows",
+    "eval_probe": "the eval-mode probes (the same outputs twice; a sample alone as in its batch)",
     "close": "what was buffered when the run closed",
 }
 # A failure here leaves the step count or the hand-over in doubt: every part stops.

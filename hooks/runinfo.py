@@ -123,4 +123,6 @@ def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: Wat
         "optimizer": type(optimizer).__name__ if optimizer is not None else None,
         "optimizer_groups": groups,
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
+        # padding counted in the loss? (diagnostics/health/invariance.py): CrossEntropyLoss / NLLLoss's
+        "loss_ignore_index": getattr(loss_fn, "ignore_index", None),
     }

@@ -33,6 +33,7 @@ from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, attribute_samples, evaluate_model
 from hooks.guard import Guard, contained, say
 from hooks.options import WatchOptions
+from hooks.probes import EvalProbes
 from hooks.records import per_sample
 from hooks.shards import user_name
 from hooks.tensors import infer_task, task_of_loss
@@ -145,6 +146,7 @@ class WatchedRun:
         _WATCHED.add(model)
         try:
             register_hooks(self._capture, model, optimizer, loss_fn, self._handles)
+            self._probes = EvalProbes(self._capture, model, self._handles)
         except BaseException:
             self._remove_handles()
             _WATCHED.discard(model)
@@ -293,18 +295,12 @@ class WatchedRun:
 
     def _evaluate(self, loader: Iterable, split: str, **options: Any) -> dict[str, float]:
         model = self._model_ref()
-        capture = self._capture
-        if capture is None:  # an unrecorded run: the metrics, nothing written
+        if self._capture is None:  # an unrecorded run: the metrics, nothing written
             options["attribute_worst"] = 0
             return evaluate_model(model, loader, split, self.options.task, **options, with_previews=False).metrics()
-        paused, capture.capturing = capture.capturing, False  # the capture hooks stay quiet meanwhile
-        try:
-            result = evaluate_model(model, loader, split, capture.task, **options,
-                                    with_previews=split not in {e["split"] for e in self._evaluations})
-        finally:
-            capture.capturing = paused
-        capture.task = result.task
-        return self._write_evaluation(result)
+        first = split not in {e["split"] for e in self._evaluations}
+        return self._write_evaluation(_evaluate_watched(model, self._capture, self._probes, loader, split, first,
+                                                        options))
 
     def _write_evaluation(self, result: Evaluation) -> dict[str, float]:
         writer, step, split = self._writer, self.step, result.split
@@ -346,6 +342,7 @@ class WatchedRun:
         if state == "finished" and model is not None and self._writer is not None:
             contained(self.guard, "evaluate", lambda: _attribute_last(model, self._writer, self._to_attribute),
                       switch_off=False)
+            self._probes.close(model)  # the first training batch's eval-mode probes (contained)
         if model is not None:
             _WATCHED.discard(model)
         self._model = None
@@ -379,6 +376,23 @@ def _check_evaluation(closed: bool, attribute_worst: int, attribute_at: str) -> 
         raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
     if attribute_at not in ("close", "now"):
         raise ValueError(f"evaluate: attribute_at must be 'close' or 'now', not {attribute_at!r}")
+
+
+def _evaluate_watched(model: nn.Module, capture: Capture, probes: EvalProbes, loader: Iterable, split: str,
+                      first: bool, options: dict) -> Evaluation:
+    """`WatchedRun.evaluate`'s pass with the capture hooks quiet; a split's first evaluation also
+    keeps its first batch's first samples for the eval-mode probes (hooks/probes.py), run after it."""
+    paused, capture.capturing = capture.capturing, False
+    grab = probes.grab_evaluation(model, split)
+    try:
+        result = evaluate_model(model, loader, split, capture.task, **options, with_previews=first)
+        probes.probe(model, split, grab)
+    finally:
+        capture.capturing = paused
+        if grab is not None:
+            grab.handle.remove()
+    capture.task = result.task
+    return result
 
 
 def _attribute_last(model: nn.Module, writer: RunWriter, last: dict[str, tuple[int, Any]]) -> None:

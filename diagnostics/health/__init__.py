@@ -39,7 +39,7 @@ from diagnostics.health.problems import TRAINING_FAILED, Problem
 
 # each rule module registers its rules when imported: this is their order
 # isort: off
-from diagnostics.health import activations, gradients, fit, loop, data, loss, symmetry  # noqa: F401
+from diagnostics.health import activations, gradients, fit, loop, data, loss, symmetry, invariance  # noqa: F401
 # isort: on
 from diagnostics.health.activations import (
     rule_activation_scale_depth,

@@ -31,7 +31,7 @@ def _bullet(rule: registry.Rule) -> str:
 
 def test_check_runs_exactly_the_registered_rules_in_order():
     assert health.RULES == tuple(r.check for r in registry.RULES)
-    assert len(registry.RULES) == 34
+    assert len(registry.RULES) == 37
     names = [n for r in registry.RULES for n in r.names]
     assert len(names) == len(set(names))
 
@@ -41,7 +41,7 @@ def test_every_rule_is_described_with_its_severities():
         assert r.description and "\n" not in r.description and r.description.endswith("."), r.name
         assert r.severities and set(r.severities) <= set(SEVERITIES), r.name
         assert r.check.__name__.startswith("rule_") and r.topic in (
-            "activations", "gradients", "fit", "loop", "data", "loss", "symmetry"), r.name
+            "activations", "gradients", "fit", "loop", "data", "loss", "symmetry", "invariance"), r.name
 
 
 def test_readme_lists_every_registered_rule_with_its_description_and_no_other():
