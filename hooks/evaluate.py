@@ -328,6 +328,7 @@ class _Collected:
         self.probabilities = False  # the model outputs probabilities (it ends in a softmax)
         self.worst = _Worst(attribute_worst)
         self.options = options or PositionOptions()
+        self.multilabel = self.options.multilabel  # float targets: several labels per sample (None: not known yet)
         self.layout: Layout | None = None  # position outputs: the first batch's layout
         self.position_shape: list[int] = []  # the largest position shape seen
         self.position_rows = PositionRows(max_positions)
@@ -414,7 +415,12 @@ def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, d
         options = collected.options
         if options.shift_labels:
             y_dev = shift(y_dev, options.ignore_index)
-        layout = None if task == "regression" else find_layout(out, y_dev, options.multilabel)
+        layout = None if task == "regression" else find_layout(out, y_dev, collected.multilabel)
+        if collected.ids and (layout is None) != (collected.layout is None):
+            raise ValueError("evaluate: the loader's batches mix outputs with a position axis and outputs with one "
+                             "label per sample — give every batch the same kind of outputs and labels")
+        if collected.multilabel is None and y_dev.is_floating_point():  # the first batch decides
+            collected.multilabel = layout is not None
         if task is None:
             task = "classification" if layout is not None else infer_task(out, y_dev)
         collected.add(x, y, y_dev, ids, out, captured.pop("embedding", out), task, layout)
