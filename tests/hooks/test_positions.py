@@ -297,3 +297,37 @@ def test_token_previews_keep_the_ids_exactly(tmp_path):
         values = np.asarray(previews.loc[str(i), "values"])
         assert previews.loc[str(i), "kind"] == "tokens" and len(values) == 512
         np.testing.assert_array_equal(values.astype(np.int64), ids[i, :512].numpy())
+
+
+class Segmenter(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.out = nn.Conv2d(4, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.conv(x)))
+
+
+def test_pixel_outputs_attribute_the_samples_summed_loss(tmp_path):
+    torch.manual_seed(0)
+    model = Segmenter()
+    x = torch.randn(6, 1, 8, 8)
+    y = torch.randint(0, 3, (6, 8, 8))
+    y[:, :2] = -100
+    with hooks.watch(model, run_dir=tmp_path, strict=True) as run:
+        run.evaluate([(x, y)], attribute_worst=2, attribute_at="now", n_steps=64, progress=False)
+    r = diagnostics.open_run(run.path)
+    found = r.attributions("val")
+    with torch.no_grad():
+        per_sample = F.cross_entropy(model(x), y, reduction="none", ignore_index=-100).flatten(1).sum(1)
+        at_zero = F.cross_entropy(model(torch.zeros_like(x)), y, reduction="none", ignore_index=-100).flatten(1).sum(1)
+    worst = per_sample.argsort(descending=True)[:2].tolist()
+    ig = found[found["method"] == "integrated_gradients"]
+    assert sorted(ig["sample_id"]) == sorted(str(i) for i in worst) and set(found["method"]) == {
+        "integrated_gradients", "grad_cam"}
+    assert (found["target"] == -1).all()
+    for _, row in ig.iterrows():  # completeness: the attributions add up to the loss's change from the baseline
+        i = int(row["sample_id"])
+        assert list(row["shape"]) == [8, 8]
+        assert float(np.sum(row["values"])) == pytest.approx(float(per_sample[i] - at_zero[i]), rel=0.05, abs=0.05)
