@@ -224,7 +224,8 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | No
         t = None if targets is None else targets[start:start + 8]
         extra = None if labels is None else (labels[start:start + 8],)
         ig = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=n_steps,
-                                                  additional_forward_args=extra, internal_batch_size=internal_batch_size)
+                                                  additional_forward_args=extra,
+                                                  internal_batch_size=internal_batch_size)
         out["integrated_gradients"].append(ig.detach().sum(dim=1).cpu() if ig.ndim >= 3 else ig.detach().cpu())
         if "grad_cam" in out:
             cam = LayerGradCam(model, conv[1]).attribute(x, target=t, additional_forward_args=extra,
