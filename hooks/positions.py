@@ -88,7 +88,24 @@ def find_layout(outputs: torch.Tensor, labels: torch.Tensor, multilabel: bool | 
         if outputs.ndim == 2 and outputs.shape[1] > 1 and labels.shape == outputs.shape and \
                 _several_labels(labels, multilabel):
             return Layout("labels", True, (int(outputs.shape[1]),))
+        return _binary_masks(outputs, labels, multilabel)
+    return _integer_layout(outputs, labels)
+
+
+def _binary_masks(outputs: torch.Tensor, labels: torch.Tensor, multilabel: bool | None) -> Layout | None:
+    """One logit per position against 0/1 float targets (binary segmentation with
+    BCEWithLogitsLoss): outputs (N, 1, *P), targets (N, 1, *P) or (N, *P)."""
+    if multilabel is False or outputs.ndim < 3 or outputs.shape[1] != 1:
         return None
+    positions = tuple(outputs.shape[2:])
+    if tuple(labels.shape) not in (tuple(outputs.shape), (outputs.shape[0], *positions)):
+        return None
+    if multilabel is None and not bool(((labels == 0) | (labels == 1)).all()):
+        return None
+    return Layout("tokens" if len(positions) == 1 else "pixels", False, positions)
+
+
+def _integer_layout(outputs: torch.Tensor, labels: torch.Tensor) -> Layout | None:
     if labels.ndim < 2 or math.prod(labels.shape[1:]) <= 1:
         return None
     positions = tuple(labels.shape[1:])
@@ -102,6 +119,13 @@ def find_layout(outputs: torch.Tensor, labels: torch.Tensor, multilabel: bool | 
                          "shift_labels=True, or logits[:, :-1] against labels[:, 1:])")
     class_last = last if not (first and last) else outputs.ndim == 3  # ambiguous: HF for 3-D, torch for images
     return Layout("tokens" if len(positions) == 1 else "pixels", class_last, positions)
+
+
+def hard_labels(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
+    """Integer labels; 0/1 float targets (binary masks) at 0.5, the ignore_index kept."""
+    if not labels.is_floating_point():
+        return labels.long()
+    return torch.where(labels == ignore_index, ignore_index, (labels >= 0.5).long())
 
 
 def shift(labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
@@ -150,7 +174,7 @@ def score(outputs: torch.Tensor, labels: torch.Tensor, layout: Layout, ignore_in
     else:
         logits = out.reshape(n, out.shape[1], -1).transpose(1, 2)
     probabilities = _are_probabilities(logits)
-    y = labels.detach().reshape(n, -1).long().to(logits.device)
+    y = hard_labels(labels.detach().reshape(n, -1), ignore_index).to(logits.device)
     classes = max(logits.shape[-1], 2)
     counted = (y != ignore_index) & (y >= 0) & (y < classes)
     flat, y_flat = logits.reshape(-1, logits.shape[-1]), torch.where(counted, y, 0).reshape(-1)
@@ -322,7 +346,7 @@ class SummedLoss(nn.Module):
         logits = out.movedim(-1, 1) if self.layout.class_last else out
         if logits.shape[1] == 1:
             logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-        labels = labels.long()
+        labels = hard_labels(labels, ignore).reshape(logits.shape[0], *logits.shape[2:])
         labels = torch.where((labels >= 0) & (labels < logits.shape[1]), labels, ignore)
         loss = F.cross_entropy(logits, labels, reduction="none", ignore_index=ignore)
         return loss.flatten(1).sum(dim=1)

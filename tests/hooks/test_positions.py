@@ -379,3 +379,30 @@ def test_a_loader_mixing_position_and_per_sample_outputs_gets_a_one_line_error(t
         with pytest.raises(ValueError, match="mix outputs with a position axis") as info:
             run.evaluate(batches, progress=False, attribute_worst=0)
     assert "\n" not in str(info.value)
+
+
+def test_binary_masks_with_bce_are_pixel_outputs(tmp_path):
+    torch.manual_seed(1)
+    model = Segmenter(classes=1)
+    x = torch.randn(5, 1, 6, 6)
+    masks = (torch.rand(5, 1, 6, 6) < 0.3).float()
+    with hooks.watch(model, loss_fn=nn.BCEWithLogitsLoss(), run_dir=tmp_path, strict=True) as run:
+        run.evaluate([(x, masks)], attribute_worst=2, attribute_at="now", n_steps=8, progress=False)
+    r = diagnostics.open_run(run.path)
+    with torch.no_grad():
+        z = model(x)
+    per_pixel = F.binary_cross_entropy_with_logits(z, masks, reduction="none").flatten(1)
+    samples = r.samples("val").sort_values("sample_id", key=lambda s: s.astype(int))
+    np.testing.assert_allclose(samples["loss"], per_pixel.mean(1).numpy(), rtol=1e-4)
+    hits = ((z > 0).float() == masks).flatten(1).float().mean(1)
+    np.testing.assert_allclose(samples["correct"], hits.numpy(), rtol=1e-6)
+    rows = r.positions("val")
+    assert len(rows) == masks.numel()
+    p = torch.sigmoid(z).flatten(1)
+    for _, q in rows.sample(15, random_state=0).iterrows():
+        i, k = int(q["sample_id"]), int(q["position"])
+        assert q["label"] == masks.flatten(1)[i, k] and q["prediction"] == int(p[i, k] > 0.5)
+        assert q["confidence"] == pytest.approx(float(max(p[i, k], 1 - p[i, k])), rel=1e-5)
+        assert q["loss"] == pytest.approx(float(per_pixel[i, k]), rel=1e-4)
+    assert r.position_info("val")["layout"] == "pixels" and r.position_info("val")["shape"] == [6, 6]
+    assert set(r.attributions("val")["target"]) == {-1}
