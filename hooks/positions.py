@@ -258,14 +258,18 @@ def aggregate(scored: Scored) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     return rows, columns
 
 
-def records_of(outputs: torch.Tensor, labels: torch.Tensor, task: str | None, options: PositionOptions) -> torch.Tensor:
-    """`log_batch`'s per-sample records: of position outputs, aggregated over each sample's
-    counted positions; otherwise `per_sample`'s."""
+def records_of(outputs: torch.Tensor, labels: torch.Tensor, task: str | None,
+               options: PositionOptions) -> tuple[torch.Tensor, PositionOptions]:
+    """`log_batch`'s per-sample records (of position outputs, aggregated over each sample's
+    counted positions; otherwise `per_sample`'s), and the options for the next batches: the
+    first batch of float targets decides whether they are several labels per sample."""
     layout = None if task == "regression" else find_layout(outputs, labels, options.multilabel)
+    if options.multilabel is None and labels.is_floating_point():
+        options = dataclasses.replace(options, multilabel=layout is not None)
     if layout is None:
-        return per_sample(outputs, labels, task or infer_task(outputs, labels))
+        return per_sample(outputs, labels, task or infer_task(outputs, labels)), options
     scored = score(outputs, labels, layout, options.ignore_index, options.sigmoid_outputs)
-    return aggregate(scored)[0]
+    return aggregate(scored)[0], options
 
 
 class PositionRows:

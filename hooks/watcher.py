@@ -216,8 +216,9 @@ class WatchedRun:
         """
         if self.recording and self.guard.active("log_batch"):
             # a batch it cannot take is skipped with one warning (strict=True raises): never the loop's end
-            contained(self.guard, "log_batch", lambda: _log_batch(self._capture, outputs, labels, ids, split, loss,
-                                                                  self._positions), switch_off=False)
+            kept = contained(self.guard, "log_batch", lambda: _log_batch(self._capture, outputs, labels, ids, split,
+                                                                         loss, self._positions), switch_off=False)
+            self._positions = kept or self._positions  # float targets: several labels or not, as the first said
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Record any scalar worth plotting.
@@ -407,8 +408,9 @@ def _attribute_last(model: nn.Module, writer: RunWriter, last: dict[str, tuple[i
 
 
 def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str, loss: Any,
-               positions: PositionOptions) -> None:
-    """`WatchedRun.log_batch`'s work, checked first (its errors are contained there)."""
+               positions: PositionOptions) -> PositionOptions:
+    """`WatchedRun.log_batch`'s work, checked first (its errors are contained there); returns
+    the position options for the next batches (`records_of`)."""
     if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
     if outputs.shape[0] != labels.shape[0]:
@@ -420,13 +422,14 @@ def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str
             raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
     if ids is not None:
         # position outputs (tokens, pixels, several labels): aggregated over each sample's counted positions
-        rows = records_of(outputs, labels, capture.task, positions)
+        rows, positions = records_of(outputs, labels, capture.task, positions)
         capture.handover.records.append((capture.step, split, ids, rows))
     if loss is not None and split == "train":
         capture.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
     if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
         with torch.no_grad():
             capture.record_outputs(outputs, labels, split)
+    return positions
 
 
 def _made_or_none(options: WatchOptions, make: Callable[[], Any]) -> Any:

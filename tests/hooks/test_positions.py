@@ -232,6 +232,9 @@ def test_log_batch_records_of_position_outputs_aggregate_per_sample(tmp_path):
         run.log_batch(logits, labels, ids=[f"s{i}" for i in range(len(logits))])
         mlogits, targets = _multilabel_case()
         run.log_batch(mlogits, targets, ids=[f"m{i}" for i in range(len(mlogits))])
+        # a later batch whose rows happen to be one-hot: still several labels, as the first batch said
+        one_hot = F.one_hot(torch.tensor([1, 0, 4]), 5).float()
+        run.log_batch(mlogits[:3], one_hot, ids=["o0", "o1", "o2"])
     records = diagnostics.open_run(run.path).records("train").set_index("sample_id")
     per_position = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
     for i in range(len(logits)):
@@ -244,6 +247,8 @@ def test_log_batch_records_of_position_outputs_aggregate_per_sample(tmp_path):
     per_label = F.binary_cross_entropy_with_logits(mlogits, targets, reduction="none").mean(1)
     np.testing.assert_allclose([records.loc[f"m{i}", "loss"] for i in range(len(mlogits))], per_label.numpy(),
                                rtol=1e-5)
+    per_label = F.binary_cross_entropy_with_logits(mlogits[:3], one_hot, reduction="none").mean(1)
+    np.testing.assert_allclose([records.loc[f"o{i}", "loss"] for i in range(3)], per_label.numpy(), rtol=1e-5)
 
 
 class Tagger(nn.Module):
