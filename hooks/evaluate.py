@@ -5,6 +5,8 @@ simple input statistics, and attributions for the worst cases.
 (`WatchedRun.evaluate`) pauses its capture hooks meanwhile and hands the arrays to the
 writer. The model runs in eval mode under `torch.no_grad()` (its mode is restored
 afterwards) and torch's random state is forked, so training goes on bitwise unchanged.
+Outputs with a position axis (tokens, pixels) and several labels per sample are scored per
+position by hooks/positions.py; a sample's record aggregates its counted positions.
 """
 
 from __future__ import annotations
