@@ -151,6 +151,17 @@ def previews(x: torch.Tensor, kind: str) -> tuple[list[int], np.ndarray]:
     return [flat.shape[1]], flat.numpy()
 
 
+def stacked_previews(shape: list[int] | None, parts: list[np.ndarray]) -> tuple[list[int] | None, np.ndarray | None]:
+    """The batches' previews as one array: token batches padded to their own widest
+    sequence (dynamic padding) are right-padded with 0 to the widest of all."""
+    if not parts:
+        return shape, None
+    width = max(part.shape[1] for part in parts)
+    if len(shape) == 1 and any(part.shape[1] != width for part in parts):
+        parts, shape = [np.pad(part, ((0, 0), (0, width - part.shape[1]))) for part in parts], [width]
+    return shape, np.concatenate(parts).astype(np.float32)
+
+
 def metadata_columns(metadata: Any, ids: list) -> dict[str, np.ndarray]:
     """`meta_*` columns aligned with `ids`, from a DataFrame indexed by sample id or a dict of
     columns in loader order. Numbers stay numbers; anything else becomes text."""
@@ -365,11 +376,9 @@ class Worst:
 
 def _worst(collected: _Collected, task: str, n_steps: int, progress: bool) -> Worst | None:
     picked = collected.worst.items()
-    if not picked:
-        return None
+    if not picked or not picked[0][3].is_floating_point():
+        return None  # token ids (of any padded width) get no attributions
     xs = torch.stack([item[3] for item in picked])
-    if not xs.is_floating_point():
-        return None
     by_label = task == "classification" and collected.out_width > 1
     # classification: attribute the label's logit (a single logit: the logit itself)
     targets = torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long() if by_label else None
@@ -452,8 +461,8 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
         rng.__exit__(None, None, None)
     columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
     columns.update(metadata_columns(metadata, collected.ids))
-    previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
+    preview_shape, previews_values = stacked_previews(collected.preview_shape, collected.previews)
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
-                      collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
+                      collected.embeddings, columns, collected.kind, preview_shape, previews_values,
                       *attributed, worst=None if attribute_now else worst,
                       outputs="probabilities" if collected.probabilities else "logits")
