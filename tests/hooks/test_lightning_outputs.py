@@ -116,3 +116,57 @@ def test_unlabelled_batches_without_a_reconstruction_loss_are_skipped_with_one_l
     run = diagnostics.open_run(cb.run.path)
     assert run.status()["state"] == "finished" and not run.manifest.get("faults")
     assert not run.manifest.get("evaluations")
+
+
+def hf_module_class():
+    """A LightningModule around a Hugging Face model, trained on its own loss: batches are
+    the collator's dicts (input_ids, attention_mask, token_type_ids, labels)."""
+    pl = pytest.importorskip("lightning.pytorch")
+
+    class Wrapped(pl.LightningModule):
+        def __init__(self, model):
+            super().__init__()
+            self.model = model
+
+        def forward(self, input_ids, attention_mask=None, token_type_ids=None):
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids).logits
+
+        def training_step(self, batch, batch_idx):
+            return self.model(**batch).loss
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_loss", self.model(**batch).loss)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.05)
+
+    return Wrapped
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["sequence", "tokens", "causal"])
+def test_hugging_face_dict_batches_are_evaluated(tmp_path, kind):
+    """Padded dict batches through a LightningModule: every model input reaches forward,
+    labels -100 are not counted, a causal LM's labels are shifted (the module holds one of
+    transformers' causal LMs); each sample's loss is the model's own on that sample alone."""
+    pytest.importorskip("transformers")
+    from tests.hooks import test_transformers_outputs as hf
+
+    pytest.importorskip("lightning.pytorch").seed_everything(0)
+    module = hf_module_class()(hf._model(kind))
+    data = hf.Sentences(20, 1)
+    train = DataLoader(hf.Sentences(32, 0), batch_size=8, collate_fn=hf.pad_collator(kind))
+    cb, ours, lines = _fit(tmp_path, module, train, DataLoader(data, batch_size=8, collate_fn=hf.pad_collator(kind)))
+    assert ours == [] and lines == []
+    run = diagnostics.open_run(cb.run.path)
+    samples = run.samples(split="val").set_index("sample_id").loc[[str(i) for i in range(len(data))]]
+    if kind == "sequence":
+        module.eval()
+        with torch.no_grad():
+            expected = [nn.functional.cross_entropy(module(item["input_ids"][None],
+                                                           token_type_ids=item["token_type_ids"][None]),
+                                                    torch.tensor([item["label"]])).item() for item in data]
+    else:
+        expected = [float(r.mean()) for r in hf._per_token_reference(module.model, data, kind)]
+        assert len(run.positions(split="val")) == sum(len(item["input_ids"]) - 1 for item in data)
+    np.testing.assert_allclose(samples["loss"].to_numpy(), expected, rtol=1e-4, atol=1e-6)

@@ -145,3 +145,72 @@ def test_sequence_classification_with_padded_batches_is_evaluated(tmp_path):
     np.testing.assert_array_equal(samples["label"].to_numpy(), [item["label"] for item in data])
     unmasked_loss = torch.nn.functional.cross_entropy(unmasked, padded["labels"], reduction="none").numpy()
     assert np.abs(unmasked_loss - expected).max() > 1e-3  # without the mask the losses differ: it reached the model
+
+
+def _positions_reference(losses: list[torch.Tensor], kind: str) -> tuple[list[str], list[int], np.ndarray]:
+    """(sample ids, positions, losses) of every counted position, by hand: a causal LM's
+    output t scores token t + 1 (positions 0 .. n-2), a tagger scores tokens 1 .. n-1."""
+    ids, positions = [], []
+    for i, sample in enumerate(losses):
+        first = 0 if kind == "causal" else 1
+        ids += [str(i)] * len(sample)
+        positions += list(range(first, first + len(sample)))
+    return ids, positions, torch.cat(losses).numpy()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["tokens", "causal"])
+def test_token_outputs_are_evaluated_per_position(tmp_path, kind):
+    """Token classification (labels -100 at padding and the first token) and a causal LM
+    (labels = input ids, -100 at padding; shifted as the model's own loss does): a sample's
+    loss is the mean over its counted positions, and the positions table has one row per
+    counted position, its loss the model's own."""
+    cb, trainer, data, ours = _train(tmp_path, kind)
+    assert ours == []
+    run = diagnostics.open_run(cb.run.path)
+    assert not run.manifest.get("faults")
+    reference = _per_token_reference(trainer.model, data, kind)
+    samples = run.samples(split="val").set_index("sample_id").loc[[str(i) for i in range(len(data))]]
+    np.testing.assert_allclose(samples["loss"].to_numpy(), [float(r.mean()) for r in reference], rtol=1e-4)
+    ids, positions, losses = _positions_reference(reference, kind)
+    table = run.positions(split="val")
+    assert len(table) == len(ids) == sum(len(item["input_ids"]) - 1 for item in data)  # the hand count
+    table = table.assign(order=table["sample_id"].astype(int)).sort_values(["order", "position"])
+    assert table["sample_id"].tolist() == ids and table["position"].tolist() == positions
+    np.testing.assert_allclose(table["loss"].to_numpy(), losses, rtol=1e-4, atol=1e-6)
+    targets = torch.cat([item["input_ids"][1:] if kind == "causal" else item["tags"][1:] for item in data])
+    np.testing.assert_array_equal(table["label"].to_numpy(), targets.numpy())
+
+
+def _word_tokenizer():
+    """A word-level fast tokenizer over the test's vocabulary ("w0" ... "w49"), built in memory."""
+    transformers = pytest.importorskip("transformers")
+    tokenizers = pytest.importorskip("tokenizers")
+    vocab = {f"w{i}": i for i in range(VOCAB)}
+    model = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="w1"))
+    model.pre_tokenizer = tokenizers.pre_tokenizers.Whitespace()
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=model, pad_token="w0", unk_token="w1")
+
+
+@pytest.mark.slow
+def test_the_trainers_tokenizer_names_the_tokens(tmp_path):
+    """The Trainer's processing_class reaches evaluate: the run stores the strings of the
+    token ids its pages show (inputs, labels, predictions)."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("accelerate")
+    from hooks.transformers import DiagnosticsCallback
+
+    tokenizer = _word_tokenizer()
+    assert tokenizer.convert_ids_to_tokens(7) == "w7"
+    cb = DiagnosticsCallback(run_dir=tmp_path / "runs", name="named", every=1)
+    args = transformers.TrainingArguments(output_dir=str(tmp_path / "hf"), max_steps=2, per_device_train_batch_size=4,
+                                          per_device_eval_batch_size=8, report_to=[], use_cpu=True,
+                                          save_strategy="no", eval_strategy="steps", eval_steps=2,
+                                          disable_tqdm=True, remove_unused_columns=False)
+    data = Sentences(12, 1)
+    transformers.Trainer(model=_model("causal"), args=args, train_dataset=Sentences(8, 0), eval_dataset=data,
+                         data_collator=pad_collator("causal"), processing_class=tokenizer, callbacks=[cb]).train()
+    vocabulary = diagnostics.open_run(cb.run.path).vocabulary(split="val")
+    inputs = {int(t) for item in data for t in item["input_ids"]}
+    assert vocabulary and inputs <= set(vocabulary)
+    assert all(vocabulary[i] == f"w{i}" for i in vocabulary)
