@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,9 @@ class DiagnosticsCallback(pl.Callback):
             kinds, strict: as for `hooks.watch` (one `hooks.options.WatchOptions` holds them).
         evaluate: after fit, `run.evaluate` on the validation dataloader (split "val").
         loss_key: the key of `training_step`'s returned dict that holds the loss.
+        shift_labels: whether the module is a causal LM whose labels are its inputs (evaluate
+            scores position t's output against label t + 1); None: when it holds one of
+            transformers' causal LMs.
 
     The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
 
@@ -107,12 +111,15 @@ class DiagnosticsCallback(pl.Callback):
         strict: bool = False,
         evaluate: bool = True,
         loss_key: str = "loss",
+        shift_labels: bool | None = None,
     ) -> None:
         self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                                           flush_every_s=flush_every_s, class_names=class_names, seed=seed,
                                           budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
         self.loss_key = loss_key
+        self.shift_labels = shift_labels
+        self._shift = bool(shift_labels)  # this fit's module: a causal LM (evaluate shifts its labels)
         self.run: WatchedRun | None = None  # the run of the current (or last) fit
         self._recording = False
         self._handles: list = []
@@ -151,6 +158,7 @@ class DiagnosticsCallback(pl.Callback):
         self._step_after_skip = 0
         self._batch_losses, self._step_losses = [], []
         self._batch_input, self._forward_output, self._reconstruction = None, 0, False
+        self._shift = self.shift_labels if self.shift_labels is not None else holds_causal_lm(pl_module)
         try:
             # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
             # hooks run right after it (Capture.on_step_pre) and see this step's gradients
@@ -169,7 +177,8 @@ class DiagnosticsCallback(pl.Callback):
         self._flush_losses()
         loaders = trainer.val_dataloaders
         if self.evaluate and loaders is not None:
-            self._evaluate(loaders, progress=trainer.progress_bar_callback is not None)
+            self._evaluate(loaders, progress=trainer.progress_bar_callback is not None,
+                           tokenizer=getattr(pl_module, "tokenizer", None))
         self._remove_handles()
         self._recording = False
         self.run.close()
@@ -251,7 +260,7 @@ class DiagnosticsCallback(pl.Callback):
         self._metrics_before = {}
 
     # -- the per-sample evaluation after fit -----------------------------------------------
-    def _evaluate(self, loaders: Any, progress: bool) -> None:
+    def _evaluate(self, loaders: Any, progress: bool, tokenizer: Any) -> None:
         if isinstance(loaders, dict):
             named = {f"val_{key}" if len(loaders) > 1 else "val": loader for key, loader in loaders.items()}
         elif isinstance(loaders, (list, tuple)):
@@ -259,6 +268,8 @@ class DiagnosticsCallback(pl.Callback):
         else:
             named = {"val": loaders}
         skipped = []
+        if not hasattr(tokenizer, "convert_ids_to_tokens") and not hasattr(tokenizer, "decode"):
+            tokenizer = None  # a module's `tokenizer` attribute names the tokens when it can
         for split, loader in named.items():
             batches = self._evaluation_batches(loader)
             if batches is None:
@@ -266,8 +277,9 @@ class DiagnosticsCallback(pl.Callback):
                 continue
             try:
                 # a reconstruction has no one output to attribute (captum needs a target)
-                self.run.evaluate(batches, split=split, progress=progress,
-                                  attribute_worst=0 if isinstance(batches, Reconstructions) else 32)
+                self.run.evaluate(batches, split=split, progress=progress, shift_labels=self._shift,
+                                  attribute_worst=0 if isinstance(batches, Reconstructions) else 32,
+                                  tokenizer=tokenizer)
             except Exception as exc:  # training succeeded: keep its run, say what to change
                 warnings.warn(
                     f"DiagnosticsCallback: the per-sample evaluation of {split!r} after fit failed ({exc}). "
@@ -305,6 +317,16 @@ class Reconstructions:
             x = unlabelled_input(batch)
             ids = _sample_ids(batch) if isinstance(batch, Mapping) else None
             yield {"input": x, "label": x} if ids is None else {"input": x, "label": x, "id": ids}
+
+
+def holds_causal_lm(module: nn.Module) -> bool:
+    """Whether `module` holds one of transformers' causal LMs (GPT-2, Llama, ...), whose
+    labels are its inputs: position t's output predicts label t + 1."""
+    if "transformers" not in sys.modules:  # then it holds none: no import of transformers here
+        return False
+    from hooks.transformers import is_causal_lm
+
+    return any(is_causal_lm(m) for m in module.modules())
 
 
 def unlabelled_input(batch: Any) -> torch.Tensor | None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import importlib.util
 import numbers
 import os
@@ -73,7 +74,8 @@ class DiagnosticsCallback(transformers.TrainerCallback):
       the model as the Trainer gives it (input_ids, attention_mask, token_type_ids, ...:
       padded batches), its `labels` held out and scored: one label per sample (sequence
       classification), or one per token (token classification; a causal LM's labels shifted
-      one to the left, as its own loss does); labels -100 are not counted. On a failure a
+      one to the left, as its own loss does); labels -100 are not counted. The Trainer's
+      tokenizer (`processing_class`) names the tokens the pages show. On a failure a
       warning says why and the run still finishes.
     - The run closes at `on_train_end`. The Trainer has no exception event: use the
       callback as a context manager around `train()` to mark a crash failed; without it, a
@@ -162,7 +164,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         if self.evaluate and eval_dataloader is not None:
             try:
                 self.run.evaluate(_evaluation_batches(eval_dataloader, self._shift), split="val",
-                                  progress=not args.disable_tqdm)
+                                  progress=not args.disable_tqdm, tokenizer=_tokenizer(kwargs))
             except Exception as exc:  # training succeeded: keep its run, say what to change
                 warnings.warn(f"DiagnosticsCallback: the per-sample evaluation after training failed ({exc}); "
                               "pass evaluate=False to skip it.", stacklevel=2)
@@ -285,13 +287,17 @@ def shift_left(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
 def is_causal_lm(model: nn.Module | None) -> bool:
     """Whether `model` (or the model a PEFT wrapper holds) is one of transformers' causal LMs
     (GPT-2, Llama, ...: a class `AutoModelForCausalLM` builds)."""
-    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
-
-    names = set(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
     base = getattr(model, "get_base_model", None)
     candidates = [model, base() if callable(base) else None]
-    return any(type(m).__name__ in names or type(m).__name__.endswith("ForCausalLM") for m in candidates
+    return any(type(m).__name__ in _causal_lm_names() or type(m).__name__.endswith("ForCausalLM") for m in candidates
                if m is not None)
+
+
+@functools.cache
+def _causal_lm_names() -> frozenset[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
 
 
 def _tokenizer(kwargs: dict) -> Any:
