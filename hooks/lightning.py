@@ -81,8 +81,10 @@ class DiagnosticsCallback(pl.Callback):
       module trained on a reconstruction loss (its one `nn.MSELoss` between
       `forward(x)` and `x`: an autoencoder) are scored against their input: per sample,
       the mean squared error (regression records); other unlabelled batches are skipped
-      with one info line. If the evaluation fails, a warning says why and the run still
-      finishes.
+      with one info line. Token outputs are scored per position (labels -100 not counted;
+      a causal LM's shifted, `shift_labels`), and a module's `tokenizer` attribute names
+      the tokens the pages show. If the evaluation fails, a warning says why and the run
+      still finishes.
     - The run is closed at `on_fit_end`, or marked failed at `on_exception`; either way
       every hook is removed. `config` defaults to the module's `hparams`, `seed` to the
       one `seed_everything` set.

@@ -154,6 +154,7 @@ def test_hugging_face_dict_batches_are_evaluated(tmp_path, kind):
 
     pytest.importorskip("lightning.pytorch").seed_everything(0)
     module = hf_module_class()(hf._model(kind))
+    module.tokenizer = hf._word_tokenizer()  # a module's tokenizer names the tokens
     data = hf.Sentences(20, 1)
     train = DataLoader(hf.Sentences(32, 0), batch_size=8, collate_fn=hf.pad_collator(kind))
     cb, ours, lines = _fit(tmp_path, module, train, DataLoader(data, batch_size=8, collate_fn=hf.pad_collator(kind)))
@@ -169,4 +170,7 @@ def test_hugging_face_dict_batches_are_evaluated(tmp_path, kind):
     else:
         expected = [float(r.mean()) for r in hf._per_token_reference(module.model, data, kind)]
         assert len(run.positions(split="val")) == sum(len(item["input_ids"]) - 1 for item in data)
+        vocabulary = run.vocabulary(split="val")
+        assert {int(t) for item in data for t in item["input_ids"]} <= set(vocabulary)
+        assert all(vocabulary[i] == f"w{i}" for i in vocabulary)
     np.testing.assert_allclose(samples["loss"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
