@@ -16,7 +16,7 @@ import importlib.util
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
 from typing import Any
 
 if importlib.util.find_spec("transformers") is None:
@@ -113,7 +113,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
                                           budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
         self.shift_labels = shift_labels
-        self._shift = bool(shift_labels)  # this train()'s model: a causal LM (labels shifted for evaluate)
+        self._shift = bool(shift_labels)  # this train()'s model is a causal LM: evaluate shifts its labels
         self.run: WatchedRun | None = None  # the run of the current (or last) train()
         self._recording = False
         self._handles: list = []
@@ -163,8 +163,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         self._flush_losses()
         if self.evaluate and eval_dataloader is not None:
             try:
-                self.run.evaluate(_evaluation_batches(eval_dataloader, self._shift), split="val",
-                                  progress=not args.disable_tqdm, tokenizer=_tokenizer(kwargs))
+                # a dict batch reaches the model as the Trainer gives it, its labels held out
+                self.run.evaluate(eval_dataloader, split="val", progress=not args.disable_tqdm,
+                                  shift_labels=self._shift, tokenizer=_tokenizer(kwargs))
             except Exception as exc:  # training succeeded: keep its run, say what to change
                 warnings.warn(f"DiagnosticsCallback: the per-sample evaluation after training failed ({exc}); "
                               "pass evaluate=False to skip it.", stacklevel=2)
@@ -264,24 +265,6 @@ def _on_model_output(callback: DiagnosticsCallback, module: nn.Module, args: tup
     if (isinstance(logits, torch.Tensor) and isinstance(labels, torch.Tensor) and logits.ndim == 2
             and labels.ndim == 1 and logits.shape[0] == labels.shape[0]):
         callback.run.log_batch(logits.detach(), labels.detach(), split="train")
-
-
-def _evaluation_batches(loader: Iterable, shift: bool) -> Iterator[Any]:
-    """The Trainer's eval batches for `run.evaluate`: a dict keyed the Hugging Face way goes
-    as it is (every entry but labels and ids reaches the model: attention_mask,
-    token_type_ids, ...); a causal LM's labels shifted one to the left (`shift_left`)."""
-    for batch in loader:
-        if shift and isinstance(batch, Mapping) and isinstance(batch.get("labels"), torch.Tensor):
-            batch = {**batch, "labels": shift_left(batch["labels"])}
-        yield batch
-
-
-def shift_left(labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """A causal LM's labels aligned with its logits: the output at position t predicts
-    token t + 1, so label t becomes label t + 1 and the last position is `ignore_index` (not
-    counted) — what the model's own loss does (transformers' ForCausalLMLoss)."""
-    pad = torch.full_like(labels[..., :1], ignore_index)
-    return torch.cat([labels[..., 1:], pad], dim=-1)
 
 
 def is_causal_lm(model: nn.Module | None) -> bool:

@@ -187,6 +187,8 @@ def test_token_outputs_are_evaluated_per_position(tmp_path, kind):
     assert table["sample_id"].tolist() == ids and table["position"].tolist() == positions
     np.testing.assert_allclose(table["loss"].to_numpy(), losses, rtol=1e-4, atol=1e-6)
     targets = torch.cat([item["input_ids"][1:] if kind == "causal" else item["tags"][1:] for item in data])
+    info = run.position_info(split="val")
+    assert info["layout"] == "tokens" and info["shift_labels"] == (kind == "causal")  # the pages say so
     np.testing.assert_array_equal(table["label"].to_numpy(), targets.numpy())
 
 
