@@ -174,3 +174,15 @@ def test_hugging_face_dict_batches_are_evaluated(tmp_path, kind):
         assert {int(t) for item in data for t in item["input_ids"]} <= set(vocabulary)
         assert all(vocabulary[i] == f"w{i}" for i in vocabulary)
     np.testing.assert_allclose(samples["loss"].to_numpy(), expected, rtol=1e-4, atol=1e-6)
+
+
+def test_which_batches_carry_no_labels():
+    pytest.importorskip("lightning.pytorch")
+    from hooks.lightning import unlabelled_input
+
+    x, ids = torch.zeros(4, 3), torch.ones(4, 5, dtype=torch.long)
+    unlabelled = [(x, x), ((x,), x), ([x], x), ({"x": x}, x), ({"input_ids": ids, "attention_mask": ids}, ids)]
+    for batch, expected in unlabelled:
+        assert unlabelled_input(batch) is expected
+    for batch in [(x, x), (x, x, x), {"input_ids": ids, "labels": ids}, {"x": x, "y": x}, {"features": x}, "text"]:
+        assert unlabelled_input(batch) is None
