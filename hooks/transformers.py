@@ -286,6 +286,7 @@ def _causal_lm_names() -> frozenset[str]:
 def _tokenizer(kwargs: dict) -> Any:
     """The Trainer's tokenizer (`processing_class`, or `tokenizer` before transformers 4.46)
     when it can turn token ids into text; None for an image processor or none."""
-    found = kwargs.get("processing_class") or kwargs.get("tokenizer")
+    found = kwargs.get("processing_class")
+    found = kwargs.get("tokenizer") if found is None else found  # not `or`: a tokenizer's truth is its length
     found = getattr(found, "tokenizer", found)  # a processor (text and images) holds its tokenizer
     return found if hasattr(found, "convert_ids_to_tokens") or hasattr(found, "decode") else None
