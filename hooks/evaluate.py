@@ -163,17 +163,6 @@ def previews(x: torch.Tensor, kind: str) -> tuple[list[int], np.ndarray]:
     return [flat.shape[1]], flat.numpy()
 
 
-def stacked_previews(shape: list[int] | None, parts: list[np.ndarray]) -> tuple[list[int] | None, np.ndarray | None]:
-    """The batches' previews as one array: token batches padded to their own widest
-    sequence (dynamic padding) are right-padded with 0 to the widest of all."""
-    if not parts:
-        return shape, None
-    width = max(part.shape[1] for part in parts)
-    if len(shape) == 1 and any(part.shape[1] != width for part in parts):
-        parts, shape = [np.pad(part, ((0, 0), (0, width - part.shape[1]))) for part in parts], [width]
-    return shape, np.concatenate(parts).astype(np.float32)
-
-
 def metadata_columns(metadata: Any, ids: list) -> dict[str, np.ndarray]:
     """`meta_*` columns aligned with `ids`, from a DataFrame indexed by sample id or a dict of
     columns in loader order. Numbers stay numbers; anything else becomes text."""
@@ -292,8 +281,8 @@ class Evaluation:
     embeddings: list
     columns: dict[str, np.ndarray]
     input_kind: str
-    preview_shape: list[int] | None = None
-    preview_values: np.ndarray | None = None
+    preview_shape: list | None = None  # one preview's shape, or one per sample (token batches of several lengths)
+    preview_values: np.ndarray | list | None = None
     attributed_ids: list = dataclasses.field(default_factory=list)
     attributed_targets: list[int] = dataclasses.field(default_factory=list)
     attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -391,6 +380,7 @@ class _Collected:
             self.position_shape = [max(a, b) for a, b in zip(self.position_shape, layout.shape)]
         scored = score(out, y_dev, layout, self.options.ignore_index, self.options.sigmoid_outputs)
         rows, columns = aggregate(scored)
+        self.probabilities = self.probabilities or scored.probabilities
         self.position_rows.add(ids, scored)
         if layout.kind != "tokens":  # attributions of the sample's summed loss (token ids: none)
             self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")].cpu().numpy(), x, y_dev, ids)
@@ -566,9 +556,15 @@ def _evaluation(split: str, task: str, collected: _Collected, metadata: Any, att
                 worst: Worst | None) -> Evaluation:
     columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
     columns.update(metadata_columns(metadata, collected.ids))
-    preview_shape, previews_values = stacked_previews(collected.preview_shape, collected.previews)
+    shape: Any = collected.preview_shape
+    previews_values: Any = None
+    if collected.previews and len({p.shape[1:] for p in collected.previews}) > 1:  # batches padded apart
+        previews_values = [row.astype(np.float32) for p in collected.previews for row in p]
+        shape = [list(row.shape) for row in previews_values]
+    elif collected.previews:
+        previews_values = np.concatenate(collected.previews).astype(np.float32)
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
-                      collected.embeddings, columns, collected.kind, preview_shape, previews_values,
+                      collected.embeddings, columns, collected.kind, shape, previews_values,
                       *attributed, worst=worst, outputs="probabilities" if collected.probabilities else "logits")
 
 

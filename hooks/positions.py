@@ -127,11 +127,13 @@ class Scored:
     margin: torch.Tensor
     counted: torch.Tensor
     probs: torch.Tensor | None
+    probabilities: bool = False  # the outputs were read as probabilities (a model ending in a softmax)
 
 
 def _are_probabilities(scores: torch.Tensor) -> bool:
     """Rows of non-negative values summing to 1 (a model ending in a softmax; see `as_logits`)."""
-    return scores.shape[-1] > 1 and bool((scores >= 0).all()) and \
+    # a reduction, not a mask: a language model's (N, T, V) scores take no second copy
+    return scores.shape[-1] > 1 and bool(scores.min() >= 0) and \
         bool(((scores.sum(dim=-1) - 1).abs() < PROB_SUM_TOL).all())
 
 
@@ -173,7 +175,7 @@ def score(outputs: torch.Tensor, labels: torch.Tensor, layout: Layout, ignore_in
             probs_sum.index_add_(0, sample, logp.exp() * weight)
     pred, loss, confidence, label_prob, margin = (torch.cat(p).reshape(n, -1) for p in zip(*parts))
     probs = None if probs_sum is None else probs_sum / counted.sum(dim=1, keepdim=True).clamp_min(1)
-    return Scored(y, pred, loss, confidence, label_prob, margin, counted, probs)
+    return Scored(y, pred, loss, confidence, label_prob, margin, counted, probs, probabilities)
 
 
 def _score_labels(outputs: torch.Tensor, labels: torch.Tensor, ignore_index: int, sigmoid_outputs: bool) -> Scored:

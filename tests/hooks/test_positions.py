@@ -331,3 +331,51 @@ def test_pixel_outputs_attribute_the_samples_summed_loss(tmp_path):
         i = int(row["sample_id"])
         assert list(row["shape"]) == [8, 8]
         assert float(np.sum(row["values"])) == pytest.approx(float(per_sample[i] - at_zero[i]), rel=0.05, abs=0.05)
+
+
+def test_batches_of_different_lengths_and_softmax_outputs(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    short, long = torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, 5, generator=g)
+    y_short, y_long = torch.randint(0, 5, (3, 4), generator=g), torch.randint(0, 5, (3, 7), generator=g)
+
+    class Padded(nn.Module):  # each batch padded to its own longest sequence; outputs probabilities
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.softmax(short if x.shape[1] == 4 else long, dim=-1)
+
+    batches = [(torch.zeros(3, 4, dtype=torch.long), y_short, ["a0", "a1", "a2"]),
+               (torch.zeros(3, 7, dtype=torch.long), y_long, ["b0", "b1", "b2"])]
+    r, _ = _evaluate(tmp_path, Padded(), batches)
+    assert r.position_info("val")["shape"] == [7]
+    samples = r.samples("val").set_index("sample_id")
+    expected = F.cross_entropy(long.transpose(1, 2), y_long, reduction="none").mean(1)  # read as probabilities
+    np.testing.assert_allclose([samples.loc[f"b{i}", "loss"] for i in range(3)], expected.numpy(), rtol=1e-4)
+    assert r.evaluations()["outputs"].iloc[0] == "probabilities"
+    previews = r.previews("val", ["a0", "b0"]).set_index("sample_id")  # each batch's own length
+    assert list(previews.loc["a0", "shape"]) == [4] and list(previews.loc["b0", "shape"]) == [7]
+    assert len(r.positions("val", ids=["a0"])) == 4 and len(r.positions("val", ids=["b0"])) == 7
+
+
+def test_a_loader_mixing_position_and_per_sample_outputs_gets_a_one_line_error(tmp_path):
+    table = torch.randn(4, 3, 5)
+    batches = [(torch.arange(2)[:, None], torch.zeros(2, 3, dtype=torch.long)),
+               (torch.arange(2)[:, None], torch.zeros(2, dtype=torch.long))]
+
+    class Switch(FixedLogits):
+        def forward(self, x):
+            return self.table[: len(x)] if self.calls == 0 else self.table[: len(x), 0]
+
+    model = Switch(table)
+    model.calls = 0
+
+    def counting(module, args, output):
+        module.calls += 1
+
+    model.register_forward_hook(counting)
+    with hooks.watch(model, run_dir=tmp_path, strict=True) as run:
+        with pytest.raises(ValueError, match="mix outputs with a position axis") as info:
+            run.evaluate(batches, progress=False, attribute_worst=0)
+    assert "\n" not in str(info.value)

@@ -145,12 +145,11 @@ def test_sequence_classification_with_padded_batches_is_evaluated(tmp_path):
     np.testing.assert_array_equal(samples["label"].to_numpy(), [item["label"] for item in data])
     unmasked_loss = torch.nn.functional.cross_entropy(unmasked, padded["labels"], reduction="none").numpy()
     assert np.abs(unmasked_loss - expected).max() > 1e-3  # without the mask the losses differ: it reached the model
-    # batches padded to different widths: each preview is the sample's ids, then 0 to the widest batch
+    # batches (of 8) padded to different widths: each preview is the sample's ids, then 0 to its batch's width
     previews = run.previews("val", [str(i) for i in range(len(data))]).set_index("sample_id")
-    width = max(len(item["input_ids"]) for item in data)
     for i, item in enumerate(data):
         values = np.asarray(previews.loc[str(i), "values"])
-        expected_ids = np.zeros(width)
+        expected_ids = np.zeros(max(len(other["input_ids"]) for other in data.items[i // 8 * 8:i // 8 * 8 + 8]))
         expected_ids[:len(item["input_ids"])] = item["input_ids"].numpy()
         np.testing.assert_array_equal(values, expected_ids)
 
