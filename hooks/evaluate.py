@@ -455,11 +455,9 @@ class Worst:
 
 def _worst(collected: _Collected, task: str, n_steps: int, progress: bool) -> Worst | None:
     picked = collected.worst.items()
-    if not picked:
-        return None
+    if not picked or not picked[0][3].is_floating_point():
+        return None  # token ids (of any padded width) get no attributions
     xs = torch.stack([item[3] for item in picked])
-    if not xs.is_floating_point():
-        return None
     ids = [str(item[2]) for item in picked]
     if collected.layout is not None:  # the summed loss: written as target -1
         labels = torch.stack([item[4] for item in picked])

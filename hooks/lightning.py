@@ -11,8 +11,9 @@ from __future__ import annotations
 import dataclasses
 import importlib.util
 import os
+import sys
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 if importlib.util.find_spec("lightning") is None:
@@ -20,14 +21,15 @@ if importlib.util.find_spec("lightning") is None:
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.utilities import rank_zero_info
 from torch import nn
 
 from hooks.amp import LossScale
-from hooks.evaluate import ID_KEYS
+from hooks.evaluate import ID_KEYS, INPUT_KEYS, LABEL_KEYS
 from hooks.guard import Guard, Hook
 from hooks.handover import LOSS_BATCH
 from hooks.options import WatchOptions
-from hooks.tensors import task_of_loss
+from hooks.tensors import first_tensor, task_of_loss
 from hooks.watcher import WatchedRun
 
 __all__ = ["DiagnosticsCallback"]
@@ -40,6 +42,9 @@ class DiagnosticsCallback(pl.Callback):
             kinds, strict: as for `hooks.watch` (one `hooks.options.WatchOptions` holds them).
         evaluate: after fit, `run.evaluate` on the validation dataloader (split "val").
         loss_key: the key of `training_step`'s returned dict that holds the loss.
+        shift_labels: whether the module is a causal LM whose labels are its inputs (evaluate
+            scores position t's output against label t + 1); None: when it holds one of
+            transformers' causal LMs.
 
     The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
 
@@ -70,8 +75,16 @@ class DiagnosticsCallback(pl.Callback):
     - `evaluate=True`: after fit, `run.evaluate` on the validation dataloader(s) Lightning
       used (split "val"; "val_1", ... or the dict's keys for more). Its batches must be
       (inputs, labels), (inputs, labels, ids) or a dict with input/label/id keys, and
-      `pl_module(inputs)` must return the outputs. If that fails, a warning says why and
-      the run still finishes.
+      `pl_module(inputs)` must return the outputs; a dict keyed the Hugging Face way
+      (input_ids, attention_mask, labels, ...) is passed as `pl_module(**batch)` without
+      its labels. Batches without labels (`x`, `(x,)`, a dict without a label key) of a
+      module trained on a reconstruction loss (its one `nn.MSELoss` between
+      `forward(x)` and `x`: an autoencoder) are scored against their input: per sample,
+      the mean squared error (regression records); other unlabelled batches are skipped
+      with one info line. Token outputs are scored per position (labels -100 not counted;
+      a causal LM's shifted, `shift_labels`), and a module's `tokenizer` attribute names
+      the tokens the pages show. If the evaluation fails, a warning says why and the run
+      still finishes.
     - The run is closed at `on_fit_end`, or marked failed at `on_exception`; either way
       every hook is removed. `config` defaults to the module's `hparams`, `seed` to the
       one `seed_everything` set.
@@ -100,12 +113,15 @@ class DiagnosticsCallback(pl.Callback):
         strict: bool = False,
         evaluate: bool = True,
         loss_key: str = "loss",
+        shift_labels: bool | None = None,
     ) -> None:
         self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                                           flush_every_s=flush_every_s, class_names=class_names, seed=seed,
                                           budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
         self.loss_key = loss_key
+        self.shift_labels = shift_labels
+        self._shift = bool(shift_labels)  # this fit's module: a causal LM (evaluate shifts its labels)
         self.run: WatchedRun | None = None  # the run of the current (or last) fit
         self._recording = False
         self._handles: list = []
@@ -116,6 +132,9 @@ class DiagnosticsCallback(pl.Callback):
         self._metrics_before: dict[str, Any] = {}
         self._loss_scale: LossScale | None = None  # precision="16-mixed": which steps the scaler skipped
         self._step_after_skip = 0
+        self._batch_input: torch.Tensor | None = None  # the current training batch's input, if it has no labels
+        self._forward_output = 0  # id() of the module's last output on an unlabelled batch
+        self._reconstruction = False  # the loss compared the module's output with its input (MSE)
 
     # -- attach and detach --------------------------------------------------------------
 
@@ -140,11 +159,14 @@ class DiagnosticsCallback(pl.Callback):
         self._loss_scale = LossScale(scaler) if scaler is not None else None
         self._step_after_skip = 0
         self._batch_losses, self._step_losses = [], []
+        self._batch_input, self._forward_output, self._reconstruction = None, 0, False
+        self._shift = self.shift_labels if self.shift_labels is not None else holds_causal_lm(pl_module)
         try:
             # Lightning calls optimizer.step(closure): watch wraps the closure so that its step
             # hooks run right after it (Capture.on_step_pre) and see this step's gradients
             if loss_module is not None:
                 self._handles.append(loss_module.register_forward_hook(Hook(self, "loss", _on_loss_module)))
+                self._handles.append(pl_module.register_forward_hook(Hook(self, "loss", _on_module_output)))
             self.run = WatchedRun(pl_module, optimizer, None, options)
             self._recording = True
         except BaseException:
@@ -157,7 +179,8 @@ class DiagnosticsCallback(pl.Callback):
         self._flush_losses()
         loaders = trainer.val_dataloaders
         if self.evaluate and loaders is not None:
-            self._evaluate(loaders, progress=trainer.progress_bar_callback is not None)
+            self._evaluate(loaders, progress=trainer.progress_bar_callback is not None,
+                           tokenizer=getattr(pl_module, "tokenizer", None))
         self._remove_handles()
         self._recording = False
         self.run.close()
@@ -184,6 +207,7 @@ class DiagnosticsCallback(pl.Callback):
             # a step the scaler skipped is ended by the run during this batch's backward
             self._step_at_batch_start = max(self.run.step, self._step_after_skip)
             self._batch_ids = _sample_ids(batch)
+            self._batch_input = unlabelled_input(batch)
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -238,16 +262,26 @@ class DiagnosticsCallback(pl.Callback):
         self._metrics_before = {}
 
     # -- the per-sample evaluation after fit -----------------------------------------------
-    def _evaluate(self, loaders: Any, progress: bool) -> None:
+    def _evaluate(self, loaders: Any, progress: bool, tokenizer: Any) -> None:
         if isinstance(loaders, dict):
             named = {f"val_{key}" if len(loaders) > 1 else "val": loader for key, loader in loaders.items()}
         elif isinstance(loaders, (list, tuple)):
             named = {("val" if i == 0 else f"val_{i}"): loader for i, loader in enumerate(loaders)}
         else:
             named = {"val": loaders}
+        skipped = []
+        if not hasattr(tokenizer, "convert_ids_to_tokens") and not hasattr(tokenizer, "decode"):
+            tokenizer = None  # a module's `tokenizer` attribute names the tokens when it can
         for split, loader in named.items():
+            batches = self._evaluation_batches(loader)
+            if batches is None:
+                skipped.append(split)
+                continue
             try:
-                self.run.evaluate(loader, split=split, progress=progress)
+                # a reconstruction has no one output to attribute (captum needs a target)
+                self.run.evaluate(batches, split=split, progress=progress, shift_labels=self._shift,
+                                  attribute_worst=0 if isinstance(batches, Reconstructions) else 32,
+                                  tokenizer=tokenizer)
             except Exception as exc:  # training succeeded: keep its run, say what to change
                 warnings.warn(
                     f"DiagnosticsCallback: the per-sample evaluation of {split!r} after fit failed ({exc}). "
@@ -255,6 +289,60 @@ class DiagnosticsCallback(pl.Callback):
                     "and a LightningModule whose forward(inputs) returns the outputs; or pass evaluate=False.",
                     stacklevel=2,
                 )
+        if skipped:  # nothing failed: there is nothing per sample to score (no labels, no reconstruction)
+            rank_zero_info(f"DiagnosticsCallback: no per-sample evaluation of {', '.join(map(repr, skipped))}: its "
+                           "batches carry no labels and the module's loss is no nn.MSELoss between forward(inputs) "
+                           "and the inputs; give the batches labels for one, or pass evaluate=False.")
+
+    def _evaluation_batches(self, loader: Iterable) -> Iterable | None:
+        """`loader` for `run.evaluate`; batches without labels scored against their input when
+        training's loss was a reconstruction (`Reconstructions`), else None: nothing to score."""
+        first = next(iter(loader), None)
+        if first is None or unlabelled_input(first) is None:
+            return loader  # labelled (or empty: evaluate says so)
+        return Reconstructions(loader) if self._reconstruction else None
+
+
+class Reconstructions:
+    """An unlabelled loader's batches with their input as the label, for an autoencoder:
+    `run.evaluate` then records per sample the mean squared error between
+    `forward(inputs)` and the inputs (regression records), what `nn.MSELoss` averages."""
+
+    def __init__(self, loader: Iterable) -> None:
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.loader)  # type: ignore[arg-type]  # TypeError without one: evaluate shows no total
+
+    def __iter__(self) -> Iterator[dict]:
+        for batch in self.loader:
+            x = unlabelled_input(batch)
+            ids = _sample_ids(batch) if isinstance(batch, Mapping) else None
+            yield {"input": x, "label": x} if ids is None else {"input": x, "label": x, "id": ids}
+
+
+def holds_causal_lm(module: nn.Module) -> bool:
+    """Whether `module` holds one of transformers' causal LMs (GPT-2, Llama, ...), whose
+    labels are its inputs: position t's output predicts label t + 1."""
+    if "transformers" not in sys.modules:  # then it holds none: no import of transformers here
+        return False
+    from hooks.transformers import is_causal_lm
+
+    return any(is_causal_lm(m) for m in module.modules())
+
+
+def unlabelled_input(batch: Any) -> torch.Tensor | None:
+    """The input of a batch that carries no labels — a tensor, a 1-tuple (TensorDataset(x)),
+    or a dict with an input key (`hooks.evaluate.INPUT_KEYS`) and no label key; None for a
+    labelled batch or anything else."""
+    if isinstance(batch, torch.Tensor):
+        return batch
+    if isinstance(batch, (list, tuple)) and len(batch) == 1 and isinstance(batch[0], torch.Tensor):
+        return batch[0]
+    if isinstance(batch, Mapping) and not any(k in batch for k in LABEL_KEYS):
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        return x if isinstance(x, torch.Tensor) else None
+    return None
 
 
 def _is_scalar(value: Any) -> bool:
@@ -265,11 +353,22 @@ def _is_scalar(value: Any) -> bool:
 _IDLE = Guard(lambda fault: None)
 
 
+def _on_module_output(callback: DiagnosticsCallback, module: nn.Module, args: tuple, output: Any) -> None:
+    if callback._recording and callback._batch_input is not None and not callback._reconstruction:
+        callback._forward_output = id(first_tensor(output))  # alive until the loss reads it: the id is its own
+
+
 def _on_loss_module(callback: DiagnosticsCallback, module: nn.Module, args: tuple, output: Any) -> None:
     run = callback.run
     if not callback._recording or not torch.is_grad_enabled() or len(args) < 2:
         return
     outputs, labels = args[0], args[1]
+    x = callback._batch_input
+    if x is not None and not callback._reconstruction and isinstance(module, nn.MSELoss) \
+            and isinstance(labels, torch.Tensor) and id(outputs) == callback._forward_output:
+        # an autoencoder's loss: MSE between forward(batch) and the batch itself
+        callback._reconstruction = labels is x or (labels.numel() == x.numel()
+                                                   and torch.equal(labels.reshape(-1), x.reshape(-1)))
     if isinstance(outputs, torch.Tensor) and isinstance(labels, torch.Tensor) and outputs.ndim >= 1 \
             and labels.ndim >= 1 and outputs.shape[0] == labels.shape[0]:
         ids = callback._batch_ids

@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import atexit
 import dataclasses
+import functools
 import importlib.util
 import numbers
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Any
 
 if importlib.util.find_spec("transformers") is None:
@@ -45,6 +46,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         run_dir, name, every, task, config, flush_every_s, class_names, seed, budget, layers,
             kinds, strict: as for `hooks.watch` (one `hooks.options.WatchOptions` holds them).
         evaluate: at the end of training, `run.evaluate` on the last evaluation's dataloader (split "val").
+        shift_labels: whether the model is a causal LM whose labels are its inputs (the output at
+            position t predicts label t + 1); None: when the model is one of transformers'
+            causal LMs (GPT-2, Llama, ...).
 
     The run being recorded is `callback.run` (a `WatchedRun`) from the start of training.
 
@@ -66,9 +70,13 @@ class DiagnosticsCallback(transformers.TrainerCallback):
     - Evaluation: `on_evaluate`'s metrics as scalars under their names (`eval_loss`, ...),
       without `epoch`, runtimes and throughputs.
     - `evaluate=True`: at the end of training, `run.evaluate` (split "val") on the dataloader
-      of the Trainer's last evaluation, if it evaluated during training. Token batches are
-      fed as `input_ids` alone, so they must carry no padding (`attention_mask` all ones);
-      otherwise, or on any other failure, a warning says why and the run still finishes.
+      of the Trainer's last evaluation, if it evaluated during training. Each batch reaches
+      the model as the Trainer gives it (input_ids, attention_mask, token_type_ids, ...:
+      padded batches), its `labels` held out and scored: one label per sample (sequence
+      classification), or one per token (token classification; a causal LM's labels shifted
+      one to the left, as its own loss does); labels -100 are not counted. The Trainer's
+      tokenizer (`processing_class`) names the tokens the pages show. On a failure a
+      warning says why and the run still finishes.
     - The run closes at `on_train_end`. The Trainer has no exception event: use the
       callback as a context manager around `train()` to mark a crash failed; without it, a
       run whose training never ended is marked failed at interpreter exit, or when the next
@@ -98,11 +106,14 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         kinds: list[str] | None = None,
         strict: bool = False,
         evaluate: bool = True,
+        shift_labels: bool | None = None,
     ) -> None:
         self.watch_options = WatchOptions(run_dir=run_dir, name=name, every=every, task=task, config=config,
                                           flush_every_s=flush_every_s, class_names=class_names, seed=seed,
                                           budget=budget, layers=layers, kinds=kinds, strict=strict)
         self.evaluate = evaluate
+        self.shift_labels = shift_labels
+        self._shift = bool(shift_labels)  # this train()'s model is a causal LM: evaluate shifts its labels
         self.run: WatchedRun | None = None  # the run of the current (or last) train()
         self._recording = False
         self._handles: list = []
@@ -140,6 +151,7 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         optimizer = getattr(optimizer, "optimizer", optimizer)  # Accelerate's wrapper runs no step hooks
         self._micro_losses, self._step_losses, self._model_gives_loss = [], [], False
         self._step_at_window_start = 0
+        self._shift = self.shift_labels if self.shift_labels is not None else is_causal_lm(model)
         self.run = WatchedRun(model, optimizer, None, options)
         self._recording = True
         self._handles.append(model.register_forward_hook(Hook(self, "loss", _on_model_output), with_kwargs=True))
@@ -151,7 +163,9 @@ class DiagnosticsCallback(transformers.TrainerCallback):
         self._flush_losses()
         if self.evaluate and eval_dataloader is not None:
             try:
-                self.run.evaluate(_evaluation_batches(eval_dataloader), split="val", progress=not args.disable_tqdm)
+                # a dict batch reaches the model as the Trainer gives it, its labels held out
+                self.run.evaluate(eval_dataloader, split="val", progress=not args.disable_tqdm,
+                                  shift_labels=self._shift, tokenizer=_tokenizer(kwargs))
             except Exception as exc:  # training succeeded: keep its run, say what to change
                 warnings.warn(f"DiagnosticsCallback: the per-sample evaluation after training failed ({exc}); "
                               "pass evaluate=False to skip it.", stacklevel=2)
@@ -253,15 +267,26 @@ def _on_model_output(callback: DiagnosticsCallback, module: nn.Module, args: tup
         callback.run.log_batch(logits.detach(), labels.detach(), split="train")
 
 
-def _evaluation_batches(loader: Iterable) -> Iterator[Any]:
-    """The Trainer's eval batches in `run.evaluate`'s contract: token batches as
-    {"input": input_ids, "label": labels}; others (e.g. pixel_values, labels) as they are."""
-    for batch in loader:
-        if isinstance(batch, dict) and "input_ids" in batch:
-            mask, types = batch.get("attention_mask"), batch.get("token_type_ids")
-            if (mask is not None and not bool(mask.all())) or (types is not None and bool(types.any())):
-                raise ValueError("run.evaluate passes input_ids alone, so batches with padding or "
-                                 "token_type_ids cannot be evaluated yet")
-            yield {"input": batch["input_ids"], "label": batch["labels"]}
-        else:
-            yield batch
+def is_causal_lm(model: nn.Module | None) -> bool:
+    """Whether `model` (or the model a PEFT wrapper holds) is one of transformers' causal LMs
+    (GPT-2, Llama, ...: a class `AutoModelForCausalLM` builds)."""
+    base = getattr(model, "get_base_model", None)
+    candidates = [model, base() if callable(base) else None]
+    return any(type(m).__name__ in _causal_lm_names() or type(m).__name__.endswith("ForCausalLM") for m in candidates
+               if m is not None)
+
+
+@functools.cache
+def _causal_lm_names() -> frozenset[str]:
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING_NAMES
+
+    return frozenset(MODEL_FOR_CAUSAL_LM_MAPPING_NAMES.values())
+
+
+def _tokenizer(kwargs: dict) -> Any:
+    """The Trainer's tokenizer (`processing_class`, or `tokenizer` before transformers 4.46)
+    when it can turn token ids into text; None for an image processor or none."""
+    found = kwargs.get("processing_class")
+    found = kwargs.get("tokenizer") if found is None else found  # not `or`: a tokenizer's truth is its length
+    found = getattr(found, "tokenizer", found)  # a processor (text and images) holds its tokenizer
+    return found if hasattr(found, "convert_ids_to_tokens") or hasattr(found, "decode") else None
