@@ -139,20 +139,7 @@ class WatchedRun:
         if self._writer is None:
             return
         _install_crash_handler()
-        self._capture = Capture(model, self._writer, schedule, options.task, distributed=world_size > 1,
-                                started=started, guard=self.guard, selection=options.selection)
-        if self._capture.task is None and isinstance(loss_fn, nn.Module):
-            self._capture.task = task_of_loss(loss_fn)
-        self._capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
-        self._capture.layers.always = compiled  # dynamo would not see hooks put on after it traced
-        _WATCHED.add(model)
-        try:
-            register_hooks(self._capture, model, optimizer, loss_fn, self._handles)
-            self._probes = EvalProbes(self._capture, model, self._handles)
-        except BaseException:
-            self._remove_handles()
-            _WATCHED.discard(model)
-            raise
+        _attach(self, model, optimizer, loss_fn, schedule, started, world_size > 1, compiled)
         atexit.register(self._atexit)
 
     def _note_fault(self, fault: dict) -> None:
@@ -355,6 +342,27 @@ class WatchedRun:
 
     def __repr__(self) -> str:
         return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
+
+
+def _attach(run: WatchedRun, model: nn.Module, optimizer: Any, loss_fn: Any, schedule: Any, started: float,
+            distributed_run: bool, compiled: bool) -> None:
+    """The run's `Capture` and every hook on the model, the optimizer and the loss (none left
+    if one fails to register)."""
+    options = run.options
+    run._capture = capture = Capture(model, run._writer, schedule, options.task, distributed=distributed_run,
+                                     started=started, guard=run.guard, selection=options.selection)
+    if capture.task is None and isinstance(loss_fn, nn.Module):
+        capture.task = task_of_loss(loss_fn)
+    capture.loss_scale = LossScale(options.scaler) if options.scaler is not None else None
+    capture.layers.always = compiled  # dynamo would not see hooks put on after it traced
+    _WATCHED.add(model)
+    try:
+        register_hooks(capture, model, optimizer, loss_fn, run._handles)
+        run._probes = EvalProbes(capture, model, run._handles)
+    except BaseException:
+        run._remove_handles()
+        _WATCHED.discard(model)
+        raise
 
 
 def _write_evaluation(writer: RunWriter, step: int, result: Evaluation, evaluations: list[dict]) -> dict[str, float]:
