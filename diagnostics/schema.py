@@ -25,7 +25,7 @@ import pyarrow as pa
 SCHEMA_VERSION = 1
 MANIFEST_FILE = "run.json"
 STATUS_DIR = "status"
-TABLES = ("scalars", "distributions", "records", "samples", "previews", "attributions")
+TABLES = ("scalars", "distributions", "records", "samples", "previews", "attributions", "positions", "vocabulary")
 
 # Quantile levels kept per summary; column names are q01, q05, ... q99.
 QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
@@ -209,12 +209,54 @@ ATTRIBUTIONS_SCHEMA = pa.schema(
     ]
 )
 
+# Outputs with a position axis (tokens, pixels) or several labels per sample (issue #24): one
+# row per counted position of an evaluation's stored samples (a position whose label is the
+# ignore_index is not counted). `position` is the flat row-major index into the position
+# shape the manifest's evaluation entry keeps (`EVAL_POSITIONS`); several labels per sample:
+# the label's index. `confidence` is the probability of the prediction; `loss` the
+# position's cross-entropy (several labels: its binary cross-entropy).
+POSITIONS_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("step", pa.int64()),
+        ("sample_id", pa.string()),
+        ("position", pa.int64()),
+        ("label", pa.int64()),
+        ("prediction", pa.int64()),
+        ("loss", pa.float64()),
+        ("confidence", pa.float64()),
+    ]
+)
+# The strings of the token ids an evaluation stored (inputs' previews, labels, predictions),
+# when `evaluate(tokenizer=...)` was given one.
+VOCABULARY_SCHEMA = pa.schema(
+    [
+        ("split", pa.string()),
+        ("step", pa.int64()),
+        ("token_id", pa.int64()),
+        ("text", pa.string()),
+    ]
+)
+# The manifest's evaluation entry (`evaluations[i]`) of position outputs gains this key: a
+# dict with `shape` (the positions of one sample), `layout` (one of POSITION_LAYOUTS),
+# `ignore_index`, `stored_samples` (how many samples' positions the table holds: the first
+# ones in loader order, kept whole), `total_samples`, `cap` (the rows' limit, max_positions)
+# and `shift_labels` (position t's output was scored against label t + 1).
+EVAL_POSITIONS = "positions"
+# tokens: 1-D positions of a token input; pixels: 2-D or more; labels: several labels per sample.
+POSITION_LAYOUTS = ("tokens", "pixels", "labels")
+# Sample columns (`samples` table) of position outputs: how many positions were counted,
+# and the largest loss among them.
+POSITION_SAMPLE_COLUMNS = ("positions_counted", "worst_position_loss")
+
 SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA, "records": RECORDS_SCHEMA,
-           "samples": SAMPLES_SCHEMA, "previews": PREVIEWS_SCHEMA, "attributions": ATTRIBUTIONS_SCHEMA}
+           "samples": SAMPLES_SCHEMA, "previews": PREVIEWS_SCHEMA, "attributions": ATTRIBUTIONS_SCHEMA,
+           "positions": POSITIONS_SCHEMA, "vocabulary": VOCABULARY_SCHEMA}
 # Compacted parts are sorted so that DuckDB's row-group statistics skip what a query doesn't ask for.
 SORT_KEYS = {"scalars": ("name", "step"), "distributions": ("kind", "layer", "step"),
              "records": ("split", "sample_id", "step"), "samples": ("split", "step", "sample_id"),
-             "previews": ("split", "sample_id"), "attributions": ("split", "step", "sample_id")}
+             "previews": ("split", "sample_id"), "attributions": ("split", "step", "sample_id"),
+             "positions": ("split", "step", "sample_id", "position"), "vocabulary": ("split", "step", "token_id")}
 
 # Manifest keys every run has; more (model summary, config, ...) are welcome.
 MANIFEST_REQUIRED = ("schema_version", "name", "created_at")

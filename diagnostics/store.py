@@ -95,7 +95,91 @@ def _writer_gone(status: dict) -> bool:
     return False
 
 
-class Run:
+class EvaluationTables:
+    """The reads of the evaluation passes' tables (samples, previews, attributions, positions,
+    vocabulary), a part of `Run` (which holds `manifest` and `_query`)."""
+
+    manifest: dict
+
+    def _query(self, table: str, where: str = "", params: Sequence = (), columns: str = "*",
+               order: str = "") -> pd.DataFrame:
+        raise NotImplementedError
+
+    def evaluations(self) -> pd.DataFrame:
+        """One row per evaluation pass: split, step, n, loss, accuracy or mae, dataset key."""
+        return pd.DataFrame(self.manifest.get("evaluations", []))
+
+    def samples(self, split: str = "val", step: int | str | None = None, sample_ids: Iterable | None = None,
+                columns: Sequence[str] | None = None) -> pd.DataFrame:
+        """One row per evaluated sample of `split`, from the latest evaluation (or `step`;
+        `step="all"`: every evaluation): label, prediction, loss, confidence, margin or
+        residual, probs, embedding, input_*."""
+        if step == "all":
+            step = None
+        elif step is None:
+            steps = self._query("samples", "split = $split", [("split", split)], columns="max(step) AS step")
+            if steps.empty or pd.isna(steps["step"].iloc[0]):
+                return self._query("samples", "false")
+            step = int(steps["step"].iloc[0])
+        ids = None if sample_ids is None else [str(i) for i in sample_ids]
+        where, params = _filters(split=("split", [split]), step=("step", None if step is None else int(step)),
+                                 ids=("sample_id", ids))
+        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in dict.fromkeys(["sample_id", *columns]))
+        return self._query("samples", where, params, columns=cols, order="sample_id, step")
+
+    def _latest_step(self, split: str) -> int | None:
+        """The step of the latest evaluation of `split` (None: none)."""
+        steps = self._query("samples", "split = $split", [("split", split)], columns="max(step) AS step")
+        if steps.empty or pd.isna(steps["step"].iloc[0]):
+            return None
+        return int(steps["step"].iloc[0])
+
+    def positions(self, split: str = "val", ids: Iterable | None = None, step: int | None = None) -> pd.DataFrame:
+        """One row per counted position of an evaluation of outputs with a position axis
+        (tokens, pixels) or several labels per sample: split, step, sample_id, position (the
+        flat row-major index into `position_info(split)["shape"]`; several labels: the label's
+        index), label, prediction, loss, confidence (the prediction's probability). The
+        latest evaluation of `split` by default (empty when it stored none), or `step`'s;
+        `ids`: only these samples. Only the first `stored_samples` samples of an evaluation
+        are stored (the cap, `evaluate(max_positions=...)`)."""
+        if step is None:
+            step = self._latest_step(split)
+            if step is None:
+                return self._query("positions", "false")
+        where, params = _filters(split=("split", [split]), step=("step", int(step)),
+                                 ids=("sample_id", None if ids is None else [str(i) for i in ids]))
+        return self._query("positions", where, params, order="sample_id, position")
+
+    def position_info(self, split: str = "val") -> dict | None:
+        """How the latest evaluation of `split` stored its positions (`schema.EVAL_POSITIONS`):
+        shape, layout (tokens, pixels or labels), ignore_index, stored_samples, total_samples,
+        cap, shift_labels. None when its outputs had one label per sample (or no evaluation)."""
+        entries = [e for e in self.manifest.get("evaluations", []) if isinstance(e, dict) and e.get("split") == split]
+        info = entries[-1].get(schema.EVAL_POSITIONS) if entries else None
+        return dict(info) if isinstance(info, dict) else None
+
+    def vocabulary(self, split: str = "val") -> dict[int, str] | None:
+        """The strings of the token ids `split`'s evaluations stored, when `evaluate` was given
+        a tokenizer (None otherwise: pages show the ids)."""
+        found = self._query("vocabulary", "split = $split", [("split", split)], columns="token_id, text",
+                            order="step")
+        if found.empty:
+            return None
+        return {int(i): str(t) for i, t in zip(found["token_id"], found["text"])}
+
+    def previews(self, split: str, sample_ids: Iterable) -> pd.DataFrame:
+        """Input previews (kind, shape, values) of some samples of `split`."""
+        where, params = _filters(split=("split", [split]), ids=("sample_id", [str(i) for i in sample_ids]))
+        return self._query("previews", where, params)
+
+    def attributions(self, split: str, sample_ids: Iterable | None = None) -> pd.DataFrame:
+        """Attributions (method, target, shape, values) of the worst samples, latest first."""
+        ids = None if sample_ids is None else [str(i) for i in sample_ids]
+        where, params = _filters(split=("split", [split]), ids=("sample_id", ids))
+        return self._query("attributions", where, params, order="step DESC, sample_id, method")
+
+
+class Run(EvaluationTables):
     """A run directory opened for reading. Queries go to DuckDB over the Parquet parts.
 
     Example::
@@ -277,39 +361,6 @@ class Run:
                          nan_count=int(row["nan_count"]), inf_count=int(row["inf_count"]))
             found.setdefault("step", int(row["step"]))
         return found
-
-    def evaluations(self) -> pd.DataFrame:
-        """One row per evaluation pass: split, step, n, loss, accuracy or mae, dataset key."""
-        return pd.DataFrame(self.manifest.get("evaluations", []))
-
-    def samples(self, split: str = "val", step: int | str | None = None, sample_ids: Iterable | None = None,
-                columns: Sequence[str] | None = None) -> pd.DataFrame:
-        """One row per evaluated sample of `split`, from the latest evaluation (or `step`;
-        `step="all"`: every evaluation): label, prediction, loss, confidence, margin or
-        residual, probs, embedding, input_*."""
-        if step == "all":
-            step = None
-        elif step is None:
-            steps = self._query("samples", "split = $split", [("split", split)], columns="max(step) AS step")
-            if steps.empty or pd.isna(steps["step"].iloc[0]):
-                return self._query("samples", "false")
-            step = int(steps["step"].iloc[0])
-        ids = None if sample_ids is None else [str(i) for i in sample_ids]
-        where, params = _filters(split=("split", [split]), step=("step", None if step is None else int(step)),
-                                 ids=("sample_id", ids))
-        cols = "*" if columns is None else ", ".join(f'"{c}"' for c in dict.fromkeys(["sample_id", *columns]))
-        return self._query("samples", where, params, columns=cols, order="sample_id, step")
-
-    def previews(self, split: str, sample_ids: Iterable) -> pd.DataFrame:
-        """Input previews (kind, shape, values) of some samples of `split`."""
-        where, params = _filters(split=("split", [split]), ids=("sample_id", [str(i) for i in sample_ids]))
-        return self._query("previews", where, params)
-
-    def attributions(self, split: str, sample_ids: Iterable | None = None) -> pd.DataFrame:
-        """Attributions (method, target, shape, values) of the worst samples, latest first."""
-        ids = None if sample_ids is None else [str(i) for i in sample_ids]
-        where, params = _filters(split=("split", [split]), ids=("sample_id", ids))
-        return self._query("attributions", where, params, order="step DESC, sample_id, method")
 
     def health(self) -> list:
         """The problems the run shows (dead units, vanishing gradients, NaN, ...): a list of

@@ -36,6 +36,8 @@ _TIER_FANOUT = 16
 # and gigabytes, while DuckDB reads a few hundred parts in a fraction of a second.
 _MAX_MERGED_ROWS = 250_000
 _ROW_GROUP_ROWS = 4096
+# Tables whose rows arrive as Arrow tables already built here (the others as tuples of numbers).
+_BUILT_TABLES = ("samples", "previews", "attributions", "positions", "vocabulary")
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -134,7 +136,8 @@ class RunWriter:
             self._last_step = max(self._last_step, step)
 
     def add_samples(self, step: int, split: str, sample_ids: Sequence, values: np.ndarray, probs: Sequence,
-                    embeddings: Sequence, extra_columns: dict[str, np.ndarray] | None = None) -> None:
+                    embeddings: Sequence, extra_columns: dict[str, np.ndarray] | None = None,
+                    confidence: np.ndarray | None = None) -> None:
         """One evaluation's per-sample rows (table `samples`).
 
         Args:
@@ -146,10 +149,13 @@ class RunWriter:
             embeddings: per sample, its embedding vector.
             extra_columns: more columns by name (input statistics `input_*`, metadata
                 `meta_*`): numbers are stored as float64, anything else as text.
+            confidence: per sample, the probability of its prediction; default the largest
+                of `probs` (position outputs pass their positions' mean).
         """
         if not len(sample_ids) == len(values) == len(probs) == len(embeddings):
             raise ValueError("add_samples: one row of values, probabilities and embedding per sample id")
-        table = _samples_table(step, split, self.rank, sample_ids, values, probs, embeddings, extra_columns or {})
+        table = _samples_table(step, split, self.rank, sample_ids, values, probs, embeddings, extra_columns or {},
+                               confidence)
         with self._lock:
             self._buffers["samples"].append(table)
 
@@ -164,15 +170,7 @@ class RunWriter:
             shape: the shape of one preview.
             values: one row-major row of prod(shape) values per sample.
         """
-        n = len(sample_ids)
-        values = np.asarray(values, dtype=np.float32).reshape(n, -1)
-        table = pa.table({
-            "split": pa.array([split] * n, pa.string()),
-            "sample_id": pa.array([str(i) for i in sample_ids], pa.string()),
-            "kind": pa.array([kind] * n, pa.string()),
-            "shape": pa.array([list(shape)] * n, pa.list_(pa.int32())),
-            "values": pa.array(list(values), pa.list_(pa.float32())),
-        }, schema=schema.PREVIEWS_SCHEMA)
+        table = _previews_table(split, sample_ids, kind, shape, values)
         with self._lock:
             self._buffers["previews"].append(table)
 
@@ -187,26 +185,40 @@ class RunWriter:
             targets: per sample, the class attributed (-1: the output itself).
             by_method: method name → array (n × the input's spatial shape).
         """
-        n = len(sample_ids)
-        ids = [str(i) for i in sample_ids]
-        tables = [pa.table({
-            "step": pa.array([step] * n, pa.int64()),
-            "split": pa.array([split] * n, pa.string()),
-            "sample_id": pa.array(ids, pa.string()),
-            "method": pa.array([method] * n, pa.string()),
-            "target": pa.array(list(targets), pa.int64()),
-            "shape": pa.array([list(arr.shape[1:])] * n, pa.list_(pa.int32())),
-            "values": pa.array(list(arr.reshape(n, -1).astype(np.float32)), pa.list_(pa.float32())),
-        }, schema=schema.ATTRIBUTIONS_SCHEMA) for method, arr in by_method.items()]
+        tables = [_attributions_table(step, split, sample_ids, targets, method, arr)
+                  for method, arr in by_method.items()]
         if tables:
             with self._lock:
                 self._buffers["attributions"].append(pa.concat_tables(tables))
+
+    def add_positions(self, step: int, split: str, sample_ids: Sequence, positions: np.ndarray, labels: np.ndarray,
+                      predictions: np.ndarray, losses: np.ndarray, confidences: np.ndarray) -> None:
+        """One evaluation's counted positions (table `positions`, `schema.POSITIONS_SCHEMA`):
+        one entry per row in every argument (`sample_ids` repeats a sample's id per position)."""
+        columns = {"position": (positions, np.int64), "label": (labels, np.int64),
+                   "prediction": (predictions, np.int64), "loss": (losses, np.float64),
+                   "confidence": (confidences, np.float64)}
+        if any(len(values) != len(sample_ids) for values, _ in columns.values()):
+            raise ValueError("add_positions: one sample id, position, label, prediction, loss and confidence per row")
+        table = _keyed_table(schema.POSITIONS_SCHEMA, split, step, sample_id=[str(i) for i in sample_ids],
+                             **{k: np.asarray(v, t) for k, (v, t) in columns.items()})
+        with self._lock:
+            self._buffers["positions"].append(table)
+
+    def add_vocabulary(self, step: int, split: str, token_ids: Sequence[int], texts: Sequence[str]) -> None:
+        """The strings of some token ids (table `vocabulary`), for an evaluation's pages."""
+        if len(token_ids) != len(texts):
+            raise ValueError("add_vocabulary: one text per token id")
+        table = _keyed_table(schema.VOCABULARY_SCHEMA, split, step, token_id=np.asarray(token_ids, np.int64),
+                             text=[str(t) for t in texts])
+        with self._lock:
+            self._buffers["vocabulary"].append(table)
 
     def add_table(self, table_name: str, table: pa.Table) -> None:
         """Rows already built as an Arrow table of `schema.SCHEMAS[table_name]` (samples,
         previews or attributions); `add_samples`, `add_previews` and `add_attributions`
         build them from arrays."""
-        if table_name not in ("samples", "previews", "attributions"):
+        if table_name not in _BUILT_TABLES:
             raise ValueError(f"add_table: unknown table {table_name!r}")
         with self._lock:
             self._buffers[table_name].append(table)
@@ -361,9 +373,43 @@ def _build_table(table_name: str, items: list, rank: int) -> pa.Table:
         )
     if table_name == "records":
         return pa.concat_tables([_records_table(*item, rank) for item in items])
-    if table_name in ("samples", "previews", "attributions"):
+    if table_name in _BUILT_TABLES:
         return pa.concat_tables(items, promote_options="permissive")
     return pa.concat_tables([_summary_table(*item, rank) for item in items])
+
+
+def _previews_table(split: str, sample_ids: Sequence, kind: str, shape: Sequence[int], values: np.ndarray) -> pa.Table:
+    n = len(sample_ids)
+    values = np.asarray(values, dtype=np.float32).reshape(n, -1)
+    return pa.table({
+        "split": pa.array([split] * n, pa.string()),
+        "sample_id": pa.array([str(i) for i in sample_ids], pa.string()),
+        "kind": pa.array([kind] * n, pa.string()),
+        "shape": pa.array([list(shape)] * n, pa.list_(pa.int32())),
+        "values": pa.array(list(values), pa.list_(pa.float32())),
+    }, schema=schema.PREVIEWS_SCHEMA)
+
+
+def _attributions_table(step: int, split: str, sample_ids: Sequence, targets: Sequence[int], method: str,
+                        arr: np.ndarray) -> pa.Table:
+    n = len(sample_ids)
+    return pa.table({
+        "step": pa.array([step] * n, pa.int64()),
+        "split": pa.array([split] * n, pa.string()),
+        "sample_id": pa.array([str(i) for i in sample_ids], pa.string()),
+        "method": pa.array([method] * n, pa.string()),
+        "target": pa.array(list(targets), pa.int64()),
+        "shape": pa.array([list(arr.shape[1:])] * n, pa.list_(pa.int32())),
+        "values": pa.array(list(arr.reshape(n, -1).astype(np.float32)), pa.list_(pa.float32())),
+    }, schema=schema.ATTRIBUTIONS_SCHEMA)
+
+
+def _keyed_table(table_schema: pa.Schema, split: str, step: int, **columns: Any) -> pa.Table:
+    """A table of `table_schema` whose rows all have this split and step."""
+    n = len(next(iter(columns.values())))
+    return pa.table({"split": pa.array([split] * n, pa.string()), "step": pa.array(np.full(n, step, np.int64)),
+                     **{k: pa.array(v, table_schema.field(k).type) for k, v in columns.items()}},
+                    schema=table_schema)
 
 
 def _records_table(step: int, split: str, sample_ids: Sequence, values: np.ndarray, rank: int) -> pa.Table:
@@ -402,7 +448,8 @@ def _summary_table(step: int, layers: list, kinds: list, matrix: np.ndarray, ran
 
 
 def _samples_table(step: int, split: str, rank: int, ids: Sequence, rows: np.ndarray, probs: Sequence,
-                   embeddings: Sequence, extra_columns: dict[str, np.ndarray]) -> pa.Table:
+                   embeddings: Sequence, extra_columns: dict[str, np.ndarray],
+                   confidence: np.ndarray | None = None) -> pa.Table:
     n = len(ids)
     cols: dict[str, Any] = {
         "step": pa.array(np.full(n, step, np.int64)), "split": pa.array([split] * n, pa.string()),
@@ -411,7 +458,8 @@ def _samples_table(step: int, split: str, rank: int, ids: Sequence, rows: np.nda
     named = dict(zip(schema.RECORD_FIELDS, np.asarray(rows, dtype=np.float64).reshape(n, -1).T))
     cols["label"], cols["prediction"], cols["loss"] = named["label"], named["prediction"], named["loss"]
     # calibration is about the predicted class's probability; the label's is a record field
-    cols["confidence"] = np.array([p.max() if p is not None and len(p) else np.nan for p in probs])
+    cols["confidence"] = np.array([p.max() if p is not None and len(p) else np.nan for p in probs]) \
+        if confidence is None else np.asarray(confidence, np.float64)
     cols["label_prob"], cols["margin"] = named["confidence"], named["margin"]
     cols["correct"], cols["residual"] = named["correct"], named["residual"]
     cols["probs"] = pa.array([None if p is None else p.astype(np.float32) for p in probs], pa.list_(pa.float32()))
