@@ -118,11 +118,12 @@ def worst_by_label(positions: pd.DataFrame, label_index: int, n: int = 20) -> pd
 
 
 def token_table(positions: pd.DataFrame, token_ids: Sequence[int] | None = None,
-                vocabulary: Mapping[int, str] | None = None) -> pd.DataFrame:
+                vocabulary: Mapping[int, str] | None = None, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """One text sample's counted positions in order: the input token at each (from the stored
     input ids, when the position is among them), the label and the prediction, as strings of the
-    vocabulary when there is one, else as ids; with loss, confidence and whether it was right.
-    Strings come as stored: escape them where they are shown."""
+    vocabulary when there is one, else as ids (as `class_names` when given: a tagger's labels are
+    tags, not tokens); with loss, confidence and whether it was right. Strings come as stored:
+    escape them where they are shown."""
     _check(positions)
     rows = positions.sort_values("position", kind="stable")
     ids = list(token_ids) if token_ids is not None else []
@@ -133,12 +134,17 @@ def token_table(positions: pd.DataFrame, token_ids: Sequence[int] | None = None,
         value = int(value)
         return vocabulary.get(value, str(value)) if vocabulary else str(value)
 
+    def tag(value) -> str:
+        value = int(value)
+        return str(class_names[value]) if 0 <= value < len(class_names) else str(value)
+
+    out = tag if class_names is not None else word
     pos = rows["position"].to_numpy(dtype=np.int64)
     return pd.DataFrame({
         "position": pos,
         "token": [word(ids[p]) if 0 <= p < len(ids) else "" for p in pos],
-        "label": [word(v) for v in rows["label"]],
-        "prediction": [word(v) for v in rows["prediction"]],
+        "label": [out(v) for v in rows["label"]],
+        "prediction": [out(v) for v in rows["prediction"]],
         "correct": rows["label"].to_numpy() == rows["prediction"].to_numpy(),
         "loss": rows["loss"].to_numpy(dtype=float),
         "confidence": rows["confidence"].to_numpy(dtype=float),

@@ -9,7 +9,7 @@ import streamlit as st
 from diagnostics import errors, figures, slices
 from diagnostics import tags as tag_store
 from diagnostics.text import md
-from pages import _shared
+from pages import _positions, _shared
 
 r = _shared.review("Error review", "errors")
 run, path, version, split, dataset = r.run, r.path, r.version, r.split, r.dataset
@@ -187,3 +187,7 @@ with slice_tab:
         st.caption("Method: quantile thresholds of each input statistic, classes, tags and confidence, and pairs of "
                    "them, ranked by (error rate − overall)·√size; only slices significant after a Bonferroni "
                    "correction are listed.")
+
+position_info = _positions.info_of(run, split, r.step)
+if position_info:  # an evaluation of outputs with a position axis, or several labels per sample
+    _positions.error_review_section(r, position_info)

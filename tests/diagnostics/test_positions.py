@@ -91,6 +91,8 @@ def test_token_table_decodes_with_vocabulary_else_ids():
     assert t["position"].tolist() == [0, 2]
     assert t["token"].tolist() == ["<b>", "w"] and t["label"].tolist() == ["x", "z"]
     assert t["prediction"].tolist() == ["y", "z"] and t["correct"].tolist() == [False, True]
+    tags = P.token_table(f, token_ids=[10], vocabulary={10: "<b>"}, class_names=[str(i) for i in range(6)] + ["Z"])
+    assert tags["token"].tolist() == ["<b>", ""] and tags["prediction"].tolist() == ["Z", "7"]
     ids = P.token_table(f, token_ids=[10])
     assert ids["token"].tolist() == ["10", ""] and ids["label"].tolist() == ["5", "7"]
 
