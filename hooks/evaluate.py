@@ -21,6 +21,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from diagnostics import schema
+from hooks.positions import (
+    Layout,
+    PositionOptions,
+    PositionRows,
+    aggregate,
+    find_layout,
+    pool_embedding,
+    score,
+    shift,
+    token_texts,
+)
 from hooks.records import as_logits, per_sample
 from hooks.tensors import first_tensor, infer_task
 
@@ -272,6 +283,14 @@ class Evaluation:
     attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     worst: Any = None  # a `Worst` to attribute later (attribute_now=False)
     outputs: str = "logits"  # or "probabilities": the model ends in a softmax (read as such)
+    # position outputs: the manifest entry (`schema.EVAL_POSITIONS`), the stored rows by column,
+    # each sample's mean confidence (of its predictions), the token ids' strings, the metrics
+    # over every counted position (not only the stored ones)
+    positions: dict | None = None
+    position_rows: dict[str, np.ndarray] | None = None
+    confidence: np.ndarray | None = None
+    vocabulary: dict[int, str] | None = None
+    position_metrics: dict[str, float] = dataclasses.field(default_factory=dict)
 
     def field(self, name: str) -> np.ndarray:
         """One column of `rows` by its name in `schema.RECORD_FIELDS`."""
@@ -284,7 +303,7 @@ class Evaluation:
             metrics["accuracy"] = float(np.nanmean(self.field("correct")))
         else:
             metrics["mae"] = float(np.nanmean(np.abs(self.field("residual"))))
-        return metrics
+        return {**metrics, **self.position_metrics}
 
     def dataset(self) -> str:
         """The key of the evaluated samples (`schema.dataset_key`)."""
@@ -294,7 +313,8 @@ class Evaluation:
 class _Collected:
     """What the batches of one pass add up to."""
 
-    def __init__(self, attribute_worst: int, with_previews: bool) -> None:
+    def __init__(self, attribute_worst: int, with_previews: bool, options: PositionOptions | None = None,
+                 max_positions: int = 0, tokenizer: Any = None) -> None:
         self.ids: list = []
         self.rows: list[np.ndarray] = []
         self.probs: list = []
@@ -307,19 +327,25 @@ class _Collected:
         self.out_width = 0  # outputs per sample (a single logit: attribute the logit itself)
         self.probabilities = False  # the model outputs probabilities (it ends in a softmax)
         self.worst = _Worst(attribute_worst)
+        self.options = options or PositionOptions()
+        self.layout: Layout | None = None  # position outputs: the first batch's layout
+        self.position_shape: list[int] = []  # the largest position shape seen
+        self.position_rows = PositionRows(max_positions)
+        self.confidence: list[np.ndarray] = []
+        self.totals = np.zeros(3)  # over every counted position: loss sum, correct sum, count
+        self.tokenizer = tokenizer
+        self.token_ids: set[int] = set()
 
     def add(self, x: torch.Tensor, y: torch.Tensor, y_dev: torch.Tensor, ids: list, out: torch.Tensor,
-            emb: torch.Tensor, task: str) -> None:
-        rows = per_sample(out, y_dev, task).cpu().double().numpy()
-        self.out_width = out.reshape(out.shape[0], -1).shape[1]
-        if task == "classification":
-            logits, probabilities = as_logits(out.reshape(out.shape[0], -1).float())
-            self.probabilities = self.probabilities or probabilities
-            if logits.shape[1] == 1:
-                logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
-            self.probs += list(torch.softmax(logits, dim=1).cpu().numpy())
+            emb: torch.Tensor, task: str, layout: Layout | None = None) -> None:
+        if layout is not None:
+            rows, emb = self.add_positions(x, ids, out, y_dev, emb, layout)
         else:
-            self.probs += [None] * len(ids)
+            rows = per_sample(out, y_dev, task).cpu().double().numpy()
+            self.out_width = out.reshape(out.shape[0], -1).shape[1]
+            self.probs += self.probabilities_of(out, task)
+            # attributions: of one label per sample (position outputs: none, see `WatchedRun.evaluate`)
+            self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")], x, y, ids)
         self.embeddings += list(emb.reshape(emb.shape[0], -1).float().cpu().numpy())
         self.kind = self.kind or input_kind(x)
         for name, values in input_statistics(x, self.kind).items():
@@ -327,9 +353,50 @@ class _Collected:
         if self.with_previews:
             self.preview_shape, values = previews(x, self.kind)
             self.previews.append(values)
-        self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")], x, y, ids)
         self.ids += ids
         self.rows.append(rows)
+
+    def probabilities_of(self, out: torch.Tensor, task: str) -> list:
+        if task != "classification":
+            return [None] * out.shape[0]
+        logits, probabilities = as_logits(out.reshape(out.shape[0], -1).float())
+        self.probabilities = self.probabilities or probabilities
+        if logits.shape[1] == 1:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        return list(torch.softmax(logits, dim=1).cpu().numpy())
+
+    def add_positions(self, x: torch.Tensor, ids: list, out: torch.Tensor, y_dev: torch.Tensor, emb: torch.Tensor,
+                      layout: Layout) -> tuple[np.ndarray, torch.Tensor]:
+        """A batch of position outputs: (its per-sample rows, its pooled embedding)."""
+        if self.layout is None:
+            self.layout, self.position_shape = layout, list(layout.shape)
+        elif len(layout.shape) == len(self.position_shape):
+            self.position_shape = [max(a, b) for a, b in zip(self.position_shape, layout.shape)]
+        scored = score(out, y_dev, layout, self.options.ignore_index, self.options.sigmoid_outputs)
+        rows, columns = aggregate(scored)
+        self.position_rows.add(ids, scored)
+        for name in schema.POSITION_SAMPLE_COLUMNS:
+            self.stats.setdefault(name, []).append(columns[name].cpu().double().numpy())
+        self.confidence.append(columns["confidence"].cpu().double().numpy())
+        counted = scored.counted
+        self.totals += [float(torch.where(counted, scored.loss, 0.0).sum()),
+                        float((counted & (scored.prediction == scored.label)).sum()), float(counted.sum())]
+        self.probs += [None] * len(ids) if scored.probs is None else list(scored.probs.cpu().numpy())
+        if self.tokenizer is not None and layout.kind == "tokens":
+            seen = [scored.label[counted], scored.prediction[counted]]
+            if not x.is_floating_point():
+                seen.append(x.reshape(x.shape[0], -1)[:, :PREVIEW_POINTS])
+            self.token_ids.update(int(i) for t in seen for i in torch.unique(t.cpu()).tolist() if i >= 0)
+        return rows.cpu().double().numpy(), pool_embedding(emb, layout, counted)
+
+    def position_info(self, max_positions: int) -> dict | None:
+        """The manifest's positions entry (`schema.EVAL_POSITIONS`), None for per-sample outputs."""
+        if self.layout is None:
+            return None
+        return {"shape": self.position_shape, "layout": self.layout.kind, "ignore_index": self.options.ignore_index,
+                "stored_samples": self.position_rows.stored_samples,
+                "total_samples": self.position_rows.total_samples, "cap": int(max_positions),
+                "shift_labels": self.options.shift_labels}
 
 
 def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, device: torch.device,
@@ -344,9 +411,13 @@ def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, d
         x, y, ids, kwargs = unpack_batch(batch, len(collected.ids))
         out = first_tensor(forward(model, x, kwargs, device))
         y_dev = y.to(device)
+        options = collected.options
+        if options.shift_labels:
+            y_dev = shift(y_dev, options.ignore_index)
+        layout = None if task == "regression" else find_layout(out, y_dev, options.multilabel)
         if task is None:
-            task = infer_task(out, y_dev)
-        collected.add(x, y, y_dev, ids, out, captured.pop("embedding", out), task)
+            task = "classification" if layout is not None else infer_task(out, y_dev)
+        collected.add(x, y, y_dev, ids, out, captured.pop("embedding", out), task, layout)
     return task
 
 
@@ -399,7 +470,8 @@ def attribute_samples(model: nn.Module, worst: Worst | None) -> tuple[list, list
 
 def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | None, *, embed_layer: str | None = None,
                    attribute_worst: int = 32, n_steps: int = 32, progress: bool = True, metadata: Any = None,
-                   with_previews: bool = True, attribute_now: bool = True) -> Evaluation:
+                   with_previews: bool = True, attribute_now: bool = True, positions: PositionOptions | None = None,
+                   max_positions: int = 200_000, tokenizer: Any = None) -> Evaluation:
     """Run the evaluation pass of `model` over `loader` (see `WatchedRun.evaluate`).
 
     Args:
@@ -416,6 +488,10 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
         with_previews: compute the inputs' previews (the first evaluation of a split).
         attribute_now: attribute the worst samples in this pass; False: keep them for later
             (`Evaluation.worst`, attributed by `attribute_samples` when the run closes).
+        positions: how outputs with a position axis are read (`hooks.positions.PositionOptions`:
+            ignore_index, shift_labels, several labels per sample).
+        max_positions: at most this many rows of counted positions kept (whole samples).
+        tokenizer: maps the stored token ids to strings (`Evaluation.vocabulary`).
 
     Returns:
         The pass's `Evaluation`.
@@ -431,7 +507,7 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
 
     handle = found[1].register_forward_hook(grab) if found else None
     modes = [(m, m.training) for m in model.modules()]  # a frozen BatchNorm stays in eval mode after
-    collected = _Collected(attribute_worst, with_previews)
+    collected = _Collected(attribute_worst, with_previews, positions, max_positions, tokenizer)
     # A DataLoader draws its base seed from torch's global generator: fork it, so that
     # training after an evaluation is bitwise what it would have been without one.
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
@@ -450,10 +526,32 @@ def evaluate_model(model: nn.Module, loader: Iterable, split: str, task: str | N
         for module, training in modes:
             module.training = training
         rng.__exit__(None, None, None)
+    result = _evaluation(split, task, collected, metadata, attributed, None if attribute_now else worst)
+    return _with_positions(result, collected, max_positions)
+
+
+def _evaluation(split: str, task: str, collected: _Collected, metadata: Any, attributed: tuple,
+                worst: Worst | None) -> Evaluation:
     columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
     columns.update(metadata_columns(metadata, collected.ids))
     previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
                       collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
-                      *attributed, worst=None if attribute_now else worst,
-                      outputs="probabilities" if collected.probabilities else "logits")
+                      *attributed, worst=worst, outputs="probabilities" if collected.probabilities else "logits")
+
+
+def _with_positions(result: Evaluation, collected: _Collected, max_positions: int) -> Evaluation:
+    """`result` with what position outputs add: the stored rows, the manifest entry, each
+    sample's mean confidence, the metrics over all counted positions, the vocabulary."""
+    result.positions = collected.position_info(max_positions)
+    if result.positions is None:
+        return result
+    result.position_rows = collected.position_rows.arrays()
+    result.confidence = np.concatenate(collected.confidence)
+    loss_sum, correct_sum, count = collected.totals
+    result.position_metrics = {"position_loss": loss_sum / count if count else math.nan,
+                               "position_accuracy": correct_sum / count if count else math.nan}
+    if collected.tokenizer is not None and collected.token_ids:
+        ids = sorted(collected.token_ids)
+        result.vocabulary = dict(zip(ids, token_texts(collected.tokenizer, ids)))
+    return result

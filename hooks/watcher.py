@@ -10,6 +10,7 @@ agreement of several ranks hooks/distributed.py.
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import math
 import os
 import signal
@@ -33,9 +34,9 @@ from hooks.capture import Capture, register_hooks
 from hooks.evaluate import Evaluation, attribute_samples, evaluate_model
 from hooks.guard import Guard, contained, say
 from hooks.options import WatchOptions
-from hooks.records import per_sample
+from hooks.positions import PositionOptions, check_tokenizer, loss_options, records_of
 from hooks.shards import user_name
-from hooks.tensors import infer_task, task_of_loss
+from hooks.tensors import task_of_loss
 
 _WATCHED: weakref.WeakSet[nn.Module] = weakref.WeakSet()
 
@@ -107,6 +108,7 @@ class WatchedRun:
         self._handles: list = []
         self._evaluations: list[dict] = []
         self._to_attribute: dict[str, tuple[int, Any]] = {}  # split: (step, `Worst` or None)
+        self._positions = loss_options(loss_fn)  # the loss's ignore_index, several labels (BCE)
         self._writer: RunWriter | None = None
         self._capture: Capture | None = None
         self.guard = Guard(self._note_fault, strict=options.strict)
@@ -214,8 +216,8 @@ class WatchedRun:
         """
         if self.recording and self.guard.active("log_batch"):
             # a batch it cannot take is skipped with one warning (strict=True raises): never the loop's end
-            contained(self.guard, "log_batch", lambda: _log_batch(self._capture, outputs, labels, ids, split, loss),
-                      switch_off=False)
+            contained(self.guard, "log_batch", lambda: _log_batch(self._capture, outputs, labels, ids, split, loss,
+                                                                  self._positions), switch_off=False)
 
     def log_scalar(self, name: str, value: float, step: int | None = None) -> None:
         """Record any scalar worth plotting.
@@ -234,17 +236,10 @@ class WatchedRun:
                 self.step if step is None else int(step), str(name),
                 float(value.detach().item() if isinstance(value, torch.Tensor) else value)), switch_off=False)
 
-    def evaluate(
-        self,
-        loader: Iterable,
-        split: str = "val",
-        embed_layer: str | None = None,
-        attribute_worst: int = 32,
-        n_steps: int = 32,
-        progress: bool = True,
-        metadata: Any = None,
-        attribute_at: str = "close",
-    ) -> dict[str, float]:
+    def evaluate(self, loader: Iterable, split: str = "val", embed_layer: str | None = None, attribute_worst: int = 32,
+                 n_steps: int = 32, progress: bool = True, metadata: Any = None, attribute_at: str = "close",
+                 ignore_index: int | None = None, tokenizer: Any = None, max_positions: int = 200_000,
+                 shift_labels: bool = False) -> dict[str, float]:
         """Evaluate the model on `loader` and record one row per sample for error review.
 
         Records label, prediction, per-sample loss, confidence and margin (classification)
@@ -270,6 +265,14 @@ class WatchedRun:
                 loader's order; stored as `meta_*` columns for the error review's slices.
             attribute_at: "close" (each split's last evaluation, attributed at `close()`) or
                 "now" (this evaluation, during the call).
+            ignore_index: position outputs ((N, C, *P) or (N, *P, C) against integer labels
+                (N, *P): tokens, pixels; or BCE's (N, C) 0/1 targets, a position per label):
+                a position with this label counts nowhere. Default: the watched loss's, else
+                -100. A sample's record aggregates its counted positions (hooks/positions.py);
+                `Run.positions(split)` has them one by one. They get no attributions.
+            tokenizer: with `convert_ids_to_tokens` or `decode`: `Run.vocabulary(split)`.
+            max_positions: at most this many positions stored (whole samples in loader order).
+            shift_labels: a causal LM's output at t scored against label t + 1 (the last: none).
 
         Returns:
             Summary metrics: n, loss, and accuracy or mae (also logged as scalars
@@ -283,13 +286,15 @@ class WatchedRun:
                 train_one_epoch(...)
                 run.evaluate(val_loader, split="val")
         """
-        def run_it() -> dict[str, float]:
-            return self._evaluate(loader, split, embed_layer=embed_layer, attribute_worst=attribute_worst,
-                                  n_steps=n_steps, progress=progress, metadata=metadata,
-                                  attribute_now=attribute_at == "now")
-
-        _check_evaluation(self._closed or self._model_ref() is None, attribute_worst, attribute_at)
-        return contained(self.guard, "evaluate", run_it, default=Metrics(), switch_off=False)
+        _check_evaluation(self._closed or self._model_ref() is None, attribute_worst, attribute_at, max_positions)
+        check_tokenizer(tokenizer)
+        positions = dataclasses.replace(self._positions, shift_labels=bool(shift_labels),
+                                        **({} if ignore_index is None else {"ignore_index": int(ignore_index)}))
+        options = dict(embed_layer=embed_layer, attribute_worst=attribute_worst, n_steps=n_steps, progress=progress,
+                       metadata=metadata, attribute_now=attribute_at == "now", positions=positions,
+                       max_positions=max_positions, tokenizer=tokenizer)
+        return contained(self.guard, "evaluate", lambda: self._evaluate(loader, split, **options), default=Metrics(),
+                         switch_off=False)
 
     def _evaluate(self, loader: Iterable, split: str, **options: Any) -> dict[str, float]:
         model = self._model_ref()
@@ -304,26 +309,8 @@ class WatchedRun:
         finally:
             capture.capturing = paused
         capture.task = result.task
-        return self._write_evaluation(result)
-
-    def _write_evaluation(self, result: Evaluation) -> dict[str, float]:
-        writer, step, split = self._writer, self.step, result.split
-        writer.add_samples(step, split, result.ids, result.rows, result.probs, result.embeddings, result.columns)
-        if result.preview_values is not None:
-            writer.add_previews(split, result.ids, result.input_kind, result.preview_shape, result.preview_values)
-        if result.attributions:
-            writer.add_attributions(step, split, result.attributed_ids, result.attributed_targets,
-                                    result.attributions)
-        self._to_attribute[split] = (step, result.worst)  # the split's last evaluation: attributed at close
-        metrics = result.metrics()
-        for name, value in metrics.items():
-            if name != "n":
-                writer.add_scalar(step, f"{split}/{name}", value)
-        writer.flush()  # the samples on disk before the manifest lists them: a kill in between loses both
-        self._evaluations.append({"split": split, "step": step, **metrics, "dataset": result.dataset(),
-                                  "input_kind": result.input_kind, "outputs": result.outputs})
-        writer.update_manifest(evaluations=self._evaluations, task=result.task)
-        return metrics
+        self._to_attribute[split] = (self.step, result.worst)  # the split's last evaluation: attributed at close
+        return _write_evaluation(self._writer, self.step, result, self._evaluations)
 
     def close(self) -> None:
         """Remove every hook, write what is buffered and mark the run finished. Safe twice.
@@ -371,7 +358,34 @@ class WatchedRun:
         return f"WatchedRun(path={str(self.path)!r}, step={self.step}, every={self.every!r})"
 
 
-def _check_evaluation(closed: bool, attribute_worst: int, attribute_at: str) -> None:
+def _write_evaluation(writer: RunWriter, step: int, result: Evaluation, evaluations: list[dict]) -> dict[str, float]:
+    """Hand an evaluation's arrays to the writer, log its metrics and list it in the manifest."""
+    split = result.split
+    writer.add_samples(step, split, result.ids, result.rows, result.probs, result.embeddings, result.columns,
+                       confidence=result.confidence)
+    if result.position_rows is not None:
+        rows = result.position_rows
+        writer.add_positions(step, split, rows["sample_id"], rows["position"], rows["label"], rows["prediction"],
+                             rows["loss"], rows["confidence"])
+    if result.vocabulary:
+        writer.add_vocabulary(step, split, list(result.vocabulary), list(result.vocabulary.values()))
+    if result.preview_values is not None:
+        writer.add_previews(split, result.ids, result.input_kind, result.preview_shape, result.preview_values)
+    if result.attributions:
+        writer.add_attributions(step, split, result.attributed_ids, result.attributed_targets, result.attributions)
+    metrics = result.metrics()
+    for name, value in metrics.items():
+        if name != "n":
+            writer.add_scalar(step, f"{split}/{name}", value)
+    writer.flush()  # the samples on disk before the manifest lists them: a kill in between loses both
+    evaluations.append({"split": split, "step": step, **metrics, "dataset": result.dataset(),
+                        "input_kind": result.input_kind, "outputs": result.outputs,
+                        **({schema.EVAL_POSITIONS: result.positions} if result.positions else {})})
+    writer.update_manifest(evaluations=evaluations, task=result.task)
+    return metrics
+
+
+def _check_evaluation(closed: bool, attribute_worst: int, attribute_at: str, max_positions: int = 0) -> None:
     """`evaluate`'s own mistakes: raised, as a bad argument is (the evaluation itself is contained)."""
     if closed:
         raise RuntimeError("evaluate: the run is closed — call run.evaluate(...) before run.close()")
@@ -379,6 +393,8 @@ def _check_evaluation(closed: bool, attribute_worst: int, attribute_at: str) -> 
         raise ValueError("evaluate: attribute_worst must be 0 (none) or more")
     if attribute_at not in ("close", "now"):
         raise ValueError(f"evaluate: attribute_at must be 'close' or 'now', not {attribute_at!r}")
+    if not isinstance(max_positions, int) or max_positions < 0:
+        raise ValueError(f"evaluate: max_positions must be 0 (none) or more, not {max_positions!r}")
 
 
 def _attribute_last(model: nn.Module, writer: RunWriter, last: dict[str, tuple[int, Any]]) -> None:
@@ -389,7 +405,8 @@ def _attribute_last(model: nn.Module, writer: RunWriter, last: dict[str, tuple[i
             writer.add_attributions(step, split, ids, targets, attributions)
 
 
-def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str, loss: Any) -> None:
+def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str, loss: Any,
+               positions: PositionOptions) -> None:
     """`WatchedRun.log_batch`'s work, checked first (its errors are contained there)."""
     if not isinstance(outputs, torch.Tensor) or not isinstance(labels, torch.Tensor):
         raise TypeError("log_batch: outputs and labels must be tensors (pass the model's output and the targets)")
@@ -401,8 +418,9 @@ def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str
         if len(ids) != outputs.shape[0]:
             raise ValueError(f"log_batch: {len(ids)} ids for {outputs.shape[0]} samples — pass one id per sample")
     if ids is not None:
-        task = capture.task or infer_task(outputs, labels)
-        capture.handover.records.append((capture.step, split, ids, per_sample(outputs, labels, task)))
+        # position outputs (tokens, pixels, several labels): aggregated over each sample's counted positions
+        rows = records_of(outputs, labels, capture.task, positions)
+        capture.handover.records.append((capture.step, split, ids, rows))
     if loss is not None and split == "train":
         capture.step_losses.append(loss.detach() if isinstance(loss, torch.Tensor) else torch.tensor(float(loss)))
     if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
