@@ -152,6 +152,10 @@ def compare_section(run_a: diagnostics.Run, run_b: diagnostics.Run, split: str, 
     if not info_a or not info_b:
         return
     unit = UNITS.get(info_a.get("layout"), "positions")
+    if (info_a.get("layout"), info_a.get("shape")) != (info_b.get("layout"), info_b.get("shape")):
+        shown = [f"{md(i.get('layout'))} of shape {md(i.get('shape'))}" for i in (info_a, info_b)]
+        st.caption(f"Positions are not compared: A stored {shown[0]}, B {shown[1]}.")
+        return
     changes = pos.position_changes(position_frame(str(run_a.path), run_a.data_version(), split, None),
                                    position_frame(str(run_b.path), run_b.data_version(), split, None))
     st.subheader(f"Fixed and broken {unit}")

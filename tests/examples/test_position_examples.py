@@ -46,7 +46,6 @@ def test_shapes_masks_match_what_was_drawn():
     assert meta["contrast"].shape == (20,) and (meta["shapes"] >= 1).all()
 
 
-@pytest.mark.slow
 def test_tagger_records_a_position_per_character(tmp_path):
     torch.set_num_threads(1)
     path = token_tagger.train(tmp_path, name="tagger", n=64, epochs=1)
@@ -67,7 +66,6 @@ def test_tagger_records_a_position_per_character(tmp_path):
     assert acc.loc["0"] == pytest.approx(by_hand)
 
 
-@pytest.mark.slow
 def test_segmentation_records_a_position_per_inner_pixel(tmp_path):
     torch.set_num_threads(1)
     path = segmentation.train(tmp_path, name="seg", n=32, epochs=1, size=32)
