@@ -54,7 +54,6 @@ def error_review_section(r, info: dict) -> None:
     layout = info.get("layout", "tokens")
     unit = UNITS.get(layout, "positions")
     frame = position_frame(r.path, r.version, r.split, r.step)
-    st.subheader(f"Over {unit}")
     if frame.empty:
         st.info(f"This evaluation stored no {unit} (`run.evaluate(max_positions=0)`, or no position was counted).")
         return

@@ -21,7 +21,7 @@ _GREEN = "#2ca02c"
 
 
 def _short(text: str, most: int = 12) -> str:
-    text = text.replace("\n", "⏎").replace("\t", "⇥")
+    text = text.replace("\n", "⏎").replace("\t", "⇥").replace(" ", "␣")  # white space, visible
     return text if len(text) <= most else text[:most - 1] + "…"
 
 
@@ -76,7 +76,8 @@ def mask_overlay_figure(image: np.ndarray | None, label_mask: np.ndarray, predic
     label_mask, prediction_mask = np.asarray(label_mask), np.asarray(prediction_mask)
     if label_mask.ndim != 2 or label_mask.size == 0:
         return empty_figure("no mask: this sample has no counted position stored")
-    k = int(max(label_mask.max(), prediction_mask.max(), 0)) + 1
+    # every class the run names, so a class keeps its colour from sample to sample
+    k = max(int(max(label_mask.max(), prediction_mask.max(), 0)) + 1, len(class_names or []))
     names = [html(class_names[c]) if class_names is not None and c < len(class_names) else str(c) for c in range(k)]
     fig = make_subplots(rows=1, cols=3, subplot_titles=("true mask", "predicted mask", "disagreement"),
                         horizontal_spacing=0.03)

@@ -107,6 +107,8 @@ def _no_raw_hostile(at):
 
 def test_error_review_of_tokens_shows_the_confusion_over_tokens(monkeypatch, folder):
     at = open_app(monkeypatch, folder, "pages/errors.py", "tok", check_errors=True)
+    assert at.tabs[-1].label == "Over tokens"
+    assert not at.toggle(key="err_only_wrong").value  # over positions: every sample, worst first
     metrics = {m.label: m.value for m in at.metric}
     assert metrics["Tokens counted"] == "14"  # 15 positions, one padded
     assert metrics["Accuracy over tokens"] == f"{11 / 14:.1%}"
@@ -151,7 +153,7 @@ def test_sample_detail_shows_tokens_coloured_by_loss_escaped(monkeypatch, folder
     at = _sample(monkeypatch, folder, "tok", "s0")
     spec = next(c for c in plotly_charts(at) if "tokens coloured by loss" in c["layout"]["title"]["text"])
     text = [t for row in spec["data"][0]["text"] for t in row]
-    assert "&lt;img src=x onerror=alert(1)&gt;"[:12] in text[0]  # shortened, escaped
+    assert text[0].startswith("&lt;img␣src=")  # shortened, spaces shown, escaped
     assert text[2] == "**bold** ✗"  # position 2 predicted wrong; plotly shows ** as typed
     loss = plotly_values(spec["data"][0]["z"]).ravel()
     assert loss[:4].tolist() == [0.1, 0.1, 2.0, 0.1]
@@ -182,5 +184,6 @@ def test_compare_tells_fixed_and_broken_tokens(monkeypatch, folder):
 
 def test_pages_of_a_run_without_positions_are_as_before(monkeypatch, folder):
     at = open_app(monkeypatch, folder, "pages/errors.py", "plain", check_errors=True)
-    assert not any(s.value.startswith("Over ") for s in at.subheader)
+    assert [t.label for t in at.tabs] == ["Worst cases", "Confusion matrix", "Per class", "Calibration",
+                                          "Where errors concentrate"]
     assert not any(m.label.endswith("counted") for m in at.metric)
