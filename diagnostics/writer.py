@@ -159,15 +159,15 @@ class RunWriter:
         with self._lock:
             self._buffers["samples"].append(table)
 
-    def add_previews(self, split: str, sample_ids: Sequence, kind: str, shape: Sequence[int],
-                     values: np.ndarray) -> None:
+    def add_previews(self, split: str, sample_ids: Sequence, kind: str, shape: Sequence, values: Any) -> None:
         """A small picture of each evaluated input (table `previews`).
 
         Args:
             split: the evaluated split.
             sample_ids: one id per sample.
             kind: image, signal, vector or tokens (see `schema.PREVIEWS_SCHEMA`).
-            shape: the shape of one preview.
+            shape: the shape of one preview, or one shape per sample (then `values` is a
+                list of arrays: token lists of several lengths).
             values: one row-major row of prod(shape) values per sample.
         """
         table = _previews_table(split, sample_ids, kind, shape, values)
@@ -378,15 +378,18 @@ def _build_table(table_name: str, items: list, rank: int) -> pa.Table:
     return pa.concat_tables([_summary_table(*item, rank) for item in items])
 
 
-def _previews_table(split: str, sample_ids: Sequence, kind: str, shape: Sequence[int], values: np.ndarray) -> pa.Table:
+def _previews_table(split: str, sample_ids: Sequence, kind: str, shape: Sequence, values: Any) -> pa.Table:
     n = len(sample_ids)
-    values = np.asarray(values, dtype=np.float32).reshape(n, -1)
+    if len(shape) and isinstance(shape[0], (list, tuple)):  # a shape per row (token lists of several lengths)
+        shapes, rows = [list(s) for s in shape], [np.asarray(v, dtype=np.float32).reshape(-1) for v in values]
+    else:
+        shapes, rows = [list(shape)] * n, list(np.asarray(values, dtype=np.float32).reshape(n, -1))
     return pa.table({
         "split": pa.array([split] * n, pa.string()),
         "sample_id": pa.array([str(i) for i in sample_ids], pa.string()),
         "kind": pa.array([kind] * n, pa.string()),
-        "shape": pa.array([list(shape)] * n, pa.list_(pa.int32())),
-        "values": pa.array(list(values), pa.list_(pa.float32())),
+        "shape": pa.array(shapes, pa.list_(pa.int32())),
+        "values": pa.array(rows, pa.list_(pa.float32())),
     }, schema=schema.PREVIEWS_SCHEMA)
 
 

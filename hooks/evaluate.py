@@ -25,6 +25,7 @@ from hooks.positions import (
     Layout,
     PositionOptions,
     PositionRows,
+    SummedLoss,
     aggregate,
     find_layout,
     pool_embedding,
@@ -205,10 +206,11 @@ def _find_module(model: nn.Module, name: str | None, kind: type | tuple) -> tupl
 
 def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | None, kind: str,
               conv: tuple[str, nn.Module] | None, n_steps: int = 32, internal_batch_size: int = 64,
-              progress: bool = True) -> dict[str, np.ndarray]:
+              progress: bool = True, labels: torch.Tensor | None = None) -> dict[str, np.ndarray]:
     """Captum attributions of `inputs` (n × …), summed over channels to the input's spatial
     shape: IntegratedGradients (zero baseline) always, LayerGradCam on the last conv layer
-    when there is one (upsampled to the input)."""
+    when there is one (upsampled to the input). `labels`: the model's second argument, per
+    sample (`SummedLoss`)."""
     from captum.attr import IntegratedGradients, LayerAttribution, LayerGradCam
     from tqdm.auto import tqdm
 
@@ -220,11 +222,14 @@ def attribute(model: nn.Module, inputs: torch.Tensor, targets: torch.Tensor | No
                       leave=False):
         x = inputs[start:start + 8].clone().requires_grad_(True)
         t = None if targets is None else targets[start:start + 8]
+        extra = None if labels is None else (labels[start:start + 8],)
         ig = IntegratedGradients(model).attribute(x, baselines=torch.zeros_like(x), target=t, n_steps=n_steps,
+                                                  additional_forward_args=extra,
                                                   internal_batch_size=internal_batch_size)
         out["integrated_gradients"].append(ig.detach().sum(dim=1).cpu() if ig.ndim >= 3 else ig.detach().cpu())
         if "grad_cam" in out:
-            cam = LayerGradCam(model, conv[1]).attribute(x, target=t, relu_attributions=True)
+            cam = LayerGradCam(model, conv[1]).attribute(x, target=t, additional_forward_args=extra,
+                                                         relu_attributions=True)
             cam = LayerAttribution.interpolate(cam, tuple(x.shape[2:]), interpolate_mode="bilinear"
                                                if kind == "image" else "linear")
             out["grad_cam"].append(cam.detach()[:, 0].cpu())
@@ -276,8 +281,8 @@ class Evaluation:
     embeddings: list
     columns: dict[str, np.ndarray]
     input_kind: str
-    preview_shape: list[int] | None = None
-    preview_values: np.ndarray | None = None
+    preview_shape: list | None = None  # one preview's shape, or one per sample (token batches of several lengths)
+    preview_values: np.ndarray | list | None = None
     attributed_ids: list = dataclasses.field(default_factory=list)
     attributed_targets: list[int] = dataclasses.field(default_factory=list)
     attributions: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
@@ -328,6 +333,7 @@ class _Collected:
         self.probabilities = False  # the model outputs probabilities (it ends in a softmax)
         self.worst = _Worst(attribute_worst)
         self.options = options or PositionOptions()
+        self.multilabel = self.options.multilabel  # float targets: several labels per sample (None: not known yet)
         self.layout: Layout | None = None  # position outputs: the first batch's layout
         self.position_shape: list[int] = []  # the largest position shape seen
         self.position_rows = PositionRows(max_positions)
@@ -344,7 +350,7 @@ class _Collected:
             rows = per_sample(out, y_dev, task).cpu().double().numpy()
             self.out_width = out.reshape(out.shape[0], -1).shape[1]
             self.probs += self.probabilities_of(out, task)
-            # attributions: of one label per sample (position outputs: none, see `WatchedRun.evaluate`)
+            # attributions: of the label's logit (position outputs: of the summed loss, `add_positions`)
             self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")], x, y, ids)
         self.embeddings += list(emb.reshape(emb.shape[0], -1).float().cpu().numpy())
         self.kind = self.kind or input_kind(x)
@@ -374,7 +380,10 @@ class _Collected:
             self.position_shape = [max(a, b) for a, b in zip(self.position_shape, layout.shape)]
         scored = score(out, y_dev, layout, self.options.ignore_index, self.options.sigmoid_outputs)
         rows, columns = aggregate(scored)
+        self.probabilities = self.probabilities or scored.probabilities
         self.position_rows.add(ids, scored)
+        if layout.kind != "tokens":  # attributions of the sample's summed loss (token ids: none)
+            self.worst.offer(rows[:, schema.RECORD_FIELDS.index("loss")].cpu().numpy(), x, y_dev, ids)
         for name in schema.POSITION_SAMPLE_COLUMNS:
             self.stats.setdefault(name, []).append(columns[name].cpu().double().numpy())
         self.confidence.append(columns["confidence"].cpu().double().numpy())
@@ -414,7 +423,12 @@ def _collect(model: nn.Module, loader: Iterable, split: str, task: str | None, d
         options = collected.options
         if options.shift_labels:
             y_dev = shift(y_dev, options.ignore_index)
-        layout = None if task == "regression" else find_layout(out, y_dev, options.multilabel)
+        layout = None if task == "regression" else find_layout(out, y_dev, collected.multilabel)
+        if collected.ids and (layout is None) != (collected.layout is None):
+            raise ValueError("evaluate: the loader's batches mix outputs with a position axis and outputs with one "
+                             "label per sample — give every batch the same kind of outputs and labels")
+        if collected.multilabel is None and y_dev.is_floating_point():  # the first batch decides
+            collected.multilabel = layout is not None
         if task is None:
             task = "classification" if layout is not None else infer_task(out, y_dev)
         collected.add(x, y, y_dev, ids, out, captured.pop("embedding", out), task, layout)
@@ -432,6 +446,9 @@ class Worst:
     kind: str
     n_steps: int
     progress: bool
+    # pixel outputs, several labels: each sample's summed loss is attributed (`SummedLoss`), given its labels
+    labels: torch.Tensor | None = None
+    loss: Any = None  # (Layout, PositionOptions)
 
 
 def _worst(collected: _Collected, task: str, n_steps: int, progress: bool) -> Worst | None:
@@ -441,11 +458,16 @@ def _worst(collected: _Collected, task: str, n_steps: int, progress: bool) -> Wo
     xs = torch.stack([item[3] for item in picked])
     if not xs.is_floating_point():
         return None
+    ids = [str(item[2]) for item in picked]
+    if collected.layout is not None:  # the summed loss: written as target -1
+        labels = torch.stack([item[4] for item in picked])
+        return Worst(xs, None, ids, [-1] * len(picked), collected.kind, n_steps, progress, labels,
+                     (collected.layout, collected.options))
     by_label = task == "classification" and collected.out_width > 1
     # classification: attribute the label's logit (a single logit: the logit itself)
     targets = torch.stack([item[4] for item in picked]).reshape(len(picked), -1)[:, 0].long() if by_label else None
     written = [int(item[4].reshape(-1)[0]) if task == "classification" else -1 for item in picked]
-    return Worst(xs, targets, [str(item[2]) for item in picked], written, collected.kind, n_steps, progress)
+    return Worst(xs, targets, ids, written, collected.kind, n_steps, progress)
 
 
 def attribute_samples(model: nn.Module, worst: Worst | None) -> tuple[list, list[int], dict[str, np.ndarray]]:
@@ -460,8 +482,10 @@ def attribute_samples(model: nn.Module, worst: Worst | None) -> tuple[list, list
         try:
             model.eval()
             targets = None if worst.targets is None else worst.targets.to(device)
-            found = attribute(model, worst.inputs.to(device), targets, worst.kind, conv, n_steps=worst.n_steps,
-                              progress=worst.progress)
+            labels = None if worst.labels is None else worst.labels.to(device)
+            forward = model if worst.loss is None else SummedLoss(model, *worst.loss)
+            found = attribute(forward, worst.inputs.to(device), targets, worst.kind, conv, n_steps=worst.n_steps,
+                              progress=worst.progress, labels=labels)
         finally:
             for module, training in modes:
                 module.training = training
@@ -534,9 +558,15 @@ def _evaluation(split: str, task: str, collected: _Collected, metadata: Any, att
                 worst: Worst | None) -> Evaluation:
     columns = {k: np.concatenate(v) for k, v in collected.stats.items()}
     columns.update(metadata_columns(metadata, collected.ids))
-    previews_values = np.concatenate(collected.previews).astype(np.float32) if collected.previews else None
+    shape: Any = collected.preview_shape
+    previews_values: Any = None
+    if collected.previews and len({p.shape[1:] for p in collected.previews}) > 1:  # batches padded apart
+        previews_values = [row.astype(np.float32) for p in collected.previews for row in p]
+        shape = [list(row.shape) for row in previews_values]
+    elif collected.previews:
+        previews_values = np.concatenate(collected.previews).astype(np.float32)
     return Evaluation(split, task, collected.ids, np.concatenate(collected.rows), collected.probs,
-                      collected.embeddings, columns, collected.kind, collected.preview_shape, previews_values,
+                      collected.embeddings, columns, collected.kind, shape, previews_values,
                       *attributed, worst=worst, outputs="probabilities" if collected.probabilities else "logits")
 
 

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hooks.records import PROB_SUM_TOL, per_sample
-from hooks.tensors import infer_task
+from hooks.tensors import first_tensor, infer_task
 
 DEFAULT_IGNORE_INDEX = -100  # torch's CrossEntropyLoss and Hugging Face's labels
 MAX_PROBS_CLASSES = 256      # a sample's mean probability vector is stored up to this many classes
@@ -127,11 +127,13 @@ class Scored:
     margin: torch.Tensor
     counted: torch.Tensor
     probs: torch.Tensor | None
+    probabilities: bool = False  # the outputs were read as probabilities (a model ending in a softmax)
 
 
 def _are_probabilities(scores: torch.Tensor) -> bool:
     """Rows of non-negative values summing to 1 (a model ending in a softmax; see `as_logits`)."""
-    return scores.shape[-1] > 1 and bool((scores >= 0).all()) and \
+    # a reduction, not a mask: a language model's (N, T, V) scores take no second copy
+    return scores.shape[-1] > 1 and bool(scores.min() >= 0) and \
         bool(((scores.sum(dim=-1) - 1).abs() < PROB_SUM_TOL).all())
 
 
@@ -173,7 +175,7 @@ def score(outputs: torch.Tensor, labels: torch.Tensor, layout: Layout, ignore_in
             probs_sum.index_add_(0, sample, logp.exp() * weight)
     pred, loss, confidence, label_prob, margin = (torch.cat(p).reshape(n, -1) for p in zip(*parts))
     probs = None if probs_sum is None else probs_sum / counted.sum(dim=1, keepdim=True).clamp_min(1)
-    return Scored(y, pred, loss, confidence, label_prob, margin, counted, probs)
+    return Scored(y, pred, loss, confidence, label_prob, margin, counted, probs, probabilities)
 
 
 def _score_labels(outputs: torch.Tensor, labels: torch.Tensor, ignore_index: int, sigmoid_outputs: bool) -> Scored:
@@ -294,6 +296,33 @@ def pool_embedding(emb: torch.Tensor, layout: Layout, counted: torch.Tensor) -> 
     weight = counted.to(emb.device).float()
     weight = torch.where(weight.sum(dim=1, keepdim=True) > 0, weight, 1.0)
     return (per_position * weight[..., None]).sum(dim=1) / weight.sum(dim=1, keepdim=True)
+
+
+class SummedLoss(nn.Module):
+    """A sample's loss summed over its counted positions, as a model whose output is (N,):
+    what the attributions of pixel outputs and several labels explain (`labels` is the
+    forward's second argument, captum's `additional_forward_args`)."""
+
+    def __init__(self, model: nn.Module, layout: Layout, options: PositionOptions) -> None:
+        super().__init__()
+        self.model, self.layout, self.options = model, layout, options
+
+    def forward(self, x: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        out = first_tensor(self.model(x)).float()
+        ignore = self.options.ignore_index
+        if self.layout.kind == "labels":
+            counted = labels != ignore
+            safe = torch.where(counted, labels.float(), 0.0)
+            loss = F.binary_cross_entropy(out.clamp(1e-7, 1 - 1e-7), safe, reduction="none") \
+                if self.options.sigmoid_outputs else F.binary_cross_entropy_with_logits(out, safe, reduction="none")
+            return (loss * counted).flatten(1).sum(dim=1)
+        logits = out.movedim(-1, 1) if self.layout.class_last else out
+        if logits.shape[1] == 1:
+            logits = torch.cat([torch.zeros_like(logits), logits], dim=1)
+        labels = labels.long()
+        labels = torch.where((labels >= 0) & (labels < logits.shape[1]), labels, ignore)
+        loss = F.cross_entropy(logits, labels, reduction="none", ignore_index=ignore)
+        return loss.flatten(1).sum(dim=1)
 
 
 def token_texts(tokenizer: object, token_ids: list[int]) -> list[str]:

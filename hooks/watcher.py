@@ -269,7 +269,8 @@ class WatchedRun:
                 (N, *P): tokens, pixels; or BCE's (N, C) 0/1 targets, a position per label):
                 a position with this label counts nowhere. Default: the watched loss's, else
                 -100. A sample's record aggregates its counted positions (hooks/positions.py);
-                `Run.positions(split)` has them one by one. They get no attributions.
+                `Run.positions(split)` has them one by one. Attributions: of the
+                sample's summed loss (pixels, several labels), none for token ids.
             tokenizer: with `convert_ids_to_tokens` or `decode`: `Run.vocabulary(split)`.
             max_positions: at most this many positions stored (whole samples in loader order).
             shift_labels: a causal LM's output at t scored against label t + 1 (the last: none).

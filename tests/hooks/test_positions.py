@@ -175,3 +175,207 @@ def test_per_sample_outputs_stay_as_they_were(tmp_path):
     samples = r.samples("val").sort_values("sample_id", key=lambda s: s.astype(int))
     np.testing.assert_allclose(samples["loss"], F.cross_entropy(logits, labels, reduction="none").numpy(), rtol=1e-5)
     assert "positions_counted" not in samples
+
+
+def _multilabel_case(n=6, c=5, seed=3):
+    g = torch.Generator().manual_seed(seed)
+    logits = torch.randn(n, c, generator=g) * 2
+    targets = (torch.rand(n, c, generator=g) < 0.4).float()
+    targets[0] = torch.tensor([1.0, 1.0, 0.0, 0.0, 0.0])  # rows that are not one-hot
+    return logits, targets
+
+
+@pytest.mark.parametrize("with_loss", [True, False])
+def test_several_labels_per_sample_are_one_position_per_label(tmp_path, with_loss):
+    logits, targets = _multilabel_case()
+    x = torch.arange(len(logits))[:, None].float()
+    r, _ = _evaluate(tmp_path, FixedLogits(logits), _batches(x, targets),
+                     loss_fn=nn.BCEWithLogitsLoss() if with_loss else None)
+    per_label = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+    p = torch.sigmoid(logits)
+    samples = r.samples("val").set_index("sample_id")
+    for i in range(len(logits)):
+        row = samples.loc[f"s{i}"]
+        assert row["loss"] == pytest.approx(float(per_label[i].mean()), rel=1e-5)
+        hits = sum(int((p[i, k] >= 0.5) == (targets[i, k] == 1)) for k in range(logits.shape[1]))
+        assert row["correct"] == pytest.approx(hits / logits.shape[1])
+        assert row["positions_counted"] == logits.shape[1]
+        np.testing.assert_allclose(row["probs"], p[i].numpy(), rtol=1e-5)
+    rows = r.positions("val")
+    assert len(rows) == logits.numel()
+    for _, q in rows.iterrows():
+        i, k = int(q["sample_id"][1:]), int(q["position"])
+        assert q["label"] == targets[i, k] and q["prediction"] == int(p[i, k] >= 0.5)
+        assert q["loss"] == pytest.approx(float(per_label[i, k]), rel=1e-5)
+        assert q["confidence"] == pytest.approx(float(max(p[i, k], 1 - p[i, k])), rel=1e-5)
+    info = r.position_info("val")
+    assert info["layout"] == "labels" and info["shape"] == [logits.shape[1]]
+    assert r.manifest["task"] == "classification"
+
+
+def test_one_hot_float_targets_stay_one_label_per_sample(tmp_path):
+    logits = torch.randn(4, 3)
+    targets = F.one_hot(torch.tensor([0, 2, 1, 2]), 3).float()
+    x = torch.arange(4)[:, None].float()
+    r, _ = _evaluate(tmp_path, FixedLogits(logits), [(x, targets)], name="plain")
+    assert r.position_info("val") is None and r.positions("val").empty
+    r, _ = _evaluate(tmp_path, FixedLogits(logits), [(x, targets)], loss_fn=nn.CrossEntropyLoss())
+    assert r.position_info("val") is None
+    samples = r.samples("val").sort_values("sample_id", key=lambda s: s.astype(int))
+    np.testing.assert_array_equal(samples["label"], [0, 2, 1, 2])
+
+
+def test_log_batch_records_of_position_outputs_aggregate_per_sample(tmp_path):
+    logits, labels, _ = _token_case()
+    model = nn.Linear(2, 2)
+    with hooks.watch(model, run_dir=tmp_path, name="train", strict=True) as run:
+        run.log_batch(logits, labels, ids=[f"s{i}" for i in range(len(logits))])
+        mlogits, targets = _multilabel_case()
+        run.log_batch(mlogits, targets, ids=[f"m{i}" for i in range(len(mlogits))])
+    records = diagnostics.open_run(run.path).records("train").set_index("sample_id")
+    per_position = F.cross_entropy(logits.transpose(1, 2), labels, reduction="none", ignore_index=-100)
+    for i in range(len(logits)):
+        mask = labels[i] != -100
+        expected = float(per_position[i][mask].mean()) if mask.any() else np.nan
+        assert records.loc[f"s{i}", "loss"] == pytest.approx(expected, rel=1e-5, nan_ok=True)
+        if mask.any():
+            hits = (logits[i].argmax(-1) == labels[i])[mask].float().mean()
+            assert records.loc[f"s{i}", "correct"] == pytest.approx(float(hits))
+    per_label = F.binary_cross_entropy_with_logits(mlogits, targets, reduction="none").mean(1)
+    np.testing.assert_allclose([records.loc[f"m{i}", "loss"] for i in range(len(mlogits))], per_label.numpy(),
+                               rtol=1e-5)
+
+
+class Tagger(nn.Module):
+    def __init__(self, vocab: int = 30, dim: int = 8, classes: int = 4) -> None:
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.emb(x))
+
+
+class Tokens:
+    """A tokenizer's face: ids to strings."""
+
+    def convert_ids_to_tokens(self, ids):
+        return [f"t{i}" for i in ids]
+
+
+@pytest.mark.parametrize("embed_layer", [None, "emb"])
+def test_the_embedding_is_the_mean_over_counted_positions(tmp_path, embed_layer):
+    torch.manual_seed(0)
+    model = Tagger()
+    x = torch.randint(0, 30, (5, 7))
+    y = torch.randint(0, 4, (5, 7))
+    y[1, :3] = -100
+    y[2] = -100  # nothing counted: the mean over every position
+    r, _ = _evaluate(tmp_path, model, _batches(x, y), embed_layer=embed_layer, tokenizer=Tokens())
+    samples = r.samples("val").set_index("sample_id")
+    with torch.no_grad():
+        emb = model.emb(x)
+        predictions = model(x).argmax(-1)
+    for i in range(len(x)):
+        mask = y[i] != -100
+        expected = emb[i][mask].mean(0) if mask.any() else emb[i].mean(0)
+        np.testing.assert_allclose(samples.loc[f"s{i}", "embedding"], expected.numpy(), rtol=1e-5, atol=1e-6)
+    counted = y != -100
+    seen = set(x.reshape(-1).tolist()) | set(y[counted].tolist()) | set(predictions[counted].tolist())
+    assert r.vocabulary("val") == {i: f"t{i}" for i in seen}
+    assert r.attributions("val").empty  # token inputs: no attributions
+
+
+def test_token_previews_keep_the_ids_exactly(tmp_path):
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(0, 60_000, (3, 600), generator=g)
+    ids[:, 0] = torch.arange(3)
+    labels = torch.randint(0, 5, (3, 600), generator=g)
+    r, _ = _evaluate(tmp_path, FixedLogits(torch.randn(3, 600, 5)), [(ids, labels)])
+    previews = r.previews("val", ["0", "1", "2"]).set_index("sample_id")
+    for i in range(3):
+        values = np.asarray(previews.loc[str(i), "values"])
+        assert previews.loc[str(i), "kind"] == "tokens" and len(values) == 512
+        np.testing.assert_array_equal(values.astype(np.int64), ids[i, :512].numpy())
+
+
+class Segmenter(nn.Module):
+    def __init__(self, classes: int = 3) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 4, 3, padding=1)
+        self.out = nn.Conv2d(4, classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.tanh(self.conv(x)))
+
+
+def test_pixel_outputs_attribute_the_samples_summed_loss(tmp_path):
+    torch.manual_seed(0)
+    model = Segmenter()
+    x = torch.randn(6, 1, 8, 8)
+    y = torch.randint(0, 3, (6, 8, 8))
+    y[:, :2] = -100
+    with hooks.watch(model, run_dir=tmp_path, strict=True) as run:
+        run.evaluate([(x, y)], attribute_worst=2, attribute_at="now", n_steps=64, progress=False)
+    r = diagnostics.open_run(run.path)
+    found = r.attributions("val")
+    with torch.no_grad():
+        per_sample = F.cross_entropy(model(x), y, reduction="none", ignore_index=-100).flatten(1).sum(1)
+        at_zero = F.cross_entropy(model(torch.zeros_like(x)), y, reduction="none", ignore_index=-100).flatten(1).sum(1)
+    worst = per_sample.argsort(descending=True)[:2].tolist()
+    ig = found[found["method"] == "integrated_gradients"]
+    assert sorted(ig["sample_id"]) == sorted(str(i) for i in worst) and set(found["method"]) == {
+        "integrated_gradients", "grad_cam"}
+    assert (found["target"] == -1).all()
+    for _, row in ig.iterrows():  # completeness: the attributions add up to the loss's change from the baseline
+        i = int(row["sample_id"])
+        assert list(row["shape"]) == [8, 8]
+        assert float(np.sum(row["values"])) == pytest.approx(float(per_sample[i] - at_zero[i]), rel=0.05, abs=0.05)
+
+
+def test_batches_of_different_lengths_and_softmax_outputs(tmp_path):
+    g = torch.Generator().manual_seed(5)
+    short, long = torch.randn(3, 4, 5, generator=g), torch.randn(3, 7, 5, generator=g)
+    y_short, y_long = torch.randint(0, 5, (3, 4), generator=g), torch.randint(0, 5, (3, 7), generator=g)
+
+    class Padded(nn.Module):  # each batch padded to its own longest sequence; outputs probabilities
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return torch.softmax(short if x.shape[1] == 4 else long, dim=-1)
+
+    batches = [(torch.zeros(3, 4, dtype=torch.long), y_short, ["a0", "a1", "a2"]),
+               (torch.zeros(3, 7, dtype=torch.long), y_long, ["b0", "b1", "b2"])]
+    r, _ = _evaluate(tmp_path, Padded(), batches)
+    assert r.position_info("val")["shape"] == [7]
+    samples = r.samples("val").set_index("sample_id")
+    expected = F.cross_entropy(long.transpose(1, 2), y_long, reduction="none").mean(1)  # read as probabilities
+    np.testing.assert_allclose([samples.loc[f"b{i}", "loss"] for i in range(3)], expected.numpy(), rtol=1e-4)
+    assert r.evaluations()["outputs"].iloc[0] == "probabilities"
+    previews = r.previews("val", ["a0", "b0"]).set_index("sample_id")  # each batch's own length
+    assert list(previews.loc["a0", "shape"]) == [4] and list(previews.loc["b0", "shape"]) == [7]
+    assert len(r.positions("val", ids=["a0"])) == 4 and len(r.positions("val", ids=["b0"])) == 7
+
+
+def test_a_loader_mixing_position_and_per_sample_outputs_gets_a_one_line_error(tmp_path):
+    table = torch.randn(4, 3, 5)
+    batches = [(torch.arange(2)[:, None], torch.zeros(2, 3, dtype=torch.long)),
+               (torch.arange(2)[:, None], torch.zeros(2, dtype=torch.long))]
+
+    class Switch(FixedLogits):
+        def forward(self, x):
+            return self.table[: len(x)] if self.calls == 0 else self.table[: len(x), 0]
+
+    model = Switch(table)
+    model.calls = 0
+
+    def counting(module, args, output):
+        module.calls += 1
+
+    model.register_forward_hook(counting)
+    with hooks.watch(model, run_dir=tmp_path, strict=True) as run:
+        with pytest.raises(ValueError, match="mix outputs with a position axis") as info:
+            run.evaluate(batches, progress=False, attribute_worst=0)
+    assert "\n" not in str(info.value)
