@@ -89,6 +89,8 @@ def folder(tmp_path_factory):
     multi = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 1]])
     multi_pred = np.array([[1, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
     write_position_run(f, "multi", "labels", multi, multi_pred, [3], ["cat", "dog", HOSTILE])
+    write_position_run(f, "capped", "tokens", TAG_LABELS, TAG_PRED_A, [5], ["O", "NAME", "NUM"], stored=1,
+                       previews=tokens)
     write_position_run(f, "plain", "tokens", TAG_LABELS, TAG_PRED_A, [5], positions=False)
     return f
 
@@ -187,3 +189,15 @@ def test_pages_of_a_run_without_positions_are_as_before(monkeypatch, folder):
     assert [t.label for t in at.tabs] == ["Worst cases", "Confusion matrix", "Per class", "Calibration",
                                           "Where errors concentrate"]
     assert not any(m.label.endswith("counted") for m in at.metric)
+
+
+def test_a_capped_evaluation_says_what_it_covers(monkeypatch, folder):
+    at = open_app(monkeypatch, folder, "pages/errors.py", "capped", check_errors=True)
+    assert any("first 1 of 3 evaluated samples" in c.value for c in at.caption)
+    assert {m.label: m.value for m in at.metric}["Tokens counted"] == "4"  # s0's counted tokens only
+    at = _sample(monkeypatch, folder, "capped", "s2")
+    assert any("No tokens stored for this sample" in i.value for i in at.info)
+    at = _sample(monkeypatch, folder, "capped", "s0")  # no vocabulary: the ids, said so
+    spec = next(c for c in plotly_charts(at) if "tokens coloured by loss" in c["layout"]["title"]["text"])
+    assert [t for row in spec["data"][0]["text"] for t in row][:2] == ["1", "2"]
+    assert any("Token ids (pass" in c.value for c in at.caption)
