@@ -54,6 +54,22 @@ def position_confusion(positions: pd.DataFrame, num_classes: int | None = None) 
     return np.bincount(label[ok] * n + pred[ok], minlength=n * n).reshape(n, n)
 
 
+def confusion_samples(positions: pd.DataFrame, true_class: int, predicted_class: int) -> pd.DataFrame:
+    """The samples with positions labelled `true_class` and predicted `predicted_class` (a cell of
+    the confusion over positions): per sample how many, their mean loss and the first such
+    position, the most first.
+
+        confusion_samples(run.positions("val"), 1, 0)   # where NAME was read as OTHER
+    """
+    _check(positions)
+    cell = positions[(positions["label"] == true_class) & (positions["prediction"] == predicted_class)]
+    if cell.empty:
+        return pd.DataFrame(columns=["sample_id", "positions", "mean_loss", "first_position"])
+    table = cell.groupby("sample_id", sort=False).agg(positions=("position", "size"), mean_loss=("loss", "mean"),
+                                                      first_position=("position", "min")).reset_index()
+    return table.sort_values(["positions", "mean_loss"], ascending=False, kind="stable").reset_index(drop=True)
+
+
 def class_overlap(positions: pd.DataFrame, num_classes: int | None = None,
                   class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """Per class, pooled over every counted position: IoU = TP / (TP + FP + FN) and

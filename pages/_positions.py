@@ -9,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 import diagnostics
-from diagnostics import figures, schema
+from diagnostics import errors, figures, schema
 from diagnostics import positions as pos
 from diagnostics.compare import mcnemar_p
 from diagnostics.text import md
@@ -83,6 +83,23 @@ def error_review_section(r, info: dict) -> None:
     st.dataframe(overlap.drop(columns="class").rename(columns={"name": "class"}), hide_index=True,
                  key="pos_overlap_table", column_config={c: st.column_config.NumberColumn(format="%.3f")
                                                          for c in ("iou", "dice")})
+    _confusion_cell(r, frame, matrix, unit)
+
+
+def _confusion_cell(r, frame: pd.DataFrame, matrix: np.ndarray, unit: str) -> None:
+    """A cell of the confusion over positions, as the samples that hold it (the largest confusion first)."""
+    k = matrix.shape[0]
+    names = _names(r.class_names, k)
+    worst_true, _ = errors.most_confused(matrix)
+    c1, c2 = st.columns(2)
+    t = c1.selectbox("True class", range(k), index=worst_true, format_func=lambda c: names[c], key="pos_cell_true")
+    p = c2.selectbox("Predicted class", range(k), index=errors.most_confused(matrix, t)[1],
+                     format_func=lambda c: names[c], key="pos_cell_pred")
+    cell = pos.confusion_samples(frame, t, p)
+    st.caption(f"{len(cell):,} samples hold {unit} labelled {md(names[t])} and predicted {md(names[p])}, the most "
+               "first; open one in Sample detail to see where.")
+    st.dataframe(cell.head(200), hide_index=True, key="pos_cell_table",
+                 column_config={"mean_loss": st.column_config.NumberColumn(format="%.3f")})
 
 
 def _labels_section(r, frame: pd.DataFrame) -> None:

@@ -136,3 +136,11 @@ def test_position_changes_fixed_broken_by_hand():
 def test_a_frame_without_the_columns_says_which():
     with pytest.raises(ValueError, match="no column label"):
         P.position_confusion(pd.DataFrame({"prediction": [1]}))
+
+
+def test_confusion_samples_lists_the_samples_of_one_cell():
+    f = pd.concat([mask_frame("a", LABEL, PRED), mask_frame("b", [[1, 1, 0]], [[0, 0, 0]])])
+    cell = P.confusion_samples(f, 1, 0)  # labelled 1, predicted 0: a at (1,2); b at 0 and 1
+    assert cell["sample_id"].tolist() == ["b", "a"] and cell["positions"].tolist() == [2, 1]
+    assert cell["first_position"].tolist() == [0, 5]
+    assert P.confusion_samples(f, 2, 1).empty

@@ -118,6 +118,9 @@ def test_error_review_of_tokens_shows_the_confusion_over_tokens(monkeypatch, fol
     counts = plotly_values(spec["data"][0]["text"]).reshape(3, 3)
     # by hand from TAG_LABELS against TAG_PRED_A
     assert counts.tolist() == [[6, 1, 0], [2, 2, 0], [0, 0, 3]]
+    # the largest confusion opens: labelled HOSTILE, predicted O, in s1 (position 0) and s2 (position 3)
+    cell = _table(at, "first_position")
+    assert sorted(cell["sample_id"]) == ["s1", "s2"] and cell["positions"].tolist() == [1, 1]
     _no_raw_hostile(at)
 
 
