@@ -97,9 +97,15 @@ def _confusion_cell(r, frame: pd.DataFrame, matrix: np.ndarray, unit: str) -> No
                      format_func=lambda c: names[c], key="pos_cell_pred")
     cell = pos.confusion_samples(frame, t, p)
     st.caption(f"{len(cell):,} samples hold {unit} labelled {md(names[t])} and predicted {md(names[p])}, the most "
-               "first; open one in Sample detail to see where.")
-    st.dataframe(cell.head(200), hide_index=True, key="pos_cell_table",
-                 column_config={"mean_loss": st.column_config.NumberColumn(format="%.3f")})
+               "first (200 at most); select one and open it in Sample detail to see where.")
+    shown = cell.head(200)
+    event = st.dataframe(shown, hide_index=True, key="pos_cell_table", on_select="rerun",
+                         selection_mode="single-row",
+                         column_config={"mean_loss": st.column_config.NumberColumn(format="%.3f")})
+    picked = shown["sample_id"].iloc[[i for i in event.selection.rows if i < len(shown)]].tolist()
+    if st.button("Open in Sample detail", disabled=not picked, key="pos_cell_open"):
+        st.session_state["sample_id"], st.session_state["sample_split"] = picked[0], r.split
+        st.switch_page("pages/sample.py")
 
 
 def _labels_section(r, frame: pd.DataFrame) -> None:

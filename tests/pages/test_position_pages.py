@@ -119,8 +119,13 @@ def test_error_review_of_tokens_shows_the_confusion_over_tokens(monkeypatch, fol
     # by hand from TAG_LABELS against TAG_PRED_A
     assert counts.tolist() == [[6, 1, 0], [2, 2, 0], [0, 0, 3]]
     # the largest confusion opens: labelled HOSTILE, predicted O, in s1 (position 0) and s2 (position 3)
-    cell = _table(at, "first_position")
+    cell = at.dataframe(key="pos_cell_table").value
     assert sorted(cell["sample_id"]) == ["s1", "s2"] and cell["positions"].tolist() == [1, 1]
+    at.session_state["pos_cell_table"] = {"selection": {"rows": [0], "columns": [], "cells": []}}
+    at.run()
+    at.button(key="pos_cell_open").click().run()
+    assert not at.exception and [t.value for t in at.title] == ["Sample detail"]
+    assert at.session_state["sample_id"] == cell["sample_id"].iloc[0]
     _no_raw_hostile(at)
 
 
