@@ -91,6 +91,10 @@ def test_every_page_of_the_position_examples_draws(position_dashboard, position_
                     problems += [f"{where}: empty chart {c['title']!r}" for c in charts if not c["data"]]
                     if wanted and not any(wanted in c["title"] for c in charts):
                         problems.append(f"{where}: no chart titled {wanted!r} among {[c['title'] for c in charts]}")
+                    if name == "errors":  # the tab over positions, opened as a person would
+                        page.get_by_role("tab", name="Over ", exact=False).last.click()
+                        page.wait_for_timeout(1000)
+                        page.screenshot(path=str(shots / f"{run}-errors-positions.png"), full_page=True)
         finally:
             browser.close()
     assert not problems, "\n".join(problems)

@@ -114,7 +114,7 @@ def overlap_figure(overlap: pd.DataFrame) -> go.Figure:
     names = t["name"].map(html)
     fig = go.Figure()
     for col, color in (("iou", BLUE), ("dice", GREY)):
-        fig.add_bar(x=names, y=t[col], name=col.upper() if col == "iou" else "Dice", marker_color=color,
+        fig.add_bar(x=names, y=t[col], name="IoU" if col == "iou" else "Dice", marker_color=color,
                     customdata=np.column_stack([t["true"], t["predicted"], t["overlap"]]),
                     hovertemplate="%{x}: %{y:.3f}<br>%{customdata[0]} labelled, %{customdata[1]} predicted, "
                                   "%{customdata[2]} both<extra></extra>")
