@@ -126,6 +126,15 @@ def label_metrics(positions: pd.DataFrame, label_names: Sequence[str] | None = N
                                        "precision", "recall", "accuracy", "ece", "mean_loss"])
 
 
+def label_calibration(positions: pd.DataFrame, label_index: int, bins: int = 10) -> tuple[pd.DataFrame, float]:
+    """One label's reliability table and ECE (several labels per sample): the probability of the
+    prediction against whether it was right, over the samples (`errors.calibration`)."""
+    _check(positions)
+    rows = positions[positions["position"] == label_index]
+    return calibration(pd.DataFrame({"confidence": rows["confidence"].to_numpy(dtype=float),
+                                     "correct": (rows["label"] == rows["prediction"]).to_numpy(dtype=float)}), bins)
+
+
 def worst_by_label(positions: pd.DataFrame, label_index: int, n: int = 20) -> pd.DataFrame:
     """The samples with the highest loss on one label (several labels per sample), worst first."""
     _check(positions)

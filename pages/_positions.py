@@ -121,9 +121,11 @@ def _labels_section(r, frame: pd.DataFrame) -> None:
     worst = metrics.sort_values("mean_loss", ascending=False)["label_index"].iloc[0]
     picked = st.selectbox("Worst cases of label", labels, index=labels.index(worst),
                           format_func=lambda i: names[i], key="pos_label_pick")  # options: plain text
-    st.dataframe(pos.worst_by_label(frame, picked), hide_index=True, key="pos_label_worst",
-                 column_config={"loss": st.column_config.NumberColumn(format="%.3f"),
-                                "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+    left, right = st.columns([3, 2])
+    left.dataframe(pos.worst_by_label(frame, picked), hide_index=True, key="pos_label_worst",
+                   column_config={"loss": st.column_config.NumberColumn(format="%.3f"),
+                                  "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+    right.plotly_chart(figures.reliability_figure(*pos.label_calibration(frame, picked)), key="pos_label_reliability")
 
 
 def _image(preview: pd.Series | None) -> np.ndarray | None:

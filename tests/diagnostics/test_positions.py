@@ -74,6 +74,14 @@ def test_label_metrics_precision_recall_and_ece_by_hand():
     assert m.loc[1, "ece"] == pytest.approx(0.25) and m.loc[1, "name"] == "dog"
 
 
+def test_label_calibration_bins_one_labels_confidence():
+    f = frame([("0", 0, 1, 1, 0.1, 0.95), ("1", 0, 0, 1, 2.0, 0.95), ("2", 0, 0, 0, 0.1, 0.55),
+               ("0", 1, 1, 1, 0.1, 0.15)])
+    table, ece = P.label_calibration(f, 0, bins=10)
+    assert table["count"].tolist()[5] == 1 and table["count"].tolist()[9] == 2
+    assert ece == pytest.approx(2 / 3 * abs(0.5 - 0.95) + 1 / 3 * abs(1 - 0.55))
+
+
 def test_label_metrics_without_positives_gives_nan_not_zero_division():
     m = P.label_metrics(frame([("0", 0, 0, 0, 0.1, 0.9), ("1", 0, 0, 0, 0.1, 0.9)]))
     assert math.isnan(m["precision"].iloc[0]) and math.isnan(m["recall"].iloc[0])

@@ -148,6 +148,9 @@ def test_error_review_of_several_labels_gives_precision_and_recall(monkeypatch, 
     assert table.loc[HOSTILE, "recall"] == pytest.approx(2 / 3) and table.loc[HOSTILE, "precision"] == 1
     worst = _table(at, "sample_id", "position", "confidence")
     assert len(worst) == 4
+    # the label with the largest mean loss opens (dog): right twice at 0.9, wrong twice at 0.6
+    titles = [c["layout"]["title"]["text"] for c in plotly_charts(at)]
+    assert f"reliability (ECE {0.5 * 0.6 + 0.5 * 0.1:.3f})" in titles, titles
     _no_raw_hostile(at)
 
 
