@@ -9,7 +9,7 @@ import diagnostics
 from diagnostics import figures, paging
 from diagnostics.compare import ALPHA
 from diagnostics.text import md
-from pages import _shared
+from pages import _positions, _shared
 
 r = _shared.review("Compare runs")
 run, runs_dir = r.run, r.runs_dir
@@ -99,6 +99,8 @@ else:
     st.plotly_chart(figures.loss_scatter_figure(c.samples, c.task), key="compare_scatter")
 
 # -- the samples that changed -------------------------------------------------------------
+_positions.compare_section(run, diagnostics.open_run(path_b), split, r.class_names)
+
 st.subheader(f"{good.capitalize()} and {bad} samples")
 table = c.changed(r.class_names)
 if table.empty:

@@ -9,7 +9,7 @@ import streamlit as st
 from diagnostics import errors, figures, slices
 from diagnostics import tags as tag_store
 from diagnostics.text import md
-from pages import _shared
+from pages import _positions, _shared
 
 r = _shared.review("Error review", "errors")
 run, path, version, split, dataset = r.run, r.path, r.version, r.split, r.dataset
@@ -19,6 +19,7 @@ classification = r.classification
 num_classes = errors.class_count(run.manifest, samples) if classification else 0
 name = r.class_label
 unit = None if classification else errors.target_unit(run.manifest)
+position_info = _positions.info_of(run, split, r.step)
 in_unit = f" ({unit})" if unit else ""  # plain text: table columns
 in_unit_md = md(in_unit)  # in Markdown: metric labels, captions
 
@@ -60,7 +61,11 @@ with st.expander("Filters and order of the worst cases", expanded=False):
     tag_filter = h1.multiselect("Tag", sorted(tags["tag"].unique()) if not tags.empty else [], key="err_tags") or None
     orders = errors.review_orders(task)
     order = h2.selectbox("Order", list(orders), key=f"err_order_{task}")
-    only_wrong = classification and st.toggle("Only wrong predictions", value=True, key="err_only_wrong")
+    # over positions a sample is rarely wholly wrong (its accuracy is a fraction): all, worst first
+    only_wrong = classification and st.toggle("Only wrong predictions", value=position_info is None,
+                                              key="err_only_wrong",
+                                              help="samples whose prediction (over positions: the most frequent "
+                                                   "predicted class) is not the label (the most frequent label)")
 loss_range = None
 if loss_lo is not None or loss_hi is not None:
     loss_range = (loss_lo or 0.0, float("inf") if loss_hi is None else loss_hi)
@@ -72,13 +77,16 @@ review_filter = errors.ReviewFilter(true_class=true_class, predicted_class=pred_
                                     loss_range=loss_range, outcome="wrong" if only_wrong else None, tags=tag_filter,
                                     id_contains=id_text)
 
+# an evaluation of outputs with a position axis, or several labels per sample: one more tab
+over = [f"Over {_positions.UNITS[position_info['layout']]}"] if position_info else []
 if classification:
-    worst_tab, confusion_tab, class_tab, calib_tab, slice_tab = st.tabs(
-        ["Worst cases", "Confusion matrix", "Per class", "Calibration", "Where errors concentrate"])
+    worst_tab, confusion_tab, class_tab, calib_tab, slice_tab, *more = st.tabs(
+        ["Worst cases", "Confusion matrix", "Per class", "Calibration", "Where errors concentrate", *over])
 else:  # no confusion, per-class or reliability views of a regression
-    worst_tab, scatter_tab, calib_tab, slice_tab = st.tabs(
-        ["Worst cases", "Predicted vs true", "Residuals", "Where errors concentrate"])
+    worst_tab, scatter_tab, calib_tab, slice_tab, *more = st.tabs(
+        ["Worst cases", "Predicted vs true", "Residuals", "Where errors concentrate", *over])
     confusion_tab = class_tab = None
+position_tab = more[0] if more else None
 
 
 def _with_thumbnails(table):
@@ -187,3 +195,7 @@ with slice_tab:
         st.caption("Method: quantile thresholds of each input statistic, classes, tags and confidence, and pairs of "
                    "them, ranked by (error rate − overall)·√size; only slices significant after a Bonferroni "
                    "correction are listed.")
+
+if position_tab is not None:
+    with position_tab:
+        _positions.error_review_section(r, position_info)

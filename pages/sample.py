@@ -5,7 +5,7 @@ import streamlit as st
 
 from diagnostics import figures
 from diagnostics.text import html, md
-from pages import _shared
+from pages import _positions, _shared
 
 r = _shared.review("Sample detail", "sample")
 path, version, split, step = r.path, r.version, r.split, r.step
@@ -47,6 +47,9 @@ with right:
     inputs = {c.removeprefix("input_"): f"{row[c]:.4g}" for c in samples.columns if c.startswith("input_")}
     if inputs:
         st.caption("Input statistics: " + ", ".join(f"{md(k)} {v}" for k, v in inputs.items()))
+position_info = _positions.info_of(r.run, split, step)
+if position_info:  # its tokens, its masks or its labels, one by one
+    _positions.sample_section(r, position_info, sample_id, preview.iloc[0] if not preview.empty else None)
 st.plotly_chart(figures.sample_history_figure(records, history, r.task), key="sample_history")
 st.caption(f"History within split **{md(split)}**: its evaluations and, when run.log_batch(..., ids=, split="
            f"{md(repr(split))}) logged it, its per-step records. Ids name samples of one split: training records of "

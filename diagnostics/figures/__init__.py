@@ -5,8 +5,8 @@ a figure that says why it is blank.
 
 One module per view: `curves` (scalars over steps), `distributions` (one layer over steps, all
 layers at one step), `outputs` (outputs vs labels), `errors` (error review), `embedding` (the
-embedding map), `sample` (one sample), `dynamics` (the data maps), `compare` (two runs), `ensemble`
-(several runs as one);
+embedding map), `sample` (one sample), `positions` (errors over tokens, pixels and labels), `dynamics`
+(the data maps), `compare` (two runs), `ensemble` (several runs as one);
 `common` holds what they share. Every builder is re-exported here:
 
     from diagnostics import figures
@@ -43,6 +43,14 @@ from diagnostics.figures.outputs import (
     value_bands_figure,
     value_distribution_figure,
 )
+from diagnostics.figures.positions import (
+    label_metrics_figure,
+    mask_overlay_figure,
+    overlap_figure,
+    position_changes_figure,
+    position_confusion_figure,
+    token_loss_figure,
+)
 from diagnostics.figures.sample import preview_figure, probability_figure, sample_history_figure
 
 __all__ = [
@@ -54,4 +62,6 @@ __all__ = [
     "runs_scalars_figure", "sample_history_figure",
     "scalar_figure", "slices_figure", "update_ratio_figure", "value_bands_figure", "value_distribution_figure",
     "ensemble_accuracy_figure", "phi_heatmap_figure",
+    "label_metrics_figure", "mask_overlay_figure", "overlap_figure", "position_changes_figure",
+    "position_confusion_figure", "token_loss_figure",
 ]
