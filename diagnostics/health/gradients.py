@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics import figures
@@ -374,3 +375,125 @@ def rule_amp_skipped_steps(run) -> list[Finding]:
         {"skipped": len(flagged), "steps": len(steps), "late_share": share, "stuck": stuck,
          "first_steps": sorted(flagged)[:20]},
         "PyTorch docs: Automatic Mixed Precision, torch.amp.GradScaler")]
+
+
+# Weights written outside the optimizer. Every statistic recorded of a weight (mean, std, min, max,
+# the quantiles) moves by at most the largest element change, ‖w_b − w_a‖∞ ≤ Σ_t ‖Δw_t‖∞ over the
+# steps between two captures. The updates of the uncaptured steps are bounded by the larger of the
+# two captured ones, scaled up where the learning rate or the gradient norm (recorded every step)
+# rose in between. On healthy runs (Adam, SGD with momentum, AdamW under OneCycleLR; sampled
+# updates of 512x512 layers) the change reaches at most 1.04x that bound; a re-initialisation
+# every epoch reaches 3.7-24x. A write is a change 3x the bound, of at least 5% of the weight's std.
+WRITE_FACTOR = 3.0
+WRITE_MIN_CHANGE = 0.05
+WRITE_SHARE = 0.5  # of the parameters compared over the same interval: the whole model was written
+# ... and the loss went back to where it started: the worst loss after the write at least 90% of
+# the first steps' median, after the 5 steps before it had fallen to 80% of that or below.
+RESET_NEAR_START = 0.9
+RESET_LEARNED = 0.8
+_WEIGHT_STATS = ("mean", "std", "min", "max", "q01", "q05", "q25", "q50", "q75", "q95", "q99")
+
+
+def _step_growth(s, a: int, b: int) -> np.ndarray | None:
+    """Per step a..b-1: how far the scalar `s` (step-indexed) rose above its smaller value at a
+    and b (1 where it did not, or is not recorded); None when it is 0 there and rises after."""
+    ref = [v for v in (s.get(a), s.get(b)) if v is not None and np.isfinite(v)]
+    vals = s.reindex(range(a, b)).to_numpy(float)
+    if not ref:
+        return np.ones(b - a)
+    low = min(ref)
+    if low <= 0:
+        return None if np.nanmax(np.r_[vals, 0.0]) > 0 else np.ones(b - a)
+    return np.where(np.isfinite(vals), np.maximum(1.0, vals / low), 1.0)
+
+
+def weight_writes(run) -> pd.DataFrame:
+    """Per parameter and pair of consecutive captures (a, b): `change` (the largest change of a
+    recorded weight statistic), `bound` (what the optimizer's updates can add up to) and `written`
+    (change above WRITE_FACTOR x bound and WRITE_MIN_CHANGE x the weight's std)."""
+    w, u = dist(run, "weight"), dist(run, "update")
+    cols = ["layer", "a", "b", "change", "bound", "written"]
+    if w.empty or u.empty or not set(_WEIGHT_STATS) <= set(w.columns):
+        return pd.DataFrame(columns=cols)
+    lr, gn = (scalar(run, n).set_index("step")["value"] for n in ("lr", "grad_norm"))
+    u = u.assign(inf=np.maximum(u["min"].abs(), u["max"].abs())).set_index(["layer", "step"])["inf"]
+    rows = []
+    for layer, ws in w.groupby("layer"):
+        ws = ws.sort_values("step")
+        for (_, x), (_, y) in zip(ws.iterrows(), ws.iloc[1:].iterrows()):
+            a, b = int(x["step"]), int(y["step"])
+            base = max(u.get((layer, a), np.nan), u.get((layer, b), np.nan))
+            grow = [_step_growth(s, a, b) for s in (lr, gn)]
+            if not np.isfinite(base) or base <= 0 or any(g is None for g in grow):
+                continue
+            change = max(abs(float(y[k]) - float(x[k])) for k in _WEIGHT_STATS)
+            bound = float(base * np.sum(grow[0] * grow[1]))
+            written = change > WRITE_FACTOR * bound and change > WRITE_MIN_CHANGE * float(x["std"])
+            rows.append((layer, a, b, change, bound, written))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _reset_loss(loss: pd.Series, a: int, b: int) -> tuple[float, float, float] | None:
+    """(first, before, after): the loss's first 5 steps' median, the 5 steps' to a, and its worst
+    over (a, b], when it went back near its start (RESET_NEAR_START) after having fallen."""
+    if len(loss) < MIN_LOSS_POINTS:
+        return None
+    first = float(loss.iloc[:5].median())
+    before = loss[(loss.index <= a)].iloc[-5:]
+    after = loss[(loss.index > a) & (loss.index <= b)]
+    if first <= 0 or before.empty or after.empty:
+        return None
+    v = (first, float(before.median()), float(after.max()))
+    return v if v[1] <= RESET_LEARNED * first and v[2] >= RESET_NEAR_START * first else None
+
+
+def _writes_chart(run, finding: Finding) -> go.Figure | None:
+    return charts.weight_norm(run, finding.layer) if finding.layer else None
+
+
+@rule("Weights written outside the optimizer: between two captures most parameters change 3x more than "
+      "the recorded updates allow (warning when the loss goes back to where it started: a re-initialisation).",
+      severities=("warning", "info"), evidence=_writes_chart,
+      explains=("grad_norm_spikes", ("update_ratio", symptom(high_ratio)), *NOT_LEARNING))
+def rule_weights_reset(run) -> list[Finding]:
+    """Weights changed by something other than the optimizer (`weight_writes`: a change of a
+    recorded weight statistic over 3x what the updates between the two captures can add up to)
+    in at least half of the parameters over the same interval. A warning when the loss at a
+    step in that interval goes back to ≥ 90% of its first steps' median after ≤ 80% before it:
+    the model was re-initialised (a `model.apply(init)` or `reset_parameters()` inside the
+    epoch loop, a checkpoint of step 0 loaded). Otherwise info: a restored checkpoint or an
+    EMA swap writes weights on purpose and the loss stays low. Reference: the triangle
+    inequality on ‖Δw‖∞; TrainCheck (OSDI 2025), invariant "parameters change only through
+    optimizer.step"; the PyTorch-forum report "loss resets to the initial value each epoch"."""
+    writes = weight_writes(run)
+    if writes.empty:
+        return []
+    share = writes.groupby(["a", "b"])["written"].mean()
+    spans = [ab for ab, s in share.items() if s >= WRITE_SHARE]
+    if not spans:
+        return []
+    loss = scalar(run, "loss").set_index("step")["value"].astype(float)
+    resets = [(ab, r) for ab in spans if (r := _reset_loss(loss, *ab)) is not None]
+    hit = writes[writes["written"] & writes.set_index(["a", "b"]).index.isin(spans)]
+    worst = hit.loc[(hit["change"] / hit["bound"]).idxmax()]
+    where = ", ".join(f"{a}-{b}" for a, b in spans[:6]) + (" ..." if len(spans) > 6 else "")
+    msg = (f"Between the captures at steps {where}, {hit['layer'].nunique()} parameter(s) changed far more than "
+           f"the optimizer's updates allow (worst: {worst['layer']}, {worst['change']:.3g} against at most "
+           f"{worst['bound']:.3g} from the updates, steps {int(worst['a'])}-{int(worst['b'])}): something else "
+           "wrote the weights")
+    if resets:
+        (a, b), (first, before, after) = resets[0]
+        msg += (f", and the loss went back to where it started ({after:.3g} after steps {a}-{b}, from {before:.3g};"
+                f" {first:.3g} at the start) {len(resets)} time(s): the model is re-initialised during training.")
+        advice = ("Initialise the model once, before the training loop: move model.apply(init_fn) / "
+                  "reset_parameters() / load_state_dict(initial) out of the epoch loop.")
+    else:
+        msg += "; a checkpoint loaded, an EMA swap or a manual edit (fine if meant)."
+        advice = "If nothing should write the weights between optimizer steps, look for a load_state_dict or init call."
+    return [make_finding(
+        "weights_reset", "warning" if resets else "info", str(worst["layer"]),
+        (spans[0][0], spans[-1][1]), msg, advice,
+        {"intervals": [list(ab) for ab in spans[:20]], "resets": [list(ab) for ab, _ in resets[:20]],
+         "parameters": sorted(hit["layer"].unique().tolist())[:20], "worst_change": worst["change"],
+         "worst_bound": worst["bound"], "factor": WRITE_FACTOR, "share": WRITE_SHARE},
+        "TrainCheck (Jiang et al., OSDI 2025); the triangle inequality on the largest element change")]
