@@ -14,8 +14,17 @@ import plotly.graph_objects as go
 from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale, rule_dead_units
-from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
-from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, lasting, low_ratio, starved, symptom
+from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, module_types, scalar
+from diagnostics.health.problems import (
+    NOT_LEARNING,
+    cause,
+    high_ratio,
+    lasting,
+    low_ratio,
+    same_layer,
+    starved,
+    symptom,
+)
 from diagnostics.health.registry import rule
 
 # Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
@@ -46,6 +55,14 @@ UPDATE_RATIO_HIGH = 1e-1
 LOSS_FALL_FACTOR = 0.5
 STILL_FALLING = (0.9, 0.99)  # last fifth ≤ 0.9 x the first's and ≤ 0.99 x the one before it
 MIN_LOSS_POINTS = 4  # an LBFGS run of a few steps has a loss per step (each step many evaluations)
+# Clipping that removes nearly all of the gradient: the optimizer gets under 1% of the norm backward
+# produced at every captured step (≥ 3), clipping is on at ≥ 90% of the steps, and the loss does not
+# fall (its last fifth ≥ 90% of its first). Clipping at the gradient's usual norm keeps most of it
+# (pytorch/examples word_language_model: clip 0.25 on norms of ~1, with its loss falling).
+CLIP_KEPT = 0.01
+CLIP_STEP_SHARE = 0.9
+CLIP_LOSS_FLAT = 0.9
+MIN_STUCK_CLIPS = 3
 # Steps a GradScaler skipped: its initial scale backs off over the first steps, then about one
 # skip per growth interval (2,000 steps) is normal.
 AMP_SKIP_SHARE = 0.05
@@ -221,6 +238,11 @@ def rule_grad_norm_spikes(run) -> list[Finding]:
     )]
 
 
+def clipped_away(f: Finding) -> bool:
+    """An update-ratio finding whose cause is gradient clipping that removes nearly all of the gradient."""
+    return f.evidence.get("clip_kept") is not None
+
+
 def _ratio_chart(run, finding: Finding) -> go.Figure | None:
     if not finding.layer:
         return None
@@ -229,7 +251,8 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
       "learning rate, info while the loss falls to half).", severities=("warning", "info"), evidence=_ratio_chart,
-      explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
+      explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING), *((s, cause(clipped_away)) for s in NOT_LEARNING),
+                ("update_ratio", cause(clipped_away, symptom(low_ratio))),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes", "dead_units"))))
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
@@ -273,7 +296,8 @@ def rule_update_ratio(run) -> list[Finding]:
                 "Raise the learning rate or use an adaptive optimizer (Adam); check for vanishing gradients "
                 "(initialisation, saturating activations) and for a schedule that decayed too early.",
                 ev, ref))
-    return findings
+    clip = _clipped_away(run, ratios)
+    return findings + ([clip] if clip is not None else [])
 
 
 def loss_falls(run) -> tuple[float, float] | None:
@@ -327,6 +351,54 @@ def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
         "(or this layer's) or add a decay schedule.",
         {**ev, "optimizer": opt, "loss_first": falls[0], "loss_last": falls[1],
          "loss_fall_factor": LOSS_FALL_FACTOR}, ref + "; cs231n (a too-high rate stalls or diverges the loss)")
+
+
+def _clip_kept(run) -> pd.DataFrame:
+    """Per capture step the loop clipped at (`grad_clipped`): the norm of the gradients the
+    optimizer got (`param_grad`, read at optimizer.step) over the norm backward produced
+    (`grad_norm`): `kept`."""
+    g, norm, clipped = dist(run, "param_grad"), scalar(run, "grad_norm"), scalar(run, "grad_clipped")
+    if g.empty or norm.empty or clipped.empty:
+        return pd.DataFrame(columns=["step", "kept"])
+    got = np.sqrt((g["count"] * (g["std"] ** 2 + g["mean"] ** 2)).groupby(g["step"]).sum()).rename("got")
+    d = norm.merge(got, left_on="step", right_index=True).merge(clipped.rename(columns={"value": "clipped"}),
+                                                                on="step")
+    d = d[(d["clipped"] > 0.5) & (d["value"] > 0)]
+    return d.assign(kept=d["got"] / d["value"])[["step", "kept"]]
+
+
+def _clipped_away(run, ratios: pd.DataFrame) -> Finding | None:
+    """Gradient clipping that leaves the optimizer < 1% (CLIP_KEPT) of the gradient's norm at
+    every one of ≥ 3 captured steps, clipped at ≥ 90% of all steps, while the loss does not fall
+    (its last fifth ≥ 90% of its first): the weights barely move, though no ratio is below 1e-5."""
+    kept, clipped = _clip_kept(run), scalar(run, "grad_clipped")
+    loss = scalar(run, "loss")["value"].to_numpy(float)
+    if len(kept) < MIN_STUCK_CLIPS or (kept["kept"] >= CLIP_KEPT).any() or len(loss) < MIN_LOSS_POINTS:
+        return None
+    k = max(1, len(loss) // 5)
+    first, last = float(np.median(loss[:k])), float(np.median(loss[-k:]))
+    share = float((clipped["value"] > 0.5).mean())
+    if not np.isfinite(first + last) or last < CLIP_LOSS_FLAT * first or share < CLIP_STEP_SHARE:
+        return None
+    params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
+    mats = ratios[ratios["layer"].map(lambda n: len((params.get(n) or {}).get("shape", [])) >= 2)]
+    med = mats.groupby("layer")["ratio"].median() if not mats.empty else pd.Series(dtype=float)
+    layer = str(med.idxmin()) if not med.empty else None
+    ratio = float(med.min()) if not med.empty else math.nan
+    steps = kept["step"].astype(int)
+    return make_finding(
+        "update_ratio", "warning", layer, (steps.min(), steps.max()),
+        f"Gradient clipping removes nearly all of the gradient: at {len(kept)} captured steps the optimizer got "
+        f"{kept['kept'].median():.2%} of the norm backward produced (median; threshold {CLIP_KEPT:.0%}), clipped "
+        f"at {share:.0%} of the steps, so the weights move by {ratio:.2g} of their norm a step ({layer}) and the "
+        f"loss stays at {last:.3g} from {first:.3g}.",
+        "Raise the clipping threshold to around the gradient's usual norm (clip_grad_norm_(params, max_norm=1.0)); "
+        "clip_grad_value_ caps every element at the value, so a tiny value (1e-5) is not a norm threshold.",
+        {"clip_kept": float(kept["kept"].median()), "clip_kept_max": float(kept["kept"].max()),
+         "clipped_share": share, "median_ratio": ratio, "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH,
+         "loss_first": first, "loss_last": last, "threshold": CLIP_KEPT},
+        "Pascanu et al. 2013, On the difficulty of training recurrent neural networks (clipping rescales "
+        "rare large gradients); PyTorch docs: torch.nn.utils.clip_grad_value_")
 
 
 def _dead_layers(run) -> list[str]:
@@ -497,3 +569,79 @@ def rule_weights_reset(run) -> list[Finding]:
          "parameters": sorted(hit["layer"].unique().tolist())[:20], "worst_change": worst["change"],
          "worst_bound": worst["bound"], "factor": WRITE_FACTOR, "share": WRITE_SHARE},
         "TrainCheck (Jiang et al., OSDI 2025); the triangle inequality on the largest element change")]
+
+
+# A recurrent module read at one time step: its output (N, T, H) gets a gradient at 1 of its T steps
+# only (the gradient w.r.t. the output zero at (T-1)/T of the positions, within 1%) on at least 80%
+# of ≥ 3 captures. A unidirectional RNN read at step t passes a gradient back to steps 0..t, so
+# (T-1)/T means t = 0; its recurrent weight then gets none (h_0 = 0): the readout has seen one token.
+RECURRENT_TYPES = ("RNN", "LSTM", "GRU")
+READOUT_TOLERANCE = 0.01
+READOUT_SHARE = 0.8
+MIN_READOUT_CAPTURES = 3
+
+
+def _time_steps(run, shape: list) -> int | None:
+    """T of a recurrent output (N, T, H) or (T, N, H): the axis that is not the loss's batch."""
+    batch = ((run.manifest.get("loss_input_shapes") or {}).get("outputs") or [None])[0]
+    if batch is None or len(shape or []) != 3 or shape[0] == shape[1]:
+        return None
+    return shape[1] if shape[0] == batch else shape[0] if shape[1] == batch else None
+
+
+def _zero_gradient(run, names: list[str]) -> list[str]:
+    """Of `names`, the parameters whose gradient is exactly zero at every capture."""
+    g = dist(run, "param_grad")
+    if g.empty:
+        return []
+    g = g[g["layer"].isin(names)]
+    return [n for n, rows in g.groupby("layer") if ((rows["min"] == 0) & (rows["max"] == 0)).all()]
+
+
+@rule("A recurrent layer read at one time step: its output gets a gradient at 1 of T steps, its recurrent "
+      "weight none (the loss reads out[:, 0], a state that has seen one token).",
+      severities=("error", "warning"), evidence=_depth_chart,
+      explains=(("stuck_parameters", same_layer), ("update_ratio", same_layer), "vanishing_gradients",
+                *NOT_LEARNING))
+def rule_sequence_readout(run) -> list[Finding]:
+    """A unidirectional RNN/LSTM/GRU whose output gets a gradient at one time step only: the
+    gradient w.r.t. its (N, T, H) output is zero at (T−1)/T of the positions (within 1%) on ≥ 80%
+    of ≥ 3 captures, T ≥ 2 (the time axis is the one that is not the loss's batch). Warning.
+    Read at step t, the gradient reaches steps 0..t, so one step means the first; its
+    `weight_hh` getting no gradient (h_0 = 0) confirms it. A Transformer read at its [CLS]
+    position has the same pattern by design: only recurrent modules are read. Reference:
+    PyTorch docs, nn.GRU/nn.LSTM (output holds h_t for every t; h_n the last); Goodfellow et
+    al. 2016 §10.2 (backpropagation through time)."""
+    shapes, types = run.manifest.get("output_shapes") or {}, module_types(run)
+    d = dist(run, "gradient")
+    if d.empty or "zero_frac" not in d:
+        return []
+    findings = []
+    for name, kind in types.items():
+        steps = _time_steps(run, shapes.get(name)) if str(kind) in RECURRENT_TYPES else None
+        rows = d[(d["layer"] == name) & np.isfinite(d["zero_frac"])]
+        if not steps or steps < 2 or len(rows) < MIN_READOUT_CAPTURES:
+            continue
+        one = (rows["zero_frac"] - (steps - 1) / steps).abs() <= READOUT_TOLERANCE
+        if one.mean() < READOUT_SHARE:
+            continue
+        hh = [p["name"] for p in run.manifest.get("parameters", []) or []
+              if p["name"].startswith(f"{name}.weight_hh")]
+        if any("reverse" in n for n in hh):
+            continue  # bidirectional: its backward half reads every step from the first
+        none = _zero_gradient(run, hh)
+        s0, s1 = int(rows["step"].min()), int(rows["step"].max())
+        findings.append(make_finding(
+            "sequence_readout", "warning", name, (s0, s1),
+            f"{name} ({kind}): on {int(one.sum())} of {len(rows)} captures only 1 of its {steps} time steps gets a "
+            f"gradient (the gradient w.r.t. its output is zero at {rows['zero_frac'].median():.1%} of the positions, "
+            f"{steps - 1}/{steps})" + (f", and its recurrent weight {', '.join(none)} gets none" if none else "")
+            + ": the loss reads the first time step only (out[:, 0]?), a state that has seen one element of the "
+            "sequence.",
+            "Read the last time step (out[:, -1] with batch_first=True, out[-1] without, or h_n[-1]); with padded "
+            "batches, the last valid step of each sequence (pack_padded_sequence and h_n).",
+            {"time_steps": steps, "zero_frac": float(rows["zero_frac"].median()), "captures": len(rows),
+             "one_step_captures": int(one.sum()), "recurrent_without_gradient": none,
+             "tolerance": READOUT_TOLERANCE},
+            "PyTorch docs: torch.nn.GRU, torch.nn.LSTM (outputs); Goodfellow et al. 2016, Deep Learning §10.2"))
+    return findings
