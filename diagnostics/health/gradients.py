@@ -645,3 +645,42 @@ def rule_sequence_readout(run) -> list[Finding]:
              "tolerance": READOUT_TOLERANCE},
             "PyTorch docs: torch.nn.GRU, torch.nn.LSTM (outputs); Goodfellow et al. 2016, Deep Learning §10.2"))
     return findings
+
+
+# A penalty on the weights read from its effect (an L2 term λ·Σw² added to the loss by hand gives
+# the gradient 2λ·w): the gradient of every weight matrix is one multiple c of the weight itself,
+# its quantiles (5%-95%) within 15% of the gradient's std of c x the weight's, with one c across the
+# matrices and the captures (largest over smallest ≤ 1.25), on ≥ 3 captures, while every matrix's
+# norm shrinks below 0.8x its first capture's. The data's gradient has no such shape: it is not a
+# multiple of the weights, nor one multiple across layers and steps (healthy digits MLPs: misfit
+# 0.21-1.1; a lambda-1 penalty: 0.01-0.09).
+PENALTY_FIT = 0.15
+PENALTY_SPREAD = 1.25
+PENALTY_SHRINK = 0.8
+MIN_PENALTY_CAPTURES = 3
+_QUANTILES = ("q05", "q25", "q50", "q75", "q95")
+
+
+def penalty_in_gradient(run) -> dict | None:
+    """What a penalty on the weights left in the gradient (see PENALTY_FIT): `ratio` (c, the
+    gradient over the weight), `layers`, `shrink` (each matrix's last norm over its first),
+    `captures`, `fit` (the worst quantile misfit, in the gradient's std), `steps`; None when the
+    gradient is not that."""
+    w, g = dist(run, "weight"), dist(run, "param_grad")
+    mats = [p["name"] for p in run.manifest.get("parameters", []) or []
+            if len(p.get("shape", [])) >= 2 and p.get("requires_grad", True) is not False]
+    if w.empty or g.empty or not mats or not set(_QUANTILES) <= set(w.columns):
+        return None
+    d = w.merge(g, on=["step", "layer"], suffixes=("_w", "_g"))
+    d = d[d["layer"].isin(mats) & (d["std_w"] > 0) & (d["std_g"] > 0)]
+    if d.empty or set(d["layer"]) != set(mats) or d.groupby("layer").size().min() < MIN_PENALTY_CAPTURES:
+        return None
+    c = d["std_g"] / d["std_w"]
+    misfit = np.max([np.abs(d[f"{q}_g"] - c * d[f"{q}_w"]) / d["std_g"] for q in _QUANTILES], axis=0)
+    norm = np.sqrt(d["count_w"] * (d["std_w"] ** 2 + d["mean_w"] ** 2))
+    shrink = d.assign(norm=norm).sort_values("step").groupby("layer")["norm"].agg(lambda n: n.iloc[-1] / n.iloc[0])
+    if (misfit > PENALTY_FIT).any() or c.max() > PENALTY_SPREAD * c.min() or (shrink >= PENALTY_SHRINK).any():
+        return None
+    return {"ratio": float(c.median()), "layers": mats, "shrink": {k: float(v) for k, v in shrink.items()},
+            "captures": int(d["step"].nunique()), "fit": float(misfit.max()),
+            "steps": (int(d["step"].min()), int(d["step"].max()))}
