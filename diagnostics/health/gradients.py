@@ -460,10 +460,12 @@ def rule_amp_skipped_steps(run) -> list[Finding]:
 WRITE_FACTOR = 3.0
 WRITE_MIN_CHANGE = 0.05
 WRITE_SHARE = 0.5  # of the parameters compared over the same interval: the whole model was written
-# ... and the loss went back to where it started: the worst loss after the write at least 90% of
-# the first steps' median, after the 5 steps before it had fallen to 80% of that or below.
-RESET_NEAR_START = 0.9
-RESET_LEARNED = 0.8
+# ... and the loss went back to where it started: the worst loss after the write undoes at least
+# 75% of what the loss had fallen from its first steps' median to the 5 steps before the write, a
+# fall of at least 5% (a restored checkpoint undoes none of it; a model that has learned nothing
+# has nothing to undo).
+RESET_UNDONE = 0.75
+RESET_LEARNED = 0.05
 _WEIGHT_STATS = ("mean", "std", "min", "max", "q01", "q05", "q25", "q50", "q75", "q95", "q99")
 
 
@@ -508,7 +510,7 @@ def weight_writes(run) -> pd.DataFrame:
 
 def _reset_loss(loss: pd.Series, a: int, b: int) -> tuple[float, float, float] | None:
     """(first, before, after): the loss's first 5 steps' median, the 5 steps' to a, and its worst
-    over (a, b], when it went back near its start (RESET_NEAR_START) after having fallen."""
+    over (a, b], when it went back near its start (RESET_UNDONE) after having fallen (RESET_LEARNED)."""
     if len(loss) < MIN_LOSS_POINTS:
         return None
     first = float(loss.iloc[:5].median())
@@ -517,7 +519,8 @@ def _reset_loss(loss: pd.Series, a: int, b: int) -> tuple[float, float, float] |
     if first <= 0 or before.empty or after.empty:
         return None
     v = (first, float(before.median()), float(after.max()))
-    return v if v[1] <= RESET_LEARNED * first and v[2] >= RESET_NEAR_START * first else None
+    learned = first - v[1]
+    return v if learned >= RESET_LEARNED * first and v[2] >= first - (1 - RESET_UNDONE) * learned else None
 
 
 def _writes_chart(run, finding: Finding) -> go.Figure | None:
@@ -532,7 +535,7 @@ def rule_weights_reset(run) -> list[Finding]:
     """Weights changed by something other than the optimizer (`weight_writes`: a change of a
     recorded weight statistic over 3x what the updates between the two captures can add up to)
     in at least half of the parameters over the same interval. A warning when the loss at a
-    step in that interval goes back to ≥ 90% of its first steps' median after ≤ 80% before it:
+    step in that interval undoes ≥ 75% of its fall (≥ 5%) from its first steps to the write:
     the model was re-initialised (a `model.apply(init)` or `reset_parameters()` inside the
     epoch loop, a checkpoint of step 0 loaded). Otherwise info: a restored checkpoint or an
     EMA swap writes weights on purpose and the loss stays low. Reference: the triangle
@@ -572,10 +575,11 @@ def rule_weights_reset(run) -> list[Finding]:
         "TrainCheck (Jiang et al., OSDI 2025); the triangle inequality on the largest element change")]
 
 
-# A recurrent module read at one time step: its output (N, T, H) gets a gradient at 1 of its T steps
-# only (the gradient w.r.t. the output zero at (T-1)/T of the positions, within 1%) on at least 80%
-# of ≥ 3 captures. A unidirectional RNN read at step t passes a gradient back to steps 0..t, so
-# (T-1)/T means t = 0; its recurrent weight then gets none (h_0 = 0): the readout has seen one token.
+# A recurrent module read at its first time step: its output (N, T, H) gets a gradient at 1 of its T
+# steps only (the gradient w.r.t. the output zero at (T-1)/T of the positions, within 1%) on at least
+# 80% of ≥ 3 captures, as for any one-step readout (out[:, -1] too: backpropagation through time runs
+# inside the module), and its recurrent weights get no gradient at any capture: the step read is the
+# first (h_0 = 0, so weight_hh never acts on what reaches the loss), a state that has seen one token.
 RECURRENT_TYPES = ("RNN", "LSTM", "GRU")
 READOUT_TOLERANCE = 0.01
 READOUT_SHARE = 0.8
@@ -607,9 +611,10 @@ def _zero_gradient(run, names: list[str]) -> list[str]:
 def rule_sequence_readout(run) -> list[Finding]:
     """A unidirectional RNN/LSTM/GRU whose output gets a gradient at one time step only: the
     gradient w.r.t. its (N, T, H) output is zero at (T−1)/T of the positions (within 1%) on ≥ 80%
-    of ≥ 3 captures, T ≥ 2 (the time axis is the one that is not the loss's batch). Warning.
-    Read at step t, the gradient reaches steps 0..t, so one step means the first; its
-    `weight_hh` getting no gradient (h_0 = 0) confirms it. A Transformer read at its [CLS]
+    of ≥ 3 captures, T ≥ 2 (the time axis is the one that is not the loss's batch), and its
+    `weight_hh` gets no gradient at any capture: the step read is the first (h_0 = 0), whose
+    state has seen one element. Warning. Read at the last step (the usual readout) the output
+    has the same zeros, but weight_hh learns: quiet. A Transformer read at its [CLS]
     position has the same pattern by design: only recurrent modules are read. Reference:
     PyTorch docs, nn.GRU/nn.LSTM (output holds h_t for every t; h_n the last); Goodfellow et
     al. 2016 §10.2 (backpropagation through time)."""
@@ -631,14 +636,15 @@ def rule_sequence_readout(run) -> list[Finding]:
         if any("reverse" in n for n in hh):
             continue  # bidirectional: its backward half reads every step from the first
         none = _zero_gradient(run, hh)
+        if not none or len(none) < len(hh):
+            continue  # a later step (the last: the usual readout), whose state has seen the sequence
         s0, s1 = int(rows["step"].min()), int(rows["step"].max())
         findings.append(make_finding(
             "sequence_readout", "warning", name, (s0, s1),
             f"{name} ({kind}): on {int(one.sum())} of {len(rows)} captures only 1 of its {steps} time steps gets a "
             f"gradient (the gradient w.r.t. its output is zero at {rows['zero_frac'].median():.1%} of the positions, "
-            f"{steps - 1}/{steps})" + (f", and its recurrent weight {', '.join(none)} gets none" if none else "")
-            + ": the loss reads the first time step only (out[:, 0]?), a state that has seen one element of the "
-            "sequence.",
+            f"{steps - 1}/{steps}), and its recurrent weight {', '.join(none)} gets none: the loss reads the first "
+            "time step only (out[:, 0]?), a state that has seen one element of the sequence.",
             "Read the last time step (out[:, -1] with batch_first=True, out[-1] without, or h_n[-1]); with padded "
             "batches, the last valid step of each sequence (pack_padded_sequence and h_n).",
             {"time_steps": steps, "zero_frac": float(rows["zero_frac"].median()), "captures": len(rows),
