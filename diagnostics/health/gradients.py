@@ -490,7 +490,10 @@ def weight_writes(run) -> pd.DataFrame:
     cols = ["layer", "a", "b", "change", "bound", "written"]
     if w.empty or u.empty or not set(_WEIGHT_STATS) <= set(w.columns):
         return pd.DataFrame(columns=cols)
-    lr, gn = (scalar(run, n).set_index("step")["value"] for n in ("lr", "grad_norm"))
+    groups = len(run.manifest.get("optimizer_groups") or [None])
+    rates = [scalar(run, "lr" if groups == 1 else f"lr/group{i}") for i in range(groups)]
+    lr = pd.concat(rates).groupby("step")["value"].max() if rates else pd.Series(dtype=float)  # the fastest group
+    gn = scalar(run, "grad_norm").set_index("step")["value"]
     u = u.assign(inf=np.maximum(u["min"].abs(), u["max"].abs())).set_index(["layer", "step"])["inf"]
     rows = []
     for layer, ws in w.groupby("layer"):
