@@ -1,6 +1,9 @@
 """Health rules on the gradients and the updates: NaN/Inf anywhere, vanishing or exploding
-gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3, steps a
-GradScaler keeps skipping.
+gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3 (or clipping
+that removes nearly all of the gradient), steps a GradScaler keeps skipping, weights written
+outside the optimizer (a re-init in the loop), a recurrent layer read at its first time step; and
+`penalty_in_gradient`, a penalty in the loss read from the gradient's shape (for
+`weight_decay_dominates` and `labels_unlearnable`).
 """
 
 from __future__ import annotations
