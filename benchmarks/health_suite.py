@@ -622,6 +622,43 @@ CONTROLS.append(Case("attention_batch_first", _case("mha_ok", model=lambda: _Row
 PLANTED.append(Case("lm_padding_in_loss", _padded_lm("pad_loss", False), "loss_on_padding"))
 CONTROLS.append(Case("lm_padding_ignored", _padded_lm("pad_ignored", True)))
 
+
+def _reinit_every(epoch_steps):
+    """`validate` hook re-initialising every Linear each `epoch_steps` steps: the `model.apply(init)`
+    left inside the epoch loop (PyTorch-forum "loss goes back up at every epoch" threads)."""
+    calls = []
+
+    def validate(model, run):
+        calls.append(1)
+        if (10 * len(calls)) % epoch_steps == 0:
+            for m in model.modules():
+                if isinstance(m, nn.Linear):
+                    m.reset_parameters()
+    return validate
+
+
+class _FirstStepReader(nn.Module):
+    """A GRU whose classifier reads `out[:, 0]`, the first time step, where the last was meant."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.emb, self.rnn, self.head = nn.Embedding(20, 16), nn.GRU(16, 32, batch_first=True), nn.Linear(32, 4)
+
+    def forward(self, x):
+        return self.head(self.rnn(self.emb(x))[0][:, 0])
+
+
+def _first_step_readout(f):
+    g = torch.Generator().manual_seed(0)
+    seqs = torch.randint(0, 20, (1024, 12), generator=g)
+    return loop(_FirstStepReader(), seqs, seqs[:, -1] % 4, f, "first_step", steps=120, batch=32)
+
+
+PLANTED.append(Case("weights_reinit_each_epoch", _case("reinit", validate=_reinit_every(40), steps=160, every=5),
+                    "weights_reset"))
+PLANTED.append(Case("rnn_reads_first_step", _first_step_readout, "sequence_readout", "rnn"))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

@@ -36,6 +36,7 @@ from diagnostics.health.common import (
     pooled_moments,
     scalar,
 )
+from diagnostics.health.gradients import penalty_in_gradient
 from diagnostics.health.registry import rule
 
 # Labels not learnable: training long enough, with the optimizer moving every weight matrix.
@@ -117,7 +118,9 @@ def rule_labels_unlearnable(run) -> list[Finding]:
     fits even random labels, slowly (Zhang et al. 2017, "Understanding deep learning
     requires rethinking generalization"); with real labels it would have left the
     prior long before. Stronger than `loss_vs_baseline`: that rule says no better than
-    the prior, this one rules out a frozen or starved optimizer and a too-small model."""
+    the prior, this one rules out a frozen or starved optimizer and a too-small model, and a
+    penalty that is the whole gradient (`gradients.penalty_in_gradient`: every layer moves, but only
+    towards zero; `weight_decay_dominates` names it)."""
     m = run.manifest
     if m.get("task") != "classification" or not (m.get("loss_fn") in CE_LOSSES or (
             m.get("loss_fn") in BINARY_LOSSES and m.get("num_classes") == 2)):
@@ -132,6 +135,8 @@ def rule_labels_unlearnable(run) -> list[Finding]:
     entropy = float(-(p * np.log(p)).sum())
     if s1 + 1 < LABELS_MIN_STEPS or entropy <= 0 or value < BASELINE_NEAR_FRACTION * entropy:
         return []
+    if penalty_in_gradient(run) is not None:
+        return []  # the model is ruled out first: the gradient is a penalty's, not the data's (weight_decay_dominates)
     ratios = _weight_ratios(run)
     if not ratios or not all(MOVING_RATIO_LOW <= r <= MOVING_RATIO_HIGH for r in ratios.values()):
         return []

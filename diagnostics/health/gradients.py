@@ -1,6 +1,9 @@
 """Health rules on the gradients and the updates: NaN/Inf anywhere, vanishing or exploding
-gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3, steps a
-GradScaler keeps skipping.
+gradients across depth, gradient-norm spikes, update-to-weight ratios far from ~1e-3 (or clipping
+that removes nearly all of the gradient), steps a GradScaler keeps skipping, weights written
+outside the optimizer (a re-init in the loop), a recurrent layer read at its first time step; and
+`penalty_in_gradient`, a penalty in the loss read from the gradient's shape (for
+`weight_decay_dominates` and `labels_unlearnable`).
 """
 
 from __future__ import annotations
@@ -8,13 +11,23 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import plotly.graph_objects as go
 
 from diagnostics import figures
 from diagnostics.health import charts
 from diagnostics.health.activations import MIN_DEPTH_LAYERS, defer_to_input_scale, rule_dead_units
-from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, scalar
-from diagnostics.health.problems import NOT_LEARNING, cause, high_ratio, lasting, low_ratio, starved, symptom
+from diagnostics.health.common import SKIPPED, Finding, dist, layer_order, make_finding, module_types, scalar
+from diagnostics.health.problems import (
+    NOT_LEARNING,
+    cause,
+    high_ratio,
+    lasting,
+    low_ratio,
+    same_layer,
+    starved,
+    symptom,
+)
 from diagnostics.health.registry import rule
 
 # Gradient (w.r.t. module outputs) RMS ratio between the first and the last layer.
@@ -45,6 +58,14 @@ UPDATE_RATIO_HIGH = 1e-1
 LOSS_FALL_FACTOR = 0.5
 STILL_FALLING = (0.9, 0.99)  # last fifth ≤ 0.9 x the first's and ≤ 0.99 x the one before it
 MIN_LOSS_POINTS = 4  # an LBFGS run of a few steps has a loss per step (each step many evaluations)
+# Clipping that removes nearly all of the gradient: the optimizer gets under 1% of the norm backward
+# produced at every captured step (≥ 3), clipping is on at ≥ 90% of the steps, and the loss does not
+# fall (its last fifth ≥ 90% of its first). Clipping at the gradient's usual norm keeps most of it
+# (pytorch/examples word_language_model: clip 0.25 on norms of ~1, with its loss falling).
+CLIP_KEPT = 0.01
+CLIP_STEP_SHARE = 0.9
+CLIP_LOSS_FLAT = 0.9
+MIN_STUCK_CLIPS = 3
 # Steps a GradScaler skipped: its initial scale backs off over the first steps, then about one
 # skip per growth interval (2,000 steps) is normal.
 AMP_SKIP_SHARE = 0.05
@@ -220,6 +241,11 @@ def rule_grad_norm_spikes(run) -> list[Finding]:
     )]
 
 
+def clipped_away(f: Finding) -> bool:
+    """An update-ratio finding whose cause is gradient clipping that removes nearly all of the gradient."""
+    return f.evidence.get("clip_kept") is not None
+
+
 def _ratio_chart(run, finding: Finding) -> go.Figure | None:
     if not finding.layer:
         return None
@@ -227,8 +253,10 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
-      "learning rate, info while the loss falls to half).", severities=("warning", "info"), evidence=_ratio_chart,
-      explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING),
+      "learning rate, info while the loss falls to half); or clipping that leaves the optimizer under 1% of the "
+      "gradient while the loss stays flat.", severities=("warning", "info"), evidence=_ratio_chart,
+      explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING), *((s, cause(clipped_away)) for s in NOT_LEARNING),
+                ("update_ratio", cause(clipped_away, symptom(low_ratio))),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes", "dead_units"))))
 def rule_update_ratio(run) -> list[Finding]:
     """Update-to-weight ratio ‖Δw‖/‖w‖ far from ~1e-3: its median over captures below 1e-5
@@ -272,7 +300,8 @@ def rule_update_ratio(run) -> list[Finding]:
                 "Raise the learning rate or use an adaptive optimizer (Adam); check for vanishing gradients "
                 "(initialisation, saturating activations) and for a schedule that decayed too early.",
                 ev, ref))
-    return findings
+    clip = _clipped_away(run, ratios)
+    return findings + ([clip] if clip is not None else [])
 
 
 def loss_falls(run) -> tuple[float, float] | None:
@@ -328,6 +357,54 @@ def _high_ratio(run, layer, med, n, steps, ev, ref, falls) -> Finding:
          "loss_fall_factor": LOSS_FALL_FACTOR}, ref + "; cs231n (a too-high rate stalls or diverges the loss)")
 
 
+def _clip_kept(run) -> pd.DataFrame:
+    """Per capture step the loop clipped at (`grad_clipped`): the norm of the gradients the
+    optimizer got (`param_grad`, read at optimizer.step) over the norm backward produced
+    (`grad_norm`): `kept`."""
+    g, norm, clipped = dist(run, "param_grad"), scalar(run, "grad_norm"), scalar(run, "grad_clipped")
+    if g.empty or norm.empty or clipped.empty:
+        return pd.DataFrame(columns=["step", "kept"])
+    got = np.sqrt((g["count"] * (g["std"] ** 2 + g["mean"] ** 2)).groupby(g["step"]).sum()).rename("got")
+    d = norm.merge(got, left_on="step", right_index=True).merge(clipped.rename(columns={"value": "clipped"}),
+                                                                on="step")
+    d = d[(d["clipped"] > 0.5) & (d["value"] > 0)]
+    return d.assign(kept=d["got"] / d["value"])[["step", "kept"]]
+
+
+def _clipped_away(run, ratios: pd.DataFrame) -> Finding | None:
+    """Gradient clipping that leaves the optimizer < 1% (CLIP_KEPT) of the gradient's norm at
+    every one of ≥ 3 captured steps, clipped at ≥ 90% of all steps, while the loss does not fall
+    (its last fifth ≥ 90% of its first): the weights barely move, though no ratio is below 1e-5."""
+    kept, clipped = _clip_kept(run), scalar(run, "grad_clipped")
+    loss = scalar(run, "loss")["value"].to_numpy(float)
+    if len(kept) < MIN_STUCK_CLIPS or (kept["kept"] >= CLIP_KEPT).any() or len(loss) < MIN_LOSS_POINTS:
+        return None
+    k = max(1, len(loss) // 5)
+    first, last = float(np.median(loss[:k])), float(np.median(loss[-k:]))
+    share = float((clipped["value"] > 0.5).mean())
+    if not np.isfinite(first + last) or last < CLIP_LOSS_FLAT * first or share < CLIP_STEP_SHARE:
+        return None
+    params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
+    mats = ratios[ratios["layer"].map(lambda n: len((params.get(n) or {}).get("shape", [])) >= 2)]
+    med = mats.groupby("layer")["ratio"].median() if not mats.empty else pd.Series(dtype=float)
+    layer = str(med.idxmin()) if not med.empty else None
+    ratio = float(med.min()) if not med.empty else math.nan
+    steps = kept["step"].astype(int)
+    return make_finding(
+        "update_ratio", "warning", layer, (steps.min(), steps.max()),
+        f"Gradient clipping removes nearly all of the gradient: at {len(kept)} captured steps the optimizer got "
+        f"{kept['kept'].median():.2%} of the norm backward produced (median; threshold {CLIP_KEPT:.0%}), clipped "
+        f"at {share:.0%} of the steps, so the weights move by {ratio:.2g} of their norm a step ({layer}) and the "
+        f"loss stays at {last:.3g} from {first:.3g}.",
+        "Raise the clipping threshold to around the gradient's usual norm (clip_grad_norm_(params, max_norm=1.0)); "
+        "clip_grad_value_ caps every element at the value, so a tiny value (1e-5) is not a norm threshold.",
+        {"clip_kept": float(kept["kept"].median()), "clip_kept_max": float(kept["kept"].max()),
+         "clipped_share": share, "median_ratio": ratio, "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH,
+         "loss_first": first, "loss_last": last, "threshold": CLIP_KEPT},
+        "Pascanu et al. 2013, On the difficulty of training recurrent neural networks (clipping rescales "
+        "rare large gradients); PyTorch docs: torch.nn.utils.clip_grad_value_")
+
+
 def _dead_layers(run) -> list[str]:
     """The layers whose ReLU units died (a loud dead_units finding)."""
     return [f.layer for f in rule_dead_units(run) if f.severity in ("warning", "error") and f.layer]
@@ -374,3 +451,249 @@ def rule_amp_skipped_steps(run) -> list[Finding]:
         {"skipped": len(flagged), "steps": len(steps), "late_share": share, "stuck": stuck,
          "first_steps": sorted(flagged)[:20]},
         "PyTorch docs: Automatic Mixed Precision, torch.amp.GradScaler")]
+
+
+# Weights written outside the optimizer. Every statistic recorded of a weight (mean, std, min, max,
+# the quantiles) moves by at most the largest element change, ‖w_b − w_a‖∞ ≤ Σ_t ‖Δw_t‖∞ over the
+# steps between two captures. The updates of the uncaptured steps are bounded by the larger of the
+# two captured ones, scaled up where the learning rate or the gradient norm (recorded every step)
+# rose in between. On healthy runs (Adam, SGD with momentum, AdamW under OneCycleLR; sampled
+# updates of 512x512 layers) the change reaches at most 1.04x that bound; a re-initialisation
+# every epoch reaches 3.7-24x. A write is a change 3x the bound, of at least 5% of the weight's std.
+WRITE_FACTOR = 3.0
+WRITE_MIN_CHANGE = 0.05
+WRITE_SHARE = 0.5  # of the parameters compared over the same interval: the whole model was written
+# ... and the loss went back to where it started: the worst loss after the write undoes at least
+# 75% of what the loss had fallen from its first steps' median to the 5 steps before the write, a
+# fall of at least 5% (a restored checkpoint undoes none of it; a model that has learned nothing
+# has nothing to undo).
+RESET_UNDONE = 0.75
+RESET_LEARNED = 0.05
+_WEIGHT_STATS = ("mean", "std", "min", "max", "q01", "q05", "q25", "q50", "q75", "q95", "q99")
+
+
+def _step_growth(s, a: int, b: int) -> np.ndarray | None:
+    """Per step a..b-1: how far the scalar `s` (step-indexed) rose above its smaller value at a
+    and b (1 where it did not, or is not recorded); None when it is 0 there and rises after."""
+    ref = [v for v in (s.get(a), s.get(b)) if v is not None and np.isfinite(v)]
+    vals = s.reindex(range(a, b)).to_numpy(float)
+    if not ref:
+        return np.ones(b - a)
+    low = min(ref)
+    if low <= 0:
+        return None if np.nanmax(np.r_[vals, 0.0]) > 0 else np.ones(b - a)
+    return np.where(np.isfinite(vals), np.maximum(1.0, vals / low), 1.0)
+
+
+def weight_writes(run) -> pd.DataFrame:
+    """Per parameter and pair of consecutive captures (a, b): `change` (the largest change of a
+    recorded weight statistic), `bound` (what the optimizer's updates can add up to) and `written`
+    (change above WRITE_FACTOR x bound and WRITE_MIN_CHANGE x the weight's std)."""
+    w, u = dist(run, "weight"), dist(run, "update")
+    cols = ["layer", "a", "b", "change", "bound", "written"]
+    if w.empty or u.empty or not set(_WEIGHT_STATS) <= set(w.columns):
+        return pd.DataFrame(columns=cols)
+    groups = len(run.manifest.get("optimizer_groups") or [None])
+    rates = [scalar(run, "lr" if groups == 1 else f"lr/group{i}") for i in range(groups)]
+    lr = pd.concat(rates).groupby("step")["value"].max() if rates else pd.Series(dtype=float)  # the fastest group
+    gn = scalar(run, "grad_norm").set_index("step")["value"]
+    u = u.assign(inf=np.maximum(u["min"].abs(), u["max"].abs())).set_index(["layer", "step"])["inf"]
+    rows = []
+    for layer, ws in w.groupby("layer"):
+        ws = ws.sort_values("step")
+        for (_, x), (_, y) in zip(ws.iterrows(), ws.iloc[1:].iterrows()):
+            a, b = int(x["step"]), int(y["step"])
+            base = max(u.get((layer, a), np.nan), u.get((layer, b), np.nan))
+            grow = [_step_growth(s, a, b) for s in (lr, gn)]
+            if not np.isfinite(base) or base <= 0 or any(g is None for g in grow):
+                continue
+            change = max(abs(float(y[k]) - float(x[k])) for k in _WEIGHT_STATS)
+            bound = float(base * np.sum(grow[0] * grow[1]))
+            written = change > WRITE_FACTOR * bound and change > WRITE_MIN_CHANGE * float(x["std"])
+            rows.append((layer, a, b, change, bound, written))
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _reset_loss(loss: pd.Series, a: int, b: int) -> tuple[float, float, float] | None:
+    """(first, before, after): the loss's first 5 steps' median, the 5 steps' to a, and its worst
+    over (a, b], when it went back near its start (RESET_UNDONE) after having fallen (RESET_LEARNED)."""
+    if len(loss) < MIN_LOSS_POINTS:
+        return None
+    first = float(loss.iloc[:5].median())
+    before = loss[(loss.index <= a)].iloc[-5:]
+    after = loss[(loss.index > a) & (loss.index <= b)]
+    if first <= 0 or before.empty or after.empty:
+        return None
+    v = (first, float(before.median()), float(after.max()))
+    learned = first - v[1]
+    return v if learned >= RESET_LEARNED * first and v[2] >= first - (1 - RESET_UNDONE) * learned else None
+
+
+def _writes_chart(run, finding: Finding) -> go.Figure | None:
+    return charts.weight_norm(run, finding.layer) if finding.layer else None
+
+
+@rule("Weights written outside the optimizer: between two captures most parameters change 3x more than "
+      "the recorded updates allow (warning when the loss goes back to where it started: a re-initialisation).",
+      severities=("warning", "info"), evidence=_writes_chart,
+      explains=("grad_norm_spikes", ("update_ratio", symptom(high_ratio)), *NOT_LEARNING))
+def rule_weights_reset(run) -> list[Finding]:
+    """Weights changed by something other than the optimizer (`weight_writes`: a change of a
+    recorded weight statistic over 3x what the updates between the two captures can add up to)
+    in at least half of the parameters over the same interval. A warning when the loss at a
+    step in that interval undoes ≥ 75% of its fall (≥ 5%) from its first steps to the write:
+    the model was re-initialised (a `model.apply(init)` or `reset_parameters()` inside the
+    epoch loop, a checkpoint of step 0 loaded). Otherwise info: a restored checkpoint or an
+    EMA swap writes weights on purpose and the loss stays low. Reference: the triangle
+    inequality on ‖Δw‖∞; TrainCheck (OSDI 2025), invariant "parameters change only through
+    optimizer.step"; the PyTorch-forum report "loss resets to the initial value each epoch"."""
+    writes = weight_writes(run)
+    if writes.empty:
+        return []
+    share = writes.groupby(["a", "b"])["written"].mean()
+    spans = [ab for ab, s in share.items() if s >= WRITE_SHARE]
+    if not spans:
+        return []
+    loss = scalar(run, "loss").set_index("step")["value"].astype(float)
+    resets = [(ab, r) for ab in spans if (r := _reset_loss(loss, *ab)) is not None]
+    hit = writes[writes["written"] & writes.set_index(["a", "b"]).index.isin(spans)]
+    worst = hit.loc[(hit["change"] / hit["bound"]).idxmax()]
+    where = ", ".join(f"{a}-{b}" for a, b in spans[:6]) + (" ..." if len(spans) > 6 else "")
+    msg = (f"Between the captures at steps {where}, {hit['layer'].nunique()} parameter(s) changed far more than "
+           f"the optimizer's updates allow (worst: {worst['layer']}, {worst['change']:.3g} against at most "
+           f"{worst['bound']:.3g} from the updates, steps {int(worst['a'])}-{int(worst['b'])}): something else "
+           "wrote the weights")
+    if resets:
+        (a, b), (first, before, after) = resets[0]
+        msg += (f", and the loss went back to where it started ({after:.3g} after steps {a}-{b}, from {before:.3g};"
+                f" {first:.3g} at the start) {len(resets)} time(s): the model is re-initialised during training.")
+        advice = ("Initialise the model once, before the training loop: move model.apply(init_fn) / "
+                  "reset_parameters() / load_state_dict(initial) out of the epoch loop.")
+    else:
+        msg += "; a checkpoint loaded, an EMA swap or a manual edit (fine if meant)."
+        advice = "If nothing should write the weights between optimizer steps, look for a load_state_dict or init call."
+    return [make_finding(
+        "weights_reset", "warning" if resets else "info", str(worst["layer"]),
+        (spans[0][0], spans[-1][1]), msg, advice,
+        {"intervals": [list(ab) for ab in spans[:20]], "resets": [list(ab) for ab, _ in resets[:20]],
+         "parameters": sorted(hit["layer"].unique().tolist())[:20], "worst_change": worst["change"],
+         "worst_bound": worst["bound"], "factor": WRITE_FACTOR, "share": WRITE_SHARE},
+        "TrainCheck (Jiang et al., OSDI 2025); the triangle inequality on the largest element change")]
+
+
+# A recurrent module read at its first time step: its output (N, T, H) gets a gradient at 1 of its T
+# steps only (the gradient w.r.t. the output zero at (T-1)/T of the positions, within 1%) on at least
+# 80% of ≥ 3 captures, as for any one-step readout (out[:, -1] too: backpropagation through time runs
+# inside the module), and its recurrent weights get no gradient at any capture: the step read is the
+# first (h_0 = 0, so weight_hh never acts on what reaches the loss), a state that has seen one token.
+RECURRENT_TYPES = ("RNN", "LSTM", "GRU")
+READOUT_TOLERANCE = 0.01
+READOUT_SHARE = 0.8
+MIN_READOUT_CAPTURES = 3
+
+
+def _time_steps(run, shape: list) -> int | None:
+    """T of a recurrent output (N, T, H) or (T, N, H): the axis that is not the loss's batch."""
+    batch = ((run.manifest.get("loss_input_shapes") or {}).get("outputs") or [None])[0]
+    if batch is None or len(shape or []) != 3 or shape[0] == shape[1]:
+        return None
+    return shape[1] if shape[0] == batch else shape[0] if shape[1] == batch else None
+
+
+def _zero_gradient(run, names: list[str]) -> list[str]:
+    """Of `names`, the parameters whose gradient is exactly zero at every capture."""
+    g = dist(run, "param_grad")
+    if g.empty:
+        return []
+    g = g[g["layer"].isin(names)]
+    return [n for n, rows in g.groupby("layer") if ((rows["min"] == 0) & (rows["max"] == 0)).all()]
+
+
+@rule("A recurrent layer read at one time step: its output gets a gradient at 1 of T steps, its recurrent "
+      "weight none (the loss reads out[:, 0], a state that has seen one token).",
+      severities=("error", "warning"), evidence=_depth_chart,
+      explains=(("stuck_parameters", same_layer), ("update_ratio", same_layer), "vanishing_gradients",
+                *NOT_LEARNING))
+def rule_sequence_readout(run) -> list[Finding]:
+    """A unidirectional RNN/LSTM/GRU whose output gets a gradient at one time step only: the
+    gradient w.r.t. its (N, T, H) output is zero at (T−1)/T of the positions (within 1%) on ≥ 80%
+    of ≥ 3 captures, T ≥ 2 (the time axis is the one that is not the loss's batch), and its
+    `weight_hh` gets no gradient at any capture: the step read is the first (h_0 = 0), whose
+    state has seen one element. Warning. Read at the last step (the usual readout) the output
+    has the same zeros, but weight_hh learns: quiet. A Transformer read at its [CLS]
+    position has the same pattern by design: only recurrent modules are read. Reference:
+    PyTorch docs, nn.GRU/nn.LSTM (output holds h_t for every t; h_n the last); Goodfellow et
+    al. 2016 §10.2 (backpropagation through time)."""
+    shapes, types = run.manifest.get("output_shapes") or {}, module_types(run)
+    d = dist(run, "gradient")
+    if d.empty or "zero_frac" not in d:
+        return []
+    findings = []
+    for name, kind in types.items():
+        steps = _time_steps(run, shapes.get(name)) if str(kind) in RECURRENT_TYPES else None
+        rows = d[(d["layer"] == name) & np.isfinite(d["zero_frac"])]
+        if not steps or steps < 2 or len(rows) < MIN_READOUT_CAPTURES:
+            continue
+        one = (rows["zero_frac"] - (steps - 1) / steps).abs() <= READOUT_TOLERANCE
+        if one.mean() < READOUT_SHARE:
+            continue
+        hh = [p["name"] for p in run.manifest.get("parameters", []) or []
+              if p["name"].startswith(f"{name}.weight_hh")]
+        if any("reverse" in n for n in hh):
+            continue  # bidirectional: its backward half reads every step from the first
+        none = _zero_gradient(run, hh)
+        if not none or len(none) < len(hh):
+            continue  # a later step (the last: the usual readout), whose state has seen the sequence
+        s0, s1 = int(rows["step"].min()), int(rows["step"].max())
+        findings.append(make_finding(
+            "sequence_readout", "warning", name, (s0, s1),
+            f"{name} ({kind}): on {int(one.sum())} of {len(rows)} captures only 1 of its {steps} time steps gets a "
+            f"gradient (the gradient w.r.t. its output is zero at {rows['zero_frac'].median():.1%} of the positions, "
+            f"{steps - 1}/{steps}), and its recurrent weight {', '.join(none)} gets none: the loss reads the first "
+            "time step only (out[:, 0]?), a state that has seen one element of the sequence.",
+            "Read the last time step (out[:, -1] with batch_first=True, out[-1] without, or h_n[-1]); with padded "
+            "batches, the last valid step of each sequence (pack_padded_sequence and h_n).",
+            {"time_steps": steps, "zero_frac": float(rows["zero_frac"].median()), "captures": len(rows),
+             "one_step_captures": int(one.sum()), "recurrent_without_gradient": none,
+             "tolerance": READOUT_TOLERANCE},
+            "PyTorch docs: torch.nn.GRU, torch.nn.LSTM (outputs); Goodfellow et al. 2016, Deep Learning §10.2"))
+    return findings
+
+
+# A penalty on the weights read from its effect (an L2 term λ·Σw² added to the loss by hand gives
+# the gradient 2λ·w): the gradient of every weight matrix is one multiple c of the weight itself,
+# its quantiles (5%-95%) within 15% of the gradient's std of c x the weight's, with one c across the
+# matrices and the captures (largest over smallest ≤ 1.25), on ≥ 3 captures, while every matrix's
+# norm shrinks below 0.8x its first capture's. The data's gradient has no such shape: it is not a
+# multiple of the weights, nor one multiple across layers and steps (healthy digits MLPs: misfit
+# 0.21-1.1; a lambda-1 penalty: 0.01-0.09).
+PENALTY_FIT = 0.15
+PENALTY_SPREAD = 1.25
+PENALTY_SHRINK = 0.8
+MIN_PENALTY_CAPTURES = 3
+_QUANTILES = ("q05", "q25", "q50", "q75", "q95")
+
+
+def penalty_in_gradient(run) -> dict | None:
+    """What a penalty on the weights left in the gradient (see PENALTY_FIT): `ratio` (c, the
+    gradient over the weight), `layers`, `shrink` (each matrix's last norm over its first),
+    `captures`, `fit` (the worst quantile misfit, in the gradient's std), `steps`; None when the
+    gradient is not that."""
+    w, g = dist(run, "weight"), dist(run, "param_grad")
+    mats = [p["name"] for p in run.manifest.get("parameters", []) or []
+            if len(p.get("shape", [])) >= 2 and p.get("requires_grad", True) is not False]
+    if w.empty or g.empty or not mats or not set(_QUANTILES) <= set(w.columns):
+        return None
+    d = w.merge(g, on=["step", "layer"], suffixes=("_w", "_g"))
+    d = d[d["layer"].isin(mats) & (d["std_w"] > 0) & (d["std_g"] > 0)]
+    if d.empty or set(d["layer"]) != set(mats) or d.groupby("layer").size().min() < MIN_PENALTY_CAPTURES:
+        return None
+    c = d["std_g"] / d["std_w"]
+    misfit = np.max([np.abs(d[f"{q}_g"] - c * d[f"{q}_w"]) / d["std_g"] for q in _QUANTILES], axis=0)
+    norm = np.sqrt(d["count_w"] * (d["std_w"] ** 2 + d["mean_w"] ** 2))
+    shrink = d.assign(norm=norm).sort_values("step").groupby("layer")["norm"].agg(lambda n: n.iloc[-1] / n.iloc[0])
+    if (misfit > PENALTY_FIT).any() or c.max() > PENALTY_SPREAD * c.min() or (shrink >= PENALTY_SHRINK).any():
+        return None
+    return {"ratio": float(c.median()), "layers": mats, "shrink": {k: float(v) for k, v in shrink.items()},
+            "captures": int(d["step"].nunique()), "fit": float(misfit.max()),
+            "steps": (int(d["step"].min()), int(d["step"].max()))}

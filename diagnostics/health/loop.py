@@ -34,6 +34,7 @@ from diagnostics import schema
 from diagnostics.health import charts
 from diagnostics.health.common import NORM_TYPES, Finding, dist, last_loss, make_finding, module_types, scalar
 from diagnostics.health.fit import rule_loss_vs_baseline
+from diagnostics.health.gradients import penalty_in_gradient
 from diagnostics.health.problems import (
     NOT_LEARNING,
     high_ratio,
@@ -450,7 +451,8 @@ def _decay_words(share: float, decoupled: bool) -> str:
     return f"is {share:.0%} of the gradient the optimizer follows"
 
 
-@rule("Weight decay most of the step while the weights shrink (wd far above 1e-2 AdamW / 5e-4 SGD).",
+@rule("Weight decay most of the step while the weights shrink (wd far above 1e-2 AdamW / 5e-4 SGD), or a "
+      "penalty in the loss read from its effect: every weight matrix's gradient one multiple of the weight.",
       severities=("warning",), evidence=_norm_chart,
       explains=("update_ratio", "stuck_parameters", "vanishing_gradients",
                 ("activation_scale_depth", symptom(shrinking)), *NOT_LEARNING))
@@ -490,7 +492,31 @@ def rule_weight_decay_dominates(run) -> list[Finding]:
                 {"decay_share": share, "weight_norm_ratio": shrink, "weight_decay": group.get("weight_decay"),
                  "decoupled": bool(rows["decoupled"].iloc[0]), "threshold": DECAY_SHARE},
                 "Loshchilov & Hutter 2019, Decoupled Weight Decay Regularization"))
-    return findings
+    return findings or _penalty_in_loss(run)
+
+
+def _penalty_in_loss(run) -> list[Finding]:
+    """The same cause with no weight_decay in the optimizer: a penalty added to the loss by hand,
+    read from its effect on the gradient (`gradients.penalty_in_gradient`)."""
+    pen = penalty_in_gradient(run)
+    if pen is None:
+        return []
+    c, shrink = pen["ratio"], pen["shrink"]
+    s0, s1 = pen["steps"]
+    return [make_finding(
+        "weight_decay_dominates", "warning", pen["layers"][0], (s0, s1),
+        f"The gradient of every weight matrix ({_names(pen['layers'], 4)}) is {c:.3g}x the weight itself at each of "
+        f"{pen['captures']} captures (one ratio across layers and steps; quantiles within {pen['fit']:.0%} of the "
+        f"gradient's std) while the weights shrink to {max(shrink.values()):.2f}x or less over steps {s0}-{s1}: a "
+        f"penalty on the weights in the loss (an L2 term lambda*sum(w^2) gives 2*lambda = {c:.3g}) is the whole "
+        "gradient, and the data's signal is lost under it.",
+        "Scale the penalty down (lambda around 1e-4 for a sum of squares over the parameters, divided by the "
+        "number of samples if the data loss is a mean), or drop it and use the optimizer's weight_decay "
+        "(AdamW: 1e-2; SGD: 1e-4 to 5e-4).",
+        {"gradient_to_weight": c, "weight_norm_ratio": min(shrink.values()), "shrink": shrink,
+         "fit": pen["fit"], "captures": pen["captures"], "weight_decay": 0, "penalty_in_loss": True},
+        "Krogh & Hertz 1992, A Simple Weight Decay Can Improve Generalization (the L2 term's gradient "
+        "2*lambda*w); Loshchilov & Hutter 2019")]
 
 
 def _batch_chart(run, finding: Finding) -> go.Figure:
