@@ -482,7 +482,8 @@ def rule_target_range(run) -> list[Finding]:
     class". torch checks this range for BCELoss (an error) but not for BCEWithLogitsLoss.
     CrossEntropyLoss given float targets of the outputs' shape (class probabilities) whose rows
     do not sum to 1: |sum − 1| > 0.1 (median over ≥ 2 probed captures, `target_sum_dev`), as
-    multi-hot labels with several ones per row. The loss then rewards spreading the
+    multi-hot labels with several ones per row (a loss that went below 0, from negative
+    targets, is `negative_loss`'s). The loss then rewards spreading the
     probability over the row's ones and stays above what one-hot targets allow (the uniform
     prediction's log K times the row sum). Error either way. Reference: PyTorch docs,
     torch.nn.BCEWithLogitsLoss and torch.nn.BCELoss ("the targets y should be numbers between
@@ -515,14 +516,16 @@ def rule_target_range(run) -> list[Finding]:
 
 def _target_row_sums(run, loss_fn: str) -> list[Finding]:
     """CrossEntropyLoss's probability targets whose rows sum to something else than 1."""
-    probe = _probe(run, schema.TARGET_SUM_DEV)
+    probe, loss = _probe(run, schema.TARGET_SUM_DEV), scalar(run, "loss")
     if len(probe) < MIN_PROBES or float(probe["value"].median()) <= SUM_OFF:
         return []
+    if len(loss) and float(loss["value"].min()) < -NEGATIVE_TOL:
+        return []  # negative targets (one-hot − eps): `negative_loss` names that break of the contract
     dev, steps = float(probe["value"].median()), (int(probe["step"].min()), int(probe["step"].max()))
     c, integer = _classes(run), _probe(run, "label_integer_frac")
     binary = not integer.empty and bool((integer["value"] == 1).all())
     what = "0/1 targets with several ones per row (multi-hot labels)" if binary else "targets"
-    loss, bound = scalar(run, "loss"), math.log(c) if c > 1 else math.nan
+    bound = math.log(c) if c > 1 else math.nan
     above = (f" The loss, median {float(loss['value'].median()):.3g}, stays above log K = {bound:.3g}, what the "
              "uniform prediction gives one-hot targets." if len(loss) and float(loss["value"].median()) > bound else "")
     return [make_finding(
