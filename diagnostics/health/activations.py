@@ -360,7 +360,7 @@ def _constant_batch_layers(run) -> tuple[list[str], list[int]]:
     (≥ 2) had some units off for the whole batch and every other unit on for all of it; empty when
     any such layer had a unit on for part of the batch."""
     d = dist(run, "activation")
-    if d.empty or "dead_frac" not in d:
+    if d.empty or "dead_frac" not in d or "zero_frac" not in d:
         return [], []
     shapes = run.manifest.get("output_shapes") or {}
     layers, steps = [], set()

@@ -349,7 +349,7 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     d = d[d["count"] > 0] if not d.empty else d
     last = _last_leaf(run)
     softmax = med is not None and not d.empty and med["prob_sum_dev_class"] < SUM_TOL and float(d["min"].min()) >= 0
-    clamped = not d.empty and float(d["zero_frac"].median()) >= ZERO_LOGIT_SHARE  # a ReLU: `relu_on_logits`
+    clamped = not d.empty and "zero_frac" in d and float(d["zero_frac"].median()) >= ZERO_LOGIT_SHARE  # a ReLU
     bounded = (_bounded_in_unit(d) and not clamped) or (d.empty and last in _SQUASHING)
     if not (softmax or bounded):
         return []
@@ -634,7 +634,7 @@ def _never_positive_classes(run, layer: str | None, classes: int) -> int | None:
     module's `dead_frac` (a ReLU after the classifier: one unit per class)."""
     act = dist(run, "activation")
     act = act[act["layer"] == layer] if layer and not act.empty else act
-    if act.empty or classes < 2 or not np.isfinite(act["dead_frac"].iloc[-1]):
+    if act.empty or "dead_frac" not in act or classes < 2 or not np.isfinite(act["dead_frac"].iloc[-1]):
         return None
     return int(round(float(act["dead_frac"].iloc[-1]) * classes))
 
@@ -659,7 +659,8 @@ def rule_relu_on_logits(run) -> list[Finding]:
         return []
     d = _logits(run)
     d = d[d["count"] > 0] if not d.empty else d
-    if len(d) < MIN_PROBES or float(d["min"].min()) < 0 or float(d["zero_frac"].median()) < ZERO_LOGIT_SHARE:
+    if len(d) < MIN_PROBES or "zero_frac" not in d or float(d["min"].min()) < 0 or float(
+            d["zero_frac"].median()) < ZERO_LOGIT_SHARE:
         return []
     steps = (int(d["step"].min()), int(d["step"].max()))
     name, kind = _last_module(run)
