@@ -412,27 +412,32 @@ def rule_unshuffled_batches(run) -> list[Finding]:
 
 
 def _head_classes(run) -> int:
-    """K: the manifest's num_classes, else the outputs' dim 1 (0: unknown)."""
+    """K: 2 for a binary loss on one output per sample; else the manifest's num_classes, else the
+    outputs' dim 1 (0: unknown, or a multi-label binary head, whose argmax labels are no class)."""
     shape = (run.manifest.get("loss_input_shapes") or {}).get("outputs") or ()
+    if run.manifest.get("loss_fn") in BINARY_LOSSES:
+        return 2 if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1) else 0
     return int(run.manifest.get("num_classes") or (shape[1] if len(shape) >= 2 else 0))
 
 
-@rule("Labels of one class only over the whole run, into a K-class cross-entropy head (a label column parsed "
-      "wrong, a filter that kept one class): the loss falls to 0 by predicting that class for every input.",
+@rule("Labels of one class only over the whole run, into a K-class cross-entropy or binary head (a label column "
+      "parsed wrong, a filter that kept one class): the loss falls to 0 by predicting that class for every input.",
       severities=("error", "info"), evidence=_batch_shares_chart,
       explains=("loss_vs_baseline", "output_vs_label", "label_noise", "labels_unlearnable", "unshuffled_batches"))
 def rule_single_class_labels(run) -> list[Finding]:
     """Every training label captured (≥ 3 captures, ≥ 30 labels pooled) is the same class, with
-    CrossEntropyLoss or NLLLoss over K ≥ 2 outputs. The trivial baseline is then 0 nats: the
-    model learns a bias towards that class and nothing about the inputs, and "far below the
-    prior" means nothing. An error when the loss ends below 10% of log K (the model found the
-    trivial answer); info otherwise, since a contrastive loss with the positive at a fixed
-    index (MoCo's InfoNCE: labels all 0) has this shape and a loss that stays high.
-    Reference: Karpathy 2019, "A Recipe for Training Neural Networks" ("become one with the
-    data": look at the label distribution); PyTorch docs, torch.nn.CrossEntropyLoss."""
+    CrossEntropyLoss or NLLLoss over K ≥ 2 outputs, or a binary loss (BCE) on one output per
+    sample (K = 2; a GAN generator's all-"real" labels keep its adversarial loss far from 0).
+    The trivial baseline is then 0 nats: the model learns a bias towards that class and nothing
+    about the inputs, and "far below the prior" means nothing. An error when the loss ends below
+    10% of log K (the model found the trivial answer); info otherwise, since a contrastive loss
+    with the positive at a fixed index (MoCo's InfoNCE: labels all 0) has this shape and a loss
+    that stays high. Reference: Karpathy 2019, "A Recipe for Training Neural Networks" ("become
+    one with the data": look at the label distribution); PyTorch docs,
+    torch.nn.CrossEntropyLoss."""
     m = run.manifest
     k = _head_classes(run)
-    if m.get("task") != "classification" or m.get("loss_fn") not in CE_LOSSES or k < 2:
+    if m.get("task") != "classification" or m.get("loss_fn") not in CE_LOSSES | BINARY_LOSSES or k < 2:
         return []
     lab = dist(run, "label")
     lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab

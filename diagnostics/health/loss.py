@@ -286,6 +286,8 @@ def rule_double_sigmoid(run) -> list[Finding]:
     d = d[d["count"] > 0] if not d.empty else d
     if len(d) < MIN_PROBES or not _both_classes(run):
         return []
+    if "zero_frac" in d and float(d["zero_frac"].median()) >= ZERO_LOGIT_SHARE:
+        return []  # exact zeros: a ReLU's clamp (`relu_on_logits`), which a sigmoid never gives
     lo, hi = float(d["min"].min()), float(d["max"].max())
     bounds = (0.0, 1.0) if loss_fn in _LOGIT_BINARY else DOUBLE_SIGMOID_RANGE
     if not (lo >= bounds[0] - 1e-6 and hi <= bounds[1] + 1e-6):

@@ -62,6 +62,14 @@ def test_relu_after_the_classifier_is_named_as_the_cause(tmp_path):
     assert "softmax_before_cross_entropy" not in _loud(r)  # a clamp, not a sigmoid
 
 
+def test_relu_before_bce_with_logits_is_named_not_a_double_sigmoid(tmp_path):
+    x, y = _data(k=2)
+    model = nn.Sequential(_mlp(k=1), nn.ReLU())
+    r, _ = _train(tmp_path, "relu_bce", model, x, y.float()[:, None], crit=nn.BCEWithLogitsLoss())
+    assert float(model(x).detach().min()) == 0  # plain torch: the probability never falls below 0.5
+    assert problems(r)[0].cause.rule == "relu_on_logits" and "double_sigmoid" not in _loud(r)
+
+
 def test_raw_logits_into_cross_entropy_are_quiet(tmp_path):
     x, y = _data()
     r, model = _train(tmp_path, "raw_logits", _mlp(), x, y)
@@ -156,6 +164,14 @@ def test_labels_all_one_class_are_an_error(tmp_path):
     first = problems(r)[0]
     assert first.cause.rule == "single_class_labels" and first.cause.severity == "error"
     assert first.cause.evidence["class"] == 0
+
+
+def test_binary_labels_all_zero_into_bce_are_an_error(tmp_path):
+    x, _ = _data()
+    y = torch.zeros(len(x), 1)
+    r, _ = _train(tmp_path, "bce_one_class", _mlp(k=1), x, y, crit=nn.BCEWithLogitsLoss(), steps=80)
+    first = problems(r)[0]
+    assert first.cause.rule == "single_class_labels" and first.cause.severity == "error"
 
 
 def test_two_classes_are_quiet(tmp_path):
