@@ -105,6 +105,6 @@ def test_fault_lines_say_what_is_missing_once_per_fault():
 
 def test_module_table_shows_batch_first_where_recorded_and_blank_elsewhere():
     from diagnostics.overview import module_table
-    table = module_table({"modules": [{"name": "", "type": "Net", "leaf": False, "params": 0},
-                                      {"name": "lstm", "type": "LSTM", "leaf": True, "params": 8, "batch_first": False}]})
+    lstm = {"name": "lstm", "type": "LSTM", "leaf": True, "params": 8, "batch_first": False}
+    table = module_table({"modules": [{"name": "", "type": "Net", "leaf": False, "params": 0}, lstm]})
     assert table["batch_first"].tolist() == ["", "False"]
