@@ -658,6 +658,58 @@ def _first_step_readout(f):
 PLANTED.append(Case("weights_reinit_each_epoch", _case("reinit", validate=_reinit_every(40), steps=160, every=5),
                     "weights_reset"))
 PLANTED.append(Case("rnn_reads_first_step", _first_step_readout, "sequence_readout", "rnn"))
+# ---------------------------------------------------------------------------------
+# What the loss is given, the labels and the inputs (issue #23: a held-out set's misses)
+
+
+class _RowLstm(nn.Module):
+    """Flat digits as 8 rows of 8 pixels into an LSTM read at its last row. Built without
+    batch_first and given (batch, rows, pixels): StackOverflow "LSTM batch_first=True forgotten"
+    and the PyTorch forum's "input shape for nn.LSTM" threads (the batch is run as time); the
+    control is built with batch_first=True."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        torch.manual_seed(0)
+        self.lstm, self.head = nn.LSTM(8, 48, batch_first=batch_first), nn.Linear(48, 10)
+
+    def forward(self, x):
+        return self.head(self.lstm(x.view(x.shape[0], 8, 8))[0][:, -1])
+
+
+def _relu_after_head():
+    """PyTorch forum "Should I use ReLU on the output layer?" / StackOverflow "ReLU before
+    CrossEntropyLoss": the classifier's logits through a ReLU."""
+    return nn.Sequential(_dmlp(), nn.ReLU())
+
+
+def _digit_and_next(x, y):
+    """Multi-label targets into CrossEntropyLoss (StackOverflow "Multi-label classification with
+    CrossEntropyLoss"; nn.BCEWithLogitsLoss meant): each digit tagged with itself and its successor."""
+    return x, F.one_hot(y, 10).float() + F.one_hot((y + 1) % 10, 10).float()
+
+
+_ADAM_2 = lambda m: torch.optim.Adam(m.parameters(), lr=1e-2)
+PLANTED += [
+    Case("relu_after_classifier", _case("relu_head", model=_relu_after_head, steps=60, every=5), "relu_on_logits"),
+    Case("lstm_batch_first_missing", _case("lstm_seq_first", model=lambda: _RowLstm(False), steps=60, batch=32,
+                                           every=5), "batch_first_mismatch", "lstm"),
+    Case("multi_label_into_cross_entropy", _case("multi_label_ce", prep=_digit_and_next, steps=60, every=5),
+         "target_range"),
+    # "is it a 3?" built as `y == "3"` on integer labels: every label 0 (a binary head)
+    Case("labels_one_class_only", _case("one_class", model=lambda: _dmlp(d_out=2), opt=_ADAM_2,
+                                        prep=lambda x, y: (x, torch.zeros_like(y)), steps=60, every=5),
+         "single_class_labels", "train/class"),
+    # a Dataset whose __getitem__ returns self.x[0] (StackOverflow "DataLoader returns the same image")
+    Case("dataset_returns_one_sample", _case("one_sample", prep=lambda x, y: (x[:1].expand(len(x), -1).clone(), y),
+                                             steps=60, every=5), "constant_inputs", "1"),
+]
+CONTROLS += [
+    Case("lstm_rows_batch_first", _case("lstm_batch_first", model=lambda: _RowLstm(True), steps=60, batch=32,
+                                        every=5)),
+    Case("one_hot_float_targets", _case("one_hot_ce", prep=lambda x, y: (x, F.one_hot(y, 10).float()), steps=60,
+                                        every=5)),
+]
 
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 

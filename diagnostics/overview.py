@@ -90,6 +90,8 @@ def module_table(manifest: dict) -> pd.DataFrame:
         int(sum(p for other, p in zip(names, modules["params"]) if other == n or other.startswith(n + ".")))
         for n in names])
     modules = modules.rename(columns={"params": "params (own)"})
+    if "batch_first" in modules:  # recorded for LSTM/GRU/attention modules only: blank elsewhere
+        modules["batch_first"] = modules["batch_first"].map(lambda v: str(v) if isinstance(v, bool) else "")
     shapes = manifest.get("output_shapes") or {}
     if shapes:
         modules["output shape"] = modules["name"].map(lambda n: str(shapes[n]) if n in shapes else "")

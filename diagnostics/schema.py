@@ -88,6 +88,10 @@ MSE_LOSSES = frozenset({"MSELoss", "mse_loss"})
 PROBE_PREFIX = "probe/"
 PROBE_FIELDS = ("prob_sum_dev_class", "prob_sum_dev_batch", "logprob_sum_dev_class", "logprob_sum_dev_batch",
                 "label_integer_frac", "label_distinct", "output_columns", "broadcast")
+# Float targets shaped like the outputs (class probabilities for CrossEntropyLoss): mean |sum
+# over dim 1 - 1| of the targets at capture steps (hooks/probes.py, `target_sum_probe`); 0 when each
+# row is a distribution (one-hot, smoothed, mixup), 1.5 for multi-hot rows holding 2.5 ones.
+TARGET_SUM_DEV = "target_sum_dev"
 # The manifest's `loss_input_shapes` (hooks/probes.py, `loss_input_shapes`): the shapes of the
 # outputs and labels the loss was given at the first train capture (again at the first that
 # broadcasts, if the first did not): {"outputs", "labels", "broadcast_to" (None: the shapes

@@ -75,6 +75,23 @@ def loss_input_shapes(outputs: torch.Tensor, labels: torch.Tensor, step: int) ->
 
 
 @torch.no_grad()
+def target_sum_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """`probe/{split}/target_sum_dev`: mean |sum over dim 1 - 1| of float targets shaped like
+    the (N, C, ...) outputs, which CrossEntropyLoss reads as class probabilities; {} for other
+    targets (class ids, regression values, one output column). One reduction, one float read.
+
+    Example::
+
+        target_sum_probe(logits, torch.tensor([[1., 1., 0.]]))  # {"probe/train/target_sum_dev": 1.0}
+    """
+    if not (labels.is_floating_point() and labels.shape == outputs.shape and labels.ndim >= 2
+            and labels.shape[1] > 1):
+        return {}
+    dev = (labels.detach().float().sum(dim=1) - 1).abs().mean()
+    return {f"{schema.PROBE_PREFIX}{split}/{schema.TARGET_SUM_DEV}": float(dev)}
+
+
+@torch.no_grad()
 def loss_input_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
     """The probe's scalars for one batch of (outputs, labels), keyed `probe/{split}/{field}`.
 

@@ -45,18 +45,27 @@ def make_run_dir(run_dir: Path, name: str | None) -> Path:
             n += 1
 
 
+def _module_entry(name: str, m: nn.Module, model: nn.Module) -> dict:
+    """One module's manifest entry; `batch_first` for the modules that take it (nn.LSTM, nn.GRU,
+    nn.RNN, nn.MultiheadAttention, transformer layers): which axis of their output is the batch
+    (`diagnostics.health.loss`, `batch_first_mismatch`, reads it against the loss's batch)."""
+    entry = {"name": user_name(name) or type(model).__name__, "type": type(m).__name__,
+             "params": sum(p.numel() for p in m.parameters(recurse=False)),
+             "leaf": not any(True for _ in m.children())}
+    try:
+        batch_first = getattr(m, "batch_first", None)
+    except Exception:  # a user's property that raises: the entry goes without it
+        batch_first = None
+    if isinstance(batch_first, bool):
+        entry["batch_first"] = batch_first
+    return entry
+
+
 def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
-    """(modules, parameters): one dict per module (name, type, params, leaf) and per
+    """(modules, parameters): one dict per module (name, type, params, leaf, and
+    batch_first where the module has one) and per
     parameter (name, shape, numel, requires_grad)."""
-    modules = [
-        {
-            "name": user_name(name) or type(model).__name__,
-            "type": type(m).__name__,
-            "params": sum(p.numel() for p in m.parameters(recurse=False)),
-            "leaf": not any(True for _ in m.children()),
-        }
-        for name, m in model.named_modules()
-    ]
+    modules = [_module_entry(name, m, model) for name, m in model.named_modules()]
     params = [
         {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
         for n, p in model.named_parameters()

@@ -345,3 +345,86 @@ def rule_input_scale(run) -> list[Finding]:
          "rms_threshold": INPUT_RMS_THRESHOLD, "rms_low": INPUT_RMS_LOW, "too_small": low_rms},
         "LeCun et al. 1998, Efficient BackProp, §4.3",
     )]
+
+
+# Inputs identical across the batch: every ReLU unit of a dense layer is then either on for the
+# whole batch or off for it, so its share of zeros equals its share of units never on (two
+# rationals k/F, compared within float rounding). With inputs that differ, a unit on for some
+# samples and off for others (zero_frac > dead_frac) is all but certain over a batch of 2+.
+SAME_SHARE_TOL = 1e-6
+CONSTANT_MIN_CAPTURES = 2
+
+
+def _constant_batch_layers(run) -> tuple[list[str], list[int]]:
+    """(layers, captured steps): the dense ReLU layers (N x F outputs, N ≥ 2) that at every capture
+    (≥ 2) had some units off for the whole batch and every other unit on for all of it; empty when
+    any such layer had a unit on for part of the batch."""
+    d = dist(run, "activation")
+    if d.empty or "dead_frac" not in d or "zero_frac" not in d:
+        return [], []
+    shapes = run.manifest.get("output_shapes") or {}
+    layers, steps = [], set()
+    for layer in layer_order(run, "activation", d["layer"].unique()):
+        shape = shapes.get(layer) or []
+        rows = d[(d["layer"] == layer) & np.isfinite(d["dead_frac"]) & (d["nan_count"].fillna(0) == 0)]
+        if len(shape) != 2 or shape[0] < 2 or len(rows) < CONSTANT_MIN_CAPTURES:
+            continue
+        zero, dead = rows["zero_frac"].to_numpy(float), rows["dead_frac"].to_numpy(float)
+        if not (np.abs(zero - dead) <= SAME_SHARE_TOL).all():
+            return [], []  # units that differ across the batch: the inputs differ
+        if ((zero > 0) & (zero < 1)).all():
+            layers.append(layer)
+            steps.update(rows["step"].tolist())
+    return layers, sorted(steps)
+
+
+def _same_prediction(run, steps: list[int]) -> bool | None:
+    """Whether the predicted class (or value) was the same for the whole batch at every capture
+    (None: no output stream recorded)."""
+    out = dist(run, "output")
+    out = out[out["layer"].isin(["train/class", "train/value"]) & out["step"].isin(steps)] if not out.empty else out
+    return None if out.empty else bool((out["std"].fillna(0) <= SAME_SHARE_TOL).all())
+
+
+def inputs_constant(run) -> bool:
+    """Whether the run's batches hold one input repeated (`constant_inputs`' evidence): a rule
+    that blames the labels or the init rules this out first."""
+    layers, steps = _constant_batch_layers(run)
+    return bool(layers) and _same_prediction(run, steps) is not False
+
+
+@rule("Inputs identical across the batch (a Dataset returning one sample, a broadcast input): every ReLU unit is on "
+      "for the whole batch or off for it, and the model predicts one class for all.", severities=("error",),
+      evidence=_share_chart("zero_frac", DEAD_FRAC_THRESHOLD, "share of zeros (= share of units never on)"),
+      explains=("dead_units", "vanishing_gradients", ("update_ratio", symptom(low_ratio)),
+                ("stuck_parameters", symptom(starved)), *NOT_LEARNING))
+def rule_constant_inputs(run) -> list[Finding]:
+    """The batch's inputs are all the same: in every dense ReLU layer (N x F outputs, N ≥ 2)
+    at every capture (≥ 2), the share of zeros equals the share of units never on over the
+    batch (within 1e-6) with some units off, so each unit is on for every sample or for none,
+    and the predicted class (or value) is the same for the whole batch. A network's units
+    respond to differences between inputs; with none, it can only learn the label prior, and
+    `dead_units` and `labels_unlearnable` would blame the init or the labels. An error.
+    Reference: Karpathy 2019, "A Recipe for Training Neural Networks" ("visualize just before
+    the net": inspect the batch the model is given); PyTorch docs, torch.utils.data.Dataset
+    (`__getitem__` returns the sample at the index)."""
+    layers, steps = _constant_batch_layers(run)
+    same = _same_prediction(run, steps) if layers else None
+    if not layers or same is False:
+        return []
+    d = dist(run, "activation")
+    first = d[(d["layer"] == layers[0]) & d["step"].isin(steps)]
+    predicted = " and the predicted output was the same for the whole batch" if same else ""
+    where = f"layer{'s' if len(layers) > 1 else ''} {', '.join(layers)}"
+    return [make_finding(
+        "constant_inputs", "error", layers[0], (steps[0], steps[-1]),
+        f"The batch's inputs look identical: in {where}, at each of {len(steps)} captures (steps "
+        f"{steps[0]}-{steps[-1]}), every unit was on for the whole batch or off for all of it (share of zeros "
+        f"{float(first['zero_frac'].iloc[0]):.0%} = share of units never on){predicted}. A model given one input "
+        "can only learn the label prior.",
+        "Look at one batch before the model (x.std(0) should not be all 0): check the Dataset's __getitem__ uses "
+        "its index (self.x[idx], not self.x[0]), the sampler and collate_fn, and any .expand()/repeat of the input.",
+        {"layers": layers, "steps": steps, "zero_frac_first": float(first["zero_frac"].iloc[0]),
+         "same_prediction": same, "tolerance": SAME_SHARE_TOL},
+        "Karpathy 2019, A Recipe for Training Neural Networks; PyTorch docs: torch.utils.data.Dataset",
+    )]

@@ -22,6 +22,7 @@ import plotly.graph_objects as go
 
 from diagnostics.figures import empty_figure
 from diagnostics.health import charts
+from diagnostics.health.activations import inputs_constant
 from diagnostics.health.common import (
     BASELINE_NEAR_FRACTION,
     BINARY_LOSSES,
@@ -55,6 +56,11 @@ SHUFFLE_ALPHA = 0.01
 SHUFFLE_MIN_BATCH = 16
 SHUFFLE_MIN_BATCHES = 5
 SHUFFLE_REJECT_SHARE = 0.25
+# One class: labels pooled over this many captures at least; a loss below this share of log K means
+# the model reached the trivial answer (predict that class for every input), which a task with
+# several classes, or a contrastive target at a fixed position (InfoNCE, positive at index 0), never gives.
+SINGLE_CLASS_MIN_CAPTURES = 3
+SINGLE_CLASS_LOSS_FRACTION = 0.1
 
 
 # ---------------------------------------------------------------------------------
@@ -121,6 +127,8 @@ def rule_labels_unlearnable(run) -> list[Finding]:
     the prior, this one rules out a frozen or starved optimizer and a too-small model, and a
     penalty that is the whole gradient (`gradients.penalty_in_gradient`: every layer moves, but only
     towards zero; `weight_decay_dominates` names it)."""
+    if inputs_constant(run):  # one input repeated: `constant_inputs`, not the labels (rule out the data first)
+        return []
     m = run.manifest
     if m.get("task") != "classification" or not (m.get("loss_fn") in CE_LOSSES or (
             m.get("loss_fn") in BINARY_LOSSES and m.get("num_classes") == 2)):
@@ -405,4 +413,57 @@ def rule_unshuffled_batches(run) -> list[Finding]:
          "median_p": float(np.nanmedian(pvalues))},
         "Holm 1979; PyTorch docs, torch.utils.data.DataLoader; Bengio 2012, Practical recommendations "
         "for gradient-based training of deep architectures",
+    )]
+
+
+def _head_classes(run) -> int:
+    """K: 2 for a binary loss on one output per sample; else the manifest's num_classes, else the
+    outputs' dim 1 (0: unknown, or a multi-label binary head, whose argmax labels are no class)."""
+    shape = (run.manifest.get("loss_input_shapes") or {}).get("outputs") or ()
+    if run.manifest.get("loss_fn") in BINARY_LOSSES:
+        return 2 if len(shape) == 1 or (len(shape) == 2 and shape[1] == 1) else 0
+    return int(run.manifest.get("num_classes") or (shape[1] if len(shape) >= 2 else 0))
+
+
+@rule("Labels of one class only over the whole run, into a K-class cross-entropy or binary head (a label column "
+      "parsed wrong, a filter that kept one class): the loss falls to 0 by predicting that class for every input.",
+      severities=("error", "info"), evidence=_batch_shares_chart,
+      explains=("loss_vs_baseline", "output_vs_label", "label_noise", "labels_unlearnable", "unshuffled_batches"))
+def rule_single_class_labels(run) -> list[Finding]:
+    """Every training label captured (≥ 3 captures, ≥ 30 labels pooled) is the same class, with
+    CrossEntropyLoss or NLLLoss over K ≥ 2 outputs, or a binary loss (BCE) on one output per
+    sample (K = 2; a GAN generator's all-"real" labels keep its adversarial loss far from 0).
+    The trivial baseline is then 0 nats: the model learns a bias towards that class and nothing
+    about the inputs, and "far below the prior" means nothing. An error when the loss ends below
+    10% of log K (the model found the trivial answer); info otherwise, since a contrastive loss
+    with the positive at a fixed index (MoCo's InfoNCE: labels all 0) has this shape and a loss
+    that stays high. Reference: Karpathy 2019, "A Recipe for Training Neural Networks" ("become
+    one with the data": look at the label distribution); PyTorch docs,
+    torch.nn.CrossEntropyLoss."""
+    m = run.manifest
+    k = _head_classes(run)
+    if m.get("task") != "classification" or m.get("loss_fn") not in CE_LOSSES | BINARY_LOSSES or k < 2:
+        return []
+    lab = dist(run, "label")
+    lab = lab[lab["layer"] == "train/class"] if not lab.empty else lab
+    counts = class_counts(lab) if not lab.empty else None
+    if counts is None or counts.sum() < MIN_POOLED_LABELS or lab["step"].nunique() < SINGLE_CLASS_MIN_CAPTURES:
+        return []
+    present = np.flatnonzero(counts > 0)
+    if len(present) != 1:
+        return []
+    c, s0, s1 = int(present[0]), int(lab["step"].min()), int(lab["step"].max())
+    last = last_loss(run)
+    trivial = last is not None and last[0] < SINGLE_CLASS_LOSS_FRACTION * math.log(k)
+    loss = f"; the loss fell to {last[0]:.3g} (log K = {math.log(k):.3g}) by predicting it for every input" if (
+        trivial) else ""
+    return [make_finding(
+        "single_class_labels", "error" if trivial else "info", "train/class", (s0, s1),
+        f"Every training label captured is class {c}: {int(counts.sum())} labels over {lab['step'].nunique()} "
+        f"captures (steps {s0}-{s1}), with a {k}-class head{loss}. A loss at 0 here says nothing about the inputs.",
+        "Check how the labels are built (a comparison against a string that never matches, a filter or a join "
+        "that kept one class, integer division): print the label counts of the whole dataset (np.bincount(y)).",
+        {"class": c, "labels": int(counts.sum()), "captures": int(lab["step"].nunique()), "num_classes": k,
+         "last_loss": last[0] if last else None, "loss_fraction": SINGLE_CLASS_LOSS_FRACTION},
+        "Karpathy 2019, A Recipe for Training Neural Networks; PyTorch docs: torch.nn.CrossEntropyLoss",
     )]

@@ -21,7 +21,7 @@ import plotly.graph_objects as go
 
 from diagnostics import figures, schema
 from diagnostics.health.common import Finding, dist, make_finding, scalar
-from diagnostics.health.problems import LOSS_INPUT_SYMPTOMS
+from diagnostics.health.problems import LOSS_INPUT_SYMPTOMS, starved, symptom
 from diagnostics.health.registry import rule
 
 CLASS_ID_MAX = 20
@@ -286,6 +286,8 @@ def rule_double_sigmoid(run) -> list[Finding]:
     d = d[d["count"] > 0] if not d.empty else d
     if len(d) < MIN_PROBES or not _both_classes(run):
         return []
+    if "zero_frac" in d and float(d["zero_frac"].median()) >= ZERO_LOGIT_SHARE:
+        return []  # exact zeros: a ReLU's clamp (`relu_on_logits`), which a sigmoid never gives
     lo, hi = float(d["min"].min()), float(d["max"].max())
     bounds = (0.0, 1.0) if loss_fn in _LOGIT_BINARY else DOUBLE_SIGMOID_RANGE
     if not (lo >= bounds[0] - 1e-6 and hi <= bounds[1] + 1e-6):
@@ -349,7 +351,8 @@ def rule_softmax_before_cross_entropy(run) -> list[Finding]:
     d = d[d["count"] > 0] if not d.empty else d
     last = _last_leaf(run)
     softmax = med is not None and not d.empty and med["prob_sum_dev_class"] < SUM_TOL and float(d["min"].min()) >= 0
-    bounded = _bounded_in_unit(d) or (d.empty and last in _SQUASHING)
+    clamped = not d.empty and "zero_frac" in d and float(d["zero_frac"].median()) >= ZERO_LOGIT_SHARE  # a ReLU
+    bounded = (_bounded_in_unit(d) and not clamped) or (d.empty and last in _SQUASHING)
     if not (softmax or bounded):
         return []
     steps = (int(med["first_step"]), int(med["last_step"])) if med is not None else (
@@ -469,17 +472,29 @@ def _labels_chart(run, finding: Finding) -> go.Figure:
     return fig
 
 
-@rule("Targets outside [0, 1] into BCEWithLogitsLoss (labels -1/1, or 0/255 masks): the loss has no minimum and "
-      "goes negative.", severities=("error",), evidence=_labels_chart,
+@rule("Targets outside what the loss accepts: outside [0, 1] into BCEWithLogitsLoss (labels -1/1, 0/255 masks: the "
+      "loss has no minimum); float targets into CrossEntropyLoss whose rows do not sum to 1 (multi-hot labels).",
+      severities=("error",), evidence=_labels_chart,
       explains=(*LOSS_INPUT_SYMPTOMS, "negative_loss"))
 def rule_target_range(run) -> list[Finding]:
-    """BCEWithLogitsLoss given targets below 0 or above 1 at any capture. Its loss per element,
-    max(x, 0) − x·y + log(1 + e^−|x|), falls without bound as the logit x goes to +∞ for y > 1
-    or −∞ for y < 0: the model is rewarded for ever larger logits, the loss goes negative, and
-    -1 labels never mean "the negative class". torch checks this range for BCELoss (an error)
-    but not for BCEWithLogitsLoss. Error. Reference: PyTorch docs, torch.nn.BCEWithLogitsLoss
-    and torch.nn.BCELoss ("the targets y should be numbers between 0 and 1")."""
-    if run.manifest.get("loss_fn") not in _LOGIT_BINARY:
+    """The targets break the loss's contract on their range. BCEWithLogitsLoss given targets below 0
+    or above 1 at any capture: its loss per element, max(x, 0) − x·y + log(1 + e^−|x|), falls
+    without bound as the logit x goes to +∞ for y > 1 or −∞ for y < 0: the model is rewarded
+    for ever larger logits, the loss goes negative, and -1 labels never mean "the negative
+    class". torch checks this range for BCELoss (an error) but not for BCEWithLogitsLoss.
+    CrossEntropyLoss given float targets of the outputs' shape (class probabilities) whose rows
+    do not sum to 1: |sum − 1| > 0.1 (median over ≥ 2 probed captures, `target_sum_dev`), as
+    multi-hot labels with several ones per row (a loss that went below 0, from negative
+    targets, is `negative_loss`'s). The loss then rewards spreading the
+    probability over the row's ones and stays above what one-hot targets allow (the uniform
+    prediction's log K times the row sum). Error either way. Reference: PyTorch docs,
+    torch.nn.BCEWithLogitsLoss and torch.nn.BCELoss ("the targets y should be numbers between
+    0 and 1"), torch.nn.CrossEntropyLoss (probability targets: "each value should be between
+    [0,1]" and a distribution over the classes); torch.nn.BCEWithLogitsLoss for multi-label."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn in _CE:
+        return _target_row_sums(run, loss_fn)
+    if loss_fn not in _LOGIT_BINARY:
         return []
     lo, hi = _label_range(run)
     if not (lo < -1e-6 or hi > 1 + 1e-6):  # NaN (no labels recorded) compares false: no finding
@@ -498,6 +513,33 @@ def rule_target_range(run) -> list[Finding]:
         "than two classes use CrossEntropyLoss with class ids.",
         {"loss_fn": run.manifest.get("loss_fn"), "target_min": lo, "target_max": hi, "loss_went_negative": negative},
         "PyTorch docs: torch.nn.BCEWithLogitsLoss, torch.nn.BCELoss (targets between 0 and 1)",
+    )]
+
+
+def _target_row_sums(run, loss_fn: str) -> list[Finding]:
+    """CrossEntropyLoss's probability targets whose rows sum to something else than 1."""
+    probe, loss = _probe(run, schema.TARGET_SUM_DEV), scalar(run, "loss")
+    if len(probe) < MIN_PROBES or float(probe["value"].median()) <= SUM_OFF:
+        return []
+    if len(loss) and float(loss["value"].min()) < -NEGATIVE_TOL:
+        return []  # negative targets (one-hot − eps): `negative_loss` names that break of the contract
+    dev, steps = float(probe["value"].median()), (int(probe["step"].min()), int(probe["step"].max()))
+    c, integer = _classes(run), _probe(run, "label_integer_frac")
+    binary = not integer.empty and bool((integer["value"] == 1).all())
+    what = "0/1 targets with several ones per row (multi-hot labels)" if binary else "targets"
+    bound = math.log(c) if c > 1 else math.nan
+    above = (f" The loss, median {float(loss['value'].median()):.3g}, stays above log K = {bound:.3g}, what the "
+             "uniform prediction gives one-hot targets." if len(loss) and float(loss["value"].median()) > bound else "")
+    return [make_finding(
+        "target_range", "error", None, steps,
+        f"{loss_fn} is given {what} shaped like the outputs whose rows do not sum to 1: |row sum − 1| is "
+        f"{dev:.3g} on average (median of {len(probe)} captures, steps {steps[0]}-{steps[1]}). It reads float "
+        f"targets as one distribution over the classes per sample.{above}",
+        "For multi-label targets (several classes per sample), use nn.BCEWithLogitsLoss on the same logits and "
+        "0/1 targets; for one class per sample, pass class ids (targets.argmax(1)) or rows that sum to 1.",
+        {"loss_fn": loss_fn, "row_sum_dev_median": dev, "captures": len(probe), "binary_targets": binary,
+         "num_classes": c, "tolerance": SUM_OFF},
+        "PyTorch docs: torch.nn.CrossEntropyLoss (probability targets), torch.nn.BCEWithLogitsLoss",
     )]
 
 
@@ -569,3 +611,137 @@ def rule_negative_loss(run) -> list[Finding]:
          "tolerance": NEGATIVE_TOL, "contract": _CONTRACTS[loss_fn]},
         f"PyTorch docs: torch.nn.{loss_fn if module else 'functional.' + loss_fn}; Cover & Thomas 2006, Thm 2.6.3",
     )]
+
+
+# ---------------------------------------------------------------------------------
+# Logits that cannot go below 0; a batch_first module whose batch is not the loss's
+
+
+# Logits that learn are almost never exactly 0 in floating point (a zero is a measure-zero
+# event); a ReLU clamps every negative one to exactly 0, about half of them at initialisation
+# (He et al. 2015, §2.2: a ReLU zeroes the negative half of a symmetric input). A tenth of the
+# loss's input at exactly 0, and nothing below it, is a clamp.
+ZERO_LOGIT_SHARE = 0.1
+_RELU_LIKE = {"ReLU", "ReLU6", "Threshold", "Hardtanh"}
+
+
+def _last_module(run) -> tuple[str | None, str | None]:
+    """(name, type) of the model's last leaf module in definition order."""
+    leaves = [m for m in run.manifest.get("modules") or () if m.get("leaf")]
+    return (leaves[-1].get("name"), leaves[-1].get("type")) if leaves else (None, None)
+
+
+def _never_positive_classes(run, layer: str | None, classes: int) -> int | None:
+    """Classes whose logit was never positive over the batch at the last capture, from the last
+    module's `dead_frac` (a ReLU after the classifier: one unit per class)."""
+    act = dist(run, "activation")
+    act = act[act["layer"] == layer] if layer and not act.empty else act
+    if act.empty or "dead_frac" not in act or classes < 2 or not np.isfinite(act["dead_frac"].iloc[-1]):
+        return None
+    return int(round(float(act["dead_frac"].iloc[-1]) * classes))
+
+
+@rule("Logits clamped at 0 (a ReLU after the classifier) into CrossEntropyLoss or BCEWithLogitsLoss: a class's "
+      "score cannot go below 0, and a clamped logit gets no gradient.", severities=("warning", "error"),
+      evidence=_range_chart,
+      explains=(*LOSS_INPUT_SYMPTOMS, ("dead_units", lambda c, s: s.layer == c.evidence.get("last_module"))))
+def rule_relu_on_logits(run) -> list[Finding]:
+    """CrossEntropyLoss or BCEWithLogitsLoss whose input (the logits) is never below 0 at any
+    capture (≥ 2) while ≥ 10% of it is exactly 0 (median over the captures): a ReLU (or a
+    clamp) after the classifier. Logits must take both signs: CrossEntropyLoss lowers a wrong
+    class by pushing its logit down, BCEWithLogitsLoss predicts the negative class only below
+    0. A clamped logit passes no gradient, so a class whose logit is 0 for every sample cannot
+    be learned (the last module's `dead_frac` counts them). A warning (the run learns, badly);
+    the loss staying at the baseline makes it an error. The ReLU variant of
+    `softmax_before_cross_entropy`'s range reasoning. Reference: PyTorch docs,
+    torch.nn.CrossEntropyLoss ("unnormalized logits"), torch.nn.BCEWithLogitsLoss; He et al.
+    2015, Delving Deep into Rectifiers, §2.2."""
+    loss_fn = run.manifest.get("loss_fn")
+    if loss_fn not in _CE | _LOGIT_BINARY:
+        return []
+    d = _logits(run)
+    d = d[d["count"] > 0] if not d.empty else d
+    if len(d) < MIN_PROBES or "zero_frac" not in d or float(d["min"].min()) < 0 or float(
+            d["zero_frac"].median()) < ZERO_LOGIT_SHARE:
+        return []
+    steps = (int(d["step"].min()), int(d["step"].max()))
+    name, kind = _last_module(run)
+    c = _classes(run)
+    dead = _never_positive_classes(run, name, c) if kind in _RELU_LIKE else None
+    module = f" The model's last module is {kind} ({name})." if kind in _RELU_LIKE else ""
+    lost = f" At the last capture {dead} of {c} class logits were 0 for the whole batch." if dead else ""
+    effect = ("a wrong class's score cannot be pushed below 0 and a clamped logit gets no gradient" if loss_fn in _CE
+              else "the predicted probability never falls below 0.5, so the negative class is never predicted")
+    return [make_finding(
+        "relu_on_logits", "warning", None, steps,
+        f"{loss_fn} is given logits that are never below 0: min {float(d['min'].min()):.3g} over {len(d)} captures "
+        f"(steps {steps[0]}-{steps[1]}), {float(d['zero_frac'].median()):.0%} of them exactly 0 (median).{module}"
+        f"{lost} Logits must take both signs: {effect}.",
+        f"Remove the ReLU (or clamp) after the last Linear layer and give {loss_fn} the raw logits; keep "
+        "activations between hidden layers only.",
+        {"loss_fn": loss_fn, "logit_min": float(d["min"].min()), "zero_frac_median": float(d["zero_frac"].median()),
+         "captures": len(d), "last_module": name, "last_module_type": kind, "never_positive_classes": dead,
+         "num_classes": c, "threshold": ZERO_LOGIT_SHARE},
+        "PyTorch docs: torch.nn.CrossEntropyLoss, torch.nn.BCEWithLogitsLoss; He et al. 2015, §2.2",
+    )]
+
+
+def _batch_axis_mismatches(run) -> list[tuple[str, str, list[int], int, int]]:
+    """(module, type, output shape, its batch axis, the loss's N) for each module with a
+    `batch_first` whose output's batch axis is not the loss's batch while the other of its
+    first two axes is: the data's batch runs along the module's sequence axis."""
+    shapes = run.manifest.get("output_shapes") or {}
+    n = ((run.manifest.get(schema.LOSS_INPUT_SHAPES) or {}).get("outputs") or [None])[0]
+    found = []
+    for m in run.manifest.get("modules") or ():
+        shape, batch_first = shapes.get(m.get("name")), m.get("batch_first")
+        if not isinstance(batch_first, bool) or not shape or len(shape) < 3 or not n:
+            continue
+        axis = 0 if batch_first else 1
+        if shape[axis] > 1 and shape[axis] != n and shape[1 - axis] == n:
+            found.append((m["name"], m.get("type", ""), list(shape), axis, int(n)))
+    return found
+
+
+def _grad_one_slot(run, layer: str, size: int) -> float | None:
+    """The median share of zeros in the gradient at `layer`'s output; (size-1)/size when the loss
+    reads one slot of an axis of that size."""
+    g = dist(run, "gradient")
+    g = g[g["layer"] == layer] if not g.empty else g
+    return float(g["zero_frac"].median()) if not g.empty else None
+
+
+@rule("A module with batch_first (LSTM, GRU, RNN, MultiheadAttention, transformer layers) whose batch axis is not "
+      "the loss's batch: the data's batch runs along its sequence axis and the samples mix.",
+      severities=("error",), evidence=None,
+      explains=(*LOSS_INPUT_SYMPTOMS, ("stuck_parameters", symptom(starved))))
+def rule_batch_first_mismatch(run) -> list[Finding]:
+    """A module that has `batch_first` (the manifest records it), whose output at the first step
+    has its batch axis (0 with batch_first=True, 1 without) of size > 1 and not the loss's N,
+    while its other leading axis is N: (batch, seq, feature) input into an nn.LSTM built
+    seq-first. The module then runs the batch as time: each sample's state carries the samples
+    before it, and the loss reads one slot of the module's real batch (the gradient at its
+    output is then zero on (k-1)/k of it, quoted as corroboration). An error. A module whose
+    batch axis has size 1 (one sequence, the loss per step) is left alone. Reference: PyTorch
+    docs, torch.nn.LSTM ("batch_first – If True, then the input and output tensors are provided
+    as (batch, seq, feature) instead of (seq, batch, feature)")."""
+    found = _batch_axis_mismatches(run)
+    out = []
+    for name, kind, shape, axis, n in found:
+        zeros = _grad_one_slot(run, name, shape[axis])
+        slot = (f"; the gradient at its output is zero on {zeros:.0%} of it (one of its {shape[axis]} 'batch' slots "
+                "reaches the loss)") if zeros is not None and zeros >= 1 - 1 / shape[axis] - 0.02 else ""
+        built, meant = ("batch_first=True", "False") if axis == 0 else ("batch_first=False", "True")
+        layout = "(seq, batch, feature)" if axis == 0 else "(batch, seq, feature)"
+        out.append(make_finding(
+            "batch_first_mismatch", "error", name, (0, 0),
+            f"{name} ({kind}, {built}) gives output of shape {_shape(shape)}: its batch axis (dim {axis}) has "
+            f"{shape[axis]}, while the loss's batch is {n}, the size of its dim {1 - axis}. The data's batch runs "
+            f"along {name}'s sequence axis, so each sample's result depends on the samples beside it{slot}.",
+            f"Build {name} with batch_first={meant} for {layout} input, or permute the input (x.transpose(0, 1), "
+            "not x.view) to the layout it expects.",
+            {"module": name, "type": kind, "output_shape": shape, "batch_axis": axis, "batch_first": axis == 0,
+             "loss_batch": n, "gradient_zero_frac": zeros},
+            "PyTorch docs: torch.nn.LSTM, torch.nn.GRU, torch.nn.MultiheadAttention (batch_first)",
+        ))
+    return out

@@ -101,3 +101,10 @@ def test_fault_lines_say_what_is_missing_once_per_fault():
     assert lines[1].startswith("The recording stopped at step 5") and "nothing after it" in lines[1]
     assert lines[2].startswith("Writing failed (rank 1: OSError: full)")
     assert fault_lines({"state": "finished"}) == []
+
+
+def test_module_table_shows_batch_first_where_recorded_and_blank_elsewhere():
+    from diagnostics.overview import module_table
+    lstm = {"name": "lstm", "type": "LSTM", "leaf": True, "params": 8, "batch_first": False}
+    table = module_table({"modules": [{"name": "", "type": "Net", "leaf": False, "params": 0}, lstm]})
+    assert table["batch_first"].tolist() == ["", "False"]

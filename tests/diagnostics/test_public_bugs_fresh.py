@@ -76,10 +76,10 @@ def test_three_cases_train_plant_their_bug_and_score_as_judged_by_hand(tmp_path,
     run = diagnostics.open_run(next((tmp_path / "labels_all_one_class").glob("*/run.json")).parent)
     labels = run.distributions(kind="label")
     assert len(labels) and (labels["max"] == 0).all() and (labels["min"] == 0).all()
-    # ... and its cause is one no registered rule emits, so by hand it must score as missed
+    # ... and its cause is now named by a registered rule (single_class_labels, rulesB), as the first problem
     r = results["labels_all_one_class"]
-    assert not set(r["accept"]) & _EMITTED
-    assert (r["first_ok"], r["any_ok"]) == (False, False)
+    assert set(r["accept"]) & _EMITTED == {"single_class_labels"}
+    assert _problem_rules(r)[0] == "single_class_labels" and (r["first_ok"], r["any_ok"]) == (True, True)
 
     # zero_grad_on_other_optimizer: the decoder's gradient is never reset, so its recorded norm
     # grows with the steps (plain SGD on a fresh batch each step: a healthy norm stays ~flat)
