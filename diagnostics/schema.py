@@ -266,7 +266,7 @@ EVAL_POSITIONS = "positions"
 POSITION_LAYOUTS = ("tokens", "pixels", "labels")
 # Sample columns (`samples` table) of position outputs: how many positions were counted,
 # and the largest loss among them.
-POSITION_SAMPLE_COLUMNS = ("positions_counted", "worst_position_loss")
+POSITION_SAMPLE_COLUMNS = ("positions_counted", "position_accuracy", "worst_position_loss")
 
 SCHEMAS = {"scalars": SCALARS_SCHEMA, "distributions": DISTRIBUTIONS_SCHEMA, "records": RECORDS_SCHEMA,
            "samples": SAMPLES_SCHEMA, "previews": PREVIEWS_SCHEMA, "attributions": ATTRIBUTIONS_SCHEMA,

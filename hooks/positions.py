@@ -235,9 +235,12 @@ def _mode(values: torch.Tensor, counted: torch.Tensor, classes: int) -> torch.Te
 @torch.no_grad()
 def aggregate(scored: Scored) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """(rows, sample columns): one row per sample, columns `schema.RECORD_FIELDS` (label and
-    prediction the most frequent counted ones, loss, confidence (of the label), margin and
-    correct the means over counted positions, residual NaN), and per sample
-    `positions_counted`, `worst_position_loss` and `confidence` (the prediction's, mean).
+    prediction the most frequent counted ones; loss, confidence (of the label) and margin the
+    means over counted positions; correct 1 when every counted position is right, the exact
+    match a tagger's or a segmenter's per-sample view needs (a sample right at 80% of its
+    positions is a sample with errors to review); residual NaN), and per sample
+    `positions_counted`, `position_accuracy` (the share of counted positions right),
+    `worst_position_loss` and `confidence` (the prediction's, mean).
     A sample without a counted position has NaN everywhere."""
     counted = scored.counted
     n_counted = counted.sum(dim=1)
@@ -249,11 +252,13 @@ def aggregate(scored: Scored) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     classes = int(max(torch.where(counted, scored.label, 0).max(), scored.prediction.max(), 1)) + 1
     correct = (scored.prediction == scored.label).float()
     rows = torch.stack([_mode(scored.label, counted, classes), _mode(scored.prediction, counted, classes),
-                        mean(scored.loss), mean(scored.label_prob), mean(scored.margin), mean(correct),
+                        mean(scored.loss), mean(scored.label_prob), mean(scored.margin),
+                        (mean(correct) == 1).float(),
                         torch.full_like(n_counted, _NAN, dtype=torch.float32)], dim=1)
     rows = torch.where(empty[:, None], _NAN, rows)
     worst = torch.where(counted, scored.loss, float("-inf")).max(dim=1).values
-    columns = {"positions_counted": n_counted.float(), "worst_position_loss": torch.where(empty, _NAN, worst),
+    columns = {"positions_counted": n_counted.float(), "position_accuracy": mean(correct),
+               "worst_position_loss": torch.where(empty, _NAN, worst),
                "confidence": mean(scored.confidence)}
     return rows, columns
 

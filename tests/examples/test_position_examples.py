@@ -61,9 +61,10 @@ def test_tagger_records_a_position_per_character(tmp_path):
     vocab = run.vocabulary("val")
     assert vocab is not None and "".join(vocab[int(i)] for i in
                                          run.previews("val", ["0"])["values"].iloc[0][:len(val[0][0])]) == val[0][0]
-    acc = samples.set_index("sample_id")["correct"]
+    acc = samples.set_index("sample_id")
     by_hand = (first["label"] == first["prediction"]).mean()
-    assert acc.loc["0"] == pytest.approx(by_hand)
+    assert acc.loc["0", "position_accuracy"] == pytest.approx(by_hand)
+    assert acc.loc["0", "correct"] == float(by_hand == 1)
 
 
 def test_segmentation_records_a_position_per_inner_pixel(tmp_path):

@@ -73,7 +73,8 @@ def test_token_outputs_per_sample_and_per_position_match_plain_torch(tmp_path):
         assert row["worst_position_loss"] == pytest.approx(float(per_position[i][mask].max()), rel=1e-5)
         pred = logits[i].argmax(-1)
         hits = sum(int(pred[k] == labels[i, k]) for k in range(labels.shape[1]) if mask[k])
-        assert row["correct"] == pytest.approx(hits / int(mask.sum()))
+        assert row["position_accuracy"] == pytest.approx(hits / int(mask.sum()))
+        assert row["correct"] == float(hits == int(mask.sum()))  # a sample is right when all its positions are
         assert row["label"] == _mode(labels[i][mask]) and row["prediction"] == _mode(pred[mask])
         assert row["confidence"] == pytest.approx(float(probs[i].max(-1).values[mask].mean()), rel=1e-5)
         assert row["label_prob"] == pytest.approx(float(probs[i][mask].gather(1, labels[i][mask][:, None]).mean()),
@@ -198,7 +199,8 @@ def test_several_labels_per_sample_are_one_position_per_label(tmp_path, with_los
         row = samples.loc[f"s{i}"]
         assert row["loss"] == pytest.approx(float(per_label[i].mean()), rel=1e-5)
         hits = sum(int((p[i, k] >= 0.5) == (targets[i, k] == 1)) for k in range(logits.shape[1]))
-        assert row["correct"] == pytest.approx(hits / logits.shape[1])
+        assert row["position_accuracy"] == pytest.approx(hits / logits.shape[1])
+        assert row["correct"] == float(hits == logits.shape[1])
         assert row["positions_counted"] == logits.shape[1]
         np.testing.assert_allclose(row["probs"], p[i].numpy(), rtol=1e-5)
     rows = r.positions("val")
@@ -243,7 +245,7 @@ def test_log_batch_records_of_position_outputs_aggregate_per_sample(tmp_path):
         assert records.loc[f"s{i}", "loss"] == pytest.approx(expected, rel=1e-5, nan_ok=True)
         if mask.any():
             hits = (logits[i].argmax(-1) == labels[i])[mask].float().mean()
-            assert records.loc[f"s{i}", "correct"] == pytest.approx(float(hits))
+            assert records.loc[f"s{i}", "correct"] == float(hits == 1)  # right when every counted position is
     per_label = F.binary_cross_entropy_with_logits(mlogits, targets, reduction="none").mean(1)
     np.testing.assert_allclose([records.loc[f"m{i}", "loss"] for i in range(len(mlogits))], per_label.numpy(),
                                rtol=1e-5)
@@ -400,7 +402,8 @@ def test_binary_masks_with_bce_are_pixel_outputs(tmp_path):
     samples = r.samples("val").sort_values("sample_id", key=lambda s: s.astype(int))
     np.testing.assert_allclose(samples["loss"], per_pixel.mean(1).numpy(), rtol=1e-4)
     hits = ((z > 0).float() == masks).flatten(1).float().mean(1)
-    np.testing.assert_allclose(samples["correct"], hits.numpy(), rtol=1e-6)
+    np.testing.assert_allclose(samples["position_accuracy"], hits.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(samples["correct"], (hits == 1).float().numpy())
     rows = r.positions("val")
     assert len(rows) == masks.numel()
     p = torch.sigmoid(z).flatten(1)
