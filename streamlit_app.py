@@ -64,7 +64,7 @@ def _run_picker(runs) -> list[str]:
     a manifest name): '⛔1 ⚠2 exp1', with ' · running' for a run not finished; the
     state, step and findings in words go in the caption under it. Returns the runs whose
     badge is out of date, to check once the page has run; when the badges of runs never
-    checked arrive, `_badge_watch` reruns the app, and so when a run that stopped changing
+    checked arrive, `_badges_arrived` reruns the app, and so when a run that stopped changing
     (finished, stopped) is checked again (a running run's re-checks wait for the next
     rerun: no rerun loop while it trains)."""
     board = badges.shared_board()
@@ -90,7 +90,7 @@ def _run_picker(runs) -> list[str]:
     state = dict(zip(runs["path"], runs["state"]))
     awaited = [p for p, e in earlier.items() if e is None or state[p] != "running"]
     if awaited:
-        st.fragment(_badge_watch, run_every=1.5)(awaited, chosen)
+        _shared.rerun_app_when(_badges_arrived, 1.5, awaited, chosen)
     return sorted(earlier, key=lambda p: p != chosen)  # the run being looked at first
 
 
@@ -110,12 +110,11 @@ def _describe(known) -> str:
     return f"health not checked: {known}" if isinstance(known, str) else known.describe()
 
 
-def _badge_watch(pending: list[str], chosen: str) -> None:
-    """Reruns the app once the picked run's badge, then all the badges, are known."""
+def _badges_arrived(pending: list[str], chosen: str) -> bool:
+    """Whether to rerun the app: the picked run's badge, or all the badges, are known now."""
     left = badges.shared_board().pending(pending)
-    if not left or (chosen in pending and chosen not in left):
-        st.rerun()
     st.caption(f"checking the runs' health: {len(pending) - len(left)} of {len(pending)} done")
+    return not left or (chosen in pending and chosen not in left)
 
 
 runs = _shared.run_list(RUNS_DIR)  # the same cached listing the pages read

@@ -232,6 +232,10 @@ class BadgeBoard:
             if child is not None:
                 child.stdin.close()
                 child.wait()
+            with self._lock:  # a worker that failed ends too: `wait` returns, the next request starts one
+                if self._worker is threading.current_thread():
+                    self._worker = None
+                    self._idle.set()
 
     def _ask(self, child: subprocess.Popen | None, path: str) -> subprocess.Popen | None:
         """Has the child (started if need be) check one run; returns the child to reuse."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -97,7 +98,7 @@ def live_refresh(run: diagnostics.Run, version: str, state: str, every_s: float 
                    help="While the run trains: redraw this page when a new flush lands (the picker's state too). "
                         "Data that did not change is not read again.")
     if on:
-        st.fragment(_rerun_on_new_data, run_every=every_s)(str(run.path), (version, state))
+        rerun_app_when(_new_data, every_s, str(run.path), (version, state))
 
 
 def _keep_live_choice() -> None:
@@ -113,9 +114,27 @@ def live_fingerprint(path: str) -> tuple[str, str]:
         return "", f"unreadable: {exc}"
 
 
-def _rerun_on_new_data(path: str, seen: tuple[str, str]) -> None:
+def _new_data(path: str, seen: tuple[str, str]) -> bool:
     if live_fingerprint(path) != seen:
         run_list.clear()  # the picker's state and last step, not up to 5 s old
+        return True
+    return False
+
+
+def rerun_app_when(check: Callable[..., bool], every_s: float, *args) -> None:
+    """Every `every_s` seconds, `check(*args)` in a fragment of its own; the whole app reruns
+    when it returns True. Not while the full run that draws the fragment goes on (the
+    fragment's first call): a rerun there would stop that run before the page below it has
+    handled the click that started it, and the click would come to nothing (a Save whose tags
+    were never written, when a health badge arrived as the picker drew). The next tick reruns."""
+    drawing = f"fragment_drawn_by_full_run_{check.__name__}"
+    st.session_state[drawing] = True
+    st.fragment(_timed_check, run_every=every_s)(check, drawing, *args)
+
+
+def _timed_check(check: Callable[..., bool], drawing: str, *args) -> None:
+    in_full_run = st.session_state.pop(drawing, False)
+    if check(*args) and not in_full_run:
         st.rerun()
 
 

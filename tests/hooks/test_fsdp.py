@@ -6,6 +6,8 @@ parameters gathered by FSDP itself, and against clip_grad_norm_)."""
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
 
 import numpy as np
 import pytest
@@ -94,6 +96,22 @@ def _worker(rank: int, port: str, run_dir: str, mode: str, watched: bool, out: s
             np.savez(out, **saved)
     finally:
         dist.destroy_process_group()
+    _leave_without_finalizing()
+
+
+def _leave_without_finalizing() -> None:
+    """End this rank as multiprocessing ends a forked child: os._exit, no interpreter teardown.
+
+    The gloo group outlives destroy_process_group (FSDP's state holds it, and nothing frees
+    it: after destroy, `del model` and gc.collect() its two pt_gloo_runloop threads and its
+    gloo_tcp_loop thread still run, in every mode). A spawned rank that returns finalizes the
+    interpreter, then runs C++ static destructors, with those threads alive; a rank died
+    there once (fsdp1_flat, under CPU load): SIGABRT, "terminate called without an active
+    exception". Everything the rank writes is closed by now (the run, the .npz); a rank that
+    raised does not come here, and spawn reports its traceback as before."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def _train(tmp_path, mode: str, watched: bool) -> dict[str, np.ndarray]:

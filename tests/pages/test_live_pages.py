@@ -15,7 +15,6 @@ from diagnostics import badges, schema
 from diagnostics.store import RunWriter
 from pages import _shared
 from tests.pages._app import assert_ok, open_app, plotly_charts, plotly_values
-from tests.pages.test_app_startup import served_like_the_cli  # noqa: F401 -- the fixture, used below
 
 pytestmark = pytest.mark.usefixtures("served_like_the_cli")  # each rerun runs the picker too, as served
 TOGGLE = "Auto-refresh every 5 s"

@@ -9,10 +9,10 @@ import pytest
 from streamlit.testing.v1 import AppTest
 
 import diagnostics
+from diagnostics import badges
 from diagnostics.tags import TagStore
 from tests.diagnostics.test_compare import LABELS, LOSS_A, PRED_A, write_run
 from tests.pages._app import assert_ok, run_app
-from tests.pages.test_app_startup import served_like_the_cli  # noqa: F401 -- the fixture, used below
 
 pytestmark = pytest.mark.usefixtures("served_like_the_cli")
 
@@ -96,3 +96,41 @@ def test_two_sessions_tagging_different_samples_interleaved(monkeypatch, tmp_pat
     notes = TagStore(run).notes(run_dataset(run)).set_index("sample_id")["note"].to_dict()
     assert notes == {"s1": "s1 after round 2", "s2": "s2 after round 2"}
 
+
+
+class _BadgeArrivesOnce:
+    """A badge board on which the picked run's health is unknown when the picker looks it up,
+    and known a moment later, once: as when the check in the background ends mid-run."""
+
+    def __init__(self) -> None:
+        self.arrive = False
+
+    def lookup(self, path):
+        return None
+
+    def last_known(self, path):
+        return None
+
+    def pending(self, paths):
+        arrived, self.arrive = self.arrive, False
+        return [] if arrived else list(paths)
+
+    def request(self, paths):
+        pass
+
+
+def test_a_save_is_kept_when_a_health_badge_arrives_during_it(monkeypatch, tmp_path):
+    """The picker reruns the app when badges arrive; a rerun asked for while the Save's own run
+    drew the picker stopped that run before the form saw the click: nothing was written (one of
+    six saves went missing so in the interleaved test above, under CPU load)."""
+    board = _BadgeArrivesOnce()
+    monkeypatch.setattr(badges, "shared_board", lambda: board)
+    run = write_run(tmp_path, "run", LABELS, PRED_A, LOSS_A)
+    at = _sample_page(monkeypatch, tmp_path, "s1")
+    board.arrive = True
+    _save(at, ["blurry"], note="a smudge")
+    assert not board.arrive  # the picker did see the badge arrive during the save
+    dataset = run_dataset(run)
+    assert TagStore(run).tags(dataset)[["sample_id", "tag"]].to_numpy().tolist() == [["s1", "blurry"]]
+    assert TagStore(run).notes(dataset)["note"].tolist() == ["a smudge"]
+    assert _shown_tags(at) == "Tags: blurry"
