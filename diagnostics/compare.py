@@ -229,6 +229,10 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
     if task_a != task_b:
         raise ComparisonError(f"run {a.name} is {task_a} and run {b.name} is {task_b} — "
                               "compare runs of the same task")
+    if _layout(a, split) != _layout(b, split):
+        raise ComparisonError(f"runs {a.name} and {b.name} score different outputs on split {split!r} "
+                              f"({_describe_layout(_layout(a, split))} vs {_describe_layout(_layout(b, split))}) — "
+                              "compare runs evaluated on the same task and data")
     notes: list[str] = []
     frame_a, frame_b = _unique_ids(frame_a, a.name, notes), _unique_ids(frame_b, b.name, notes)
     ids_a, ids_b = set(frame_a["sample_id"]), set(frame_b["sample_id"])
@@ -324,6 +328,8 @@ def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:
     key_a, key_b = _dataset_key(run_a, split), _dataset_key(run_b, split)
     if key_a is not None and key_a == key_b:
         return True
+    if _layout(run_a, split) != _layout(run_b, split):  # tokens vs pixels: their per-sample labels say nothing
+        return False
     labels_a, labels_b = _labels(run_a, split), _labels(run_b, split)
     joined = pd.concat([labels_a.rename("a"), labels_b.rename("b")], axis=1, join="inner")
     if joined.empty:
@@ -333,6 +339,16 @@ def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:
 
 def _splits(run: Run) -> list[str]:
     return list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or [] if e.get("split")))
+
+
+def _layout(run: Run, split: str) -> tuple | None:
+    """(layout, position shape) of the latest evaluation of `split`; None: one label per sample."""
+    info = run.position_info(split)
+    return None if info is None else (info.get("layout"), tuple(info.get("shape") or ()))
+
+
+def _describe_layout(layout: tuple | None) -> str:
+    return "one label per sample" if layout is None else f"{layout[0]} of shape {list(layout[1])}"
 
 
 def _dataset_key(run: Run, split: str) -> str | None:

@@ -313,8 +313,17 @@ class Evaluation:
         return {**metrics, **self.position_metrics}
 
     def dataset(self) -> str:
-        """The key of the evaluated samples (`schema.dataset_key`)."""
-        return schema.dataset_key(self.split, self.ids, self.field("label"))
+        """The key of the evaluated samples (`schema.dataset_key`); for position outputs, of their
+        layout, shape and stored position labels too (a sample's most frequent label, often the
+        background or padding class, tells unrelated sets apart no better than its id)."""
+        labels = self.field("label")
+        if self.positions is not None and self.position_rows is not None:
+            rows, info = self.position_rows, self.positions
+            shape = "x".join(map(str, info.get("shape", ())))
+            ids = [*self.ids, f"layout:{info.get('layout')}:{shape}",
+                   *(f"{i}@{p}" for i, p in zip(rows["sample_id"], rows["position"].tolist()))]
+            return schema.dataset_key(self.split, ids, np.concatenate([labels, [0.0], rows["label"]]))
+        return schema.dataset_key(self.split, self.ids, labels)
 
 
 class _Collected:

@@ -414,3 +414,28 @@ def test_binary_masks_with_bce_are_pixel_outputs(tmp_path):
         assert q["loss"] == pytest.approx(float(per_pixel[i, k]), rel=1e-4)
     assert r.position_info("val")["layout"] == "pixels" and r.position_info("val")["shape"] == [6, 6]
     assert set(r.attributions("val")["target"]) == {-1}
+
+
+def test_unrelated_position_sets_are_not_the_same_data(tmp_path):
+    """A tagger's tokens and a segmenter's pixels, both on ids s0..s5 whose most frequent label
+    is 0 (padding, background): their per-sample labels agree, yet they are not the same data —
+    the dataset keys differ, `same_data` says no and `compare` refuses with one line. Two runs
+    on the same tokens share a key."""
+    from diagnostics.compare import ComparisonError, compare, same_data
+
+    g = torch.Generator().manual_seed(5)
+    tokens = torch.zeros(6, 5, dtype=torch.long)
+    tokens[:, 1:3] = 1
+    x_tok = torch.arange(6)[:, None].expand(6, 5).clone()
+    tok_a, tok_b = (_evaluate(tmp_path, FixedLogits(torch.randn(6, 5, 3, generator=g)), _batches(x_tok, tokens),
+                              name=name)[0] for name in ("tok_a", "tok_b"))
+    pixels = torch.zeros(6, 3, 3, dtype=torch.long)
+    pixels[:, 0, 0] = 1
+    x_pix = torch.arange(6).float()[:, None, None, None].expand(6, 1, 3, 3).clone()
+    pix = _evaluate(tmp_path, FixedLogits(torch.randn(6, 2, 3, 3, generator=g)), _batches(x_pix, pixels), name="pix")[0]
+    keys = [r.manifest["evaluations"][-1]["dataset"] for r in (tok_a, tok_b, pix)]
+    assert keys[0] == keys[1] != keys[2]
+    assert same_data(tok_a, tok_b) and not same_data(tok_a, pix)
+    with pytest.raises(ComparisonError, match="score different outputs"):
+        compare(tok_a, pix)
+    assert compare(tok_a, tok_b).summary["shared"] == 6
