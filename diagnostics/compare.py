@@ -225,14 +225,7 @@ def compare(run_a: Run | str | os.PathLike, run_b: Run | str | os.PathLike, spli
     a = run_a if isinstance(run_a, Run) else open_run(run_a)
     b = run_b if isinstance(run_b, Run) else open_run(run_b)
     frame_a, frame_b = _evaluated(a, split), _evaluated(b, split)
-    task_a, task_b = _task(a, frame_a), _task(b, frame_b)
-    if task_a != task_b:
-        raise ComparisonError(f"run {a.name} is {task_a} and run {b.name} is {task_b} — "
-                              "compare runs of the same task")
-    if _layout(a, split) != _layout(b, split):
-        raise ComparisonError(f"runs {a.name} and {b.name} score different outputs on split {split!r} "
-                              f"({_describe_layout(_layout(a, split))} vs {_describe_layout(_layout(b, split))}) — "
-                              "compare runs evaluated on the same task and data")
+    task_a = _same_task(a, b, frame_a, frame_b, split)
     notes: list[str] = []
     frame_a, frame_b = _unique_ids(frame_a, a.name, notes), _unique_ids(frame_b, b.name, notes)
     ids_a, ids_b = set(frame_a["sample_id"]), set(frame_b["sample_id"])
@@ -339,6 +332,20 @@ def same_data(run_a: Run, run_b: Run, split: str = "val") -> bool:
 
 def _splits(run: Run) -> list[str]:
     return list(dict.fromkeys(e.get("split") for e in run.manifest.get("evaluations") or [] if e.get("split")))
+
+
+def _same_task(a: Run, b: Run, frame_a: pd.DataFrame, frame_b: pd.DataFrame, split: str) -> str:
+    """The task both runs' evaluations of `split` share; ComparisonError when their tasks, or the
+    outputs they score (one label per sample, tokens, pixels, their shapes), differ."""
+    task_a, task_b = _task(a, frame_a), _task(b, frame_b)
+    if task_a != task_b:
+        raise ComparisonError(f"run {a.name} is {task_a} and run {b.name} is {task_b} — "
+                              "compare runs of the same task")
+    if _layout(a, split) != _layout(b, split):
+        raise ComparisonError(f"runs {a.name} and {b.name} score different outputs on split {split!r} "
+                              f"({_describe_layout(_layout(a, split))} vs {_describe_layout(_layout(b, split))}) — "
+                              "compare runs evaluated on the same task and data")
+    return task_a
 
 
 def _layout(run: Run, split: str) -> tuple | None:
