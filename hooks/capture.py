@@ -43,6 +43,7 @@ from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
+from hooks.positions import find_layout
 from hooks.probes import loss_input_probe, loss_input_shapes, target_sum_probe
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
@@ -648,11 +649,36 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
 
 
+def _position_classes(outputs: torch.Tensor, labels: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(classes, predictions, labels) over the counted positions (label in 0..C-1: not the
+    ignore_index) of outputs with a position axis against integer labels (N, *P); None for
+    one label per sample. A language model's (N, T, V) logits have V classes, not T."""
+    if labels.is_floating_point() or labels.ndim < 2:
+        return None
+    try:
+        layout = find_layout(outputs, labels)
+    except ValueError:
+        return None
+    if layout is None or layout.kind == "labels":
+        return None
+    axis = outputs.ndim - 1 if layout.class_last else 1
+    pred = outputs.argmax(dim=axis)
+    keep = (labels >= 0) & (labels < outputs.shape[axis])
+    return int(outputs.shape[axis]), pred[keep], labels[keep].long()
+
+
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:
     """(summaries as (layer, kind, count, vector), number of classes or None) of a batch's
     outputs and labels: predicted-class and label counts and the logits (classification),
     or outputs and targets over one shared span (regression)."""
     if task == "classification":
+        positions = _position_classes(outputs, labels)
+        if positions is not None:  # (N, C, *P) or (N, *P, C) against (N, *P): counted positions only
+            num_classes, pred, labels = positions
+            layer = schema.class_layer(split)
+            return [(layer, "output", *class_summary(pred, num_classes)),
+                    (layer, "label", *class_summary(labels, num_classes)),
+                    (schema.output_layer(split, "logits"), "output", *summarize(outputs))], num_classes
         if outputs.ndim >= 2 and outputs.shape[1] > 1:
             num_classes = outputs.shape[1]
             pred = outputs.argmax(dim=1)

@@ -439,3 +439,30 @@ def test_unrelated_position_sets_are_not_the_same_data(tmp_path):
     with pytest.raises(ComparisonError, match="score different outputs"):
         compare(tok_a, pix)
     assert compare(tok_a, tok_b).summary["shared"] == 6
+
+
+def test_training_output_shares_of_a_language_model_count_its_vocabulary_not_its_length(tmp_path):
+    """Outputs vs labels during training: (N, T, V) logits against (N, T) labels have V classes
+    (not T), and positions labelled -100 count in neither share (hand count of the argmaxes)."""
+    g = torch.Generator().manual_seed(2)
+    model = nn.Sequential(nn.Embedding(7, 8), nn.Linear(8, 5))  # T = 6 tokens, V = 5 classes
+    x = torch.randint(0, 7, (4, 6), generator=g)
+    y = torch.randint(0, 5, (4, 6), generator=g)
+    y[:, -2:] = -100
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    crit = nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, run_dir=tmp_path, name="lm", every=1, strict=True) as run:
+        opt.zero_grad()
+        logits = model(x)  # (N, T, V), as a causal LM returns them
+        loss = crit(logits.transpose(1, 2), y)
+        run.log_batch(logits, y, loss=loss)
+        loss.backward()
+        opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["num_classes"] == 5
+    shares = r.distributions("output", layers=["train/class"])
+    labels = r.distributions("label", layers=["train/class"])
+    counted = y != -100
+    pred = logits.detach().argmax(-1)[counted]
+    assert int(shares["count"].iloc[0]) == int(labels["count"].iloc[0]) == int(counted.sum())
+    assert np.asarray(shares["hist_counts"].iloc[0])[:5].tolist() == torch.bincount(pred, minlength=5).tolist()
