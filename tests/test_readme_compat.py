@@ -13,7 +13,8 @@ ROW_WORDS = {
     "one process": "watch", "ddp": "distributed", "fsdp2": "fully_shard", "fsdp1": "fullyshardeddataparallel",
     "torch.compile": "compile", "amp": "gradscaler", "activation checkpointing": "checkpoint",
     "no optimizer": "optimizer", "several optimizers": "gan", "gradient accumulation": "accumulat",
-    "closures": "lbfgs", "deepcopy": "deepcopy", "faults": "fault",
+    "closures": "lbfgs", "deepcopy": "deepcopy", "faults": "fault", "padded token batches": "attention_mask",
+    "causal lms": "causal", "without labels": "autoencoder",
 }
 
 
