@@ -8,7 +8,7 @@ as discs, dim images. The border pixels of each image are labelled -100 (left ou
 and of the evaluation), as a dataset marks the pixels it does not know.
 
 `run.evaluate` on the validation images records one row per image (mean loss over its pixels,
-pixel accuracy) and one per pixel in the positions table: Error review gives IoU and Dice per
+pixel accuracy in `position_accuracy`) and one per pixel in the positions table: Error review gives IoU and Dice per
 class and the confusion matrix over pixels, Sample detail the true and predicted masks over
 the image with the disagreement highlighted.
 
@@ -98,7 +98,7 @@ def train(runs_dir: str | Path = "runs", name: str = "segmentation", n: int = 48
                 opt.step()
             metrics = run.evaluate(val_batches, split="val", attribute_worst=0, progress=False, metadata=val_meta)
             print(f"  {name}: epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  "
-                  f"val pixel accuracy {metrics['accuracy']:.3f}", flush=True)
+                  f"val pixel accuracy {metrics['position_accuracy']:.3f}", flush=True)
     return run.path
 
 

@@ -9,8 +9,9 @@ saw in training. Sentences have different lengths: the padding is labelled -100,
 (and the evaluation) leave out.
 
 `run.evaluate` on the validation sentences records one row per sentence (mean loss over its
-characters, accuracy over them) and one per character in the positions table; with the
-tokenizer passed, Sample detail shows each sentence as its characters coloured by loss.
+characters, the share right in `position_accuracy`; `correct` when all are) and one per
+character in the positions table; with the tokenizer passed, Sample detail shows each
+sentence as its characters coloured by loss.
 
     python examples/token_tagger.py --runs-dir runs
     diagnostics dashboard runs
@@ -151,7 +152,7 @@ def train(runs_dir: str | Path = "runs", name: str = "token-tagger", n: int = 12
                 opt.step()
             metrics = run.evaluate(val_batches, split="val", attribute_worst=0, progress=False, tokenizer=tokenizer)
             print(f"  {name}: epoch {epoch + 1}/{epochs}  loss {loss.item():.3f}  "
-                  f"val accuracy per character {metrics['accuracy']:.3f}", flush=True)
+                  f"val accuracy per character {metrics['position_accuracy']:.3f}", flush=True)
     return run.path
 
 
