@@ -426,8 +426,10 @@ def _teacher():
 def _kl_target_logits(f, fix=False):
     """PyTorch docs of nn.KLDivLoss ("target ... probabilities by default (log_target=False)") and
     the forum's "knowledge distillation loss is negative" threads: the teacher's raw logits / T
-    passed as the target, where softmax(teacher / T) is meant. The student learns from a target
-    that is not a distribution (the loss goes negative). T = 4, the student a digits MLP."""
+    passed as the target, where softmax(teacher / T) is meant. The target is not a distribution:
+    KLDivLoss takes its log, so every batch with a negative teacher logit gives a NaN loss (found
+    when running the case; written expecting a negative loss, hence `negative_loss` in ACCEPT).
+    T = 4, the student a digits MLP."""
     x, y, xv, yv = flat_digits()
     teacher, student = _teacher(), digits_mlp(seed=2)
     crit, opt = nn.KLDivLoss(reduction="batchmean"), torch.optim.Adam(student.parameters(), lr=1e-3)
