@@ -78,3 +78,24 @@ def test_segmentation_records_a_position_per_inner_pixel(tmp_path):
     overlap = positions.class_overlap(frame, 3, segmentation.CLASSES)
     assert overlap["true"].sum() == len(frame)
     assert run.manifest["class_names"] == segmentation.CLASSES
+
+
+def test_sample_detail_of_a_segmentation_says_how_many_pixels_are_right(tmp_path, monkeypatch):
+    """A sample of 900 pixels is not "background, 95% confident": Sample detail leads with the share
+    of its counted pixels right, their count and its worst pixel's loss (hand count from the
+    positions table)."""
+    from tests.pages._app import run_app
+
+    torch.set_num_threads(1)
+    path = segmentation.train(tmp_path, name="seg", n=32, epochs=1, size=32)
+    run = diagnostics.open_run(path)
+    worst = run.samples("val").sort_values("loss", ascending=False).iloc[0]
+    rows = run.positions("val", ids=[worst["sample_id"]])
+    at = run_app(monkeypatch, tmp_path, "seg", timeout=120)
+    at.switch_page("pages/sample.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Right"] == f"{(rows['label'] == rows['prediction']).mean():.1%}"
+    assert metrics["Counted"] == f"{len(rows):,} pixels"
+    assert metrics["Worst position's loss"] == f"{rows['loss'].max():.3f}"
+    assert "Label" not in metrics
