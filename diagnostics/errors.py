@@ -408,8 +408,9 @@ def class_name(class_names: Sequence[str] | None, value) -> str:
 def review_table(view: pd.DataFrame, task: str, class_names: Sequence[str] | None = None) -> pd.DataFrame:
     """The worst-cases table as a review page shows it: sample_id, label and prediction (class
     names for classification), loss, confidence (classification) or residual and |error|
-    (regression), tags joined by commas, then the input statistics and metadata without their
-    `input_`/`meta_` prefixes.
+    (regression) — for position outputs the share of counted positions right, their count,
+    the mean and the worst position's loss instead —, tags joined by commas, then the input
+    statistics and metadata without their `input_`/`meta_` prefixes.
 
         review_table(worst_cases(samples, "classification"), "classification", ["CNV", "DME", ...])
     """
@@ -419,7 +420,11 @@ def review_table(view: pd.DataFrame, task: str, class_names: Sequence[str] | Non
     columns = {"sample_id": view["sample_id"].astype(str),
                "label": view["label"].map(name), "prediction": view["prediction"].map(name),
                "loss": view["loss"]}
-    if classification:
+    if "position_accuracy" in view:  # tokens, pixels: a sample's share right says more than its commonest class
+        columns = {"sample_id": columns["sample_id"], "right": view["position_accuracy"],
+                   "counted": view["positions_counted"], "loss": view["loss"],
+                   "worst_position_loss": view["worst_position_loss"]}
+    elif classification:
         columns["confidence"] = view["confidence"]
     else:
         columns["residual"] = view["residual"] if "residual" in view else view["prediction"] - view["label"]

@@ -116,7 +116,12 @@ with worst_tab:
     event = st.dataframe(table, hide_index=True, on_select="rerun", selection_mode="multi-row", key="err_table",
                          row_height=48 if "input" in table else None, height=520,
                          column_config={"input": st.column_config.ImageColumn("input", width="small"), **numbers,
-                                        "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+                                        "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1),
+                                        "right": st.column_config.ProgressColumn(
+                                            "right", min_value=0, max_value=1, format="percent",
+                                            help="share of the sample's counted positions predicted right"),
+                                        "worst_position_loss": st.column_config.NumberColumn(
+                                            "worst position's loss", format="%.3f")})
     picked = table["sample_id"].iloc[[i for i in event.selection.rows if i < len(table)]].tolist()
     left, right = st.columns([2, 1])
     with left:
