@@ -152,7 +152,7 @@ def _sums_chart(run, finding: Finding) -> go.Figure:
 
 @rule("Softmax or log-softmax over the batch dimension instead of the classes.", severities=("error",),
       evidence=_sums_chart,
-      explains=LOSS_INPUT_SYMPTOMS)
+      explains=(*LOSS_INPUT_SYMPTOMS, "batch_mixing"))  # a softmax over dim 0 is what mixes the samples
 def rule_softmax_wrong_dim(run) -> list[Finding]:
     """Softmax or log-softmax taken over the batch dimension (dim=0) instead of the class
     dimension: the loss's inputs sum to 1 (log-sum-exp to 0) over the batch within 0.01
