@@ -169,7 +169,9 @@ class BatchGrab:
         self.taken_at = 0
 
     def take(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        if self.taken or not self.wanted(module):
+        # a forward dynamo traces (a model compiled after `watch`) is not grabbed: the hook traces
+        # as nothing, so the compiled model keeps its two graphs (the probes are off when compiled)
+        if torch.compiler.is_compiling() or self.taken or not self.wanted(module):
             return
         self.taken = True
         batch = cut_batch(args, kwargs, PROBE_SAMPLES)
