@@ -157,12 +157,15 @@ if classification:
         cell = errors.page_table(samples, task, in_cell, page=cell_page, page_size=cell_size)
         _shared.page_controls("err_cell_pages", cell,
                               f" labelled {md(name(t))} and predicted {md(name(p))}, highest loss first")
-        cell_table = _with_thumbnails(errors.review_table(cell.rows, task, class_names)[
-            ["sample_id", "label", "prediction", "loss", "confidence"]])
+        cell_rows = errors.review_table(cell.rows, task, class_names)
+        cell_table = _with_thumbnails(cell_rows[[c for c in ("sample_id", "label", "prediction", "right", "loss",
+                                                             "confidence") if c in cell_rows]])
         st.dataframe(cell_table, hide_index=True, key="err_cell", row_height=48 if "input" in cell_table else None,
                      column_config={"input": st.column_config.ImageColumn("input", width="small"),
                                     "loss": st.column_config.NumberColumn(format="%.3f"),
-                                    "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1)})
+                                    "confidence": st.column_config.ProgressColumn(min_value=0, max_value=1),
+                                    "right": st.column_config.ProgressColumn(min_value=0, max_value=1,
+                                                                             format="percent")})
     with class_tab:
         metrics = errors.class_metrics(samples, num_classes, class_names)
         st.plotly_chart(figures.class_metrics_figure(metrics), key="err_metrics")

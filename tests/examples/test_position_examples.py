@@ -99,3 +99,21 @@ def test_sample_detail_of_a_segmentation_says_how_many_pixels_are_right(tmp_path
     assert metrics["Counted"] == f"{len(rows):,} pixels"
     assert metrics["Worst position's loss"] == f"{rows['loss'].max():.3f}"
     assert "Label" not in metrics
+
+
+def test_error_review_of_a_segmentation_lists_samples_by_their_share_right(tmp_path, monkeypatch):
+    """Error review on an evaluated segmentation opens without an error, and its worst-cases table
+    gives each image's share of pixels right (not its commonest class), as the positions say."""
+    from tests.pages._app import run_app
+
+    torch.set_num_threads(1)
+    segmentation.train(tmp_path, name="seg", n=32, epochs=1, size=32)
+    at = run_app(monkeypatch, tmp_path, "seg", timeout=120)
+    at.switch_page("pages/errors.py").run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert not at.error, [e.value for e in at.error]
+    table = at.dataframe(key="err_table").value
+    assert {"right", "counted", "worst_position_loss"} <= set(table.columns) and "label" not in table
+    run = diagnostics.open_run(tmp_path / "seg")
+    first = run.positions("val", ids=[str(table["sample_id"].iloc[0])])
+    assert table["right"].iloc[0] == pytest.approx((first["label"] == first["prediction"]).mean())
