@@ -63,6 +63,12 @@ LOSS_FALL_MIN = 0.10  # the loss fell less than 10% from its first steps: "not f
 # Learning-rate collapse: below this fraction of its maximum, for more than this share of the steps.
 LR_COLLAPSE_FRACTION = 0.01
 LR_COLLAPSE_TAIL = 0.5
+# ... or below 0.1% of its maximum for more than a quarter of the steps: no healthy schedule sits there
+# that long (cosine and linear decay to 0 spend ~2% of the run below it, OneCycle ~1.5%, step decay by
+# 10x twice ends at 1%), a ReduceLROnPlateau whose mode is the opposite of its metric ('max' for a loss)
+# or a per-batch decay does.
+LR_DEEP_FRACTION = 1e-3
+LR_DEEP_TAIL = 0.25
 MIN_LR_STEPS = 20
 # Weight decay dominating: decay's share of the step above this, and the weight norm shrinking below this.
 DECAY_SHARE = 0.5
@@ -381,13 +387,15 @@ def _lr_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("The learning rate below 1% of its maximum for the last half of the run (a scheduler stepped per "
-      "batch), or 0 throughout (error).",
+      "batch), or below 0.1% for the last quarter (ReduceLROnPlateau with the wrong mode), or 0 throughout (error).",
       severities=("error", "warning"), evidence=_lr_chart,
       explains=(("update_ratio", symptom(low_ratio)), "stuck_parameters", *NOT_LEARNING))
 def rule_lr_collapse(run) -> list[Finding]:
     """A learning-rate schedule that reaches ~0 early: the lr (each param group) below 1% of
     its maximum for the last > 50% of the steps (≥ 20 steps), typically a scheduler stepped
-    per batch with its length in epochs (warning); a learning rate of 0 at every step is an
+    per batch with its length in epochs, or below 0.1% for the last > 25% (no healthy schedule
+    stays that low that long; ReduceLROnPlateau(mode='max') stepped with a loss cuts the rate
+    every patience + 1 epochs) (warning); a learning rate of 0 at every step is an
     error. Reference: PyTorch docs, "How to adjust learning rate" (call scheduler.step()
     per epoch unless the scheduler is defined in steps); Loshchilov & Hutter 2017 (SGDR)."""
     groups = run.manifest.get("optimizer_groups") or [{}]
@@ -406,22 +414,34 @@ def rule_lr_collapse(run) -> list[Finding]:
                 "Set a learning rate above 0 (check the scheduler's start factor and the value read from "
                 "the config).", {"max_lr": top, "steps": len(v)}, "PyTorch docs: torch.optim.lr_scheduler"))
             continue
-        high = np.nonzero(v >= LR_COLLAPSE_FRACTION * top)[0]
-        first_low = high[-1] + 1
-        tail = (len(v) - first_low) / len(v)
-        if tail <= LR_COLLAPSE_TAIL:
+        fraction, first_low, tail = _lr_tail(v, top)
+        if fraction is None:
             continue
         findings.append(make_finding(
             "lr_collapse", "warning", name, (steps[first_low], steps[-1]),
-            f"The learning rate ({name}) falls below {LR_COLLAPSE_FRACTION:.0%} of its maximum {top:.3g} at step "
+            f"The learning rate ({name}) falls below {fraction:.1%} of its maximum {top:.3g} at step "
             f"{steps[first_low]} and stays there for the last {tail:.0%} of the steps (ending at {v[-1]:.3g}): "
-            "most of the run barely trains.",
+            "that part of the run barely trains.",
             "Step the scheduler once per epoch, or size it in steps (T_max / step_size / total_steps = epochs "
-            "x batches per epoch); check gamma and the decay's length.",
+            "x batches per epoch); check gamma and the decay's length; give ReduceLROnPlateau the mode of its "
+            "metric (mode='min' for a loss, 'max' for an accuracy).",
             {"max_lr": top, "final_lr": v[-1], "collapse_step": steps[first_low], "tail_share": tail,
-             "fraction": LR_COLLAPSE_FRACTION},
+             "fraction": fraction},
             "PyTorch docs: How to adjust learning rate (torch.optim.lr_scheduler); Loshchilov & Hutter 2017"))
     return findings
+
+
+def _lr_tail(v: np.ndarray, top: float) -> tuple[float | None, int, float]:
+    """(fraction, first low index, tail share) when the learning rate stays below `fraction` of its
+    maximum `top` from that index to the end for more than the tail allowed for that fraction
+    (LR_COLLAPSE_* or the deeper LR_DEEP_*); (None, 0, 0.0) otherwise."""
+    for fraction, allowed in ((LR_COLLAPSE_FRACTION, LR_COLLAPSE_TAIL), (LR_DEEP_FRACTION, LR_DEEP_TAIL)):
+        high = np.nonzero(v >= fraction * top)[0]
+        first_low = int(high[-1]) + 1
+        tail = (len(v) - first_low) / len(v)
+        if tail > allowed:
+            return fraction, first_low, tail
+    return None, 0, 0.0
 
 
 def _norms(d: pd.DataFrame) -> pd.DataFrame:
