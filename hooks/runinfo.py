@@ -64,10 +64,11 @@ def _module_entry(name: str, m: nn.Module, model: nn.Module) -> dict:
 def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
     """(modules, parameters): one dict per module (name, type, params, leaf, and
     batch_first where the module has one) and per
-    parameter (name, shape, numel, requires_grad)."""
+    parameter (name, shape, numel, requires_grad, dtype: "float32", "float16", ... as at watch())."""
     modules = [_module_entry(name, m, model) for name, m in model.named_modules()]
     params = [
-        {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
+        {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad,
+         "dtype": str(p.dtype).removeprefix("torch.")}
         for n, p in model.named_parameters()
     ]
     return modules, params

@@ -37,6 +37,7 @@ from diagnostics.health.fit import rule_loss_vs_baseline
 from diagnostics.health.gradients import penalty_in_gradient
 from diagnostics.health.problems import (
     NOT_LEARNING,
+    cause,
     high_ratio,
     low_ratio,
     on_stuck_layer,
@@ -230,8 +231,24 @@ def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: 
                     "at optimizer.step(): zero_grad() runs between loss.backward() and optimizer.step()?)")
         if g.empty:
             return NO_GRADIENT
-        return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
+        return f"{ZERO_GRADIENT} (no signal reaches it: dead units upstream?)"
     return MOVES_TOO_LITTLE
+
+
+ZERO_GRADIENT = "its gradient is zero at every capture"
+# Loss-contract findings whose harm acts through the gradient the loss gives the outputs (a regression
+# loss on class ids, probabilities into CrossEntropyLoss, ...): where no parameter ever gets a non-zero
+# gradient, the outputs do not depend on the parameters differentiably (torch.round, argmax, a
+# comparison or .long() in the forward): that comes first, whatever the loss would do with a gradient.
+GRADIENT_SHAPING = ("regression_loss_on_class_ids", "softmax_wrong_dim", "nll_input", "double_sigmoid",
+                    "softmax_before_cross_entropy", "loss_shape_broadcast", "target_range")
+NOT_DIFFERENTIABLE = ("; no parameter gets a gradient although each is used: an operation in the forward whose "
+                      "gradient is 0 (torch.round, floor, argmax, a comparison, .long()) cuts every path from the loss")
+
+
+def no_gradient_anywhere(f: Finding) -> bool:
+    """Every optimized parameter stuck, with a zero gradient at every capture."""
+    return bool(f.evidence.get("all_parameters_stuck")) and str(f.evidence.get("reason", "")).startswith(ZERO_GRADIENT)
 
 
 def _lr_by_param(run) -> dict[str, pd.DataFrame]:
@@ -250,12 +267,15 @@ def _norm_chart(run, finding: Finding) -> go.Figure | None:
 
 @rule("Optimized parameters that never change, with the reason (lr 0, no gradient, clipped to zero).",
       severities=("error", "warning", "info"), evidence=_norm_chart,
-      explains=(("update_ratio", on_stuck_layer), *NOT_LEARNING))
+      explains=(("update_ratio", on_stuck_layer), *NOT_LEARNING,
+                *((s, cause(no_gradient_anywhere)) for s in GRADIENT_SHAPING)))
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
     was recorded (zero learning rate, no gradient, zero or clipped-away gradient, a gradient
-    cleared between backward and the step). Warning; for parameters that never get a gradient,
+    cleared between backward and the step). Every parameter with a zero gradient at every capture
+    outranks a loss-contract finding (GRADIENT_SHAPING): the loss's gradient never reaches the
+    model. Warning; for parameters that never get a gradient,
     info (an unused branch is often deliberate) unless they are > 50% of the trainable
     parameters by count or the loss does not fall (`_no_gradient_harm`); error when no
     optimized parameter changes at all. Parameters with requires_grad=False
@@ -287,8 +307,8 @@ def rule_stuck_parameters(run) -> list[Finding]:
     everything = sum(len(v) for v in stuck.values()) == len(layers)
     findings = []
     for reason, names in stuck.items():
-        severity, harm = ("error", "") if everything else _no_gradient_harm(run, names) if reason == NO_GRADIENT \
-            else ("warning", "")
+        severity, harm = ("error", NOT_DIFFERENTIABLE if reason.startswith(ZERO_GRADIENT) else "") if everything \
+            else _no_gradient_harm(run, names) if reason == NO_GRADIENT else ("warning", "")
         findings.append(make_finding(
             "stuck_parameters", severity, names[0], (min(span), max(span)),
             f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
