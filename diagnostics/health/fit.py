@@ -60,6 +60,11 @@ MINORITY_SHARE_OF_UNIFORM = 0.5
 MINORITY_OVERPREDICT = 1.5
 # Overfitting: validation points needed, and how far val loss must rise above its best.
 MIN_VAL_POINTS = 5
+# ... or 4, when every one after the best is higher than the one before and the last at least 10%
+# above the best: a short run validated a few times (a sampler repeating a few samples, #23) whose
+# validation loss only climbs while the training loss falls is no noise.
+MIN_VAL_POINTS_MONOTONE = 4
+VAL_RISE_MONOTONE = 0.10
 VAL_RISE_FRACTION = 0.05
 # Label noise: a suspect loses in >= 80% of its late records with a median margin below -2
 # logits (`dynamics.label_verdict`, which the data map's shortlist uses too); suspects as a share
@@ -318,10 +323,17 @@ def _overfitting_chart(run, finding: Finding) -> go.Figure:
     return charts.loss_curves(run, "training vs validation loss", smooth=0.6)
 
 
+def _climbs(vv: np.ndarray) -> bool:
+    """Every validation loss after the best is above the one before, the last VAL_RISE_MONOTONE above the best."""
+    best = int(np.argmin(vv))
+    return bool(best < len(vv) - 1 and np.all(np.diff(vv[best:]) > 0) and vv[-1] >= (1 + VAL_RISE_MONOTONE) * vv[best])
+
+
 @rule("Overfitting: the validation loss rising from its best while the training loss falls and the gap grows.",
       severities=("warning",), evidence=_overfitting_chart)
 def rule_overfitting(run) -> list[Finding]:
-    """Overfitting, when `val/loss` is logged (≥ 5 points): over the last third of its
+    """Overfitting, when `val/loss` is logged (≥ 5 points, or 4 that climb steadily after the
+    best to 10% above it, `_climbs`): over the last third of its
     points (at least 3) the validation loss rises (positive slope, and its last value ≥ 5%
     above its best) while the training loss falls and the gap between them grows.
     Reference: Prechelt 1998, "Early Stopping — But When?"; Goodfellow et al. 2016, §7.8."""
@@ -329,9 +341,9 @@ def rule_overfitting(run) -> list[Finding]:
     val = val[np.isfinite(val["value"].astype(float))]
     train = scalar(run, "loss")
     train = train[np.isfinite(train["value"].astype(float))]
-    if len(val) < MIN_VAL_POINTS or len(train) < 2:
-        return []
     vs, vv = val["step"].to_numpy(float), val["value"].to_numpy(float)
+    if len(val) < MIN_VAL_POINTS_MONOTONE or len(train) < 2 or len(val) < MIN_VAL_POINTS and not _climbs(vv):
+        return []
     ts, tv = train["step"].to_numpy(float), train["value"].to_numpy(float)
 
     def train_at(i: int) -> float:  # train loss smoothed over the steps since the previous evaluation

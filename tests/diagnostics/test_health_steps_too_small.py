@@ -135,3 +135,33 @@ def test_round_in_the_forward_cuts_every_gradient_first(tmp_path, rounds):
         assert problems[0].cause.rule == "stuck_parameters" and "torch.round" in problems[0].cause.message
     else:
         assert all(gr.any() for gr in grads) and not stuck
+
+
+@pytest.mark.parametrize("per_sample", [False, True])
+def test_a_sampler_given_class_weights_repeats_a_few_samples_and_overfits(tmp_path, per_sample):
+    """WeightedRandomSampler wants one weight per sample; given the 10 class weights it draws indices 0-9 only."""
+    from benchmarks.health_suite import flat_digits
+    xt, yt, xv, yv = flat_digits()
+    class_w = 1.0 / torch.bincount(yt).float()
+    weights = class_w[yt] if per_sample else class_w
+    idx_all = torch.tensor(list(torch.utils.data.WeightedRandomSampler(
+        weights, num_samples=len(xt), replacement=True, generator=torch.Generator().manual_seed(0))))
+    model, crit = _mlp(), nn.CrossEntropyLoss()
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="sampler") as run:
+        for i, idx in enumerate(idx_all.split(32)[:120]):
+            opt.zero_grad()
+            crit(model(xt[idx]), yt[idx]).backward()
+            opt.step()
+            if i % 10 == 9:
+                with torch.no_grad():
+                    run.log_scalar("val/loss", nn.functional.cross_entropy(model(xv), yv))
+    val = diagnostics.open_run(run.path).scalars(names=["val/loss"])["value"].to_numpy()
+    found = [f for f in check(diagnostics.open_run(run.path)) if f.rule == "overfitting"]
+    assert len(val) == 4
+    if per_sample:
+        assert not found and val[-1] < val[0]
+    else:  # independent: 10 distinct samples drawn; the validation loss climbs at every point after its best
+        best = int(val.argmin())
+        assert len(set(idx_all.tolist())) <= 10 and best < 3 and (val[best + 1:] > val[best:-1]).all(), val
+        assert len(found) == 1 and found[0].severity == "warning"
