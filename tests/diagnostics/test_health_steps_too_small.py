@@ -165,3 +165,34 @@ def test_a_sampler_given_class_weights_repeats_a_few_samples_and_overfits(tmp_pa
         best = int(val.argmin())
         assert len(set(idx_all.tolist())) <= 10 and best < 3 and (val[best + 1:] > val[best:-1]).all(), val
         assert len(found) == 1 and found[0].severity == "warning"
+
+
+@pytest.mark.parametrize("inverse", [False, True])
+def test_class_weights_proportional_to_the_counts_starve_the_rare_classes(digits, tmp_path, inverse):
+    """CrossEntropyLoss(weight=counts / counts.sum()) where 1 / counts was meant: classes 5-9 kept at 20%."""
+    x, y = digits
+    keep = (y < 5) | (torch.rand(len(y), generator=torch.Generator().manual_seed(0)) < 0.2)
+    x, y = x[keep], y[keep]
+    counts = torch.bincount(y, minlength=10).float()
+    weight = counts.sum() / (10 * counts) if inverse else counts / counts.sum()
+    model, crit = _mlp(), nn.CrossEntropyLoss(weight=weight)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="cw") as run:
+        for step in range(120):
+            idx = order[(step * 32) % (len(x) - 32):][:32]
+            opt.zero_grad()
+            crit(model(x[idx]), y[idx]).backward()
+            opt.step()
+    r = diagnostics.open_run(run.path)
+    assert r.manifest["loss_class_weight"] == pytest.approx(weight.tolist())
+    with torch.no_grad():  # independent: how often the rare classes 5-9 are predicted on the kept data
+        rare_pred = float((model(x).argmax(1) >= 5).float().mean())
+    rare_share = float((y >= 5).float().mean())
+    found = [f for f in check(r) if f.rule == "output_vs_label" and "class_weight" in f.evidence]
+    if inverse:
+        assert not found and rare_pred > rare_share / 3
+    else:
+        assert rare_pred < rare_share / 3
+        assert len(found) == 1 and found[0].severity == "warning" and set(found[0].evidence["rare_classes"]) <= set(
+            range(5, 10))
