@@ -264,7 +264,8 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
       "learning rate, info while the loss falls to half); or clipping that leaves the optimizer under 1% of the "
-      "gradient while the loss stays flat.", severities=("warning", "info"), evidence=_ratio_chart,
+      "gradient while the loss stays flat; or steps too small to move the weights 5% over the run, or under a float16 "
+      "weight's spacing, while the loss stays flat.", severities=("warning", "info"), evidence=_ratio_chart,
       explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING), *((s, cause(clipped_away)) for s in NOT_LEARNING),
                 ("update_ratio", cause(clipped_away, symptom(low_ratio))),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes", "dead_units"))))
