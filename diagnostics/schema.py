@@ -280,7 +280,8 @@ SORT_KEYS = {"scalars": ("name", "step"), "distributions": ("kind", "layer", "st
 # Manifest keys every run has; more (model summary, config, ...) are welcome.
 MANIFEST_REQUIRED = ("schema_version", "name", "created_at")
 # Optional manifest keys the training-loop health rules read (diagnostics.health.loop):
-# `parameters[i].in_optimizer` (bool, None without an optimizer); `optimizer_groups`: one
+# `parameters[i].in_optimizer` (bool, None without an optimizer), `parameters[i].dtype` ("float16",
+# ...: the parameter's dtype at watch(); absent in older runs); `optimizer_groups`: one
 # dict per param group at watch() (its parameter names under "params", then lr,
 # weight_decay, momentum, betas, ... as the optimizer holds them);
 # `no_grad_forward_train_mode`: the dropout/BatchNorm modules that were in train mode

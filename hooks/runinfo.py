@@ -64,10 +64,11 @@ def _module_entry(name: str, m: nn.Module, model: nn.Module) -> dict:
 def model_summary(model: nn.Module) -> tuple[list[dict], list[dict]]:
     """(modules, parameters): one dict per module (name, type, params, leaf, and
     batch_first where the module has one) and per
-    parameter (name, shape, numel, requires_grad)."""
+    parameter (name, shape, numel, requires_grad, dtype: "float32", "float16", ... as at watch())."""
     modules = [_module_entry(name, m, model) for name, m in model.named_modules()]
     params = [
-        {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad}
+        {"name": user_name(n), "shape": list(p.shape), "numel": p.numel(), "requires_grad": p.requires_grad,
+         "dtype": str(p.dtype).removeprefix("torch.")}
         for n, p in model.named_parameters()
     ]
     return modules, params
@@ -134,4 +135,17 @@ def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: Wat
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
         # padding counted in the loss? (diagnostics/health/invariance.py): CrossEntropyLoss / NLLLoss's
         "loss_ignore_index": getattr(loss_fn, "ignore_index", None),
+        # per-class weights of CrossEntropyLoss / NLLLoss (diagnostics/health/fit.py): weights that rise with
+        # the class counts (counts where 1 / counts was meant) weigh the rare classes down
+        "loss_class_weight": class_weight(loss_fn),
     }
+
+
+def class_weight(loss_fn) -> list[float] | None:
+    """The per-class `weight` of a CrossEntropyLoss / NLLLoss module (at most 1,000 classes), or None."""
+    w = getattr(loss_fn, "weight", None)
+    if type(loss_fn).__name__ not in ("CrossEntropyLoss", "NLLLoss") or not isinstance(w, torch.Tensor):
+        return None
+    if w.ndim != 1 or w.numel() > 1000:
+        return None
+    return [float(v) for v in w.detach().float().cpu().tolist()]

@@ -53,6 +53,14 @@ DIVERGENCE_LOSSES = {"KLDivLoss", "kl_div"}
 # hooks/capture.py's output_summaries counts a single output as class 1 when it is above 0,
 # which every probability is, so the predicted shares say nothing (the D of pytorch/examples dcgan).
 PROBABILITY_LOSSES = {"BCELoss", "binary_cross_entropy"}
+# Class weights that rise with the class counts (weight = counts / total where 1 / counts was meant):
+# the loss weighs the rare classes down on top of their rarity; a weighting for imbalance weighs them up
+# (sklearn's class_weight="balanced": n / (k * count); King & Zeng 2001). The weights' rank correlation
+# with the label counts (counted from the captured batches: noisy for rare classes) at least 0.7 and
+# their span at least 2x; a warning when the rarest third of the
+# classes is predicted at under 1/3 of its label share over the second half of the captures, else info.
+WEIGHT_COUNT_CORR = 0.7
+WEIGHT_SPAN = 2.0
 # Loss vs baseline: labels this imbalanced (the rarest class under half the uniform share)
 # and that class predicted at 1.5x its label share or more: the loss pushes toward the rare
 # class (pos_weight, class weights, resampling), so its baseline is not the prior entropy.
@@ -60,6 +68,11 @@ MINORITY_SHARE_OF_UNIFORM = 0.5
 MINORITY_OVERPREDICT = 1.5
 # Overfitting: validation points needed, and how far val loss must rise above its best.
 MIN_VAL_POINTS = 5
+# ... or 4, when every one after the best is higher than the one before and the last at least 10%
+# above the best: a short run validated a few times (a sampler repeating a few samples, #23) whose
+# validation loss only climbs while the training loss falls is no noise.
+MIN_VAL_POINTS_MONOTONE = 4
+VAL_RISE_MONOTONE = 0.10
 VAL_RISE_FRACTION = 0.05
 # Label noise: a suspect loses in >= 80% of its late records with a median margin below -2
 # logits (`dynamics.label_verdict`, which the data map's shortlist uses too); suspects as a share
@@ -206,8 +219,9 @@ def _value_caveat(run, out: pd.DataFrame, lab: pd.DataFrame) -> str:
             "as KLDivLoss takes them (distillation, soft targets): their moments are not comparable")
 
 
-@rule("Outputs against labels: a class predicted at under 1/3 or over 3x its label share; regression outputs "
-      "collapsed (std under 0.1x the labels') or shifted (over 1 label std).", severities=("warning", "info"),
+@rule("Outputs against labels: a class predicted at under 1/3 or over 3x its label share; class weights of the "
+      "loss that rise with the class counts; regression outputs collapsed (std under 0.1x the labels') or "
+      "shifted (over 1 label std).", severities=("warning", "info"),
       evidence=_output_chart)
 def rule_output_vs_label(run) -> list[Finding]:
     """The model's outputs against the labels, pooled over the last third of the captures.
@@ -219,11 +233,53 @@ def rule_output_vs_label(run) -> list[Finding]:
     ref = "Karpathy 2019, A Recipe for Training Neural Networks"
     if task == "classification":
         pair = _late_outputs_and_labels(run, "train/class")
-        return _class_shares(run, *pair, ref) if pair else []
+        return (_class_shares(run, *pair, ref) if pair else []) + _weights_follow_counts(run)
     if task == "regression":
         pair = _late_outputs_and_labels(run, "train/value")
         return _regression_moments(run, *pair, ref) if pair else []
     return []
+
+
+def _weights_follow_counts(run) -> list[Finding]:
+    """The loss's per-class weights rising with the label counts (WEIGHT_COUNT_CORR, WEIGHT_SPAN):
+    a warning when the rarest third of the classes is under-predicted (under 1/3 of its label
+    share) over the second half of the captures, else info."""
+    w, out, lab = run.manifest.get("loss_class_weight"), dist(run, "output"), dist(run, "label")
+    if not w or lab.empty or out.empty:
+        return []
+    lab, out = lab[lab["layer"] == "train/class"], out[out["layer"] == "train/class"]
+    counts = class_counts(lab)
+    if counts is None or counts.sum() < MIN_POOLED_LABELS:
+        return []
+    w = np.asarray(w, float)
+    present = [c for c in range(min(w.size, counts.size)) if counts[c] > 0]
+    wp, cp = w[present], counts[present]
+    if len(present) < 3 or not (wp.min() > 0 and wp.max() >= WEIGHT_SPAN * wp.min()):
+        return []
+    rho = float(pd.Series(wp).rank().corr(pd.Series(cp).rank()))
+    if not rho >= WEIGHT_COUNT_CORR:
+        return []
+    rare = [present[i] for i in np.argsort(cp, kind="stable")[:max(1, len(present) // 3)]]
+    half = lab["step"].max() / 2
+    pred, labs = class_counts(out[out["step"] >= half]), class_counts(lab[lab["step"] >= half])
+    p = q = math.nan
+    if pred is not None and labs is not None and pred.sum() > 0 and labs.sum() > 0:
+        pred, labs = np.pad(pred, (0, max(0, w.size - pred.size))), np.pad(labs, (0, max(0, w.size - labs.size)))
+        p, q = labs[rare].sum() / labs.sum(), pred[rare].sum() / pred.sum()
+    harm = bool(p > 0 and q < p / CLASS_SHARE_FACTOR)
+    names = ", ".join(class_name(run, c) for c in rare)
+    return [make_finding(
+        "output_vs_label", "warning" if harm else "info", "train/class",
+        (int(lab["step"].min()), int(lab["step"].max())),
+        f"The loss's class weights rise with the class counts (rank correlation {rho:.2f}, weights "
+        f"{wp.min():.3g}-{wp.max():.3g}): the rarest classes ({names}) are weighed down on top of being rare"
+        + (f", and are predicted at {q:.0%} against their {p:.0%} of the labels over the second half of the run"
+           if harm else "") + ".",
+        "Weigh classes by the inverse of their counts: weight = counts.sum() / (len(counts) * counts) "
+        "(sklearn's class_weight='balanced'), not counts / counts.sum().",
+        {"class_weight": wp.tolist(), "label_counts": cp.tolist(), "rank_correlation": rho, "rare_classes": rare,
+         "rare_predicted_share": q, "rare_label_share": p, "factor": CLASS_SHARE_FACTOR},
+        "King & Zeng 2001, Logistic Regression in Rare Events Data; scikit-learn compute_class_weight('balanced')")]
 
 
 def _reweighted_toward_rare(run) -> str | None:
@@ -318,10 +374,17 @@ def _overfitting_chart(run, finding: Finding) -> go.Figure:
     return charts.loss_curves(run, "training vs validation loss", smooth=0.6)
 
 
+def _climbs(vv: np.ndarray) -> bool:
+    """Every validation loss after the best is above the one before, the last VAL_RISE_MONOTONE above the best."""
+    best = int(np.argmin(vv))
+    return bool(best < len(vv) - 1 and np.all(np.diff(vv[best:]) > 0) and vv[-1] >= (1 + VAL_RISE_MONOTONE) * vv[best])
+
+
 @rule("Overfitting: the validation loss rising from its best while the training loss falls and the gap grows.",
       severities=("warning",), evidence=_overfitting_chart)
 def rule_overfitting(run) -> list[Finding]:
-    """Overfitting, when `val/loss` is logged (≥ 5 points): over the last third of its
+    """Overfitting, when `val/loss` is logged (≥ 5 points, or 4 that climb steadily after the
+    best to 10% above it, `_climbs`): over the last third of its
     points (at least 3) the validation loss rises (positive slope, and its last value ≥ 5%
     above its best) while the training loss falls and the gap between them grows.
     Reference: Prechelt 1998, "Early Stopping — But When?"; Goodfellow et al. 2016, §7.8."""
@@ -329,9 +392,9 @@ def rule_overfitting(run) -> list[Finding]:
     val = val[np.isfinite(val["value"].astype(float))]
     train = scalar(run, "loss")
     train = train[np.isfinite(train["value"].astype(float))]
-    if len(val) < MIN_VAL_POINTS or len(train) < 2:
-        return []
     vs, vv = val["step"].to_numpy(float), val["value"].to_numpy(float)
+    if len(val) < MIN_VAL_POINTS_MONOTONE or len(train) < 2 or len(val) < MIN_VAL_POINTS and not _climbs(vv):
+        return []
     ts, tv = train["step"].to_numpy(float), train["value"].to_numpy(float)
 
     def train_at(i: int) -> float:  # train loss smoothed over the steps since the previous evaluation

@@ -56,6 +56,16 @@ UPDATE_RATIO_HIGH = 1e-1
 # decoder by ~0.5 a step while its loss still falls), every value finite; then the high ratio
 # is info (the rule cannot tell harm).
 LOSS_FALL_FACTOR = 0.5
+# Steps too small for the run: every weight matrix's median ratio times the number of optimizer
+# steps (an upper bound on how far the weights can get from where they started) under 5% of their
+# norm while the loss stays within 10% of where it started. 100 steps at the healthy 1e-3 may
+# travel 10%; Adadelta given Adam's lr 1e-3 (its own default is 1.0) travels ~0.4% in 120 steps.
+RUN_TRAVEL_LOW = 0.05
+LOSS_FLAT = 0.9
+# Floating point keeps p significant bits: an update under half the spacing near a weight,
+# 2^-p of it, rounds to nothing (float16 p=11, bfloat16 p=8: Micikevicius et al., "Mixed
+# Precision Training", ICLR 2018, section 3.1, hence fp32 master weights).
+HALF_SPACING = {"float16": 2.0 ** -11, "bfloat16": 2.0 ** -8}
 STILL_FALLING = (0.9, 0.99)  # last fifth ≤ 0.9 x the first's and ≤ 0.99 x the one before it
 MIN_LOSS_POINTS = 4  # an LBFGS run of a few steps has a loss per step (each step many evaluations)
 # Clipping that removes nearly all of the gradient: the optimizer gets under 1% of the norm backward
@@ -254,7 +264,8 @@ def _ratio_chart(run, finding: Finding) -> go.Figure | None:
 
 @rule("Update-to-weight ratios far from ~1e-3 (below 1e-5: the layer barely moves; above 1e-1: too high a "
       "learning rate, info while the loss falls to half); or clipping that leaves the optimizer under 1% of the "
-      "gradient while the loss stays flat.", severities=("warning", "info"), evidence=_ratio_chart,
+      "gradient while the loss stays flat; or steps too small to move the weights 5% over the run, or under a float16 "
+      "weight's spacing, while the loss stays flat.", severities=("warning", "info"), evidence=_ratio_chart,
       explains=(*((s, cause(low_ratio)) for s in NOT_LEARNING), *((s, cause(clipped_away)) for s in NOT_LEARNING),
                 ("update_ratio", cause(clipped_away, symptom(low_ratio))),
                 *((s, cause(high_ratio)) for s in ("nonfinite", "grad_norm_spikes", "dead_units"))))
@@ -272,7 +283,7 @@ def rule_update_ratio(run) -> list[Finding]:
     if ratios.empty:
         return []
     params = {p.get("name"): p for p in run.manifest.get("parameters", []) or []}
-    falls, findings = loss_falls(run), []
+    falls, findings, meds = loss_falls(run), [], {}
     for layer in layer_order(run, "update", ratios["layer"].unique()):
         p = params.get(layer)
         if p is not None and (len(p.get("shape", [])) < 2 or p.get("requires_grad") is False):
@@ -290,6 +301,7 @@ def rule_update_ratio(run) -> list[Finding]:
               "captures": len(rows), "low": UPDATE_RATIO_LOW, "high": UPDATE_RATIO_HIGH}
         ref = "Karpathy, cs231n Neural Networks Part 3 (update/weight ratio ~1e-3)"
         change = "nothing (the ratio is 0)" if med == 0 else f"only {med:.2g} of their norm"
+        meds[layer] = (med, int(steps.min()), int(steps.max()), ev)
         if med > UPDATE_RATIO_HIGH:
             findings.append(_high_ratio(run, layer, med, len(rows), (steps.min(), steps.max()), ev, ref, falls))
         elif med < UPDATE_RATIO_LOW:
@@ -301,7 +313,46 @@ def rule_update_ratio(run) -> list[Finding]:
                 "(initialisation, saturating activations) and for a schedule that decayed too early.",
                 ev, ref))
     clip = _clipped_away(run, ratios)
-    return findings + ([clip] if clip is not None else [])
+    return findings + ([clip] if clip is not None else []) + (_too_small_for_the_run(run, meds) if not findings else [])
+
+
+def _too_small_for_the_run(run, meds: dict[str, tuple]) -> list[Finding]:
+    """Every weight matrix's steps too small to move it over the whole run (median ratio x
+    optimizer steps < RUN_TRAVEL_LOW), or float16/bfloat16 weights (where the manifest records the
+    dtype) whose median step is under their precision's spacing (most elements' updates under half
+    of it round away), while the loss stays flat (its last fifth > LOSS_FLAT of its first): a
+    warning per matrix."""
+    loss = scalar(run, "loss")
+    if not meds or len(loss) < MIN_LOSS_POINTS or loss_falls(run) is not None:
+        return []
+    v = loss.sort_values("step")["value"].to_numpy(float)
+    k, n = max(1, len(v) // 5), int(loss["step"].max()) + 1
+    first, last = float(np.median(v[:k])), float(np.median(v[-k:]))
+    if not (np.isfinite(v).all() and first > 0 and last > LOSS_FLAT * first):
+        return []
+    dtypes = {p.get("name"): p.get("dtype") for p in run.manifest.get("parameters", []) or []}
+    if any(m * n >= RUN_TRAVEL_LOW and not m < 2 * HALF_SPACING.get(dtypes.get(x), 0) for x, (m, *_) in meds.items()):
+        return []
+    opt, out = run.manifest.get("optimizer") or "the optimizer", []
+    for layer, (med, s0, s1, ev) in meds.items():
+        half = HALF_SPACING.get(dtypes.get(layer))
+        why = (f"its weights are {dtypes[layer]}, whose spacing near a weight is {2 * half:.2g} of it: a step under "
+               f"half of that ({half:.2g}) rounds to nothing, so most of each update is lost") if half else \
+            f"the learning rate {opt} applies is far too small for {n} steps"
+        out.append(make_finding(
+            "update_ratio", "warning", layer, (s0, s1),
+            f"{layer}: each step changes the weights by {med:.2g} of their norm, so {n} steps move them by at most "
+            f"{med * n:.1%} (threshold {RUN_TRAVEL_LOW:.0%}, or a step under the spacing of their dtype) while the "
+            f"loss stays at {last / first:.0%} of where it started ({first:.3g} -> {last:.3g}): {why}.",
+            "Keep the weights in float32 and train in mixed precision (torch.autocast with a GradScaler) instead "
+            "of model.half()." if half else
+            f"Raise the learning rate: check the value {opt} expects (Adadelta's lr is a factor on its own step, "
+            "1.0 by default, not Adam's 1e-3), the scheduler's factor, and that the loss is not divided twice.",
+            {**ev, "low": RUN_TRAVEL_LOW / n, "steps": n, "travel": med * n, "dtype": dtypes.get(layer),
+             "loss_first": first, "loss_last": last},
+            "Karpathy, cs231n Neural Networks Part 3 (update/weight ratio ~1e-3)"
+            + ("; Micikevicius et al., Mixed Precision Training (ICLR 2018) 3.1" if half else "")))
+    return out
 
 
 def loss_falls(run) -> tuple[float, float] | None:

@@ -37,6 +37,7 @@ from diagnostics.health.fit import rule_loss_vs_baseline
 from diagnostics.health.gradients import penalty_in_gradient
 from diagnostics.health.problems import (
     NOT_LEARNING,
+    cause,
     high_ratio,
     low_ratio,
     on_stuck_layer,
@@ -63,6 +64,12 @@ LOSS_FALL_MIN = 0.10  # the loss fell less than 10% from its first steps: "not f
 # Learning-rate collapse: below this fraction of its maximum, for more than this share of the steps.
 LR_COLLAPSE_FRACTION = 0.01
 LR_COLLAPSE_TAIL = 0.5
+# ... or below 0.1% of its maximum for more than a quarter of the steps: no healthy schedule sits there
+# that long (cosine and linear decay to 0 spend ~2% of the run below it, OneCycle ~1.5%, step decay by
+# 10x twice ends at 1%), a ReduceLROnPlateau whose mode is the opposite of its metric ('max' for a loss)
+# or a per-batch decay does.
+LR_DEEP_FRACTION = 1e-3
+LR_DEEP_TAIL = 0.25
 MIN_LR_STEPS = 20
 # Weight decay dominating: decay's share of the step above this, and the weight norm shrinking below this.
 DECAY_SHARE = 0.5
@@ -224,8 +231,24 @@ def _stuck_reason(run, name: str, steps: list[int], grads: pd.DataFrame, lr_of: 
                     "at optimizer.step(): zero_grad() runs between loss.backward() and optimizer.step()?)")
         if g.empty:
             return NO_GRADIENT
-        return "its gradient is zero at every capture (no signal reaches it: dead units upstream?)"
+        return f"{ZERO_GRADIENT} (no signal reaches it: dead units upstream?)"
     return MOVES_TOO_LITTLE
+
+
+ZERO_GRADIENT = "its gradient is zero at every capture"
+# Loss-contract findings whose harm acts through the gradient the loss gives the outputs (a regression
+# loss on class ids, probabilities into CrossEntropyLoss, ...): where no parameter ever gets a non-zero
+# gradient, the outputs do not depend on the parameters differentiably (torch.round, argmax, a
+# comparison or .long() in the forward): that comes first, whatever the loss would do with a gradient.
+GRADIENT_SHAPING = ("regression_loss_on_class_ids", "softmax_wrong_dim", "nll_input", "double_sigmoid",
+                    "softmax_before_cross_entropy", "loss_shape_broadcast", "target_range")
+NOT_DIFFERENTIABLE = ("; no parameter gets a gradient although each is used: an operation in the forward whose "
+                      "gradient is 0 (torch.round, floor, argmax, a comparison, .long()) cuts every path from the loss")
+
+
+def no_gradient_anywhere(f: Finding) -> bool:
+    """Every optimized parameter stuck, with a zero gradient at every capture."""
+    return bool(f.evidence.get("all_parameters_stuck")) and str(f.evidence.get("reason", "")).startswith(ZERO_GRADIENT)
 
 
 def _lr_by_param(run) -> dict[str, pd.DataFrame]:
@@ -244,12 +267,15 @@ def _norm_chart(run, finding: Finding) -> go.Figure | None:
 
 @rule("Optimized parameters that never change, with the reason (lr 0, no gradient, clipped to zero).",
       severities=("error", "warning", "info"), evidence=_norm_chart,
-      explains=(("update_ratio", on_stuck_layer), *NOT_LEARNING))
+      explains=(("update_ratio", on_stuck_layer), *NOT_LEARNING,
+                *((s, cause(no_gradient_anywhere)) for s in GRADIENT_SHAPING)))
 def rule_stuck_parameters(run) -> list[Finding]:
     """Parameters the optimizer holds that never change: the weight summary identical and
     the update exactly zero on every capture (≥ 3 after step 0); the reason named from what
     was recorded (zero learning rate, no gradient, zero or clipped-away gradient, a gradient
-    cleared between backward and the step). Warning; for parameters that never get a gradient,
+    cleared between backward and the step). Every parameter with a zero gradient at every capture
+    outranks a loss-contract finding (GRADIENT_SHAPING): the loss's gradient never reaches the
+    model. Warning; for parameters that never get a gradient,
     info (an unused branch is often deliberate) unless they are > 50% of the trainable
     parameters by count or the loss does not fall (`_no_gradient_harm`); error when no
     optimized parameter changes at all. Parameters with requires_grad=False
@@ -281,8 +307,8 @@ def rule_stuck_parameters(run) -> list[Finding]:
     everything = sum(len(v) for v in stuck.values()) == len(layers)
     findings = []
     for reason, names in stuck.items():
-        severity, harm = ("error", "") if everything else _no_gradient_harm(run, names) if reason == NO_GRADIENT \
-            else ("warning", "")
+        severity, harm = ("error", NOT_DIFFERENTIABLE if reason.startswith(ZERO_GRADIENT) else "") if everything \
+            else _no_gradient_harm(run, names) if reason == NO_GRADIENT else ("warning", "")
         findings.append(make_finding(
             "stuck_parameters", severity, names[0], (min(span), max(span)),
             f"{len(names)} parameter(s) never changed over {len(w['step'].unique())} captures "
@@ -381,13 +407,15 @@ def _lr_chart(run, finding: Finding) -> go.Figure:
 
 
 @rule("The learning rate below 1% of its maximum for the last half of the run (a scheduler stepped per "
-      "batch), or 0 throughout (error).",
+      "batch), or below 0.1% for the last quarter (ReduceLROnPlateau with the wrong mode), or 0 throughout (error).",
       severities=("error", "warning"), evidence=_lr_chart,
       explains=(("update_ratio", symptom(low_ratio)), "stuck_parameters", *NOT_LEARNING))
 def rule_lr_collapse(run) -> list[Finding]:
     """A learning-rate schedule that reaches ~0 early: the lr (each param group) below 1% of
     its maximum for the last > 50% of the steps (≥ 20 steps), typically a scheduler stepped
-    per batch with its length in epochs (warning); a learning rate of 0 at every step is an
+    per batch with its length in epochs, or below 0.1% for the last > 25% (no healthy schedule
+    stays that low that long; ReduceLROnPlateau(mode='max') stepped with a loss cuts the rate
+    every patience + 1 epochs) (warning); a learning rate of 0 at every step is an
     error. Reference: PyTorch docs, "How to adjust learning rate" (call scheduler.step()
     per epoch unless the scheduler is defined in steps); Loshchilov & Hutter 2017 (SGDR)."""
     groups = run.manifest.get("optimizer_groups") or [{}]
@@ -406,22 +434,34 @@ def rule_lr_collapse(run) -> list[Finding]:
                 "Set a learning rate above 0 (check the scheduler's start factor and the value read from "
                 "the config).", {"max_lr": top, "steps": len(v)}, "PyTorch docs: torch.optim.lr_scheduler"))
             continue
-        high = np.nonzero(v >= LR_COLLAPSE_FRACTION * top)[0]
-        first_low = high[-1] + 1
-        tail = (len(v) - first_low) / len(v)
-        if tail <= LR_COLLAPSE_TAIL:
+        fraction, first_low, tail = _lr_tail(v, top)
+        if fraction is None:
             continue
         findings.append(make_finding(
             "lr_collapse", "warning", name, (steps[first_low], steps[-1]),
-            f"The learning rate ({name}) falls below {LR_COLLAPSE_FRACTION:.0%} of its maximum {top:.3g} at step "
+            f"The learning rate ({name}) falls below {fraction:.1%} of its maximum {top:.3g} at step "
             f"{steps[first_low]} and stays there for the last {tail:.0%} of the steps (ending at {v[-1]:.3g}): "
-            "most of the run barely trains.",
+            "that part of the run barely trains.",
             "Step the scheduler once per epoch, or size it in steps (T_max / step_size / total_steps = epochs "
-            "x batches per epoch); check gamma and the decay's length.",
+            "x batches per epoch); check gamma and the decay's length; give ReduceLROnPlateau the mode of its "
+            "metric (mode='min' for a loss, 'max' for an accuracy).",
             {"max_lr": top, "final_lr": v[-1], "collapse_step": steps[first_low], "tail_share": tail,
-             "fraction": LR_COLLAPSE_FRACTION},
+             "fraction": fraction},
             "PyTorch docs: How to adjust learning rate (torch.optim.lr_scheduler); Loshchilov & Hutter 2017"))
     return findings
+
+
+def _lr_tail(v: np.ndarray, top: float) -> tuple[float | None, int, float]:
+    """(fraction, first low index, tail share) when the learning rate stays below `fraction` of its
+    maximum `top` from that index to the end for more than the tail allowed for that fraction
+    (LR_COLLAPSE_* or the deeper LR_DEEP_*); (None, 0, 0.0) otherwise."""
+    for fraction, allowed in ((LR_COLLAPSE_FRACTION, LR_COLLAPSE_TAIL), (LR_DEEP_FRACTION, LR_DEEP_TAIL)):
+        high = np.nonzero(v >= fraction * top)[0]
+        first_low = int(high[-1]) + 1
+        tail = (len(v) - first_low) / len(v)
+        if tail > allowed:
+            return fraction, first_low, tail
+    return None, 0, 0.0
 
 
 def _norms(d: pd.DataFrame) -> pd.DataFrame:

@@ -293,6 +293,47 @@ def test_a_healthy_step_schedule_is_quiet(digits, tmp_path):
     _quiet(_loop(model, digits, tmp_path, "multistep", opt=opt, sched=sched, steps=60))
 
 
+def _plateau_loop(digits, tmp_path, mode):
+    """ReduceLROnPlateau stepped once per epoch (10 batches) with the epoch's mean loss."""
+    x, y = digits[0][:300], digits[1][:300]
+    model, crit = _mlp(), nn.CrossEntropyLoss()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode=mode, factor=0.1, patience=2)
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name=f"plateau_{mode}") as run:
+        for _epoch in range(20):
+            total = 0.0
+            for b in range(10):
+                opt.zero_grad()
+                loss = crit(model(x[b * 30:(b + 1) * 30]), y[b * 30:(b + 1) * 30])
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+            sched.step(total / 10)
+    return diagnostics.open_run(run.path)
+
+
+def test_plateau_scheduler_with_the_mode_of_an_accuracy_stepped_with_a_loss(digits, tmp_path):
+    run = _plateau_loop(digits, tmp_path, "max")  # every lower loss counts as no improvement
+    lr = run.scalars(names=["lr"]).sort_values("step")
+    first_low = int(lr[lr["value"] < 0.01 * 1e-3]["step"].min())  # independent: the first step under 0.1% of 0.01
+    found = _by(check(run), "lr_collapse", run)
+    assert len(found) == 1 and found[0].severity == "warning" and found[0].step_start == first_low
+    assert found[0].evidence["fraction"] == 1e-3 and found[0].evidence["tail_share"] > 0.25
+    assert "mode" in found[0].advice
+
+
+@pytest.mark.parametrize("schedule", ["plateau_min", "cosine_to_zero"])
+def test_healthy_decays_to_near_zero_are_quiet(digits, tmp_path, schedule):
+    if schedule == "plateau_min":
+        run = _plateau_loop(digits, tmp_path, "min")
+    else:
+        model = _mlp()
+        opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=80, eta_min=0.0)
+        run = _loop(model, digits, tmp_path, "cosine", opt=opt, sched=sched, steps=80)
+    assert not [f for f in check(run) if f.rule == "lr_collapse"]
+
+
 # ---------------------------------------------------------------------------------
 # 6. Weight decay dominating the update
 
