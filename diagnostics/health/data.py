@@ -467,3 +467,62 @@ def rule_single_class_labels(run) -> list[Finding]:
          "last_loss": last[0] if last else None, "loss_fraction": SINGLE_CLASS_LOSS_FRACTION},
         "Karpathy 2019, A Recipe for Training Neural Networks; PyTorch docs: torch.nn.CrossEntropyLoss",
     )]
+
+
+# A class the loss ignores: its share among the labels and what the model predicts for it.
+IGNORED_MIN_SHARE = 0.01  # of the labels pooled over the captures: a real class, not a stray value
+IGNORED_UNDER_PREDICTED = 1 / 3  # predicted share below this fraction of the labelled share: never learned
+
+
+def _class_shares(run, kind: str, late: bool) -> np.ndarray | None:
+    """Pooled class shares of the train labels or argmax predictions (`train/class`), over the
+    later half of the captures when `late`."""
+    d = dist(run, kind)
+    d = d[d["layer"] == "train/class"] if not d.empty else d
+    if d.empty:
+        return None
+    if late:
+        d = d[d["step"] >= d["step"].median()]
+    counts = class_counts(d)
+    return counts / counts.sum() if counts is not None and counts.sum() > 0 else None
+
+
+@rule("The loss's ignore_index is a real class: one label per sample, and labels equal to ignore_index are a "
+      "share of the data, so that class never contributes to the loss and the model never learns to predict it.",
+      severities=("warning", "info"), evidence=_batch_shares_chart,
+      explains=("output_vs_label", "label_noise", "loss_vs_baseline"))
+def rule_ignored_class(run) -> list[Finding]:
+    """CrossEntropyLoss / NLLLoss with `ignore_index` c ≥ 0, labels one per sample (not sequences,
+    whose padding is what ignore_index is for: the loss-input probe's `label_top_share` is
+    recorded for sequence labels only), and class c at least `IGNORED_MIN_SHARE` (1%) of the
+    pooled training labels: the loss drops every sample of that class. Warning when the model
+    predicts c (argmax, later half of the captures) at under `IGNORED_UNDER_PREDICTED` (1/3) of
+    its labelled share, the harm shown; info when the evidence is thinner. Reference: PyTorch
+    docs, torch.nn.CrossEntropyLoss ("ignore_index: a target value that is ignored and does not
+    contribute to the input gradient"; default -100, outside every class range)."""
+    m = run.manifest
+    ignore = m.get("loss_ignore_index")
+    if m.get("loss_fn") not in CE_LOSSES or not isinstance(ignore, int) or ignore < 0:
+        return []
+    if not scalar(run, "probe/train/label_top_share").dropna(subset=["value"]).empty:
+        return []  # sequence labels: padding at ignore_index is the intended use
+    labelled, predicted = _class_shares(run, "label", False), _class_shares(run, "output", True)
+    if labelled is None or ignore >= labelled.size or labelled[ignore] < IGNORED_MIN_SHARE:
+        return []
+    shown = 0.0 if predicted is None or ignore >= predicted.size else float(predicted[ignore])
+    harm = predicted is not None and shown < IGNORED_UNDER_PREDICTED * labelled[ignore]
+    lab = dist(run, "label")
+    steps = (int(lab["step"].min()), int(lab["step"].max()))
+    return [make_finding(
+        "ignored_class", "warning" if harm else "info", "train/class", steps,
+        f"{m.get('loss_fn')} ignores index {ignore}, but {ignore} is a real class: {labelled[ignore]:.0%} of the "
+        "training labels (one per sample, captured steps "
+        f"{steps[0]}-{steps[1]}). Those samples never reach the loss"
+        + (f", and the model predicts class {ignore} for {shown:.0%} of its inputs." if predicted is not None
+           else "."),
+        "Drop ignore_index (its default -100 ignores nothing) unless the class is padding; to weigh a class down, "
+        "use the loss's weight= argument instead.",
+        {"ignore_index": ignore, "labelled_share": float(labelled[ignore]), "predicted_share": shown,
+         "min_share": IGNORED_MIN_SHARE, "under_predicted": IGNORED_UNDER_PREDICTED},
+        "PyTorch docs: torch.nn.CrossEntropyLoss (ignore_index)",
+    )]

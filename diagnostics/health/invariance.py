@@ -20,12 +20,16 @@ each sample: dropout is off and BatchNorm uses its running statistics. So
 `loss_on_padding` reads the loss-input probe's sequence labels (their most common value and its
 share), the first training batch's last input tokens (the padding token, if sequences end in
 one) and the loss's `ignore_index` (the manifest's `loss_ignore_index`).
+
+`objective_sign` reads a logged reward (or return): training that drives it down says the loss
+rewards the opposite of the goal (its sign).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -201,3 +205,67 @@ def rule_loss_on_padding(run) -> list[Finding]:
         "at padded positions to -100 (the Hugging Face convention, CrossEntropyLoss's default ignore_index).",
         {"pad_value": value, "label_share": share[0], "input_end_share": end_share[0], "ignore_index": ignore,
          "loss_fn": loss_fn}, REFERENCE_PAD)]
+
+
+# ---------------------------------------------------------------------------------
+# The objective's sign: a logged reward (or return) that training drives down
+
+REWARD_MIN_POINTS = 20
+REWARD_FALL_SE = 4.0  # the fall, first quarter's mean to last quarter's, in standard errors of that difference
+REWARD_FALL_SHARE = 0.5  # ... and at least half the first quarter's level (|mean|; its std when the mean is ~0)
+
+
+def _reward_scalars(run) -> list[str]:
+    try:
+        names = run.scalars()["name"].unique().tolist()
+    except Exception:
+        return []
+    return [n for n in names if not n.startswith(schema.PROBE_PREFIX) and not n.startswith("val")
+            and any(w in n.rsplit("/", 1)[-1].lower() for w in ("reward", "return"))]
+
+
+def _reward_chart(run, finding: Finding) -> go.Figure:
+    s = scalar(run, finding.evidence.get("scalar", "reward")).sort_values("step")
+    fig = go.Figure(go.Scatter(x=s["step"], y=s["value"], mode="lines", name=finding.evidence.get("scalar")))
+    fig.update_layout(title="the logged reward over training", xaxis_title="step")
+    return fig
+
+
+@rule("A logged reward or return that training drives down: the policy learns to avoid what is rewarded (the "
+      "loss written as log_prob * reward, its minus sign dropped).",
+      severities=("warning",), evidence=_reward_chart, explains=("loss_vs_baseline", "output_vs_label"))
+def rule_objective_sign(run) -> list[Finding]:
+    """A scalar whose name holds "reward" or "return" (not a probe, not validation), logged at
+    ≥ 20 steps, whose last quarter's mean lies below its first quarter's by more than 4 standard
+    errors of the difference and by at least half the first quarter's |mean| (its std when the
+    mean is ~0): the optimizer minimises the loss it is given, so a reward that falls steadily
+    under training says the loss rewards the opposite of the goal. A healthy policy gradient
+    raises its reward; a noisy one does not fall by 4 standard errors. Reference: Williams 1992
+    (REINFORCE ascends E[R]: the loss to minimise is −log π(a|s)·R); pytorch/examples
+    reinforcement_learning/reinforce.py (`-log_prob * R`)."""
+    out = []
+    for name in _reward_scalars(run):
+        s = scalar(run, name).sort_values("step")
+        v = s["value"].astype(float).to_numpy()
+        v = v[np.isfinite(v)]
+        q = len(v) // 4
+        if len(v) < REWARD_MIN_POINTS:
+            continue
+        first, last = v[:q], v[-q:]
+        fall = float(first.mean() - last.mean())
+        se = math.sqrt(first.var(ddof=1) / q + last.var(ddof=1) / q)
+        level = abs(float(first.mean())) or float(first.std())
+        if not (fall > REWARD_FALL_SE * se and fall >= REWARD_FALL_SHARE * level and fall > 0):
+            continue
+        steps = (int(s["step"].min()), int(s["step"].max()))
+        out.append(make_finding(
+            "objective_sign", "warning", None, steps,
+            f"The logged {name} fell from {first.mean():.3g} (first quarter of the run) to {last.mean():.3g} (last "
+            f"quarter), {fall / se if se else math.inf:.1f} standard errors: training pushes it down. The optimizer "
+            "minimises the loss, so this loss rewards the opposite of the goal.",
+            "Check the loss's sign: a policy gradient minimises -(log_prob * advantage).mean(); a reward to maximise "
+            "enters the loss negated (or use the optimizer's maximize=True).",
+            {"scalar": name, "first_quarter_mean": float(first.mean()), "last_quarter_mean": float(last.mean()),
+             "fall_in_se": fall / se if se else None, "min_se": REWARD_FALL_SE, "min_share": REWARD_FALL_SHARE},
+            "Williams 1992 (REINFORCE); pytorch/examples reinforcement_learning/reinforce.py"))
+    return out
