@@ -711,6 +711,48 @@ CONTROLS += [
                                         every=5)),
 ]
 
+
+def _bandit(name, sign):
+    """A contextual bandit with REINFORCE (8-D context, 4 arms, reward 1 for the arm a fixed linear
+    map ranks first), the loss `sign * -(log_prob * reward).mean()`: sign -1 is the PyTorch forum's
+    "REINFORCE: reward decreases during training" (the minus sign dropped); +1 pytorch/examples'
+    reinforce.py. The reward is logged as a scalar."""
+    def train(f):
+        g = torch.Generator().manual_seed(1)
+        w = torch.randn(8, 4, generator=g)
+        torch.manual_seed(1)
+        policy = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+        opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+        with hooks.watch(policy, optimizer=opt, run_dir=f, name=name, task="classification", every=5) as run:
+            for _ in range(120):
+                ctx = torch.randn(64, 8, generator=g)
+                logits = policy(ctx)
+                action = torch.multinomial(torch.softmax(logits.detach(), 1), 1, generator=g)[:, 0]
+                reward = (action == (ctx @ w).argmax(1)).float()
+                logp = torch.log_softmax(logits, 1).gather(1, action[:, None])[:, 0]
+                loss = -sign * (logp * (reward - reward.mean())).mean()
+                run.log_batch(logits, action, loss=loss)
+                run.log_scalar("reward", float(reward.mean()))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return Path(run.path)
+    return train
+
+
+# CrossEntropyLoss(ignore_index=3) on digits, where 3 is a real class (forum "ignore_index=0: my class 0
+# is never predicted"); the control ignores 10, which no label holds.
+PLANTED += [
+    Case("ce_ignore_index_is_a_class", _case("ignore_class", crit=nn.CrossEntropyLoss(ignore_index=3), steps=80,
+                                             every=5), "ignored_class", "train/class"),
+    Case("reinforce_sign_dropped", _bandit("reinforce_sign", -1), "objective_sign"),
+]
+CONTROLS += [
+    Case("ce_ignore_index_outside_classes", _case("ignore_none", crit=nn.CrossEntropyLoss(ignore_index=10), steps=80,
+                                                  every=5)),
+    Case("reinforce_with_baseline", _bandit("reinforce_ok", 1)),
+]
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 
