@@ -753,6 +753,29 @@ CONTROLS += [
     Case("reinforce_with_baseline", _bandit("reinforce_ok", 1)),
 ]
 
+
+def _poisson(name, head, log_input):
+    """Counts from a log-linear rate (8 features); a Poisson regression trained with
+    PoissonNLLLoss(log_input=...). `head` closes the model: Softplus with the default
+    log_input=True is the PyTorch forum's "PoissonNLLLoss predictions are wrong" (a rate read as
+    a log-rate); a Linear head (log-rate) with log_input=True is the docs' use."""
+    def train(f):
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(1024, 8, generator=g)
+        y = torch.poisson(torch.exp(0.8 + 0.5 * x[:, :1] - 0.4 * x[:, 1:2]), generator=g)
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1), *head)
+        return loop(model, x, y, f, name, crit=nn.PoissonNLLLoss(log_input=log_input), steps=150, every=5,
+                    opt=torch.optim.Adam(model.parameters(), lr=1e-2),
+                    task="regression")
+    return train
+
+
+PLANTED.append(Case("poisson_softplus_log_input", _poisson("poisson_rate", [nn.Softplus()], True),
+                    "loss_input_contract"))
+CONTROLS += [Case("poisson_log_rate_head", _poisson("poisson_log_rate", [], True)),
+             Case("poisson_softplus_rate", _poisson("poisson_softplus", [nn.Softplus()], False))]
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

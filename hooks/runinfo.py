@@ -134,4 +134,6 @@ def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: Wat
         "loss_fn": getattr(loss_fn, "__name__", type(loss_fn).__name__) if loss_fn is not None else None,
         # padding counted in the loss? (diagnostics/health/invariance.py): CrossEntropyLoss / NLLLoss's
         "loss_ignore_index": getattr(loss_fn, "ignore_index", None),
+        # PoissonNLLLoss reads its input as a log-rate unless log_input=False (diagnostics/health/loss.py)
+        "loss_log_input": getattr(loss_fn, "log_input", None),
     }

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 import diagnostics
-from diagnostics.health import data, invariance
+from diagnostics.health import data, invariance, loss
 
 torch = pytest.importorskip("torch")
 from torch import nn  # noqa: E402
@@ -89,3 +89,39 @@ def test_a_reward_that_rises_or_only_wanders_stays_quiet(kind):
     else:
         run = _reward_run(1.0 - 0.006 * np.arange(150), name="val/return")
     assert invariance.rule_objective_sign(run) == []
+
+
+def _poisson(tmp_path, head, log_input):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 8, generator=g)
+    y = torch.poisson(torch.exp(0.8 + 0.5 * x[:, :1]), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1), *head)
+    crit = nn.PoissonNLLLoss(log_input=log_input)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="poisson", every=5,
+                     task="regression") as run:
+        for i in range(120):
+            idx = torch.arange(i * 32, i * 32 + 32) % len(x)
+            opt.zero_grad()
+            crit(model(x[idx]), y[idx]).backward()
+            opt.step()
+    with torch.no_grad():
+        out = model(x)
+    return diagnostics.open_run(run.path), out, y
+
+
+def test_a_rate_into_poisson_nll_with_log_input_is_named(tmp_path):
+    run, out, y = _poisson(tmp_path, [nn.Softplus()], True)
+    # plain torch: the Softplus outputs fit log(count), not the count: exp(output) matches the counts' mean
+    assert abs(float(out.exp().mean()) - float(y.mean())) < 0.25 * float(y.mean()) < float(y.mean() - out.mean())
+    assert run.manifest["loss_log_input"] is True
+    [f] = loss.rule_loss_input_contract(run)
+    assert (f.rule, f.severity, f.evidence["last_module"]) == ("loss_input_contract", "warning", "Softplus")
+
+
+@pytest.mark.parametrize("head, log_input", [([], True), ([nn.Softplus()], False)], ids=["log_rate", "rate"])
+def test_poisson_nll_used_as_documented_stays_quiet(tmp_path, head, log_input):
+    run, _, _ = _poisson(tmp_path, head, log_input)
+    assert run.manifest["loss_log_input"] is log_input
+    assert loss.rule_loss_input_contract(run) == []
