@@ -776,6 +776,33 @@ PLANTED.append(Case("poisson_softplus_log_input", _poisson("poisson_rate", [nn.S
 CONTROLS += [Case("poisson_log_rate_head", _poisson("poisson_log_rate", [], True)),
              Case("poisson_softplus_rate", _poisson("poisson_softplus", [nn.Softplus()], False))]
 
+
+def _val_relabelled(name, relabel):
+    """Digits validated every 10 steps (model.eval(), outputs and labels logged as split "val"):
+    `relabel` maps the validation labels. Shifting digits 4-9 down one with 3 dropped is
+    StackOverflow's "validation accuracy near 0 with ImageFolder: class_to_idx differs"; the
+    identity is the control."""
+    def train(f):
+        x, y, xv, yv = flat_digits()
+        xv, yv = relabel(xv, yv)
+
+        def validate(model, run):
+            model.eval()
+            with torch.no_grad():
+                run.log_batch(model(xv), yv, split="val")
+            model.train()
+        return loop(_dmlp(), x, y, f, name, steps=120, shuffle=True, validate=validate, every=5)
+    return train
+
+
+def _drop_three(xv, yv):
+    keep = yv != 3
+    return xv[keep], torch.where(yv[keep] > 3, yv[keep] - 1, yv[keep])
+
+
+PLANTED.append(Case("val_classes_renumbered", _val_relabelled("val_renumbered", _drop_three), "val_label_mismatch"))
+CONTROLS.append(Case("val_same_classes", _val_relabelled("val_same", lambda xv, yv: (xv, yv))))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

@@ -43,7 +43,7 @@ from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
-from hooks.probes import loss_input_probe, loss_input_shapes, target_sum_probe
+from hooks.probes import class_agreement_probe, loss_input_probe, loss_input_shapes, target_sum_probe
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -196,6 +196,7 @@ class Capture:
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
+        self.writer.add_scalars(self.step, class_agreement_probe(outputs, labels, split))
         if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
             self.writer.add_scalars(self.step, sums)
         if split == "train" and not self.shapes_noted:

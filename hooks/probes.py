@@ -91,6 +91,42 @@ def target_sum_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "
     return {f"{schema.PROBE_PREFIX}{split}/{schema.TARGET_SUM_DEV}": float(dev)}
 
 
+AGREE_MIN_PER_CLASS = 5  # samples per labelled class in the batch before "the most common prediction" means much
+AGREEMENT_FIELDS = ("label_agreement", "label_mode_agreement", "label_mode_distinct")
+
+
+@torch.no_grad()
+def class_agreement_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """How the argmax of (N, C) scores agrees with (N,) class ids, keyed `probe/{split}/{field}`:
+    `label_agreement` (argmax == label: accuracy), and where the batch holds ≥ 5 samples per
+    labelled class, `label_mode_agreement` (share of samples whose argmax is the most common
+    argmax among their label's samples: the model consistent per label, right or wrong) and
+    `label_mode_distinct` (distinct most-common argmaxes / labelled classes: 1 when the labels
+    map to the predictions one to one). {} for other shapes. One bincount, one transfer.
+
+    Example::
+
+        class_agreement_probe(logits, (y + 1) % 10, "val")  # agreement ~0, mode agreement ~1: labels permuted
+    """
+    if not (outputs.is_floating_point() and outputs.ndim == 2 and outputs.shape[1] > 1 and labels.ndim == 1
+            and not labels.is_floating_point() and labels.shape[0] == outputs.shape[0] > 0):
+        return {}
+    c = outputs.shape[1]
+    lab = labels.detach().long()
+    keep = (lab >= 0) & (lab < c)
+    cell = torch.where(keep, lab * c + outputs.detach().argmax(1), torch.full_like(lab, c * c))
+    conf = torch.bincount(cell, minlength=c * c + 1)[:c * c].reshape(c, c).cpu().double()
+    n, present = float(conf.sum()), conf.sum(1) > 0
+    if n == 0:
+        return {}
+    out = {"label_agreement": float(conf.diagonal().sum()) / n}
+    if n / int(present.sum()) >= AGREE_MIN_PER_CLASS:
+        modes = conf[present].argmax(1)
+        out["label_mode_agreement"] = float(conf[present].max(1).values.sum()) / n
+        out["label_mode_distinct"] = len(set(modes.tolist())) / int(present.sum())
+    return {f"{schema.PROBE_PREFIX}{split}/{k}": v for k, v in out.items()}
+
+
 @torch.no_grad()
 def loss_input_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
     """The probe's scalars for one batch of (outputs, labels), keyed `probe/{split}/{field}`.

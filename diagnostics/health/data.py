@@ -526,3 +526,67 @@ def rule_ignored_class(run) -> list[Finding]:
          "min_share": IGNORED_MIN_SHARE, "under_predicted": IGNORED_UNDER_PREDICTED},
         "PyTorch docs: torch.nn.CrossEntropyLoss (ignore_index)",
     )]
+
+
+# Evaluation labels numbered differently from training's: the model consistent per label, and wrong.
+MISMATCH_MODE_MIN = 0.6  # share of samples at their label's most common prediction: the model is consistent
+MISMATCH_DISTINCT_MIN = 0.8  # labels mapped one to one onto predictions (not one class for everything)
+MISMATCH_AGREEMENT_RATIO = 0.5  # accuracy at most this share of the mode agreement: the consistent answer is wrong
+MISMATCH_TRAIN_MIN = 0.5  # training accuracy (later captures) at least this, and twice the evaluation's
+
+
+def _late_mean(run, split: str, field: str) -> tuple[float, int, int] | None:
+    """Mean of `probe/{split}/{field}` over the later half of its step range (captures thin out
+    as a run goes on: the later half of the steps, not of the captures), with its first and last step."""
+    s = scalar(run, f"probe/{split}/{field}").dropna(subset=["value"]).sort_values("step")
+    if s.empty:
+        return None
+    s = s[s["step"] >= (s["step"].min() + s["step"].max()) / 2]
+    return float(s["value"].mean()), int(s["step"].min()), int(s["step"].max())
+
+
+def _eval_splits(run) -> list[str]:
+    try:
+        names = run.scalars()["name"].unique().tolist()
+    except Exception:
+        return []
+    return sorted({n.split("/")[1] for n in names if n.startswith("probe/") and n.endswith("/label_mode_agreement")
+                   and n.split("/")[1] != "train"})
+
+
+@rule("Evaluation labels numbered differently from training's (a class folder missing from the validation "
+      "directory, another label encoder): on the evaluation split the model is confident and consistent per "
+      "label, one label to one prediction, and wrong.",
+      severities=("warning", "info"), explains=("overfitting", "output_vs_label", "label_noise"))
+def rule_val_label_mismatch(run) -> list[Finding]:
+    """On an evaluation split (later half of its probes, `class_agreement_probe`): at least 60%
+    of the samples get their label's most common prediction (`label_mode_agreement`), the labels
+    map nearly one to one onto predictions (`label_mode_distinct` ≥ 0.8: not one class for all),
+    and the accuracy is at most half that consistency: the model answers each class the same
+    way, and a different class. Training accuracy (later captures) ≥ 50% and twice the
+    evaluation's: warning (the model learned, the labels disagree); info without it. A model
+    that generalises badly is inconsistent per label, or right where consistent. Reference:
+    torchvision ImageFolder (classes numbered by the sorted folder names: `class_to_idx`);
+    scikit-learn LabelEncoder (codes follow the classes seen when fitting)."""
+    out = []
+    for split in _eval_splits(run):
+        mode, distinct = _late_mean(run, split, "label_mode_agreement"), _late_mean(run, split, "label_mode_distinct")
+        acc, train = _late_mean(run, split, "label_agreement"), _late_mean(run, "train", "label_agreement")
+        if None in (mode, distinct, acc) or mode[0] < MISMATCH_MODE_MIN or distinct[0] < MISMATCH_DISTINCT_MIN:
+            continue
+        if acc[0] > MISMATCH_AGREEMENT_RATIO * mode[0]:
+            continue
+        learned = train is not None and train[0] >= max(MISMATCH_TRAIN_MIN, 2 * acc[0])
+        trained = f"; on training batches it is right for {train[0]:.0%}" if train is not None else ""
+        out.append(make_finding(
+            "val_label_mismatch", "warning" if learned else "info", None, (mode[1], mode[2]),
+            f"On {split}, {mode[0]:.0%} of the samples get their label's most common prediction, and the labels map "
+            f"one to one onto predictions ({distinct[0]:.0%} distinct), yet only {acc[0]:.0%} are right{trained}: "
+            f"the model gives each class a consistent answer that the {split} labels number differently.",
+            f"Check that {split} uses training's label mapping: compare the class_to_idx of both ImageFolders (a "
+            "class missing from one folder shifts every later index), or fit one LabelEncoder and reuse it.",
+            {"split": split, "mode_agreement": mode[0], "mode_distinct": distinct[0], "agreement": acc[0],
+             "train_agreement": train[0] if train else None, "min_mode": MISMATCH_MODE_MIN,
+             "max_ratio": MISMATCH_AGREEMENT_RATIO},
+            "torchvision docs: datasets.ImageFolder (class_to_idx); scikit-learn docs: LabelEncoder"))
+    return out

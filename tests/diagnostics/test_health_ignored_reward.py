@@ -125,3 +125,38 @@ def test_poisson_nll_used_as_documented_stays_quiet(tmp_path, head, log_input):
     run, _, _ = _poisson(tmp_path, head, log_input)
     assert run.manifest["loss_log_input"] is log_input
     assert loss.rule_loss_input_contract(run) == []
+
+
+def _validated(tmp_path, relabel):
+    """Train on 4 clusters; validate every 10 steps on fresh samples whose labels `relabel` maps."""
+    x, y = _clusters(712, seed=0)
+    x, y, xv, yv = x[:512], y[:512], x[512:], y[512:]
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 4))
+    opt, crit = torch.optim.Adam(model.parameters(), lr=1e-2), nn.CrossEntropyLoss()
+    with hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="val_map") as run:
+        for i in range(80):
+            idx = torch.arange(i * 32, i * 32 + 32) % len(x)
+            opt.zero_grad()
+            crit(model(x[idx]), y[idx]).backward()
+            opt.step()
+            if i % 10 == 9:
+                with torch.no_grad():
+                    run.log_batch(model(xv), relabel(yv), split="val")
+    with torch.no_grad():
+        val_acc = float((model(xv).argmax(1) == relabel(yv)).float().mean())
+    return diagnostics.open_run(run.path), val_acc
+
+
+def test_validation_labels_numbered_differently_are_named(tmp_path):
+    run, val_acc = _validated(tmp_path, lambda v: (v + 1) % 4)  # another mapping: every class shifted
+    assert val_acc < 0.1  # plain torch: the model is right on training's numbering, wrong on this one
+    [f] = data.rule_val_label_mismatch(run)
+    assert (f.rule, f.severity, f.evidence["split"]) == ("val_label_mismatch", "warning", "val")
+    assert f.evidence["agreement"] == pytest.approx(val_acc, abs=0.1)
+
+
+@pytest.mark.parametrize("relabel", [lambda v: v, lambda v: torch.zeros_like(v)], ids=["same_mapping", "one_class"])
+def test_validation_with_training_mapping_or_one_class_stays_quiet(tmp_path, relabel):
+    run, _ = _validated(tmp_path, relabel)
+    assert data.rule_val_label_mismatch(run) == []

@@ -1,0 +1,62 @@
+"""`class_agreement_probe` (hooks/probes.py) against a hand-built confusion, and a run that
+validates between captures (the probe's off-capture call in `log_batch`) trains bitwise as an
+unwatched one."""
+
+import pytest
+
+torch = pytest.importorskip("torch")
+from torch import nn  # noqa: E402
+
+import diagnostics  # noqa: E402
+import hooks  # noqa: E402
+from hooks.probes import class_agreement_probe  # noqa: E402
+
+
+def _one_hot_scores(pred, c):
+    return torch.nn.functional.one_hot(torch.tensor(pred), c).float()
+
+
+def test_agreement_counts_match_a_hand_count():
+    # 3 classes, 6 samples each; label 0 -> predicted 0 x5, 1 x1; label 1 -> 2 x6; label 2 -> 1 x4, 2 x2
+    labels = [0] * 6 + [1] * 6 + [2] * 6
+    pred = [0] * 5 + [1] + [2] * 6 + [1] * 4 + [2] * 2
+    got = class_agreement_probe(_one_hot_scores(pred, 3), torch.tensor(labels), "val")
+    assert got["probe/val/label_agreement"] == pytest.approx((5 + 0 + 2) / 18)
+    assert got["probe/val/label_mode_agreement"] == pytest.approx((5 + 6 + 4) / 18)
+    assert got["probe/val/label_mode_distinct"] == pytest.approx(3 / 3)  # modes 0, 2, 1
+
+
+def test_small_batches_give_accuracy_only_and_other_shapes_nothing():
+    got = class_agreement_probe(_one_hot_scores([0, 1, 2], 3), torch.tensor([0, 1, 1]))
+    assert set(got) == {"probe/train/label_agreement"} and got["probe/train/label_agreement"] == pytest.approx(2 / 3)
+    assert class_agreement_probe(torch.randn(4, 1), torch.randn(4)) == {}
+    assert class_agreement_probe(torch.randn(4, 3, 5), torch.zeros(4, 5, dtype=torch.long)) == {}
+
+
+def _train(tmp_path=None):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(256, 8, generator=g), torch.randint(0, 4, (256,), generator=g)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Linear(16, 4))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    crit = nn.CrossEntropyLoss()
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="agree") if tmp_path else None
+    for i in range(30):
+        idx = torch.arange(i * 16, i * 16 + 16) % 256
+        opt.zero_grad()
+        crit(model(x[idx]), y[idx]).backward()
+        opt.step()
+        if run is not None and i % 7 == 6:
+            with torch.no_grad():
+                run.log_batch(model(x[:64]), y[:64], split="val")
+    if run is not None:
+        run.close()
+    return [p.detach().clone() for p in model.parameters()], run
+
+
+def test_validation_between_captures_is_probed_and_training_is_bitwise_unchanged(tmp_path):
+    plain, _ = _train()
+    watched, run = _train(tmp_path)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    names = set(diagnostics.open_run(run.path).scalars()["name"])
+    assert {"probe/val/label_agreement", "probe/val/label_mode_agreement"} <= names
