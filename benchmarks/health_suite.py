@@ -803,6 +803,45 @@ def _drop_three(xv, yv):
 PLANTED.append(Case("val_classes_renumbered", _val_relabelled("val_renumbered", _drop_three), "val_label_mismatch"))
 CONTROLS.append(Case("val_same_classes", _val_relabelled("val_same", lambda xv, yv: (xv, yv))))
 
+
+def _char_gru(name, time_major):
+    """A batch-first GRU character LM on controls_lm's text: `time_major` flattens the targets
+    as `y.t().reshape(-1)` against `logits.reshape(-1, V)` (a seq-first script ported to
+    batch_first, forum "language model loss stuck after switching to batch_first"); the control
+    flattens both batch-major."""
+    def train(f):
+        from benchmarks.controls_lm import char_stream
+        data, vocab = char_stream()
+        seqs = torch.stack([data[s:s + 21] for s in range(0, len(data) - 21, 5)])
+        torch.manual_seed(3)
+        emb, rnn, head = nn.Embedding(vocab, 24), nn.GRU(24, 48, batch_first=True), nn.Linear(48, vocab)
+        model = nn.ModuleDict({"emb": emb, "rnn": rnn, "head": head})
+        opt, crit = torch.optim.Adam(model.parameters(), lr=3e-3), nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(3)
+
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                return self.m["head"](self.m["rnn"](self.m["emb"](x))[0])
+        lm = LM()
+        with hooks.watch(lm, optimizer=opt, loss_fn=crit, run_dir=f, name=name, every=5) as run:
+            for _ in range(80):
+                idx = torch.randint(0, len(seqs), (24,), generator=gen)
+                x, y = seqs[idx, :-1], seqs[idx, 1:]
+                opt.zero_grad()
+                logits = lm(x)
+                crit(logits.reshape(-1, vocab), (y.t() if time_major else y).reshape(-1)).backward()
+                opt.step()
+        return Path(run.path)
+    return train
+
+
+PLANTED.append(Case("lm_targets_time_major", _char_gru("lm_time_major", True), "target_misaligned"))
+CONTROLS.append(Case("lm_targets_batch_major", _char_gru("lm_batch_major", False)))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

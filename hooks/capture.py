@@ -43,7 +43,13 @@ from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
-from hooks.probes import class_agreement_probe, loss_input_probe, loss_input_shapes, target_sum_probe
+from hooks.probes import (
+    class_agreement_probe,
+    loss_input_probe,
+    loss_input_shapes,
+    target_alignment_probe,
+    target_sum_probe,
+)
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -154,6 +160,7 @@ class Capture:
         self.output_shapes: dict[str, list[int]] = {}
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
+        self.token_input: torch.Tensor | None = None  # this capture step's integer model input (token ids)
         self.mode_names_written = False
         self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
@@ -197,6 +204,8 @@ class Capture:
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
         self.writer.add_scalars(self.step, class_agreement_probe(outputs, labels, split))
+        if split == "train" and self.token_input is not None:  # a language model's targets against its tokens
+            self.writer.add_scalars(self.step, target_alignment_probe(self.token_input, labels, split))
         if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
             self.writer.add_scalars(self.step, sums)
         if split == "train" and not self.shapes_noted:
@@ -245,6 +254,7 @@ class Capture:
         self.capturing = False if final else self.schedule.should_capture(self.step)
         self.layers.set(self.capturing)
         self.seen.clear()
+        self.token_input = None
 
     def finish(self) -> None:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
@@ -281,6 +291,14 @@ class Capture:
             self.step_losses.append(output.detach())
         if self.capturing:
             compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
+
+    def on_token_input(self, module: nn.Module, args) -> None:
+        # a capture step's first training forward: its integer (batch, positions) input, by
+        # reference until the step ends (the targets are compared with it at the loss)
+        if self.capturing and self.token_input is None and torch.is_grad_enabled():
+            x = args[0] if args else None
+            if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point():
+                self.token_input = x
 
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model (`manual_step`).
@@ -647,6 +665,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
         handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
+    handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", Capture.on_token_input)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:

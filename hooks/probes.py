@@ -128,6 +128,33 @@ def class_agreement_probe(outputs: torch.Tensor, labels: torch.Tensor, split: st
 
 
 @torch.no_grad()
+def target_alignment_probe(tokens: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """Do a language model's targets line up with its input tokens? For (d0, d1) integer inputs
+    and integer targets of d0·d1 elements (flattened or not): the largest share of positions
+    where the target is the next input token (along either axis) reading the targets in the
+    inputs' layout (`target_next_same`) and in the transposed one (`target_next_transposed`,
+    targets flattened time-major against batch-major outputs). {} for other shapes or when
+    d0 == d1 (both layouts read alike). Element-wise compares, one transfer.
+
+    Example::
+
+        target_alignment_probe(x, x.roll(-1, 1).t().reshape(-1))  # transposed ~1, same ~1/V
+    """
+    if (tokens.is_floating_point() or labels.is_floating_point() or tokens.ndim != 2
+            or tokens.shape[0] == tokens.shape[1] or labels.numel() != tokens.numel() or min(tokens.shape) < 2):
+        return {}
+    d0, d1 = tokens.shape
+    x, y = tokens.detach(), labels.detach().reshape(-1).to(tokens.device)
+
+    def next_share(t: torch.Tensor) -> torch.Tensor:
+        return torch.maximum((t[:, :-1] == x[:, 1:]).float().mean(), (t[:-1] == x[1:]).float().mean())
+
+    same, transposed = torch.stack([next_share(y.view(d0, d1)), next_share(y.view(d1, d0).t())]).cpu().tolist()
+    return {f"{schema.PROBE_PREFIX}{split}/target_next_same": same,
+            f"{schema.PROBE_PREFIX}{split}/target_next_transposed": transposed}
+
+
+@torch.no_grad()
 def loss_input_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
     """The probe's scalars for one batch of (outputs, labels), keyed `probe/{split}/{field}`.
 

@@ -269,3 +269,39 @@ def rule_objective_sign(run) -> list[Finding]:
              "fall_in_se": fall / se if se else None, "min_se": REWARD_FALL_SE, "min_share": REWARD_FALL_SHARE},
             "Williams 1992 (REINFORCE); pytorch/examples reinforcement_learning/reinforce.py"))
     return out
+
+
+# A language model's targets against its input tokens (hooks/probes.py, `target_alignment_probe`)
+ALIGNED_MIN = 0.5  # share of positions whose target is the next input token, read in one layout
+MISALIGNED_RATIO = 0.5  # ... and the inputs' own layout at most this share of it
+
+
+@rule("A language model's targets flattened in another order than its outputs: the targets are the next input "
+      "tokens when read time-major (or transposed), not in the outputs' order, so each position is scored against "
+      "another sample's token.",
+      severities=("warning",), explains=NOT_LEARNING + ("loss_vs_baseline", "label_noise"))
+def rule_target_misaligned(run) -> list[Finding]:
+    """Integer (d0, d1) model inputs and targets of as many elements: at the capture steps, the
+    share of positions whose target is the next input token, with the targets read in the
+    inputs' layout (`target_next_same`) and transposed (`target_next_transposed`). Warning when
+    the transposed reading finds the next token at ≥ 50% of the positions (mean over the
+    captures) and the inputs' own layout at most half as often: the targets were flattened
+    time-major (`y.t().reshape(-1)`, a seq-first script's habit) against batch-major logits
+    (`logits.view(-1, V)`), or the other way round. A model that is no language model has
+    neither reading near 1: quiet. Reference: PyTorch docs, torch.Tensor.view and
+    torch.Tensor.reshape (row-major order); pytorch/examples word_language_model (seq-first
+    batches, `output.view(-1, ntokens)` against `targets.view(-1)` of the same layout)."""
+    same, transposed = _mean_scalar(run, "train/target_next_same"), _mean_scalar(run, "train/target_next_transposed")
+    if same is None or transposed is None or transposed[0] < ALIGNED_MIN or same[0] > MISALIGNED_RATIO * transposed[0]:
+        return []
+    s = scalar(run, f"{schema.PROBE_PREFIX}train/target_next_transposed")
+    return [make_finding(
+        "target_misaligned", "warning", None, (int(s["step"].min()), int(s["step"].max())),
+        f"The loss's targets are the next input token at {transposed[0]:.0%} of the positions when read transposed "
+        f"(time-major against the inputs' batch-major order, or the reverse), but at only {same[0]:.0%} in the "
+        "order the outputs are flattened: each output is scored against another sample's token at another time.",
+        "Flatten the outputs and the targets the same way: logits.reshape(-1, V) with targets.reshape(-1) from the "
+        "same (batch, time) layout; after switching to batch_first, drop the targets' .t() / transpose.",
+        {"next_token_share_same": same[0], "next_token_share_transposed": transposed[0], "min_share": ALIGNED_MIN,
+         "ratio": MISALIGNED_RATIO}, "PyTorch docs: torch.Tensor.view, torch.Tensor.reshape; pytorch/examples "
+        "word_language_model")]

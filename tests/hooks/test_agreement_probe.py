@@ -60,3 +60,44 @@ def test_validation_between_captures_is_probed_and_training_is_bitwise_unchanged
     assert all(torch.equal(a, b) for a, b in zip(plain, watched))
     names = set(diagnostics.open_run(run.path).scalars()["name"])
     assert {"probe/val/label_agreement", "probe/val/label_mode_agreement"} <= names
+
+
+def test_target_alignment_matches_a_hand_built_shift():
+    from hooks.probes import target_alignment_probe
+    x = torch.arange(24).reshape(4, 6)  # distinct tokens: the next token is x[:, t + 1]
+    y = torch.cat([x[:, 1:], torch.full((4, 1), -1)], 1)  # next-token targets, the last position unknown
+    same = target_alignment_probe(x, y.reshape(-1))
+    assert same["probe/train/target_next_same"] == pytest.approx(1.0)
+    assert same["probe/train/target_next_transposed"] < 0.5
+    flipped = target_alignment_probe(x, y.t().reshape(-1))  # flattened time-major
+    assert flipped["probe/train/target_next_transposed"] == pytest.approx(1.0)
+    assert flipped["probe/train/target_next_same"] < 0.5
+    assert target_alignment_probe(torch.randn(4, 6), y) == {} and target_alignment_probe(x[:, :4], y[:, :4]) == {}
+
+
+def _lm(tmp_path=None, time_major=False):
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, 12, (2000,), generator=g)
+    seqs = torch.stack([data[s:s + 11] for s in range(0, 1900, 7)])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Embedding(12, 16), nn.Linear(16, 12))
+    opt, crit = torch.optim.Adam(model.parameters(), lr=1e-2), nn.CrossEntropyLoss()
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="lm", every=3) if tmp_path else None
+    for i in range(20):
+        x, y = seqs[i * 8:i * 8 + 8, :-1], seqs[i * 8:i * 8 + 8, 1:]
+        opt.zero_grad()
+        crit(model(x).reshape(-1, 12), (y.t() if time_major else y).reshape(-1)).backward()
+        opt.step()
+    if run is not None:
+        run.close()
+    return [p.detach().clone() for p in model.parameters()], run
+
+
+@pytest.mark.parametrize("time_major", [False, True])
+def test_a_watched_language_model_trains_bitwise_as_an_unwatched_one_and_is_probed(tmp_path, time_major):
+    from diagnostics.health import invariance
+    plain, _ = _lm(time_major=time_major)
+    watched, run = _lm(tmp_path, time_major)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    found = invariance.rule_target_misaligned(diagnostics.open_run(run.path))
+    assert [f.rule for f in found] == (["target_misaligned"] if time_major else [])
