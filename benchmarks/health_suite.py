@@ -842,6 +842,25 @@ def _char_gru(name, time_major):
 PLANTED.append(Case("lm_targets_time_major", _char_gru("lm_time_major", True), "target_misaligned"))
 CONTROLS.append(Case("lm_targets_batch_major", _char_gru("lm_batch_major", False)))
 
+
+def _tabular(name, leak):
+    """A binary tabular task (12 features, the label a noisy linear score), an MLP: `leak` appends
+    the label, min-max scaled, as a 13th column (StackOverflow "100% accuracy from the first
+    epoch: the target column was left in the features"); the control has the honest 12."""
+    def train(f):
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(1024, 12, generator=g)
+        y = ((x @ torch.randn(12, generator=g)) + torch.randn(1024, generator=g) > 0).long()
+        x = torch.cat([x, y[:, None].float()], 1) if leak else x
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 2))
+        return loop(model, x, y, f, name, steps=100, shuffle=True, every=5)
+    return train
+
+
+PLANTED.append(Case("label_column_in_features", _tabular("label_in_x", True), "target_leakage"))
+CONTROLS.append(Case("tabular_honest_features", _tabular("honest_x", False)))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

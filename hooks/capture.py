@@ -45,6 +45,7 @@ from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
 from hooks.probes import (
     class_agreement_probe,
+    feature_label_probe,
     loss_input_probe,
     loss_input_shapes,
     target_alignment_probe,
@@ -160,7 +161,7 @@ class Capture:
         self.output_shapes: dict[str, list[int]] = {}
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
-        self.token_input: torch.Tensor | None = None  # this capture step's integer model input (token ids)
+        self.token_input: torch.Tensor | None = None  # this capture step's 2-D model input (tokens, features)
         self.mode_names_written = False
         self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
@@ -204,8 +205,9 @@ class Capture:
         self.pending.extend(summaries)
         self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
         self.writer.add_scalars(self.step, class_agreement_probe(outputs, labels, split))
-        if split == "train" and self.token_input is not None:  # a language model's targets against its tokens
+        if split == "train" and self.token_input is not None:  # the targets against the model's own inputs
             self.writer.add_scalars(self.step, target_alignment_probe(self.token_input, labels, split))
+            self.writer.add_scalars(self.step, feature_label_probe(self.token_input, labels, split))
         if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
             self.writer.add_scalars(self.step, sums)
         if split == "train" and not self.shapes_noted:
@@ -293,11 +295,11 @@ class Capture:
             compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
 
     def on_token_input(self, module: nn.Module, args) -> None:
-        # a capture step's first training forward: its integer (batch, positions) input, by
+        # a capture step's first training forward: its 2-D input (token ids, tabular features), by
         # reference until the step ends (the targets are compared with it at the loss)
         if self.capturing and self.token_input is None and torch.is_grad_enabled():
             x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.ndim == 2 and not x.is_floating_point():
+            if isinstance(x, torch.Tensor) and x.ndim == 2:
                 self.token_input = x
 
     def on_model_forward(self, module: nn.Module, args) -> None:

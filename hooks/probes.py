@@ -155,6 +155,29 @@ def target_alignment_probe(tokens: torch.Tensor, labels: torch.Tensor, split: st
 
 
 @torch.no_grad()
+def feature_label_probe(inputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """Is one input feature the label itself? For (N, F ≥ 2) float inputs and N labels (class ids or
+    values, N ≥ 8, not all equal): the largest |Pearson correlation| of a feature with the label
+    (`feature_label_corr`) and that feature's index (`feature_label_index`). A feature equal to
+    the label up to scale and shift gives 1. {} for other shapes. One reduction, one transfer.
+
+    Example::
+
+        feature_label_probe(torch.cat([x, y[:, None].float()], 1), y)  # corr 1.0 at index x.shape[1]
+    """
+    if not (inputs.is_floating_point() and inputs.ndim == 2 and inputs.shape[1] >= 2 and labels.ndim == 1
+            and labels.shape[0] == inputs.shape[0] >= 8 and not labels.is_complex()):
+        return {}
+    x, y = inputs.detach().double(), labels.detach().to(inputs.device).double()
+    xc, yc = x - x.mean(0), y - y.mean()
+    corr = (xc * yc[:, None]).sum(0) / ((xc * xc).sum(0) * (yc * yc).sum()).sqrt()
+    corr = torch.nan_to_num(corr.abs(), nan=0.0)
+    best, index = torch.stack([corr.max(), corr.argmax().double()]).cpu().tolist()
+    return {f"{schema.PROBE_PREFIX}{split}/feature_label_corr": best,
+            f"{schema.PROBE_PREFIX}{split}/feature_label_index": index}
+
+
+@torch.no_grad()
 def loss_input_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
     """The probe's scalars for one batch of (outputs, labels), keyed `probe/{split}/{field}`.
 

@@ -590,3 +590,40 @@ def rule_val_label_mismatch(run) -> list[Finding]:
              "max_ratio": MISMATCH_AGREEMENT_RATIO},
             "torchvision docs: datasets.ImageFolder (class_to_idx); scikit-learn docs: LabelEncoder"))
     return out
+
+
+# One input feature that is the label itself (hooks/probes.py, `feature_label_probe`).
+LEAK_FEATURE_CORR = 0.999  # |Pearson correlation| of one feature with the label, median over the captures
+
+
+@rule("The target leaked into the inputs: one input feature equals the label up to scale and shift at every "
+      "capture (the label column left in the features), so the loss falls far too low, far too early.",
+      severities=("warning", "info"), explains=("loss_vs_baseline", "overfitting", "output_vs_label"))
+def rule_target_leakage(run) -> list[Finding]:
+    """(N, F) float model inputs with F ≥ 2 and one label per sample: the largest |Pearson
+    correlation| of a feature with the label (`feature_label_corr`, at each capture's first
+    training batch) has a median ≥ 0.999 over ≥ 2 captures, always at the same feature. Honest
+    features of real data are not the label to three decimals; a label column kept when
+    dropping columns, or a label-derived feature (a normalised copy, an id that encodes the
+    class), is. Warning for classification; info for regression, where a toy task may define
+    the target as one feature. Reference: Kaufman et al. 2012, "Leakage in data mining:
+    formulation, detection, and avoidance"; scikit-learn docs, Common pitfalls (data leakage)."""
+    corr, index = scalar(run, "probe/train/feature_label_corr"), scalar(run, "probe/train/feature_label_index")
+    shape = (run.manifest.get("loss_input_shapes") or {}).get("outputs") or ()
+    if len(corr) < 2 or float(corr["value"].median()) < LEAK_FEATURE_CORR or index["value"].nunique() != 1:
+        return []
+    feature = int(index["value"].iloc[0])
+    classify = run.manifest.get("task") == "classification"
+    steps = (int(corr["step"].min()), int(corr["step"].max()))
+    last = last_loss(run)
+    loss = f"; the loss is {last[0]:.3g}" if last else ""
+    return [make_finding(
+        "target_leakage", "warning" if classify else "info", None, steps,
+        f"Input feature {feature} is the label: |correlation| {float(corr['value'].median()):.4f} (median of "
+        f"{len(corr)} captures, steps {steps[0]}-{steps[1]}){loss}. The model can read the answer from its inputs, "
+        "so its training loss says nothing about the task.",
+        f"Drop feature {feature} (the label column, or one built from it) from the inputs: select the feature "
+        "columns explicitly, e.g. X = df.drop(columns=[target]), and check every feature built from the labels.",
+        {"feature": feature, "corr_median": float(corr["value"].median()), "captures": len(corr),
+         "min_corr": LEAK_FEATURE_CORR, "outputs_shape": list(shape)},
+        "Kaufman et al. 2012, Leakage in data mining; scikit-learn docs: Common pitfalls (data leakage)")]

@@ -101,3 +101,49 @@ def test_a_watched_language_model_trains_bitwise_as_an_unwatched_one_and_is_prob
     assert all(torch.equal(a, b) for a, b in zip(plain, watched))
     found = invariance.rule_target_misaligned(diagnostics.open_run(run.path))
     assert [f.rule for f in found] == (["target_misaligned"] if time_major else [])
+
+
+def test_feature_label_probe_finds_the_label_column_and_numpy_agrees():
+    import numpy as np
+
+    from hooks.probes import feature_label_probe
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 5, generator=g), torch.randint(0, 2, (64,), generator=g)
+    leaked = torch.cat([x, (3 * y.float() - 1)[:, None]], 1)
+    got = feature_label_probe(leaked, y)
+    assert got["probe/train/feature_label_corr"] == pytest.approx(1.0)
+    assert got["probe/train/feature_label_index"] == 5
+    honest = feature_label_probe(x, y)["probe/train/feature_label_corr"]
+    reference = max(abs(np.corrcoef(x[:, j].numpy(), y.numpy())[0, 1]) for j in range(5))
+    assert honest == pytest.approx(reference, abs=1e-6) and honest < 0.5
+    assert feature_label_probe(x[:, :1], y) == {} and feature_label_probe(x, y[:, None]) == {}
+
+
+def _tabular(tmp_path, leak):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(512, 6, generator=g)
+    y = (x.sum(1) + torch.randn(512, generator=g) > 0).long()
+    x = torch.cat([x, y[:, None].float()], 1) if leak else x
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(x.shape[1], 16), nn.ReLU(), nn.Linear(16, 2))
+    opt, crit = torch.optim.Adam(model.parameters(), lr=1e-2), nn.CrossEntropyLoss()
+    run = hooks.watch(model, optimizer=opt, loss_fn=crit, run_dir=tmp_path, name="tab", every=4) if tmp_path else None
+    for i in range(24):
+        idx = torch.arange(i * 32, i * 32 + 32) % 512
+        opt.zero_grad()
+        crit(model(x[idx]), y[idx]).backward()
+        opt.step()
+    if run is not None:
+        run.close()
+    return [p.detach().clone() for p in model.parameters()], run
+
+
+@pytest.mark.parametrize("leak", [False, True])
+def test_a_label_column_in_the_features_is_named_and_training_is_bitwise_unchanged(tmp_path, leak):
+    from diagnostics.health import data
+    plain, _ = _tabular(None, leak)
+    watched, run = _tabular(tmp_path, leak)
+    assert all(torch.equal(a, b) for a, b in zip(plain, watched))
+    found = data.rule_target_leakage(diagnostics.open_run(run.path))
+    assert [(f.rule, f.severity, f.evidence["feature"]) for f in found] == ([("target_leakage", "warning", 6)]
+                                                                            if leak else [])
