@@ -295,12 +295,7 @@ class Capture:
             compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
 
     def on_token_input(self, module: nn.Module, args) -> None:
-        # a capture step's first training forward: its 2-D input (token ids, tabular features), by
-        # reference until the step ends (the targets are compared with it at the loss)
-        if self.capturing and self.token_input is None and torch.is_grad_enabled():
-            x = args[0] if args else None
-            if isinstance(x, torch.Tensor) and x.ndim == 2:
-                self.token_input = x
+        compiled.run_eagerly(note_token_input, self, args)  # eager: the model may be compiled
 
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model (`manual_step`).
@@ -623,6 +618,15 @@ def on_no_grad_forward(capture: Capture, module: nn.Module, args) -> None:
     compiled.run_eagerly(note_train_mode, capture)  # eager: the model may be compiled
 
 
+def note_token_input(capture: Capture, args: tuple) -> None:
+    """A capture step's first training forward: its 2-D input (token ids, tabular features), held
+    by reference until the step ends (the targets are compared with it at the loss)."""
+    if capture.capturing and capture.token_input is None and torch.is_grad_enabled():
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.ndim == 2:
+            capture.token_input = x
+
+
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
                    module_hooks: bool = True) -> None:
     """Register every hook of `capture`, appending each handle to `handles` (the caller
@@ -667,7 +671,8 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
         handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
-    handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", Capture.on_token_input)))
+    if not capture.layers.always:  # not on a compiled model: dynamo would trace the hook into its graph
+        handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", Capture.on_token_input)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:
