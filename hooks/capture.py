@@ -161,7 +161,7 @@ class Capture:
         self.output_shapes: dict[str, list[int]] = {}
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
-        self.token_input: torch.Tensor | None = None  # this capture step's 2-D model input (tokens, features)
+        self.token_input: tuple[int, torch.Tensor] | None = None  # (step, 2-D model input) of a capture step
         self.mode_names_written = False
         self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
@@ -203,13 +203,7 @@ class Capture:
             self.num_classes = num_classes
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
-        self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
-        self.writer.add_scalars(self.step, class_agreement_probe(outputs, labels, split))
-        if split == "train" and self.token_input is not None:  # the targets against the model's own inputs
-            self.writer.add_scalars(self.step, target_alignment_probe(self.token_input, labels, split))
-            self.writer.add_scalars(self.step, feature_label_probe(self.token_input, labels, split))
-        if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
-            self.writer.add_scalars(self.step, sums)
+        note_label_probes(self, outputs, labels, split)  # capture steps only
         if split == "train" and not self.shapes_noted:
             note_loss_shapes(self, outputs, labels)
 
@@ -256,7 +250,6 @@ class Capture:
         self.capturing = False if final else self.schedule.should_capture(self.step)
         self.layers.set(self.capturing)
         self.seen.clear()
-        self.token_input = None
 
     def finish(self) -> None:
         """The run closes: hand over what this step and the batches hold; drop parameters."""
@@ -293,9 +286,6 @@ class Capture:
             self.step_losses.append(output.detach())
         if self.capturing:
             compiled.run_eagerly(record_loss_inputs, self, args, kwargs)  # eager: the loss may be compiled
-
-    def on_token_input(self, module: nn.Module, args) -> None:
-        compiled.run_eagerly(note_token_input, self, args)  # eager: the model may be compiled
 
     def on_model_forward(self, module: nn.Module, args) -> None:
         # Without an optimizer a step is one training forward of the whole model (`manual_step`).
@@ -618,13 +608,31 @@ def on_no_grad_forward(capture: Capture, module: nn.Module, args) -> None:
     compiled.run_eagerly(note_train_mode, capture)  # eager: the model may be compiled
 
 
+def on_token_input(capture: Capture, module: nn.Module, args: tuple) -> None:
+    """The model's forward pre-hook: `note_token_input`, eagerly (the model may be compiled)."""
+    compiled.run_eagerly(note_token_input, capture, args)
+
+
 def note_token_input(capture: Capture, args: tuple) -> None:
     """A capture step's first training forward: its 2-D input (token ids, tabular features), held
-    by reference until the step ends (the targets are compared with it at the loss)."""
-    if capture.capturing and capture.token_input is None and torch.is_grad_enabled():
+    by reference with its step (the targets are compared with it at the loss)."""
+    if capture.capturing and torch.is_grad_enabled() and (capture.token_input or (None,))[0] != capture.step:
         x = args[0] if args else None
         if isinstance(x, torch.Tensor) and x.ndim == 2:
-            capture.token_input = x
+            capture.token_input = (capture.step, x)
+
+
+def note_label_probes(capture: Capture, outputs: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+    """The probes of a capture (`Capture.record_outputs`): what the loss is given, the targets'
+    row sums, predictions against the labels, and the training targets against this step's input."""
+    capture.writer.add_scalars(capture.step, loss_input_probe(outputs, labels, split))
+    if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
+        capture.writer.add_scalars(capture.step, sums)
+    capture.writer.add_scalars(capture.step, class_agreement_probe(outputs, labels, split))
+    held = capture.token_input
+    if split == "train" and held is not None and held[0] == capture.step:
+        capture.writer.add_scalars(capture.step, target_alignment_probe(held[1], labels, split))
+        capture.writer.add_scalars(capture.step, feature_label_probe(held[1], labels, split))
 
 
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
@@ -672,7 +680,7 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
     if capture.mode_modules:
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
     if not capture.layers.always:  # not on a compiled model: dynamo would trace the hook into its graph
-        handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", Capture.on_token_input)))
+        handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", on_token_input)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:
