@@ -711,6 +711,156 @@ CONTROLS += [
                                         every=5)),
 ]
 
+
+def _bandit(name, sign):
+    """A contextual bandit with REINFORCE (8-D context, 4 arms, reward 1 for the arm a fixed linear
+    map ranks first), the loss `sign * -(log_prob * reward).mean()`: sign -1 is the PyTorch forum's
+    "REINFORCE: reward decreases during training" (the minus sign dropped); +1 pytorch/examples'
+    reinforce.py. The reward is logged as a scalar."""
+    def train(f):
+        g = torch.Generator().manual_seed(1)
+        w = torch.randn(8, 4, generator=g)
+        torch.manual_seed(1)
+        policy = nn.Sequential(nn.Linear(8, 64), nn.ReLU(), nn.Linear(64, 4))
+        opt = torch.optim.Adam(policy.parameters(), lr=3e-3)
+        with hooks.watch(policy, optimizer=opt, run_dir=f, name=name, task="classification", every=5) as run:
+            for _ in range(120):
+                ctx = torch.randn(64, 8, generator=g)
+                logits = policy(ctx)
+                action = torch.multinomial(torch.softmax(logits.detach(), 1), 1, generator=g)[:, 0]
+                reward = (action == (ctx @ w).argmax(1)).float()
+                logp = torch.log_softmax(logits, 1).gather(1, action[:, None])[:, 0]
+                loss = -sign * (logp * (reward - reward.mean())).mean()
+                run.log_batch(logits, action, loss=loss)
+                run.log_scalar("reward", float(reward.mean()))
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        return Path(run.path)
+    return train
+
+
+# CrossEntropyLoss(ignore_index=3) on digits, where 3 is a real class (forum "ignore_index=0: my class 0
+# is never predicted"); the control ignores 10, which no label holds.
+PLANTED += [
+    Case("ce_ignore_index_is_a_class", _case("ignore_class", crit=nn.CrossEntropyLoss(ignore_index=3), steps=80,
+                                             every=5), "ignored_class", "train/class"),
+    Case("reinforce_sign_dropped", _bandit("reinforce_sign", -1), "objective_sign"),
+]
+CONTROLS += [
+    Case("ce_ignore_index_outside_classes", _case("ignore_none", crit=nn.CrossEntropyLoss(ignore_index=10), steps=80,
+                                                  every=5)),
+    Case("reinforce_with_baseline", _bandit("reinforce_ok", 1)),
+]
+
+
+def _poisson(name, head, log_input):
+    """Counts from a log-linear rate (8 features); a Poisson regression trained with
+    PoissonNLLLoss(log_input=...). `head` closes the model: Softplus with the default
+    log_input=True is the PyTorch forum's "PoissonNLLLoss predictions are wrong" (a rate read as
+    a log-rate); a Linear head (log-rate) with log_input=True is the docs' use."""
+    def train(f):
+        g = torch.Generator().manual_seed(2)
+        x = torch.randn(1024, 8, generator=g)
+        y = torch.poisson(torch.exp(0.8 + 0.5 * x[:, :1] - 0.4 * x[:, 1:2]), generator=g)
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Linear(8, 32), nn.ReLU(), nn.Linear(32, 1), *head)
+        return loop(model, x, y, f, name, crit=nn.PoissonNLLLoss(log_input=log_input), steps=150, every=5,
+                    opt=torch.optim.Adam(model.parameters(), lr=1e-2),
+                    task="regression")
+    return train
+
+
+PLANTED.append(Case("poisson_softplus_log_input", _poisson("poisson_rate", [nn.Softplus()], True),
+                    "loss_input_contract"))
+CONTROLS += [Case("poisson_log_rate_head", _poisson("poisson_log_rate", [], True)),
+             Case("poisson_softplus_rate", _poisson("poisson_softplus", [nn.Softplus()], False))]
+
+
+def _val_relabelled(name, relabel):
+    """Digits validated every 10 steps (model.eval(), outputs and labels logged as split "val"):
+    `relabel` maps the validation labels. Shifting digits 4-9 down one with 3 dropped is
+    StackOverflow's "validation accuracy near 0 with ImageFolder: class_to_idx differs"; the
+    identity is the control."""
+    def train(f):
+        x, y, xv, yv = flat_digits()
+        xv, yv = relabel(xv, yv)
+
+        def validate(model, run):
+            model.eval()
+            with torch.no_grad():
+                run.log_batch(model(xv), yv, split="val")
+            model.train()
+        return loop(_dmlp(), x, y, f, name, steps=120, shuffle=True, validate=validate, every=5)
+    return train
+
+
+def _drop_three(xv, yv):
+    keep = yv != 3
+    return xv[keep], torch.where(yv[keep] > 3, yv[keep] - 1, yv[keep])
+
+
+PLANTED.append(Case("val_classes_renumbered", _val_relabelled("val_renumbered", _drop_three), "val_label_mismatch"))
+CONTROLS.append(Case("val_same_classes", _val_relabelled("val_same", lambda xv, yv: (xv, yv))))
+
+
+def _char_gru(name, time_major):
+    """A batch-first GRU character LM on controls_lm's text: `time_major` flattens the targets
+    as `y.t().reshape(-1)` against `logits.reshape(-1, V)` (a seq-first script ported to
+    batch_first, forum "language model loss stuck after switching to batch_first"); the control
+    flattens both batch-major."""
+    def train(f):
+        from benchmarks.controls_lm import char_stream
+        data, vocab = char_stream()
+        seqs = torch.stack([data[s:s + 21] for s in range(0, len(data) - 21, 5)])
+        torch.manual_seed(3)
+        emb, rnn, head = nn.Embedding(vocab, 24), nn.GRU(24, 48, batch_first=True), nn.Linear(48, vocab)
+        model = nn.ModuleDict({"emb": emb, "rnn": rnn, "head": head})
+        opt, crit = torch.optim.Adam(model.parameters(), lr=3e-3), nn.CrossEntropyLoss()
+        gen = torch.Generator().manual_seed(3)
+
+        class LM(nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.m = model
+
+            def forward(self, x):
+                return self.m["head"](self.m["rnn"](self.m["emb"](x))[0])
+        lm = LM()
+        with hooks.watch(lm, optimizer=opt, loss_fn=crit, run_dir=f, name=name, every=5) as run:
+            for _ in range(80):
+                idx = torch.randint(0, len(seqs), (24,), generator=gen)
+                x, y = seqs[idx, :-1], seqs[idx, 1:]
+                opt.zero_grad()
+                logits = lm(x)
+                crit(logits.reshape(-1, vocab), (y.t() if time_major else y).reshape(-1)).backward()
+                opt.step()
+        return Path(run.path)
+    return train
+
+
+PLANTED.append(Case("lm_targets_time_major", _char_gru("lm_time_major", True), "target_misaligned"))
+CONTROLS.append(Case("lm_targets_batch_major", _char_gru("lm_batch_major", False)))
+
+
+def _tabular(name, leak):
+    """A binary tabular task (12 features, the label a noisy linear score), an MLP: `leak` appends
+    the label, min-max scaled, as a 13th column (StackOverflow "100% accuracy from the first
+    epoch: the target column was left in the features"); the control has the honest 12."""
+    def train(f):
+        g = torch.Generator().manual_seed(4)
+        x = torch.randn(1024, 12, generator=g)
+        y = ((x @ torch.randn(12, generator=g)) + torch.randn(1024, generator=g) > 0).long()
+        x = torch.cat([x, y[:, None].float()], 1) if leak else x
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(x.shape[1], 32), nn.ReLU(), nn.Linear(32, 2))
+        return loop(model, x, y, f, name, steps=100, shuffle=True, every=5)
+    return train
+
+
+PLANTED.append(Case("label_column_in_features", _tabular("label_in_x", True), "target_leakage"))
+CONTROLS.append(Case("tabular_honest_features", _tabular("honest_x", False)))
+
 CASES: list[Case] = [*PLANTED, *CONTROLS]
 
 

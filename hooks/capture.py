@@ -43,8 +43,15 @@ from hooks.guard import Guard, Hook, contained
 from hooks.handover import LOSS_BATCH, Handover, write_summaries
 from hooks.layerhooks import LayerHooks, add_sentinels
 from hooks.options import Selection
-from hooks.positions import find_layout
-from hooks.probes import loss_input_probe, loss_input_shapes, target_sum_probe
+from hooks.positions import position_classes
+from hooks.probes import (
+    class_agreement_probe,
+    feature_label_probe,
+    loss_input_probe,
+    loss_input_shapes,
+    target_alignment_probe,
+    target_sum_probe,
+)
 from hooks.shards import local_pieces, shard_kind, user_name
 from hooks.summarize import class_summary, fixed_sample, small_values, summarize, summarize_batch, unit_fraction
 from hooks.tensors import first_tensor, global_norm, infer_task, squared_norm, stored_values
@@ -155,6 +162,7 @@ class Capture:
         self.output_shapes: dict[str, list[int]] = {}
         self.shapes_noted: bool | None = None  # the loss's input shapes in the manifest: whether they broadcast
         self.mode_noted = False  # a no-grad forward in train mode already recorded this step
+        self.token_input: tuple[int, torch.Tensor] | None = None  # (step, 2-D model input) of a capture step
         self.mode_names_written = False
         self.step_eval: tuple[float, float] = (-1.0, 0.0)  # their share in eval mode at the last step, the most yet
         self.probe_reset: bool | torch.Tensor | None = None  # None: no backward reached the probe this step
@@ -196,9 +204,7 @@ class Capture:
             self.num_classes = num_classes
             self.writer.update_manifest(num_classes=num_classes)
         self.pending.extend(summaries)
-        self.writer.add_scalars(self.step, loss_input_probe(outputs, labels, split))  # capture steps only
-        if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
-            self.writer.add_scalars(self.step, sums)
+        note_label_probes(self, outputs, labels, split)  # capture steps only
         if split == "train" and not self.shapes_noted:
             note_loss_shapes(self, outputs, labels)
 
@@ -603,6 +609,35 @@ def on_no_grad_forward(capture: Capture, module: nn.Module, args) -> None:
     compiled.run_eagerly(note_train_mode, capture)  # eager: the model may be compiled
 
 
+def on_token_input(capture: Capture, module: nn.Module, args: tuple) -> None:
+    """The model's forward pre-hook: `note_token_input`; nothing in a forward dynamo traces (a
+    model compiled after `watch`: a call out of the graph would break it)."""
+    if not torch.compiler.is_compiling():
+        note_token_input(capture, args)
+
+
+def note_token_input(capture: Capture, args: tuple) -> None:
+    """A capture step's first training forward: its 2-D input (token ids, tabular features), held
+    by reference with its step (the targets are compared with it at the loss)."""
+    if capture.capturing and torch.is_grad_enabled() and (capture.token_input or (None,))[0] != capture.step:
+        x = args[0] if args else None
+        if isinstance(x, torch.Tensor) and x.ndim == 2:
+            capture.token_input = (capture.step, x)
+
+
+def note_label_probes(capture: Capture, outputs: torch.Tensor, labels: torch.Tensor, split: str) -> None:
+    """The probes of a capture (`Capture.record_outputs`): what the loss is given, the targets'
+    row sums, predictions against the labels, and the training targets against this step's input."""
+    capture.writer.add_scalars(capture.step, loss_input_probe(outputs, labels, split))
+    if sums := target_sum_probe(outputs, labels, split):  # float targets shaped like the outputs only
+        capture.writer.add_scalars(capture.step, sums)
+    capture.writer.add_scalars(capture.step, class_agreement_probe(outputs, labels, split))
+    held = capture.token_input
+    if split == "train" and held is not None and held[0] == capture.step:
+        capture.writer.add_scalars(capture.step, target_alignment_probe(held[1], labels, split))
+        capture.writer.add_scalars(capture.step, feature_label_probe(held[1], labels, split))
+
+
 def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handles: list,
                    module_hooks: bool = True) -> None:
     """Register every hook of `capture`, appending each handle to `handles` (the caller
@@ -647,24 +682,8 @@ def register_hooks(capture: Capture, model: nn.Module, optimizer, loss_fn, handl
         handles.append(model.register_forward_pre_hook(Hook(capture, "steps", Capture.on_model_forward)))
     if capture.mode_modules:
         handles.append(model.register_forward_pre_hook(Hook(capture, "mode", on_no_grad_forward)))
-
-
-def _position_classes(outputs: torch.Tensor, labels: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor] | None:
-    """(classes, predictions, labels) over the counted positions (label in 0..C-1: not the
-    ignore_index) of outputs with a position axis against integer labels (N, *P); None for
-    one label per sample. A language model's (N, T, V) logits have V classes, not T."""
-    if labels.is_floating_point() or labels.ndim < 2:
-        return None
-    try:
-        layout = find_layout(outputs, labels)
-    except ValueError:
-        return None
-    if layout is None or layout.kind == "labels":
-        return None
-    axis = outputs.ndim - 1 if layout.class_last else 1
-    pred = outputs.argmax(dim=axis)
-    keep = (labels >= 0) & (labels < outputs.shape[axis])
-    return int(outputs.shape[axis]), pred[keep], labels[keep].long()
+    if not capture.layers.always:  # not on a compiled model: dynamo would trace the hook into its graph
+        handles.append(model.register_forward_pre_hook(Hook(capture, "alignment", on_token_input)))
 
 
 def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, task: str) -> tuple[list, int | None]:
@@ -672,7 +691,7 @@ def output_summaries(outputs: torch.Tensor, labels: torch.Tensor, split: str, ta
     outputs and labels: predicted-class and label counts and the logits (classification),
     or outputs and targets over one shared span (regression)."""
     if task == "classification":
-        positions = _position_classes(outputs, labels)
+        positions = position_classes(outputs, labels)
         if positions is not None:  # (N, C, *P) or (N, *P, C) against (N, *P): counted positions only
             num_classes, pred, labels = positions
             layer = schema.class_layer(split)

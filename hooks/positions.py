@@ -375,3 +375,21 @@ def check_tokenizer(tokenizer: object) -> None:
     if tokenizer is not None and not (hasattr(tokenizer, "convert_ids_to_tokens") or hasattr(tokenizer, "decode")):
         raise TypeError(f"evaluate: tokenizer must have convert_ids_to_tokens or decode (a Hugging Face "
                         f"tokenizer), not a {type(tokenizer).__name__}")
+
+
+def position_classes(outputs: torch.Tensor, labels: torch.Tensor) -> tuple[int, torch.Tensor, torch.Tensor] | None:
+    """(classes, predictions, labels) over the counted positions (label in 0..C-1: not the
+    ignore_index) of outputs with a position axis against integer labels (N, *P); None for
+    one label per sample. A language model's (N, T, V) logits have V classes, not T."""
+    if labels.is_floating_point() or labels.ndim < 2:
+        return None
+    try:
+        layout = find_layout(outputs, labels)
+    except ValueError:
+        return None
+    if layout is None or layout.kind == "labels":
+        return None
+    axis = outputs.ndim - 1 if layout.class_last else 1
+    pred = outputs.argmax(dim=axis)
+    keep = (labels >= 0) & (labels < outputs.shape[axis])
+    return int(outputs.shape[axis]), pred[keep], labels[keep].long()

@@ -91,6 +91,92 @@ def target_sum_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "
     return {f"{schema.PROBE_PREFIX}{split}/{schema.TARGET_SUM_DEV}": float(dev)}
 
 
+AGREE_MIN_PER_CLASS = 5  # samples per labelled class in the batch before "the most common prediction" means much
+AGREEMENT_FIELDS = ("label_agreement", "label_mode_agreement", "label_mode_distinct")
+
+
+@torch.no_grad()
+def class_agreement_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """How the argmax of (N, C) scores agrees with (N,) class ids, keyed `probe/{split}/{field}`:
+    `label_agreement` (argmax == label: accuracy), and where the batch holds ≥ 5 samples per
+    labelled class, `label_mode_agreement` (share of samples whose argmax is the most common
+    argmax among their label's samples: the model consistent per label, right or wrong) and
+    `label_mode_distinct` (distinct most-common argmaxes / labelled classes: 1 when the labels
+    map to the predictions one to one). {} for other shapes. One bincount, one transfer.
+
+    Example::
+
+        class_agreement_probe(logits, (y + 1) % 10, "val")  # agreement ~0, mode agreement ~1: labels permuted
+    """
+    if not (outputs.is_floating_point() and outputs.ndim == 2 and outputs.shape[1] > 1 and labels.ndim == 1
+            and not labels.is_floating_point() and labels.shape[0] == outputs.shape[0] > 0):
+        return {}
+    c = outputs.shape[1]
+    lab = labels.detach().long()
+    keep = (lab >= 0) & (lab < c)
+    cell = torch.where(keep, lab * c + outputs.detach().argmax(1), torch.full_like(lab, c * c))
+    conf = torch.bincount(cell, minlength=c * c + 1)[:c * c].reshape(c, c).cpu().double()
+    n, present = float(conf.sum()), conf.sum(1) > 0
+    if n == 0:
+        return {}
+    out = {"label_agreement": float(conf.diagonal().sum()) / n}
+    if n / int(present.sum()) >= AGREE_MIN_PER_CLASS:
+        modes = conf[present].argmax(1)
+        out["label_mode_agreement"] = float(conf[present].max(1).values.sum()) / n
+        out["label_mode_distinct"] = len(set(modes.tolist())) / int(present.sum())
+    return {f"{schema.PROBE_PREFIX}{split}/{k}": v for k, v in out.items()}
+
+
+@torch.no_grad()
+def target_alignment_probe(tokens: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """Do a language model's targets line up with its input tokens? For (d0, d1) integer inputs
+    and integer targets of d0·d1 elements (flattened or not): the largest share of positions
+    where the target is the next input token (along either axis) reading the targets in the
+    inputs' layout (`target_next_same`) and in the transposed one (`target_next_transposed`,
+    targets flattened time-major against batch-major outputs). {} for other shapes or when
+    d0 == d1 (both layouts read alike). Element-wise compares, one transfer.
+
+    Example::
+
+        target_alignment_probe(x, x.roll(-1, 1).t().reshape(-1))  # transposed ~1, same ~1/V
+    """
+    if (tokens.is_floating_point() or labels.is_floating_point() or tokens.ndim != 2
+            or tokens.shape[0] == tokens.shape[1] or labels.numel() != tokens.numel() or min(tokens.shape) < 2):
+        return {}
+    d0, d1 = tokens.shape
+    x, y = tokens.detach(), labels.detach().reshape(-1).to(tokens.device)
+
+    def next_share(t: torch.Tensor) -> torch.Tensor:
+        return torch.maximum((t[:, :-1] == x[:, 1:]).float().mean(), (t[:-1] == x[1:]).float().mean())
+
+    same, transposed = torch.stack([next_share(y.view(d0, d1)), next_share(y.view(d1, d0).t())]).cpu().tolist()
+    return {f"{schema.PROBE_PREFIX}{split}/target_next_same": same,
+            f"{schema.PROBE_PREFIX}{split}/target_next_transposed": transposed}
+
+
+@torch.no_grad()
+def feature_label_probe(inputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
+    """Is one input feature the label itself? For (N, F ≥ 2) float inputs and N labels (class ids or
+    values, N ≥ 8, not all equal): the largest |Pearson correlation| of a feature with the label
+    (`feature_label_corr`) and that feature's index (`feature_label_index`). A feature equal to
+    the label up to scale and shift gives 1. {} for other shapes. One reduction, one transfer.
+
+    Example::
+
+        feature_label_probe(torch.cat([x, y[:, None].float()], 1), y)  # corr 1.0 at index x.shape[1]
+    """
+    if not (inputs.is_floating_point() and inputs.ndim == 2 and inputs.shape[1] >= 2 and labels.ndim == 1
+            and labels.shape[0] == inputs.shape[0] >= 8 and not labels.is_complex()):
+        return {}
+    x, y = inputs.detach().double(), labels.detach().to(inputs.device).double()
+    xc, yc = x - x.mean(0), y - y.mean()
+    corr = (xc * yc[:, None]).sum(0) / ((xc * xc).sum(0) * (yc * yc).sum()).sqrt()
+    corr = torch.nan_to_num(corr.abs(), nan=0.0)
+    best, index = torch.stack([corr.max(), corr.argmax().double()]).cpu().tolist()
+    return {f"{schema.PROBE_PREFIX}{split}/feature_label_corr": best,
+            f"{schema.PROBE_PREFIX}{split}/feature_label_index": index}
+
+
 @torch.no_grad()
 def loss_input_probe(outputs: torch.Tensor, labels: torch.Tensor, split: str = "train") -> dict[str, float]:
     """The probe's scalars for one batch of (outputs, labels), keyed `probe/{split}/{field}`.

@@ -138,6 +138,8 @@ def manifest(model: nn.Module, optimizer, loss_fn: Callable | None, options: Wat
         # per-class weights of CrossEntropyLoss / NLLLoss (diagnostics/health/fit.py): weights that rise with
         # the class counts (counts where 1 / counts was meant) weigh the rare classes down
         "loss_class_weight": class_weight(loss_fn),
+        # PoissonNLLLoss reads its input as a log-rate unless log_input=False (diagnostics/health/loss.py)
+        "loss_log_input": getattr(loss_fn, "log_input", None),
     }
 
 

@@ -35,7 +35,7 @@ from hooks.evaluate import Evaluation, attribute_samples, evaluate_model
 from hooks.guard import Guard, contained, say
 from hooks.options import WatchOptions
 from hooks.positions import PositionOptions, check_tokenizer, loss_options, records_of
-from hooks.probes import EvalProbes
+from hooks.probes import EvalProbes, class_agreement_probe
 from hooks.shards import user_name
 from hooks.tensors import task_of_loss
 
@@ -451,6 +451,10 @@ def _log_batch(capture: Capture, outputs: Any, labels: Any, ids: Any, split: str
     if capture.capturing and capture.first_call(schema.output_layer(split, "outputs"), "output"):
         with torch.no_grad():
             capture.record_outputs(outputs, labels, split)
+    elif split != "train" and not capture.capturing and capture.first_call(split, "agreement"):
+        # an evaluation between captures: its labels against the predictions, a few floats
+        # (diagnostics/health/data.py, `val_label_mismatch`)
+        capture.writer.add_scalars(capture.step, class_agreement_probe(outputs, labels, split))
     return positions
 
 

@@ -467,3 +467,163 @@ def rule_single_class_labels(run) -> list[Finding]:
          "last_loss": last[0] if last else None, "loss_fraction": SINGLE_CLASS_LOSS_FRACTION},
         "Karpathy 2019, A Recipe for Training Neural Networks; PyTorch docs: torch.nn.CrossEntropyLoss",
     )]
+
+
+# A class the loss ignores: its share among the labels and what the model predicts for it.
+IGNORED_MIN_SHARE = 0.01  # of the labels pooled over the captures: a real class, not a stray value
+IGNORED_UNDER_PREDICTED = 1 / 3  # predicted share below this fraction of the labelled share: never learned
+
+
+def _class_shares(run, kind: str, late: bool) -> np.ndarray | None:
+    """Pooled class shares of the train labels or argmax predictions (`train/class`), over the
+    later half of the captures when `late`."""
+    d = dist(run, kind)
+    d = d[d["layer"] == "train/class"] if not d.empty else d
+    if d.empty:
+        return None
+    if late:
+        d = d[d["step"] >= d["step"].median()]
+    counts = class_counts(d)
+    return counts / counts.sum() if counts is not None and counts.sum() > 0 else None
+
+
+@rule("The loss's ignore_index is a real class: one label per sample, and labels equal to ignore_index are a "
+      "share of the data, so that class never contributes to the loss and the model never learns to predict it.",
+      severities=("warning", "info"), evidence=_batch_shares_chart,
+      explains=("output_vs_label", "label_noise", "loss_vs_baseline"))
+def rule_ignored_class(run) -> list[Finding]:
+    """CrossEntropyLoss / NLLLoss with `ignore_index` c ≥ 0, labels one per sample (not sequences,
+    whose padding is what ignore_index is for: the loss-input probe's `label_top_share` is
+    recorded for sequence labels only), and class c at least `IGNORED_MIN_SHARE` (1%) of the
+    pooled training labels: the loss drops every sample of that class. Warning when the model
+    predicts c (argmax, later half of the captures) at under `IGNORED_UNDER_PREDICTED` (1/3) of
+    its labelled share, the harm shown; info when the evidence is thinner. Reference: PyTorch
+    docs, torch.nn.CrossEntropyLoss ("ignore_index: a target value that is ignored and does not
+    contribute to the input gradient"; default -100, outside every class range)."""
+    m = run.manifest
+    ignore = m.get("loss_ignore_index")
+    if m.get("loss_fn") not in CE_LOSSES or not isinstance(ignore, int) or ignore < 0:
+        return []
+    if not scalar(run, "probe/train/label_top_share").dropna(subset=["value"]).empty:
+        return []  # sequence labels: padding at ignore_index is the intended use
+    labelled, predicted = _class_shares(run, "label", False), _class_shares(run, "output", True)
+    if labelled is None or ignore >= labelled.size or labelled[ignore] < IGNORED_MIN_SHARE:
+        return []
+    shown = 0.0 if predicted is None or ignore >= predicted.size else float(predicted[ignore])
+    harm = predicted is not None and shown < IGNORED_UNDER_PREDICTED * labelled[ignore]
+    lab = dist(run, "label")
+    steps = (int(lab["step"].min()), int(lab["step"].max()))
+    return [make_finding(
+        "ignored_class", "warning" if harm else "info", "train/class", steps,
+        f"{m.get('loss_fn')} ignores index {ignore}, but {ignore} is a real class: {labelled[ignore]:.0%} of the "
+        "training labels (one per sample, captured steps "
+        f"{steps[0]}-{steps[1]}). Those samples never reach the loss"
+        + (f", and the model predicts class {ignore} for {shown:.0%} of its inputs." if predicted is not None
+           else "."),
+        "Drop ignore_index (its default -100 ignores nothing) unless the class is padding; to weigh a class down, "
+        "use the loss's weight= argument instead.",
+        {"ignore_index": ignore, "labelled_share": float(labelled[ignore]), "predicted_share": shown,
+         "min_share": IGNORED_MIN_SHARE, "under_predicted": IGNORED_UNDER_PREDICTED},
+        "PyTorch docs: torch.nn.CrossEntropyLoss (ignore_index)",
+    )]
+
+
+# Evaluation labels numbered differently from training's: the model consistent per label, and wrong.
+MISMATCH_MODE_MIN = 0.6  # share of samples at their label's most common prediction: the model is consistent
+MISMATCH_DISTINCT_MIN = 0.8  # labels mapped one to one onto predictions (not one class for everything)
+MISMATCH_AGREEMENT_RATIO = 0.5  # accuracy at most this share of the mode agreement: the consistent answer is wrong
+MISMATCH_TRAIN_MIN = 0.5  # training accuracy (later captures) at least this, and twice the evaluation's
+
+
+def _late_mean(run, split: str, field: str) -> tuple[float, int, int] | None:
+    """Mean of `probe/{split}/{field}` over the later half of its step range (captures thin out
+    as a run goes on: the later half of the steps, not of the captures), with its first and last step."""
+    s = scalar(run, f"probe/{split}/{field}").dropna(subset=["value"]).sort_values("step")
+    if s.empty:
+        return None
+    s = s[s["step"] >= (s["step"].min() + s["step"].max()) / 2]
+    return float(s["value"].mean()), int(s["step"].min()), int(s["step"].max())
+
+
+def _eval_splits(run) -> list[str]:
+    try:
+        names = run.scalars()["name"].unique().tolist()
+    except Exception:
+        return []
+    return sorted({n.split("/")[1] for n in names if n.startswith("probe/") and n.endswith("/label_mode_agreement")
+                   and n.split("/")[1] != "train"})
+
+
+@rule("Evaluation labels numbered differently from training's (a class folder missing from the validation "
+      "directory, another label encoder): on the evaluation split the model is confident and consistent per "
+      "label, one label to one prediction, and wrong.",
+      severities=("warning", "info"), explains=("overfitting", "output_vs_label", "label_noise"))
+def rule_val_label_mismatch(run) -> list[Finding]:
+    """On an evaluation split (later half of its probes, `class_agreement_probe`): at least 60%
+    of the samples get their label's most common prediction (`label_mode_agreement`), the labels
+    map nearly one to one onto predictions (`label_mode_distinct` ≥ 0.8: not one class for all),
+    and the accuracy is at most half that consistency: the model answers each class the same
+    way, and a different class. Training accuracy (later captures) ≥ 50% and twice the
+    evaluation's: warning (the model learned, the labels disagree); info without it. A model
+    that generalises badly is inconsistent per label, or right where consistent. Reference:
+    torchvision ImageFolder (classes numbered by the sorted folder names: `class_to_idx`);
+    scikit-learn LabelEncoder (codes follow the classes seen when fitting)."""
+    out = []
+    for split in _eval_splits(run):
+        mode, distinct = _late_mean(run, split, "label_mode_agreement"), _late_mean(run, split, "label_mode_distinct")
+        acc, train = _late_mean(run, split, "label_agreement"), _late_mean(run, "train", "label_agreement")
+        if None in (mode, distinct, acc) or mode[0] < MISMATCH_MODE_MIN or distinct[0] < MISMATCH_DISTINCT_MIN:
+            continue
+        if acc[0] > MISMATCH_AGREEMENT_RATIO * mode[0]:
+            continue
+        learned = train is not None and train[0] >= max(MISMATCH_TRAIN_MIN, 2 * acc[0])
+        trained = f"; on training batches it is right for {train[0]:.0%}" if train is not None else ""
+        out.append(make_finding(
+            "val_label_mismatch", "warning" if learned else "info", None, (mode[1], mode[2]),
+            f"On {split}, {mode[0]:.0%} of the samples get their label's most common prediction, and the labels map "
+            f"one to one onto predictions ({distinct[0]:.0%} distinct), yet only {acc[0]:.0%} are right{trained}: "
+            f"the model gives each class a consistent answer that the {split} labels number differently.",
+            f"Check that {split} uses training's label mapping: compare the class_to_idx of both ImageFolders (a "
+            "class missing from one folder shifts every later index), or fit one LabelEncoder and reuse it.",
+            {"split": split, "mode_agreement": mode[0], "mode_distinct": distinct[0], "agreement": acc[0],
+             "train_agreement": train[0] if train else None, "min_mode": MISMATCH_MODE_MIN,
+             "max_ratio": MISMATCH_AGREEMENT_RATIO},
+            "torchvision docs: datasets.ImageFolder (class_to_idx); scikit-learn docs: LabelEncoder"))
+    return out
+
+
+# One input feature that is the label itself (hooks/probes.py, `feature_label_probe`).
+LEAK_FEATURE_CORR = 0.999  # |Pearson correlation| of one feature with the label, median over the captures
+
+
+@rule("The target leaked into the inputs: one input feature equals the label up to scale and shift at every "
+      "capture (the label column left in the features), so the loss falls far too low, far too early.",
+      severities=("warning", "info"), explains=("loss_vs_baseline", "overfitting", "output_vs_label"))
+def rule_target_leakage(run) -> list[Finding]:
+    """(N, F) float model inputs with F ≥ 2 and one label per sample: the largest |Pearson
+    correlation| of a feature with the label (`feature_label_corr`, at each capture's first
+    training batch) has a median ≥ 0.999 over ≥ 2 captures, always at the same feature. Honest
+    features of real data are not the label to three decimals; a label column kept when
+    dropping columns, or a label-derived feature (a normalised copy, an id that encodes the
+    class), is. Warning for classification; info for regression, where a toy task may define
+    the target as one feature. Reference: Kaufman et al. 2012, "Leakage in data mining:
+    formulation, detection, and avoidance"; scikit-learn docs, Common pitfalls (data leakage)."""
+    corr, index = scalar(run, "probe/train/feature_label_corr"), scalar(run, "probe/train/feature_label_index")
+    shape = (run.manifest.get("loss_input_shapes") or {}).get("outputs") or ()
+    if len(corr) < 2 or float(corr["value"].median()) < LEAK_FEATURE_CORR or index["value"].nunique() != 1:
+        return []
+    feature = int(index["value"].iloc[0])
+    classify = run.manifest.get("task") == "classification"
+    steps = (int(corr["step"].min()), int(corr["step"].max()))
+    last = last_loss(run)
+    loss = f"; the loss is {last[0]:.3g}" if last else ""
+    return [make_finding(
+        "target_leakage", "warning" if classify else "info", None, steps,
+        f"Input feature {feature} is the label: |correlation| {float(corr['value'].median()):.4f} (median of "
+        f"{len(corr)} captures, steps {steps[0]}-{steps[1]}){loss}. The model can read the answer from its inputs, "
+        "so its training loss says nothing about the task.",
+        f"Drop feature {feature} (the label column, or one built from it) from the inputs: select the feature "
+        "columns explicitly, e.g. X = df.drop(columns=[target]), and check every feature built from the labels.",
+        {"feature": feature, "corr_median": float(corr["value"].median()), "captures": len(corr),
+         "min_corr": LEAK_FEATURE_CORR, "outputs_shape": list(shape)},
+        "Kaufman et al. 2012, Leakage in data mining; scikit-learn docs: Common pitfalls (data leakage)")]

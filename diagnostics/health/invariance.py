@@ -20,12 +20,16 @@ each sample: dropout is off and BatchNorm uses its running statistics. So
 `loss_on_padding` reads the loss-input probe's sequence labels (their most common value and its
 share), the first training batch's last input tokens (the padding token, if sequences end in
 one) and the loss's `ignore_index` (the manifest's `loss_ignore_index`).
+
+`objective_sign` reads a logged reward (or return): training that drives it down says the loss
+rewards the opposite of the goal (its sign).
 """
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
@@ -201,3 +205,103 @@ def rule_loss_on_padding(run) -> list[Finding]:
         "at padded positions to -100 (the Hugging Face convention, CrossEntropyLoss's default ignore_index).",
         {"pad_value": value, "label_share": share[0], "input_end_share": end_share[0], "ignore_index": ignore,
          "loss_fn": loss_fn}, REFERENCE_PAD)]
+
+
+# ---------------------------------------------------------------------------------
+# The objective's sign: a logged reward (or return) that training drives down
+
+REWARD_MIN_POINTS = 20
+REWARD_FALL_SE = 4.0  # the fall, first quarter's mean to last quarter's, in standard errors of that difference
+REWARD_FALL_SHARE = 0.5  # ... and at least half the first quarter's level (|mean|; its std when the mean is ~0)
+
+
+def _reward_scalars(run) -> list[str]:
+    try:
+        names = run.scalars()["name"].unique().tolist()
+    except Exception:
+        return []
+    return [n for n in names if not n.startswith(schema.PROBE_PREFIX) and not n.startswith("val")
+            and any(w in n.rsplit("/", 1)[-1].lower() for w in ("reward", "return"))]
+
+
+def _reward_chart(run, finding: Finding) -> go.Figure:
+    s = scalar(run, finding.evidence.get("scalar", "reward")).sort_values("step")
+    fig = go.Figure(go.Scatter(x=s["step"], y=s["value"], mode="lines", name=finding.evidence.get("scalar")))
+    fig.update_layout(title="the logged reward over training", xaxis_title="step")
+    return fig
+
+
+@rule("A logged reward or return that training drives down: the policy learns to avoid what is rewarded (the "
+      "loss written as log_prob * reward, its minus sign dropped).",
+      severities=("warning",), evidence=_reward_chart, explains=("loss_vs_baseline", "output_vs_label"))
+def rule_objective_sign(run) -> list[Finding]:
+    """A scalar whose name holds "reward" or "return" (not a probe, not validation), logged at
+    ≥ 20 steps, whose last quarter's mean lies below its first quarter's by more than 4 standard
+    errors of the difference and by at least half the first quarter's |mean| (its std when the
+    mean is ~0): the optimizer minimises the loss it is given, so a reward that falls steadily
+    under training says the loss rewards the opposite of the goal. A healthy policy gradient
+    raises its reward; a noisy one does not fall by 4 standard errors. Reference: Williams 1992
+    (REINFORCE ascends E[R]: the loss to minimise is −log π(a|s)·R); pytorch/examples
+    reinforcement_learning/reinforce.py (`-log_prob * R`)."""
+    out = []
+    for name in _reward_scalars(run):
+        s = scalar(run, name).sort_values("step")
+        v = s["value"].astype(float).to_numpy()
+        v = v[np.isfinite(v)]
+        q = len(v) // 4
+        if len(v) < REWARD_MIN_POINTS:
+            continue
+        first, last = v[:q], v[-q:]
+        fall = float(first.mean() - last.mean())
+        se = math.sqrt(first.var(ddof=1) / q + last.var(ddof=1) / q)
+        level = abs(float(first.mean())) or float(first.std())
+        if not (fall > REWARD_FALL_SE * se and fall >= REWARD_FALL_SHARE * level and fall > 0):
+            continue
+        steps = (int(s["step"].min()), int(s["step"].max()))
+        out.append(make_finding(
+            "objective_sign", "warning", None, steps,
+            f"The logged {name} fell from {first.mean():.3g} (first quarter of the run) to {last.mean():.3g} (last "
+            f"quarter), {fall / se if se else math.inf:.1f} standard errors: training pushes it down. The optimizer "
+            "minimises the loss, so this loss rewards the opposite of the goal.",
+            "Check the loss's sign: a policy gradient minimises -(log_prob * advantage).mean(); a reward to maximise "
+            "enters the loss negated (or use the optimizer's maximize=True).",
+            {"scalar": name, "first_quarter_mean": float(first.mean()), "last_quarter_mean": float(last.mean()),
+             "fall_in_se": fall / se if se else None, "min_se": REWARD_FALL_SE, "min_share": REWARD_FALL_SHARE},
+            "Williams 1992 (REINFORCE); pytorch/examples reinforcement_learning/reinforce.py"))
+    return out
+
+
+# A language model's targets against its input tokens (hooks/probes.py, `target_alignment_probe`)
+ALIGNED_MIN = 0.5  # share of positions whose target is the next input token, read in one layout
+MISALIGNED_RATIO = 0.5  # ... and the inputs' own layout at most this share of it
+
+
+@rule("A language model's targets flattened in another order than its outputs: the targets are the next input "
+      "tokens when read time-major (or transposed), not in the outputs' order, so each position is scored against "
+      "another sample's token.",
+      severities=("warning",), explains=NOT_LEARNING + ("loss_vs_baseline", "label_noise"))
+def rule_target_misaligned(run) -> list[Finding]:
+    """Integer (d0, d1) model inputs and targets of as many elements: at the capture steps, the
+    share of positions whose target is the next input token, with the targets read in the
+    inputs' layout (`target_next_same`) and transposed (`target_next_transposed`). Warning when
+    the transposed reading finds the next token at ≥ 50% of the positions (mean over the
+    captures) and the inputs' own layout at most half as often: the targets were flattened
+    time-major (`y.t().reshape(-1)`, a seq-first script's habit) against batch-major logits
+    (`logits.view(-1, V)`), or the other way round. A model that is no language model has
+    neither reading near 1: quiet. Reference: PyTorch docs, torch.Tensor.view and
+    torch.Tensor.reshape (row-major order); pytorch/examples word_language_model (seq-first
+    batches, `output.view(-1, ntokens)` against `targets.view(-1)` of the same layout)."""
+    same, transposed = _mean_scalar(run, "train/target_next_same"), _mean_scalar(run, "train/target_next_transposed")
+    if same is None or transposed is None or transposed[0] < ALIGNED_MIN or same[0] > MISALIGNED_RATIO * transposed[0]:
+        return []
+    s = scalar(run, f"{schema.PROBE_PREFIX}train/target_next_transposed")
+    return [make_finding(
+        "target_misaligned", "warning", None, (int(s["step"].min()), int(s["step"].max())),
+        f"The loss's targets are the next input token at {transposed[0]:.0%} of the positions when read transposed "
+        f"(time-major against the inputs' batch-major order, or the reverse), but at only {same[0]:.0%} in the "
+        "order the outputs are flattened: each output is scored against another sample's token at another time.",
+        "Flatten the outputs and the targets the same way: logits.reshape(-1, V) with targets.reshape(-1) from the "
+        "same (batch, time) layout; after switching to batch_first, drop the targets' .t() / transpose.",
+        {"next_token_share_same": same[0], "next_token_share_transposed": transposed[0], "min_share": ALIGNED_MIN,
+         "ratio": MISALIGNED_RATIO}, "PyTorch docs: torch.Tensor.view, torch.Tensor.reshape; pytorch/examples "
+        "word_language_model")]

@@ -745,3 +745,42 @@ def rule_batch_first_mismatch(run) -> list[Finding]:
             "PyTorch docs: torch.nn.LSTM, torch.nn.GRU, torch.nn.MultiheadAttention (batch_first)",
         ))
     return out
+
+
+# Activations whose outputs are never negative: a log-rate made of one cannot be below 0.
+_NON_NEGATIVE = {"Softplus", "ReLU", "ReLU6", "Sigmoid", "Softmax", "Hardsigmoid"}
+_POISSON = {"PoissonNLLLoss", "poisson_nll_loss"}
+
+
+@rule("PoissonNLLLoss with log_input=True (its default: the input is the log of the rate) given a rate (outputs of a "
+      "Softplus, ReLU or exp, never negative): the outputs settle near log(count) instead of the count.",
+      severities=("warning",), evidence=_bands_chart, explains=LOSS_INPUT_SYMPTOMS)
+def rule_loss_input_contract(run) -> list[Finding]:
+    """PoissonNLLLoss (`log_input` True, from the manifest's `loss_log_input`) whose model ends in
+    a non-negative activation (Softplus, ReLU, Sigmoid...: the last leaf module) and whose
+    outputs were ≥ 0 at every capture (≥ 2): with log_input=True the loss is exp(x) − y·x, so x
+    is a log-rate, which is negative wherever the rate is below 1; a model that can only output
+    x ≥ 0 is giving the rate itself. It trains (the loss falls), but the outputs approach
+    log(count): read as rates they are wrong. Warning. Reference: PyTorch docs,
+    torch.nn.PoissonNLLLoss ("log_input: if True the loss is computed as exp(input) − target *
+    input, if False the loss is input − target * log(input + eps)")."""
+    if run.manifest.get("loss_fn") not in _POISSON or run.manifest.get("loss_log_input") is not True:
+        return []
+    leaf, out = _last_leaf(run), dist(run, "output")
+    out = out[out["layer"] == "train/value"] if not out.empty else out
+    if leaf not in _NON_NEGATIVE or len(out) < MIN_PROBES or float(out["min"].min()) < 0:
+        return []
+    lo, hi = _label_range(run)
+    steps = (int(out["step"].min()), int(out["step"].max()))
+    return [make_finding(
+        "loss_input_contract", "warning", "train/value", steps,
+        f"PoissonNLLLoss(log_input=True) reads the outputs as log-rates, but the model ends in {leaf}: its outputs "
+        f"were never negative ({float(out['min'].min()):.3g} to {float(out['max'].max()):.3g} over steps "
+        f"{steps[0]}-{steps[1]}; counts {lo:.3g} to {hi:.3g}). The loss fits exp(output) to the counts, so the outputs "
+        "you read as rates are their logarithm.",
+        f"Either drop the {leaf} and read the rate as output.exp(), or keep it and pass log_input=False "
+        "(nn.PoissonNLLLoss(log_input=False)).",
+        {"last_module": leaf, "output_min": float(out["min"].min()), "output_max": float(out["max"].max()),
+         "label_min": lo, "label_max": hi, "log_input": True},
+        "PyTorch docs: torch.nn.PoissonNLLLoss (log_input)",
+    )]

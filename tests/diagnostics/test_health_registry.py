@@ -31,7 +31,7 @@ def _bullet(rule: registry.Rule) -> str:
 
 def test_check_runs_exactly_the_registered_rules_in_order():
     assert health.RULES == tuple(r.check for r in registry.RULES)
-    assert len(registry.RULES) == 43
+    assert len(registry.RULES) == 49
     names = [n for r in registry.RULES for n in r.names]
     assert len(names) == len(set(names))
 
