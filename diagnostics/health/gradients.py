@@ -318,10 +318,11 @@ def rule_update_ratio(run) -> list[Finding]:
 
 def _too_small_for_the_run(run, meds: dict[str, tuple]) -> list[Finding]:
     """Every weight matrix's steps too small to move it over the whole run (median ratio x
-    optimizer steps < RUN_TRAVEL_LOW), or float16/bfloat16 weights (where the manifest records the
-    dtype) whose median step is under their precision's spacing (most elements' updates under half
-    of it round away), while the loss stays flat (its last fifth > LOSS_FLAT of its first): a
-    warning per matrix."""
+    optimizer steps < RUN_TRAVEL_LOW, over at least 100 steps: a shorter run cannot tell a
+    learning rate too small from one that has had no time), or
+    float16/bfloat16 weights (where the manifest records the dtype) whose median step is under
+    their precision's spacing (most elements' updates under half of it round away), while the
+    loss stays flat (its last fifth > LOSS_FLAT of its first): a warning per matrix."""
     loss = scalar(run, "loss")
     if not meds or len(loss) < MIN_LOSS_POINTS or loss_falls(run) is not None:
         return []
@@ -331,7 +332,9 @@ def _too_small_for_the_run(run, meds: dict[str, tuple]) -> list[Finding]:
     if not (np.isfinite(v).all() and first > 0 and last > LOSS_FLAT * first):
         return []
     dtypes = {p.get("name"): p.get("dtype") for p in run.manifest.get("parameters", []) or []}
-    if any(m * n >= RUN_TRAVEL_LOW and not m < 2 * HALF_SPACING.get(dtypes.get(x), 0) for x, (m, *_) in meds.items()):
+    # under 100 steps the run is too short to say its steps cannot move the weights (issue #23: short runs)
+    if n < 100 or any(m * n >= RUN_TRAVEL_LOW and not m < 2 * HALF_SPACING.get(dtypes.get(x), 0) for
+                      x, (m, *_) in meds.items()):
         return []
     opt, out = run.manifest.get("optimizer") or "the optimizer", []
     for layer, (med, s0, s1, ev) in meds.items():
