@@ -395,9 +395,10 @@ ACCEPT: dict[str, set[str]] = {
 # Running and scoring
 
 
-def judge(case: Case, findings, problems) -> dict:
-    """First-problem and any-problem verdicts for one case."""
-    accept = ACCEPT.get(case.name, {case.rule})
+def judge(case: Case, findings, problems, accept: dict[str, set[str]] | None = None) -> dict:
+    """First-problem and any-problem verdicts for one case, against `accept` (a set's accepted
+    rule names by case; default: this set's ACCEPT)."""
+    accept = (ACCEPT if accept is None else accept).get(case.name, {case.rule})
     causes = [p.cause.rule for p in problems]
     return {"case": case.name, "rule": case.rule, "accept": sorted(accept),
             "loud": [f"{f.severity} {f.rule} {f.layer}" for f in findings if f.severity in LOUD],
@@ -407,19 +408,21 @@ def judge(case: Case, findings, problems) -> dict:
             "first_message": problems[0].message if problems else ""}
 
 
-def run_case(case: Case, folder: Path) -> dict:
+def run_case(case: Case, folder: Path, accept: dict[str, set[str]] | None = None) -> dict:
     t0 = time.perf_counter()
     path = case.train(folder)
     train_s = time.perf_counter() - t0
     findings, problems = diagnose(diagnostics.open_run(path))
-    return {**judge(case, findings, problems), "train_s": round(train_s, 2)}
+    return {**judge(case, findings, problems, accept), "train_s": round(train_s, 2)}
 
 
-def run_all(cases: list[Case] | None = None, folder: Path | None = None) -> list[dict]:
+def run_all(cases: list[Case] | None = None, folder: Path | None = None,
+            accept: dict[str, set[str]] | None = None) -> list[dict]:
+    """Train and judge `cases` (default: this set's), in `folder` or a temporary one."""
     cases = CASES if cases is None else cases
     with contextlib.ExitStack() as stack:
         root = Path(folder) if folder else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        return [run_case(c, root / c.name) for c in cases]
+        return [run_case(c, root / c.name, accept) for c in cases]
 
 
 def summarise(results: list[dict]) -> dict:
@@ -442,19 +445,28 @@ def format_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(argv: list[str] | None = None, cases: list[Case] | None = None, accept: dict[str, set[str]] | None = None,
+         doc: str | None = None, verify=None) -> None:
+    """The command line of a set of public bugs (this one by default; the other sets pass their
+    `cases`, `accept`, `doc` and, for --verify, `verify(names)` -> rows of bug vs fix)."""
+    parser = argparse.ArgumentParser(description=(doc or __doc__).split("\n")[0])
     parser.add_argument("--only", help="comma-separated substrings of case names to run")
     parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    if verify is not None:
+        parser.add_argument("--verify", action="store_true", help="also train each case bug vs fix in plain torch")
     parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if not args.only or any(k in c.name for k in args.only.split(","))]
-    results = run_all(cases)
+    cases = [c for c in (CASES if cases is None else cases)
+             if not args.only or any(k in c.name for k in args.only.split(","))]
+    checked = verify([c.name for c in cases]) if getattr(args, "verify", False) else []
+    for r in checked:
+        print(f"{r['case']:40} bug {r['bug']:8.3f}  fix {r['fix']:8.3f}  {'harms' if r['harms'] else 'NO HARM'}")
+    results = run_all(cases, accept=accept)
     print(format_table(results))
     if args.json:
-        payload = {"summary": summarise(results), "results": results, "threads": args.threads,
-                   "machine": platform.platform(), "torch": torch.__version__}
+        payload = {"summary": summarise(results), "results": results, **({"verify": checked} if verify else {}),
+                   "threads": args.threads, "machine": platform.platform(), "torch": torch.__version__}
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(payload, indent=2))
 

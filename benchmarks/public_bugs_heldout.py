@@ -28,13 +28,7 @@ Usage::
 
 from __future__ import annotations
 
-import argparse
-import contextlib
-import json
-import platform
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -43,12 +37,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-import diagnostics
 import hooks
 from benchmarks import public_bugs as pb
 from benchmarks.health_suite import Case, flat_digits
 from benchmarks.public_bugs import digits_mlp, train_loop
-from diagnostics.health import diagnose
 
 
 def _digits(name, model=digits_mlp, opt=None, prep=None, **kw):
@@ -558,44 +550,16 @@ ACCEPT: dict[str, set[str]] = {
 
 def judge(case: Case, findings, problems) -> dict:
     """public_bugs.judge's verdicts against this set's accepted names."""
-    out = pb.judge(case, findings, problems)
-    accept = ACCEPT.get(case.name, {case.rule})
-    causes = [p.cause.rule for p in problems]
-    return {**out, "accept": sorted(accept), "first_ok": bool(causes) and causes[0] in accept,
-            "any_ok": any(c in accept for c in causes)}
-
-
-def run_case(case: Case, folder: Path) -> dict:
-    t0 = time.perf_counter()
-    path = case.train(folder)
-    train_s = time.perf_counter() - t0
-    findings, problems = diagnose(diagnostics.open_run(path))
-    return {**judge(case, findings, problems), "train_s": round(train_s, 2)}
+    return pb.judge(case, findings, problems, ACCEPT)
 
 
 def run_all(cases: list[Case] | None = None, folder: Path | None = None) -> list[dict]:
-    """Train and judge `cases` (default: all), in `folder` or a temporary one."""
-    cases = CASES if cases is None else cases
-    with contextlib.ExitStack() as stack:
-        root = Path(folder) if folder else Path(stack.enter_context(tempfile.TemporaryDirectory()))
-        return [run_case(c, root / c.name) for c in cases]
+    """Train and judge `cases` (default: all of this set), in `folder` or a temporary one."""
+    return pb.run_all(CASES if cases is None else cases, folder, ACCEPT)
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", help="comma-separated substrings of case names to run")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
-    parser.add_argument("--json", metavar="PATH", help="write the results as JSON to PATH")
-    args = parser.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    cases = [c for c in CASES if not args.only or any(k in c.name for k in args.only.split(","))]
-    results = run_all(cases)
-    print(pb.format_table(results))
-    if args.json:
-        payload = {"summary": pb.summarise(results), "results": results, "threads": args.threads,
-                   "machine": platform.platform(), "torch": torch.__version__}
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(payload, indent=2))
+    pb.main(argv, CASES, ACCEPT, __doc__)
 
 
 if __name__ == "__main__":
